@@ -1,0 +1,238 @@
+"""Load a frozen Inception-style GraphDef and run it: batched, or one JPEG at a time.
+
+Two ways through the same file:
+
+* :class:`BottleneckGraph` — the fast path. The old ops are rewritten
+  (:mod:`featurizer.legacy_ops`), the normalised-image tensor becomes a
+  placeholder with a free batch dimension, everything the bottleneck does not
+  need (JPEG decoding, softmax) is cut away, and batches of images decoded
+  outside the graph are fed in. Runs in fp32 or, through oneDNN's auto mixed
+  precision, in bf16.
+* :class:`SingleImageGraph` — the graph as the 2015 scripts used it, untouched:
+  one encoded JPEG per run through ``DecodeJpeg/contents`` to the one-image
+  bottleneck. It is the reference the batched path is checked against, and the
+  baseline of the benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.framework import graph_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+
+from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
+from featurizer.errors import GraphError
+from featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_graph_def(data: bytes, source: str = "graph") -> graph_pb2.GraphDef:
+    """Parse serialized GraphDef bytes, raising :class:`GraphError` when they are not one."""
+    graph_def = graph_pb2.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise GraphError(f"{source} is not a frozen TensorFlow GraphDef: {exc}") from exc
+    if not graph_def.node:
+        raise GraphError(f"{source} holds no nodes; is it a frozen GraphDef (.pb)?")
+    return graph_def
+
+
+def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
+    """Read a frozen GraphDef file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GraphError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}") from exc
+    return parse_graph_def(data, source=repr(str(path)))
+
+
+def missing_tensors(graph_def: graph_pb2.GraphDef, names: list[str]) -> list[str]:
+    """Return those of ``names`` (tensor names) whose node is not in ``graph_def``."""
+    present = {node.name for node in graph_def.node}
+    return [name for name in names if node_name(name) not in present]
+
+
+def require_tensors(graph_def: graph_pb2.GraphDef, names: list[str], source: str = "graph") -> None:
+    """Raise :class:`GraphError` naming every tensor of ``names`` the graph lacks."""
+    missing = missing_tensors(graph_def, names)
+    if missing:
+        raise GraphError(f"{source} lacks tensor(s) {', '.join(missing)}; "
+                         "pass the right names (see `imgclf inspect GRAPH`)")
+
+
+@dataclass(frozen=True)
+class ThreadConfig:
+    """TensorFlow thread pools; 0 means "let TensorFlow pick" (all usable cores)."""
+
+    intra_op: int = 0  # threads inside one op (matrix multiplies, convolutions)
+    inter_op: int = 0  # ops run side by side
+
+
+def usable_cpus() -> int:
+    """Return the number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def session_config(threads: ThreadConfig = ThreadConfig(), precision: str = "fp32") -> config_pb2.ConfigProto:
+    """Return a v1 session config with the thread pools and precision rewrite set."""
+    config = config_pb2.ConfigProto(
+        intra_op_parallelism_threads=threads.intra_op or usable_cpus(),
+        inter_op_parallelism_threads=threads.inter_op,
+        allow_soft_placement=True,
+    )
+    if precision == "bf16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = \
+            rewriter_config_pb2.RewriterConfig.ON
+    return config
+
+
+def _graph_constant(graph_def: graph_pb2.GraphDef, node: str, input_index: int):
+    """Return the constant fed to input ``input_index`` of ``node``, or None."""
+    by_name = {n.name: n for n in graph_def.node}
+    target = by_name.get(node)
+    if target is None or len(target.input) <= input_index:
+        return None
+    source = by_name.get(node_name(target.input[input_index]))
+    if source is None or source.op != "Const":
+        return None
+    return tf.make_ndarray(source.attr["value"].tensor)
+
+
+def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT) -> GraphContract:
+    """Return ``contract`` with input size, mean and std read from the graph's preprocessing chain.
+
+    The 2015 graph resizes with ``ResizeBilinear`` then computes ``(x - Sub/y) *
+    Mul/y``; where those nodes exist with constant operands their values win
+    over the defaults, so a graph with a different input size still works.
+    """
+    from featurizer import contract as names
+
+    size = _graph_constant(graph_def, names.RESIZE_NODE, 1)
+    mean = _graph_constant(graph_def, names.SUB_NODE, 1)
+    mul = _graph_constant(graph_def, names.MUL_NODE, 1)
+    updates = {}
+    if size is not None and np.size(size) == 2 and size[0] == size[1]:
+        updates["input_size"] = int(size[0])
+    if mean is not None and np.size(mean) == 1:
+        updates["input_mean"] = float(mean)
+    if mul is not None and np.size(mul) == 1 and float(mul) != 0.0:
+        updates["input_std"] = 1.0 / float(mul)
+    return contract.with_overrides(**updates)
+
+
+class BottleneckGraph:
+    """The batched fast path: normalised images [N, S, S, 3] in, bottlenecks [N, D] out."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
+                 precision: str = "fp32", threads: ThreadConfig = ThreadConfig()):
+        require_tensors(graph_def, [contract.image_input, contract.bottleneck])
+        rewritten, self.rewrite_report = rewrite_legacy_ops(graph_def)
+        self.contract = contract
+        self.precision = precision
+        pruned = _cut_at_image_input(rewritten, contract)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            (bottleneck,) = tf.graph_util.import_graph_def(pruned, name="", return_elements=[contract.bottleneck])
+            dim = bottleneck.shape[-1]
+            if dim is None:
+                raise GraphError(f"bottleneck {contract.bottleneck} has an unknown last dimension")
+            self.dim = int(dim)
+            self._input = self.graph.get_tensor_by_name(contract.image_input)
+            self._output = tf.reshape(bottleneck, [-1, self.dim], name="imgclf/bottleneck")
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, precision))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
+        size = self.contract.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        out = self.session.run(self._output, {self._input: images.astype(np.float32, copy=False)})
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        """Release the session."""
+        self.session.close()
+
+
+def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) -> graph_pb2.GraphDef:
+    """Turn the image-input node into a [None, S, S, 3] placeholder and keep only what the bottleneck needs."""
+    image_node = node_name(contract.image_input)
+    if not contract.image_input.endswith(":0") and ":" in contract.image_input:
+        raise GraphError(f"image input must be output 0 of its node; received {contract.image_input!r}")
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        copy = out.node.add()
+        copy.CopyFrom(node)
+        if node.name == image_node:
+            dtype = node.attr["T"].type if "T" in node.attr else types_pb2.DT_FLOAT
+            copy.op = "Placeholder"
+            del copy.input[:]
+            copy.attr.clear()
+            copy.attr["dtype"].type = dtype
+            shape = tensor_shape_pb2.TensorShapeProto()
+            for size in (-1, contract.input_size, contract.input_size, 3):
+                shape.dim.add(size=size)
+            copy.attr["shape"].shape.CopyFrom(shape)
+    return tf.compat.v1.graph_util.extract_sub_graph(out, [node_name(contract.bottleneck)])
+
+
+class SingleImageGraph:
+    """The untouched 2015 path: one encoded JPEG per run → the one-image bottleneck."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
+                 threads: ThreadConfig = ThreadConfig()):
+        require_tensors(graph_def, [contract.jpeg_input, contract.bottleneck_single])
+        self.contract = contract
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+        self._input = self.graph.get_tensor_by_name(contract.jpeg_input)
+        self._output = self.graph.get_tensor_by_name(contract.bottleneck_single)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, "fp32"))
+
+    def run(self, jpeg: bytes) -> np.ndarray:
+        """Return the float32 bottleneck [D] of one encoded JPEG."""
+        out = self.session.run(self._output, {self._input: jpeg})
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def close(self) -> None:
+        """Release the session."""
+        self.session.close()
+
+
+def load_graph(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, str]:
+    """Read a frozen graph and return it with the file's sha256."""
+    graph_def = read_graph_def(path)
+    return graph_def, file_sha256(path)
+
+
+__all__ = [
+    "BottleneckGraph", "SingleImageGraph", "RewriteReport", "ThreadConfig", "contract_from_graph",
+    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_def",
+    "require_tensors", "session_config",
+]

@@ -1,0 +1,27 @@
+"""Shared fixtures: every graph, image and data set is built by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def legacy_graph_path(tmp_path_factory):
+    """A tiny frozen graph with the 2015 interface and old ops (producer < 9)."""
+    from tests.legacy_graph import write_legacy_graph
+
+    return write_legacy_graph(tmp_path_factory.mktemp("graphs") / "legacy_inception.pb")
+
+
+@pytest.fixture(scope="session")
+def full_graph_path(tmp_path_factory):
+    """A full-size Inception-v3 graph (seeded random weights) with the 2015 interface."""
+    from featurizer.export_inception import export_inception
+
+    path = tmp_path_factory.mktemp("graphs") / "inception_random.pb"
+    export_inception(path, weights="random", seed=0)
+    return path
