@@ -1,0 +1,146 @@
+"""The featurizer's subcommands: featurize, fetch-inception, export-inception, inspect.
+
+Each handler imports what it needs when it runs, so `imgclf --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from featurizer.contract import DEFAULT_CONTRACT
+from featurizer.image_io import DEFAULT_MAX_PIXELS
+from featurizer.precision import PRECISIONS
+
+
+def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool = True) -> None:
+    """Add the options that choose and run a featurizer graph (shared with `train` and `serve`)."""
+    group = parser.add_argument_group("featurizer graph")
+    group.add_argument("--graph", type=Path, required=graph_required,
+                       help="frozen Inception-v3 GraphDef (.pb): the real tensorflow_inception_graph.pb "
+                            "(imgclf fetch-inception) or one from imgclf export-inception")
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto = bf16 where the CPU has AMX/AVX512_BF16, else fp32 (default: %(default)s)")
+    group.add_argument("--image-tensor", default=DEFAULT_CONTRACT.image_input,
+                       help="normalised image tensor the batches are fed to (default: %(default)s)")
+    group.add_argument("--bottleneck-tensor", default=DEFAULT_CONTRACT.bottleneck,
+                       help="batched bottleneck tensor (default: %(default)s)")
+    group.add_argument("--intra-op-threads", type=int, default=0,
+                       help="threads inside one TensorFlow op (default: 0 = all usable CPUs)")
+    group.add_argument("--inter-op-threads", type=int, default=0,
+                       help="TensorFlow ops run side by side (default: 0 = TensorFlow picks)")
+    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help="refuse images with more pixels, checked before decoding (default: %(default)s)")
+
+
+def featurizer_config_from_args(args: argparse.Namespace):
+    """Build a FeaturizerConfig from the options of :func:`add_featurizer_options`."""
+    from featurizer.extractor import FeaturizerConfig
+    from featurizer.graph import ThreadConfig
+
+    for name in ("intra_op_threads", "inter_op_threads"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be positive; received {args.max_pixels}")
+    contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor)
+    return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
+                            threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
+                            max_pixels=args.max_pixels)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the featurizer's subcommands to the `imgclf` parser."""
+    p = sub.add_parser("featurize", help="extract and cache bottleneck features of a labelled image folder",
+                       description="Turn every image of IMAGE_DIR/<class>/ into a cached bottleneck vector. "
+                                   "Bad files are skipped and reported; a rerun is served from the cache.")
+    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder with one sub-folder per class")
+    add_featurizer_options(p)
+    p.add_argument("--cache", type=Path, required=True, help="SQLite feature cache (created when missing)")
+    p.add_argument("--output", type=Path, help="also write paths, labels, label_names, features to this .npz")
+    p.add_argument("--report", type=Path, help="write a JSON report (counts, skipped files and reasons)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per graph run and commit (default: %(default)s)")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="image decoding threads (default: 0 = one per usable CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_featurize)
+
+    p = sub.add_parser("fetch-inception", help="download the real Inception-v3 graph (inception_dec_2015.zip)",
+                       description="Download inception_dec_2015.zip, verify it holds a loadable graph with the "
+                                   "expected tensors, and unpack it into the cache directory.")
+    p.add_argument("--dest", type=Path, help="directory to unpack into (default: $IMGCLF_HOME/inception)")
+    p.add_argument("--url", help="download from this URL instead of the official one")
+    p.add_argument("--from-file", type=Path, help="use a zip downloaded elsewhere instead of the network")
+    p.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="download again even when the graph is there")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("export-inception", help="write a graph with the 2015 interface from Keras Inception-v3",
+                       description="Write a frozen graph with the tensor names of tensorflow_inception_graph.pb "
+                                   "(JPEG bytes in, 2048-d pool_3 out) from the Keras Inception-v3 architecture.")
+    p.add_argument("--out", type=Path, required=True, help="where to write the .pb")
+    p.add_argument("--weights", default="random",
+                   help="'random' (seeded), 'imagenet' (Keras' download, needs network) or a local Keras "
+                        "weights file (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: %(default)s)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="describe a frozen graph: ops, inputs, likely image and bottleneck tensors")
+    p.add_argument("graph", type=Path, metavar="GRAPH", help="frozen GraphDef (.pb)")
+    p.add_argument("--all", action="store_true", help="list every node with its op and output shapes")
+    p.add_argument("--logdir", type=Path, help="also write the graph for TensorBoard's graph view here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    """Run `imgclf featurize`."""
+    from featurizer.featurize_job import FeaturizeJob, run_featurize
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; received {args.batch_size}")
+    job = FeaturizeJob(image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
+                       output=args.output, report=args.report, batch_size=args.batch_size,
+                       decode_threads=args.decode_threads, progress=False if args.quiet else None)
+    summary = run_featurize(job)
+    print(summary.format())
+    if not summary.featurized:
+        print("imgclf: error: no image could be featurized", file=sys.stderr)
+        return 1
+    if args.output:
+        print(f"features written to {args.output}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Run `imgclf fetch-inception`."""
+    from featurizer.fetch import DEFAULT_URL, fetch_inception
+
+    path = fetch_inception(args.dest, args.url or DEFAULT_URL, from_file=args.from_file, timeout=args.timeout,
+                           progress=False if args.quiet else None, force=args.force)
+    print(f"Inception-v3 graph ready: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run `imgclf export-inception`."""
+    from featurizer.export_inception import export_inception
+
+    info = export_inception(args.out, weights=args.weights, seed=args.seed)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Run `imgclf inspect`."""
+    from featurizer.inspect_graph import format_report, inspect_graph, write_tensorboard_graph
+
+    report = inspect_graph(args.graph, show_all=args.all)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    if args.logdir:
+        event_file = write_tensorboard_graph(args.graph, args.logdir)
+        print(f"graph written for TensorBoard: {event_file}\n  tensorboard --logdir {args.logdir}")
+    return 0

@@ -1,0 +1,119 @@
+"""The featurizer: encoded images in, bottleneck vectors out, in batches.
+
+:class:`Featurizer` owns one loaded graph (see :mod:`featurizer.graph`), its
+precision and the preprocessing that must match the graph. Its fingerprint —
+graph sha256, bottleneck tensor, precision, preprocessing — keys the feature
+cache, so vectors of different graphs or precisions never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featurizer.contract import DEFAULT_CONTRACT, GraphContract
+from featurizer.errors import ImgclfError
+from featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph
+from featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, normalize, resize_bilinear
+from featurizer.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+# Bump when preprocessing changes in a way that changes features: old cache entries then miss.
+PREPROCESSING = "pillow-rgb/tf-legacy-bilinear/v1"
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """How to load and run a featurizer graph."""
+
+    graph: Path  # frozen GraphDef (.pb) with the 2015 Inception-v3 interface
+    contract: GraphContract = DEFAULT_CONTRACT  # tensor names; size/mean/std are read from the graph
+    precision: str = "auto"  # auto | fp32 | bf16
+    threads: ThreadConfig = field(default_factory=ThreadConfig)  # TensorFlow intra/inter-op threads
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
+
+
+class Featurizer:
+    """A loaded graph that turns images into bottleneck vectors."""
+
+    def __init__(self, config: FeaturizerConfig):
+        self.config = config
+        graph_def, self.graph_sha256 = load_graph(config.graph)
+        self.contract = contract_from_graph(graph_def, config.contract)
+        self.precision = resolve_precision(config.precision)
+        self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads)
+        self.dim = self.graph.dim
+        self.fingerprint = hashlib.sha256(
+            json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()
+        report = self.graph.rewrite_report
+        if report.folded_batch_norms or report.rewritten_batch_norms or report.rewritten_concats:
+            log.info("rewrote legacy ops: %d batch norms folded, %d rewritten, %d Concat -> ConcatV2",
+                     report.folded_batch_norms, report.rewritten_batch_norms, report.rewritten_concats)
+
+    def _key_parts(self) -> dict:
+        return {"graph_sha256": self.graph_sha256, "image_input": self.contract.image_input,
+                "bottleneck": self.contract.bottleneck, "input_size": self.contract.input_size,
+                "input_mean": self.contract.input_mean, "input_std": self.contract.input_std,
+                "precision": self.precision, "preprocessing": PREPROCESSING}
+
+    def describe(self) -> dict:
+        """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
+        return {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
+                "graph": str(self.config.graph), "contract": self.contract.describe()}
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
+        return decode_rgb(data, self.config.max_pixels)
+
+    def to_input(self, rgb: np.ndarray) -> np.ndarray:
+        """Resize and normalise a decoded RGB image to the network input [S, S, 3]."""
+        c = self.contract
+        return normalize(resize_bilinear(rgb, c.input_size), c.input_mean, c.input_std)
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Decode and normalise one encoded image to the network input [S, S, 3]."""
+        return self.to_input(self.decode(data))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Return bottlenecks [N, D] for preprocessed images [N, S, S, 3]."""
+        return self.graph.run(images)
+
+    def features(self, images: list[bytes]) -> list[np.ndarray | ImgclfError]:
+        """Return one vector per encoded image, or the error that image raised."""
+        results: list[np.ndarray | ImgclfError] = []
+        good: list[tuple[int, np.ndarray]] = []
+        for i, data in enumerate(images):
+            try:
+                good.append((i, self.preprocess(data)))
+                results.append(None)  # type: ignore[arg-type]
+            except ImgclfError as exc:
+                results.append(exc)
+        if good:
+            vectors = self.run(np.stack([arr for _, arr in good]))
+            for (i, _), vector in zip(good, vectors):
+                results[i] = vector
+        return results
+
+    def close(self) -> None:
+        """Release the TensorFlow session."""
+        self.graph.close()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex sha256 of ``data`` (the image part of a cache key)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_decode_threads() -> int:
+    """Return the number of decode threads: one per usable CPU."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1

@@ -1,0 +1,146 @@
+"""Decode and validate image bytes, and reproduce the 2015 graph's preprocessing.
+
+The frozen graph decodes a JPEG, resizes it to 299×299 with TensorFlow's legacy
+``ResizeBilinear`` (``align_corners=False``, no half-pixel centres: a plain
+squash, no crop) and normalises with ``(x - 128) / 128``. Doing the same outside
+the graph lets images be decoded in parallel and fed in batches; the numbers
+must match or features drift, so the resize here follows the TF kernel exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from featurizer.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+
+log = logging.getLogger(__name__)
+
+# Pillow format names accepted, and the file extensions the batch job looks at.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
+DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# imgclf checks the pixel count itself (below) before decoding; Pillow's own
+# bomb check would refuse at a different, global limit.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open image bytes lazily and check format and pixel count before decoding.
+
+    Raises:
+        InvalidImage: empty or unreadable bytes.
+        UnsupportedImageType: an image in a format not in ACCEPTED_FORMATS.
+        ImageTooLarge: more than ``max_pixels`` pixels (from the header).
+    """
+    if not data:
+        raise InvalidImage("empty image: received 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError as exc:
+        raise InvalidImage(f"not an image Pillow can identify ({len(data)} bytes)") from exc
+    except Exception as exc:  # Pillow raises many types on malformed headers
+        raise InvalidImage(f"unreadable image header: {exc}") from exc
+    fmt = image.format or "unknown"
+    if fmt not in ACCEPTED_FORMATS:
+        raise UnsupportedImageType(f"unsupported image type {fmt}; accepted: {', '.join(ACCEPTED_FORMATS)}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image has no pixels: {width}×{height}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}×{height} = {width * height:,} pixels; "
+                            f"the limit is {max_pixels:,}")
+    return image
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an upright uint8 RGB array [H, W, 3].
+
+    EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images are
+    converted to 8-bit RGB (16-bit scaled, not clipped); transparency is
+    composited over white; GIFs and other animations give their first frame.
+    """
+    image = open_checked(data, max_pixels)
+    try:
+        image.seek(0)
+        image.load()
+        image = _upright(image)
+        return _to_rgb_array(image)
+    except (InvalidImage, MemoryError):
+        raise
+    except Exception as exc:  # truncated data, bad CRC, corrupt Huffman tables, ...
+        raise InvalidImage(f"corrupt {image.format} image: {exc}") from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a malformed EXIF block leaves the image as it is."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - orientation is a nicety, not a reason to refuse
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grayscale (I;16*, or I from PNG): scale 0..65535 to 0..255, never clip.
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise UnsupportedImageType("floating-point images are not supported")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif mode == "P":
+        image = image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _legacy_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (lower index, upper index, fraction) of TF's legacy bilinear resize along one axis."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    pos = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(pos).astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, (pos - lower.astype(np.float32)).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize [H, W, C] to float32 [size, size, C] as TF's ``ResizeBilinear`` (align_corners=False) does."""
+    height, width = image.shape[:2]
+    y0, y1, fy = _legacy_axis(height, size)
+    x0, x1, fx = _legacy_axis(width, size)
+    # Interpolate along x on the two source rows of each output row, then along y (the TF kernel's order).
+    top_rows = image[y0].astype(np.float32)
+    bottom_rows = image[y1].astype(np.float32)
+    fx = fx[None, :, None]
+    top = top_rows[:, x0] + (top_rows[:, x1] - top_rows[:, x0]) * fx
+    bottom = bottom_rows[:, x0] + (bottom_rows[:, x1] - bottom_rows[:, x0]) * fx
+    return top + (bottom - top) * fy[:, None, None]
+
+
+def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Return ``(image - mean) * (1 / std)`` in float32, the graph's ``Sub`` then ``Mul``."""
+    return (image.astype(np.float32) - np.float32(mean)) * np.float32(1.0 / std)
+
+
+def preprocess(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode, resize and normalise image bytes to the network input [size, size, 3]."""
+    return normalize(resize_bilinear(decode_rgb(data, max_pixels), size), mean, std)

@@ -1,0 +1,150 @@
+"""The batch pipeline: read and decode images in threads, run the graph in batches, commit to the cache.
+
+Decoding (Pillow, numpy) runs in a thread pool while the main thread runs the
+graph (TensorFlow releases the GIL), so both cores stay busy. Every batch is
+committed to the feature cache as soon as it is computed: a job killed at any
+moment keeps what it committed and a rerun computes only the rest. A bad image
+is recorded with its reason and the job goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featurizer.errors import ImgclfError
+from featurizer.extractor import Featurizer, default_decode_threads, sha256_bytes
+from featurizer.feature_cache import FeatureCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to featurize."""
+
+    name: str  # shown in reports: a path relative to the image folder
+    read: Callable[[], bytes]  # returns the encoded image
+    variant: str = ""  # "" for the image itself; a distorted copy names its distortion here
+    distort: Callable[[np.ndarray], np.ndarray] | None = None  # uint8 RGB in, uint8 RGB out
+
+
+def cache_key(image_sha256: str, variant: str = "") -> str:
+    """Return the cache key of an image (its sha256) or of a named variant of it."""
+    if not variant:
+        return image_sha256
+    return hashlib.sha256(f"{image_sha256}:{variant}".encode()).hexdigest()
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` did."""
+
+    keys: list[str | None]  # per item: its cache key, or None when it failed
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    cached: int = 0  # items already in the cache
+    computed: int = 0  # items run through the graph now
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> int:
+        """Return how many items have a vector in the cache now."""
+        return sum(key is not None for key in self.keys)
+
+
+def _progress_bar(total: int, enabled: bool | None, desc: str):
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCache, *,
+            batch_size: int = 32, decode_threads: int = 0, progress: bool | None = None,
+            desc: str = "featurize") -> ExtractResult:
+    """Make sure every item's vector is in ``cache``; return keys and failures.
+
+    Args:
+        batch_size: images per graph run, and per committed transaction.
+        decode_threads: decoding threads (0 = one per usable CPU).
+        progress: show a progress bar (None = only on a terminal).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; received {batch_size!r}")
+    fingerprint = featurizer.fingerprint
+    cache.register_featurizer(fingerprint, featurizer.describe())
+    known = cache.keys(fingerprint)
+    result = ExtractResult(keys=[None] * len(items))
+    threads = decode_threads or default_decode_threads()
+    max_in_flight = 2 * batch_size + 2 * threads
+    pending: list[tuple[str, np.ndarray]] = []
+    pending_keys: set[str] = set()
+    started = time.perf_counter()
+
+    def prepare(item: WorkItem) -> tuple[str, np.ndarray | None]:
+        data = item.read()
+        key = cache_key(sha256_bytes(data), item.variant)
+        if key in known:
+            return key, None
+        rgb = featurizer.decode(data)
+        if item.distort is not None:
+            rgb = item.distort(rgb)
+        return key, featurizer.to_input(rgb)
+
+    def flush() -> None:
+        if not pending:
+            return
+        vectors = featurizer.run(np.stack([array for _, array in pending]))
+        cache.put_many(fingerprint, {key: vector for (key, _), vector in zip(pending, vectors)})
+        known.update(key for key, _ in pending)
+        result.computed += len(pending)
+        pending.clear()
+        pending_keys.clear()
+
+    bar = _progress_bar(len(items), progress, desc)
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+            in_flight: deque[tuple[int, Future]] = deque()
+            next_index = 0
+            while next_index < len(items) or in_flight:
+                while next_index < len(items) and len(in_flight) < max_in_flight:
+                    in_flight.append((next_index, pool.submit(prepare, items[next_index])))
+                    next_index += 1
+                index, future = in_flight.popleft()
+                name = items[index].name
+                try:
+                    key, array = future.result()
+                except ImgclfError as exc:
+                    result.failures.append((name, str(exc)))
+                except OSError as exc:
+                    result.failures.append((name, f"cannot read file: {exc.strerror or exc}"))
+                except Exception as exc:  # noqa: BLE001 - one bad file must not end the job
+                    log.debug("unexpected failure on %s", name, exc_info=True)
+                    result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
+                else:
+                    result.keys[index] = key
+                    if array is None or key in known:  # cached, or the same bytes seen earlier in this run
+                        result.cached += 1
+                    elif key not in pending_keys:  # the same bytes twice in one batch: compute once
+                        pending.append((key, array))
+                        pending_keys.add(key)
+                        if len(pending) >= batch_size:
+                            flush()
+                bar.update(1)
+                bar.set_postfix(cached=result.cached, new=result.computed, bad=len(result.failures),
+                                refresh=False)
+            flush()
+    finally:
+        bar.close()
+        result.seconds = time.perf_counter() - started
+    return result
