@@ -1,0 +1,123 @@
+"""The batched featurizer against the graph's own one-image path, and bf16 against fp32."""
+
+import numpy as np
+import pytest
+
+from featurizer.errors import GraphError, InvalidImage
+from featurizer.extractor import Featurizer, FeaturizerConfig
+from featurizer.graph import SingleImageGraph, read_graph_def
+from featurizer.precision import native_bf16_flags, onednn_enabled, resolve_precision
+from tests import images
+
+NATIVE_BF16 = bool(native_bf16_flags()) and onednn_enabled()
+JPEG_SET = [images.jpeg(seed, size, quality) for seed, size, quality in [
+    (10, (500, 375), 90), (11, (375, 500), 75), (12, (640, 480), 95), (13, (299, 299), 85),
+    (14, (1024, 200), 90), (15, (120, 90), 70), (16, (333, 517), 92), (17, (50, 60), 88)]]
+
+
+def _cosines(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _check_batched_equals_single(graph_path):
+    featurizer = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
+    single = SingleImageGraph(read_graph_def(graph_path))
+    try:
+        batched = featurizer.run(np.stack([featurizer.preprocess(data) for data in JPEG_SET]))
+        reference = np.stack([single.run(data) for data in JPEG_SET])
+    finally:
+        featurizer.close()
+        single.close()
+    assert batched.shape == (len(JPEG_SET), 2048)
+    cosines = _cosines(batched, reference)
+    assert cosines.min() >= 0.9999, cosines
+    return cosines
+
+
+def test_batched_features_equal_the_one_image_path_on_the_legacy_graph(legacy_graph_path):
+    _check_batched_equals_single(legacy_graph_path)
+
+
+def test_batched_features_equal_the_one_image_path_on_full_inception(full_graph_path):
+    _check_batched_equals_single(full_graph_path)
+
+
+def test_batch_size_does_not_change_features(legacy_graph_path):
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET])
+    together = featurizer.run(inputs)
+    alone = np.stack([featurizer.run(inputs[i:i + 1])[0] for i in range(len(inputs))])
+    featurizer.close()
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
+def test_bf16_features_stay_close_to_fp32_on_full_inception(full_graph_path):
+    fp32 = Featurizer(FeaturizerConfig(full_graph_path, precision="fp32"))
+    bf16 = Featurizer(FeaturizerConfig(full_graph_path, precision="bf16"))
+    try:
+        inputs = np.stack([fp32.preprocess(data) for data in JPEG_SET])
+        cosines = _cosines(bf16.run(inputs), fp32.run(inputs))
+        assert bf16.fingerprint != fp32.fingerprint  # fp32 and bf16 vectors never share cache keys
+    finally:
+        fp32.close()
+        bf16.close()
+    assert cosines.min() >= 0.999, cosines
+
+
+def test_precision_auto_follows_the_cpu_flags(monkeypatch):
+    from featurizer import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert resolve_precision("auto") == "fp32"
+    with pytest.raises(ValueError, match="neither AMX_BF16 nor AVX512_BF16"):
+        resolve_precision("bf16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setattr(precision, "onednn_enabled", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(precision, "onednn_enabled", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    assert resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="received 'fp16'"):
+        resolve_precision("fp16")
+
+
+def test_features_reports_bad_images_per_item(legacy_graph_path):
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    results = featurizer.features([JPEG_SET[0], b"garbage", JPEG_SET[1]])
+    featurizer.close()
+    assert results[0].shape == (2048,) and results[2].shape == (2048,)
+    assert isinstance(results[1], InvalidImage)
+
+
+def test_fingerprint_depends_on_graph_and_names(legacy_graph_path, tmp_path):
+    from tests.legacy_graph import write_legacy_graph
+
+    other = write_legacy_graph(tmp_path / "other.pb", seed=1)
+    a = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    b = Featurizer(FeaturizerConfig(other, precision="fp32"))
+    assert a.fingerprint != b.fingerprint
+    assert a.describe()["graph_sha256"] != b.describe()["graph_sha256"]
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"bottleneck": "pool_9:0"}, "pool_9:0"),
+    ({"image_input": "NoSuchNode:0"}, "NoSuchNode:0"),
+])
+def test_missing_tensors_are_named(legacy_graph_path, override, message):
+    from featurizer.contract import DEFAULT_CONTRACT
+
+    with pytest.raises(GraphError, match=message):
+        Featurizer(FeaturizerConfig(legacy_graph_path, contract=DEFAULT_CONTRACT.with_overrides(**override)))
+
+
+def test_a_file_that_is_not_a_graph_is_refused(tmp_path):
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(b"\x00\x01 definitely not a graph")
+    with pytest.raises(GraphError, match="not a frozen TensorFlow GraphDef|holds no nodes"):
+        Featurizer(FeaturizerConfig(bad))
+    with pytest.raises(GraphError, match="cannot read graph"):
+        Featurizer(FeaturizerConfig(tmp_path / "missing.pb"))

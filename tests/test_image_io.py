@@ -1,0 +1,156 @@
+"""Decoding, validation and the graph-compatible resize, against references computed another way."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from featurizer.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from featurizer.image_io import decode_rgb, normalize, preprocess, resize_bilinear
+from tests import images
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (10, 1000), (1, 1), (299, 299), (600, 200), (1000, 10)])
+def test_resize_matches_tensorflow_legacy_resize_bilinear(shape):
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape + (3,), dtype=np.uint8)
+    reference = tf.raw_ops.ResizeBilinear(images=rgb[None].astype(np.float32), size=[299, 299],
+                                          align_corners=False, half_pixel_centers=False).numpy()[0]
+    np.testing.assert_array_equal(resize_bilinear(rgb, 299), reference)
+
+
+def test_normalize_is_sub_then_mul():
+    x = np.array([0, 128, 255], np.uint8)
+    np.testing.assert_array_equal(normalize(x, 128.0, 128.0), np.array([-1.0, 0.0, 127 / 128], np.float32))
+
+
+def test_jpeg_decodes_like_tensorflow_accurate_dct():
+    data = images.jpeg(0)
+    reference = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+    np.testing.assert_array_equal(decode_rgb(data), reference)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "GIF"])
+def test_lossless_formats_round_trip(fmt):
+    rgb = images.photo_like(1, (64, 48))
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    if fmt == "GIF":  # palette format: compare against Pillow's own palette conversion
+        palette_image = Image.fromarray(rgb).quantize(64)
+        expected = np.asarray(palette_image.convert("RGB"))
+        data = images.encode(palette_image, "GIF")
+    else:
+        expected = rgb
+        data = images.encode(rgb, fmt, **params)
+    np.testing.assert_array_equal(decode_rgb(data), expected)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = decode_rgb(images.encode(gray, "PNG"))
+    assert out.shape == (16, 16, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[:, :, channel], gray)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    out = decode_rgb(images.encode(Image.fromarray(values), "PNG"))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+
+
+def test_transparency_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (255, 0, 0, 0)  # fully transparent: white
+    rgba[1, 0] = (0, 0, 0, 128)  # half-transparent black: mid grey
+    out = decode_rgb(images.encode(rgba, "PNG"))
+    assert tuple(out[0, 0]) == (255, 0, 0)
+    assert tuple(out[0, 1]) == (255, 255, 255)
+    assert all(abs(int(v) - 127) <= 1 for v in out[1, 0])
+
+
+def test_palette_with_transparency_is_composited():
+    image = Image.new("P", (2, 1))
+    image.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    image.info["transparency"] = 0
+    out = decode_rgb(images.encode(image, "PNG", transparency=0))
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[0, 1]) == (0, 255, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    rgb = Image.new("RGB", (8, 8), (200, 30, 60))
+    out = decode_rgb(images.encode(rgb.convert("CMYK"), "JPEG", quality=100))
+    assert out.shape == (8, 8, 3)
+    assert np.abs(out.astype(int) - [200, 30, 60]).max() <= 12
+
+
+def test_exif_orientation_is_applied():
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    out = decode_rgb(images.encode(rgb, "JPEG", quality=100, exif=exif.tobytes()))
+    assert out.shape == (40, 20, 3)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50  # the white half is now on top
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert tuple(decode_rgb(buf.getvalue())[0, 0]) == (255, 0, 0)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height pixels, with a tiny (invalid) body."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    with pytest.raises(ImageTooLarge, match="100000×100000"):
+        decode_rgb(_png_header_only(100_000, 100_000))
+
+
+def test_pixel_limit_is_configurable():
+    data = images.encode(images.photo_like(2, (100, 50)), "PNG")
+    assert decode_rgb(data, max_pixels=5000).shape == (50, 100, 3)
+    with pytest.raises(ImageTooLarge, match="limit is 4,999"):
+        decode_rgb(data, max_pixels=4999)
+
+
+def _bad_crc_png() -> bytes:
+    data = bytearray(images.encode(images.photo_like(3, (16, 16)), "PNG"))
+    idat = data.index(b"IDAT")
+    data[idat + 10] ^= 0xFF  # corrupt the compressed data; the CRC no longer matches
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (b"", InvalidImage, "0 bytes"),
+    (np.random.default_rng(0).bytes(2000), InvalidImage, "identify"),
+    (b"just some text, saved as .jpg", InvalidImage, "identify"),
+    (b"<html><body>not an image</body></html>", InvalidImage, "identify"),
+    (images.jpeg(4)[:2000], InvalidImage, "corrupt JPEG"),
+    (_bad_crc_png(), InvalidImage, "corrupt PNG"),
+    (images.encode(images.photo_like(5, (16, 16)), "TIFF"), UnsupportedImageType, "TIFF"),
+])
+def test_bad_bytes_get_a_clear_error(data, error, message):
+    with pytest.raises(error, match=message):
+        decode_rgb(data)
+
+
+def test_preprocess_matches_the_graph_chain_for_png():
+    rgb = images.photo_like(6, (123, 77))
+    reference = tf.raw_ops.ResizeBilinear(images=rgb[None].astype(np.float32), size=[299, 299],
+                                          align_corners=False, half_pixel_centers=False).numpy()[0]
+    reference = (reference - 128.0) * (1.0 / 128.0)
+    np.testing.assert_allclose(preprocess(images.encode(rgb, "PNG")), reference, atol=1e-6)
