@@ -27,8 +27,10 @@ import logging
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +53,9 @@ from featurizer.contract import (
 )
 from featurizer.errors import DownloadError, GraphError
 
+if TYPE_CHECKING:  # keras is imported where used: it is heavy and Keras' global state is reset here
+    import keras
+
 log = logging.getLogger(__name__)
 
 RANDOM_NUM_CLASSES = 1008  # the 2015 graph's softmax width
@@ -59,6 +64,7 @@ TOP_LAYER = "predictions"  # Keras' 2048 → 1000 classification layer
 BODY_SCOPE = "inception_v3"  # name scope of the imported convolutional body
 CAST_NODE = "Cast"  # not in the contract: nothing reads these two tensors by name
 EXPAND_NODE = "ExpandDims"
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; an offline machine must not hang
 
 # Keras' own ImageNet weights (keras/applications/inception_v3.py).
@@ -72,7 +78,7 @@ IMAGENET_WEIGHTS_MD5 = "9a0d58056eeedaa3f26cb7ebd46da564"
 class InceptionModel:
     """A Keras Inception-v3 split into what the frozen graph needs."""
 
-    body: "object"  # keras.Model: normalised images [N, 299, 299, 3] → [N, 8, 8, 2048]
+    body: "keras.Model"  # normalised images [N, 299, 299, 3] → [N, 8, 8, 2048]
     logits_kernel: np.ndarray  # float32 [2048, num_classes]
     logits_bias: np.ndarray  # float32 [num_classes]
     description: str  # where the weights came from, for the returned summary
@@ -99,7 +105,7 @@ def synthetic_images(count: int, seed: int, size: int = INPUT_SIZE) -> np.ndarra
     return (total / np.maximum(peak, 1e-6)).astype(np.float32)
 
 
-def calibrate_batch_norm(model, images: np.ndarray) -> None:
+def calibrate_batch_norm(model: "keras.Model", images: np.ndarray) -> None:
     """Set every batch norm's moving statistics to the batch statistics of ``images``."""
     import keras
 
@@ -153,25 +159,37 @@ def _download_imagenet_weights() -> Path:
     return Path(path)
 
 
+def _first_line(exc: BaseException) -> str:
+    """Return the first line of an exception's message (Keras' can run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _load_weights_file(path: Path, seed: int) -> InceptionModel:
     """Build Inception-v3 from a local Keras weights file, with its top if the file has one."""
-    keras = _fresh_keras(seed)
     if not path.is_file():
-        raise GraphError(f"weights file {str(path)!r} does not exist")
+        raise GraphError(f"weights file {str(path)!r} does not exist or is not a file")
+    keras = _fresh_keras(seed)
     model = keras.applications.InceptionV3(include_top=True, weights=None)
+    # A file without the top makes Keras warn that layers keep fresh weights before it
+    # raises; that is expected here, so its warnings are replayed only on success.
     try:
-        model.load_weights(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(str(path))
     except Exception as top_error:  # noqa: BLE001 - Keras raises ValueError, OSError, KeyError, ...
-        log.info("%s has no classification top (%s); loading it without", path, str(top_error).splitlines()[0])
+        log.info("%s has no classification top (%s); loading it without", path, _first_line(top_error))
         keras = _fresh_keras(seed)
-        body = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+        body = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=INPUT_SHAPE)
         try:
             body.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise GraphError(f"cannot load Inception-v3 weights from {str(path)!r}: {exc} "
-                             f"(with the classification top: {top_error})") from exc
+            raise GraphError(f"cannot load Inception-v3 weights from {str(path)!r}: {_first_line(exc)} "
+                             f"(with the classification top: {_first_line(top_error)})") from exc
         kernel, bias = _random_logits(seed)
         return InceptionModel(body, kernel, bias, f"{path} (no top; seeded random logits, seed {seed})")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     body = keras.Model(model.input, model.get_layer(BODY_OUTPUT_LAYER).output, name="inception_v3_body")
     kernel, bias = model.get_layer(TOP_LAYER).get_weights()
     return InceptionModel(body, kernel.astype(np.float32), bias.astype(np.float32), str(path))
@@ -186,10 +204,10 @@ def build_inception(weights: str = "random", seed: int = 0, calibration_images: 
         calibration_images: how many synthetic images calibrate the random batch norms.
     """
     if weights == "random":
-        if calibration_images < 2:
-            raise ValueError(f"calibration_images must be at least 2; received {calibration_images!r}")
+        if calibration_images < 1:
+            raise ValueError(f"calibration_images must be at least 1; received {calibration_images!r}")
         keras = _fresh_keras(seed)
-        body = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+        body = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=INPUT_SHAPE)
         log.info("calibrating batch norms on %d synthetic images", calibration_images)
         calibrate_batch_norm(body, synthetic_images(calibration_images, seed))
         kernel, bias = _random_logits(seed)
@@ -205,11 +223,11 @@ def build_inception(weights: str = "random", seed: int = 0, calibration_images: 
     return _load_weights_file(path, seed)
 
 
-def freeze_body(body) -> tuple[graph_pb2.GraphDef, str, str]:
+def freeze_body(body: "keras.Model") -> tuple[graph_pb2.GraphDef, str, str]:
     """Freeze a Keras model to a GraphDef with a free batch dimension; return it, its input and output names."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    spec = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="images")
+    spec = tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="images")
     forward = tf.function(lambda images: body(images, training=False), input_signature=[spec])
     frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
     (inp,), (out,) = frozen.inputs, frozen.outputs

@@ -1,0 +1,130 @@
+"""Benchmark: images/s end to end (files in, cached features out), three ways, in one run.
+
+(a) the one-image-per-run fp32 path through ``DecodeJpeg/contents:0`` — what the
+    old retraining script did — writing each vector to the cache;
+(b) the batched pipeline (threads decode, graph runs batches) in fp32;
+(c) the same in bf16 (only where the CPU has native bf16).
+
+Uses a full-size Inception-v3 graph with seeded random weights (built once with
+``export_inception`` into bench/out/) and 200 generated photo-like JPEGs of
+about 500×375. Prints rates and the ratios to (a). Not a test: no assertions.
+
+    python bench/featurize.py [--images 200] [--batch-size 32] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes  # noqa: E402
+from featurizer.feature_cache import FeatureCache  # noqa: E402
+from featurizer.graph import SingleImageGraph, read_graph_def  # noqa: E402
+from featurizer.pipeline import WorkItem, extract  # noqa: E402
+from featurizer.precision import cpu_flags, native_bf16_flags, onednn_enabled  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """Write ``count`` photo-like JPEGs of about 500×375 (sizes vary a little)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        size = (500 + int(rng.integers(-20, 21)), 375 + int(rng.integers(-15, 16)))
+        image = coarse.resize(size, Image.BICUBIC)
+        noise = rng.normal(0, 6, (size[1], size[0], 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
+        path = folder / f"img_{i:04d}.jpg"
+        image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_single(graph_path: Path, paths: list[Path], cache_path: Path, commit_every: int) -> float:
+    """Time (a): one JPEG per session run through the graph's own decoding, cached."""
+    single = SingleImageGraph(read_graph_def(graph_path))
+    single.run(paths[0].read_bytes())  # warm-up, as every path gets one
+    with FeatureCache(cache_path) as cache:
+        start = time.perf_counter()
+        pending = {}
+        for path in paths:
+            data = path.read_bytes()
+            pending[sha256_bytes(data)] = single.run(data)
+            if len(pending) >= commit_every:
+                cache.put_many("single-fp32", pending)
+                pending = {}
+        if pending:
+            cache.put_many("single-fp32", pending)
+        seconds = time.perf_counter() - start
+    single.close()
+    return len(paths) / seconds
+
+
+def run_batched(graph_path: Path, paths: list[Path], cache_path: Path, precision: str, batch_size: int) -> float:
+    """Time (b)/(c): the batched pipeline with decoding threads, cached."""
+    featurizer = Featurizer(FeaturizerConfig(graph_path, precision=precision))
+    warm = np.stack([featurizer.preprocess(paths[0].read_bytes())] * batch_size)
+    featurizer.run(warm)  # warm-up: graph optimisation and oneDNN kernel selection
+    items = [WorkItem(path.name, path.read_bytes) for path in paths]
+    with FeatureCache(cache_path) as cache:
+        start = time.perf_counter()
+        result = extract(featurizer, items, cache, batch_size=batch_size, progress=False)
+        seconds = time.perf_counter() - start
+    featurizer.close()
+    assert result.computed == len(paths) and not result.failures, result.failures
+    return len(paths) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
+    args = parser.parse_args()
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    graph = args.graph or OUT / "inception_v3_random_seed0.pb"
+    if not graph.exists():
+        from featurizer.export_inception import export_inception
+
+        print(f"building {graph} (once) ...", flush=True)
+        export_inception(graph, weights="random", seed=0)
+    paths = make_images(OUT / "images", args.images)
+    bf16_ok = bool(native_bf16_flags()) and onednn_enabled()
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"native bf16 flags: {', '.join(native_bf16_flags()) or 'none'}; "
+          f"amx: {', '.join(sorted(f for f in cpu_flags() if f.startswith('amx'))) or 'none'}")
+    print(f"{len(paths)} JPEGs ~500x375, graph {graph.name}, batch {args.batch_size}")
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rates["(a) one image per run, fp32"] = run_single(graph, paths, tmp / "a.sqlite", args.batch_size)
+        rates["(b) batched pipeline, fp32"] = run_batched(graph, paths, tmp / "b.sqlite", "fp32", args.batch_size)
+        if bf16_ok:
+            rates["(c) batched pipeline, bf16"] = run_batched(graph, paths, tmp / "c.sqlite", "bf16",
+                                                               args.batch_size)
+        else:
+            print("(c) skipped: this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
+    baseline = rates["(a) one image per run, fp32"]
+    for name, rate in rates.items():
+        print(f"{name:<32} {rate:8.2f} img/s   {rate / baseline:5.2f}x (a)")
+
+
+if __name__ == "__main__":
+    main()
