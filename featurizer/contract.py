@@ -24,6 +24,7 @@ INPUT_STD = 128.0
 BOTTLENECK_DIM = 2048
 
 # Node names of the preprocessing chain, in order (DecodeJpeg → … → Mul).
+DECODE_NODE = "DecodeJpeg"
 RESIZE_NODE = "ResizeBilinear"
 SUB_NODE = "Sub"
 MUL_NODE = "Mul"
@@ -41,6 +42,9 @@ class GraphContract:
     input_size: int = INPUT_SIZE  # height = width of the network input
     input_mean: float = INPUT_MEAN  # subtracted from every 0..255 pixel value
     input_std: float = INPUT_STD  # the difference is divided by this
+    # How the graph's own DecodeJpeg decodes ("" = TF's default fast IDCT); None = no such node,
+    # decode with Pillow. Read from the graph by featurizer.graph.contract_from_graph.
+    jpeg_dct_method: str | None = None
 
     def with_overrides(self, **names: str | int | float | None) -> "GraphContract":
         """Return a copy with the non-None fields of ``names`` replaced."""
@@ -57,6 +61,7 @@ class GraphContract:
             "input_size": self.input_size,
             "input_mean": self.input_mean,
             "input_std": self.input_std,
+            "jpeg_dct_method": self.jpeg_dct_method,
         }
 
 

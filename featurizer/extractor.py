@@ -26,7 +26,7 @@ from featurizer.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 # Bump when preprocessing changes in a way that changes features: old cache entries then miss.
-PREPROCESSING = "pillow-rgb/tf-legacy-bilinear/v1"
+PREPROCESSING = "graph-jpeg-decoder/pillow-rgb/tf-legacy-bilinear/v2"
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Featurizer:
         return {"graph_sha256": self.graph_sha256, "image_input": self.contract.image_input,
                 "bottleneck": self.contract.bottleneck, "input_size": self.contract.input_size,
                 "input_mean": self.contract.input_mean, "input_std": self.contract.input_std,
+                "jpeg_dct_method": self.contract.jpeg_dct_method,
                 "precision": self.precision, "preprocessing": PREPROCESSING}
 
     def describe(self) -> dict:
@@ -70,7 +71,7 @@ class Featurizer:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
-        return decode_rgb(data, self.config.max_pixels)
+        return decode_rgb(data, self.config.max_pixels, self.contract.jpeg_dct_method)
 
     def to_input(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalise a decoded RGB image to the network input [S, S, 3]."""

@@ -122,7 +122,7 @@ def _graph_constant(graph_def: graph_pb2.GraphDef, node: str, input_index: int):
 
 
 def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT) -> GraphContract:
-    """Return ``contract`` with input size, mean and std read from the graph's preprocessing chain.
+    """Return ``contract`` with input size, mean, std and JPEG decoding read from the graph's preprocessing chain.
 
     The 2015 graph resizes with ``ResizeBilinear`` then computes ``(x - Sub/y) *
     Mul/y``; where those nodes exist with constant operands their values win
@@ -140,6 +140,9 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
         updates["input_mean"] = float(mean)
     if mul is not None and np.size(mul) == 1 and float(mul) != 0.0:
         updates["input_std"] = 1.0 / float(mul)
+    decode = next((n for n in graph_def.node if n.name == names.DECODE_NODE and n.op == "DecodeJpeg"), None)
+    if decode is not None:  # decode JPEGs outside the graph exactly as this node does
+        updates["jpeg_dct_method"] = decode.attr["dct_method"].s.decode() if "dct_method" in decode.attr else ""
     return contract.with_overrides(**updates)
 
 

@@ -62,14 +62,27 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     return image
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None
+               ) -> np.ndarray:
     """Decode image bytes to an upright uint8 RGB array [H, W, 3].
 
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images are
     converted to 8-bit RGB (16-bit scaled, not clipped); transparency is
     composited over white; GIFs and other animations give their first frame.
+
+    Args:
+        jpeg_dct_method: when not None, RGB and grayscale JPEGs are decoded by
+            TensorFlow's ``DecodeJpeg`` with this ``dct_method`` ("" is TF's
+            default, the fast integer IDCT) so the pixels equal what a graph's
+            own ``DecodeJpeg`` node produces; None decodes with Pillow (the
+            accurate integer IDCT).
     """
     image = open_checked(data, max_pixels)
+    if jpeg_dct_method is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+        rgb = _decode_jpeg_like_graph(data, image, jpeg_dct_method)
+        if rgb is not None:
+            return rgb
+        # TensorFlow refused it: let Pillow try, and say precisely what is wrong if it fails too.
     try:
         image.seek(0)
         image.load()
@@ -79,6 +92,33 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise
     except Exception as exc:  # truncated data, bad CRC, corrupt Huffman tables, ...
         raise InvalidImage(f"corrupt {image.format} image: {exc}") from exc
+
+
+# EXIF orientation tag value → the transpose that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def _decode_jpeg_like_graph(data: bytes, header: Image.Image, dct_method: str) -> np.ndarray | None:
+    """Decode a JPEG with TensorFlow's DecodeJpeg (the graph's own decoder) and apply EXIF orientation.
+
+    Returns None when TensorFlow cannot decode it.
+    """
+    import tensorflow as tf
+
+    try:
+        rgb = tf.io.decode_jpeg(data, channels=3, dct_method=dct_method).numpy()
+    except tf.errors.OpError:
+        return None
+    try:
+        orientation = header.getexif().get(_EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the image as it is
+        orientation = None
+    if orientation in _ORIENTATION:
+        rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION[orientation]))
+    return rgb
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -141,6 +181,6 @@ def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 
 def preprocess(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None) -> np.ndarray:
     """Decode, resize and normalise image bytes to the network input [size, size, 3]."""
-    return normalize(resize_bilinear(decode_rgb(data, max_pixels), size), mean, std)
+    return normalize(resize_bilinear(decode_rgb(data, max_pixels, jpeg_dct_method), size), mean, std)

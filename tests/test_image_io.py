@@ -33,6 +33,32 @@ def test_jpeg_decodes_like_tensorflow_accurate_dct():
     np.testing.assert_array_equal(decode_rgb(data), reference)
 
 
+def test_jpeg_decodes_like_the_graph_decoder_when_asked():
+    data = images.jpeg(1)
+    reference = tf.io.decode_jpeg(data, channels=3).numpy()  # what a 2015 DecodeJpeg node gives
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=""), reference)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_graph_decoder_path_applies_exif_orientation_like_pillow(orientation):
+    rgb = images.photo_like(7, (40, 24)).copy()
+    rgb[:4, :4] = 255  # a marker in one corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = images.encode(rgb, "JPEG", quality=100, exif=exif.tobytes())
+    via_graph_decoder, via_pillow = decode_rgb(data, jpeg_dct_method=""), decode_rgb(data)
+    assert via_graph_decoder.shape == via_pillow.shape
+    # The two decoders differ by IDCT rounding only; the white marker must land in the same corner.
+    assert np.abs(via_graph_decoder.astype(int) - via_pillow.astype(int)).mean() < 6
+    corners = lambda a: [a[:4, :4].mean(), a[:4, -4:].mean(), a[-4:, :4].mean(), a[-4:, -4:].mean()]  # noqa: E731
+    assert np.argmax(corners(via_graph_decoder)) == np.argmax(corners(via_pillow))
+
+
+def test_graph_decoder_path_reports_corrupt_jpegs():
+    with pytest.raises(InvalidImage, match="corrupt JPEG"):
+        decode_rgb(images.jpeg(4, (160, 120))[:1200], jpeg_dct_method="")
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "GIF"])
 def test_lossless_formats_round_trip(fmt):
     rgb = images.photo_like(1, (64, 48))
