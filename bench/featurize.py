@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 
 from featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes  # noqa: E402
 from featurizer.feature_cache import FeatureCache  # noqa: E402
-from featurizer.graph import SingleImageGraph, read_graph_def  # noqa: E402
+from featurizer.graph import SingleImageGraph, ThreadConfig, read_graph_def  # noqa: E402
 from featurizer.pipeline import WorkItem, extract  # noqa: E402
 from featurizer.precision import cpu_flags, native_bf16_flags, onednn_enabled  # noqa: E402
 
@@ -55,9 +55,10 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_single(graph_path: Path, paths: list[Path], cache_path: Path, commit_every: int) -> float:
+def run_single(graph_path: Path, paths: list[Path], cache_path: Path, commit_every: int,
+               threads: ThreadConfig) -> float:
     """Time (a): one JPEG per session run through the graph's own decoding, cached."""
-    single = SingleImageGraph(read_graph_def(graph_path))
+    single = SingleImageGraph(read_graph_def(graph_path), threads=threads)
     single.run(paths[0].read_bytes())  # warm-up, as every path gets one
     with FeatureCache(cache_path) as cache:
         start = time.perf_counter()
@@ -114,7 +115,12 @@ def main() -> None:
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rates["(a) one image per run, fp32"] = run_single(graph, paths, tmp / "a.sqlite", args.batch_size)
+        # (a) as the old script ran it: a default session (TensorFlow picks both thread pools).
+        rates["(a) one image per run, fp32"] = run_single(graph, paths, tmp / "a.sqlite", args.batch_size,
+                                                          ThreadConfig(intra_op=0, inter_op=0))
+        # The same path with imgclf's thread settings, to show what threading alone gives.
+        rates["(a') (a) with inter-op threads 1"] = run_single(graph, paths, tmp / "a2.sqlite", args.batch_size,
+                                                               ThreadConfig())
         rates["(b) batched pipeline, fp32"] = run_batched(graph, paths, tmp / "b.sqlite", "fp32", args.batch_size)
         if bf16_ok:
             rates["(c) batched pipeline, bf16"] = run_batched(graph, paths, tmp / "c.sqlite", "bf16",

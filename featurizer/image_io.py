@@ -166,12 +166,16 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape[:2]
     y0, y1, fy = _legacy_axis(height, size)
     x0, x1, fx = _legacy_axis(width, size)
-    # Interpolate along x on the two source rows of each output row, then along y (the TF kernel's order).
-    top_rows = image[y0].astype(np.float32)
-    bottom_rows = image[y1].astype(np.float32)
+    # Gather the source rows, then the source columns, still in the source dtype (so only the
+    # (2·size)² needed pixels are converted), then interpolate along x and along y in the TF
+    # kernel's order so the results match it exactly.
+    rows = np.take(image, np.concatenate([y0, y1]), axis=0)
+    pixels = np.take(rows, np.concatenate([x0, x1]), axis=1).astype(np.float32)
+    top_left, top_right = pixels[:size, :size], pixels[:size, size:]
+    bottom_left, bottom_right = pixels[size:, :size], pixels[size:, size:]
     fx = fx[None, :, None]
-    top = top_rows[:, x0] + (top_rows[:, x1] - top_rows[:, x0]) * fx
-    bottom = bottom_rows[:, x0] + (bottom_rows[:, x1] - bottom_rows[:, x0]) * fx
+    top = top_left + (top_right - top_left) * fx
+    bottom = bottom_left + (bottom_right - bottom_left) * fx
     return top + (bottom - top) * fy[:, None, None]
 
 
