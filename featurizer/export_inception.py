@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import socket
 import time
 import warnings
@@ -51,7 +50,9 @@ from featurizer.contract import (
     SUB_NODE,
     node_name,
 )
+from featurizer.atomic import atomic_file
 from featurizer.errors import DownloadError, GraphError
+from featurizer.graph import keep_ancestors
 
 if TYPE_CHECKING:  # keras is imported where used: it is heavy and Keras' global state is reset here
     import keras
@@ -268,22 +269,7 @@ def assemble_graph(body_def: graph_pb2.GraphDef, body_input: str, body_output: s
         logits = tf.raw_ops.BiasAdd(value=product, bias=bias, name=f"{softmax}/logits")
         tf.raw_ops.Softmax(logits=logits, name=softmax)
     # The body's own input placeholder survives the input_map unconnected; prune it.
-    return tf.compat.v1.graph_util.extract_sub_graph(graph.as_graph_def(), [softmax])
-
-
-def _write_atomically(out: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``out`` and rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return keep_ancestors(graph.as_graph_def(), softmax)
 
 
 def export_inception(out: Path, weights: str = "random", seed: int = 0, calibration_images: int = 8) -> dict:
@@ -308,7 +294,8 @@ def export_inception(out: Path, weights: str = "random", seed: int = 0, calibrat
     log.info("assembling the 2015 interface (%.1f s)", time.monotonic() - started)
     graph_def = assemble_graph(body_def, body_input, body_output, model.logits_kernel, model.logits_bias)
     data = graph_def.SerializeToString(deterministic=True)
-    _write_atomically(out, data)
+    with atomic_file(out) as fh:
+        fh.write(data)
     log.info("wrote %s: %.1f MB, %d nodes (%.1f s)", out, len(data) / 1e6, len(graph_def.node),
              time.monotonic() - started)
     return {

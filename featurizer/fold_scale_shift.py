@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from featurizer.contract import node_name
+from featurizer.prune import keep_ancestors
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,7 @@ def _constant_nodes(graph_def: graph_pb2.GraphDef) -> set[str]:
 
 def _evaluate(graph_def: graph_pb2.GraphDef, tensors: list[str]) -> list[np.ndarray]:
     """Evaluate constant tensors of ``graph_def`` in one session run."""
-    by_name = {node.name: node for node in graph_def.node}
-    keep, stack = set(), [node_name(t) for t in tensors]
-    while stack:
-        name = stack.pop()
-        if name not in keep:
-            keep.add(name)
-            stack.extend(node_name(i) for i in by_name[name].input)
-    sub = graph_pb2.GraphDef()
-    sub.versions.CopyFrom(graph_def.versions)
-    sub.node.extend(node for node in graph_def.node if node.name in keep)
+    sub = keep_ancestors(graph_def, tensors)
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(sub, name="")

@@ -32,6 +32,7 @@ from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
 from featurizer.errors import GraphError
 from featurizer.fold_scale_shift import fold_scale_shift
 from featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
+from featurizer.prune import keep_ancestors
 
 log = logging.getLogger(__name__)
 
@@ -205,24 +206,7 @@ def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) 
             for size in (-1, contract.input_size, contract.input_size, 3):
                 shape.dim.add(size=size)
             copy.attr["shape"].shape.CopyFrom(shape)
-    return _keep_ancestors(out, node_name(contract.bottleneck))
-
-
-def _keep_ancestors(graph_def: graph_pb2.GraphDef, target: str) -> graph_pb2.GraphDef:
-    """Return ``graph_def`` with only ``target`` and the nodes it depends on, in their original order."""
-    by_name = {node.name: node for node in graph_def.node}
-    keep, stack = set(), [target]
-    while stack:
-        name = stack.pop()
-        if name in keep or name not in by_name:
-            continue
-        keep.add(name)
-        stack.extend(node_name(inp) for inp in by_name[name].input)
-    out = graph_pb2.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(node for node in graph_def.node if node.name in keep)
-    return out
+    return keep_ancestors(out, node_name(contract.bottleneck))
 
 
 class SingleImageGraph:
