@@ -34,7 +34,8 @@ class WorkItem:
     name: str  # shown in reports: a path relative to the image folder
     read: Callable[[], bytes]  # returns the encoded image
     variant: str = ""  # "" for the image itself; a distorted copy names its distortion here
-    distort: Callable[[np.ndarray], np.ndarray] | None = None  # uint8 RGB in, uint8 RGB out
+    # uint8 RGB in, uint8 RGB out; the generator is seeded from the cache key, so a variant is reproducible
+    distort: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
 
 def cache_key(image_sha256: str, variant: str = "") -> str:
@@ -98,7 +99,7 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
             return key, None
         rgb = featurizer.decode(data)
         if item.distort is not None:
-            rgb = item.distort(rgb)
+            rgb = item.distort(rgb, np.random.default_rng(int(key[:16], 16)))
         return key, featurizer.to_input(rgb)
 
     def flush() -> None:
