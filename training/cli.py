@@ -1,0 +1,104 @@
+"""The training subcommand: `imgclf train`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from featurizer.cli import add_featurizer_options, featurizer_config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `imgclf train` to the `imgclf` parser."""
+    p = sub.add_parser(
+        "train", help="featurize, split, train a dense head, evaluate and export a new model version",
+        description="Featurize IMAGE_DIR/<class>/ (reusing the cache), split it by a stable hash of each "
+                    "path, train a dense head on the bottlenecks, print test metrics and export "
+                    "MODEL_DIR/NAME/<next version>/.")
+    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder with one sub-folder per class")
+    add_featurizer_options(p)
+    p.add_argument("--cache", type=Path, required=True, help="SQLite feature cache (created when missing)")
+    p.add_argument("--model-dir", type=Path, required=True, help="model repository (TensorFlow Serving layout)")
+    p.add_argument("--name", required=True, help="model name: letters, digits, '-', '_', '.'")
+    p.add_argument("--logdir", type=Path, help="TensorBoard run directory (default: MODEL_DIR/NAME/runs/<time>)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per featurizer batch (default: %(default)s)")
+    p.add_argument("--decode-threads", type=int, default=0, help="decoding threads (default: 0 = one per CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("split (percent of each class)")
+    g.add_argument("--train-percent", type=float, default=80.0, help="default: %(default)s")
+    g.add_argument("--validation-percent", type=float, default=10.0, help="default: %(default)s")
+    g.add_argument("--test-percent", type=float, default=10.0, help="default: %(default)s")
+
+    g = p.add_argument_group("distorted copies of training images")
+    g.add_argument("--augment", type=int, default=0, metavar="COPIES",
+                   help="distorted copies per training image, featurized once and cached (default: 0)")
+    g.add_argument("--random-crop", type=float, default=10.0, help="percent (default: %(default)s)")
+    g.add_argument("--random-scale", type=float, default=10.0, help="percent (default: %(default)s)")
+    g.add_argument("--random-brightness", type=float, default=10.0, help="percent (default: %(default)s)")
+    g.add_argument("--random-contrast", type=float, default=10.0, help="percent (default: %(default)s)")
+    g.add_argument("--random-saturation", type=float, default=10.0, help="percent (default: %(default)s)")
+    g.add_argument("--no-flip", action="store_true", help="do not mirror copies left-right")
+
+    from training.config import HeadConfig, TrainConfig
+
+    head, train = HeadConfig(), TrainConfig()
+    g = p.add_argument_group("head")
+    g.add_argument("--hidden-units", type=int, default=head.hidden_units,
+                   help="one hidden layer of this width (default: %(default)s = plain softmax classifier)")
+    g.add_argument("--dropout", type=float, default=head.dropout,
+                   help="dropout on the classifier's input (hidden layer or bottleneck) (default: %(default)s)")
+    g.add_argument("--l2", type=float, default=head.l2, help="L2 weight regularisation (default: %(default)s)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default=train.optimizer,
+                   help="sgd = SGD with momentum (default: %(default)s)")
+    g.add_argument("--learning-rate", type=float, default=train.learning_rate, help="initial (default: %(default)s)")
+    g.add_argument("--decay-steps", type=int, default=train.decay_steps, help="default: %(default)s")
+    g.add_argument("--decay-rate", type=float, default=train.decay_rate, help="default: %(default)s")
+    g.add_argument("--no-staircase", action="store_true", help="decay smoothly instead of in steps")
+    g.add_argument("--momentum", type=float, default=train.momentum, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--train-batch-size", type=int, default=train.batch_size,
+                   help="mini-batch of cached vectors (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=train.max_epochs, help="at most (default: %(default)s)")
+    g.add_argument("--patience", type=int, default=train.patience,
+                   help="stop after this many epochs without a better validation loss (default: %(default)s)")
+    g.add_argument("--ema-decay", type=float, default=train.ema_decay,
+                   help="moving average of the weights, used for evaluation and export (default: off)")
+    g.add_argument("--class-balance", choices=("weights", "sampling", "none"), default=train.class_balance,
+                   help="how class imbalance is handled (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=train.seed, help="default: %(default)s")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run `imgclf train`."""
+    from training.augment import AugmentConfig
+    from training.config import HeadConfig, TrainConfig
+    from training.split import SplitConfig
+    from training.train_job import TrainJob, run_train
+
+    job = TrainJob(
+        image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
+        model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
+        decode_threads=args.decode_threads, progress=False if args.quiet else None,
+        split=SplitConfig(args.train_percent, args.validation_percent, args.test_percent),
+        augment=AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
+                              args.random_brightness, args.random_contrast, args.random_saturation),
+        head=HeadConfig(hidden_units=args.hidden_units, dropout=args.dropout, l2=args.l2),
+        train=TrainConfig(learning_rate=args.learning_rate, decay_steps=args.decay_steps,
+                          decay_rate=args.decay_rate, staircase=not args.no_staircase, optimizer=args.optimizer,
+                          momentum=args.momentum, batch_size=args.train_batch_size, max_epochs=args.epochs,
+                          patience=args.patience, ema_decay=args.ema_decay, class_balance=args.class_balance,
+                          seed=args.seed),
+    )
+    outcome = run_train(job)
+    sizes = outcome.dataset.sizes()
+    print(f"split: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test vectors")
+    if outcome.dataset.skipped:
+        print(f"skipped {len(outcome.dataset.skipped)} file(s):")
+        for path, reason in outcome.dataset.skipped:
+            print(f"  {path}: {reason}")
+    print(outcome.table)
+    print(f"exported {outcome.version_dir}")
+    return 0

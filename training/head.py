@@ -1,0 +1,76 @@
+"""The dense head on the bottleneck: a softmax classifier, optionally with one hidden layer.
+
+The head is a plain Keras functional model, float32 ``[None, input_dim]`` →
+probabilities ``[None, num_classes]``, built from a list of layer specs so that
+its shape is data, not pasted code. The last layer is the softmax; its input is
+the logits, which training uses for a numerically stable cross-entropy
+(:func:`logits_model`). L2 weight decay lives on the kernels as Keras
+regularizers, so ``model.losses`` carries the penalty into the training loss.
+"""
+
+from __future__ import annotations
+
+
+import keras
+
+from training.config import HeadConfig
+
+LOGITS_LAYER = "logits"
+PROBABILITIES_LAYER = "probabilities"
+
+
+def layer_specs(config: HeadConfig, num_classes: int) -> list[dict]:
+    """Return the head's layers as data: a list of ``{"kind", ...}`` specs, input to output."""
+    specs: list[dict] = []
+    if config.hidden_units:
+        specs.append({"kind": "dense", "units": config.hidden_units, "activation": "relu",
+                      "name": "hidden"})
+    if config.dropout:
+        # Dropout on whatever feeds the classifier, as TF Hub's image classifier does.
+        specs.append({"kind": "dropout", "rate": config.dropout, "name": "dropout"})
+    specs.append({"kind": "dense", "units": num_classes, "activation": None, "name": LOGITS_LAYER})
+    specs.append({"kind": "softmax", "name": PROBABILITIES_LAYER})
+    return specs
+
+
+def _make_layer(spec: dict, l2: float, seed: int) -> keras.layers.Layer:
+    kind = spec["kind"]
+    if kind == "dense":
+        return keras.layers.Dense(
+            spec["units"], activation=spec["activation"], name=spec["name"],
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+            kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)
+    if kind == "dropout":
+        return keras.layers.Dropout(spec["rate"], seed=seed, name=spec["name"])
+    if kind == "softmax":
+        return keras.layers.Softmax(name=spec["name"])
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def build_head(config: HeadConfig, input_dim: int, num_classes: int, seed: int = 0) -> keras.Model:
+    """Build the head: float32 ``[None, input_dim]`` → probabilities ``[None, num_classes]``.
+
+    Args:
+        config: the head's shape and regularisation (validated here).
+        input_dim: length of a feature vector (2048 for the Inception-v3 bottleneck).
+        num_classes: number of labels, at least 2.
+        seed: seeds every initializer and dropout mask, so equal seeds give equal models.
+    """
+    config.validate()
+    for name, value, low in (("input_dim", input_dim, 1), ("num_classes", num_classes, 2),
+                             ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; received {value!r}")
+    inputs = keras.Input(shape=(input_dim,), dtype="float32", name="bottleneck")
+    x = inputs
+    for i, spec in enumerate(layer_specs(config, num_classes)):
+        x = _make_layer(spec, config.l2, seed + i)(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def logits_model(head: keras.Model) -> keras.Model:
+    """Return a model sharing ``head``'s layers that stops before the softmax (its logits)."""
+    last = head.layers[-1]
+    if not isinstance(last, keras.layers.Softmax):
+        raise ValueError(f"the head's last layer must be a Softmax; received {type(last).__name__}")
+    return keras.Model(head.input, last.input, name=f"{head.name}_logits")
