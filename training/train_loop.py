@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from training.config import CLASS_BALANCE, OPTIMIZERS, HeadConfig, TrainConfig  # noqa: F401 - re-exported
 from training.head import build_head, logits_model
-from training.metrics import Metrics, confusion_image, evaluate
+from training.metrics import Metrics, evaluate
+from training.tensorboard_log import RunWriters
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int,
     w_t = tf.convert_to_tensor(class_weights[y_train].astype(np.float32))
     n = len(y_train)
     evaluating = averager.swapped if averager else contextlib.nullcontext
-    writers = _Writers(Path(logdir)) if logdir is not None else None
+    writers = RunWriters(Path(logdir)) if logdir is not None else None
 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -334,74 +335,5 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int,
                        class_weights=[float(w) for w in class_weights])
 
 
-def _metadata(plugin: str, data_class: int, description: str = ""):
-    """Return the SummaryMetadata that tells TensorBoard which plugin shows a summary."""
-    from tensorflow.core.framework import summary_pb2
-
-    # content b"" is the plugin's data proto at version 0, as TensorBoard writes it.
-    return summary_pb2.SummaryMetadata(
-        summary_description=description, data_class=data_class,
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=b""))
-
-
-def write_scalar(tag: str, value: float, step: int) -> None:
-    """Write a scalar summary to the default writer, as ``tensorboard.summary.scalar`` does."""
-    from tensorflow.core.framework import summary_pb2
-
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                     metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR))
-
-
-def write_image(tag: str, rgb: np.ndarray, step: int, description: str = "") -> None:
-    """Write one uint8 ``[H, W, 3]`` image summary, as ``tensorboard.summary.image`` does."""
-    from tensorflow.core.framework import summary_pb2
-
-    # The images plugin reads a string vector: width, height, then the encoded images.
-    tensor = tf.stack([tf.as_string(rgb.shape[1]), tf.as_string(rgb.shape[0]),
-                       tf.io.encode_png(rgb)])
-    tf.summary.write(tag, tensor, step=step,
-                     metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE, description))
-
-
-class _Writers:
-    """TensorBoard summary writers for the train and validation curves of one run.
-
-    Summaries go through TensorFlow's own writer (``tf.summary.write`` with the
-    plugin metadata TensorBoard expects), so writing logs does not need the
-    ``tensorboard`` package; viewing them does (``tensorboard --logdir``).
-    """
-
-    def __init__(self, logdir: Path):
-        self.train = tf.summary.create_file_writer(str(logdir / "train"))
-        self.validation = tf.summary.create_file_writer(str(logdir / "validation"))
-
-    def epoch(self, row: dict) -> None:
-        """Write one epoch's scalars (step = epoch)."""
-        step = row["epoch"]
-        with self.train.as_default():
-            write_scalar("loss", row["train_loss"], step)
-            write_scalar("accuracy", row["train_accuracy"], step)
-            write_scalar("learning_rate", row["learning_rate"], step)
-        with self.validation.as_default():
-            write_scalar("loss", row["val_loss"], step)
-            write_scalar("accuracy", row["val_accuracy"], step)
-
-    def finish(self, model: keras.Model, input_dim: int, metrics: Metrics, step: int) -> None:
-        """Write the validation confusion matrix as an image and the head's graph."""
-        with self.validation.as_default():
-            write_image("confusion_matrix", confusion_image(metrics.confusion, metrics.label_names),
-                        step, description="validation set at the best epoch; rows = true labels")
-        forward = tf.function(lambda x: model(x, training=False))
-        graph = forward.get_concrete_function(tf.TensorSpec([None, input_dim], tf.float32)).graph
-        with self.train.as_default():
-            tf.summary.graph(graph)
-
-    def close(self) -> None:
-        """Flush and close both writers."""
-        for writer in (self.train, self.validation):
-            writer.flush()
-            writer.close()
-
-
 __all__ = ["TrainConfig", "TrainResult", "WeightAverager", "learning_rate_schedule",
-           "predict_probabilities", "train_head", "write_image", "write_scalar"]
+           "predict_probabilities", "train_head"]

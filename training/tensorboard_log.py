@@ -1,0 +1,85 @@
+"""TensorBoard logs of a training run, written with TensorFlow's own summary writer.
+
+Summaries go through ``tf.summary.write`` with the plugin metadata TensorBoard
+expects, so writing logs does not need the ``tensorboard`` package (TF 2.21 no
+longer installs it); viewing them does (``pip install tensorboard``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.metrics import Metrics, confusion_image
+
+
+def _metadata(plugin: str, data_class: int, description: str = ""):
+    """Return the SummaryMetadata that tells TensorBoard which plugin shows a summary."""
+    from tensorflow.core.framework import summary_pb2
+
+    # content b"" is the plugin's data proto at version 0, as TensorBoard writes it.
+    return summary_pb2.SummaryMetadata(
+        summary_description=description, data_class=data_class,
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=b""))
+
+
+def write_scalar(tag: str, value: float, step: int) -> None:
+    """Write a scalar summary to the default writer, as ``tensorboard.summary.scalar`` does."""
+    from tensorflow.core.framework import summary_pb2
+
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                     metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR))
+
+
+def write_image(tag: str, rgb: np.ndarray, step: int, description: str = "") -> None:
+    """Write one uint8 ``[H, W, 3]`` image summary, as ``tensorboard.summary.image`` does."""
+    from tensorflow.core.framework import summary_pb2
+
+    # The images plugin reads a string vector: width, height, then the encoded images.
+    tensor = tf.stack([tf.as_string(rgb.shape[1]), tf.as_string(rgb.shape[0]),
+                       tf.io.encode_png(rgb)])
+    tf.summary.write(tag, tensor, step=step,
+                     metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE, description))
+
+
+class RunWriters:
+    """TensorBoard summary writers for the train and validation curves of one run.
+
+    Summaries go through TensorFlow's own writer (``tf.summary.write`` with the
+    plugin metadata TensorBoard expects), so writing logs does not need the
+    ``tensorboard`` package; viewing them does (``tensorboard --logdir``).
+    """
+
+    def __init__(self, logdir: Path):
+        self.train = tf.summary.create_file_writer(str(logdir / "train"))
+        self.validation = tf.summary.create_file_writer(str(logdir / "validation"))
+
+    def epoch(self, row: dict) -> None:
+        """Write one epoch's scalars (step = epoch)."""
+        step = row["epoch"]
+        with self.train.as_default():
+            write_scalar("loss", row["train_loss"], step)
+            write_scalar("accuracy", row["train_accuracy"], step)
+            write_scalar("learning_rate", row["learning_rate"], step)
+        with self.validation.as_default():
+            write_scalar("loss", row["val_loss"], step)
+            write_scalar("accuracy", row["val_accuracy"], step)
+
+    def finish(self, model: keras.Model, input_dim: int, metrics: Metrics, step: int) -> None:
+        """Write the validation confusion matrix as an image and the head's graph."""
+        with self.validation.as_default():
+            write_image("confusion_matrix", confusion_image(metrics.confusion, metrics.label_names),
+                        step, description="validation set at the best epoch; rows = true labels")
+        forward = tf.function(lambda x: model(x, training=False))
+        graph = forward.get_concrete_function(tf.TensorSpec([None, input_dim], tf.float32)).graph
+        with self.train.as_default():
+            tf.summary.graph(graph)
+
+    def close(self) -> None:
+        """Flush and close both writers."""
+        for writer in (self.train, self.validation):
+            writer.flush()
+            writer.close()
