@@ -32,7 +32,7 @@ from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
 from featurizer.errors import GraphError
 from featurizer.fold_scale_shift import fold_scale_shift
 from featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
-from featurizer.prune import keep_ancestors
+from featurizer.prune import drop_pure_control_edges, keep_ancestors
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) 
             for size in (-1, contract.input_size, contract.input_size, 3):
                 shape.dim.add(size=size)
             copy.attr["shape"].shape.CopyFrom(shape)
-    return keep_ancestors(out, node_name(contract.bottleneck))
+    # Without the frozen function's pure control edges, the pre-fold weights are not ancestors any more.
+    return keep_ancestors(drop_pure_control_edges(out), node_name(contract.bottleneck))
 
 
 class SingleImageGraph:

@@ -11,7 +11,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """Return the `imgclf` argument parser with every package's subcommands."""
     from featurizer import cli as featurizer_cli
-    from service import demo
+    from service import demo, predict_cli
+    from training import cli as training_cli
 
     parser = argparse.ArgumentParser(
         prog="imgclf",
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.register(sub)
     featurizer_cli.register(sub)
+    training_cli.register(sub)
+    predict_cli.register(sub)
     return parser
 
 

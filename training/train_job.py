@@ -62,11 +62,12 @@ def default_logdir(model_dir: Path, name: str) -> Path:
 
 def run_train(job: TrainJob) -> TrainOutcome:
     """Run the whole training job and return where the new version is."""
-    from training.export import check_model_name, export_model
+    from training.export import export_model
     from training.metrics import evaluate
+    from training.repository import validate_name
     from training.train_loop import train_head
 
-    check_model_name(job.name)
+    validate_name(job.name)
     job.split.validate()
     job.augment.validate()
     featurizer = Featurizer(job.featurizer)

@@ -1,0 +1,222 @@
+"""Export a trained head with its featurizer into the model repository, atomically.
+
+``REPO/NAME/<version>/`` (TensorFlow Serving's layout) receives:
+
+* ``saved_model.pb`` (+ ``variables/``): signature ``serving_default`` takes a
+  batch of encoded images (``image_bytes``: string [None]) and signature
+  ``bottleneck`` takes bottleneck vectors (float32 [None, D]); both return
+  ``probabilities`` [None, C], ``classes`` (int64 top-1 id) and ``labels``
+  (string top-1 label). Preprocessing, featurizer and head are all inside, in
+  float32, so ``tensorflow_model_server`` serves it as it is.
+* ``head.pb``: the frozen head; ``end_to_end.pb``: featurizer + head for one
+  encoded image, named as the 2016 retraining tutorial named its graph, made
+  of current ops only (see :mod:`training.frozen_graphs`).
+* ``labels.txt`` and ``model_card.json`` (see :mod:`training.model_card`).
+
+Everything is written into a hidden work directory inside REPO/NAME, synced,
+then renamed to the next integer: a server never sees half a version, and a
+crash leaves at most a hidden directory that nothing lists.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from featurizer.atomic import atomic_file, write_json_atomic
+from featurizer.extractor import Featurizer
+from featurizer.graph import file_sha256
+from training import export_names as names
+from training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
+from training.model_card import build_card, check_caller_card
+from training.repository import integer_dirs, validate_name
+from training.serving_preprocess import batch_to_input
+
+log = logging.getLogger(__name__)
+
+_MAX_PUBLISH_ATTEMPTS = 1000  # concurrent exports each take the next free integer
+
+
+def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, label_names: list[str],
+                 card: dict) -> Path:
+    """Export ``head`` on top of ``featurizer`` as the next version of model ``name`` in ``repo``.
+
+    Args:
+        head: Keras model, float32 [None, D] bottlenecks → probabilities [None, C] (softmax inside).
+        label_names: C labels, in class-id order.
+        card: the caller's part of the model card, JSON-ready, e.g. ``{"training": config,
+            "metrics": ..., "splits": {"train": n, ...}}``; the export adds the rest.
+
+    Returns:
+        The new version directory.
+    """
+    validate_name(name)
+    labels = check_labels(label_names)
+    caller = check_caller_card(card)
+    check_head(head, featurizer.dim, len(labels))
+    model_dir = Path(repo) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
+    try:
+        featurizer_def = featurizer_graph_def(featurizer)
+        head_def = freeze_head(head, featurizer.dim)
+        write_saved_model(work, featurizer, featurizer_def, head_def, labels)
+        _write(work / names.HEAD_GRAPH_FILE, head_def.SerializeToString())
+        _write(work / names.END_TO_END_GRAPH_FILE,
+               end_to_end_graph_def(featurizer, featurizer_def, head_def).SerializeToString())
+        _write(work / names.LABELS_FILE, "".join(f"{label}\n" for label in labels).encode("utf-8"))
+        files = {f: {"bytes": (work / f).stat().st_size, "sha256": file_sha256(work / f)}
+                 for f in (names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE)}
+        version_dir = _publish(work, model_dir, build_card(name, 0, labels, featurizer, caller, files))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("exported %s version %s (%d classes) to %s", name, version_dir.name, len(labels), version_dir)
+    return version_dir
+
+
+def check_labels(label_names) -> list[str]:
+    """Return the labels as a list, refusing empty, duplicate or multi-line ones."""
+    labels = list(label_names)
+    bad = [label for label in labels if not isinstance(label, str) or not label or label != label.strip()
+           or any(ch in label for ch in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")]
+    if not labels or bad:
+        raise ValueError(f"labels must be non-empty one-line strings without surrounding spaces; "
+                         f"received {labels if not labels else bad!r}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"labels must be unique; received duplicates {duplicates}")
+    return labels
+
+
+def check_head(head, dim: int, num_classes: int) -> None:
+    """Check that ``head`` maps [N, dim] to probabilities [N, num_classes]."""
+    probe = np.random.default_rng(0).normal(size=(2, dim)).astype(np.float32)
+    try:
+        out = np.asarray(head(probe, training=False), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the head does not fit
+        raise ValueError(f"head must take float32 [None, {dim}] bottlenecks; calling it failed: {exc}") from exc
+    if out.shape != (2, num_classes):
+        raise ValueError(f"head must return [N, {num_classes}] (one column per label); "
+                         f"received shape [N, {', '.join(map(str, out.shape[1:]))}]")
+    if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3) or (out < 0).any():
+        raise ValueError("head must return probabilities (end in a softmax); its outputs do not sum to 1")
+
+
+class _ServingModel(tf.Module):
+    """The SavedModel's functions: encoded images or bottlenecks → probabilities, top-1 id and label."""
+
+    def __init__(self, featurizer: Featurizer, featurizer_def, head_def, labels: list[str]):
+        super().__init__()
+        contract = featurizer.contract
+        self._contract = contract
+        self._dim = featurizer.dim
+        self._labels = list(labels)
+        self._featurize = graph_function(featurizer_def, contract.image_input, contract.bottleneck)
+        self._classify = graph_function(head_def, names.HEAD_INPUT, names.HEAD_OUTPUT)
+
+    def _outputs(self, vectors: tf.Tensor) -> dict:
+        probabilities = self._classify(vectors)
+        classes = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        labels = tf.gather(tf.constant(self._labels, tf.string), classes)
+        return {names.PROBABILITIES_KEY: probabilities, names.CLASSES_KEY: classes, names.LABELS_KEY: labels}
+
+    def serve_bytes(self, image_bytes: tf.Tensor) -> dict:
+        images = batch_to_input(image_bytes, self._contract)
+        return self._outputs(tf.reshape(self._featurize(images), [-1, self._dim]))
+
+    def serve_bottleneck(self, bottleneck: tf.Tensor) -> dict:
+        return self._outputs(bottleneck)
+
+    def serve_images(self, images: tf.Tensor) -> dict:
+        return self._outputs(tf.reshape(self._featurize(images), [-1, self._dim]))
+
+    def signatures(self) -> dict:
+        """Return the concrete functions to save as signatures."""
+        image_bytes = tf.TensorSpec([None], tf.string, name=names.IMAGE_BYTES_KEY)
+        bottleneck = tf.TensorSpec([None, self._dim], tf.float32, name=names.BOTTLENECK_KEY)
+        size = self._contract.input_size
+        images = tf.TensorSpec([None, size, size, 3], tf.float32, name=names.IMAGES_KEY)
+        return {
+            names.IMAGES_SIGNATURE: tf.function(self.serve_images).get_concrete_function(images),
+            names.SERVING_SIGNATURE: tf.function(self.serve_bytes).get_concrete_function(image_bytes),
+            names.BOTTLENECK_SIGNATURE: tf.function(self.serve_bottleneck).get_concrete_function(bottleneck),
+        }
+
+
+def write_saved_model(directory: Path, featurizer: Featurizer, featurizer_def, head_def, labels: list[str]) -> None:
+    """Write the SavedModel (all three signatures) into ``directory``."""
+    module = _ServingModel(featurizer, featurizer_def, head_def, labels)
+    tf.saved_model.save(module, str(directory), signatures=module.signatures())
+
+
+def _write(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def _publish(work: Path, model_dir: Path, card: dict) -> Path:
+    """Write the card, sync ``work`` and rename it to the next free integer version; return the new directory."""
+    for _ in range(_MAX_PUBLISH_ATTEMPTS):
+        version = max(integer_dirs(model_dir), default=0) + 1
+        write_json_atomic(work / names.MODEL_CARD_FILE, {**card, "version": version})
+        _finish_tree(work)
+        target = model_dir / str(version)
+        try:
+            os.rename(work, target)  # fails when another export took this number (non-empty directory)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        _sync_dir(model_dir)
+        return target
+    raise RuntimeError(f"could not find a free version number in {str(model_dir)!r}")  # pragma: no cover
+
+
+def _finish_tree(root: Path) -> None:
+    """Give every file and directory under ``root`` the umask's permissions and fsync it.
+
+    The temp files and directory were created private (0600/0700); a server
+    running as another user must be able to read the published version.
+    """
+    umask = _umask()
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            os.chmod(path, 0o666 & ~umask)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.chmod(dirpath, 0o777 & ~umask)
+        _sync_dir(Path(dirpath))
+
+
+def _umask() -> int:
+    """Return the process umask without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - non-Linux
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

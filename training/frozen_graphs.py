@@ -1,0 +1,90 @@
+"""Build the frozen GraphDefs of an export: the head, the featurizer body, featurizer + head end to end.
+
+Every graph here is made of current ops only and carries the running
+TensorFlow's producer version. The 2015 Inception graph's deprecated ops were
+rewritten when the featurizer loaded it (:class:`featurizer.graph.BottleneckGraph`
+rewrites the old batch norms and ``Concat``, folds scale/shift and cuts the
+graph at the normalised image); its graph is taken from there, never from the
+file, so an export cannot carry the old ops into a new-version graph — the
+mistake that made the old tutorials' retrained graphs fail outside Python.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from featurizer.contract import node_name
+from featurizer.errors import GraphError
+from featurizer.extractor import Featurizer
+from featurizer.legacy_ops import deprecated_ops
+from featurizer.prune import drop_pure_control_edges, keep_ancestors
+from training import export_names as names
+from training.serving_preprocess import image_bytes_to_input
+
+def featurizer_graph_def(featurizer: Featurizer) -> graph_pb2.GraphDef:
+    """Return the featurizer's graph as loaded: normalised images [N, S, S, 3] → bottleneck, current ops only."""
+    contract = featurizer.contract
+    graph_def = keep_ancestors(drop_pure_control_edges(featurizer.graph.graph.as_graph_def()), contract.bottleneck)
+    old = deprecated_ops(graph_def, tf.version.GRAPH_DEF_VERSION)
+    if old:
+        raise GraphError(f"the featurizer graph still holds deprecated ops {sorted(old)}; "
+                         "they cannot be exported into a current-version graph")
+    return graph_def
+
+
+def freeze_head(head, dim: int) -> graph_pb2.GraphDef:
+    """Freeze a Keras head (float32 [None, dim] → probabilities) into a GraphDef with the tutorial's names."""
+    spec = tf.TensorSpec([None, dim], tf.float32, name="bottleneck")
+    function = tf.function(lambda x: tf.cast(head(x, training=False), tf.float32)).get_concrete_function(spec)
+    frozen = convert_variables_to_constants_v2(function)
+    frozen_def = frozen.graph.as_graph_def()
+    graph = tf.Graph()
+    with graph.as_default():
+        vectors = tf.compat.v1.placeholder(tf.float32, [None, dim], name=node_name(names.HEAD_INPUT))
+        (probabilities,) = tf.graph_util.import_graph_def(
+            frozen_def, input_map={frozen.inputs[0].name: vectors},
+            return_elements=[frozen.outputs[0].name], name="head")
+        tf.identity(probabilities, name=node_name(names.HEAD_OUTPUT))
+    return _current(graph, names.HEAD_OUTPUT)
+
+
+def end_to_end_graph_def(featurizer: Featurizer, featurizer_def: graph_pb2.GraphDef,
+                         head_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+    """Return one graph: encoded image bytes (scalar string) → probabilities [1, C]."""
+    contract = featurizer.contract
+    graph = tf.Graph()
+    with graph.as_default():
+        contents = tf.compat.v1.placeholder(tf.string, [], name=node_name(names.END_TO_END_INPUT))
+        with tf.name_scope("preprocess"):
+            image = tf.expand_dims(image_bytes_to_input(contents, contract), 0)
+        (bottleneck,) = tf.graph_util.import_graph_def(
+            featurizer_def, input_map={contract.image_input: image},
+            return_elements=[contract.bottleneck], name="featurizer")
+        vector = tf.reshape(bottleneck, [1, featurizer.dim], name="bottleneck")
+        (probabilities,) = tf.graph_util.import_graph_def(
+            head_def, input_map={names.HEAD_INPUT: vector}, return_elements=[names.HEAD_OUTPUT], name="head")
+        tf.identity(probabilities, name=node_name(names.END_TO_END_OUTPUT))
+    return _current(graph, names.END_TO_END_OUTPUT)
+
+
+def _current(graph: tf.Graph, output: str) -> graph_pb2.GraphDef:
+    """Return what ``output`` needs of ``graph``, checked to hold no deprecated op."""
+    graph_def = keep_ancestors(drop_pure_control_edges(graph.as_graph_def()), output)
+    old = deprecated_ops(graph_def, tf.version.GRAPH_DEF_VERSION)
+    if old:  # pragma: no cover - every input graph was checked; this guards future edits
+        raise GraphError(f"exported graph holds deprecated ops {sorted(old)}")
+    return graph_def
+
+
+def graph_function(graph_def: graph_pb2.GraphDef, feed: str, fetch: str):
+    """Return a concrete function ``feed → fetch`` over a frozen GraphDef (wrap_function, then prune).
+
+    Pruning re-creates the ops in a current-version function graph, which is
+    exactly what fails with the 2015 graph's old ops; the graphs given here
+    have none.
+    """
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    return wrapped.prune(feeds=wrapped.graph.get_tensor_by_name(feed),
+                         fetches=wrapped.graph.get_tensor_by_name(fetch))
