@@ -16,7 +16,7 @@ def _kinds(model: keras.Model) -> list[str]:
 
 def test_default_head_is_a_softmax_classifier():
     model = build_head(HeadConfig(), input_dim=32, num_classes=4, seed=0)
-    assert _kinds(model) == ["InputLayer", "Dense", "Softmax"]
+    assert _kinds(model) == ["InputLayer", "Normalization", "Dense", "Softmax"]
     assert model.input_shape == (None, 32)
     assert model.output_shape == (None, 4)
     x = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
@@ -28,8 +28,8 @@ def test_default_head_is_a_softmax_classifier():
 
 def test_hidden_layer_and_dropout_build_the_right_layers():
     model = build_head(HeadConfig(hidden_units=16, dropout=0.25, l2=1e-3), 32, 5, seed=0)
-    assert _kinds(model) == ["InputLayer", "Dense", "Dropout", "Dense", "Softmax"]
-    hidden, dropout, logits = model.layers[1:4]
+    assert _kinds(model) == ["InputLayer", "Normalization", "Dense", "Dropout", "Dense", "Softmax"]
+    hidden, dropout, logits = model.layers[2:5]
     assert hidden.units == 16 and hidden.activation is keras.activations.relu
     assert dropout.rate == 0.25
     assert logits.units == 5 and logits.activation is keras.activations.linear
@@ -41,7 +41,7 @@ def test_hidden_layer_and_dropout_build_the_right_layers():
 
 def test_dropout_without_hidden_layer_drops_bottleneck_inputs():
     model = build_head(HeadConfig(dropout=0.5), 8, 3, seed=0)
-    assert _kinds(model) == ["InputLayer", "Dropout", "Dense", "Softmax"]
+    assert _kinds(model) == ["InputLayer", "Normalization", "Dropout", "Dense", "Softmax"]
     x = np.ones((4, 8), np.float32)
     np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
     assert not np.allclose(model(x, training=True), model(x, training=False))
@@ -49,13 +49,13 @@ def test_dropout_without_hidden_layer_drops_bottleneck_inputs():
 
 def test_layer_specs_are_data():
     specs = layer_specs(HeadConfig(hidden_units=8, dropout=0.1), num_classes=3)
-    assert [s["kind"] for s in specs] == ["dense", "dropout", "dense", "softmax"]
-    assert specs[0]["units"] == 8 and specs[2]["units"] == 3
+    assert [s["kind"] for s in specs] == ["standardize", "dense", "dropout", "dense", "softmax"]
+    assert specs[1]["units"] == 8 and specs[3]["units"] == 3
 
 
 def test_no_regularizer_when_l2_is_zero():
     model = build_head(HeadConfig(l2=0.0), 8, 3, seed=0)
-    assert model.layers[1].kernel_regularizer is None
+    assert model.get_layer("logits").kernel_regularizer is None
     assert logits_model(model).losses == []
 
 
@@ -131,3 +131,18 @@ def test_head_survives_saved_model_export(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "head"))
     x = np.random.default_rng(2).normal(size=(3, 12)).astype(np.float32)
     np.testing.assert_allclose(loaded.serve(x), model(x, training=False), rtol=1e-6)
+
+
+def test_standardize_layer_uses_the_training_statistics():
+    from training.head import feature_statistics
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(loc=50.0, scale=[1.0, 10.0, 100.0, 0.0], size=(400, 4)).astype(np.float32)
+    mean, std = feature_statistics(train)
+    np.testing.assert_allclose(mean, train.mean(axis=0), rtol=1e-5)
+    assert std[3] > 0  # a constant feature gets a floored std, not a division by zero
+    model = build_head(HeadConfig(), 4, 3, seed=0, statistics=(mean, std))
+    standardized = model.get_layer("standardize")(train[:5]).numpy()
+    np.testing.assert_allclose(standardized[:, :3], ((train[:5] - mean) / std)[:, :3], rtol=1e-4, atol=1e-4)
+    plain = build_head(HeadConfig(standardize=False), 4, 3, seed=0)
+    assert "Normalization" not in _kinds(plain)

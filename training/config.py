@@ -13,6 +13,9 @@ class HeadConfig:
     hidden_units: int = 0  # width of one ReLU hidden layer; 0 = plain softmax classifier
     dropout: float = 0.0  # dropout rate on the classifier's input (bottleneck or hidden layer); 0 = none
     l2: float = 1e-4  # weight decay coefficient on kernels: loss += l2 * sum(kernel ** 2)
+    # Standardise each feature with the training set's mean and std (a fixed first layer, exported
+    # with the head). Bottlenecks of different graphs differ wildly in scale; this keeps SGD stable.
+    standardize: bool = True
 
     def validate(self) -> None:
         """Raise ValueError when a field is out of range, saying what was received."""

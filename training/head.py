@@ -12,6 +12,7 @@ from __future__ import annotations
 
 
 import keras
+import numpy as np
 
 from training.config import HeadConfig
 
@@ -22,6 +23,8 @@ PROBABILITIES_LAYER = "probabilities"
 def layer_specs(config: HeadConfig, num_classes: int) -> list[dict]:
     """Return the head's layers as data: a list of ``{"kind", ...}`` specs, input to output."""
     specs: list[dict] = []
+    if config.standardize:
+        specs.append({"kind": "standardize", "name": "standardize"})
     if config.hidden_units:
         specs.append({"kind": "dense", "units": config.hidden_units, "activation": "relu",
                       "name": "hidden"})
@@ -33,8 +36,20 @@ def layer_specs(config: HeadConfig, num_classes: int) -> list[dict]:
     return specs
 
 
-def _make_layer(spec: dict, l2: float, seed: int) -> keras.layers.Layer:
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-feature mean and a floored std of training features [N, D] for the standardize layer."""
+    features = np.asarray(features, dtype=np.float64)
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    # A feature constant over the training set would be divided by ~0: floor its std.
+    floor = max(1e-2 * float(std.mean()), 1e-6)
+    return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
+
+
+def _make_layer(spec: dict, l2: float, seed: int, statistics=None) -> keras.layers.Layer:
     kind = spec["kind"]
+    if kind == "standardize":
+        mean, std = statistics
+        return keras.layers.Normalization(mean=mean, variance=np.square(std), name=spec["name"])
     if kind == "dense":
         return keras.layers.Dense(
             spec["units"], activation=spec["activation"], name=spec["name"],
@@ -47,7 +62,8 @@ def _make_layer(spec: dict, l2: float, seed: int) -> keras.layers.Layer:
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
-def build_head(config: HeadConfig, input_dim: int, num_classes: int, seed: int = 0) -> keras.Model:
+def build_head(config: HeadConfig, input_dim: int, num_classes: int, seed: int = 0,
+               statistics: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
     """Build the head: float32 ``[None, input_dim]`` → probabilities ``[None, num_classes]``.
 
     Args:
@@ -55,16 +71,20 @@ def build_head(config: HeadConfig, input_dim: int, num_classes: int, seed: int =
         input_dim: length of a feature vector (2048 for the Inception-v3 bottleneck).
         num_classes: number of labels, at least 2.
         seed: seeds every initializer and dropout mask, so equal seeds give equal models.
+        statistics: (mean, std) of the training features, from :func:`feature_statistics`;
+            when None the standardize layer (if configured) is the identity.
     """
     config.validate()
     for name, value, low in (("input_dim", input_dim, 1), ("num_classes", num_classes, 2),
                              ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; received {value!r}")
+    if statistics is None:
+        statistics = (np.zeros(input_dim, np.float32), np.ones(input_dim, np.float32))
     inputs = keras.Input(shape=(input_dim,), dtype="float32", name="bottleneck")
     x = inputs
     for i, spec in enumerate(layer_specs(config, num_classes)):
-        x = _make_layer(spec, config.l2, seed + i)(x)
+        x = _make_layer(spec, config.l2, seed + i, statistics)(x)
     return keras.Model(inputs, x, name="head")
 
 

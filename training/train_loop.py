@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.config import CLASS_BALANCE, OPTIMIZERS, HeadConfig, TrainConfig  # noqa: F401 - re-exported
-from training.head import build_head, logits_model
+from training.head import build_head, feature_statistics, logits_model
 from training.metrics import Metrics, evaluate
 from training.tensorboard_log import RunWriters
 
@@ -254,7 +254,8 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int,
     cfg = train_config
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_head(head_config, x_train.shape[1], num_classes, seed=cfg.seed)
+    model = build_head(head_config, x_train.shape[1], num_classes, seed=cfg.seed,
+                       statistics=feature_statistics(x_train))
     logits = logits_model(model)
     schedule = learning_rate_schedule(cfg)
     optimizer = _make_optimizer(cfg, schedule)
