@@ -2,8 +2,9 @@
 
 Generates the demo image set, picks a featurizer graph — the real Inception-v3
 graph when it has been fetched, else a seeded random-weight graph with the same
-interface (said loudly: its features are not ImageNet features) — and
-featurizes the set into a cache, printing the summary.
+interface (said loudly: its features are not ImageNet features) — featurizes
+the set into a cache, trains and exports the demo model (once), and shows what
+it predicts for newly drawn pictures of each class.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ log = logging.getLogger(__name__)
 
 REAL_GRAPH_NAME = "tensorflow_inception_graph.pb"
 RANDOM_GRAPH_NAME = "inception_v3_random_seed0.pb"
+DEMO_MODEL = "demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `imgclf demo`."""
     p = sub.add_parser("demo", help="run the whole job on a built-in demo image set (offline)",
-                       description="Generate a small demo image set, then featurize it with the real "
-                                   "Inception-v3 graph if fetched, else a seeded random-weight graph.")
+                       description="Generate a small demo image set, featurize it with the real "
+                                   "Inception-v3 graph if fetched (else a seeded random-weight graph), train "
+                                   "and export a demo model, and predict new pictures with it.")
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the demo images, graph and cache live (default: $IMGCLF_HOME/demo)")
     p.add_argument("--per-class", type=int, default=24, help="demo images per class (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="featurizer precision (default: %(default)s)")
+    p.add_argument("--retrain", action="store_true", help="train a new demo model version even if one exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
@@ -68,4 +72,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_featurize(job)
     print(summary.format())
     print(f"features: {job.output}\nreport:   {job.report}")
-    return 0 if summary.featurized else 1
+    if not summary.featurized:
+        return 1
+    model_dir = workdir / "models"
+    version_dir = train_demo_model(images, job, model_dir, retrain=args.retrain)
+    check_demo_model(version_dir)
+    print(f"model:    {version_dir}\n"
+          f"try:      imgclf predict --model {model_dir / DEMO_MODEL} {images / 'sunsets' / 'sunsets_000.jpg'}")
+    return 0
+
+
+def train_demo_model(images: Path, job, model_dir: Path, retrain: bool = False) -> Path:
+    """Train and export the demo model unless a version exists; return the newest version's directory."""
+    from training.repository import list_versions, resolve
+    from training.train_job import TrainJob, run_train
+
+    if list_versions(model_dir, DEMO_MODEL) and not retrain:
+        return resolve(model_dir / DEMO_MODEL)
+    outcome = run_train(TrainJob(image_dir=images, featurizer=job.featurizer, cache=job.cache,
+                                 model_dir=model_dir, name=DEMO_MODEL, progress=job.progress))
+    print(outcome.table)
+    return outcome.version_dir
+
+
+def check_demo_model(version_dir: Path) -> None:
+    """Predict one newly drawn picture of every demo class and print what the model says."""
+    import numpy as np
+
+    from featurizer.demo_images import DEMO_CLASSES, make_demo_image
+    from training.repository import load_model
+
+    model = load_model(version_dir)
+    rng = np.random.default_rng(2026)  # pictures the model has not seen
+    pictures = [np.asarray(make_demo_image(label, rng)) for label in DEMO_CLASSES]
+    probabilities = model.predict_rgb(pictures)
+    print("new pictures:")
+    for label, probs in zip(DEMO_CLASSES, probabilities):
+        best = int(np.argmax(probs))
+        mark = "ok" if model.labels[best] == label else "WRONG"
+        print(f"  a new {label:<9} picture -> {model.labels[best]:<9} {probs[best]:.3f}  {mark}")
