@@ -25,3 +25,22 @@ def full_graph_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("graphs") / "inception_random.pb"
     export_inception(path, weights="random", seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory, legacy_graph_path):
+    """A model repository with one trained image classifier, "shapes" version 1 (tiny legacy graph).
+
+    Trained on the demo image set (bubbles, checkers, stripes, sunsets; 8 per class).
+    Returns the repository path; images live in ``<repo>/../images``.
+    """
+    from featurizer.demo_images import write_demo_images
+    from featurizer.extractor import FeaturizerConfig
+    from training.train_job import TrainJob, run_train
+
+    root = tmp_path_factory.mktemp("model_repo")
+    images = write_demo_images(root / "images", per_class=8)
+    repo = root / "models"
+    run_train(TrainJob(image_dir=images, featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"),
+                       cache=root / "features.sqlite", model_dir=repo, name="shapes", progress=False))
+    return repo

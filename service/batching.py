@@ -1,0 +1,98 @@
+"""Gather concurrent requests of one worker into one model call.
+
+Each request thread submits its preprocessed images and waits. A single
+batching thread takes the first waiting request, waits up to ``max_wait`` for
+more (or until ``max_size`` images are gathered), runs the model once on the
+stacked batch and hands every request its rows. Under concurrency the model
+sees batches, which is where the featurizer's throughput comes from; a lone
+request waits at most ``max_wait``. With batching off, each request calls the
+model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Batcher:
+    """Run ``run(batch) -> outputs`` on batches gathered from concurrent :meth:`submit` calls."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_size: int = 32, max_wait: float = 0.005,
+                 enabled: bool = True, on_batch: Callable[[int, float], None] | None = None, name: str = "model"):
+        if max_size < 1 or max_wait < 0:
+            raise ValueError(f"max_size must be >= 1 and max_wait >= 0; received {max_size!r}, {max_wait!r}")
+        self.run, self.max_size, self.max_wait, self.enabled = run, max_size, max_wait, enabled
+        self.on_batch = on_batch  # called with (images in the batch, seconds the model took)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        if enabled:
+            self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+            self._thread.start()
+
+    def submit(self, inputs: np.ndarray) -> np.ndarray:
+        """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled."""
+        if not self.enabled:
+            return self._call(inputs)
+        future: Future = Future()
+        self._queue.put((inputs, future))
+        return future.result()
+
+    def _call(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        out = self.run(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        return out
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            pending = [item]
+            size = len(item[0])
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_size:
+                timeout = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)  # finish this batch, then stop
+                    break
+                if size + len(nxt[0]) > self.max_size:
+                    self._queue.put(nxt)  # keep it for the next batch (order among waiters is not promised)
+                    break
+                pending.append(nxt)
+                size += len(nxt[0])
+            self._run_pending(pending)
+
+    def _run_pending(self, pending: list) -> None:
+        try:
+            outputs = self._call(np.concatenate([inputs for inputs, _ in pending]))
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of the failure
+            for _, future in pending:
+                future.set_exception(exc)
+            return
+        start = 0
+        for inputs, future in pending:
+            future.set_result(outputs[start:start + len(inputs)])
+            start += len(inputs)
+
+    def close(self) -> None:
+        """Stop the batching thread after the batches already queued."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)

@@ -1,0 +1,76 @@
+"""The service's settings: defaults, then ``IMGCLF_*`` environment variables, then explicit overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from featurizer.image_io import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "IMGCLF_"
+
+
+@dataclass
+class ServiceConfig:
+    """Everything `create_app` needs; each field can be set by the env variable IMGCLF_<FIELD NAME>."""
+
+    model_repository: Path = Path("models")  # TF-Serving layout: <repo>/<name>/<version>/
+    default_model: str = ""  # model for POST /predict without ?model= ("" = the first by name)
+    model_versions: dict = field(default_factory=dict)  # pinned versions, env "flowers=3,pets=1"
+    max_upload_bytes: int = 20 * 1024 * 1024  # request bodies above this get 413
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images above this get 413, checked before decoding
+    max_instances: int = 256  # images or rows in one TF-Serving request
+    top_k: int = 5  # labels returned when the request does not say
+    batching: bool = True  # gather concurrent requests of a worker into one model call
+    batch_max_size: int = 32  # images per model call at most
+    batch_max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    font: str = ""  # font file for annotated images ("" = IMGCLF_FONT or a system font)
+    load_in_background: bool = True  # load models in a thread: /healthz answers at once, /readyz when loaded
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "ServiceConfig":
+        """Build a config from defaults, then ``IMGCLF_*`` variables of ``env``, then ``overrides``."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update(overrides)
+        config = cls(**values)
+        config.model_repository = Path(config.model_repository)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError on a setting out of range, naming the variable."""
+        for name in ("max_upload_bytes", "max_pixels", "max_instances", "top_k", "batch_max_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
+        if not 0 <= float(self.batch_max_wait_ms) <= 10_000:
+            raise ValueError(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS must be between 0 and 10000; "
+                             f"received {self.batch_max_wait_ms!r}")
+
+
+def _parse(name: str, kind, raw: str):
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "dict":
+            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            return {key.strip(): int(value) for key, value in pairs}
+        if kind == "Path":
+            return Path(raw).expanduser()
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from exc

@@ -1,0 +1,155 @@
+"""The models a worker serves: loaded once per worker, warmed up, then ready.
+
+Every model of the repository is loaded (its newest version, or the version
+pinned in the config), runs one warm-up prediction, and only then does the
+registry report ready. Loading runs in a background thread by default, so the
+worker answers ``/healthz`` at once and ``/readyz`` with 503 until it is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from featurizer.errors import ImgclfError
+from service.batching import Batcher
+from service.config import ServiceConfig
+from service.errors import NotReady
+from training.repository import LoadedModel, ModelNotFound, list_models, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version and its batcher."""
+
+    name: str
+    version: int
+    model: LoadedModel
+    batcher: Batcher
+    load_seconds: float
+
+    @property
+    def labels(self) -> list[str]:
+        """Return the label names in class-id order."""
+        return self.model.labels
+
+    def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and validate one encoded image; return (uint8 RGB, network input)."""
+        rgb = self.model.decode(data)
+        return rgb, self.model.to_input(rgb)
+
+    def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Return probabilities [k, C] for network inputs [k, S, S, 3], batched with other requests."""
+        return self.batcher.submit(np.asarray(inputs, dtype=np.float32))
+
+
+class ModelRegistry:
+    """Loads and holds the served models of one worker."""
+
+    def __init__(self, config: ServiceConfig, on_batch=None, on_load=None):
+        self.config = config
+        self.models: dict[str, ServedModel] = {}
+        self.state = "loading"  # loading | ready | failed
+        self.error = ""
+        self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
+        self._on_load = on_load  # callback(model name, seconds)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Return whether every model is loaded and warmed up."""
+        return self.state == "ready"
+
+    def start(self) -> None:
+        """Load the models, in a background thread when configured."""
+        if self.config.load_in_background:
+            self._thread = threading.Thread(target=self.load_all, name="model-loader", daemon=True)
+            self._thread.start()
+        else:
+            self.load_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for loading to finish; return whether the registry is ready."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.ready
+
+    def load_all(self) -> None:
+        """Load and warm up every model of the repository; set the state."""
+        try:
+            repo = self.config.model_repository
+            available = list_models(repo) if repo.is_dir() else {}
+            unknown = sorted(set(self.config.model_versions) - set(available))
+            if unknown:
+                raise ModelNotFound(f"pinned model(s) {', '.join(unknown)} not in {repo}")
+            for name, versions in sorted(available.items()):
+                version = int(self.config.model_versions.get(name, max(versions)))
+                if version not in versions:
+                    raise ModelNotFound(f"model {name!r} has no version {version} in {repo}; "
+                                        f"versions: {', '.join(map(str, versions))}")
+                self.models[name] = self._load(name, version)
+            if not self.models:
+                log.warning("model repository %s holds no model; nothing to serve", repo)
+            self.state = "ready"
+        except (ImgclfError, ValueError, OSError) as exc:
+            self.state, self.error = "failed", str(exc)
+            log.error("loading models failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a loader crash must show in /readyz, not vanish
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("loading models failed")
+
+    def _load(self, name: str, version: int) -> ServedModel:
+        started = time.perf_counter()
+        path = self.config.model_repository / name / str(version)
+        model = load_model(path, max_pixels=self.config.max_pixels)
+        batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
+                          enabled=self.config.batching,
+                          on_batch=self._on_batch(name) if self._on_batch else None, name=name)
+        served = ServedModel(name, version, model, batcher, 0.0)
+        size = int(model.card["featurizer"]["contract"]["input_size"])
+        served.predict_inputs(np.zeros((1, size, size, 3), np.float32))  # warm-up: graph optimisation, kernels
+        served.load_seconds = time.perf_counter() - started
+        if self._on_load:
+            self._on_load(name, served.load_seconds)
+        log.info("model %s version %d ready in %.1f s", name, version, served.load_seconds)
+        return served
+
+    def get(self, name: str | None = None, version: int | None = None) -> ServedModel:
+        """Return a served model (the default one when ``name`` is empty).
+
+        Raises:
+            NotReady: models are still loading (or loading failed).
+            ModelNotFound: no such model, or that version is not the one served.
+        """
+        if not self.ready:
+            raise NotReady("models are still loading" if self.state == "loading"
+                           else f"models failed to load: {self.error}")
+        if not name:
+            name = self.default_name()
+        served = self.models.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
+        if version is not None and int(version) != served.version:
+            raise ModelNotFound(f"model {name!r} version {version} is not served; "
+                                f"the served version is {served.version}")
+        return served
+
+    def default_name(self) -> str:
+        """Return the default model's name (config, else the first by name)."""
+        if self.config.default_model:
+            return self.config.default_model
+        if not self.models:
+            raise ModelNotFound(f"no model is served: {self.config.model_repository} holds none")
+        return sorted(self.models)[0]
+
+    def close(self) -> None:
+        """Stop the batchers."""
+        for served in self.models.values():
+            served.batcher.close()

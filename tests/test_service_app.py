@@ -1,0 +1,116 @@
+"""The app factory, configuration, readiness and the batcher."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service import create_app
+from service.batching import Batcher
+from service.config import ServiceConfig
+
+
+@pytest.fixture(scope="module")
+def app(model_repo):
+    app = create_app({"model_repository": model_repo, "load_in_background": False})
+    yield app
+    app.extensions["imgclf.registry"].close()
+
+
+def test_config_reads_env_then_overrides(tmp_path):
+    env = {"IMGCLF_TOP_K": "3", "IMGCLF_BATCHING": "off", "IMGCLF_MODEL_VERSIONS": "a=2, b=5",
+           "IMGCLF_MODEL_REPOSITORY": str(tmp_path), "IMGCLF_BATCH_MAX_WAIT_MS": "2.5"}
+    config = ServiceConfig.from_env(env, top_k=4)
+    assert (config.top_k, config.batching, config.model_versions) == (4, False, {"a": 2, "b": 5})
+    assert config.model_repository == tmp_path and config.batch_max_wait_ms == 2.5
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"IMGCLF_TOP_K": "many"}, "IMGCLF_TOP_K='many' is not a valid int"),
+    ({"IMGCLF_BATCH_MAX_SIZE": "0"}, "IMGCLF_BATCH_MAX_SIZE must be at least 1"),
+    ({"IMGCLF_BATCHING": "maybe"}, "not a valid bool"),
+])
+def test_bad_settings_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        ServiceConfig.from_env(env)
+
+
+def test_healthz_and_readyz_when_loaded(app):
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json() == {"status": "ready", "models": {"shapes": 1}}
+
+
+def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
+    from service import registry as registry_module
+
+    release = threading.Event()
+    real_load = registry_module.load_model
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "load_model", slow_load)
+    app = create_app({"model_repository": model_repo})  # loads in the background
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["status"] == "loading"
+    release.set()
+    assert app.extensions["imgclf.registry"].wait(60)
+    assert client.get("/readyz").status_code == 200
+    app.extensions["imgclf.registry"].close()
+
+
+def test_a_pinned_version_that_does_not_exist_fails_readiness(model_repo):
+    app = create_app({"model_repository": model_repo, "model_versions": {"shapes": 9},
+                      "load_in_background": False})
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and "no version 9" in response.get_json()["error"]
+
+
+def test_batcher_gathers_concurrent_requests_and_splits_results():
+    sizes = []
+
+    def run(batch):
+        time.sleep(0.02)
+        return batch.sum(axis=(1, 2)) * 2
+
+    batcher = Batcher(run, max_size=8, max_wait=0.05, on_batch=lambda n, s: sizes.append(n))
+    results = {}
+
+    def client(i):
+        results[i] = batcher.submit(np.full((1, 2, 2), i, np.float32))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert {i: float(r[0]) for i, r in results.items()} == {i: 8.0 * i for i in range(6)}
+    assert max(sizes) > 1 and sum(sizes) == 6  # requests shared model calls
+
+
+def test_batcher_passes_errors_to_every_waiter_and_keeps_working():
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return batch
+
+    batcher = Batcher(run, max_size=4, max_wait=0.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit(np.zeros((1, 1)))
+    np.testing.assert_array_equal(batcher.submit(np.ones((2, 1))), np.ones((2, 1)))
+    batcher.close()
+
+
+def test_batching_off_calls_the_model_directly():
+    batcher = Batcher(lambda b: b + 1, enabled=False)
+    np.testing.assert_array_equal(batcher.submit(np.zeros((3, 1))), np.ones((3, 1)))
