@@ -17,9 +17,10 @@ import logging
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.core.framework import graph_pb2
 
 from featurizer.contract import node_name
+from featurizer.legacy_ops import const_node
 from featurizer.prune import keep_ancestors
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,8 @@ def fold_scale_shift(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef,
         if scale is None or shift is None or weights.ndim != 4:
             continue
         dtype = weights.dtype
-        filter_node = _const(f"{conv.name}/folded_filter", (weights * scale).astype(dtype))
-        bias_node = _const(f"{add.name}/folded_bias", shift.astype(dtype))
+        filter_node = const_node(f"{conv.name}/folded_filter", (weights * scale).astype(dtype))
+        bias_node = const_node(f"{add.name}/folded_bias", shift.astype(dtype))
         new_nodes += [filter_node, bias_node]
         conv.input[1] = filter_node.name
         t_attr = copy.deepcopy(add.attr["T"])
@@ -154,11 +155,3 @@ def fold_scale_shift(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef,
     del out.node[:]
     out.node.extend(kept)
     return out, folded
-
-
-def _const(name: str, value: np.ndarray) -> node_def_pb2.NodeDef:
-    tensor = tf.make_tensor_proto(value)
-    node = node_def_pb2.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = tensor.dtype
-    node.attr["value"].tensor.CopyFrom(tensor)
-    return node

@@ -63,7 +63,8 @@ def _const_value(nodes: dict, name: str) -> np.ndarray | None:
     return tf.make_ndarray(node.attr["value"].tensor)
 
 
-def _const_node(name: str, value: np.ndarray) -> node_def_pb2.NodeDef:
+def const_node(name: str, value: np.ndarray) -> node_def_pb2.NodeDef:
+    """Return a Const NodeDef holding ``value``."""
     tensor = tf.make_tensor_proto(value)
     node = node_def_pb2.NodeDef(name=name, op="Const")
     node.attr["dtype"].type = tensor.dtype
@@ -148,7 +149,7 @@ def _rewrite_batch_norm(node, nodes, consumers, taken, new_nodes, report) -> Non
         weights = tf.make_ndarray(filter_node.attr["value"].tensor)
         filter_node.attr["value"].tensor.CopyFrom(
             tf.make_tensor_proto((weights * scale).astype(weights.dtype)))  # HWIO: scale the O axis
-        bias = new_nodes_append(new_nodes, _const_node(_unique(f"{node.name}/folded_bias", taken),
+        bias = _append(new_nodes, const_node(_unique(f"{node.name}/folded_bias", taken),
                                                        offset.astype(dtype)))
         fmt = producer.attr["data_format"].s or b"NHWC"
         _become(node, "BiasAdd", [data, bias] + controls, T=node.attr["T"],
@@ -156,9 +157,9 @@ def _rewrite_batch_norm(node, nodes, consumers, taken, new_nodes, report) -> Non
         report.folded_batch_norms += 1
         return
 
-    scale_const = new_nodes_append(new_nodes, _const_node(_unique(f"{node.name}/scale", taken),
+    scale_const = _append(new_nodes, const_node(_unique(f"{node.name}/scale", taken),
                                                           scale.astype(dtype)))
-    offset_const = new_nodes_append(new_nodes, _const_node(_unique(f"{node.name}/offset", taken),
+    offset_const = _append(new_nodes, const_node(_unique(f"{node.name}/offset", taken),
                                                            offset.astype(dtype)))
     mul = node_def_pb2.NodeDef(name=_unique(f"{node.name}/scaled", taken), op="Mul",
                                input=[data, scale_const])
@@ -168,7 +169,8 @@ def _rewrite_batch_norm(node, nodes, consumers, taken, new_nodes, report) -> Non
     report.rewritten_batch_norms += 1
 
 
-def new_nodes_append(new_nodes: list, node: node_def_pb2.NodeDef) -> str:
+def _append(new_nodes: list, node: node_def_pb2.NodeDef) -> str:
+    """Add ``node`` to ``new_nodes``; return its name."""
     new_nodes.append(node)
     return node.name
 
