@@ -48,6 +48,8 @@ class ServiceConfig:
         for name in ("max_upload_bytes", "max_pixels", "max_instances", "top_k", "batch_max_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
+        if self.font and not os.path.isfile(self.font):
+            raise ValueError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         if not 0 <= float(self.batch_max_wait_ms) <= 10_000:
             raise ValueError(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS must be between 0 and 10000; "
                              f"received {self.batch_max_wait_ms!r}")
