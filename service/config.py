@@ -20,7 +20,7 @@ class ServiceConfig:
     model_versions: dict = field(default_factory=dict)  # pinned versions, env "flowers=3,pets=1"
     max_upload_bytes: int = 20 * 1024 * 1024  # request bodies above this get 413
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this get 413, checked before decoding
-    max_instances: int = 256  # images or rows in one TF-Serving request
+    max_instances: int = 64  # images or rows in one TF-Serving request (64 images ≈ 70 MB of inputs)
     top_k: int = 5  # labels returned when the request does not say
     batching: bool = True  # gather concurrent requests of a worker into one model call
     batch_max_size: int = 32  # images per model call at most

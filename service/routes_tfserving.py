@@ -1,5 +1,232 @@
-"""(being written)"""
+"""TensorFlow-Serving-compatible REST routes: predict, model status, metadata, and the model list.
 
-from flask import Blueprint
+Request and response bodies follow TF Serving's REST API (row format
+``{"instances": [...]}`` and columnar format ``{"inputs": ...}``, binary
+values as ``{"b64": ...}``), so a TF Serving client works against imgclf
+unchanged. Images are decoded in Python as training decoded them (EXIF
+applied), then predicted in one batched model call per request; signature
+``bottleneck`` takes featurizer vectors. Model names from URLs are only ever
+looked up in the registry, never joined into paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
+
+from featurizer.errors import InvalidImage
+from service.app import config_of, registry_of
+from service.errors import BadRequest, PayloadTooLarge
+from service.registry import ModelRegistry, ServedModel
+from service.request_input import decode_b64
+from training import export_names as names
 
 bp = Blueprint("tfserving", __name__)
+
+_VERSION = re.compile(r"[0-9]{1,18}")  # an int64, as TF Serving parses it
+METHOD_NAME = "tensorflow/serving/predict"
+SIGNATURES = (names.SERVING_SIGNATURE, names.BOTTLENECK_SIGNATURE)  # the ones REST clients may call
+_DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "string": "DT_STRING"}
+
+
+class SegmentConverter(BaseConverter):
+    """One path segment without ':' — so ``NAME:predict`` never matches the plain ``NAME`` routes."""
+
+    regex = r"[^/:]+"
+
+
+# Runs when the blueprint is registered, before the rules below are added (deferred functions run in order).
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("segment", SegmentConverter))
+
+
+def _registry() -> ModelRegistry:
+    return registry_of(current_app)
+
+
+def _served(name: str, version: str | None = None) -> ServedModel:
+    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version)."""
+    if version is not None and not _VERSION.fullmatch(version):
+        raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
+    return _registry().get(name, None if version is None else int(version))
+
+
+# --- status, metadata, list -------------------------------------------------------------------------------------
+
+
+@bp.get("/v1/models/<segment:name>")
+@bp.get("/v1/models/<segment:name>/versions/<segment:version>")
+def model_status(name: str, version: str | None = None):
+    """Answer TF Serving's model status: the served version, AVAILABLE."""
+    served = _served(name, version)
+    return jsonify(model_version_status=[{
+        "version": str(served.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
+    }])
+
+
+@bp.get("/v1/models/<segment:name>/metadata")
+@bp.get("/v1/models/<segment:name>/versions/<segment:version>/metadata")
+def model_metadata(name: str, version: str | None = None):
+    """Answer TF Serving's model metadata (signature defs), plus the labels and the model card."""
+    served = _served(name, version)
+    return jsonify({
+        "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
+        "metadata": {"signature_def": {"signature_def": signature_defs(served.model.bottleneck_dim,
+                                                                        len(served.labels))}},
+        "labels": served.labels,
+        "model_card": served.model.card,
+    })
+
+
+@bp.get("/v1/models")
+def list_models():
+    """List the served models with their version and labels."""
+    registry = _registry()
+    if not registry.ready:
+        registry.get()  # raises NotReady with the reason
+    return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": "image-classifier"}
+                           for _, s in sorted(registry.models.items())])
+
+
+def signature_defs(dim: int, num_classes: int) -> dict:
+    """Describe the REST-callable signatures as TF Serving's metadata does (dtype names, -1 for any size)."""
+
+    def tensor(dtype: str, shape: list[int]) -> dict:
+        return {"dtype": _DTYPES[dtype], "tensor_shape": {"dim": [{"size": str(s), "name": ""} for s in shape],
+                                                          "unknown_rank": False}}
+
+    outputs = {names.PROBABILITIES_KEY: tensor("float32", [-1, num_classes]),
+               names.CLASSES_KEY: tensor("int64", [-1]),
+               names.LABELS_KEY: tensor("string", [-1])}
+    return {
+        names.SERVING_SIGNATURE: {"inputs": {names.IMAGE_BYTES_KEY: tensor("string", [-1])},
+                                  "outputs": outputs, "method_name": METHOD_NAME},
+        names.BOTTLENECK_SIGNATURE: {"inputs": {names.BOTTLENECK_KEY: tensor("float32", [-1, dim])},
+                                     "outputs": outputs, "method_name": METHOD_NAME},
+    }
+
+
+# --- predict ------------------------------------------------------------------------------------------------------
+
+
+@bp.post("/v1/models/<segment:name>:predict")
+@bp.post("/v1/models/<segment:name>/versions/<segment:version>:predict")
+def predict(name: str, version: str | None = None):
+    """Predict a TF Serving request: row format answers ``predictions``, columnar format ``outputs``."""
+    served = _served(name, version)
+    body = _json_body()
+    signature = body.get("signature_name") or names.SERVING_SIGNATURE
+    if signature not in SIGNATURES:
+        raise BadRequest(f"unknown signature_name {signature!r}; this model serves {', '.join(SIGNATURES)}")
+    if ("instances" in body) == ("inputs" in body):
+        raise BadRequest('the request must hold exactly one of "instances" (row format) or "inputs" '
+                         f"(columnar format); received keys {sorted(body)}")
+    row_format = "instances" in body
+    input_key = names.IMAGE_BYTES_KEY if signature == names.SERVING_SIGNATURE else names.BOTTLENECK_KEY
+    items = _items(body["instances"] if row_format else body["inputs"], input_key, row_format)
+    if signature == names.SERVING_SIGNATURE:
+        probabilities = _predict_images(served, items)
+    else:
+        probabilities = served.model.predict_bottlenecks(_bottlenecks(items, served.model.bottleneck_dim))
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    classes = np.argmax(probabilities, axis=1)  # as the SavedModel's tf.argmax: the first of equal maxima
+    labels = [served.labels[c] for c in classes]
+    if row_format:
+        return jsonify(predictions=[{names.PROBABILITIES_KEY: p, names.CLASSES_KEY: int(c), names.LABELS_KEY: label}
+                                    for p, c, label in zip(probabilities.tolist(), classes, labels)])
+    return jsonify(outputs={names.PROBABILITIES_KEY: probabilities.tolist(),
+                            names.CLASSES_KEY: [int(c) for c in classes], names.LABELS_KEY: labels})
+
+
+def _json_body() -> dict:
+    """Return the request's JSON object, whatever its content type (TF Serving's clients often send none)."""
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object; received {type(body).__name__}")
+    if "signature_name" in body and not isinstance(body["signature_name"], str):
+        raise BadRequest(f"signature_name must be a string; received {body['signature_name']!r}")
+    return body
+
+
+def _items(value, input_key: str, row_format: bool) -> list:
+    """Return the per-instance values of ``instances`` or ``inputs``, unwrapping the named-input forms."""
+    where = "instances" if row_format else "inputs"
+    if not row_format and isinstance(value, dict):  # columnar, named: {"image_bytes": [...]}
+        if set(value) != {input_key}:
+            raise BadRequest(f'"inputs" must name the one input {input_key!r}; received {sorted(value)}')
+        value = value[input_key]
+    if not isinstance(value, list) or not value:
+        raise BadRequest(f'"{where}" must be a non-empty list; received {_kind(value)}')
+    limit = int(config_of(current_app).max_instances)
+    if len(value) > limit:
+        raise PayloadTooLarge(f'"{where}" holds {len(value)} items; at most {limit} are allowed per request')
+    if row_format:  # row format, named: [{"image_bytes": {"b64": ...}}, ...]
+        value = [item[input_key] if isinstance(item, dict) and set(item) == {input_key} else item for item in value]
+    return value
+
+
+def _predict_images(served: ServedModel, items: list) -> np.ndarray:
+    """Decode each {"b64": ...} image as training did, then predict them all in one batched model call."""
+    inputs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"b64"}:
+            raise BadRequest(f'instance {index} must be {{"b64": "<base64 image>"}} or '
+                             f'{{"{names.IMAGE_BYTES_KEY}": {{"b64": "<base64 image>"}}}}; received {_kind(item)}')
+        try:
+            _, x = served.preprocess(decode_b64(item["b64"]))
+        except (BadRequest, InvalidImage) as exc:  # same error class (same status), naming the instance
+            raise type(exc)(f"instance {index}: {exc}") from exc
+        inputs.append(x)
+    return served.predict_inputs(np.stack(inputs))
+
+
+def _bottlenecks(items: list, dim: int) -> np.ndarray:
+    """Return bottleneck rows [N, dim] as float32, refusing non-numbers and non-finite values."""
+    rows = []
+    for index, row in enumerate(items):
+        if not isinstance(row, list) or len(row) != dim:
+            raise BadRequest(f"instance {index} must be a list of {dim} numbers; received {_kind(row)}")
+        if not set(map(type, row)) <= {int, float}:  # no strings, booleans or nested lists
+            raise BadRequest(f"instance {index} must hold only numbers; received "
+                             f"{sorted(t.__name__ for t in set(map(type, row)) - {int, float})}")
+        rows.append(row)
+    try:
+        vectors = np.asarray(rows, dtype=np.float64)
+    except OverflowError as exc:  # an integer beyond float range
+        raise BadRequest(f"bottleneck values must be finite float32 numbers: {exc}") from exc
+    with np.errstate(over="ignore"):
+        vectors = vectors.astype(np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise BadRequest(f"bottleneck values must be finite float32 numbers (no NaN or Infinity); "
+                         f"instance {int(np.argmax(bad))} is not")
+    return vectors
+
+
+def _kind(value) -> str:
+    """Describe a JSON value briefly for an error message (never echo a whole payload)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return f"an object with keys {sorted(value)[:5]}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- the API description ------------------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """Answer the OpenAPI 3 description of the whole service."""
+    from service.openapi import document
+
+    registry = _registry()
+    return jsonify(document(sorted(registry.models) if registry.ready else [],
+                            max_instances=int(config_of(current_app).max_instances)))
