@@ -1,12 +1,13 @@
-# make demo  - set up .venv and run the main job on its built-in demo set
+# make serve - set up .venv, build the demo model on its built-in demo set (once), serve it on :8000
+# make demo  - the same without serving: featurize, train, export, predict new pictures
 # make test  - set up .venv and run the whole test suite
-# make bench - set up .venv and run the featurizer benchmark
+# make bench - set up .venv and run the featurizer and service benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.imgclf-installed
 
-.PHONY: install demo test bench clean fonts
+.PHONY: install serve demo test bench clean fonts browser
 
 # Fonts for annotated images (CJK labels need one with those glyphs). Installed only when
 # running as root with apt-get and the font is missing; otherwise the CJK test says why it skips.
@@ -17,6 +18,16 @@ fonts:
 			>/dev/null 2>&1 || echo "note: could not install fonts-wqy-zenhei; CJK annotation test will skip"; \
 	fi
 
+# A browser for the upload page's tests (tests/test_web_page.py drives it with Playwright, never
+# downloading one of its own): Debian's chromium, installed only when running as root with apt-get
+# and it is missing; otherwise those tests say why they skip.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the web page tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+			>/dev/null 2>&1 || echo "note: could not install chromium; the web page tests will skip"; \
+	fi
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -25,14 +36,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+serve: $(STAMP)
+	$(BIN)/imgclf demo --serve
+
 demo: $(STAMP)
 	$(BIN)/imgclf demo
 
-test: $(STAMP) fonts
+test: $(STAMP) fonts browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/featurize.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache

@@ -11,7 +11,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """Return the `imgclf` argument parser with every package's subcommands."""
     from featurizer import cli as featurizer_cli
-    from service import demo, predict_cli
+    from service import demo, predict_cli, serve_cli
     from training import cli as training_cli
 
     parser = argparse.ArgumentParser(
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     featurizer_cli.register(sub)
     training_cli.register(sub)
     predict_cli.register(sub)
+    serve_cli.register(sub)
     return parser
 
 

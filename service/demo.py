@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from featurizer.paths import imgclf_home, inception_dir
+from service import serve_cli
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="featurizer precision (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train a new demo model version even if one exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("serving")
+    g.add_argument("--serve", action="store_true",
+                   help="then serve the demo model over HTTP, as `imgclf serve --model-dir WORKDIR/models` would")
+    serve_cli.add_server_options(g)
     p.set_defaults(func=cmd_demo)
 
 
@@ -79,6 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_demo_model(version_dir)
     print(f"model:    {version_dir}\n"
           f"try:      imgclf predict --model {model_dir / DEMO_MODEL} {images / 'sunsets' / 'sunsets_000.jpg'}")
+    if args.serve:
+        # This process has TensorFlow loaded; exec gives gunicorn a fresh one (its master must not have it).
+        serve_cli.exec_gunicorn(model_dir, args.bind, args.workers, args.threads)
     return 0
 
 

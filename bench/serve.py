@@ -1,0 +1,301 @@
+"""Benchmark: POST /predict through gunicorn under closed-loop load, batching on and off, in one run.
+
+Builds (once) the full-size random-weight Inception-v3 graph in bench/out/
+(shared with bench/featurize.py), trains a tiny model on generated demo
+pictures into bench/out/serve-models, then for IMGCLF_BATCHING=1 and =0 starts
+gunicorn on it and drives POST /predict with a ~100 KB JPEG from N client
+threads (each with its own requests.Session, each sending its next request as
+soon as the last one is answered) at each concurrency level. Prints requests/s,
+p50/p95/p99 latency, errors and the mean images per model call, and, measured
+first on the same machine, what the model computes on its own: the featurizer's
+``Featurizer.run`` on batches of 32 (fp32, and bf16 where the CPU has it), and
+the served SavedModel (fp32) on batches of 32 and of 1 — the ceilings the
+service is compared with.
+
+One gunicorn worker by default: TensorFlow already spreads one model call over
+every core, so a second worker on a small machine competes for the same cores
+(and halves what each batch can gather) instead of adding throughput. The load
+generator runs on the same machine and takes some CPU from the server too.
+Not a test: no assertions. Every step is bounded in time.
+
+    python bench/serve.py [--requests 300] [--concurrency 1 4 16] [--workers 1] [--threads 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from service import serve_cli  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+GRAPH = OUT / "inception_v3_random_seed0.pb"  # the same file bench/featurize.py builds
+MODEL_NAME = "bench"
+READY_WITHIN_S = 240
+STOP_WITHIN_S = 60
+
+
+def build_graph(graph: Path) -> Path:
+    """Return the random-weight full-size graph, exporting it once."""
+    if not graph.exists():
+        from featurizer.export_inception import export_inception
+
+        print(f"building {graph} (once, about a minute) ...", flush=True)
+        export_inception(graph, weights="random", seed=0)
+    return graph
+
+
+def train_model(graph: Path, model_dir: Path) -> Path:
+    """Return a version of the tiny benchmark model, training it once on generated demo pictures."""
+    from featurizer.demo_images import write_demo_images
+    from featurizer.extractor import FeaturizerConfig
+    from training.repository import list_versions, resolve
+    from training.train_job import TrainJob, run_train
+
+    if list_versions(model_dir, MODEL_NAME):
+        return resolve(model_dir / MODEL_NAME)
+    print("training the benchmark model (once) ...", flush=True)
+    images = write_demo_images(OUT / "serve-images", per_class=8)
+    outcome = run_train(TrainJob(image_dir=images, featurizer=FeaturizerConfig(graph, precision="fp32"),
+                                 cache=OUT / "serve-features.sqlite", model_dir=model_dir, name=MODEL_NAME,
+                                 progress=False))
+    return outcome.version_dir
+
+
+def make_jpeg(target_bytes: int = 100_000) -> bytes:
+    """Return a photo-like 800x600 JPEG whose size is the closest to ``target_bytes`` over a few qualities."""
+    rng = np.random.default_rng(7)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((800, 600), Image.BICUBIC)
+    image = Image.fromarray(np.clip(np.asarray(coarse) + rng.normal(0, 6, (600, 800, 3)), 0, 255).astype(np.uint8))
+    best = b""
+    for quality in range(70, 96):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        if not best or abs(buffer.tell() - target_bytes) < abs(len(best) - target_bytes):
+            best = buffer.getvalue()
+    return best
+
+
+def timed_rate(run, batch: np.ndarray, seconds: float) -> float:
+    """Return images/s of ``run(batch)``, repeated for about ``seconds`` after one warm-up call."""
+    run(batch)  # graph optimisation and kernel selection
+    calls, started = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - started < seconds:
+        run(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - started)
+
+
+def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float) -> dict[str, float]:
+    """Measure the featurizer and the served model on their own, in this process, before any server runs."""
+    from featurizer.extractor import Featurizer, FeaturizerConfig
+    from training.repository import load_model
+
+    from featurizer.precision import resolve_precision
+
+    rates = {}
+    # fp32 is what the served model computes; bf16 (where the CPU has it) is what the featurizer could do.
+    for precision in ("fp32", "bf16") if resolve_precision("auto") == "bf16" else ("fp32",):
+        featurizer = Featurizer(FeaturizerConfig(graph, precision=precision))
+        one = featurizer.preprocess(jpeg)
+        rates[f"featurizer Featurizer.run, batch 32, {precision}"] = timed_rate(featurizer.run,
+                                                                             np.stack([one] * 32), seconds)
+        featurizer.close()
+    model = load_model(version_dir)
+    one = model.to_input(model.decode(jpeg))
+    rates["served model predict_inputs, batch 32"] = timed_rate(model.predict_inputs, np.stack([one] * 32), seconds)
+    rates["served model predict_inputs, batch 1"] = timed_rate(model.predict_inputs, one[None], seconds)
+    return rates
+
+
+@dataclass
+class LoadResult:
+    """What one concurrency level measured."""
+
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    errors: int = 0
+    seconds: float = 0.0
+    first_error: str = ""
+
+    def row(self, mean_batch: float) -> str:
+        """Return one table row: sent, errors, req/s, p50/p95/p99 ms, images per model call."""
+        ms = np.percentile(np.asarray(self.latencies) * 1000, [50, 95, 99]) if self.latencies else [np.nan] * 3
+        rate = len(self.latencies) / self.seconds if self.seconds else 0.0
+        return (f"{self.concurrency:>5} {len(self.latencies) + self.errors:>6} {self.errors:>6} {rate:>8.2f} "
+                f"{ms[0]:>8.1f} {ms[1]:>8.1f} {ms[2]:>8.1f} {mean_batch:>8.2f}")
+
+
+def drive(url: str, jpeg: bytes, concurrency: int, total: int, max_seconds: float) -> LoadResult:
+    """Send ``total`` POST /predict requests from ``concurrency`` closed-loop clients; stop at ``max_seconds``."""
+    result = LoadResult(concurrency)
+    lock = threading.Lock()
+    remaining = [total]
+    deadline = time.monotonic() + max_seconds
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                with lock:
+                    if remaining[0] == 0:
+                        return
+                    remaining[0] -= 1
+                started = time.perf_counter()
+                try:
+                    response = session.post(url + "/predict", files={"image": ("bench.jpg", jpeg, "image/jpeg")},
+                                            params={"top_k": 1}, timeout=60)
+                    ok, why = response.status_code == 200, f"HTTP {response.status_code}: {response.text[:200]}"
+                except requests.RequestException as exc:
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                took = time.perf_counter() - started
+                with lock:
+                    if ok:
+                        result.latencies.append(took)
+                    else:
+                        result.errors += 1
+                        result.first_error = result.first_error or why
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max_seconds + 120)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """Return (model calls, images) so far, from the server's imgclf_batch_size histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    calls = images = 0.0
+    text = requests.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "imgclf_batch_size_count":
+                calls += sample.value
+            elif sample.name == "imgclf_batch_size_sum":
+                images += sample.value
+    return calls, images
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """gunicorn serving the benchmark repository, started and stopped by the benchmark."""
+
+    def __init__(self, model_dir: Path, batching: bool, workers: int, threads: int, log: Path):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = serve_cli.serve_env(model_dir, bind=f"127.0.0.1:{port}", workers=workers, threads=threads)
+        env["IMGCLF_BATCHING"] = "1" if batching else "0"
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, stdout=out,
+                                            stderr=subprocess.STDOUT)
+
+    def wait_ready(self, workers: int) -> None:
+        """Wait until every worker has loaded and warmed up its model."""
+        deadline = time.monotonic() + READY_WITHIN_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited; see {self.log}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=5).status_code == 200 and \
+                        batch_totals(self.url)[0] >= workers:  # each worker's warm-up call is one batch
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"gunicorn not ready within {READY_WITHIN_S} s; see {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not stop in time."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (default 1: see the docstring)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="request threads per worker (default: the highest concurrency, so every "
+                             "waiting request can join a batch)")
+    parser.add_argument("--level-seconds", type=float, default=150.0, help="time limit of one concurrency level")
+    parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
+    args = parser.parse_args()
+    threads = args.threads or max(args.concurrency)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    graph = build_graph(args.graph or GRAPH)
+    model_dir = OUT / "serve-models"
+    version_dir = train_model(graph, model_dir)
+    jpeg = make_jpeg()
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; graph {graph.name}; "
+          f"model {version_dir}; JPEG 800x600, {len(jpeg) / 1000:.0f} KB; {args.workers} worker(s) x "
+          f"{threads} threads; {args.requests} requests per level", flush=True)
+
+    rates = model_rates(graph, version_dir, jpeg, seconds=8.0)
+    for name, rate in rates.items():
+        print(f"{name:<44} {rate:8.2f} img/s", flush=True)
+    ceiling = rates["featurizer Featurizer.run, batch 32, fp32"]
+
+    header = (f"{'conc':>5} {'sent':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'img/call':>8}")
+    best = {}
+    for batching in (True, False):
+        log = OUT / f"serve-gunicorn-batching{int(batching)}.log"
+        server = Server(model_dir, batching, args.workers, threads, log)
+        try:
+            server.wait_ready(args.workers)
+            print(f"\nbatching {'ON' if batching else 'OFF'} (server log: {log})\n{header}", flush=True)
+            for concurrency in args.concurrency:
+                drive(server.url, jpeg, concurrency, min(2 * concurrency, 16), 30)  # warm the connections
+                calls0, images0 = batch_totals(server.url)
+                result = drive(server.url, jpeg, concurrency, args.requests, args.level_seconds)
+                calls1, images1 = batch_totals(server.url)
+                mean_batch = (images1 - images0) / (calls1 - calls0) if calls1 > calls0 else float("nan")
+                print(result.row(mean_batch), flush=True)
+                if result.first_error:
+                    print(f"      first error: {result.first_error}", flush=True)
+                if result.seconds:
+                    best[(batching, concurrency)] = len(result.latencies) / result.seconds
+        finally:
+            server.stop()
+    print(f"\nreq/s as a share of the featurizer's batched fp32 rate ({ceiling:.2f} img/s):")
+    for (batching, concurrency), rate in best.items():
+        print(f"  batching {'on ' if batching else 'off'} concurrency {concurrency:>3}: {rate / ceiling:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

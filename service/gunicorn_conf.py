@@ -1,0 +1,128 @@
+"""gunicorn settings for ``gunicorn -c python:service.gunicorn_conf "service:create_app()"``.
+
+Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them from its options):
+
+    IMGCLF_BIND              127.0.0.1:8000  address; the container sets 0.0.0.0:8000
+    IMGCLF_WORKERS           2               worker processes, each loading its own models
+    IMGCLF_THREADS           8               request threads per worker (gthread)
+    IMGCLF_TIMEOUT           120             seconds a silent worker lives (covers model loading)
+    IMGCLF_GRACEFUL_TIMEOUT  30              seconds in-flight requests get after SIGTERM
+    IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service
+    IMGCLF_ACCESS_LOG        0               1: one access-log line per request on stdout
+
+Why two workers by default: a worker that dies (or restarts) leaves another one
+answering while it reloads its models. Each model call already spreads over
+every core, so on a small machine more workers add memory rather than
+throughput; for the most throughput there, run one (``bench/serve.py
+--workers N`` measures it). Requests of a worker that arrive together share one
+model call (``service.batching``), so with one image per request a batch holds
+at most ``IMGCLF_THREADS`` images.
+
+No ``preload_app``: TensorFlow must never be imported in the master, because
+its thread pools do not survive ``fork``. Each worker imports the app and loads
+the models itself.
+
+Prometheus: the master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before the first worker forks (or empties the one given), so every worker's
+metrics land there and ``/metrics`` merges them; a dead worker's live gauges
+are removed, and the directory is removed on exit when this file made it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import tempfile
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid int") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; received {value}")
+    return value
+
+
+wsgi_app = "service:create_app()"
+bind = [os.environ.get("IMGCLF_BIND", "").strip() or "127.0.0.1:8000"]
+worker_class = "gthread"
+workers = _env_int("IMGCLF_WORKERS", 2)
+threads = _env_int("IMGCLF_THREADS", 8)
+timeout = _env_int("IMGCLF_TIMEOUT", 120)
+graceful_timeout = _env_int("IMGCLF_GRACEFUL_TIMEOUT", 30, minimum=0)
+preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
+proc_name = "imgclf"
+# gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
+# second server on the machine would clash with the first; signals do the same job. (Older versions
+# ignore the name.)
+control_socket_disable = True
+# The heartbeat file is touched every second; tmpfs keeps a slow or overlay /tmp from stalling workers.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+loglevel = os.environ.get("IMGCLF_LOG_LEVEL", "").strip().lower() or "info"
+_access = os.environ.get("IMGCLF_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "generic": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"},
+        "access": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "propagate": True},
+        # A dict config turns gunicorn's access log on; the level is what keeps it quiet by default.
+        "gunicorn.access": {"level": "INFO" if _access else "WARNING", "handlers": ["access"], "propagate": False},
+        "tensorflow": {"level": "WARNING"},
+        "absl": {"level": "WARNING"},
+        "h5py": {"level": "WARNING"},
+        "PIL": {"level": "WARNING"},
+    },
+}
+
+_made_dirs: list[str] = []
+
+
+def on_starting(server) -> None:
+    """Give the workers an empty metrics directory before the first one forks."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow info lines
+    directory = os.environ.get(MULTIPROC_ENV, "").strip()
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):  # values of an earlier run would add up
+            os.remove(stale)
+    else:
+        directory = tempfile.mkdtemp(prefix="imgclf-metrics-")
+        _made_dirs.append(directory)
+        os.environ[MULTIPROC_ENV] = directory
+    server.log.info("prometheus multiprocess directory: %s", directory)
+
+
+def when_ready(server) -> None:
+    """Warn if TensorFlow got into the master: forked workers would inherit broken thread pools."""
+    if "tensorflow" in sys.modules:
+        server.log.warning("tensorflow is imported in the gunicorn master; workers must load it themselves")
+
+
+def child_exit(server, worker) -> None:
+    """Drop the live gauges of a worker that exited (its counters stay: they still count)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics directory this file made."""
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
