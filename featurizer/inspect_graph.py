@@ -6,8 +6,8 @@ uses and which of them are too old for a current graph, what it takes as input
 *likely* the ones imgclf needs: the encoded-image input, the normalised image
 before the first convolution, the bottleneck that feeds the final classifier,
 and the softmax. The guesses are heuristics over the graph's structure, not
-names, so they also work on graphs that do not follow the 2015 naming; where
-nothing fits, the report says so.
+names (see :mod:`featurizer.tensor_candidates`); where nothing fits, the
+report says so.
 
 :func:`write_tensorboard_graph` writes the graph as a TensorBoard event file,
 for browsing it in the Graphs tab.
@@ -24,29 +24,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from featurizer.contract import node_name
 from featurizer.graph import file_sha256, read_graph_def
 from featurizer.legacy_ops import OLD_BATCH_NORM, OLD_CONCAT, deprecated_ops, rewrite_legacy_ops
+from featurizer.tensor_candidates import (PLACEHOLDER_OPS, Candidate, Shape, TensorInfo, dtype_or_none,
+                                          find_candidates, tensor_info)
 
 log = logging.getLogger(__name__)
 
-CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "Conv3D")
-DECODE_OPS = ("DecodeJpeg", "DecodeImage", "DecodePng", "DecodeBmp", "DecodeGif", "DecodeAndCropJpeg")
-LOGIT_PASS_THROUGH = ("BiasAdd", "Add", "AddV2", "Identity")  # between the classifier's MatMul and Softmax
-MATMUL_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3")
-FLATTEN_OPS = ("Reshape", "Squeeze")
-PLACEHOLDER_OPS = ("Placeholder", "PlaceholderWithDefault")
 LARGEST_CONSTS = 5
-
-Shape = list  # list of int (-1 where unknown) per dimension, or None for unknown rank
-
-
-@dataclass
-class TensorInfo:
-    """One tensor: its name, dtype and static shape (None: unknown rank; -1: unknown dimension)."""
-
-    name: str
-    dtype: str
-    shape: Shape | None
 
 
 @dataclass
@@ -78,15 +64,6 @@ class DeprecatedOp:
     count: int  # nodes using it
     removed_at: int | None  # GraphDef version where it stops working (None: not marked deprecated)
     note: str
-
-
-@dataclass
-class Candidate:
-    """A tensor that is likely one of those imgclf needs, and why it was picked."""
-
-    role: str  # "encoded image bytes", "normalised image", "bottleneck", "softmax output"
-    tensor: TensorInfo
-    why: str
 
 
 @dataclass
@@ -137,6 +114,7 @@ def inspect_graph(path: Path, show_all: bool = False) -> GraphReport:
     tensors, shapes_from = _static_tensors(graph_def)
     nodes = {node.name: node for node in graph_def.node}
     op_counts = Counter(node.op for node in graph_def.node)
+    image_inputs, bottlenecks, softmax = find_candidates(graph_def, tensors)
     return GraphReport(
         path=path,
         size_bytes=path.stat().st_size,
@@ -146,12 +124,12 @@ def inspect_graph(path: Path, show_all: bool = False) -> GraphReport:
         min_consumer=graph_def.versions.min_consumer,
         op_counts=sorted(op_counts.items(), key=lambda item: (-item[1], item[0])),
         deprecated=_deprecated(graph_def, op_counts),
-        placeholders=[_tensor(f"{n.name}:0", nodes, tensors) for n in graph_def.node if n.op in PLACEHOLDER_OPS],
+        placeholders=[tensor_info(f"{n.name}:0", nodes, tensors) for n in graph_def.node
+                      if n.op in PLACEHOLDER_OPS],
         consts=_const_summary(graph_def),
-        image_inputs=_bytes_inputs(graph_def, nodes, tensors) + _normalised_inputs(graph_def, nodes, tensors),
-        bottlenecks=_bottlenecks(graph_def, nodes, tensors),
-        softmax=[Candidate("softmax output", _tensor(f"{n.name}:0", nodes, tensors), "output of a Softmax op")
-                 for n in graph_def.node if n.op == "Softmax"],
+        image_inputs=image_inputs,
+        bottlenecks=bottlenecks,
+        softmax=softmax,
         shapes_from=shapes_from,
         nodes=_node_infos(graph_def, tensors) if show_all else None,
     )
@@ -160,7 +138,7 @@ def inspect_graph(path: Path, show_all: bool = False) -> GraphReport:
 def _node_infos(graph_def: graph_pb2.GraphDef, tensors: dict[str, TensorInfo]) -> list[NodeInfo]:
     by_node: dict[str, list[TensorInfo]] = {}
     for name, info in tensors.items():
-        by_node.setdefault(_node_of(name), []).append(info)
+        by_node.setdefault(node_name(name), []).append(info)
     return [NodeInfo(n.name, n.op, by_node.get(n.name, [])) for n in graph_def.node]
 
 
@@ -191,38 +169,6 @@ def _shape_list(shape: tf.TensorShape) -> Shape | None:
     return [-1 if d is None else int(d) for d in shape.as_list()]
 
 
-def _node_of(tensor: str) -> str:
-    return tensor.lstrip("^").split(":", 1)[0]
-
-
-def _tensor_name(inp: str) -> str:
-    return inp if ":" in inp else f"{inp}:0"
-
-
-def _tensor(name: str, nodes: dict, tensors: dict[str, TensorInfo]) -> TensorInfo:
-    """Return what is known about tensor ``name``: imported shapes first, then the node's own attrs."""
-    if name in tensors:
-        return tensors[name]
-    node = nodes.get(_node_of(name))
-    dtype, shape = "unknown", None
-    if node is not None:
-        for key in ("dtype", "T"):
-            if key in node.attr and _dtype(node.attr[key].type) is not None:
-                dtype = _dtype(node.attr[key].type).name
-                break
-        if "shape" in node.attr and not node.attr["shape"].shape.unknown_rank:
-            shape = [d.size for d in node.attr["shape"].shape.dim]
-    return TensorInfo(name, dtype, shape)
-
-
-def _dtype(enum: int) -> tf.dtypes.DType | None:
-    """Return the DType of a DataType enum, or None for an invalid one."""
-    try:
-        return tf.dtypes.as_dtype(enum) if enum else None
-    except TypeError:
-        return None
-
-
 def _deprecated(graph_def: graph_pb2.GraphDef, op_counts: Counter) -> list[DeprecatedOp]:
     found = [DeprecatedOp(op, op_counts[op], version, _deprecation_note(op, version))
              for op, version in sorted(deprecated_ops(graph_def).items())]
@@ -246,7 +192,7 @@ def _const_summary(graph_def: graph_pb2.GraphDef) -> ConstSummary:
         proto = node.attr["value"].tensor if "value" in node.attr else None
         shape = [max(d.size, 0) for d in proto.tensor_shape.dim] if proto is not None else []
         params = int(np.prod(shape, dtype=np.int64))
-        dtype = _dtype(proto.dtype) if proto is not None else None
+        dtype = dtype_or_none(proto.dtype) if proto is not None else None
         if dtype is None:  # a malformed Const: list it, count nothing
             consts.append(ConstInfo(node.name, "unknown", shape, 0, 0))
             continue
@@ -256,128 +202,6 @@ def _const_summary(graph_def: graph_pb2.GraphDef) -> ConstSummary:
     consts.sort(key=lambda c: (-c.bytes, c.name))
     return ConstSummary(count=len(consts), params=sum(c.params for c in consts),
                         bytes=sum(c.bytes for c in consts), largest=consts[:LARGEST_CONSTS])
-
-
-def _consumers(graph_def: graph_pb2.GraphDef) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for node in graph_def.node:
-        for inp in node.input:
-            if not inp.startswith("^"):
-                out.setdefault(_node_of(inp), []).append(node)
-    return out
-
-
-def _bytes_inputs(graph_def, nodes, tensors) -> list[Candidate]:
-    """String placeholders of scalar (or unknown) shape: fed with one encoded image."""
-    consumers = _consumers(graph_def)
-    found = []
-    for node in graph_def.node:
-        if node.op not in PLACEHOLDER_OPS:
-            continue
-        info = _tensor(f"{node.name}:0", nodes, tensors)
-        if info.dtype != "string" or info.shape not in (None, []):
-            continue
-        decoders = [c.name for c in consumers.get(node.name, []) if c.op in DECODE_OPS]
-        why = f"string placeholder fed to {', '.join(decoders)}" if decoders else "string placeholder, no decoder seen"
-        found.append(Candidate("encoded image bytes", info, why))
-    return found
-
-
-def _topological(graph_def: graph_pb2.GraphDef) -> list:
-    """Return the nodes inputs-first; nodes on cycles (while loops) come last, in file order."""
-    nodes = {node.name: node for node in graph_def.node}
-    pending = {node.name: len({_node_of(i) for i in node.input if _node_of(i) in nodes}) for node in graph_def.node}
-    users: dict[str, list[str]] = {}
-    for node in graph_def.node:
-        for src in {_node_of(i) for i in node.input if _node_of(i) in nodes}:
-            users.setdefault(src, []).append(node.name)
-    ready = [name for name, n in pending.items() if n == 0]
-    order = []
-    while ready:
-        name = ready.pop()
-        order.append(nodes[name])
-        for user in users.get(name, []):
-            pending[user] -= 1
-            if pending[user] == 0:
-                ready.append(user)
-    placed = {node.name for node in order}
-    return order + [node for node in graph_def.node if node.name not in placed]
-
-
-def _normalised_inputs(graph_def, nodes, tensors) -> list[Candidate]:
-    """The 4-D float data inputs of the convolutions that have no convolution upstream."""
-    conv_upstream: dict[str, bool] = {}
-    found, seen = [], set()
-    for node in _topological(graph_def):
-        sources = [_node_of(i) for i in node.input]
-        upstream = any(conv_upstream.get(s, False) or nodes[s].op in CONV_OPS for s in sources if s in nodes)
-        conv_upstream[node.name] = upstream
-        if node.op not in CONV_OPS or upstream or not node.input:
-            continue
-        info = _tensor(_tensor_name(node.input[0]), nodes, tensors)
-        if info.name in seen or not info.dtype.startswith(("float", "bfloat", "half")):
-            continue
-        if info.shape is not None and len(info.shape) != 4:
-            continue
-        seen.add(info.name)
-        found.append(Candidate("normalised image", info, f"input of the first convolution {node.name}"))
-    return found
-
-
-def _is_const(name: str, nodes: dict) -> bool:
-    node = nodes.get(_node_of(name))
-    while node is not None and node.op == "Identity" and node.input:
-        node = nodes.get(_node_of(node.input[0]))
-    return node is not None and node.op == "Const"
-
-
-def _data_input(node, nodes: dict) -> str | None:
-    """Return the first non-constant data input of ``node``."""
-    for inp in node.input:
-        if not inp.startswith("^") and not _is_const(inp, nodes):
-            return inp
-    return None
-
-
-def _bottlenecks(graph_def, nodes, tensors) -> list[Candidate]:
-    """Walk back from each Softmax through BiasAdd/Add to the classifier's MatMul; its data input."""
-    found, seen = [], set()
-    for softmax in (n for n in graph_def.node if n.op == "Softmax"):
-        node = nodes.get(_node_of(softmax.input[0])) if softmax.input else None
-        hops = 0
-        while node is not None and node.op in LOGIT_PASS_THROUGH and hops < 16:
-            data = _data_input(node, nodes)
-            node = nodes.get(_node_of(data)) if data else None
-            hops += 1
-        if node is None or node.op not in MATMUL_OPS:
-            continue
-        data = _data_input(node, nodes)
-        if data is None or _tensor_name(data) in seen:
-            continue
-        info = _tensor(_tensor_name(data), nodes, tensors)
-        seen.add(info.name)
-        flat = nodes.get(_node_of(data))
-        why = f"input of the last {node.op}, {node.name}"
-        if _fixed_batch_reshape(flat, nodes):
-            why += "; constant reshape: one image only"
-        found.append(Candidate("bottleneck", info, why))
-        if flat is not None and flat.op in FLATTEN_OPS and flat.input:
-            before = _tensor(_tensor_name(flat.input[0]), nodes, tensors)
-            if before.name not in seen:
-                seen.add(before.name)
-                found.append(Candidate("bottleneck", before, f"input of the {flat.op} {flat.name}"))
-    return found
-
-
-def _fixed_batch_reshape(node, nodes: dict) -> bool:
-    """Whether ``node`` is a Reshape to a constant shape with a fixed batch size (the 2015 ``pool_3/_reshape``)."""
-    if node is None or node.op != "Reshape" or len(node.input) < 2 or not _is_const(node.input[1], nodes):
-        return False
-    shape_node = nodes[_node_of(node.input[1])]
-    while shape_node.op == "Identity":
-        shape_node = nodes[_node_of(shape_node.input[0])]
-    shape = tf.make_ndarray(shape_node.attr["value"].tensor).reshape(-1)
-    return shape.size > 0 and int(shape[0]) != -1
 
 
 def format_shape(shape: Shape | None) -> str:

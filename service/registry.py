@@ -49,6 +49,24 @@ class ServedModel:
         return self.batcher.submit(np.asarray(inputs, dtype=np.float32))
 
 
+def apply_precision(requested: str) -> str:
+    """Resolve ``requested`` for this CPU and, for bf16, turn on oneDNN's bf16 rewrite for this process.
+
+    The rewrite is a process-wide grappler option that applies to every graph the
+    process runs afterwards, the loaded SavedModels included; a worker serves in
+    one precision.
+    """
+    from featurizer.precision import resolve_precision
+
+    precision = resolve_precision(requested)
+    if precision == "bf16":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    log.info("serving precision: %s (requested %s)", precision, requested)
+    return precision
+
+
 class ModelRegistry:
     """Loads and holds the served models of one worker."""
 
@@ -57,6 +75,7 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.state = "loading"  # loading | ready | failed
         self.error = ""
+        self.precision = ""  # fp32 | bf16, resolved when loading
         self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
         self._on_load = on_load  # callback(model name, seconds)
         self._thread: threading.Thread | None = None
@@ -83,6 +102,7 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Load and warm up every model of the repository; set the state."""
         try:
+            self.precision = apply_precision(self.config.precision)
             repo = self.config.model_repository
             available = list_models(repo) if repo.is_dir() else {}
             unknown = sorted(set(self.config.model_versions) - set(available))

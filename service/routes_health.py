@@ -20,7 +20,7 @@ def readyz():
 
     registry = registry_of(current_app)
     models = {name: served.version for name, served in registry.models.items()}
-    body = {"status": registry.state, "models": models}
+    body = {"status": registry.state, "models": models, "precision": registry.precision}
     if registry.error:
         body["error"] = registry.error
     response = jsonify(body)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Test apps serve in fp32: the bf16 switch is process-wide and would change the in-process
+# references other tests compare against. tests/test_serve_precision.py checks bf16 in a subprocess.
+os.environ.setdefault("IMGCLF_PRECISION", "fp32")
 
 import pytest  # noqa: E402
 

@@ -40,7 +40,8 @@ def test_healthz_and_readyz_when_loaded(app):
     client = app.test_client()
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json() == {"status": "ready", "models": {"shapes": 1}}
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "models": {"shapes": 1}, "precision": "fp32"}
 
 
 def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):

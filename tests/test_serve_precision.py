@@ -1,0 +1,42 @@
+"""Serving in bf16 (a process-wide switch, so checked in a fresh process) stays close to fp32."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featurizer.precision import native_bf16_flags, onednn_enabled
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import json, sys
+from service import create_app
+app = create_app({"model_repository": sys.argv[1], "load_in_background": False, "precision": sys.argv[2]})
+client = app.test_client()
+out = {"precision": client.get("/readyz").get_json()["precision"], "predictions": []}
+for path in sys.argv[3:]:
+    with open(path, "rb") as fh:
+        body = client.post("/predict?top_k=4", data=fh.read(), content_type="image/jpeg").get_json()
+    out["predictions"].append({p["label"]: p["score"] for p in body["predictions"]})
+print(json.dumps(out))
+"""
+
+
+def _serve(model_repo, precision, images):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(model_repo), precision, *map(str, images)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not (native_bf16_flags() and onednn_enabled()),
+                    reason="this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
+def test_bf16_serving_agrees_with_fp32(model_repo):
+    images = sorted((model_repo.parent / "images").glob("*/*_00[0-2].jpg"))
+    fp32, bf16 = _serve(model_repo, "fp32", images), _serve(model_repo, "bf16", images)
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    for a, b in zip(fp32["predictions"], bf16["predictions"]):
+        assert max(a, key=a.get) == max(b, key=b.get)
+        assert max(abs(a[label] - b[label]) for label in a) < 0.05
