@@ -104,25 +104,28 @@ def timed_rate(run, batch: np.ndarray, seconds: float) -> float:
     return calls * len(batch) / (time.perf_counter() - started)
 
 
-def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float) -> dict[str, float]:
+def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, precision: str) -> dict[str, float]:
     """Measure the featurizer and the served model on their own, in this process, before any server runs."""
     from featurizer.extractor import Featurizer, FeaturizerConfig
+    from featurizer.precision import resolve_precision
+    from service.registry import apply_precision
     from training.repository import load_model
 
-    from featurizer.precision import resolve_precision
-
     rates = {}
-    # fp32 is what the served model computes; bf16 (where the CPU has it) is what the featurizer could do.
-    for precision in ("fp32", "bf16") if resolve_precision("auto") == "bf16" else ("fp32",):
-        featurizer = Featurizer(FeaturizerConfig(graph, precision=precision))
+    for precision_ in ("fp32", "bf16") if resolve_precision("auto") == "bf16" else ("fp32",):
+        featurizer = Featurizer(FeaturizerConfig(graph, precision=precision_))
         one = featurizer.preprocess(jpeg)
-        rates[f"featurizer Featurizer.run, batch 32, {precision}"] = timed_rate(featurizer.run,
-                                                                             np.stack([one] * 32), seconds)
+        rates[f"featurizer Featurizer.run, batch 32, {precision_}"] = timed_rate(featurizer.run,
+                                                                              np.stack([one] * 32), seconds)
         featurizer.close()
+    # The served model in the precision the server will use (a process-wide switch: measured last).
+    apply_precision(precision)
     model = load_model(version_dir)
     one = model.to_input(model.decode(jpeg))
-    rates["served model predict_inputs, batch 32"] = timed_rate(model.predict_inputs, np.stack([one] * 32), seconds)
-    rates["served model predict_inputs, batch 1"] = timed_rate(model.predict_inputs, one[None], seconds)
+    rates[f"served model predict_inputs, batch 32, {precision}"] = timed_rate(model.predict_inputs,
+                                                                             np.stack([one] * 32), seconds)
+    rates[f"served model predict_inputs, batch 1, {precision}"] = timed_rate(model.predict_inputs, one[None],
+                                                                            seconds)
     return rates
 
 
@@ -208,11 +211,12 @@ def free_port() -> int:
 class Server:
     """gunicorn serving the benchmark repository, started and stopped by the benchmark."""
 
-    def __init__(self, model_dir: Path, batching: bool, workers: int, threads: int, log: Path):
+    def __init__(self, model_dir: Path, batching: bool, workers: int, threads: int, log: Path, precision: str):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = serve_cli.serve_env(model_dir, bind=f"127.0.0.1:{port}", workers=workers, threads=threads)
         env["IMGCLF_BATCHING"] = "1" if batching else "0"
+        env["IMGCLF_PRECISION"] = precision
         self.log = log
         with open(log, "wb") as out:
             self.process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, stdout=out,
@@ -253,7 +257,12 @@ def main() -> None:
                              "waiting request can join a batch)")
     parser.add_argument("--level-seconds", type=float, default=150.0, help="time limit of one concurrency level")
     parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="serving precision (IMGCLF_PRECISION; default auto)")
     args = parser.parse_args()
+    from featurizer.precision import resolve_precision
+
+    precision = resolve_precision(args.precision)
     threads = args.threads or max(args.concurrency)
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -265,17 +274,17 @@ def main() -> None:
           f"model {version_dir}; JPEG 800x600, {len(jpeg) / 1000:.0f} KB; {args.workers} worker(s) x "
           f"{threads} threads; {args.requests} requests per level", flush=True)
 
-    rates = model_rates(graph, version_dir, jpeg, seconds=8.0)
+    rates = model_rates(graph, version_dir, jpeg, seconds=8.0, precision=precision)
     for name, rate in rates.items():
         print(f"{name:<44} {rate:8.2f} img/s", flush=True)
-    ceiling = rates["featurizer Featurizer.run, batch 32, fp32"]
+    ceiling = rates[f"featurizer Featurizer.run, batch 32, {precision}"]
 
     header = (f"{'conc':>5} {'sent':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
               f"{'img/call':>8}")
     best = {}
     for batching in (True, False):
         log = OUT / f"serve-gunicorn-batching{int(batching)}.log"
-        server = Server(model_dir, batching, args.workers, threads, log)
+        server = Server(model_dir, batching, args.workers, threads, log, precision)
         try:
             server.wait_ready(args.workers)
             print(f"\nbatching {'ON' if batching else 'OFF'} (server log: {log})\n{header}", flush=True)
@@ -292,9 +301,13 @@ def main() -> None:
                     best[(batching, concurrency)] = len(result.latencies) / result.seconds
         finally:
             server.stop()
-    print(f"\nreq/s as a share of the featurizer's batched fp32 rate ({ceiling:.2f} img/s):")
+    print(f"\nreq/s as a share of the featurizer's batched {precision} rate ({ceiling:.2f} img/s):")
     for (batching, concurrency), rate in best.items():
         print(f"  batching {'on ' if batching else 'off'} concurrency {concurrency:>3}: {rate / ceiling:6.2f}")
+    print("\nbatching on / off, req/s:")
+    for concurrency in args.concurrency:
+        if (True, concurrency) in best and best.get((False, concurrency)):
+            print(f"  concurrency {concurrency:>3}: {best[(True, concurrency)] / best[(False, concurrency)]:5.2f}x")
 
 
 if __name__ == "__main__":
