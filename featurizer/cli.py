@@ -29,8 +29,10 @@ def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool
                        help="batched bottleneck tensor (default: %(default)s)")
     group.add_argument("--intra-op-threads", type=int, default=0,
                        help="threads inside one TensorFlow op (default: 0 = all usable CPUs)")
-    group.add_argument("--inter-op-threads", type=int, default=0,
-                       help="TensorFlow ops run side by side (default: 0 = TensorFlow picks)")
+    # ThreadConfig().inter_op, pinned by a test: featurizer.graph imports TensorFlow, too slow for --help.
+    group.add_argument("--inter-op-threads", type=int, default=1,
+                       help="TensorFlow ops run side by side; more oversubscribes the cores that "
+                            "--intra-op-threads already uses (default: %(default)s; 0 = TensorFlow picks)")
     group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                        help="refuse images with more pixels, checked before decoding (default: %(default)s)")
 
@@ -49,6 +51,13 @@ def featurizer_config_from_args(args: argparse.Namespace):
     return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
                             max_pixels=args.max_pixels)
+
+
+def check_decode_threads(value: int) -> int:
+    """Return ``value`` of ``--decode-threads`` if it is 0 or more, else raise ValueError."""
+    if value < 0:
+        raise ValueError(f"--decode-threads must be 0 (one per usable CPU) or more; received {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +113,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1; received {args.batch_size}")
     job = FeaturizeJob(image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
                        output=args.output, report=args.report, batch_size=args.batch_size,
-                       decode_threads=args.decode_threads, progress=False if args.quiet else None)
+                       decode_threads=check_decode_threads(args.decode_threads),
+                       progress=False if args.quiet else None)
     summary = run_featurize(job)
     print(summary.format())
     if not summary.featurized:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from featurizer.contract import DEFAULT_CONTRACT, GraphContract
 from featurizer.errors import ImgclfError
-from featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph
+from featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
 from featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, normalize, resize_bilinear
 from featurizer.precision import resolve_precision
 
@@ -114,7 +113,4 @@ def sha256_bytes(data: bytes) -> str:
 
 def default_decode_threads() -> int:
     """Return the number of decode threads: one per usable CPU."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
+    return usable_cpus()

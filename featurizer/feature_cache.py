@@ -48,18 +48,26 @@ class FeatureCache:
         self.path = Path(path)
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        # as_uri() percent-encodes the path: a '#', '?' or '%' in it would otherwise name another file.
+        uri = self.path.absolute().as_uri() + ("?mode=ro" if readonly else "")
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                # NORMAL in WAL mode: a committed transaction survives a killed process.
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-                self.conn.executescript(_SCHEMA)
-                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._check_schema()
+            try:
+                self._set_up(readonly)
+            except BaseException:
+                self.conn.close()
+                raise
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{str(self.path)!r} is not a usable imgclf feature cache: {exc}") from exc
+
+    def _set_up(self, readonly: bool) -> None:
+        if not readonly:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a killed process.
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._check_schema()
 
     def _check_schema(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -82,9 +90,8 @@ class FeatureCache:
                 f"SELECT image_sha256, dim, vector FROM features WHERE fingerprint = ? AND image_sha256 IN ({marks})",
                 [fingerprint, *chunk])
             for sha, dim, blob in rows:
-                vector = np.frombuffer(blob, dtype="<f4")
-                if vector.size == dim:  # a short blob would be corruption: treat as a miss
-                    found[sha] = vector.astype(np.float32)
+                if isinstance(blob, bytes) and len(blob) == 4 * dim:  # anything else is corruption: a miss
+                    found[sha] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
         return found
 
     def keys(self, fingerprint: str) -> set[str]:
@@ -142,5 +149,8 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+            self.conn.execute("ROLLBACK")
         return False

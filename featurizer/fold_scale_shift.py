@@ -13,17 +13,14 @@ kernel. The 2015 graph's own batch norms are handled by
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from featurizer.contract import node_name
-from featurizer.legacy_ops import const_node
+from featurizer.legacy_ops import const_node, unique_name
 from featurizer.prune import keep_ancestors
-
-log = logging.getLogger(__name__)
 
 # Ops that compute a constant from constants, with no state and no side effect.
 _PURE_OPS = frozenset({"Const", "Identity", "Reshape", "Rsqrt", "Sqrt", "Add", "AddV2", "Sub", "Mul", "RealDiv",
@@ -130,6 +127,7 @@ def fold_scale_shift(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef,
     values = _evaluate(out, [t for c in candidates for t in (c[3], c[4], c[5])])
     folded = 0
     new_nodes = []
+    taken = set(by_name)
     for index, (conv, mul, add, _, _, _) in enumerate(candidates):
         weights, scale, shift = values[3 * index: 3 * index + 3]
         channels = weights.shape[-1]
@@ -137,8 +135,8 @@ def fold_scale_shift(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef,
         if scale is None or shift is None or weights.ndim != 4:
             continue
         dtype = weights.dtype
-        filter_node = const_node(f"{conv.name}/folded_filter", (weights * scale).astype(dtype))
-        bias_node = const_node(f"{add.name}/folded_bias", shift.astype(dtype))
+        filter_node = const_node(unique_name(f"{conv.name}/folded_filter", taken), (weights * scale).astype(dtype))
+        bias_node = const_node(unique_name(f"{add.name}/folded_bias", taken), shift.astype(dtype))
         new_nodes += [filter_node, bias_node]
         conv.input[1] = filter_node.name
         t_attr = copy.deepcopy(add.attr["T"])

@@ -58,14 +58,17 @@ def parse_graph_def(data: bytes, source: str = "graph") -> graph_pb2.GraphDef:
     return graph_def
 
 
+def _read_graph_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise GraphError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     """Read a frozen GraphDef file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GraphError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}") from exc
-    return parse_graph_def(data, source=repr(str(path)))
+    return parse_graph_def(_read_graph_bytes(path), source=repr(str(path)))
 
 
 def missing_tensors(graph_def: graph_pb2.GraphDef, names: list[str]) -> list[str]:
@@ -125,6 +128,11 @@ def _graph_constant(graph_def: graph_pb2.GraphDef, node: str, input_index: int):
     return tf.make_ndarray(source.attr["value"].tensor)
 
 
+def _scalar(value: np.ndarray) -> float:
+    """Return the one value of a size-1 array of any shape ([] or [1], ...) as a float."""
+    return float(np.asarray(value).reshape(()).item())
+
+
 def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT) -> GraphContract:
     """Return ``contract`` with input size, mean, std and JPEG decoding read from the graph's preprocessing chain.
 
@@ -141,9 +149,9 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
     if size is not None and np.size(size) == 2 and size[0] == size[1]:
         updates["input_size"] = int(size[0])
     if mean is not None and np.size(mean) == 1:
-        updates["input_mean"] = float(mean)
-    if mul is not None and np.size(mul) == 1 and float(mul) != 0.0:
-        updates["input_std"] = 1.0 / float(mul)
+        updates["input_mean"] = _scalar(mean)
+    if mul is not None and np.size(mul) == 1 and _scalar(mul) != 0.0:
+        updates["input_std"] = 1.0 / _scalar(mul)
     decode = next((n for n in graph_def.node if n.name == names.DECODE_NODE and n.op == "DecodeJpeg"), None)
     if decode is not None:  # decode JPEGs outside the graph exactly as this node does
         updates["jpeg_dct_method"] = decode.attr["dct_method"].s.decode() if "dct_method" in decode.attr else ""
@@ -164,10 +172,7 @@ class BottleneckGraph:
         self.graph = tf.Graph()
         with self.graph.as_default():
             (bottleneck,) = tf.graph_util.import_graph_def(pruned, name="", return_elements=[contract.bottleneck])
-            dim = bottleneck.shape[-1]
-            if dim is None:
-                raise GraphError(f"bottleneck {contract.bottleneck} has an unknown last dimension")
-            self.dim = int(dim)
+            self.dim = _bottleneck_dim(bottleneck.shape, contract.bottleneck)
             self._input = self.graph.get_tensor_by_name(contract.image_input)
             self._output = tf.reshape(bottleneck, [-1, self.dim], name="imgclf/bottleneck")
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, precision))
@@ -178,11 +183,34 @@ class BottleneckGraph:
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
         out = self.session.run(self._output, {self._input: images.astype(np.float32, copy=False)})
+        if out.shape[0] != images.shape[0]:  # dimensions unknown at load were not 1 after all
+            raise GraphError(f"bottleneck {self.contract.bottleneck} gave {out.shape[0]} vectors of "
+                             f"{self.dim} for {images.shape[0]} images; it must be [N, {self.dim}] or "
+                             f"[N, 1, 1, {self.dim}] (pooled)")
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
         """Release the session."""
         self.session.close()
+
+
+def _bottleneck_dim(shape: tf.TensorShape, name: str) -> int:
+    """Return D of a bottleneck shaped [N, D] or [N, 1, ..., 1, D].
+
+    The bottleneck is flattened to [-1, D]: an unpooled one ([N, 8, 8, D]) would
+    silently become 64·N rows. Dimensions unknown here are checked by
+    :meth:`BottleneckGraph.run`.
+    """
+    dims = shape.as_list() if shape.rank is not None else None
+    if dims is not None and len(dims) < 2:
+        raise GraphError(f"bottleneck {name} must have a batch and a feature dimension; received shape {dims}")
+    if dims is None or dims[-1] is None:
+        raise GraphError(f"bottleneck {name} has an unknown last dimension")
+    spatial = [d for d in dims[1:-1] if d is not None and d != 1]
+    if spatial:
+        raise GraphError(f"bottleneck {name} has shape {dims}: one vector per image needs every dimension "
+                         "between batch and features to be 1 (is it before the pooling?)")
+    return int(dims[-1])
 
 
 def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) -> graph_pb2.GraphDef:
@@ -236,8 +264,9 @@ class SingleImageGraph:
 
 def load_graph(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, str]:
     """Read a frozen graph and return it with the file's sha256."""
-    graph_def = read_graph_def(path)
-    return graph_def, file_sha256(path)
+    path = Path(path)
+    data = _read_graph_bytes(path)  # parse and hash the same bytes: the file may be replaced meanwhile
+    return parse_graph_def(data, source=repr(str(path))), hashlib.sha256(data).hexdigest()
 
 
 __all__ = [

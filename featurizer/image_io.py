@@ -21,7 +21,9 @@ from featurizer.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 log = logging.getLogger(__name__)
 
 # Pillow format names accepted, and the file extensions the batch job looks at.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+# A multi-picture JPEG (MPO, what many phones write) starts with a plain JPEG: the picture shown.
+JPEG_FORMATS = ("JPEG", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
@@ -78,7 +80,7 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_metho
             accurate integer IDCT).
     """
     image = open_checked(data, max_pixels)
-    if jpeg_dct_method is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+    if jpeg_dct_method is not None and image.format in JPEG_FORMATS and image.mode in ("RGB", "L"):
         rgb = _decode_jpeg_like_graph(data, image, jpeg_dct_method)
         if rgb is not None:
             return rgb

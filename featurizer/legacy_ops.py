@@ -13,7 +13,6 @@ TensorFlow's, and later tools (bf16 rewrites, combined exports) work on it.
 from __future__ import annotations
 
 import copy
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
 
-log = logging.getLogger(__name__)
+from featurizer.contract import node_name
 
 OLD_BATCH_NORM = "BatchNormWithGlobalNormalization"
 OLD_CONCAT = "Concat"
@@ -41,23 +40,20 @@ class RewriteReport:
     replaced_params: set = field(default_factory=set, repr=False)  # consts that may now be unused
 
 
-def _input_node(name: str) -> str:
-    return name.lstrip("^").split(":", 1)[0]
-
-
 def _consumers(graph_def: graph_pb2.GraphDef) -> Counter:
     counts: Counter = Counter()
     for node in graph_def.node:
         for inp in node.input:
-            counts[_input_node(inp)] += 1
+            counts[node_name(inp)] += 1
     return counts
 
 
 def _const_value(nodes: dict, name: str) -> np.ndarray | None:
     """Return the value of a Const node (looking through Identity), or None."""
-    node = nodes.get(_input_node(name))
-    while node is not None and node.op == "Identity" and node.input:
-        node = nodes.get(_input_node(node.input[0]))
+    node, seen = nodes.get(node_name(name)), set()
+    while node is not None and node.op == "Identity" and node.input and node.name not in seen:
+        seen.add(node.name)  # an Identity cycle has no value
+        node = nodes.get(node_name(node.input[0]))
     if node is None or node.op != "Const":
         return None
     return tf.make_ndarray(node.attr["value"].tensor)
@@ -72,7 +68,8 @@ def const_node(name: str, value: np.ndarray) -> node_def_pb2.NodeDef:
     return node
 
 
-def _unique(name: str, taken: set) -> str:
+def unique_name(name: str, taken: set) -> str:
+    """Return ``name``, or ``name_1``, ``name_2``, ... if it is taken; add the result to ``taken``."""
     candidate, i = name, 0
     while candidate in taken:
         i += 1
@@ -128,7 +125,7 @@ def rewrite_legacy_ops(graph_def: graph_pb2.GraphDef, bump_producer: bool = True
 
 def _rewrite_batch_norm(node, nodes, consumers, taken, new_nodes, report) -> None:
     data, mean_in, var_in, beta_in, gamma_in = list(node.input[:5])
-    report.replaced_params.update(_input_node(n) for n in (mean_in, var_in, beta_in, gamma_in))
+    report.replaced_params.update(node_name(n) for n in (mean_in, var_in, beta_in, gamma_in))
     controls = [inp for inp in node.input[5:] if inp.startswith("^")]
     mean, var, beta, gamma = (_const_value(nodes, n) for n in (mean_in, var_in, beta_in, gamma_in))
     if any(v is None for v in (mean, var, beta, gamma)):
@@ -140,28 +137,25 @@ def _rewrite_batch_norm(node, nodes, consumers, taken, new_nodes, report) -> Non
     offset = beta - mean * scale
     dtype = tf.dtypes.as_dtype(node.attr["T"].type).as_numpy_dtype
 
-    producer = nodes.get(_input_node(data))
+    producer = nodes.get(node_name(data))
     first_output = ":" not in data or data.endswith(":0")
     foldable = (producer is not None and producer.op in FOLDABLE_CONVS and first_output
                 and consumers[producer.name] == 1 and len(producer.input) > 1)
-    filter_node = nodes.get(_input_node(producer.input[1])) if foldable else None
+    filter_node = nodes.get(node_name(producer.input[1])) if foldable else None
     if foldable and filter_node is not None and filter_node.op == "Const" and consumers[filter_node.name] == 1:
         weights = tf.make_ndarray(filter_node.attr["value"].tensor)
         filter_node.attr["value"].tensor.CopyFrom(
             tf.make_tensor_proto((weights * scale).astype(weights.dtype)))  # HWIO: scale the O axis
-        bias = _append(new_nodes, const_node(_unique(f"{node.name}/folded_bias", taken),
-                                                       offset.astype(dtype)))
+        bias = _append(new_nodes, const_node(unique_name(f"{node.name}/folded_bias", taken), offset.astype(dtype)))
         fmt = producer.attr["data_format"].s or b"NHWC"
         _become(node, "BiasAdd", [data, bias] + controls, T=node.attr["T"],
                 data_format=attr_value_pb2.AttrValue(s=fmt))
         report.folded_batch_norms += 1
         return
 
-    scale_const = _append(new_nodes, const_node(_unique(f"{node.name}/scale", taken),
-                                                          scale.astype(dtype)))
-    offset_const = _append(new_nodes, const_node(_unique(f"{node.name}/offset", taken),
-                                                           offset.astype(dtype)))
-    mul = node_def_pb2.NodeDef(name=_unique(f"{node.name}/scaled", taken), op="Mul",
+    scale_const = _append(new_nodes, const_node(unique_name(f"{node.name}/scale", taken), scale.astype(dtype)))
+    offset_const = _append(new_nodes, const_node(unique_name(f"{node.name}/offset", taken), offset.astype(dtype)))
+    mul = node_def_pb2.NodeDef(name=unique_name(f"{node.name}/scaled", taken), op="Mul",
                                input=[data, scale_const])
     mul.attr["T"].CopyFrom(node.attr["T"])
     new_nodes.append(mul)
@@ -204,5 +198,5 @@ def _drop_unused_consts(graph_def: graph_pb2.GraphDef, candidates: set) -> None:
         if not dead:
             return
         for i in reversed(dead):
-            candidates.update(_input_node(inp) for inp in graph_def.node[i].input)
+            candidates.update(node_name(inp) for inp in graph_def.node[i].input)
             del graph_def.node[i]

@@ -4,7 +4,8 @@ Decoding (Pillow, numpy) runs in a thread pool while the main thread runs the
 graph (TensorFlow releases the GIL), so both cores stay busy. Every batch is
 committed to the feature cache as soon as it is computed: a job killed at any
 moment keeps what it committed and a rerun computes only the rest. A bad image
-is recorded with its reason and the job goes on.
+(undecodable, or one the graph fails on or gives non-finite features for) is
+recorded with its reason and the job goes on.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featurizer.errors import ImgclfError
+from featurizer.errors import GraphError, ImgclfError
 from featurizer.extractor import Featurizer, default_decode_threads, sha256_bytes
 from featurizer.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
+
+NON_FINITE = "the graph produced non-finite features"
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,7 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     result = ExtractResult(keys=[None] * len(items))
     threads = decode_threads or default_decode_threads()
     max_in_flight = 2 * batch_size + 2 * threads
-    pending: list[tuple[str, np.ndarray]] = []
-    pending_keys: set[str] = set()
+    pending: dict[str, tuple[np.ndarray, list[int]]] = {}  # key → (network input, indices of the items)
     started = time.perf_counter()
 
     def prepare(item: WorkItem) -> tuple[str, np.ndarray | None]:
@@ -105,47 +107,92 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     def flush() -> None:
         if not pending:
             return
-        vectors = featurizer.run(np.stack([array for _, array in pending]))
-        cache.put_many(fingerprint, {key: vector for (key, _), vector in zip(pending, vectors)})
-        known.update(key for key, _ in pending)
-        result.computed += len(pending)
+        vectors, errors = _run_batch(featurizer, {key: array for key, (array, _) in pending.items()})
+        if vectors:
+            cache.put_many(fingerprint, vectors)
+            known.update(vectors)
+        for key, (_, indices) in pending.items():
+            if key in vectors:
+                result.computed += 1
+                result.cached += len(indices) - 1  # the same bytes again in this batch
+                continue
+            for index in indices:
+                result.keys[index] = None
+                result.failures.append((items[index].name, errors[key]))
         pending.clear()
-        pending_keys.clear()
 
     bar = _progress_bar(len(items), progress, desc)
+    # Not a `with` block: leaving it would wait for every queued decode, even on Ctrl-C.
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-            in_flight: deque[tuple[int, Future]] = deque()
-            next_index = 0
-            while next_index < len(items) or in_flight:
-                while next_index < len(items) and len(in_flight) < max_in_flight:
-                    in_flight.append((next_index, pool.submit(prepare, items[next_index])))
-                    next_index += 1
-                index, future = in_flight.popleft()
-                name = items[index].name
-                try:
-                    key, array = future.result()
-                except ImgclfError as exc:
-                    result.failures.append((name, str(exc)))
-                except OSError as exc:
-                    result.failures.append((name, f"cannot read file: {exc.strerror or exc}"))
-                except Exception as exc:  # noqa: BLE001 - one bad file must not end the job
-                    log.debug("unexpected failure on %s", name, exc_info=True)
-                    result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
+        in_flight: deque[tuple[int, Future]] = deque()
+        next_index = 0
+        while next_index < len(items) or in_flight:
+            while next_index < len(items) and len(in_flight) < max_in_flight:
+                in_flight.append((next_index, pool.submit(prepare, items[next_index])))
+                next_index += 1
+            index, future = in_flight.popleft()
+            name = items[index].name
+            try:
+                key, array = future.result()
+            except ImgclfError as exc:
+                result.failures.append((name, str(exc)))
+            except OSError as exc:
+                result.failures.append((name, f"cannot read file: {exc.strerror or exc}"))
+            except Exception as exc:  # noqa: BLE001 - one bad file must not end the job
+                log.debug("unexpected failure on %s", name, exc_info=True)
+                result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
+            else:
+                result.keys[index] = key
+                if array is None or key in known:  # cached, or the same bytes seen earlier in this run
+                    result.cached += 1
+                elif key in pending:  # the same bytes twice in one batch: compute once
+                    pending[key][1].append(index)
                 else:
-                    result.keys[index] = key
-                    if array is None or key in known:  # cached, or the same bytes seen earlier in this run
-                        result.cached += 1
-                    elif key not in pending_keys:  # the same bytes twice in one batch: compute once
-                        pending.append((key, array))
-                        pending_keys.add(key)
-                        if len(pending) >= batch_size:
-                            flush()
-                bar.update(1)
-                bar.set_postfix(cached=result.cached, new=result.computed, bad=len(result.failures),
-                                refresh=False)
-            flush()
+                    pending[key] = (array, [index])
+                    if len(pending) >= batch_size:
+                        flush()
+            bar.update(1)
+            bar.set_postfix(cached=result.cached, new=result.computed, bad=len(result.failures),
+                            refresh=False)
+        flush()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # only the decodes already running are waited for
         bar.close()
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _run_batch(featurizer: Featurizer, inputs: dict[str, np.ndarray]
+               ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Run the graph on a batch; return ``(vectors, errors)`` by key.
+
+    When the batch run fails, each image is run alone so one bad input costs
+    only itself. A vector with NaN or infinity is an error, not a cache entry.
+    A :class:`GraphError` (the graph itself is wrong) ends the job.
+    """
+    keys = list(inputs)
+    errors: dict[str, str] = {}
+    try:
+        outputs = dict(zip(keys, featurizer.run(np.stack([inputs[key] for key in keys]))))
+    except GraphError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - find the image(s) it fails on, one at a time
+        log.warning("the graph failed on a batch of %d images (%s: %s); running them one at a time",
+                    len(keys), type(exc).__name__, exc)
+        outputs = {}
+        for key in keys:
+            try:
+                outputs[key] = featurizer.run(inputs[key][None])[0]
+            except GraphError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad image must not end the job
+                log.debug("the graph failed on %s", key, exc_info=True)
+                errors[key] = f"the graph failed on this image: {type(exc).__name__}: {exc}"
+    vectors = {}
+    for key, vector in outputs.items():
+        if np.all(np.isfinite(vector)):
+            vectors[key] = vector
+        else:
+            errors[key] = NON_FINITE
+    return vectors, errors

@@ -167,8 +167,9 @@ def _normalised_inputs(graph_def, nodes, tensors) -> list[Candidate]:
 
 def _is_const(name: str, nodes: dict) -> bool:
     """Return whether ``name`` is a Const node's output, looking through Identity."""
-    node = nodes.get(node_name(name))
-    while node is not None and node.op == "Identity" and node.input:
+    node, seen = nodes.get(node_name(name)), set()
+    while node is not None and node.op == "Identity" and node.input and node.name not in seen:
+        seen.add(node.name)  # an Identity cycle is no constant
         node = nodes.get(node_name(node.input[0]))
     return node is not None and node.op == "Const"
 
@@ -218,7 +219,10 @@ def _fixed_batch_reshape(node, nodes: dict) -> bool:
     shape_node = nodes[node_name(node.input[1])]
     while shape_node.op == "Identity":
         shape_node = nodes[node_name(shape_node.input[0])]
-    shape = tf.make_ndarray(shape_node.attr["value"].tensor).reshape(-1)
+    try:
+        shape = tf.make_ndarray(shape_node.attr["value"].tensor).reshape(-1)
+    except (TypeError, ValueError):  # a Const without a (valid) value
+        return False
     return shape.size > 0 and int(shape[0]) != -1
 
 

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 
 from featurizer.errors import GraphError, InvalidImage
 from featurizer.extractor import Featurizer, FeaturizerConfig
-from featurizer.graph import SingleImageGraph, read_graph_def
+from featurizer.graph import SingleImageGraph, contract_from_graph, read_graph_def
 from featurizer.precision import native_bf16_flags, onednn_enabled, resolve_precision
 from tests import images
 
@@ -121,3 +123,66 @@ def test_a_file_that_is_not_a_graph_is_refused(tmp_path):
         Featurizer(FeaturizerConfig(bad))
     with pytest.raises(GraphError, match="cannot read graph"):
         Featurizer(FeaturizerConfig(tmp_path / "missing.pb"))
+
+
+def test_an_unpooled_bottleneck_is_refused_at_load(legacy_graph_path):
+    from featurizer.contract import DEFAULT_CONTRACT
+
+    contract = DEFAULT_CONTRACT.with_overrides(bottleneck="mixed_1/conv:0")  # [N, 24, 24, 2048]: before pool_3
+    with pytest.raises(GraphError, match=r"\[None, 24, 24, 2048\].*between batch and features"):
+        Featurizer(FeaturizerConfig(legacy_graph_path, contract=contract, precision="fp32"))
+
+
+def test_a_bottleneck_of_unknown_spatial_size_is_checked_at_run_time(tmp_path):
+    from featurizer.contract import DEFAULT_CONTRACT
+    from tests.legacy_graph import build_legacy_graph_def
+
+    graph_def = build_legacy_graph_def()
+    hidden = graph_def.node.add(name="unknown_size", op="PlaceholderWithDefault", input=["mixed_1/conv"])
+    hidden.attr["dtype"].type = types_pb2.DT_FLOAT
+    for size in (-1, -1, -1, 2048):  # the static shape says nothing of the 24×24 grid
+        hidden.attr["shape"].shape.dim.add(size=size)
+    path = tmp_path / "unknown.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    featurizer = Featurizer(FeaturizerConfig(path, contract=DEFAULT_CONTRACT.with_overrides(
+        bottleneck="unknown_size:0"), precision="fp32"))
+    try:
+        inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:2]])
+        with pytest.raises(GraphError, match="gave 1152 vectors of 2048 for 2 images"):
+            featurizer.run(inputs)
+    finally:
+        featurizer.close()
+
+
+def test_contract_reads_preprocessing_constants_of_shape_one():
+    from tests.legacy_graph import build_legacy_graph_def
+
+    graph_def = build_legacy_graph_def()
+    for node in graph_def.node:
+        if node.name in ("Sub/y", "Mul/y"):  # [1]-shaped, as some exporters write them
+            value = np.float32(127.5) if node.name == "Sub/y" else np.float32(1 / 127.5)
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array([value])))
+    contract = contract_from_graph(graph_def)
+    assert contract.input_mean == 127.5
+    assert contract.input_std == pytest.approx(127.5)
+
+
+def test_load_graph_hashes_the_bytes_it_parsed(tmp_path, monkeypatch):
+    import hashlib
+
+    from featurizer import graph as graph_module
+    from tests.legacy_graph import build_legacy_graph_def, write_legacy_graph
+
+    path = write_legacy_graph(tmp_path / "g.pb", seed=0)
+    original = path.read_bytes()
+    parse = graph_module.parse_graph_def
+
+    def parse_then_replace_the_file(data, source="graph"):
+        parsed = parse(data, source)
+        write_legacy_graph(tmp_path / "g.pb", seed=1)  # another process replaces the file meanwhile
+        return parsed
+
+    monkeypatch.setattr(graph_module, "parse_graph_def", parse_then_replace_the_file)
+    graph_def, sha256 = graph_module.load_graph(path)
+    assert graph_def == build_legacy_graph_def(seed=0)
+    assert sha256 == hashlib.sha256(original).hexdigest()  # the parsed file's hash, not the new file's

@@ -74,3 +74,48 @@ def test_featurizer_description_is_recorded(tmp_path):
         cache.register_featurizer("fp", {"precision": "fp32"})
         rows = cache.conn.execute("SELECT fingerprint, description FROM featurizers").fetchall()
         assert rows == [("fp", '{"precision": "fp32"}')]
+
+
+@pytest.mark.parametrize("name", ["we#ird.sqlite", "what?.sqlite", "100%25.sqlite", "sp ace.sqlite"])
+def test_paths_with_uri_characters_open_that_very_file(tmp_path, name):
+    path = tmp_path / "dir#1" / name
+    with FeatureCache(path) as cache:
+        cache.put_many("fp", {"a": _vec(1)})
+    assert path.is_file()
+    assert sorted(p.name for p in tmp_path.rglob("*.sqlite")) == [name]
+    with FeatureCache(path, readonly=True) as reader:
+        np.testing.assert_array_equal(reader.get("fp", "a"), _vec(1))
+
+
+def test_a_refused_file_leaves_no_open_connection(tmp_path, monkeypatch):
+    opened, connect = [], sqlite3.connect
+
+    def recording_connect(*args, **kwargs):
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
+    path = tmp_path / "notes.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ValueError, match="not a usable imgclf feature cache"):
+        FeatureCache(path)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+
+
+def test_an_error_after_sqlite_rolled_back_is_not_masked(tmp_path):
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        with pytest.raises(RuntimeError, match="the caller's error"):
+            with cache.transaction() as conn:
+                conn.execute("ROLLBACK")  # as SQLite itself does on some errors (disk full, ...)
+                raise RuntimeError("the caller's error")
+        cache.put_many("fp", {"a": _vec(1)})  # the connection is still usable
+        assert cache.count() == 1
+
+
+@pytest.mark.parametrize("blob", [b"\x00" * 7, b"\x00" * 12, b"\x00" * 40, "text, not bytes"])
+def test_a_blob_of_the_wrong_length_is_a_miss(tmp_path, blob):
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("fp", {"good": _vec(1)})
+        cache.conn.execute("INSERT INTO features VALUES ('fp', 'bad', 8, ?, 0)", (blob,))
+        assert set(cache.get_many("fp", ["good", "bad"])) == {"good"}

@@ -103,10 +103,23 @@ def test_exit_status_is_nonzero_when_nothing_could_be_featurized(tmp_path, legac
 @pytest.mark.parametrize("args, message", [
     (["featurize", "/nonexistent/photos", "--graph", "g.pb", "--cache", "c.sqlite"], "does not exist"),
     (["featurize", ".", "--graph", "g.pb", "--cache", "c.sqlite", "--batch-size", "0"], "--batch-size"),
+    (["featurize", ".", "--graph", "g.pb", "--cache", "c.sqlite", "--decode-threads", "-1"],
+     "--decode-threads must be 0"),
 ])
 def test_bad_arguments_get_a_clear_message(args, message, capsys):
     assert main(args) != 0
     assert message in capsys.readouterr().err
+
+
+def test_thread_options_default_to_the_thread_config_defaults():
+    import argparse
+
+    from featurizer.cli import add_featurizer_options, featurizer_config_from_args
+    from featurizer.graph import ThreadConfig
+
+    parser = argparse.ArgumentParser()
+    add_featurizer_options(parser)
+    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb"])).threads == ThreadConfig()
 
 
 def _cache_rows(path):

@@ -54,3 +54,17 @@ def test_nothing_to_fold_leaves_the_graph_alone(legacy_graph_path):
     folded, count = fold_scale_shift(graph_def)
     assert count == 0
     assert [n.name for n in folded.node] == [n.name for n in graph_def.node]
+
+
+def test_new_nodes_do_not_take_names_already_in_the_graph():
+    from featurizer.legacy_ops import const_node
+
+    graph_def, inp, out = _frozen_conv_bn_net()
+    taken = [f"{n.name}/folded_filter" for n in graph_def.node if n.op == "Conv2D"]
+    graph_def.node.extend(const_node(name, np.float32(0)) for name in taken)
+    folded, count = fold_scale_shift(graph_def)
+    names = [n.name for n in folded.node]
+    assert count == 2 and len(names) == len(set(names))
+    assert all(any(i.endswith("/folded_filter_1") for i in n.input) for n in folded.node if n.op == "Conv2D")
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, inp, out, x), _run(graph_def, inp, out, x), rtol=1e-4, atol=1e-5)

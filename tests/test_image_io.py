@@ -180,3 +180,13 @@ def test_preprocess_matches_the_graph_chain_for_png():
                                           align_corners=False, half_pixel_centers=False).numpy()[0]
     reference = (reference - 128.0) * (1.0 / 128.0)
     np.testing.assert_allclose(preprocess(images.encode(rgb, "PNG")), reference, atol=1e-6)
+
+
+def test_multi_picture_jpegs_from_phones_decode_as_their_first_picture():
+    first, second = images.photo_like(20, (64, 48)), images.photo_like(21, (64, 48))
+    data = images.encode(first, "MPO", quality=95, save_all=True, append_images=[Image.fromarray(second)])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    first_jpeg = images.encode(first, "JPEG", quality=95)
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=""),  # the graph decoder's path
+                                  tf.io.decode_jpeg(first_jpeg, channels=3).numpy())
+    np.testing.assert_array_equal(decode_rgb(data), decode_rgb(first_jpeg))

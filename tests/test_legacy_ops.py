@@ -88,3 +88,13 @@ def test_batch_norm_that_follows_no_convolution_becomes_mul_add():
 def test_deprecated_ops_reports_versions(legacy):
     assert deprecated_ops(legacy) == {"BatchNormWithGlobalNormalization": 9}
     assert deprecated_ops(legacy, at_version=8) == {}
+
+
+def test_batch_norm_parameter_on_an_identity_cycle_is_refused_not_looped_on():
+    graph_def = build_legacy_graph_def(seed=6)
+    norm = next(n for n in graph_def.node if n.name == "conv/batchnorm")
+    norm.input[1] = "cycle/a"  # the moving mean now comes from Identity → Identity → back
+    graph_def.node.add(name="cycle/a", op="Identity", input=["cycle/b"])
+    graph_def.node.add(name="cycle/b", op="Identity", input=["cycle/a"])
+    with pytest.raises(ValueError, match="non-constant parameters"):
+        rewrite_legacy_ops(graph_def)

@@ -198,3 +198,11 @@ def test_load_model_refuses_labels_that_disagree_with_the_card(exported, tmp_pat
     card = json.loads((copy / "model_card.json").read_text())
     (copy / "labels.txt").write_text("".join(f"{label}\n" for label in card["labels"]))
     assert load_model(copy).labels == LABELS
+
+
+@pytest.mark.parametrize("card", [b'{"labels": ["a", "b"', b"{}", b"[]", b"\xff\xfe not UTF-8"])
+def test_a_corrupt_model_card_or_one_without_labels_is_model_not_found(tmp_path, card):
+    version = fake_version(tmp_path / "flowers", "1")
+    (version / "model_card.json").write_bytes(card)
+    with pytest.raises(ModelNotFound, match=r"model_card\.json' is not a readable model card"):
+        load_model(version)

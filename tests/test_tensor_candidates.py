@@ -75,3 +75,29 @@ def test_tensor_info_prefers_imported_shapes_and_tolerates_unknown_nodes():
     assert (tensor_info("p:0", nodes, {}).dtype, tensor_info("p:0", nodes, {}).shape) == ("string", None)
     missing = tensor_info("nowhere:0", nodes, {})
     assert (missing.dtype, missing.shape) == ("unknown", None)
+
+
+def test_an_identity_cycle_is_not_a_constant_and_does_not_hang():
+    graph_def = _graph(
+        _node("x", "Placeholder", dtype=types_pb2.DT_FLOAT),
+        _node("loop/a", "Identity", ["loop/b"], T=types_pb2.DT_FLOAT),
+        _node("loop/b", "Identity", ["loop/a"], T=types_pb2.DT_FLOAT),
+        _node("logits", "MatMul", ["loop/a", "x"], T=types_pb2.DT_FLOAT),
+        _node("prob", "Softmax", ["logits"], T=types_pb2.DT_FLOAT),
+    )
+    _, bottlenecks, _ = find_candidates(graph_def, {})
+    assert [c.tensor.name for c in bottlenecks] == ["loop/a:0"]
+
+
+def test_a_reshape_shape_const_without_a_value_is_no_fixed_batch():
+    graph_def = _graph(
+        _node("x", "Placeholder", dtype=types_pb2.DT_FLOAT),
+        _node("shape", "Const", dtype=types_pb2.DT_INT32),  # no "value" attr
+        _node("flat", "Reshape", ["x", "shape"], T=types_pb2.DT_FLOAT),
+        _const("w", np.zeros([4, 2], np.float32)),
+        _node("logits", "MatMul", ["flat", "w"], T=types_pb2.DT_FLOAT),
+        _node("prob", "Softmax", ["logits"], T=types_pb2.DT_FLOAT),
+    )
+    _, bottlenecks, _ = find_candidates(graph_def, {})
+    assert [(c.tensor.name, c.why) for c in bottlenecks] == [
+        ("flat:0", "input of the last MatMul, logits"), ("x:0", "input of the Reshape flat")]

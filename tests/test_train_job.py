@@ -5,8 +5,11 @@ import json
 import pytest
 
 from featurizer.demo_images import write_demo_images
+from featurizer.extractor import FeaturizerConfig
 from service.cli import main
 from tests import images
+from training.config import HeadConfig, TrainConfig
+from training.train_job import TrainJob, run_train
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,7 @@ def test_predict_table_uses_the_newest_version(trained, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--name", "../evil"], "name"),
     (["--train-percent", "90"], "sum to 100"),
+    (["--decode-threads", "-1"], "--decode-threads must be 0"),
 ])
 def test_bad_train_arguments_fail_before_work(trained, tmp_path, extra, message, capsys):
     data, _, _, args = trained
@@ -96,3 +100,16 @@ def test_too_small_class_is_refused_before_featurizing(tmp_path, legacy_graph_pa
     code = main(["train", str(tmp_path / "p"), "--graph", str(legacy_graph_path), "--cache",
                  str(tmp_path / "c.sqlite"), "--model-dir", str(tmp_path / "m"), "--name", "x", "--quiet"])
     assert code != 0 and "too few in: b (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"head": HeadConfig(dropout=1.5)}, "dropout must be"),
+    ({"train": TrainConfig(learning_rate=0)}, "learning_rate must be"),
+])
+def test_bad_head_or_optimiser_settings_fail_before_featurizing(tmp_path, legacy_graph_path, settings, message):
+    job = TrainJob(image_dir=write_demo_images(tmp_path / "images", per_class=10),
+                   featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"), cache=tmp_path / "c.sqlite",
+                   model_dir=tmp_path / "models", name="demo", progress=False, **settings)
+    with pytest.raises(ValueError, match=message):
+        run_train(job)
+    assert not (tmp_path / "c.sqlite").exists()  # nothing was featurized

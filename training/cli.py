@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featurizer.cli import add_featurizer_options, featurizer_config_from_args
+from featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = TrainJob(
         image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
         model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
-        decode_threads=args.decode_threads, progress=False if args.quiet else None,
+        decode_threads=check_decode_threads(args.decode_threads), progress=False if args.quiet else None,
         split=SplitConfig(args.train_percent, args.validation_percent, args.test_percent),
         augment=AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
                               args.random_brightness, args.random_contrast, args.random_saturation),

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from featurizer.atomic import atomic_file, write_json_atomic
+from featurizer.atomic import atomic_file, current_umask, write_json_atomic
 from featurizer.extractor import Featurizer
 from featurizer.graph import file_sha256
 from training import export_names as names
@@ -186,7 +186,7 @@ def _finish_tree(root: Path) -> None:
     The temp files and directory were created private (0600/0700); a server
     running as another user must be able to read the published version.
     """
-    umask = _umask()
+    umask = current_umask()
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
             path = os.path.join(dirpath, filename)
@@ -198,20 +198,6 @@ def _finish_tree(root: Path) -> None:
                 os.close(fd)
         os.chmod(dirpath, 0o777 & ~umask)
         _sync_dir(Path(dirpath))
-
-
-def _umask() -> int:
-    """Return the process umask without changing it (Linux), else by setting and restoring it."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # pragma: no cover - non-Linux
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
 
 
 def _sync_dir(path: Path) -> None:

@@ -225,7 +225,7 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Load one version directory (see :func:`resolve`) for prediction.
 
     Raises:
-        ModelNotFound: the directory is not a complete export.
+        ModelNotFound: the directory is not a complete export, or its model card is corrupt or has no labels.
         ValueError: its labels.txt and model card disagree.
     """
     import tensorflow as tf
@@ -234,8 +234,13 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if not is_complete(path):
         missing = [f for f in names.REQUIRED_FILES if not (path / f).is_file()]
         raise ModelNotFound(f"{str(path)!r} is not an exported model version (missing {', '.join(missing)})")
-    card = json.loads((path / names.MODEL_CARD_FILE).read_text(encoding="utf-8"))
-    labels = card["labels"]
+    card_file = path / names.MODEL_CARD_FILE
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+        labels = card["labels"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # ValueError: bad JSON or UTF-8
+        raise ModelNotFound(f"{str(card_file)!r} is not a readable model card with labels "
+                            f"({type(exc).__name__}: {exc})") from exc
     labels_file = path / names.LABELS_FILE
     if labels_file.is_file() and labels_file.read_text(encoding="utf-8").splitlines() != labels:
         raise ValueError(f"{str(labels_file)!r} disagrees with the labels in {names.MODEL_CARD_FILE}")

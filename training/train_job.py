@@ -70,6 +70,8 @@ def run_train(job: TrainJob) -> TrainOutcome:
     validate_name(job.name)
     job.split.validate()
     job.augment.validate()
+    job.head.validate()
+    job.train.validate()
     featurizer = Featurizer(job.featurizer)
     try:
         with FeatureCache(job.cache) as cache:
