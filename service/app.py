@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 
-from flask import Flask
+from flask import Flask, g, request
 
 from service.config import ServiceConfig
 from service.errors import register_error_handlers
@@ -35,13 +36,46 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     from service import metrics
 
     metrics.init_app(app)
-    registry = ModelRegistry(config, on_batch=metrics.batch_observer, on_load=metrics.observe_load)
+    in_flight = InFlight()
+    registry = ModelRegistry(config, on_batch=metrics.batch_observer, on_load=metrics.observe_load,
+                             expected=in_flight.count)
     app.extensions["imgclf.registry"] = registry
+    in_flight.init_app(app)
     register_error_handlers(app)
     for module in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(module).bp)
     registry.start()
     return app
+
+
+class InFlight:
+    """Count the prediction requests in flight in this worker (the batchers stop waiting at that many)."""
+
+    PREDICT_ENDPOINTS = ("predict.predict", "tfserving.predict")
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def count(self) -> int:
+        """Return the number of prediction requests being handled now."""
+        return self._count
+
+    def init_app(self, app: Flask) -> None:
+        """Count requests to the prediction routes from start to teardown (errors included)."""
+
+        @app.before_request
+        def _enter():
+            if request.endpoint in self.PREDICT_ENDPOINTS:
+                with self._lock:
+                    self._count += 1
+                g.imgclf_in_flight = True
+
+        @app.teardown_request
+        def _leave(exc):
+            if g.pop("imgclf_in_flight", False):
+                with self._lock:
+                    self._count -= 1
 
 
 def registry_of(app: Flask) -> ModelRegistry:

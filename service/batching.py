@@ -4,9 +4,10 @@ Each request thread submits its preprocessed images and waits. A single
 batching thread takes the first waiting request, waits up to ``max_wait`` for
 more (or until ``max_size`` images are gathered), runs the model once on the
 stacked batch and hands every request its rows. Under concurrency the model
-sees batches, which is where the featurizer's throughput comes from; a lone
-request waits at most ``max_wait``. With batching off, each request calls the
-model itself.
+sees batches, which is where the featurizer's throughput comes from. The wait
+ends early once every prediction request in flight in the worker has joined
+(the app counts them), so a lone request does not wait at all. With batching
+off, each request calls the model itself.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ class Batcher:
     """Run ``run(batch) -> outputs`` on batches gathered from concurrent :meth:`submit` calls."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_size: int = 32, max_wait: float = 0.005,
-                 enabled: bool = True, on_batch: Callable[[int, float], None] | None = None, name: str = "model"):
+                 enabled: bool = True, on_batch: Callable[[int, float], None] | None = None, name: str = "model",
+                 expected: Callable[[], int] | None = None):
         if max_size < 1 or max_wait < 0:
             raise ValueError(f"max_size must be >= 1 and max_wait >= 0; received {max_size!r}, {max_wait!r}")
         self.run, self.max_size, self.max_wait, self.enabled = run, max_size, max_wait, enabled
         self.on_batch = on_batch  # called with (images in the batch, seconds the model took)
+        # How many requests are in flight in this worker (None: unknown). A batch stops waiting as soon as
+        # every in-flight request has joined it, so a lone request never waits for company that is not coming.
+        self.expected = expected
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         if enabled:
@@ -64,6 +69,8 @@ class Batcher:
             size = len(item[0])
             deadline = time.monotonic() + self.max_wait
             while size < self.max_size:
+                if self.expected is not None and len(pending) >= self.expected():
+                    break
                 timeout = deadline - time.monotonic()
                 try:
                     nxt = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()

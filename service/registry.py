@@ -70,7 +70,7 @@ def apply_precision(requested: str) -> str:
 class ModelRegistry:
     """Loads and holds the served models of one worker."""
 
-    def __init__(self, config: ServiceConfig, on_batch=None, on_load=None):
+    def __init__(self, config: ServiceConfig, on_batch=None, on_load=None, expected=None):
         self.config = config
         self.models: dict[str, ServedModel] = {}
         self.state = "loading"  # loading | ready | failed
@@ -78,6 +78,7 @@ class ModelRegistry:
         self.precision = ""  # fp32 | bf16, resolved when loading
         self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
         self._on_load = on_load  # callback(model name, seconds)
+        self._expected = expected  # () -> prediction requests in flight in this worker, for the batchers
         self._thread: threading.Thread | None = None
 
     @property
@@ -130,7 +131,8 @@ class ModelRegistry:
         model = load_model(path, max_pixels=self.config.max_pixels)
         batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
                           enabled=self.config.batching,
-                          on_batch=self._on_batch(name) if self._on_batch else None, name=name)
+                          on_batch=self._on_batch(name) if self._on_batch else None, name=name,
+                          expected=self._expected)
         served = ServedModel(name, version, model, batcher, 0.0)
         size = int(model.card["featurizer"]["contract"]["input_size"])
         served.predict_inputs(np.zeros((1, size, size, 3), np.float32))  # warm-up: graph optimisation, kernels

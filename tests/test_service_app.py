@@ -115,3 +115,41 @@ def test_batcher_passes_errors_to_every_waiter_and_keeps_working():
 def test_batching_off_calls_the_model_directly():
     batcher = Batcher(lambda b: b + 1, enabled=False)
     np.testing.assert_array_equal(batcher.submit(np.zeros((3, 1))), np.ones((3, 1)))
+
+
+def test_batcher_does_not_wait_for_requests_that_are_not_in_flight():
+    sizes = []
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, on_batch=lambda n, s: sizes.append(n),
+                      expected=lambda: 1)
+    done = threading.Event()
+    threading.Thread(target=lambda: (batcher.submit(np.zeros((1, 1))), done.set()), daemon=True).start()
+    assert done.wait(10), "a lone request waited for company that was not coming"
+    batcher.close()
+    assert sizes == [1]
+
+
+def test_batcher_waits_for_every_request_in_flight():
+    sizes = []
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, on_batch=lambda n, s: sizes.append(n),
+                      expected=lambda: 3)
+    threads = []
+    for i in range(3):  # they arrive spread out, well within max_wait
+        threads.append(threading.Thread(target=batcher.submit, args=(np.full((1, 1), i),)))
+        threads[-1].start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    assert sizes == [3]
+
+
+def test_app_counts_prediction_requests_in_flight(app):
+    from service.app import InFlight
+
+    counter = InFlight()
+    assert counter.count() == 0
+    assert "predict.predict" in InFlight.PREDICT_ENDPOINTS
+    client = app.test_client()
+    client.post("/predict", data=b"not an image", content_type="image/jpeg")  # an error still leaves
+    registry = app.extensions["imgclf.registry"]
+    assert registry.models["shapes"].batcher.expected() == 0
