@@ -22,7 +22,8 @@ def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool
                        help="frozen Inception-v3 GraphDef (.pb): the real tensorflow_inception_graph.pb "
                             "(imgclf fetch-inception) or one from imgclf export-inception")
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto = bf16 where the CPU has AMX/AVX512_BF16, else fp32 (default: %(default)s)")
+                       help="auto = fp16 on a GPU of compute capability >= 7.0, bf16 on a CPU with "
+                            "AMX/AVX512_BF16, else fp32 (default: %(default)s)")
     group.add_argument("--image-tensor", default=DEFAULT_CONTRACT.image_input,
                        help="normalised image tensor the batches are fed to (default: %(default)s)")
     group.add_argument("--bottleneck-tensor", default=DEFAULT_CONTRACT.bottleneck,

@@ -34,7 +34,7 @@ class FeaturizerConfig:
 
     graph: Path  # frozen GraphDef (.pb) with the 2015 Inception-v3 interface
     contract: GraphContract = DEFAULT_CONTRACT  # tensor names; size/mean/std are read from the graph
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see featurizer.precision)
     threads: ThreadConfig = field(default_factory=ThreadConfig)  # TensorFlow intra/inter-op threads
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
 

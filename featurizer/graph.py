@@ -6,12 +6,22 @@ Two ways through the same file:
   (:mod:`featurizer.legacy_ops`), the normalised-image tensor becomes a
   placeholder with a free batch dimension, everything the bottleneck does not
   need (JPEG decoding, softmax) is cut away, and batches of images decoded
-  outside the graph are fed in. Runs in fp32 or, through oneDNN's auto mixed
-  precision, in bf16.
+  outside the graph are fed in. Runs in fp32 or, through auto mixed
+  precision, in bf16 (oneDNN, CPU) or fp16 (GPU; see :mod:`featurizer.precision`).
 * :class:`SingleImageGraph` — the graph as the 2015 scripts used it, untouched:
   one encoded JPEG per run through ``DecodeJpeg/contents`` to the one-image
   bottleneck. It is the reference the batched path is checked against, and the
   baseline of the benchmark.
+
+Devices (:mod:`featurizer.devices`): both configure TensorFlow's devices before
+anything else; with ``IMGCLF_DEVICE`` set, the graph is imported under
+``tf.device(...)`` with the nodes' own device fields cleared, so every op asks
+for that device and soft placement moves the few without a kernel there
+(``DecodeJpeg`` on a GPU) to the CPU. Pinning per graph this way, rather than
+through the session's ``device_count`` or ``gpu_options.visible_device_list``,
+works for any GPU index (``device_count`` can only hide GPUs), leaves the
+process-wide GPU setup alone (a second ``visible_device_list`` in one process
+is an error), and uses the same device string as the service's eager calls.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.framework import graph_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
+from featurizer import devices
 from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
 from featurizer.errors import GraphError
 from featurizer.fold_scale_shift import fold_scale_shift
@@ -103,17 +114,45 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def session_config(threads: ThreadConfig = ThreadConfig(), precision: str = "fp32") -> config_pb2.ConfigProto:
-    """Return a v1 session config with the thread pools and precision rewrite set."""
+def session_config(threads: ThreadConfig = ThreadConfig(), precision: str = "fp32",
+                   log_device_placement: bool | None = None) -> config_pb2.ConfigProto:
+    """Return a v1 session config: thread pools, precision rewrite, GPU memory options and placement logging.
+
+    ``precision`` "bf16" turns on oneDNN's bfloat16 rewrite (CPU-placed ops),
+    "fp16" grappler's auto mixed precision (float16, GPU-placed ops of compute
+    capability >= 7.0). The GPU options are the process's own (memory growth or
+    limit, from :func:`featurizer.devices.configure_tensorflow`), which a session
+    with its own config would otherwise not get. ``log_device_placement``
+    defaults to ``IMGCLF_LOG_DEVICE_PLACEMENT``. Soft placement is always on.
+    """
+    settings = devices.configure_tensorflow()
     config = config_pb2.ConfigProto(
         intra_op_parallelism_threads=threads.intra_op or usable_cpus(),
         inter_op_parallelism_threads=threads.inter_op,
         allow_soft_placement=True,
+        log_device_placement=settings.log_device_placement if log_device_placement is None
+        else bool(log_device_placement),
     )
+    config.gpu_options.CopyFrom(devices.session_gpu_options())
     if precision == "bf16":
         config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = \
             rewriter_config_pb2.RewriterConfig.ON
+    elif precision == "fp16":
+        config.graph_options.rewrite_options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    elif precision != "fp32":
+        raise ValueError(f"session precision must be fp32, bf16 or fp16; received {precision!r}")
     return config
+
+
+def _pinned(graph_def: graph_pb2.GraphDef, device: str) -> graph_pb2.GraphDef:
+    """Return ``graph_def`` with every node's own device cleared when ``device`` pins one, else as it is."""
+    if not device or not any(node.device for node in graph_def.node):
+        return graph_def
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        node.device = ""
+    return out
 
 
 def _graph_constant(graph_def: graph_pb2.GraphDef, node: str, input_index: int):
@@ -164,13 +203,14 @@ class BottleneckGraph:
     def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
                  precision: str = "fp32", threads: ThreadConfig = ThreadConfig()):
         require_tensors(graph_def, [contract.image_input, contract.bottleneck])
+        device = devices.configure_tensorflow().device  # before the first session (fold_scale_shift runs one)
         rewritten, self.rewrite_report = rewrite_legacy_ops(graph_def)
         rewritten, self.folded_scale_shifts = fold_scale_shift(rewritten)
         self.contract = contract
         self.precision = precision
-        pruned = _cut_at_image_input(rewritten, contract)
+        pruned = _pinned(_cut_at_image_input(rewritten, contract), device)
         self.graph = tf.Graph()
-        with self.graph.as_default():
+        with self.graph.as_default(), devices.device_scope(device):
             (bottleneck,) = tf.graph_util.import_graph_def(pruned, name="", return_elements=[contract.bottleneck])
             self.dim = _bottleneck_dim(bottleneck.shape, contract.bottleneck)
             self._input = self.graph.get_tensor_by_name(contract.image_input)
@@ -244,10 +284,11 @@ class SingleImageGraph:
     def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
                  threads: ThreadConfig = ThreadConfig()):
         require_tensors(graph_def, [contract.jpeg_input, contract.bottleneck_single])
+        device = devices.configure_tensorflow().device
         self.contract = contract
         self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
+        with self.graph.as_default(), devices.device_scope(device):
+            tf.graph_util.import_graph_def(_pinned(graph_def, device), name="")
         self._input = self.graph.get_tensor_by_name(contract.jpeg_input)
         self._output = self.graph.get_tensor_by_name(contract.bottleneck_single)
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, "fp32"))

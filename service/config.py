@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from featurizer.image_io import DEFAULT_MAX_PIXELS
+from featurizer.precision import PRECISIONS
 
 ENV_PREFIX = "IMGCLF_"
 
@@ -26,8 +27,10 @@ class ServiceConfig:
     batch_max_size: int = 32  # images per model call at most
     batch_max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     font: str = ""  # font file for annotated images ("" = IMGCLF_FONT or a system font)
-    # Serving precision: auto = bf16 where the CPU has AMX/AVX512_BF16 (oneDNN rewrites the models'
-    # graphs; ~5x faster on such CPUs, probabilities within ~1e-2), else fp32. Process-wide.
+    # Serving precision: auto = on a GPU of compute capability >= 7.0 fp16 (grappler's auto mixed
+    # precision), else on a CPU with AMX/AVX512_BF16 bf16 (oneDNN rewrites the models' graphs; ~5x faster
+    # on such CPUs, probabilities within ~1e-2), else fp32. Process-wide. The device itself, GPU memory
+    # and placement logging: IMGCLF_DEVICE etc., read by featurizer.devices.
     precision: str = "auto"
     load_in_background: bool = True  # load models in a thread: /healthz answers at once, /readyz when loaded
 
@@ -51,8 +54,9 @@ class ServiceConfig:
         for name in ("max_upload_bytes", "max_pixels", "max_instances", "top_k", "batch_max_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"{ENV_PREFIX}PRECISION must be auto, fp32 or bf16; received {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{ENV_PREFIX}PRECISION must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
+                             f"received {self.precision!r}")
         if self.font and not os.path.isfile(self.font):
             raise ValueError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         if not 0 <= float(self.batch_max_wait_ms) <= 10_000:

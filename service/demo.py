@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from featurizer.paths import imgclf_home, inception_dir
+from featurizer.precision import PRECISIONS
 from service import serve_cli
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the demo images, graph and cache live (default: $IMGCLF_HOME/demo)")
     p.add_argument("--per-class", type=int, default=24, help="demo images per class (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="featurizer precision (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train a new demo model version even if one exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -60,7 +60,7 @@ def _schemas(max_instances: int) -> dict:
             "status": {"type": "string", "enum": ["loading", "ready", "failed"]},
             "models": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "served version by model name"},
-            "precision": {"type": "string", "enum": ["", "fp32", "bf16"],
+            "precision": {"type": "string", "enum": ["", "fp32", "bf16", "fp16"],
                           "description": "serving precision (empty until loading starts)"},
             "error": {"type": "string", "description": "why loading failed"}}},
         "Prediction": {"type": "object", "required": ["label", "score"], "properties": {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurizer.devices import configure_tensorflow
 from featurizer.errors import ImgclfError
 from service.batching import Batcher
 from service.config import ServiceConfig
@@ -50,19 +51,22 @@ class ServedModel:
 
 
 def apply_precision(requested: str) -> str:
-    """Resolve ``requested`` for this CPU and, for bf16, turn on oneDNN's bf16 rewrite for this process.
+    """Resolve ``requested`` for this process's device and turn on the matching rewrite for this process.
 
-    The rewrite is a process-wide grappler option that applies to every graph the
-    process runs afterwards, the loaded SavedModels included; a worker serves in
-    one precision.
+    bf16 (CPU): oneDNN's bfloat16 rewrite; fp16 (GPU of compute capability >= 7.0):
+    grappler's auto mixed precision, which makes float16 (TensorFlow has no bf16
+    rewrite for GPUs; see :mod:`featurizer.precision`). The rewrite is a
+    process-wide grappler option that applies to every graph the process runs
+    afterwards, the loaded SavedModels included; a worker serves in one precision.
     """
     from featurizer.precision import resolve_precision
 
     precision = resolve_precision(requested)
-    if precision == "bf16":
+    option = {"bf16": "auto_mixed_precision_onednn_bfloat16", "fp16": "auto_mixed_precision"}.get(precision)
+    if option:
         import tensorflow as tf
 
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+        tf.config.optimizer.set_experimental_options({option: True})
     log.info("serving precision: %s (requested %s)", precision, requested)
     return precision
 
@@ -75,7 +79,7 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.state = "loading"  # loading | ready | failed
         self.error = ""
-        self.precision = ""  # fp32 | bf16, resolved when loading
+        self.precision = ""  # fp32 | bf16 | fp16, resolved when loading
         self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
         self._on_load = on_load  # callback(model name, seconds)
         self._expected = expected  # () -> prediction requests in flight in this worker, for the batchers
@@ -103,6 +107,8 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Load and warm up every model of the repository; set the state."""
         try:
+            # First of all: GPU memory growth/limit, IMGCLF_DEVICE checked (the error lists the devices).
+            configure_tensorflow()
             self.precision = apply_precision(self.config.precision)
             repo = self.config.model_repository
             available = list_models(repo) if repo.is_dir() else {}

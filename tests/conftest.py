@@ -47,3 +47,29 @@ def model_repo(tmp_path_factory, legacy_graph_path):
     run_train(TrainJob(image_dir=images, featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"),
                        cache=root / "features.sqlite", model_dir=repo, name="shapes", progress=False))
     return repo
+
+
+@pytest.fixture
+def device_env(monkeypatch):
+    """Run a test under chosen ``IMGCLF_*`` device variables: ``device_env(IMGCLF_DEVICE="/cpu:0")`` (None unsets).
+
+    The device variables start unset; the process's device settings
+    (:func:`featurizer.devices.configure_tensorflow`) are read again after each
+    call and after the test, so no other test inherits them.
+    """
+    from featurizer import devices
+
+    for name in (devices.ENV_DEVICE, devices.ENV_GPU_MEMORY_LIMIT_MB, devices.ENV_LOG_DEVICE_PLACEMENT):
+        monkeypatch.delenv(name, raising=False)
+    devices.reset_for_tests()
+
+    def set_env(**values):  # a value of None unsets the variable
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        devices.reset_for_tests()
+
+    yield set_env
+    devices.reset_for_tests()

@@ -1,4 +1,4 @@
-"""The batched featurizer against the graph's own one-image path, and bf16 against fp32."""
+"""The batched featurizer against the graph's own one-image path, and bf16 (CPU) or fp16 (GPU) against fp32."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from featurizer.precision import native_bf16_flags, onednn_enabled, resolve_prec
 from tests import images
 
 NATIVE_BF16 = bool(native_bf16_flags()) and onednn_enabled()
+GPUS = tf.config.list_physical_devices("GPU")
 JPEG_SET = [images.jpeg(seed, size, quality) for seed, size, quality in [
     (10, (500, 375), 90), (11, (375, 500), 75), (12, (640, 480), 95), (13, (299, 299), 85),
     (14, (1024, 200), 90), (15, (120, 90), 70), (16, (333, 517), 92), (17, (50, 60), 88)]]
@@ -20,6 +21,21 @@ JPEG_SET = [images.jpeg(seed, size, quality) for seed, size, quality in [
 def _cosines(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _conv_types(featurizer, inputs) -> set[tuple[str, str]]:
+    """Run ``inputs`` and return the (device type, dtype) of every convolution the session ran.
+
+    Read from the partition graphs, so it shows what the grappler rewrite and the placer really did.
+    """
+    from tensorflow.core.protobuf import config_pb2
+
+    graph, metadata = featurizer.graph, config_pb2.RunMetadata()
+    graph.session.run(graph._output, {graph._input: inputs},
+                      options=config_pb2.RunOptions(output_partition_graphs=True), run_metadata=metadata)
+    return {(tf.DeviceSpec.from_string(node.device).device_type, types_pb2.DataType.Name(node.attr["T"].type))
+            for partition in metadata.partition_graphs for node in partition.node
+            if "Conv2D" in node.op and "T" in node.attr}
 
 
 def _check_batched_equals_single(graph_path):
@@ -55,22 +71,48 @@ def test_batch_size_does_not_change_features(legacy_graph_path):
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
-def test_bf16_features_stay_close_to_fp32_on_full_inception(full_graph_path):
+def test_bf16_features_stay_close_to_fp32_on_full_inception(full_graph_path, device_env):
+    device_env(IMGCLF_DEVICE="/cpu:0")  # bf16 is a CPU rewrite: on a GPU host too
     fp32 = Featurizer(FeaturizerConfig(full_graph_path, precision="fp32"))
     bf16 = Featurizer(FeaturizerConfig(full_graph_path, precision="bf16"))
     try:
         inputs = np.stack([fp32.preprocess(data) for data in JPEG_SET])
         cosines = _cosines(bf16.run(inputs), fp32.run(inputs))
         assert bf16.fingerprint != fp32.fingerprint  # fp32 and bf16 vectors never share cache keys
+        assert ("CPU", "DT_BFLOAT16") in _conv_types(bf16, inputs[:2])  # the rewrite did happen
     finally:
         fp32.close()
         bf16.close()
     assert cosines.min() >= 0.999, cosines
 
 
-def test_precision_auto_follows_the_cpu_flags(monkeypatch):
-    from featurizer import precision
+@pytest.mark.skipif(not GPUS, reason="no GPU visible to TensorFlow")
+def test_gpu_fp16_features_stay_close_to_fp32_on_full_inception(full_graph_path, device_env):
+    from featurizer.devices import compute_target
 
+    target = compute_target()
+    if resolve_precision("auto") != "fp16":
+        pytest.skip(f"no fast fp16 on {target.describe()} (needs compute capability 7.0 or more)")
+    fp32 = Featurizer(FeaturizerConfig(full_graph_path, precision="fp32"))
+    fp16 = Featurizer(FeaturizerConfig(full_graph_path, precision="auto"))
+    try:
+        assert fp16.precision == "fp16"
+        inputs = np.stack([fp32.preprocess(data) for data in JPEG_SET])
+        cosines = _cosines(fp16.run(inputs), fp32.run(inputs))
+        assert fp16.fingerprint != fp32.fingerprint  # fp32 and fp16 vectors never share cache keys
+        assert ("GPU", "DT_HALF") in _conv_types(fp16, inputs[:2])  # placed on the GPU and rewritten
+        assert ("GPU", "DT_HALF") not in _conv_types(fp32, inputs[:2])
+    finally:
+        fp32.close()
+        fp16.close()
+    assert cosines.min() >= 0.999, (target.describe(), cosines)
+
+
+def test_precision_auto_follows_the_cpu_flags(monkeypatch):
+    from featurizer import devices, precision
+
+    # The CPU rule, on a GPU host too.
+    monkeypatch.setattr(devices, "compute_target", lambda: devices.ComputeTarget("cpu", "/device:CPU:0"))
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert resolve_precision("auto") == "fp32"
     with pytest.raises(ValueError, match="neither AMX_BF16 nor AVX512_BF16"):
@@ -81,7 +123,9 @@ def test_precision_auto_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(precision, "onednn_enabled", lambda: False)
     assert resolve_precision("auto") == "fp32"
     assert resolve_precision("fp32") == "fp32"
-    with pytest.raises(ValueError, match="received 'fp16'"):
+    with pytest.raises(ValueError, match="received 'fp8'"):
+        resolve_precision("fp8")
+    with pytest.raises(ValueError, match="fp16 precision needs a GPU"):
         resolve_precision("fp16")
 
 

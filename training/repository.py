@@ -133,6 +133,13 @@ class LoadedModel:
     card: dict
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
     _saved_model: object = field(default=None, repr=False)
+    device: str = ""  # "/device:GPU:0" etc.: every call runs under tf.device(device); "" = TensorFlow's placement
+
+    def _on_device(self):
+        """Return the device scope of this model's calls (thread-local: entered by the calling thread)."""
+        from featurizer.devices import device_scope
+
+        return device_scope(self.device)
 
     @property
     def bottleneck_dim(self) -> int:
@@ -174,7 +181,8 @@ class LoadedModel:
         import tensorflow as tf
 
         signature = self._saved_model.signatures[names.SERVING_SIGNATURE]
-        out = signature(**{names.IMAGE_BYTES_KEY: tf.constant([bytes(d) for d in images], tf.string)})
+        with self._on_device():
+            out = signature(**{names.IMAGE_BYTES_KEY: tf.constant([bytes(d) for d in images], tf.string)})
         return out[names.PROBABILITIES_KEY].numpy()
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -201,7 +209,8 @@ class LoadedModel:
         import tensorflow as tf
 
         signature = self._saved_model.signatures[names.IMAGES_SIGNATURE]
-        out = signature(**{names.IMAGES_KEY: tf.constant(np.asarray(inputs, dtype=np.float32))})
+        with self._on_device():
+            out = signature(**{names.IMAGES_KEY: tf.constant(np.asarray(inputs, dtype=np.float32))})
         return out[names.PROBABILITIES_KEY].numpy()
 
     @property
@@ -217,12 +226,18 @@ class LoadedModel:
             raise ValueError(f"bottleneck vectors must be [N, {self.bottleneck_dim}]; "
                              f"received shape {vectors.shape}")
         signature = self._saved_model.signatures[names.BOTTLENECK_SIGNATURE]
-        out = signature(**{names.BOTTLENECK_KEY: tf.constant(vectors)})
+        with self._on_device():
+            out = signature(**{names.BOTTLENECK_KEY: tf.constant(vectors)})
         return out[names.PROBABILITIES_KEY].numpy()
 
 
-def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedModel:
+def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               device: str | None = None) -> LoadedModel:
     """Load one version directory (see :func:`resolve`) for prediction.
+
+    ``device`` pins the model's variables and calls ("/device:GPU:0", "/device:CPU:0", "" for
+    TensorFlow's placement); by default ``IMGCLF_DEVICE``, after the process's devices are
+    configured (:func:`featurizer.devices.configure_tensorflow`).
 
     Raises:
         ModelNotFound: the directory is not a complete export, or its model card is corrupt or has no labels.
@@ -245,8 +260,12 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if labels_file.is_file() and labels_file.read_text(encoding="utf-8").splitlines() != labels:
         raise ValueError(f"{str(labels_file)!r} disagrees with the labels in {names.MODEL_CARD_FILE}")
     version = int(path.name) if _VERSION.fullmatch(path.name) else int(card.get("version", 0))
-    saved_model = tf.saved_model.load(str(path))
+    from featurizer.devices import configure_tensorflow, device_scope
+
+    device = configure_tensorflow().device if device is None else device
+    with device_scope(device):  # the variables are created on the pinned device
+        saved_model = tf.saved_model.load(str(path))
     log.info("loaded model %s version %d (%d classes) from %s", card.get("name", path.parent.name), version,
              len(labels), path)
     return LoadedModel(path=path, name=card.get("name", path.parent.name), version=version, labels=labels,
-                       card=card, max_pixels=max_pixels, _saved_model=saved_model)
+                       card=card, max_pixels=max_pixels, _saved_model=saved_model, device=device)
