@@ -9,8 +9,10 @@ must match or features drift, so the resize here follows the TF kernel exactly.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import threading
 import warnings
 
 import numpy as np
@@ -114,10 +116,7 @@ def _decode_jpeg_like_graph(data: bytes, header: Image.Image, dct_method: str) -
         rgb = tf.io.decode_jpeg(data, channels=3, dct_method=dct_method).numpy()
     except tf.errors.OpError:
         return None
-    try:
-        orientation = header.getexif().get(_EXIF_ORIENTATION_TAG)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the image as it is
-        orientation = None
+    orientation = _orientation(header)
     if orientation in _ORIENTATION:
         rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION[orientation]))
     return rgb
@@ -154,6 +153,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=64)  # a service sees the same few photo sizes over and over
 def _legacy_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (lower index, upper index, fraction) of TF's legacy bilinear resize along one axis."""
     scale = np.float32(in_size) / np.float32(out_size)
@@ -184,6 +184,67 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
 def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
     """Return ``(image - mean) * (1 / std)`` in float32, the graph's ``Sub`` then ``Mul``."""
     return (image.astype(np.float32) - np.float32(mean)) * np.float32(1.0 / std)
+
+
+def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (upright uint8 RGB [H, W, 3], network input [size, size, 3]) for image bytes.
+
+    The same numbers as :func:`decode_rgb` then :func:`resize_bilinear` and
+    :func:`normalize` (tested bit for bit), faster for the commonest case: an
+    RGB or grayscale JPEG without EXIF rotation, decoded like the graph (a
+    ``jpeg_dct_method`` is given), goes through one TensorFlow call that
+    decodes, resizes with the legacy ``ResizeBilinear`` kernel the numpy
+    resize reproduces, and normalises — in C++, outside the GIL, with no
+    float copy of the full-size photo. Every other image takes the general path.
+
+    Raises:
+        InvalidImage, UnsupportedImageType, ImageTooLarge: as :func:`decode_rgb`.
+    """
+    image = open_checked(data, max_pixels)
+    if jpeg_dct_method is not None and image.format in JPEG_FORMATS and image.mode in ("RGB", "L") \
+            and _orientation(image) in (None, 1):
+        import tensorflow as tf
+
+        try:
+            rgb, x = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method)(tf.constant(data))
+            return rgb.numpy(), x.numpy()
+        except tf.errors.OpError:
+            pass  # TensorFlow refused it: the general path lets Pillow try and says what is wrong
+    rgb = decode_rgb(data, max_pixels, jpeg_dct_method)
+    return rgb, normalize(resize_bilinear(rgb, size), mean, std)
+
+
+def _orientation(header: Image.Image):
+    """Return the EXIF orientation tag of an opened image (None when absent or unreadable)."""
+    try:
+        return header.getexif().get(_EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the image as it is
+        return None
+
+
+_FUSED_LOCK = threading.Lock()
+_FUSED: dict = {}
+
+
+def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str):
+    """Return the traced TensorFlow function JPEG bytes → (RGB, normalised input) for these settings."""
+    key = (size, mean, std, dct_method)
+    with _FUSED_LOCK:
+        function = _FUSED.get(key)
+        if function is None:
+            import tensorflow as tf
+
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+            def decode_resize_normalize(contents):
+                rgb = tf.io.decode_jpeg(contents, channels=3, dct_method=dct_method)
+                resized = tf.raw_ops.ResizeBilinear(images=rgb[None], size=[size, size], align_corners=False,
+                                                    half_pixel_centers=False)[0]
+                return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)  # the graph's Sub, then Mul
+
+            function = _FUSED[key] = decode_resize_normalize
+    return function
 
 
 def preprocess(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,

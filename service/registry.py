@@ -42,8 +42,7 @@ class ServedModel:
 
     def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Decode and validate one encoded image; return (uint8 RGB, network input)."""
-        rgb = self.model.decode(data)
-        return rgb, self.model.to_input(rgb)
+        return self.model.preprocess(data)
 
     def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Return probabilities [k, C] for network inputs [k, S, S, 3], batched with other requests."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from featurizer.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
-from featurizer.image_io import decode_rgb, normalize, preprocess, resize_bilinear
+from featurizer.image_io import decode_rgb, decode_to_input, normalize, preprocess, resize_bilinear
 from tests import images
 
 
@@ -190,3 +190,54 @@ def test_multi_picture_jpegs_from_phones_decode_as_their_first_picture():
     np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=""),  # the graph decoder's path
                                   tf.io.decode_jpeg(first_jpeg, channels=3).numpy())
     np.testing.assert_array_equal(decode_rgb(data), decode_rgb(first_jpeg))
+
+
+def _exif_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return images.encode(images.photo_like(8, (64, 40)), "JPEG", quality=92, exif=exif.tobytes())
+
+
+def _mpo() -> bytes:
+    first, second = images.photo_like(22, (64, 48)), images.photo_like(23, (64, 48))
+    return images.encode(first, "MPO", quality=95, save_all=True, append_images=[Image.fromarray(second)])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: images.jpeg(30, (800, 600)),  # the fused TensorFlow path
+    lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(31, (320, 200))).convert("L")), "JPEG"),
+    lambda: images.jpeg(32, (5, 3)),
+    _mpo,
+    lambda: _exif_jpeg(6),  # rotated: the general path
+    lambda: images.encode(images.photo_like(33, (120, 90)), "PNG"),
+    lambda: images.encode(Image.fromarray(images.photo_like(34, (64, 48))).convert("CMYK"), "JPEG"),
+], ids=["rgb-jpeg", "gray-jpeg", "tiny-jpeg", "mpo", "exif-rotated", "png", "cmyk-jpeg"])
+@pytest.mark.parametrize("dct_method", ["", "INTEGER_ACCURATE", None])
+def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_method):
+    data = make()
+    rgb, x = decode_to_input(data, 299, 128.0, 128.0, jpeg_dct_method=dct_method)
+    reference_rgb = decode_rgb(data, jpeg_dct_method=dct_method)
+    np.testing.assert_array_equal(rgb, reference_rgb)
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(reference_rgb, 299), 128.0, 128.0))
+    assert x.dtype == np.float32 and x.shape == (299, 299, 3)
+
+
+def test_decode_to_input_other_sizes_and_normalisation():
+    data = images.jpeg(35, (211, 97))
+    rgb, x = decode_to_input(data, 224, 127.5, 127.5, jpeg_dct_method="")
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(rgb, 224), 127.5, 127.5))
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (images.jpeg(4)[:2000], InvalidImage, "corrupt JPEG"),
+    (b"", InvalidImage, "0 bytes"),
+    (images.encode(images.photo_like(5, (16, 16)), "TIFF"), UnsupportedImageType, "TIFF"),
+])
+def test_decode_to_input_refuses_bad_images_like_decode_rgb(data, error, message):
+    with pytest.raises(error, match=message):
+        decode_to_input(data, jpeg_dct_method="")
+
+
+def test_decode_to_input_checks_the_pixel_limit_before_decoding():
+    with pytest.raises(ImageTooLarge):
+        decode_to_input(images.jpeg(36, (200, 100)), max_pixels=19_999, jpeg_dct_method="")
