@@ -8,7 +8,9 @@ threads (each with its own requests.Session, each sending its next request as
 soon as the last one is answered) at each concurrency level. Prints requests/s,
 p50/p95/p99 latency, errors and the mean images per model call, and, measured
 first on the same machine, what the model computes on its own: the featurizer's
-``Featurizer.run`` on batches of 32 (fp32, and bf16 where the CPU has it), and
+``Featurizer.run`` on batches of 32 (fp32, and bf16 where the CPU has it), the
+featurizer end to end on the same JPEG (decode, resize, normalise, batch of 32:
+the work a request also has to do), and
 the served SavedModel (fp32) on batches of 32 and of 1 — the ceilings the
 service is compared with.
 
@@ -117,6 +119,10 @@ def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, pre
         one = featurizer.preprocess(jpeg)
         rates[f"featurizer Featurizer.run, batch 32, {precision_}"] = timed_rate(featurizer.run,
                                                                               np.stack([one] * 32), seconds)
+        # What `imgclf featurize` does per image: decode, resize, normalise, then the batch (one thread).
+        rates[f"featurizer end to end, batch 32, {precision_}"] = timed_rate(
+            lambda batch: featurizer.run(np.stack([featurizer.preprocess(data) for data in batch])), [jpeg] * 32,
+            seconds)
         featurizer.close()
     # The served model in the precision the server will use (a process-wide switch: measured last).
     apply_precision(precision)
@@ -277,7 +283,9 @@ def main() -> None:
     rates = model_rates(graph, version_dir, jpeg, seconds=8.0, precision=precision)
     for name, rate in rates.items():
         print(f"{name:<44} {rate:8.2f} img/s", flush=True)
-    ceiling = rates[f"featurizer Featurizer.run, batch 32, {precision}"]
+    ceilings = {"the featurizer's batched rate (graph only)": rates[f"featurizer Featurizer.run, batch 32, {precision}"],
+                "the featurizer end to end (decode + resize + graph)":
+                    rates[f"featurizer end to end, batch 32, {precision}"]}
 
     header = (f"{'conc':>5} {'sent':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
               f"{'img/call':>8}")
@@ -301,9 +309,10 @@ def main() -> None:
                     best[(batching, concurrency)] = len(result.latencies) / result.seconds
         finally:
             server.stop()
-    print(f"\nreq/s as a share of the featurizer's batched {precision} rate ({ceiling:.2f} img/s):")
-    for (batching, concurrency), rate in best.items():
-        print(f"  batching {'on ' if batching else 'off'} concurrency {concurrency:>3}: {rate / ceiling:6.2f}")
+    for what, ceiling in ceilings.items():
+        print(f"\nreq/s as a share of {what}, {precision}, batch 32 ({ceiling:.2f} img/s):")
+        for (batching, concurrency), rate in best.items():
+            print(f"  batching {'on ' if batching else 'off'} concurrency {concurrency:>3}: {rate / ceiling:6.2f}")
     print("\nbatching on / off, req/s:")
     for concurrency in args.concurrency:
         if (True, concurrency) in best and best.get((False, concurrency)):

@@ -19,7 +19,7 @@ import numpy as np
 from featurizer.contract import DEFAULT_CONTRACT, GraphContract
 from featurizer.errors import ImgclfError
 from featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
-from featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, normalize, resize_bilinear
+from featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, decode_to_input, normalize, resize_bilinear
 from featurizer.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ class Featurizer:
         return normalize(resize_bilinear(rgb, c.input_size), c.input_mean, c.input_std)
 
     def preprocess(self, data: bytes) -> np.ndarray:
-        """Decode and normalise one encoded image to the network input [S, S, 3]."""
-        return self.to_input(self.decode(data))
+        """Decode and normalise one encoded image to the network input [S, S, 3] (as to_input(decode(data)))."""
+        c = self.contract
+        return decode_to_input(data, c.input_size, c.input_mean, c.input_std, self.config.max_pixels,
+                               c.jpeg_dct_method)[1]
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return bottlenecks [N, D] for preprocessed images [N, S, S, 3]."""

@@ -99,9 +99,9 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
         key = cache_key(sha256_bytes(data), item.variant)
         if key in known:
             return key, None
-        rgb = featurizer.decode(data)
-        if item.distort is not None:
-            rgb = item.distort(rgb, np.random.default_rng(int(key[:16], 16)))
+        if item.distort is None:
+            return key, featurizer.preprocess(data)
+        rgb = item.distort(featurizer.decode(data), np.random.default_rng(int(key[:16], 16)))
         return key, featurizer.to_input(rgb)
 
     def flush() -> None:

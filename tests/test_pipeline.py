@@ -28,6 +28,9 @@ class StandInFeaturizer:
     def to_input(self, rgb: np.ndarray) -> np.ndarray:
         return rgb.astype(np.float32)
 
+    def preprocess(self, data: bytes) -> np.ndarray:
+        return self.to_input(self.decode(data))
+
     def run(self, images: np.ndarray) -> np.ndarray:
         values = images[:, 0, 0, 0].astype(int).tolist()
         self.batches.append(values)
