@@ -17,6 +17,7 @@ from flask import Flask, g, request
 from service.config import ServiceConfig
 from service.errors import register_error_handlers
 from service.registry import ModelRegistry
+from service.request_input import read_streamed_body
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     app.extensions["imgclf.registry"] = registry
     in_flight.init_app(app)
     register_error_handlers(app)
+    # Chunked bodies are read before the views: 413 over the limit, 400 when malformed (werkzeug would
+    # silently cut one at the limit), as a body with a Content-Length gets.
+    app.before_request(read_streamed_body)
     for module in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(module).bp)
     registry.start()

@@ -11,6 +11,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """Return the `imgclf` argument parser with every package's subcommands."""
     from featurizer import cli as featurizer_cli
+    from models import cli as models_cli
     from service import demo, predict_cli, serve_cli
     from training import cli as training_cli
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     featurizer_cli.register(sub)
     training_cli.register(sub)
+    models_cli.register(sub)
     predict_cli.register(sub)
     serve_cli.register(sub)
     return parser

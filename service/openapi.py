@@ -47,7 +47,13 @@ def _text(media_type: str, description: str) -> dict:
 
 
 def _schemas(max_instances: int) -> dict:
-    number_row = {"type": "array", "items": {"type": "number"}, "description": "one bottleneck vector [D]"}
+    number_row = {"type": "array", "items": {"type": "number"},
+                  "description": "one bottleneck vector [D], or [x] for the quadratic model"}
+    digit = {"type": "array", "minItems": 28, "maxItems": 28, "description": "a 28x28 digit, 0-1 or 0-255",
+             "items": {"type": "array", "minItems": 28, "maxItems": 28,
+                       "items": {"anyOf": [{"type": "number"},
+                                           {"type": "array", "minItems": 1, "maxItems": 1,
+                                            "items": {"type": "number"}}]}}}
     b64 = _ref("B64")
     return {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -82,8 +88,10 @@ def _schemas(max_instances: int) -> dict:
         "TFServingPredictRequest": {
             "type": "object",
             "description": "TF Serving's REST predict request: row format (instances) or columnar format "
-                           "(inputs), exactly one of them. Signature serving_default takes images as "
-                           '{"b64": ...}; signature bottleneck takes float vectors [N, D].',
+                           "(inputs), exactly one of them. Image classifiers: signature serving_default takes "
+                           'images as {"b64": ...}; signature bottleneck takes float vectors [N, D]. Digit '
+                           'models (mnist-mlp, lenet5): 28x28 arrays (0-1 or 0-255) or {"b64": ...} pictures '
+                           "of a digit, input key images. The quadratic model: x values (x or [x]), input key x.",
             "properties": {
                 "signature_name": {"type": "string", "enum": list(_signatures()), "default": names.SERVING_SIGNATURE},
                 "instances": {"type": "array", "minItems": 1, "maxItems": max_instances, "items": {"anyOf": [
@@ -92,10 +100,21 @@ def _schemas(max_instances: int) -> dict:
                      "properties": {names.IMAGE_BYTES_KEY: b64}},
                     number_row,
                     {"type": "object", "required": [names.BOTTLENECK_KEY], "additionalProperties": False,
-                     "properties": {names.BOTTLENECK_KEY: number_row}}]}},
+                     "properties": {names.BOTTLENECK_KEY: number_row}},
+                    digit, {"type": "number", "description": "x of the quadratic model"},
+                    {"type": "object", "required": ["images"], "additionalProperties": False,
+                     "properties": {"images": {"anyOf": [digit, b64]}}},
+                    {"type": "object", "required": ["x"], "additionalProperties": False,
+                     "properties": {"x": {"anyOf": [{"type": "number"}, number_row]}}}]}},
                 "inputs": {"anyOf": [
                     {"type": "array", "minItems": 1, "maxItems": max_instances,
-                     "items": {"anyOf": [b64, number_row]}},
+                     "items": {"anyOf": [b64, number_row, digit, {"type": "number"}]}},
+                    {"type": "object", "required": ["images"], "additionalProperties": False,
+                     "properties": {"images": {"type": "array", "minItems": 1, "maxItems": max_instances,
+                                               "items": {"anyOf": [digit, b64]}}}},
+                    {"type": "object", "required": ["x"], "additionalProperties": False,
+                     "properties": {"x": {"type": "array", "minItems": 1, "maxItems": max_instances,
+                                          "items": {"anyOf": [{"type": "number"}, number_row]}}}},
                     {"type": "object", "required": [names.IMAGE_BYTES_KEY], "additionalProperties": False,
                      "properties": {names.IMAGE_BYTES_KEY: {"type": "array", "minItems": 1,
                                                             "maxItems": max_instances, "items": b64}}},
@@ -106,17 +125,23 @@ def _schemas(max_instances: int) -> dict:
             "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}]},
         "TFServingPredictions": {
             "type": "object", "required": ["predictions"], "description": "answer to the row format",
-            "properties": {"predictions": {"type": "array", "items": {
-                "type": "object", "required": list(names.OUTPUT_KEYS), "properties": {
+            "properties": {"predictions": {"type": "array", "items": {"anyOf": [{
+                "type": "object", "required": [names.PROBABILITIES_KEY, names.CLASSES_KEY],
+                "description": "classifiers (digit models answer no labels)", "properties": {
                     names.PROBABILITIES_KEY: {"type": "array", "items": {"type": "number"}},
                     names.CLASSES_KEY: {"type": "integer", "minimum": 0, "description": "top-1 class id"},
-                    names.LABELS_KEY: {"type": "string", "description": "top-1 label"}}}}}},
+                    names.LABELS_KEY: {"type": "string", "description": "top-1 label"}}},
+                {"type": "array", "items": {"type": "number"}, "description": "the quadratic model: [y]"}]}}}},
         "TFServingOutputs": {
             "type": "object", "required": ["outputs"], "description": "answer to the columnar format",
-            "properties": {"outputs": {"type": "object", "required": list(names.OUTPUT_KEYS), "properties": {
-                names.PROBABILITIES_KEY: {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                names.CLASSES_KEY: {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                names.LABELS_KEY: {"type": "array", "items": {"type": "string"}}}}}},
+            "properties": {"outputs": {"anyOf": [{
+                "type": "object", "required": [names.PROBABILITIES_KEY, names.CLASSES_KEY], "properties": {
+                    names.PROBABILITIES_KEY: {"type": "array", "items": {"type": "array",
+                                                                         "items": {"type": "number"}}},
+                    names.CLASSES_KEY: {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    names.LABELS_KEY: {"type": "array", "items": {"type": "string"}}}},
+                {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                 "description": "the quadratic model: [[y], ...]"}]}}},
         "ModelStatus": {"type": "object", "required": ["model_version_status"], "properties": {
             "model_version_status": {"type": "array", "items": {
                 "type": "object", "required": ["version", "state", "status"], "properties": {
@@ -147,12 +172,14 @@ def _schemas(max_instances: int) -> dict:
                                                         "additionalProperties": _ref("SignatureDef")}}}}},
                               "labels": {"type": "array", "items": {"type": "string"},
                                          "description": "label names in class-id order"},
-                              "model_card": {"type": "object", "description": "the export's model_card.json"}}},
+                              "model_card": {"type": "object", "description": "the export's model_card.json"},
+                              "input": {"type": "object", "description": "secondary models: the input forms "
+                                                                         "accepted beyond the signature"}}},
         "ModelList": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
             "type": "object", "required": ["name", "version", "labels", "kind"], "properties": {
                 "name": {"type": "string"}, "version": {"type": "integer"},
                 "labels": {"type": "array", "items": {"type": "string"}},
-                "kind": {"type": "string", "enum": ["image-classifier"]}}}}}},
+                "kind": {"type": "string", "enum": ["image-classifier", "digit-classifier", "regression"]}}}}}},
     }
 
 

@@ -8,10 +8,12 @@ worker answers ``/healthz`` at once and ``/readyz`` with 503 until it is done.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,20 +22,25 @@ from featurizer.errors import ImgclfError
 from service.batching import Batcher
 from service.config import ServiceConfig
 from service.errors import NotReady
+from training import export_names as names
 from training.repository import LoadedModel, ModelNotFound, list_models, load_model
 
 log = logging.getLogger(__name__)
 
 
+IMAGE_CLASSIFIER = "image-classifier"  # the kind of imgclf's own exports (their model card names none)
+
+
 @dataclass
 class ServedModel:
-    """One loaded model version and its batcher."""
+    """One loaded image-classifier version and its batcher."""
 
     name: str
     version: int
     model: LoadedModel
     batcher: Batcher
     load_seconds: float
+    kind = IMAGE_CLASSIFIER
 
     @property
     def labels(self) -> list[str]:
@@ -47,6 +54,67 @@ class ServedModel:
     def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Return probabilities [k, C] for network inputs [k, S, S, 3], batched with other requests."""
         return self.batcher.submit(np.asarray(inputs, dtype=np.float32))
+
+
+@dataclass
+class ServedDigits:
+    """A secondary MNIST model (mnist-mlp, lenet5): 28×28 digits in, ten probabilities out.
+
+    It answers POST /predict like an image classifier: any picture of a digit is
+    turned into an MNIST-style input (:func:`models.digit_image.to_mnist`). The
+    models are tiny, so each request calls the model itself (no batcher).
+    """
+
+    name: str
+    version: int
+    model: object  # models.serving.SecondaryModel
+    max_pixels: int
+    load_seconds: float = 0.0
+    batcher = None
+    kind = "digit-classifier"
+
+    @property
+    def labels(self) -> list[str]:
+        """Return the digits as labels, "0".."9"."""
+        return self.model.labels
+
+    def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and validate one encoded picture; return (uint8 RGB, MNIST-style input [28, 28])."""
+        from featurizer.image_io import decode_rgb
+        from models.digit_image import to_mnist
+
+        rgb = decode_rgb(bytes(data), self.max_pixels)
+        return rgb, to_mnist(rgb)
+
+    def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Return probabilities [k, 10] for inputs [k, 28, 28] in [0, 1]."""
+        return self.model.predict(np.asarray(inputs, dtype=np.float32))["probabilities"]
+
+
+@dataclass
+class ServedRegression:
+    """A secondary regression model (quadratic): raw x in, raw y out; not for POST /predict."""
+
+    name: str
+    version: int
+    model: object  # models.serving.SecondaryModel
+    load_seconds: float = 0.0
+    batcher = None
+    kind = "regression"
+    labels: list = field(default_factory=list)
+
+    def predict_values(self, x: np.ndarray) -> np.ndarray:
+        """Return y [k, 1] for x [k, 1] (raw units)."""
+        return self.model.predict(np.asarray(x, dtype=np.float32))["y"]
+
+
+def read_card(version_dir: Path) -> dict:
+    """Return a version's model card, or {} when it cannot be read (the image loader then says why)."""
+    try:
+        card = json.loads((Path(version_dir) / names.MODEL_CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
 
 
 def apply_precision(requested: str) -> str:
@@ -130,9 +198,14 @@ class ModelRegistry:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("loading models failed")
 
-    def _load(self, name: str, version: int) -> ServedModel:
+    def _load(self, name: str, version: int):
         started = time.perf_counter()
         path = self.config.model_repository / name / str(version)
+        card = read_card(path)
+        from models.serving import is_secondary
+
+        if is_secondary(card):
+            return self._load_secondary(name, version, path, card, started)
         model = load_model(path, max_pixels=self.config.max_pixels)
         batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
                           enabled=self.config.batching,
@@ -145,6 +218,22 @@ class ModelRegistry:
         if self._on_load:
             self._on_load(name, served.load_seconds)
         log.info("model %s version %d ready in %.1f s", name, version, served.load_seconds)
+        return served
+
+    def _load_secondary(self, name: str, version: int, path: Path, card: dict, started: float):
+        from models.serving import load_secondary
+
+        model = load_secondary(path)
+        if card.get("kind") == ServedDigits.kind:
+            served = ServedDigits(name, version, model, self.config.max_pixels)
+            served.predict_inputs(np.zeros((1, 28, 28), np.float32))  # warm-up
+        else:
+            served = ServedRegression(name, version, model)
+            served.predict_values(np.zeros((1, 1), np.float32))
+        served.load_seconds = time.perf_counter() - started
+        if self._on_load:
+            self._on_load(name, served.load_seconds)
+        log.info("model %s version %d (%s) ready in %.1f s", name, version, served.kind, served.load_seconds)
         return served
 
     def get(self, name: str | None = None, version: int | None = None) -> ServedModel:
@@ -169,14 +258,16 @@ class ModelRegistry:
         return served
 
     def default_name(self) -> str:
-        """Return the default model's name (config, else the first by name)."""
+        """Return the default model's name: the config's, else the first image classifier by name, else the first."""
         if self.config.default_model:
             return self.config.default_model
         if not self.models:
             raise ModelNotFound(f"no model is served: {self.config.model_repository} holds none")
-        return sorted(self.models)[0]
+        images = [name for name, served in sorted(self.models.items()) if served.kind == IMAGE_CLASSIFIER]
+        return (images or sorted(self.models))[0]
 
     def close(self) -> None:
         """Stop the batchers."""
         for served in self.models.values():
-            served.batcher.close()
+            if served.batcher is not None:
+                served.batcher.close()

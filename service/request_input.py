@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import re
 
-from flask import Request
+from flask import Request, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.errors import BadRequest, UnsupportedMediaType
 
@@ -25,6 +27,40 @@ _WHITESPACE = re.compile(r"\s+")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")  # bounded: int() of a huge digit string raises
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 _JSON_CACHE = "imgclf.json_body"  # request.environ key: the body is parsed once per request
+_READ_SIZE = 64 * 1024  # bytes per read of a chunked body
+
+
+def read_streamed_body() -> None:
+    """Read a body sent without Content-Length (chunked) before any view does: 413 over the limit, 400 if malformed.
+
+    Registered with ``app.before_request``. Werkzeug cuts such a body at
+    ``MAX_CONTENT_LENGTH`` without a word (a view would see a truncated image or
+    JSON and blame the client's data), and a malformed chunk raises the server's
+    own parse error in the view (a 500). Read here once, the body then reaches
+    every view as if it had come with a Content-Length.
+
+    Raises:
+        RequestEntityTooLarge: the body is longer than ``MAX_CONTENT_LENGTH``.
+        BadRequest: the server cannot read the body (bad chunk size, missing terminator, disconnect).
+    """
+    environ = request.environ
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or "wsgi.input_terminated" not in environ:
+        return  # no body, a Content-Length body (werkzeug checks it), or one the server cannot delimit (ignored)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    try:
+        while chunk := stream.read(_READ_SIZE if limit is None else min(_READ_SIZE, limit + 1 - len(body))):
+            body += chunk
+            if limit is not None and len(body) > limit:
+                raise RequestEntityTooLarge()
+    except RequestEntityTooLarge:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the server's parse errors have their own classes (gunicorn's)
+        raise BadRequest(f"cannot read the request body: {type(exc).__name__}: {exc}") from exc
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 def decode_b64(value: str) -> bytes:

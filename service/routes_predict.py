@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.annotate import annotate_to_jpeg
+from service.errors import BadRequest
 from service.postprocess import top_k
 from service.request_input import image_from_request, parse_bool, parse_top_k, request_param
 
@@ -28,6 +29,9 @@ def predict():
     started = time.perf_counter()
     config = config_of(current_app)
     served = registry_of(current_app).get(request.args.get("model") or None)
+    if served.kind == "regression":
+        raise BadRequest(f"model {served.name!r} is a regression model (x in, y out), not an image classifier; "
+                         f'send {{"instances": [[x], ...]}} to /v1/models/{served.name}:predict')
     data = image_from_request(request)
     k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
     as_jpeg = _wants_jpeg()

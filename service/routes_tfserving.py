@@ -20,8 +20,8 @@ from werkzeug.routing import BaseConverter
 
 from featurizer.errors import InvalidImage
 from service.app import config_of, registry_of
-from service.errors import BadRequest, PayloadTooLarge
-from service.registry import ModelRegistry, ServedModel
+from service.errors import BadRequest
+from service.registry import IMAGE_CLASSIFIER, ModelRegistry, ServedModel
 from service.request_input import decode_b64
 from training import export_names as names
 
@@ -31,6 +31,8 @@ _VERSION = re.compile(r"[0-9]{1,18}")  # an int64, as TF Serving parses it
 METHOD_NAME = "tensorflow/serving/predict"
 SIGNATURES = (names.SERVING_SIGNATURE, names.BOTTLENECK_SIGNATURE)  # the ones REST clients may call
 _DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "string": "DT_STRING"}
+DIGITS_KEY = "images"  # the MNIST models' input: float32 [None, 28, 28] in [0, 1]
+REGRESSION_KEY = "x"  # the quadratic model's input: float32 [None, 1], raw x
 
 
 class SegmentConverter(BaseConverter):
@@ -72,13 +74,55 @@ def model_status(name: str, version: str | None = None):
 def model_metadata(name: str, version: str | None = None):
     """Answer TF Serving's model metadata (signature defs), plus the labels and the model card."""
     served = _served(name, version)
-    return jsonify({
+    if served.kind == IMAGE_CLASSIFIER:
+        defs = signature_defs(served.model.bottleneck_dim, len(served.labels))
+    else:
+        defs = {names.SERVING_SIGNATURE: _card_signature(served.model.card)}
+    body = {
         "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
-        "metadata": {"signature_def": {"signature_def": signature_defs(served.model.bottleneck_dim,
-                                                                        len(served.labels))}},
+        "metadata": {"signature_def": {"signature_def": defs}},
         "labels": served.labels,
         "model_card": served.model.card,
-    })
+    }
+    if served.kind in INPUT_NOTES:
+        body["input"] = INPUT_NOTES[served.kind]
+    return jsonify(body)
+
+
+# What the secondary models accept beyond their SavedModel signature, said in their metadata.
+INPUT_NOTES = {
+    "digit-classifier": {
+        "key": DIGITS_KEY,
+        "accepts": ["a 28x28 array of numbers (a trailing channel of 1 is allowed)",
+                    '{"b64": "<base64 image>"}: a picture of one digit, any size and mode'],
+        "range": "an array whose values all lie in [0, 1] is taken as 0-1; otherwise values are 0-255 and "
+                 "divided by 255",
+        "convention": "white digit on black like MNIST; pictures with a light background are inverted, "
+                      "cropped to the digit, scaled to 20 px and centred by mass",
+    },
+    "regression": {
+        "key": REGRESSION_KEY,
+        "accepts": ["a number x", "[x]"],
+        "range": "raw x (the model was trained on [-20, 20]; outside it extrapolates)",
+    },
+}
+
+
+def _card_signature(card: dict) -> dict:
+    """Return a secondary model's signature, from its model card, in TF Serving's metadata shape."""
+    signature = card.get("signature") or {}
+
+    def tensors(specs: dict) -> dict:
+        out = {}
+        for key, spec in (specs or {}).items():
+            dtype = _DTYPES.get(str(spec.get("dtype", "float32")), "DT_FLOAT")
+            shape = [int(d) for d in spec.get("shape", [-1])]
+            out[key] = {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in shape],
+                                                         "unknown_rank": False}}
+        return out
+
+    return {"inputs": tensors(signature.get("inputs")), "outputs": tensors(signature.get("outputs")),
+            "method_name": METHOD_NAME}
 
 
 @bp.get("/v1/models")
@@ -87,7 +131,7 @@ def list_models():
     registry = _registry()
     if not registry.ready:
         registry.get()  # raises NotReady with the reason
-    return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": "image-classifier"}
+    return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": s.kind}
                            for _, s in sorted(registry.models.items())])
 
 
@@ -118,6 +162,8 @@ def predict(name: str, version: str | None = None):
     """Predict a TF Serving request: row format answers ``predictions``, columnar format ``outputs``."""
     served = _served(name, version)
     body = _json_body()
+    if served.kind != IMAGE_CLASSIFIER:
+        return _predict_secondary(served, body)
     signature = body.get("signature_name") or names.SERVING_SIGNATURE
     if signature not in SIGNATURES:
         raise BadRequest(f"unknown signature_name {signature!r}; this model serves {', '.join(SIGNATURES)}")
@@ -139,6 +185,90 @@ def predict(name: str, version: str | None = None):
                                     for p, c, label in zip(probabilities.tolist(), classes, labels)])
     return jsonify(outputs={names.PROBABILITIES_KEY: probabilities.tolist(),
                             names.CLASSES_KEY: [int(c) for c in classes], names.LABELS_KEY: labels})
+
+
+def _predict_secondary(served, body: dict):
+    """Predict with a secondary model: digits (28×28 arrays or b64 pictures) or the quadratic (x values)."""
+    signature = body.get("signature_name") or names.SERVING_SIGNATURE
+    if signature != names.SERVING_SIGNATURE:
+        raise BadRequest(f"unknown signature_name {signature!r}; model {served.name!r} serves "
+                         f"{names.SERVING_SIGNATURE}")
+    if ("instances" in body) == ("inputs" in body):
+        raise BadRequest('the request must hold exactly one of "instances" (row format) or "inputs" '
+                         f"(columnar format); received keys {sorted(body)}")
+    row_format = "instances" in body
+    if served.kind == "digit-classifier":
+        items = _items(body["instances"] if row_format else body["inputs"], DIGITS_KEY, row_format)
+        outputs = served.model.predict(np.stack([_digit(served, item, index) for index, item in enumerate(items)]))
+        probabilities = np.asarray(outputs["probabilities"], dtype=np.float32)
+        classes = [int(c) for c in np.asarray(outputs["classes"]).reshape(-1)]
+        if row_format:
+            return jsonify(predictions=[{names.PROBABILITIES_KEY: p, names.CLASSES_KEY: c}
+                                        for p, c in zip(probabilities.tolist(), classes)])
+        return jsonify(outputs={names.PROBABILITIES_KEY: probabilities.tolist(), names.CLASSES_KEY: classes})
+    items = _items(body["instances"] if row_format else body["inputs"], REGRESSION_KEY, row_format)
+    x = np.array([[_x_value(item, index)] for index, item in enumerate(items)], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        raise BadRequest(f"x values must be finite float32 numbers; instance {int(np.argmin(np.isfinite(x32)))} "
+                         "is not")
+    y = np.asarray(served.predict_values(x32), dtype=np.float32).reshape(-1, 1).tolist()
+    # One output: TF Serving answers its values without the output's name.
+    return jsonify(predictions=y) if row_format else jsonify(outputs=y)
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float)  # not bool, str, None or a list
+
+
+def _x_value(item, index: int) -> float:
+    """Return one x of a quadratic request: a number or [number]."""
+    if isinstance(item, list) and len(item) == 1:
+        item = item[0]
+    if not _number(item):
+        raise BadRequest(f"instance {index} must be a number x or [x]; received {_kind(item)}")
+    try:
+        return float(item)
+    except OverflowError as exc:  # an integer beyond float range
+        raise BadRequest(f"instance {index}: x must be a finite float32 number; received a huge integer") from exc
+
+
+def _digit(served, item, index: int) -> np.ndarray:
+    """Return one MNIST-style input [28, 28] in [0, 1]: from a 28×28 array (0-1 or 0-255) or a b64 picture."""
+    if isinstance(item, dict):
+        if set(item) != {"b64"}:
+            raise BadRequest(f'instance {index} must be a 28x28 array or {{"b64": "<base64 image>"}}; '
+                             f"received {_kind(item)}")
+        try:
+            return served.preprocess(decode_b64(item["b64"]))[1]
+        except (BadRequest, InvalidImage) as exc:
+            raise type(exc)(f"instance {index}: {exc}") from exc
+    shape_error = BadRequest(f"instance {index} must be a 28x28 array of numbers (or 28x28x1) or "
+                             f'{{"b64": ...}}; received {_kind(item)}')
+    if not isinstance(item, list) or len(item) != 28:
+        raise shape_error
+    rows = []
+    for row in item:
+        if not isinstance(row, list) or len(row) != 28:
+            raise shape_error
+        if all(isinstance(v, list) and len(v) == 1 for v in row):  # [28, 28, 1]
+            row = [v[0] for v in row]
+        if not all(_number(v) for v in row):
+            raise BadRequest(f"instance {index} must hold only numbers (pixel values 0-1 or 0-255)")
+        rows.append(row)
+    try:
+        pixels = np.asarray(rows, dtype=np.float64)
+    except OverflowError as exc:
+        raise BadRequest(f"instance {index}: pixel values must lie in 0-255; received a huge integer") from exc
+    if not np.isfinite(pixels).all():
+        raise BadRequest(f"instance {index}: pixel values must be finite numbers (no NaN or Infinity)")
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise BadRequest(f"instance {index}: pixel values must lie in 0-1 or 0-255; received "
+                         f"{pixels.min():g}..{pixels.max():g}")
+    if pixels.max() > 1:
+        pixels = pixels / 255.0
+    return pixels.astype(np.float32)
 
 
 def _json_body() -> dict:
@@ -165,7 +295,7 @@ def _items(value, input_key: str, row_format: bool) -> list:
         raise BadRequest(f'"{where}" must be a non-empty list; received {_kind(value)}')
     limit = int(config_of(current_app).max_instances)
     if len(value) > limit:
-        raise PayloadTooLarge(f'"{where}" holds {len(value)} items; at most {limit} are allowed per request')
+        raise BadRequest(f'"{where}" holds {len(value)} items; at most {limit} are allowed per request')
     if row_format:  # row format, named: [{"image_bytes": {"b64": ...}}, ...]
         value = [item[input_key] if isinstance(item, dict) and set(item) == {input_key} else item for item in value]
     return value

@@ -49,6 +49,29 @@ def model_repo(tmp_path_factory, legacy_graph_path):
     return repo
 
 
+@pytest.fixture(scope="session")
+def secondary_repo(tmp_path_factory):
+    """A model repository with the three secondary models, trained briefly: quadratic, mnist-mlp, lenet5.
+
+    The digit models learn a synthetic mnist.npz (tests/mnist_data.py), written to ``<repo>/../mnist.npz``.
+    """
+    from models.config import train_config
+    from models.train_job import ModelsTrainJob, run_models_train
+    from tests.mnist_data import write_mnist_npz
+
+    root = tmp_path_factory.mktemp("secondary_repo")
+    repo = root / "models"
+    mnist = write_mnist_npz(root / "mnist.npz")
+    run_models_train(ModelsTrainJob("quadratic", repo, train_config("quadratic", epochs=120, optimizer="adam",
+                                                                    learning_rate=0.05, checkpoint_epochs=60)))
+    run_models_train(ModelsTrainJob("mnist-mlp", repo, train_config("mnist-mlp", epochs=12, batch_size=50,
+                                                                    validation_size=200), data=mnist))
+    run_models_train(ModelsTrainJob("lenet5", repo, train_config("lenet5", epochs=3, batch_size=50,
+                                                                 validation_size=200, optimizer="adam"),
+                                    data=mnist))
+    return repo
+
+
 @pytest.fixture
 def device_env(monkeypatch):
     """Run a test under chosen ``IMGCLF_*`` device variables: ``device_env(IMGCLF_DEVICE="/cpu:0")`` (None unsets).

@@ -142,7 +142,7 @@ def _tfserving_requests(image_b64: str) -> list:
         ("post", "/v1/models/{name}:predict", "/v1/models/shapes:predict",
          {"signature_name": "bottleneck", "inputs": {"bottleneck": [[0.1] * 2048]}}, 200),
         ("post", "/v1/models/{name}:predict", "/v1/models/shapes:predict", {"instances": [[0.1] * 3]}, 400),
-        ("post", "/v1/models/{name}:predict", "/v1/models/shapes:predict", {"instances": [good] * 5}, 413),
+        ("post", "/v1/models/{name}:predict", "/v1/models/shapes:predict", {"instances": [good] * 5}, 400),
         ("post", "/v1/models/{name}:predict", "/v1/models/shapes:predict",
          {"instances": [{"b64": base64.b64encode(b"II*\x00" + bytes(64)).decode()}]}, 400),
         ("post", "/v1/models/{name}:predict", "/v1/models/nope:predict", {"instances": [good]}, 404),
