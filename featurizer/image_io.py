@@ -51,6 +51,10 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError as exc:
+        claimed = _claimed_format(data)
+        if claimed:  # say "a damaged PNG", not "not an image", for a PNG whose header checksum is wrong
+            raise InvalidImage(f"corrupt {claimed} image: its header cannot be read "
+                               f"({_header_error(data, claimed)})") from exc
         raise InvalidImage(f"not an image Pillow can identify ({len(data)} bytes)") from exc
     except Exception as exc:  # Pillow raises many types on malformed headers
         raise InvalidImage(f"unreadable image header: {exc}") from exc
@@ -64,6 +68,31 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageTooLarge(f"image is {width}×{height} = {width * height:,} pixels; "
                             f"the limit is {max_pixels:,}")
     return image
+
+
+# How files of the accepted formats begin: bytes that begin so but do not open are a damaged image.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """Return the accepted format whose signature ``data`` starts with (None when none)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for signature, fmt in _SIGNATURES if data.startswith(signature)), None)
+
+
+def _header_error(data: bytes, fmt: str) -> str:
+    """Return why Pillow's ``fmt`` plugin cannot read the header of ``data`` (Image.open keeps it to itself)."""
+    plugin = Image.OPEN.get(fmt)
+    if plugin is None:
+        return "unreadable header"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plugin[0](io.BytesIO(data), "").close()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        return str(exc) or type(exc).__name__
+    return "unreadable header"
 
 
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None
