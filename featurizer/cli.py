@@ -36,6 +36,9 @@ def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool
                             "--intra-op-threads already uses (default: %(default)s; 0 = TensorFlow picks)")
     group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                        help="refuse images with more pixels, checked before decoding (default: %(default)s)")
+    group.add_argument("--allow-unsafe-ops", action="store_true",
+                       help="load a graph even if it holds ops outside imgclf's inference allow-list (file, "
+                            "process or network ops); a graph is a program: only for graphs you trust")
 
 
 def featurizer_config_from_args(args: argparse.Namespace):
@@ -51,7 +54,7 @@ def featurizer_config_from_args(args: argparse.Namespace):
     contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor)
     return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
-                            max_pixels=args.max_pixels)
+                            max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops)
 
 
 def check_decode_threads(value: int) -> int:
@@ -98,7 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: %(default)s)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("inspect", help="describe a frozen graph: ops, inputs, likely image and bottleneck tensors")
+    p = sub.add_parser("inspect", help="describe a frozen graph: ops, inputs, likely image and bottleneck tensors",
+                       description="Describe a frozen graph without running it. Ops outside imgclf's inference "
+                                   "allow-list are listed; featurize, train and serve refuse such graphs unless "
+                                   "--allow-unsafe-ops.")
     p.add_argument("graph", type=Path, metavar="GRAPH", help="frozen GraphDef (.pb)")
     p.add_argument("--all", action="store_true", help="list every node with its op and output shapes")
     p.add_argument("--logdir", type=Path, help="also write the graph for TensorBoard's graph view here")

@@ -37,17 +37,29 @@ class FeaturizerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see featurizer.precision)
     threads: ThreadConfig = field(default_factory=ThreadConfig)  # TensorFlow intra/inter-op threads
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
+    # Load a graph holding ops outside the inference allow-list (featurizer.op_policy): file, process
+    # and network ops. A graph is a program; only for graphs from a trusted source. Not in the fingerprint:
+    # it changes what may load, not what the graph computes.
+    allow_unsafe_ops: bool = False
 
 
 class Featurizer:
     """A loaded graph that turns images into bottleneck vectors."""
 
     def __init__(self, config: FeaturizerConfig):
+        """Load ``config.graph``.
+
+        Raises:
+            GraphError: the graph cannot be read or lacks the contract's tensors.
+            UnsafeGraph: it holds ops outside the inference allow-list and
+                ``config.allow_unsafe_ops`` is not set.
+        """
         self.config = config
-        graph_def, self.graph_sha256 = load_graph(config.graph)
+        graph_def, self.graph_sha256 = load_graph(config.graph, allow_unsafe_ops=config.allow_unsafe_ops)
         self.contract = contract_from_graph(graph_def, config.contract)
         self.precision = resolve_precision(config.precision)
-        self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads)
+        self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
+                                     allow_unsafe_ops=config.allow_unsafe_ops)
         self.dim = self.graph.dim
         self.fingerprint = hashlib.sha256(
             json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()

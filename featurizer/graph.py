@@ -13,6 +13,12 @@ Two ways through the same file:
   bottleneck. It is the reference the batched path is checked against, and the
   baseline of the benchmark.
 
+Safety (:mod:`featurizer.op_policy`): a graph is a program. :func:`load_graph`,
+:func:`read_graph_def` and both graph classes refuse graphs holding ops outside
+imgclf's inference allow-list (file, process and network ops) with
+:class:`~featurizer.errors.UnsafeGraph`, unless ``allow_unsafe_ops=True``.
+:func:`parse_graph_def` only parses.
+
 Devices (:mod:`featurizer.devices`): both configure TensorFlow's devices before
 anything else; with ``IMGCLF_DEVICE`` set, the graph is imported under
 ``tf.device(...)`` with the nodes' own device fields cleared, so every op asks
@@ -43,6 +49,7 @@ from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
 from featurizer.errors import GraphError
 from featurizer.fold_scale_shift import fold_scale_shift
 from featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
+from featurizer.op_policy import check_graph_def
 from featurizer.prune import drop_pure_control_edges, keep_ancestors
 
 log = logging.getLogger(__name__)
@@ -69,17 +76,29 @@ def parse_graph_def(data: bytes, source: str = "graph") -> graph_pb2.GraphDef:
     return graph_def
 
 
-def _read_graph_bytes(path: Path) -> bytes:
+def read_graph_bytes(path: str | os.PathLike) -> bytes:
+    """Return a graph file's bytes, raising :class:`GraphError` when it cannot be read."""
+    path = Path(path)
     try:
         return path.read_bytes()
     except OSError as exc:
         raise GraphError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}") from exc
 
 
-def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
-    """Read a frozen GraphDef file."""
+def read_graph_def(path: str | os.PathLike, *, allow_unsafe_ops: bool = False) -> graph_pb2.GraphDef:
+    """Read a frozen GraphDef file and check its ops against the inference allow-list.
+
+    Args:
+        allow_unsafe_ops: accept (with a logged warning) ops outside the allow-list.
+
+    Raises:
+        GraphError: the file cannot be read or is not a GraphDef.
+        UnsafeGraph: it holds ops outside the allow-list (names them).
+    """
     path = Path(path)
-    return parse_graph_def(_read_graph_bytes(path), source=repr(str(path)))
+    graph_def = parse_graph_def(read_graph_bytes(path), source=repr(str(path)))
+    check_graph_def(graph_def, source=f"graph {str(path)!r}", allow_unsafe_ops=allow_unsafe_ops)
+    return graph_def
 
 
 def missing_tensors(graph_def: graph_pb2.GraphDef, names: list[str]) -> list[str]:
@@ -198,10 +217,17 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
 
 
 class BottleneckGraph:
-    """The batched fast path: normalised images [N, S, S, 3] in, bottlenecks [N, D] out."""
+    """The batched fast path: normalised images [N, S, S, 3] in, bottlenecks [N, D] out.
+
+    Raises :class:`~featurizer.errors.UnsafeGraph` for a graph with ops outside
+    the inference allow-list unless ``allow_unsafe_ops`` (the caller's opt-in).
+    """
 
     def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
-                 precision: str = "fp32", threads: ThreadConfig = ThreadConfig()):
+                 precision: str = "fp32", threads: ThreadConfig = ThreadConfig(), *,
+                 allow_unsafe_ops: bool = False):
+        if not allow_unsafe_ops:  # with the opt-in, whoever read the file has warned already
+            check_graph_def(graph_def)
         require_tensors(graph_def, [contract.image_input, contract.bottleneck])
         device = devices.configure_tensorflow().device  # before the first session (fold_scale_shift runs one)
         rewritten, self.rewrite_report = rewrite_legacy_ops(graph_def)
@@ -279,10 +305,16 @@ def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) 
 
 
 class SingleImageGraph:
-    """The untouched 2015 path: one encoded JPEG per run → the one-image bottleneck."""
+    """The untouched 2015 path: one encoded JPEG per run → the one-image bottleneck.
+
+    Raises :class:`~featurizer.errors.UnsafeGraph` for a graph with ops outside
+    the inference allow-list unless ``allow_unsafe_ops`` (the caller's opt-in).
+    """
 
     def __init__(self, graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT,
-                 threads: ThreadConfig = ThreadConfig()):
+                 threads: ThreadConfig = ThreadConfig(), *, allow_unsafe_ops: bool = False):
+        if not allow_unsafe_ops:
+            check_graph_def(graph_def)
         require_tensors(graph_def, [contract.jpeg_input, contract.bottleneck_single])
         device = devices.configure_tensorflow().device
         self.contract = contract
@@ -303,15 +335,25 @@ class SingleImageGraph:
         self.session.close()
 
 
-def load_graph(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, str]:
-    """Read a frozen graph and return it with the file's sha256."""
+def load_graph(path: str | os.PathLike, *, allow_unsafe_ops: bool = False) -> tuple[graph_pb2.GraphDef, str]:
+    """Read a frozen graph, check its ops against the inference allow-list, and return it with the file's sha256.
+
+    Args:
+        allow_unsafe_ops: accept (with a logged warning) ops outside the allow-list.
+
+    Raises:
+        GraphError: the file cannot be read or is not a GraphDef.
+        UnsafeGraph: it holds ops outside the allow-list (names them).
+    """
     path = Path(path)
-    data = _read_graph_bytes(path)  # parse and hash the same bytes: the file may be replaced meanwhile
-    return parse_graph_def(data, source=repr(str(path))), hashlib.sha256(data).hexdigest()
+    data = read_graph_bytes(path)  # parse and hash the same bytes: the file may be replaced meanwhile
+    graph_def = parse_graph_def(data, source=repr(str(path)))
+    check_graph_def(graph_def, source=f"graph {str(path)!r}", allow_unsafe_ops=allow_unsafe_ops)
+    return graph_def, hashlib.sha256(data).hexdigest()
 
 
 __all__ = [
     "BottleneckGraph", "SingleImageGraph", "RewriteReport", "ThreadConfig", "contract_from_graph",
-    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_def",
+    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_bytes", "read_graph_def",
     "require_tensors", "session_config",
 ]

@@ -11,6 +11,11 @@ report says so.
 
 :func:`write_tensorboard_graph` writes the graph as a TensorBoard event file,
 for browsing it in the Graphs tab.
+
+Neither runs the graph, so an untrusted graph may be inspected: ops outside
+imgclf's inference allow-list (:mod:`featurizer.op_policy`) are listed in the
+report, which is how a user learns why `featurize`, `train` or `serve` refuse
+the graph before deciding on ``--allow-unsafe-ops``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from featurizer.contract import node_name
-from featurizer.graph import file_sha256, read_graph_def
+from featurizer.graph import file_sha256, parse_graph_def, read_graph_bytes
 from featurizer.legacy_ops import OLD_BATCH_NORM, OLD_CONCAT, deprecated_ops, rewrite_legacy_ops
+from featurizer.op_policy import unsafe_ops_in_graph_def
 from featurizer.tensor_candidates import (PLACEHOLDER_OPS, Candidate, Shape, TensorInfo, dtype_or_none,
                                           find_candidates, tensor_info)
 
@@ -93,6 +99,7 @@ class GraphReport:
     bottlenecks: list[Candidate]
     softmax: list[Candidate]
     shapes_from: str  # "original graph", "rewritten graph" or "unavailable: <why>"
+    unsafe_ops: list[str]  # ops outside the inference allow-list, e.g. "ReadFile (node 'x')"; loading refuses them
     nodes: list[NodeInfo] | None = None  # every node, with show_all only
 
     def to_dict(self) -> dict:
@@ -106,11 +113,14 @@ class GraphReport:
 def inspect_graph(path: Path, show_all: bool = False) -> GraphReport:
     """Read the frozen graph at ``path`` and describe it.
 
+    The graph is not run, so ops outside the inference allow-list are reported
+    (``unsafe_ops``), not refused.
+
     Raises:
         GraphError: the file is missing, empty or not a GraphDef.
     """
     path = Path(path)
-    graph_def = read_graph_def(path)
+    graph_def = _read_unchecked(path)
     tensors, shapes_from = _static_tensors(graph_def)
     nodes = {node.name: node for node in graph_def.node}
     op_counts = Counter(node.op for node in graph_def.node)
@@ -131,8 +141,14 @@ def inspect_graph(path: Path, show_all: bool = False) -> GraphReport:
         bottlenecks=bottlenecks,
         softmax=softmax,
         shapes_from=shapes_from,
+        unsafe_ops=[finding.describe() for finding in unsafe_ops_in_graph_def(graph_def)],
         nodes=_node_infos(graph_def, tensors) if show_all else None,
     )
+
+
+def _read_unchecked(path: Path) -> graph_pb2.GraphDef:
+    """Read a GraphDef without the allow-list check: describing a graph does not run it."""
+    return parse_graph_def(read_graph_bytes(path), source=repr(str(path)))
 
 
 def _node_infos(graph_def: graph_pb2.GraphDef, tensors: dict[str, TensorInfo]) -> list[NodeInfo]:
@@ -241,6 +257,11 @@ def format_report(report: GraphReport) -> str:
     ], indent="")
     lines += ["", f"Op types ({len(report.op_counts)})"]
     lines += _table([[op, str(n)] for op, n in report.op_counts])
+    if report.unsafe_ops:
+        lines += ["", f"Ops outside imgclf's inference allow-list ({len(report.unsafe_ops)}): featurize, train and "
+                      "serve refuse this graph unless --allow-unsafe-ops (a graph is a program: only if you trust "
+                      "its source)"]
+        lines += [f"  {finding}" for finding in report.unsafe_ops]
     lines += ["", "Deprecated / old ops"]
     lines += _table([[d.op, f"x{d.count}", d.note] for d in report.deprecated]) or ["  none"]
     lines += ["", "Inputs (placeholders)"]
@@ -279,7 +300,7 @@ def write_tensorboard_graph(path: Path, logdir: Path) -> Path:
     Returns:
         The event file written.
     """
-    graph_def = read_graph_def(path)
+    graph_def = _read_unchecked(path)  # written out for viewing, not run
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     before = set(logdir.glob("events.out.tfevents.*"))

@@ -92,13 +92,16 @@ def read_card(version_dir: str | Path) -> dict:
     return card
 
 
-def load_secondary(version_dir: str | Path, device: str | None = None) -> SecondaryModel:
+def load_secondary(version_dir: str | Path, device: str | None = None,
+                   allow_unsafe_ops: bool | None = None) -> SecondaryModel:
     """Load one exported version of a secondary model for prediction.
 
     Args:
         version_dir: ``REPO/NAME/<version>`` (see :func:`training.repository.resolve`).
         device: pin the variables and calls ("/device:GPU:0", "/device:CPU:0", "" for TensorFlow's
             placement); by default ``IMGCLF_DEVICE`` (:func:`featurizer.devices.configure_tensorflow`).
+        allow_unsafe_ops: load even when the SavedModel holds ops outside the inference allow-list
+            (:mod:`featurizer.op_policy`); None reads ``IMGCLF_ALLOW_UNSAFE_OPS``.
 
     Returns:
         The loaded model.
@@ -121,6 +124,10 @@ def load_secondary(version_dir: str | Path, device: str | None = None) -> Second
     if labels_file.is_file() and labels_file.read_text(encoding="utf-8").splitlines() != labels:
         raise ValueError(f"{str(labels_file)!r} disagrees with the labels in {names.MODEL_CARD_FILE}")
     version = int(path.name) if _VERSION.fullmatch(path.name) else int(card.get("version", 0))
+    from featurizer.op_policy import allow_unsafe_ops_from_env, check_saved_model
+
+    check_saved_model(path, allow_unsafe_ops=allow_unsafe_ops_from_env() if allow_unsafe_ops is None
+                      else allow_unsafe_ops)  # before TensorFlow runs anything of it
     device = configure_tensorflow().device if device is None else device
     with device_scope(device):
         saved_model = tf.saved_model.load(str(path))

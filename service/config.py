@@ -33,6 +33,10 @@ class ServiceConfig:
     # and placement logging: IMGCLF_DEVICE etc., read by featurizer.devices.
     precision: str = "auto"
     load_in_background: bool = True  # load models in a thread: /healthz answers at once, /readyz when loaded
+    # Load models whose SavedModel holds ops outside imgclf's inference allow-list (file, process, network
+    # ops; featurizer.op_policy). A model is a program: only for repositories whose every model you trust.
+    # Off: such a model fails the worker's loading, and /readyz says which ops and where.
+    allow_unsafe_ops: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "ServiceConfig":

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "with the label's glyphs); not with --url, where the service's font is used")
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per model call (default: %(default)s); not used with --url")
+    p.add_argument("--allow-unsafe-ops", action="store_true",
+                   help="load a model even if its SavedModel holds ops outside imgclf's inference allow-list "
+                        "(file, process or network ops); a model is a program: only for models you trust "
+                        "(default: $IMGCLF_ALLOW_UNSAFE_OPS, else no); not used with --url")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="with --url, seconds to wait for the service to connect or answer (default: %(default)s)")
     p.set_defaults(func=cmd_predict)
@@ -59,7 +63,7 @@ def predict_local(args: argparse.Namespace) -> int:
 
     if args.font:
         font_paths(args.font)  # a missing font file is an error before any work
-    model = load_model(resolve(args.model))
+    model = load_model(resolve(args.model), allow_unsafe_ops=True if args.allow_unsafe_ops else None)
     requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
     if requested < 1:
         raise ValueError(f"--top-k must be at least 1; received {requested}")

@@ -206,7 +206,7 @@ class ModelRegistry:
 
         if is_secondary(card):
             return self._load_secondary(name, version, path, card, started)
-        model = load_model(path, max_pixels=self.config.max_pixels)
+        model = load_model(path, max_pixels=self.config.max_pixels, allow_unsafe_ops=self.config.allow_unsafe_ops)
         batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
                           enabled=self.config.batching,
                           on_batch=self._on_batch(name) if self._on_batch else None, name=name,
@@ -223,7 +223,7 @@ class ModelRegistry:
     def _load_secondary(self, name: str, version: int, path: Path, card: dict, started: float):
         from models.serving import load_secondary
 
-        model = load_secondary(path)
+        model = load_secondary(path, allow_unsafe_ops=self.config.allow_unsafe_ops)
         if card.get("kind") == ServedDigits.kind:
             served = ServedDigits(name, version, model, self.config.max_pixels)
             served.predict_inputs(np.zeros((1, 28, 28), np.float32))  # warm-up

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", type=Path, default=None,
                    help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
     add_server_options(p)
+    p.add_argument("--allow-unsafe-ops", action="store_true",
+                   help="load models whose graphs hold ops outside the inference allow-list (file, process, "
+                        "network ops): only models you trust (sets IMGCLF_ALLOW_UNSAFE_OPS=1)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -95,5 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"or pass --model-dir.", file=sys.stderr)
         return 1
     log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
+    if args.allow_unsafe_ops:
+        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' ServiceConfig reads it
     exec_gunicorn(model_dir, args.bind, args.workers, args.threads)
     return 0  # not reached: exec replaced this process

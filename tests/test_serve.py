@@ -193,6 +193,15 @@ def test_serve_execs_gunicorn_with_the_options_as_environment(model_repo, monkey
     assert argv == [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf", "service:create_app()"]
     assert env["IMGCLF_MODEL_REPOSITORY"] == str(model_repo.resolve())
     assert (env["IMGCLF_BIND"], env["IMGCLF_WORKERS"]) == ("0.0.0.0:9000", "3") and "IMGCLF_THREADS" not in env
+    assert "IMGCLF_ALLOW_UNSAFE_OPS" not in env
+
+
+def test_serve_passes_allow_unsafe_ops_to_the_workers(model_repo, monkeypatch):
+    calls = []
+    monkeypatch.setattr(serve_cli.os, "execve", lambda path, argv, env: calls.append(env))
+    monkeypatch.setenv("IMGCLF_ALLOW_UNSAFE_OPS", "0")  # recorded, so the test's own setting is undone after it
+    assert main(["serve", "--model-dir", str(model_repo), "--allow-unsafe-ops"]) == 0
+    assert calls[0]["IMGCLF_ALLOW_UNSAFE_OPS"] == "1"
 
 
 def test_gunicorn_settings_come_from_the_environment(monkeypatch):

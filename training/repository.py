@@ -243,18 +243,27 @@ class LoadedModel:
 
 
 def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-               device: str | None = None) -> LoadedModel:
+               device: str | None = None, allow_unsafe_ops: bool | None = None) -> LoadedModel:
     """Load one version directory (see :func:`resolve`) for prediction.
 
     ``device`` pins the model's variables and calls ("/device:GPU:0", "/device:CPU:0", "" for
     TensorFlow's placement); by default ``IMGCLF_DEVICE``, after the process's devices are
     configured (:func:`featurizer.devices.configure_tensorflow`).
 
+    A SavedModel is a program: its ops are checked against imgclf's inference
+    allow-list (:func:`featurizer.op_policy.check_saved_model`) before TensorFlow
+    loads anything. ``allow_unsafe_ops`` True loads it anyway (with a logged
+    warning); None reads ``IMGCLF_ALLOW_UNSAFE_OPS`` ("1"/"true" allows).
+
     Raises:
         ModelNotFound: the directory is not a complete export, or its model card is corrupt or has no labels.
-        ValueError: its labels.txt and model card disagree.
+        UnsafeGraph: the SavedModel holds ops outside the allow-list (names them) and unsafe ops are not allowed.
+        GraphError: saved_model.pb cannot be parsed.
+        ValueError: its labels.txt and model card disagree, or IMGCLF_ALLOW_UNSAFE_OPS is not a yes or a no.
     """
     import tensorflow as tf
+
+    from featurizer.op_policy import allow_unsafe_ops_from_env, check_saved_model
 
     path = Path(version_dir)
     if not is_complete(path):
@@ -271,6 +280,8 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     if labels_file.is_file() and labels_file.read_text(encoding="utf-8").splitlines() != labels:
         raise ValueError(f"{str(labels_file)!r} disagrees with the labels in {names.MODEL_CARD_FILE}")
     version = int(path.name) if _VERSION.fullmatch(path.name) else int(card.get("version", 0))
+    check_saved_model(path, allow_unsafe_ops=allow_unsafe_ops_from_env() if allow_unsafe_ops is None
+                      else bool(allow_unsafe_ops))
     from featurizer.devices import configure_tensorflow, device_scope
 
     device = configure_tensorflow().device if device is None else device
