@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="featurizer precision (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train a new demo model version even if one exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-secondary", action="store_true",
+                   help="do not train the secondary models (the quadratic always, ~10 s; mnist-mlp when "
+                        "mnist.npz is installed)")
     g = p.add_argument_group("serving")
     g.add_argument("--serve", action="store_true",
                    help="then serve the demo model over HTTP, as `imgclf serve --model-dir WORKDIR/models` would")
@@ -83,6 +86,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model_dir = workdir / "models"
     version_dir = train_demo_model(images, job, model_dir, retrain=args.retrain)
     check_demo_model(version_dir)
+    if not args.no_secondary:
+        train_secondary_demo(model_dir)
     print(f"model:    {version_dir}\n"
           f"try:      imgclf predict --model {model_dir / DEMO_MODEL} {images / 'sunsets' / 'sunsets_000.jpg'}")
     if args.serve:
@@ -102,6 +107,31 @@ def train_demo_model(images: Path, job, model_dir: Path, retrain: bool = False) 
                                  model_dir=model_dir, name=DEMO_MODEL, progress=job.progress))
     print(outcome.table)
     return outcome.version_dir
+
+
+def train_secondary_demo(model_dir: Path) -> None:
+    """Train the secondary models the demo can (once each), so the page shows them too.
+
+    The quadratic needs no data. The MNIST MLP is trained when mnist.npz is
+    installed (`imgclf models fetch-mnist`); LeNet-5 takes minutes on a CPU, so
+    the demo only prints the command.
+    """
+    from models.config import train_config
+    from models.mnist import default_mnist_path
+    from models.train_job import ModelsTrainJob, run_models_train
+    from training.repository import list_versions
+
+    if not list_versions(model_dir, "quadratic"):
+        outcome = run_models_train(ModelsTrainJob("quadratic", model_dir, train_config("quadratic")))
+        print(f"quadratic: test RMSE {outcome.metrics['test']['rmse']:.3f} -> {outcome.version_dir}")
+    mnist = default_mnist_path()
+    if not mnist.is_file():
+        print(f"digits:   no {mnist} (run `imgclf models fetch-mnist` online); the MNIST models are not trained")
+    elif not list_versions(model_dir, "mnist-mlp"):
+        outcome = run_models_train(ModelsTrainJob("mnist-mlp", model_dir, train_config("mnist-mlp"), data=mnist))
+        print(f"mnist-mlp: test accuracy {outcome.metrics['test']['accuracy']:.4f} -> {outcome.version_dir}")
+    if mnist.is_file() and not list_versions(model_dir, "lenet5"):
+        print(f"lenet5:   imgclf models train lenet5 --model-dir {model_dir}   (minutes on a CPU)")
 
 
 def check_demo_model(version_dir: Path) -> None:

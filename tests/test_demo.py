@@ -38,6 +38,11 @@ def test_demo_featurizes_trains_and_predicts_new_pictures(tmp_path, full_graph_p
     verdicts = [line for line in out.splitlines() if "picture ->" in line]
     assert len(verdicts) == 4 and all(line.endswith("ok") for line in verdicts), verdicts
     assert (workdir / "models" / "demo" / "1" / "saved_model.pb").is_file()
+    # The quadratic is trained beside it (no data needed); the digit models need mnist.npz, absent here.
+    assert (workdir / "models" / "quadratic" / "1" / "saved_model.pb").is_file()
+    assert "quadratic: test RMSE" in out and "fetch-mnist" in out
+    assert not (workdir / "models" / "mnist-mlp").exists()
     assert main(["demo", "--workdir", str(workdir), "--quiet"]) == 0  # second run: cached, no retraining
     out = capsys.readouterr().out
     assert "96 from cache" in out and not (workdir / "models" / "demo" / "2").exists()
+    assert not (workdir / "models" / "quadratic" / "2").exists()
