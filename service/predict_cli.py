@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from featurizer.image_io import DEFAULT_MAX_PIXELS
 from service.postprocess import top_k
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "with the label's glyphs); not with --url, where the service's font is used")
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per model call (default: %(default)s); not used with --url")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels, checked before decoding (default: %(default)s)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load a model even if its SavedModel holds ops outside imgclf's inference allow-list "
                         "(file, process or network ops); a model is a program: only for models you trust "
@@ -63,7 +66,10 @@ def predict_local(args: argparse.Namespace) -> int:
 
     if args.font:
         font_paths(args.font)  # a missing font file is an error before any work
-    model = load_model(resolve(args.model), allow_unsafe_ops=True if args.allow_unsafe_ops else None)
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be at least 1; received {args.max_pixels}")
+    model = load_model(resolve(args.model), max_pixels=args.max_pixels,
+                       allow_unsafe_ops=True if args.allow_unsafe_ops else None)
     requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
     if requested < 1:
         raise ValueError(f"--top-k must be at least 1; received {requested}")

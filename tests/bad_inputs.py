@@ -269,10 +269,9 @@ IMAGE_CASES: list[ImageCase] = [
     ImageCase("jpeg_bomb_65500x65500", "jpg", lambda: jpeg_claiming(65_500, 65_500), Expect(413, "65500×65500")),
     ImageCase("gif_bomb_logical_screen", "gif", lambda: gif((65_535, 65_535), (1, 1)), Expect(413, "65535×65535")),
     ImageCase("gif_bomb_frame", "gif", lambda: gif((1, 1), (65_535, 65_535)), Expect(413, "65535×65535")),
-    # A valid, well-compressed image over the configured limit. `imgclf predict` has no pixel-limit
-    # option: it keeps the 50 M default, under which this image is fine.
+    # A valid, well-compressed image over the configured limit (imgclf predict gets it as --max-pixels).
     ImageCase("over_pixel_limit", "png", lambda: encode(Image.new("RGB", (1250, 1000), (30, 90, 200)), "PNG"),
-              Expect(413, f"1250×1000 = 1,250,000 {_TOO_MANY} {MAX_PIXELS:,}"), {PREDICT_CLI: Expect(OK)}),
+              Expect(413, f"1250×1000 = 1,250,000 {_TOO_MANY} {MAX_PIXELS:,}")),
     # Valid images of every accepted kind and shape.
     ImageCase("one_pixel_png", "png", lambda: encode(np.full((1, 1, 3), 200, np.uint8), "PNG"), Expect(OK)),
     ImageCase("one_pixel_jpeg", "jpg", lambda: encode(np.full((1, 1, 3), 90, np.uint8), "JPEG"), Expect(OK)),

@@ -463,7 +463,8 @@ def test_featurize_of_only_bad_files_exits_1(legacy_graph_path, tmp_path):
 
 def test_predict_cli_prints_each_good_result_and_each_bad_files_error(corpus_dir, model_repo, reference):
     files = sorted((corpus_dir / "corpus").iterdir()) + sorted((corpus_dir / "photos").iterdir())
-    code, out, err = run_cli(["predict", "--model", str(model_repo / MODEL), "--json", *map(str, files)])
+    code, out, err = run_cli(["predict", "--model", str(model_repo / MODEL), "--max-pixels", str(MAX_PIXELS),
+                              "--json", *map(str, files)])
     assert code == 0, err  # documented: 0 when any image was predicted
     lines = [json.loads(line) for line in out.splitlines()]
     by_path = {line["path"]: line for line in lines}
@@ -486,7 +487,8 @@ def test_predict_cli_prints_each_good_result_and_each_bad_files_error(corpus_dir
 def test_predict_cli_of_only_bad_files_exits_1_and_names_each(corpus_dir, model_repo):
     bad = [case for case in IMAGE_CASES if not case.expected(PREDICT_CLI).ok]
     paths = [corpus_dir / "corpus" / case.filename for case in bad]
-    code, out, err = run_cli(["predict", "--model", str(model_repo / MODEL), *map(str, paths)])
+    code, out, err = run_cli(["predict", "--model", str(model_repo / MODEL), "--max-pixels", str(MAX_PIXELS),
+                              *map(str, paths)])
     assert code == 1
     lines = out.splitlines()
     assert len(lines) == len(bad)
