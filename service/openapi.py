@@ -255,7 +255,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                  {"name": "operations"}],
         "paths": {
             "/": {"get": {"operationId": "uploadPage", "tags": ["imgclf"],
-                          "summary": "The upload page: pick or drop a photo, see the annotated image and top-k",
+                          "summary": "The page: classify a photo, draw a digit for the MNIST models, try the quadratic",
                           "responses": {"200": _text("text/html", "The page")}}},
             "/predict": {"post": {
                 "operationId": "predict", "tags": ["imgclf"],

@@ -1,5 +1,9 @@
-// The upload page: list the served models, send a chosen or dropped photo to
-// POST /predict, show the annotated image and the top-k labels.
+// The page for every served model: list them, and show the section for the chosen one's kind:
+// - image classifiers: send a chosen or dropped photo to POST /predict, show the annotated
+//   image and the top-k labels;
+// - digit classifiers: a canvas to draw a digit on, sent as a PNG to every digit model's
+//   TF-Serving route; each model's digit and its ten probabilities;
+// - regression: a number x sent to the chosen model's TF-Serving route; y beside the curve.
 //
 // Everything that comes from the server (model names, labels, error messages)
 // is inserted as text (textContent, Option text, attributes set as properties),
@@ -71,7 +75,9 @@
       return;
     }
     select.disabled = false;
-    selectModel(state.models[0].name);
+    // The page opens on a photo classifier when there is one: that is what most visitors come for.
+    const first = state.models.find((m) => m.kind === "image-classifier") || state.models[0];
+    selectModel(first.name);
   }
 
   function selectModel(name) {
@@ -284,6 +290,349 @@
     $("error").textContent = "";
   }
 
+  // ---- TF-Serving route (secondary models) -------------------------------------------------------
+
+  // POST a TF-Serving predict body to the model's route; return requestJSON's {ok, status, body}.
+  function tfServingPredict(name, body) {
+    return requestJSON(`/v1/models/${encodeURIComponent(name)}:predict`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
+
+  function showMessage(element, message) {
+    element.textContent = message;
+    element.hidden = false;
+  }
+
+  function hideMessage(element) {
+    element.hidden = true;
+    element.textContent = "";
+  }
+
+  // ---- digit classifiers: draw a digit ----------------------------------------------------------
+
+  function digitSection() {
+    const canvas = $("digit-canvas");
+    const results = $("digit-results");
+    const status = $("digit-status");
+    const error = $("digit-error");
+    const SIDE = 280; // drawing units: the canvas is SIDE × SIDE whatever its CSS size and pixel ratio
+    const LINE_WIDTH = 22; // in drawing units; about MNIST's pen on its 28-pixel frame
+    const AUTO_MS = 500; // recognise this long after the pen lifts, unless drawing goes on
+    const context = canvas.getContext("2d");
+    let pointer = null; // the id of the pointer drawing now; one at a time
+    let last = null; // the previous point of the stroke
+    let hasInk = false;
+    let autoTimer = 0;
+    let request = 0; // counts recognitions so that answers for an older drawing are ignored
+
+    // The backing store has the screen's pixel density (capped), the drawing units stay SIDE.
+    const ratio = Math.min(Math.max(window.devicePixelRatio || 1, 1), 3);
+    canvas.width = canvas.height = Math.round(SIDE * ratio);
+    context.setTransform(canvas.width / SIDE, 0, 0, canvas.height / SIDE, 0, 0);
+    paper();
+
+    // White paper (an opaque PNG: transparent pixels would read as black ink) and black round ink.
+    function paper() {
+      context.fillStyle = "#fff";
+      context.fillRect(0, 0, SIDE, SIDE);
+      context.fillStyle = context.strokeStyle = "#000";
+      context.lineWidth = LINE_WIDTH;
+      context.lineCap = context.lineJoin = "round";
+    }
+
+    // A pointer's position in drawing units: inside the border, scaled from the canvas's CSS size.
+    function point(event) {
+      const box = canvas.getBoundingClientRect();
+      const width = canvas.clientWidth || box.width;
+      const height = canvas.clientHeight || box.height;
+      return {
+        x: ((event.clientX - box.left - canvas.clientLeft) * SIDE) / width,
+        y: ((event.clientY - box.top - canvas.clientTop) * SIDE) / height,
+      };
+    }
+
+    function dot(p) {
+      context.beginPath();
+      context.arc(p.x, p.y, LINE_WIDTH / 2, 0, 2 * Math.PI);
+      context.fill();
+      hasInk = true;
+    }
+
+    function lineTo(p) {
+      context.beginPath();
+      context.moveTo(last.x, last.y);
+      context.lineTo(p.x, p.y);
+      context.stroke();
+      last = p;
+      hasInk = true;
+    }
+
+    canvas.addEventListener("pointerdown", (e) => {
+      if (pointer !== null || (e.pointerType === "mouse" && e.button !== 0)) return;
+      e.preventDefault(); // no text selection or drag from the canvas
+      pointer = e.pointerId;
+      try {
+        canvas.setPointerCapture(e.pointerId); // the stroke goes on when the pen leaves the canvas
+      } catch (_) {
+        // a pointer the browser does not track (a synthetic event) draws without capture
+      }
+      clearTimeout(autoTimer);
+      last = point(e);
+      dot(last);
+    });
+
+    canvas.addEventListener("pointermove", (e) => {
+      if (e.pointerId !== pointer) return;
+      const events = typeof e.getCoalescedEvents === "function" ? e.getCoalescedEvents() : [];
+      for (const event of events.length ? events : [e]) lineTo(point(event));
+    });
+
+    const endStroke = (e) => {
+      if (e.pointerId !== pointer) return;
+      pointer = null;
+      last = null;
+      clearTimeout(autoTimer);
+      if (hasInk) autoTimer = setTimeout(recognise, AUTO_MS);
+    };
+    for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) canvas.addEventListener(type, endStroke);
+
+    $("digit-recognise").addEventListener("click", () => recognise());
+    $("digit-clear").addEventListener("click", clear);
+
+    function clear() {
+      clearTimeout(autoTimer);
+      request++; // an answer on its way is for the old drawing
+      pointer = null;
+      last = null;
+      hasInk = false;
+      paper();
+      results.replaceChildren();
+      status.textContent = "";
+      hideMessage(error);
+    }
+
+    // The served digit models, the chosen one first.
+    function digitModels() {
+      const all = state.models.filter((m) => m.kind === "digit-classifier");
+      return all.sort((a, b) => (b === state.current) - (a === state.current));
+    }
+
+    async function recognise() {
+      clearTimeout(autoTimer);
+      hideMessage(error);
+      if (!hasInk) {
+        results.replaceChildren();
+        status.textContent = "Draw a digit first.";
+        return;
+      }
+      const models = digitModels();
+      if (!models.length) return;
+      const id = ++request;
+      // The service turns any picture into MNIST's form itself (grayscale, inverted, cropped, centred).
+      const b64 = canvas.toDataURL("image/png").replace(/^data:[^,]*,/, "");
+      status.textContent = `Recognising with ${models.map((m) => m.name).join(", ")}…`;
+      results.setAttribute("aria-busy", "true");
+      const answers = await Promise.all(models.map((m) => tfServingPredict(m.name, { instances: [{ b64 }] })));
+      if (id !== request) return; // cleared, or drawn on and recognised again meanwhile
+      results.removeAttribute("aria-busy");
+      const problems = [];
+      const cards = models.map((model, i) => {
+        const { ok, body } = answers[i];
+        const prediction = ok ? digitPrediction(body) : null;
+        if (!prediction) {
+          problems.push(`${model.name}: ${ok ? "the answer has no digit and ten probabilities." : body.error}`);
+        }
+        return digitCard(model, prediction);
+      });
+      results.replaceChildren(...cards);
+      status.textContent = cards.length > problems.length ? "Recognised." : "";
+      if (problems.length) showMessage(error, problems.join("\n"));
+    }
+
+    return {
+      show() {
+        hideMessage(error);
+        if (hasInk && results.childElementCount) recognise(); // the chosen model's answer first
+      },
+    };
+  }
+
+  // The answer {"predictions": [{"probabilities": [10 numbers], "classes": d}]} as
+  // {digit, probabilities}, or null when it is not of that shape.
+  function digitPrediction(body) {
+    const row = Array.isArray(body.predictions) ? body.predictions[0] : null;
+    if (!row || !Array.isArray(row.probabilities) || row.probabilities.length !== 10) return null;
+    if (!row.probabilities.every((p) => typeof p === "number")) return null;
+    const digit = Number(row.classes);
+    if (!Number.isInteger(digit) || digit < 0 || digit > 9) return null;
+    return { digit, probabilities: row.probabilities };
+  }
+
+  function digitCard(model, prediction) {
+    const card = document.createElement("article");
+    card.className = "digit-result";
+    card.dataset.model = model.name;
+    const heading = document.createElement("h3");
+    heading.textContent = model.name;
+    const version = document.createElement("span");
+    version.className = "digit-version";
+    version.textContent = ` version ${model.version}`;
+    heading.append(version);
+    card.append(heading);
+    if (!prediction) {
+      const none = document.createElement("p");
+      none.className = "digit-none";
+      none.textContent = "No answer (see the message above).";
+      card.append(none);
+      return card;
+    }
+    const { digit, probabilities } = prediction;
+    const answer = document.createElement("p");
+    answer.className = "digit-answer";
+    const prefix = document.createElement("span");
+    prefix.className = "visually-hidden";
+    prefix.textContent = "Predicted digit: ";
+    const value = document.createElement("span");
+    value.className = "digit-class";
+    value.textContent = String(digit);
+    const score = document.createElement("span");
+    score.className = "digit-score";
+    score.textContent = percent(probabilities[digit]);
+    answer.append(prefix, value, " ", score);
+
+    const list = document.createElement("ol");
+    list.className = "digit-probabilities";
+    list.setAttribute("aria-label", `${model.name}: probability of each digit`);
+    list.replaceChildren(...probabilities.map((p, d) => digitBar(d, p, d === digit)));
+    card.append(answer, list);
+    return card;
+  }
+
+  function digitBar(digit, probability, chosen) {
+    const item = document.createElement("li");
+    item.className = chosen ? "digit-probability chosen" : "digit-probability";
+    const name = document.createElement("span");
+    name.className = "digit-label";
+    name.textContent = String(digit);
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    track.setAttribute("aria-hidden", "true"); // the percentage beside it says the same
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.min(Math.max(Number(probability) || 0, 0), 1) * 100}%`;
+    track.append(bar);
+    const value = document.createElement("span");
+    value.className = "digit-value";
+    value.textContent = percent(probability);
+    item.append(name, track, value);
+    return item;
+  }
+
+  // ---- regression: y for an x ------------------------------------------------------------------
+
+  // Models whose training function the page knows: it shows that curve beside the model's y.
+  const CURVES = {
+    quadratic: { text: "0.2x² − x + 1", f: (x) => 0.2 * x * x - x + 1, range: [-20, 20] },
+  };
+
+  function regressionSection() {
+    const form = $("regression-form");
+    const input = $("regression-x");
+    const status = $("regression-status");
+    const error = $("regression-error");
+    const result = $("regression-result");
+    let request = 0;
+
+    form.addEventListener("submit", (e) => {
+      e.preventDefault(); // the page answers; nothing navigates
+      predictY();
+    });
+    input.addEventListener("input", () => input.removeAttribute("aria-invalid"));
+
+    // x from the field, or a message saying what is wrong with it.
+    function readX() {
+      if (input.validity.badInput) return { message: "x must be a number, such as 3, -2.5 or 1e3." };
+      const text = input.value.trim();
+      if (!text) return { message: "Enter a number for x." };
+      const x = Number(text);
+      if (!Number.isFinite(x)) return { message: `x must be a finite number; received “${text}”.` };
+      return { x };
+    }
+
+    async function predictY() {
+      const model = state.current;
+      if (!model || model.kind !== "regression") return;
+      const id = ++request;
+      hideMessage(error);
+      const { x, message } = readX();
+      if (message) {
+        result.hidden = true;
+        status.textContent = "";
+        input.setAttribute("aria-invalid", "true");
+        showMessage(error, message);
+        return;
+      }
+      status.textContent = `Asking ${model.name} for x = ${x}…`;
+      const { ok, body } = await tfServingPredict(model.name, { instances: [[x]] });
+      if (id !== request || state.current !== model) return;
+      status.textContent = "";
+      const row = ok && Array.isArray(body.predictions) ? body.predictions[0] : null;
+      const y = Array.isArray(row) ? row[0] : row;
+      if (typeof y !== "number") {
+        result.hidden = true;
+        showMessage(error, ok ? "The answer holds no number y." : body.error);
+        return;
+      }
+      showY(model, x, y);
+    }
+
+    function showY(model, x, y) {
+      const curve = Object.hasOwn(CURVES, model.name) ? CURVES[model.name] : null;
+      $("regression-x-shown").textContent = String(x);
+      $("regression-y").textContent = formatNumber(y);
+      $("regression-curve-row").hidden = $("regression-diff-row").hidden = !curve;
+      const note = $("regression-range-note");
+      note.hidden = true;
+      if (curve) {
+        const truth = curve.f(x);
+        $("regression-curve-label").textContent = `curve ${curve.text}`;
+        $("regression-curve").textContent = formatNumber(truth);
+        $("regression-diff").textContent = formatNumber(y - truth);
+        const [low, high] = curve.range;
+        if (x < low || x > high) {
+          note.textContent = `x = ${x} is outside the range the model was trained on (${low} to ${high}): ` +
+            "there it extrapolates, and may be far from the curve.";
+          note.hidden = false;
+        }
+      }
+      result.hidden = false;
+    }
+
+    return {
+      show(model) {
+        const curve = Object.hasOwn(CURVES, model.name) ? CURVES[model.name] : null;
+        $("regression-hint").textContent = curve
+          ? `${model.name} was trained on x from ${curve.range[0]} to ${curve.range[1]}; ` +
+            "other values are allowed, but there the model extrapolates."
+          : `${model.name} answers y for a number x.`;
+        request++; // an answer for the previous model is not shown
+        result.hidden = true;
+        status.textContent = "";
+        hideMessage(error);
+      },
+    };
+  }
+
+  // Three decimals (no "-0.000"); exponent form for huge values.
+  function formatNumber(value) {
+    if (!Number.isFinite(value)) return String(value);
+    const text = Math.abs(value) < 1e9 ? value.toFixed(3) : value.toExponential(3);
+    return /^-0\.0+$/.test(text) ? text.slice(1) : text;
+  }
+
   // ---- start --------------------------------------------------------------------------------
 
   // kind (from GET /v1/models) → the page section that handles it. To support another kind,
@@ -291,6 +640,8 @@
   // whose show(model) prepares it.
   const SECTIONS = {
     "image-classifier": imageClassifierSection(),
+    "digit-classifier": digitSection(),
+    regression: regressionSection(),
   };
 
   $("model-select").addEventListener("change", (e) => selectModel(e.target.value));
