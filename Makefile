@@ -1,7 +1,7 @@
 # make serve - set up .venv, build the demo model on its built-in demo set (once), serve it on :8000
 # make demo  - the same without serving: featurize, train, export, predict new pictures
 # make test  - set up .venv and run the whole test suite
-# make bench - set up .venv and run the featurizer and service benchmarks
+# make bench - set up .venv and run the featurizer, service and soak benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -48,6 +48,7 @@ test: $(STAMP) fonts browser
 bench: $(STAMP)
 	$(BIN)/python bench/featurize.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache

@@ -30,7 +30,6 @@ import io
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from service import serve_cli  # noqa: E402
+from tests.processes import free_port  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 GRAPH = OUT / "inception_v3_random_seed0.pb"  # the same file bench/featurize.py builds
@@ -207,11 +207,6 @@ def batch_totals(url: str) -> tuple[float, float]:
     return calls, images
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

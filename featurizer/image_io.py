@@ -240,7 +240,7 @@ def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: floa
             rgb, x = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method)(tf.constant(data))
             return rgb.numpy(), x.numpy()
         except tf.errors.OpError:
-            pass  # TensorFlow refused it: the general path lets Pillow try and says what is wrong
+            jpeg_dct_method = None  # TensorFlow refused it: Pillow tries (not TensorFlow again), says what is wrong
     rgb = decode_rgb(data, max_pixels, jpeg_dct_method)
     return rgb, normalize(resize_bilinear(rgb, size), mean, std)
 

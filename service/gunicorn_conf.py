@@ -9,6 +9,8 @@ Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them fr
     IMGCLF_GRACEFUL_TIMEOUT  30              seconds in-flight requests get after SIGTERM
     IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service
     IMGCLF_ACCESS_LOG        0               1: one access-log line per request on stdout
+    IMGCLF_MALLOC_TRIM_SECONDS  1            a worker hands freed heap memory back to the system this
+                                             often (glibc's malloc_trim; 0: never)
 
 Why two workers by default: a worker that dies (or restarts) leaves another one
 answering while it reloads its models. Each model call already spreads over
@@ -22,6 +24,20 @@ No ``preload_app``: TensorFlow must never be imported in the master, because
 its thread pools do not survive ``fork``. Each worker imports the app and loads
 the models itself.
 
+A worker that replaces one that died (killed, out of memory) starts accepting
+connections only once its models are loaded: the other workers take every
+request meanwhile, so clients lose only the requests that were in flight on the
+dead one. At the first start no worker is ready anyway; each answers
+``/healthz`` at once and ``/readyz`` with 503 while it loads.
+
+Memory: glibc keeps the heap memory a worker frees for reuse, but buffers of
+varying sizes (decoded photos, TensorFlow's tensors, failed decodes of broken
+JPEGs in particular) leave it scattered, so a worker's RSS climbs by hundreds
+of MB under load before glibc gives some back. Each worker calls
+``malloc_trim`` every ``IMGCLF_MALLOC_TRIM_SECONDS`` from a thread of its own:
+RSS stays flat for about 2 % more CPU time (a fixed mmap threshold, the other
+cure, costs 15 %); ``bench/soak.py`` measures the RSS.
+
 Prometheus: the master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
 before the first worker forks (or empties the one given), so every worker's
 metrics land there and ``/metrics`` merges them; a dead worker's live gauges
@@ -30,11 +46,15 @@ are removed, and the directory is removed on exit when this file made it.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
+import platform
 import shutil
 import sys
 import tempfile
+import threading
+import time
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -57,6 +77,7 @@ workers = _env_int("IMGCLF_WORKERS", 2)
 threads = _env_int("IMGCLF_THREADS", 8)
 timeout = _env_int("IMGCLF_TIMEOUT", 120)
 graceful_timeout = _env_int("IMGCLF_GRACEFUL_TIMEOUT", 30, minimum=0)
+_trim_seconds = _env_int("IMGCLF_MALLOC_TRIM_SECONDS", 1, minimum=0)
 preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
 proc_name = "imgclf"
 # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
@@ -113,6 +134,40 @@ def when_ready(server) -> None:
     """Warn if TensorFlow got into the master: forked workers would inherit broken thread pools."""
     if "tensorflow" in sys.modules:
         server.log.warning("tensorflow is imported in the gunicorn master; workers must load it themselves")
+
+
+def post_fork(server, worker) -> None:
+    """Start the worker's malloc_trim thread (glibc only; see "Memory" above)."""
+    if not _trim_seconds or platform.libc_ver()[0] != "glibc":
+        return
+    trim = ctypes.CDLL(None).malloc_trim
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(_trim_seconds)
+            trim(0)
+
+    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
+
+
+def post_worker_init(worker) -> None:
+    """Hold a replacement worker back from accepting connections until its models are loaded.
+
+    Workers 1..N of the first start have ages 1..N; a later one replaces a worker that died (or is
+    one more, after TTIN). While it loads, the live workers answer; it would answer 503 instead.
+    The heartbeat goes on meanwhile, so the master does not take the wait for a hang.
+    """
+    if worker.age <= worker.cfg.workers:
+        return
+    registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.registry")
+    if registry is None:  # not the imgclf app (or wrapped): nothing to wait for
+        return
+    started = time.monotonic()
+    while worker.alive and registry.state == "loading":
+        worker.notify()
+        registry.wait(1.0)
+    worker.log.info("replacement worker %s: models %s after %.1f s; accepting connections", worker.pid,
+                    registry.state, time.monotonic() - started)
 
 
 def child_exit(server, worker) -> None:

@@ -13,7 +13,6 @@ worker), and the model repository is byte for byte as it was.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import http.client
 import io
@@ -36,6 +35,7 @@ from featurizer.feature_cache import FeatureCache
 from featurizer.image_io import decode_to_input
 from service import create_app, serve_cli
 from service.cli import main
+from tests.processes import children_of, free_port
 from tests.bad_inputs import (FEATURIZE, IMAGE_CASES, MAX_PIXELS, MODEL, PREDICT, PREDICT_CLI,
                               REQUEST_CASES, SERVICE_CONFIG, TFSERVING, WIRE_CASES, ImageCase, all_kinds, b64,
                               good_jpeg)
@@ -98,23 +98,8 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def children_of(pid: int) -> list[int]:
-    """Return the pids whose parent is ``pid``."""
-    kids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            kids.append(int(Path(stat).parent.name))
-    return kids
 
 
 @dataclass

@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from packaging.version import Version
 
 from service.config import ENV_PREFIX, ServiceConfig
 from service.serve_cli import gunicorn_argv
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -154,10 +154,6 @@ def project_packages() -> set[str]:
             if (p / "__init__.py").is_file() and any(re.fullmatch(pat.replace("*", ".*"), p.name) for pat in include)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hadolint() -> str:

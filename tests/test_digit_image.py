@@ -61,6 +61,7 @@ def test_the_digit_is_scaled_to_twenty_pixels_and_centred_by_mass():
     x = to_mnist(_picture(_glyph(), scale=3, margin=(0, 90, 70, 0), ink=0, paper=255))
     rows, cols = np.flatnonzero(x.max(axis=1) > 0.5), np.flatnonzero(x.max(axis=0) > 0.5)
     assert rows[-1] - rows[0] + 1 in (19, 20, 21)  # the larger side, give or take the blur of resampling
+    assert cols[-1] - cols[0] + 1 in (13, 14, 15)  # the aspect ratio kept (the glyph is 20×14)
     ys, xs = np.indices(x.shape)
     assert abs((ys * x).sum() / x.sum() - 13.5) <= 1.0
     assert abs((xs * x).sum() / x.sum() - 13.5) <= 1.0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -123,11 +124,13 @@ def test_thread_options_default_to_the_thread_config_defaults():
 
 
 def _cache_rows(path):
+    """Return {(fingerprint, image key): vector bytes} of every committed row (read-only)."""
     if not path.exists():
         return {}
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return dict(conn.execute("SELECT image_sha256, vector FROM features").fetchall())
+        return {(fp, key): blob for fp, key, blob in
+                conn.execute("SELECT fingerprint, image_sha256, vector FROM features")}
     except sqlite3.OperationalError:  # the schema is not there yet
         return {}
     finally:
@@ -135,8 +138,10 @@ def _cache_rows(path):
 
 
 def test_sigkill_loses_nothing_committed_and_the_rerun_finishes(tmp_path, legacy_graph_path):
+    seed = int(os.environ.get("IMGCLF_CRASH_SEED", "7"))  # set it to try other kill points
+    total = 160
     data = tmp_path / "photos"
-    for i in range(160):
+    for i in range(total):
         path = data / ("a" if i % 2 else "b") / f"{i:03d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(images.jpeg(i, (96, 72), quality=80))
@@ -144,23 +149,29 @@ def test_sigkill_loses_nothing_committed_and_the_rerun_finishes(tmp_path, legacy
     command = [sys.executable, "-m", "service.cli", "featurize", str(data), "--graph", str(legacy_graph_path),
                "--cache", str(cache), "--precision", "fp32", "--quiet", "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    killed_with: list[int] = []
-    for kill_after in (8, 48, 100):  # committed rows to wait for before each SIGKILL
+    points = sorted(random.Random(seed).sample(range(1, total - 40), 3))  # committed rows to wait for
+    seen = f"seed {seed}, SIGKILL at {points} committed rows"
+    committed: dict = {}
+    for kill_after in points:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and len(_cache_rows(cache)) < kill_after and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        committed = _cache_rows(cache)
-        killed_with.append(len(committed))
-        assert sqlite3.connect(cache).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        if kill_after == 8:
-            first_committed = committed
-    assert killed_with[0] < 160, "the first kill came too late to test anything"
-    assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True).returncode == 0
+        try:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and len(_cache_rows(cache)) < kill_after and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        now = _cache_rows(cache)
+        assert kill_after <= len(now) < total, f"{seen}: {len(now)} rows after the kill at {kill_after}"
+        assert sqlite3.connect(cache).execute("PRAGMA integrity_check").fetchone()[0] == "ok", seen
+        changed = [key for key, blob in committed.items() if now.get(key) != blob]
+        assert not changed, f"{seen}: the kill at {kill_after} lost or changed {len(changed)} committed rows"
+        committed = now
+    assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=120).returncode == 0
     final = _cache_rows(cache)
-    assert len(final) == 160
-    for key, blob in first_committed.items():  # committed before the first kill: still there, unchanged
-        assert final[key] == blob
+    assert len(final) == total, seen
+    assert all(final[key] == blob for key, blob in committed.items()), seen  # still there, unchanged

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service import create_app
-from tests.images import encode, jpeg
+from tests.images import jpeg
 from training.repository import load_model
 
 MAX_INSTANCES = 4

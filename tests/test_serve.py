@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import importlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import serve_cli
 from service.cli import main
+from tests.processes import children_of, free_port
 
 READY_WITHIN_S = 90
 STOP_WITHIN_S = 30
@@ -41,10 +41,6 @@ class Server:
         return Path(found[0])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(url: str) -> list:
@@ -58,17 +54,6 @@ def total(samples, name: str, **labels) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
-def children_of(pid: int) -> list[int]:
-    """Return the pids whose parent is ``pid``."""
-    kids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            kids.append(int(Path(stat).parent.name))
-    return kids
 
 
 def maps_tensorflow(pid: int) -> bool:

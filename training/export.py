@@ -15,7 +15,9 @@
 
 Everything is written into a hidden work directory inside REPO/NAME, synced,
 then renamed to the next integer: a server never sees half a version, and a
-crash leaves at most a hidden directory that nothing lists.
+crash leaves at most a hidden directory that nothing lists. The next export
+removes such leftovers once nothing has touched them for an hour (a younger one
+may be another export's, running now).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,7 @@ from training.serving_preprocess import batch_to_input
 log = logging.getLogger(__name__)
 
 _MAX_PUBLISH_ATTEMPTS = 1000  # concurrent exports each take the next free integer
+STALE_WORK_DIR_SECONDS = 3600.0  # a work directory untouched this long is a killed export's, not a running one's
 
 
 def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, label_names: list[str],
@@ -63,6 +67,7 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
     check_head(head, featurizer.dim, len(labels))
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_dirs(model_dir)
     work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
     try:
         featurizer_def = featurizer_graph_def(featurizer)
@@ -80,6 +85,31 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
         raise
     log.info("exported %s version %s (%d classes) to %s", name, version_dir.name, len(labels), version_dir)
     return version_dir
+
+
+def remove_stale_work_dirs(model_dir: Path, older_than: float = STALE_WORK_DIR_SECONDS) -> list[Path]:
+    """Remove the work directories of killed exports from ``model_dir``; return the ones removed.
+
+    Only those in which nothing has changed for ``older_than`` seconds: an export running now in
+    another process writes into its own all the time. Nothing lists either kind; this only frees
+    the disk. Never fails the export that calls it.
+    """
+    removed = []
+    for entry in Path(model_dir).glob(f"{names.TEMP_PREFIX}*"):
+        try:
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            newest = os.lstat(entry).st_mtime
+            for dirpath, dirnames, filenames in os.walk(entry):
+                for name in dirnames + filenames:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+        except OSError:  # removed meanwhile (by another export), or unreadable: leave it
+            continue
+        if time.time() - newest > older_than:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left by an export killed %.0f minutes ago", entry, (time.time() - newest) / 60)
+            removed.append(entry)
+    return removed
 
 
 def check_labels(label_names) -> list[str]:
