@@ -78,7 +78,7 @@ from tensorflow.core.framework import graph_pb2
 
 job = json.load(open(sys.argv[1]))
 version_dir, images = job["version_dir"], [open(p, "rb").read() for p in job["images"]]
-vectors = np.load(job["vectors"])
+vectors = np.load(job["vectors"], allow_pickle=False)
 out = {}
 
 model = tf.saved_model.load(version_dir)

@@ -90,7 +90,7 @@ def test_bad_files_are_skipped_reported_and_the_rest_finishes(tmp_path, legacy_g
     assert "truncated" in reasons["dogs/truncated.jpg"]
     out = capsys.readouterr().out
     assert "skipped 4 file(s)" in out and "dogs/huge.png" in out
-    assert len(np.load(tmp_path / "f.npz")["paths"]) == 6
+    assert len(np.load(tmp_path / "f.npz", allow_pickle=False)["paths"]) == 6
 
 
 def test_exit_status_is_nonzero_when_nothing_could_be_featurized(tmp_path, legacy_graph_path, capsys):

@@ -103,7 +103,7 @@ def one_device_weights(tmp_path_factory, mnist_file):
     root = tmp_path_factory.mktemp("one_device")
     run_models_train(ModelsTrainJob("mnist-mlp", root / "repo", train_config("mnist-mlp", **SETTINGS),
                                     data=mnist_file, save_weights=root / "weights.npz"))
-    with np.load(root / "weights.npz") as f:
+    with np.load(root / "weights.npz", allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -119,7 +119,7 @@ def _env(**extra) -> dict:
 
 
 def _assert_close(weights: Path, reference: dict, **tolerance) -> None:
-    with np.load(weights) as f:
+    with np.load(weights, allow_pickle=False) as f:
         assert sorted(f.files) == sorted(reference)
         for key in f.files:
             np.testing.assert_allclose(f[key], reference[key], err_msg=key, **tolerance)
@@ -188,7 +188,8 @@ def test_two_workers_train_identical_weights_and_only_the_chief_exports(tmp_path
     assert "20 steps over 2 replica(s) x 2 worker(s)" in output[0] and "exported" in output[0]
     assert "worker 1: done (the chief exports)" in output[1]
 
-    with np.load(tmp_path / "w0.npz") as w0, np.load(tmp_path / "w1.npz") as w1:
+    with np.load(tmp_path / "w0.npz", allow_pickle=False) as w0, \
+            np.load(tmp_path / "w1.npz", allow_pickle=False) as w1:
         for key in w0.files:
             np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)  # all-reduce: the same update everywhere
     _assert_close(tmp_path / "w0.npz", one_device_weights, rtol=1e-4, atol=1e-5)

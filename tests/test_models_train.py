@@ -132,7 +132,7 @@ def test_export_layout_and_model_card(quadratic_run, mlp_run, lenet_run, repo):
 _RELOAD = """
 import sys, numpy as np
 from models.serving import load_secondary
-inputs = np.load(sys.argv[1])
+inputs = np.load(sys.argv[1], allow_pickle=False)
 outputs = {}
 for key in inputs.files:
     model = load_secondary(key.replace("~", "/"))
@@ -146,7 +146,7 @@ def test_fresh_process_reproduces_in_memory_predictions(quadratic_run, mlp_run, 
     import tensorflow as tf
 
     x = np.linspace(-25, 25, 101, dtype=np.float32)[:, None]  # a little beyond the training range too
-    with np.load(mnist_file) as f:
+    with np.load(mnist_file, allow_pickle=False) as f:
         images = (f["x_test"][:64] / 255.0).astype(np.float32)
     norm = _card(quadratic_run)["normalization"]
     x01 = ((x - norm["x_min"]) / (norm["x_max"] - norm["x_min"])).astype(np.float32)
@@ -158,7 +158,7 @@ def test_fresh_process_reproduces_in_memory_predictions(quadratic_run, mlp_run, 
     np.savez(tmp_path / "in.npz", **inputs)
     subprocess.run([sys.executable, "-c", _RELOAD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                    cwd=ROOT, check=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    with np.load(tmp_path / "out.npz") as out:
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as out:
         for key, outcome in runs.items():
             prefix = str(outcome.version_dir).replace("/", "~") + ":"
             if key == "quadratic":
