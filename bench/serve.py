@@ -46,7 +46,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from service import serve_cli  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.processes import children_of, free_port  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 GRAPH = OUT / "inception_v3_random_seed0.pb"  # the same file bench/featurize.py builds
@@ -132,7 +132,34 @@ def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, pre
                                                                              np.stack([one] * 32), seconds)
     rates[f"served model predict_inputs, batch 1, {precision}"] = timed_rate(model.predict_inputs, one[None],
                                                                             seconds)
+    # What batching off does under load: many requests, each calling the model with its one image at the
+    # same time. TensorFlow runs those calls side by side, which already uses the cores well.
+    rates[f"served model, {CONCURRENT_CALLS} concurrent calls of batch 1, {precision}"] = concurrent_rate(
+        model.predict_inputs, one[None], CONCURRENT_CALLS, seconds)
     return rates
+
+
+CONCURRENT_CALLS = 16
+
+
+def concurrent_rate(run, one: np.ndarray, threads: int, seconds: float) -> float:
+    """Return images/s of ``threads`` threads each calling ``run(one)`` in a loop for about ``seconds``."""
+    run(one)
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < stop:
+            run(one)
+            counts[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) * len(one) / (time.perf_counter() - started)
 
 
 @dataclass
@@ -145,12 +172,13 @@ class LoadResult:
     seconds: float = 0.0
     first_error: str = ""
 
-    def row(self, mean_batch: float) -> str:
-        """Return one table row: sent, errors, req/s, p50/p95/p99 ms, images per model call."""
+    def row(self, mean_batch: float, cpu_seconds: float) -> str:
+        """Return one table row: sent, errors, req/s, p50/p95/p99 ms, images per model call, worker CPU per request."""
         ms = np.percentile(np.asarray(self.latencies) * 1000, [50, 95, 99]) if self.latencies else [np.nan] * 3
         rate = len(self.latencies) / self.seconds if self.seconds else 0.0
+        cpu_ms = 1000 * cpu_seconds / len(self.latencies) if self.latencies else float("nan")
         return (f"{self.concurrency:>5} {len(self.latencies) + self.errors:>6} {self.errors:>6} {rate:>8.2f} "
-                f"{ms[0]:>8.1f} {ms[1]:>8.1f} {ms[2]:>8.1f} {mean_batch:>8.2f}")
+                f"{ms[0]:>8.1f} {ms[1]:>8.1f} {ms[2]:>8.1f} {mean_batch:>8.2f} {cpu_ms:>8.1f}")
 
 
 def drive(url: str, jpeg: bytes, concurrency: int, total: int, max_seconds: float) -> LoadResult:
@@ -190,6 +218,18 @@ def drive(url: str, jpeg: bytes, concurrency: int, total: int, max_seconds: floa
         thread.join(max_seconds + 120)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def workers_cpu_seconds(master: int) -> float:
+    """Return the user + system CPU seconds the gunicorn workers (children of ``master``) have used so far."""
+    total = 0.0
+    for pid in children_of(master):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def batch_totals(url: str) -> tuple[float, float]:
@@ -283,7 +323,7 @@ def main() -> None:
                     rates[f"featurizer end to end, batch 32, {precision}"]}
 
     header = (f"{'conc':>5} {'sent':>6} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'img/call':>8}")
+              f"{'img/call':>8} {'cpu ms':>8}  (cpu ms: the workers' CPU time per answered request)")
     best = {}
     for batching in (True, False):
         log = OUT / f"serve-gunicorn-batching{int(batching)}.log"
@@ -294,10 +334,12 @@ def main() -> None:
             for concurrency in args.concurrency:
                 drive(server.url, jpeg, concurrency, min(2 * concurrency, 16), 30)  # warm the connections
                 calls0, images0 = batch_totals(server.url)
+                cpu0 = workers_cpu_seconds(server.process.pid)
                 result = drive(server.url, jpeg, concurrency, args.requests, args.level_seconds)
+                cpu1 = workers_cpu_seconds(server.process.pid)
                 calls1, images1 = batch_totals(server.url)
                 mean_batch = (images1 - images0) / (calls1 - calls0) if calls1 > calls0 else float("nan")
-                print(result.row(mean_batch), flush=True)
+                print(result.row(mean_batch, cpu1 - cpu0), flush=True)
                 if result.first_error:
                     print(f"      first error: {result.first_error}", flush=True)
                 if result.seconds:
@@ -312,6 +354,11 @@ def main() -> None:
     for concurrency in args.concurrency:
         if (True, concurrency) in best and best.get((False, concurrency)):
             print(f"  concurrency {concurrency:>3}: {best[(True, concurrency)] / best[(False, concurrency)]:5.2f}x")
+    batched = rates[f"served model predict_inputs, batch 32, {precision}"]
+    side_by_side = rates[f"served model, {CONCURRENT_CALLS} concurrent calls of batch 1, {precision}"]
+    print(f"\nthe model alone, batch 32 / {CONCURRENT_CALLS} concurrent calls of batch 1: "
+          f"{batched / side_by_side:.2f}x — the most batching can gain over batching off at concurrency "
+          f"{CONCURRENT_CALLS}, before any per-request work (HTTP, decoding, resizing) dilutes it")
 
 
 if __name__ == "__main__":
