@@ -318,7 +318,8 @@ def main() -> None:
     rates = model_rates(graph, version_dir, jpeg, seconds=8.0, precision=precision)
     for name, rate in rates.items():
         print(f"{name:<44} {rate:8.2f} img/s", flush=True)
-    ceilings = {"the featurizer's batched rate (graph only)": rates[f"featurizer Featurizer.run, batch 32, {precision}"],
+    ceilings = {"the featurizer's batched rate (graph only)":
+                    rates[f"featurizer Featurizer.run, batch 32, {precision}"],
                 "the featurizer end to end (decode + resize + graph)":
                     rates[f"featurizer end to end, batch 32, {precision}"]}
 

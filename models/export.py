@@ -25,7 +25,7 @@ from models import signature as sig
 from models.config import DIGIT_CLASSIFIER, REGRESSION, ModelSpec
 from models.data import X_RANGE, Data
 from training import export_names as names
-from training.export import _publish
+from training.export import _publish, remove_stale_work_dirs
 from training.model_card import CARD_FORMAT, library_versions
 from training.repository import validate_name
 
@@ -96,6 +96,7 @@ def export_secondary(repo: str | Path, name: str, spec: ModelSpec, model: keras.
         raise ValueError(f"card keys {reserved} are written by the export itself")
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_dirs(model_dir)  # left by exports killed mid-write, as the image classifiers' export does
     work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
     try:
         module = serving_module(spec, model, data)

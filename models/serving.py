@@ -9,6 +9,8 @@ op error. TensorFlow only; no web framework.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import re
@@ -67,9 +69,40 @@ class SecondaryModel:
 
         values = sig.check_input(self.kind, array)
         function = self._saved_model.signatures[sig.SIGNATURE]
-        with device_scope(self.device):
+        with device_scope(self.device), full_precision():
             out = function(**{self.input_key: tf.constant(values)})
         return {key: value.numpy() for key, value in out.items()}
+
+
+_MIXED_PRECISION_REWRITES = ("auto_mixed_precision", "auto_mixed_precision_mkl",
+                             "auto_mixed_precision_onednn_bfloat16", "auto_mixed_precision_cpu")
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Run this thread's function calls in float32 even when the process has mixed precision on.
+
+    A service worker turns on a process-wide bf16 (CPU) or fp16 (GPU) graph
+    rewrite for the featurizer (``IMGCLF_PRECISION``); the secondary models are
+    tiny and precise arithmetic is their point (the quadratic's y lost a factor
+    of two in RMSE to bf16), so their calls switch those rewrites off. TensorFlow
+    takes the rewrite options of a function call from the calling thread's
+    function-call options, which are set here for the duration of the call.
+    """
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context  # no public per-call switch exists
+
+    ctx = context.context()
+    saved = ctx.function_call_options
+    config = config_pb2.ConfigProto.FromString(saved.config_proto_serialized)
+    for option in _MIXED_PRECISION_REWRITES:
+        setattr(config.graph_options.rewrite_options, option, rewriter_config_pb2.RewriterConfig.OFF)
+    ctx.function_call_options = context.FunctionCallOptions(executor_type=saved.executor_type,
+                                                           config_proto=config)
+    try:
+        yield
+    finally:
+        ctx.function_call_options = saved
 
 
 def read_card(version_dir: str | Path) -> dict:

@@ -14,6 +14,7 @@ import threading
 
 from flask import Flask, g, request
 
+from featurizer.errors import ImgclfError
 from service.config import ServiceConfig
 from service.errors import register_error_handlers
 from service.registry import ModelRegistry
@@ -41,7 +42,7 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     registry = ModelRegistry(config, on_batch=metrics.batch_observer, on_load=metrics.observe_load,
                              expected=in_flight.count)
     app.extensions["imgclf.registry"] = registry
-    in_flight.init_app(app)
+    in_flight.init_app(app, registry)
     register_error_handlers(app)
     # Chunked bodies are read before the views: 413 over the limit, 400 when malformed (werkzeug would
     # silently cut one at the limit), as a body with a Content-Length gets.
@@ -53,33 +54,44 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
 
 
 class InFlight:
-    """Count the prediction requests in flight in this worker (the batchers stop waiting at that many)."""
+    """Count the prediction requests in flight in this worker, by model (a batcher stops waiting at that many)."""
 
     PREDICT_ENDPOINTS = ("predict.predict", "tfserving.predict")
 
     def __init__(self):
-        self._count = 0
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def count(self) -> int:
-        """Return the number of prediction requests being handled now."""
-        return self._count
+    def count(self, model: str) -> int:
+        """Return the number of prediction requests for ``model`` being handled now."""
+        return self._counts.get(model, 0)
 
-    def init_app(self, app: Flask) -> None:
-        """Count requests to the prediction routes from start to teardown (errors included)."""
+    def init_app(self, app: Flask, registry: ModelRegistry) -> None:
+        """Count requests to the prediction routes from start to teardown (errors included), by model name."""
 
         @app.before_request
         def _enter():
-            if request.endpoint in self.PREDICT_ENDPOINTS:
+            if request.endpoint not in self.PREDICT_ENDPOINTS:
+                return
+            name = (request.view_args or {}).get("name") or request.args.get("model")
+            if not name and registry.ready:
+                try:
+                    name = registry.default_name()
+                except ImgclfError:  # no model served: the view answers that
+                    return
+            if name:
                 with self._lock:
-                    self._count += 1
-                g.imgclf_in_flight = True
+                    self._counts[name] = self._counts.get(name, 0) + 1
+                g.imgclf_in_flight = name
 
         @app.teardown_request
         def _leave(exc):
-            if g.pop("imgclf_in_flight", False):
+            name = g.pop("imgclf_in_flight", None)
+            if name is not None:
                 with self._lock:
-                    self._count -= 1
+                    self._counts[name] -= 1
+                    if not self._counts[name]:
+                        del self._counts[name]  # names come from requests: keep the dict small
 
 
 def registry_of(app: Flask) -> ModelRegistry:

@@ -17,7 +17,8 @@ class ServiceConfig:
     """Everything `create_app` needs; each field can be set by the env variable IMGCLF_<FIELD NAME>."""
 
     model_repository: Path = Path("models")  # TF-Serving layout: <repo>/<name>/<version>/
-    default_model: str = ""  # model for POST /predict without ?model= ("" = the first by name)
+    # Model for POST /predict without ?model= ("" = the first image classifier by name, else the first model).
+    default_model: str = ""
     model_versions: dict = field(default_factory=dict)  # pinned versions, env "flowers=3,pets=1"
     max_upload_bytes: int = 20 * 1024 * 1024  # request bodies above this get 413
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this get 413, checked before decoding

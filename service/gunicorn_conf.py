@@ -155,9 +155,12 @@ def post_worker_init(worker) -> None:
 
     Workers 1..N of the first start have ages 1..N; a later one replaces a worker that died (or is
     one more, after TTIN). While it loads, the live workers answer; it would answer 503 instead.
-    The heartbeat goes on meanwhile, so the master does not take the wait for a hang.
+    The heartbeat goes on meanwhile, so the master does not take the wait for a hang. With a single
+    worker there is nobody else to answer: it accepts at once and says 503 (Retry-After) while it
+    loads, as at the first start. After a SIGHUP reload every new worker waits, so connections
+    queue in the listen backlog until the first of them is ready.
     """
-    if worker.age <= worker.cfg.workers:
+    if worker.age <= worker.cfg.workers or worker.cfg.workers < 2:
         return
     registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.registry")
     if registry is None:  # not the imgclf app (or wrapped): nothing to wait for

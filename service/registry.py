@@ -149,7 +149,7 @@ class ModelRegistry:
         self.precision = ""  # fp32 | bf16 | fp16, resolved when loading
         self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
         self._on_load = on_load  # callback(model name, seconds)
-        self._expected = expected  # () -> prediction requests in flight in this worker, for the batchers
+        self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
         self._thread: threading.Thread | None = None
 
     @property
@@ -210,7 +210,7 @@ class ModelRegistry:
         batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
                           enabled=self.config.batching,
                           on_batch=self._on_batch(name) if self._on_batch else None, name=name,
-                          expected=self._expected)
+                          expected=(lambda: self._expected(name)) if self._expected else None)
         served = ServedModel(name, version, model, batcher, 0.0)
         size = int(model.card["featurizer"]["contract"]["input_size"])
         served.predict_inputs(np.zeros((1, size, size, 3), np.float32))  # warm-up: graph optimisation, kernels

@@ -222,6 +222,32 @@ def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_meth
     assert x.dtype == np.float32 and x.shape == (299, 299, 3)
 
 
+@pytest.mark.parametrize("make, fused", [
+    (lambda: images.jpeg(37, (640, 480)), True),
+    (lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(38, (64, 48))).convert("L")), "JPEG"), True),
+    (_mpo, True),
+    (lambda: _exif_jpeg(6), False),
+    (lambda: images.encode(Image.fromarray(images.photo_like(39, (64, 48))).convert("CMYK"), "JPEG"), False),
+    (lambda: images.encode(images.photo_like(40, (64, 48)), "PNG"), False),
+], ids=["rgb-jpeg", "gray-jpeg", "mpo", "exif-rotated", "cmyk-jpeg", "png"])
+def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatch):
+    from featurizer import image_io
+
+    calls = []
+    real = image_io._fused_jpeg_function
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(image_io, "_fused_jpeg_function", counting)
+    decode_to_input(make(), jpeg_dct_method="")
+    assert len(calls) == int(fused)
+    calls.clear()
+    decode_to_input(make(), jpeg_dct_method=None)  # Pillow decoding asked for: never the TensorFlow path
+    assert not calls
+
+
 def test_decode_to_input_other_sizes_and_normalisation():
     data = images.jpeg(35, (211, 97))
     rgb, x = decode_to_input(data, 224, 127.5, 127.5, jpeg_dct_method="")

@@ -255,7 +255,8 @@ def test_rerun_exports_the_same_weights_and_longer_runs_continue(quadratic_run, 
     # The checkpoint directory does not depend on --epochs: a longer run continues the finished one.
     longer = run_models_train(ModelsTrainJob("quadratic", repo, train_config("quadratic", **{
         **QUADRATIC_SETTINGS, "epochs": 205})))
-    assert longer.fit.resumed_from_epoch == 200 and [row["epoch"] for row in longer.fit.history] == list(range(201, 206))
+    assert longer.fit.resumed_from_epoch == 200
+    assert [row["epoch"] for row in longer.fit.history] == list(range(201, 206))
     assert longer.fit.steps == 205 * 100 and longer.version_dir == repo / "quadratic" / "3"
     with pytest.raises(ValueError, match="is at epoch 205, beyond --epochs 100"):
         run_models_train(ModelsTrainJob("quadratic", repo, train_config("quadratic", epochs=100, checkpoint_epochs=20)))
@@ -288,7 +289,8 @@ def test_sigkilled_run_resumes_from_its_checkpoint(quadratic_run, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (repo / "quadratic" / "1").exists()
 
-    rerun = subprocess.run(_train_command(repo), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(_train_command(repo), check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     card = json.loads((repo / "quadratic" / "1" / names.MODEL_CARD_FILE).read_text())
     resumed = card["training"]["resumed_from_epoch"]
@@ -326,3 +328,14 @@ def test_cli_is_registered_and_reports_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["models", "train", "quadratic"])  # --model-dir is required then
     assert "--model-dir" in capsys.readouterr().err
+
+
+def test_a_secondary_export_removes_work_dirs_left_by_killed_exports(tmp_path):
+    stale = tmp_path / "quadratic" / f"{names.TEMP_PREFIX}killed"
+    (stale / "variables").mkdir(parents=True)
+    (stale / "saved_model.pb").write_bytes(b"half")
+    hours_ago = time.time() - 2 * 3600
+    for path in (stale / "saved_model.pb", stale / "variables", stale):
+        os.utime(path, (hours_ago, hours_ago))
+    outcome = run_models_train(ModelsTrainJob("quadratic", tmp_path, train_config("quadratic", epochs=2)))
+    assert not stale.exists() and outcome.version_dir == tmp_path / "quadratic" / "1"

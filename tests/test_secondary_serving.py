@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featurizer.precision import native_bf16_flags, onednn_enabled
 from models.data import quadratic
 from models.digit_image import to_mnist
 from models.serving import load_secondary
@@ -179,7 +180,8 @@ def test_predict_route_serves_digit_models_with_top_k_and_annotation(client, dig
     body = response.get_json()
     assert body["model"] == "lenet5" and len(body["predictions"]) == 3
     assert all(p["label"] in [str(d) for d in range(10)] for p in body["predictions"])
-    tf_serving = client.post("/v1/models/lenet5:predict", json={"instances": [{"b64": base64.b64encode(data).decode()}]})
+    tf_serving = client.post("/v1/models/lenet5:predict",
+                             json={"instances": [{"b64": base64.b64encode(data).decode()}]})
     probabilities = tf_serving.get_json()["predictions"][0]["probabilities"]
     assert body["predictions"][0]["label"] == str(int(np.argmax(probabilities)))
     assert body["predictions"][0]["score"] == pytest.approx(max(probabilities), abs=1e-6)
@@ -246,3 +248,44 @@ def test_openapi_lists_every_kind(client):
     assert set(kinds["enum"]) == {"image-classifier", "digit-classifier", "regression"}
     request = spec["components"]["schemas"]["TFServingPredictRequest"]
     assert "28x28" in request["description"] and "quadratic" in request["description"]
+
+
+FULL_PRECISION_SCRIPT = """
+import json, sys
+import numpy as np
+from service import create_app
+x = np.linspace(-20, 20, 301).tolist()
+digits = np.load(sys.argv[2], allow_pickle=False)["x_test"][:20].tolist()
+def ask(client):
+    quad = client.post("/v1/models/quadratic:predict", json={"instances": [[v] for v in x]}).get_json()
+    lenet = client.post("/v1/models/lenet5:predict", json={"instances": digits}).get_json()
+    return {"y": quad["predictions"], "p": [row["probabilities"] for row in lenet["predictions"]]}
+out = {}
+for precision in ("fp32", "bf16"):  # fp32 first: the bf16 switch is process-wide and stays on
+    app = create_app({"model_repository": sys.argv[1], "load_in_background": False, "precision": precision,
+                      "max_instances": 400})
+    out[precision] = ask(app.test_client())
+    out[precision]["served"] = app.test_client().get("/readyz").get_json()["precision"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not (native_bf16_flags() and onednn_enabled()),
+                    reason="this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
+def test_secondary_models_stay_float32_in_a_bf16_worker(secondary_repo):
+    """bf16 is for the featurizer; the quadratic and the digits must answer exactly as in fp32."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "IMGCLF_DEVICE": "/cpu:0"}
+    result = subprocess.run([sys.executable, "-c", FULL_PRECISION_SCRIPT, str(secondary_repo),
+                             str(secondary_repo.parent / "mnist.npz")], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (out["fp32"]["served"], out["bf16"]["served"]) == ("fp32", "bf16")
+    np.testing.assert_allclose(out["bf16"]["y"], out["fp32"]["y"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out["bf16"]["p"], out["fp32"]["p"], rtol=0, atol=1e-6)

@@ -143,13 +143,44 @@ def test_batcher_waits_for_every_request_in_flight():
     assert sizes == [3]
 
 
-def test_app_counts_prediction_requests_in_flight(app):
+def test_app_counts_prediction_requests_in_flight_by_model(app):
+    """A model's batcher waits for that model's requests only: others (or unknown names) never join it."""
     from service.app import InFlight
+    from tests import images
 
-    counter = InFlight()
-    assert counter.count() == 0
-    assert "predict.predict" in InFlight.PREDICT_ENDPOINTS
+    assert "predict.predict" in InFlight.PREDICT_ENDPOINTS and "tfserving.predict" in InFlight.PREDICT_ENDPOINTS
     client = app.test_client()
-    client.post("/predict", data=b"not an image", content_type="image/jpeg")  # an error still leaves
-    registry = app.extensions["imgclf.registry"]
-    assert registry.models["shapes"].batcher.expected() == 0
+    batcher = app.extensions["imgclf.registry"].models["shapes"].batcher
+    original, gate, seen = batcher.run, threading.Event(), []
+
+    def held(batch):
+        seen.append(batcher.expected())
+        assert gate.wait(30)
+        return original(batch)
+
+    batcher.run = held
+    try:
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(
+            client.post("/predict", data=images.jpeg(5), content_type="image/jpeg").status_code))
+        request.start()
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [1]  # the default model's request, counted under its name
+        other = client.post("/v1/models/elsewhere:predict", json={"instances": [1]})
+        assert other.status_code == 404 and batcher.expected() == 1  # another name: not shapes' company
+        gate.set()
+        request.join(30)
+    finally:
+        gate.set()
+        batcher.run = original
+    assert answers == [200] and batcher.expected() == 0
+    client.post("/predict?model=shapes", data=b"not an image", content_type="image/jpeg")  # errors leave too
+    assert batcher.expected() == 0
+    in_flight = app.extensions["imgclf.registry"]._expected  # the app's counter, by model name
+    with app.test_request_context("/v1/models/lenet5:predict", method="POST"):
+        app.preprocess_request()  # a request for another model is in flight...
+        assert in_flight("lenet5") == 1 and batcher.expected() == 0  # ...and shapes' batcher does not wait for it
+        app.do_teardown_request()
+    assert in_flight("lenet5") == 0

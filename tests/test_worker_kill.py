@@ -145,3 +145,6 @@ def test_only_a_replacement_worker_waits_for_its_models_with_its_heartbeat_on():
     failed.wsgi.extensions["imgclf.registry"].state = "failed"  # accepts at once, to say why on /readyz
     gunicorn_conf.post_worker_init(failed)
     assert failed.notified == 0
+    alone = FakeWorker(age=2, registry=FakeRegistry(ready_after=3), workers=1)
+    gunicorn_conf.post_worker_init(alone)  # nobody else would answer: accept at once, /readyz says 503
+    assert alone.wsgi.extensions["imgclf.registry"].waits == 0 and alone.notified == 0
