@@ -26,7 +26,7 @@ def current_umask() -> int:
     return mask  # pragma: no cover
 
 
-def _sync_dir_best_effort(path: Path) -> None:
+def sync_dir_best_effort(path: Path) -> None:
     """Fsync a directory so a rename in it survives a crash; some platforms refuse, which is fine."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -68,7 +68,7 @@ class atomic_file:  # noqa: N801 - used like open()
                 self.fh.close()
             if exc_type is None:
                 os.replace(self.tmp, self.path)
-                _sync_dir_best_effort(self.path.parent)
+                sync_dir_best_effort(self.path.parent)
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -161,3 +163,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         event_file = write_tensorboard_graph(args.graph, args.logdir)
         print(f"graph written for TensorBoard: {event_file}\n  tensorboard --logdir {args.logdir}")
     return 0
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, prog: str,
+                interrupted: str = "work committed so far is kept, run again to resume") -> int:
+    """Parse ``argv``, set up logging (``-v``/``-vv``) and run the chosen subcommand; return the exit status.
+
+    Errors a user can act on (ImgclfError, ValueError, FileNotFoundError) print one line and give 1
+    (2 for bad values); Ctrl-C prints ``interrupted`` and gives 130. ``prog(args)`` names the command.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the output
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from featurizer.errors import ImgclfError
+
+    try:
+        return args.func(args)
+    except (ImgclfError, ValueError, FileNotFoundError) as exc:
+        print(f"{prog(args)}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        print(f"{prog(args)}: interrupted; {interrupted}", file=sys.stderr)
+        return 130

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -184,23 +182,10 @@ def cmd_fetch_mnist(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `python -m models …` (the same as `imgclf models …`); return the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from featurizer.cli import run_command
+
     parser = argparse.ArgumentParser(prog="python -m models", description="imgclf's secondary models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     add_subcommands(parser)
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    from featurizer.errors import ImgclfError
-
-    try:
-        return args.func(args)
-    except (ImgclfError, ValueError, FileNotFoundError) as exc:
-        print(f"imgclf models {args.models_command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
-    except KeyboardInterrupt:
-        print(f"imgclf models {args.models_command}: interrupted; checkpoints written so far are kept, run "
-              f"the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(parser, argv, lambda args: f"imgclf models {args.models_command}",
+                       interrupted="checkpoints written so far are kept, run the same command again to resume")

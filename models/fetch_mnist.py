@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from featurizer import fetch as _fetch
+from featurizer.atomic import sync_dir_best_effort
 from featurizer.errors import DownloadError
 from models.mnist import FILE_NAME, default_mnist_path, file_sha256, read_mnist
 
@@ -88,7 +89,7 @@ def fetch_mnist(dest: str | Path | None = None, url: str = DEFAULT_URL, *, sha25
         verify(target, origin, sha256)
         _fsync(target)
         os.replace(target, dest)
-        _fsync_dir(dest.parent)
+        sync_dir_best_effort(dest.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("installed MNIST at %s", dest)
@@ -116,16 +117,3 @@ def verify(path: Path, origin: str, sha256: str | None) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

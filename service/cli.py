@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 
@@ -32,24 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `imgclf` command line; return the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the output
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    from featurizer.errors import ImgclfError
+    from featurizer.cli import run_command
 
-    try:
-        return args.func(args)
-    except (ImgclfError, ValueError, FileNotFoundError) as exc:
-        print(f"imgclf {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
-    except KeyboardInterrupt:
-        print(f"imgclf {args.command}: interrupted; work committed so far is kept, run again to resume",
-              file=sys.stderr)
-        return 130
-
+    return run_command(build_parser(), argv, lambda args: f"imgclf {args.command}")
 
 if __name__ == "__main__":
     sys.exit(main())
