@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from models import signature as sig
 from training import export_names as names
-from training.repository import ModelNotFound, is_complete
+from training.repository import ModelNotFound, read_card
 
 log = logging.getLogger(__name__)
 
@@ -103,26 +102,6 @@ def full_precision():
         yield
     finally:
         ctx.function_call_options = saved
-
-
-def read_card(version_dir: str | Path) -> dict:
-    """Return the model card of a version directory.
-
-    Raises:
-        ModelNotFound: the directory is not a complete export or its card is unreadable.
-    """
-    path = Path(version_dir)
-    if not is_complete(path):
-        missing = [f for f in names.REQUIRED_FILES if not (path / f).is_file()]
-        raise ModelNotFound(f"{str(path)!r} is not an exported model version (missing {', '.join(missing)})")
-    card_file = path / names.MODEL_CARD_FILE
-    try:
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFound(f"{str(card_file)!r} is not a readable model card ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(card, dict):
-        raise ModelNotFound(f"{str(card_file)!r} is not a model card (a JSON object)")
-    return card
 
 
 def load_secondary(version_dir: str | Path, device: str | None = None,

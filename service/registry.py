@@ -8,7 +8,6 @@ worker answers ``/healthz`` at once and ``/readyz`` with 503 until it is done.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,8 +21,7 @@ from featurizer.errors import ImgclfError
 from service.batching import Batcher
 from service.config import ServiceConfig
 from service.errors import NotReady
-from training import export_names as names
-from training.repository import LoadedModel, ModelNotFound, list_models, load_model
+from training.repository import LoadedModel, ModelNotFound, list_models, load_model, read_card
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +104,6 @@ class ServedRegression:
     def predict_values(self, x: np.ndarray) -> np.ndarray:
         """Return y [k, 1] for x [k, 1] (raw units)."""
         return self.model.predict(np.asarray(x, dtype=np.float32))["y"]
-
-
-def read_card(version_dir: Path) -> dict:
-    """Return a version's model card, or {} when it cannot be read (the image loader then says why)."""
-    try:
-        card = json.loads((Path(version_dir) / names.MODEL_CARD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return card if isinstance(card, dict) else {}
 
 
 def apply_precision(requested: str) -> str:
@@ -201,7 +190,10 @@ class ModelRegistry:
     def _load(self, name: str, version: int):
         started = time.perf_counter()
         path = self.config.model_repository / name / str(version)
-        card = read_card(path)
+        try:
+            card = read_card(path)
+        except ModelNotFound:
+            card = {}  # load_model says what is wrong with it
         from models.serving import is_secondary
 
         if is_secondary(card):

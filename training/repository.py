@@ -242,6 +242,27 @@ class LoadedModel:
         return out[names.PROBABILITIES_KEY].numpy()
 
 
+def read_card(version_dir: str | Path) -> dict:
+    """Return the model card (a JSON object) of a complete version directory.
+
+    Raises:
+        ModelNotFound: the directory is not a complete export, or its card is unreadable or not an object.
+    """
+    path = Path(version_dir)
+    if not is_complete(path):
+        missing = [f for f in names.REQUIRED_FILES if not (path / f).is_file()]
+        raise ModelNotFound(f"{str(path)!r} is not an exported model version (missing {', '.join(missing)})")
+    card_file = path / names.MODEL_CARD_FILE
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or UTF-8
+        raise ModelNotFound(f"{str(card_file)!r} is not a readable model card ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(card, dict):
+        raise ModelNotFound(f"{str(card_file)!r} is not a readable model card (a JSON object, not "
+                            f"{type(card).__name__})")
+    return card
+
+
 def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
                device: str | None = None, allow_unsafe_ops: bool | None = None) -> LoadedModel:
     """Load one version directory (see :func:`resolve`) for prediction.
@@ -266,16 +287,11 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     from featurizer.op_policy import allow_unsafe_ops_from_env, check_saved_model
 
     path = Path(version_dir)
-    if not is_complete(path):
-        missing = [f for f in names.REQUIRED_FILES if not (path / f).is_file()]
-        raise ModelNotFound(f"{str(path)!r} is not an exported model version (missing {', '.join(missing)})")
-    card_file = path / names.MODEL_CARD_FILE
-    try:
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-        labels = card["labels"]
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # ValueError: bad JSON or UTF-8
-        raise ModelNotFound(f"{str(card_file)!r} is not a readable model card with labels "
-                            f"({type(exc).__name__}: {exc})") from exc
+    card = read_card(path)
+    labels = card.get("labels")
+    if not isinstance(labels, list):
+        raise ModelNotFound(f"{str(path / names.MODEL_CARD_FILE)!r} is not a readable model card with labels "
+                            f"(labels: {type(labels).__name__})")
     labels_file = path / names.LABELS_FILE
     if labels_file.is_file() and labels_file.read_text(encoding="utf-8").splitlines() != labels:
         raise ValueError(f"{str(labels_file)!r} disagrees with the labels in {names.MODEL_CARD_FILE}")
