@@ -40,6 +40,7 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 
 # Then the code, installed as a package (dependencies are already there); the sources go away after.
 COPY README.md ./
+COPY core/ core/
 COPY featurizer/ featurizer/
 COPY training/ training/
 COPY models/ models/
@@ -69,4 +70,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
 
 # What `imgclf serve` execs (service/serve_cli.py, gunicorn_argv()): gunicorn's master is PID 1, so a
 # container stop's SIGTERM lets in-flight requests finish (IMGCLF_GRACEFUL_TIMEOUT, 30 s by default).
-CMD ["python", "-m", "gunicorn", "-c", "python:service.gunicorn_conf", "service:create_app()"]
+CMD ["python", "-m", "gunicorn", "-c", "python:imgclf.service.gunicorn_conf", "imgclf.service:create_app()"]

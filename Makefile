@@ -30,7 +30,7 @@ browser:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
 	touch $(STAMP)
 
@@ -46,9 +46,9 @@ test: $(STAMP) fonts browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/featurize.py
-	$(BIN)/python bench/serve.py
-	$(BIN)/python bench/soak.py
+	$(BIN)/python -m bench.featurize
+	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache

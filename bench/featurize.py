@@ -9,7 +9,7 @@ Uses a full-size Inception-v3 graph with seeded random weights (built once with
 ``export_inception`` into bench/out/) and 200 generated photo-like JPEGs of
 about 500×375. Prints rates and the ratios to (a). Not a test: no assertions.
 
-    python bench/featurize.py [--images 200] [--batch-size 32] [--repeat 1]
+    python -m bench.featurize [--images 200] [--batch-size 32] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -17,24 +17,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from PIL import Image
+
+from imgclf.core.precision import cpu_flags, native_bf16_flags, onednn_enabled
+from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes
+from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.graph import SingleImageGraph, ThreadConfig, read_graph_def
+from imgclf.featurizer.pipeline import WorkItem, extract
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes  # noqa: E402
-from featurizer.feature_cache import FeatureCache  # noqa: E402
-from featurizer.graph import SingleImageGraph, ThreadConfig, read_graph_def  # noqa: E402
-from featurizer.pipeline import WorkItem, extract  # noqa: E402
-from featurizer.precision import cpu_flags, native_bf16_flags, onednn_enabled  # noqa: E402
-
 OUT = ROOT / "bench" / "out"
 
 
@@ -101,7 +97,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     graph = args.graph or OUT / "inception_v3_random_seed0.pb"
     if not graph.exists():
-        from featurizer.export_inception import export_inception
+        from imgclf.featurizer.export_inception import export_inception
 
         print(f"building {graph} (once) ...", flush=True)
         export_inception(graph, weights="random", seed=0)

@@ -20,7 +20,7 @@ every core, so a second worker on a small machine competes for the same cores
 generator runs on the same machine and takes some CPU from the server too.
 Not a test: no assertions. Every step is bounded in time.
 
-    python bench/serve.py [--requests 300] [--concurrency 1 4 16] [--workers 1] [--threads 16]
+    python -m bench.serve [--requests 300] [--concurrency 1 4 16] [--workers 1] [--threads 16]
 """
 
 from __future__ import annotations
@@ -31,23 +31,19 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import requests
+from PIL import Image
+
+from imgclf.service import serve_cli
+from tests.support.processes import children_of, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from service import serve_cli  # noqa: E402
-from tests.processes import children_of, free_port  # noqa: E402
-
 OUT = ROOT / "bench" / "out"
 GRAPH = OUT / "inception_v3_random_seed0.pb"  # the same file bench/featurize.py builds
 MODEL_NAME = "bench"
@@ -58,7 +54,7 @@ STOP_WITHIN_S = 60
 def build_graph(graph: Path) -> Path:
     """Return the random-weight full-size graph, exporting it once."""
     if not graph.exists():
-        from featurizer.export_inception import export_inception
+        from imgclf.featurizer.export_inception import export_inception
 
         print(f"building {graph} (once, about a minute) ...", flush=True)
         export_inception(graph, weights="random", seed=0)
@@ -67,10 +63,10 @@ def build_graph(graph: Path) -> Path:
 
 def train_model(graph: Path, model_dir: Path) -> Path:
     """Return a version of the tiny benchmark model, training it once on generated demo pictures."""
-    from featurizer.demo_images import write_demo_images
-    from featurizer.extractor import FeaturizerConfig
-    from training.repository import list_versions, resolve
-    from training.train_job import TrainJob, run_train
+    from imgclf.core.repository import list_versions, resolve
+    from imgclf.featurizer.demo_images import write_demo_images
+    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.training.train_job import TrainJob, run_train
 
     if list_versions(model_dir, MODEL_NAME):
         return resolve(model_dir / MODEL_NAME)
@@ -108,10 +104,10 @@ def timed_rate(run, batch: np.ndarray, seconds: float) -> float:
 
 def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, precision: str) -> dict[str, float]:
     """Measure the featurizer and the served model on their own, in this process, before any server runs."""
-    from featurizer.extractor import Featurizer, FeaturizerConfig
-    from featurizer.precision import resolve_precision
-    from service.registry import apply_precision
-    from training.repository import load_model
+    from imgclf.core.precision import resolve_precision
+    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+    from imgclf.service.registry import apply_precision
+    from imgclf.training.classifier import load_model
 
     rates = {}
     for precision_ in ("fp32", "bf16") if resolve_precision("auto") == "bf16" else ("fp32",):
@@ -121,7 +117,7 @@ def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, pre
                                                                               np.stack([one] * 32), seconds)
         # What `imgclf featurize` does per image: decode, resize, normalise, then the batch (one thread).
         rates[f"featurizer end to end, batch 32, {precision_}"] = timed_rate(
-            lambda batch: featurizer.run(np.stack([featurizer.preprocess(data) for data in batch])), [jpeg] * 32,
+            lambda batch, f=featurizer: f.run(np.stack([f.preprocess(data) for data in batch])), [jpeg] * 32,
             seconds)
         featurizer.close()
     # The served model in the precision the server will use (a process-wide switch: measured last).
@@ -301,7 +297,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="serving precision (IMGCLF_PRECISION; default auto)")
     args = parser.parse_args()
-    from featurizer.precision import resolve_precision
+    from imgclf.core.precision import resolve_precision
 
     precision = resolve_precision(args.precision)
     threads = args.threads or max(args.concurrency)

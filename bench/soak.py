@@ -24,7 +24,7 @@ sends thousands of requests; ``--graph full`` serves bench/serve.py's model on
 the full-size random-weight Inception-v3 (built and trained once, shared with
 that benchmark). Both are served in fp32, the precision of the reference.
 
-    python bench/soak.py [--seconds 60] [--concurrency 16] [--workers 2] [--threads 8] [--graph tiny]
+    python -m bench.soak [--seconds 60] [--concurrency 16] [--workers 2] [--threads 8] [--graph tiny]
 """
 
 from __future__ import annotations
@@ -43,17 +43,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import requests
+
+from imgclf.service import serve_cli
+from tests.support.processes import children_of, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-
-from service import serve_cli  # noqa: E402
-from tests.processes import children_of, free_port  # noqa: E402
-
 OUT = ROOT / "bench" / "out"
 MODEL_NAME = "soak"
 READY_WITHIN_S = 240
@@ -73,11 +69,11 @@ INVALID_KINDS = {"truncated-jpeg": {400}, "text-as-image": {400, 415}, "bad-json
 
 def build_tiny_model(out: Path = OUT) -> tuple[Path, Path]:
     """Return (version dir, image dir) of a head trained once on the tiny test graph and the demo pictures."""
-    from featurizer.demo_images import write_demo_images
-    from featurizer.extractor import FeaturizerConfig
-    from tests.legacy_graph import write_legacy_graph
-    from training.repository import list_versions, resolve
-    from training.train_job import TrainJob, run_train
+    from imgclf.core.repository import list_versions, resolve
+    from imgclf.featurizer.demo_images import write_demo_images
+    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.training.train_job import TrainJob, run_train
+    from tests.support.legacy_graph import write_legacy_graph
 
     out.mkdir(parents=True, exist_ok=True)
     images = write_demo_images(out / "serve-images", per_class=8)  # the same set bench/serve.py trains on
@@ -111,7 +107,7 @@ def sample_images(image_dir: Path) -> dict[str, bytes]:
 
 def reference_predictions(version_dir: Path, images: dict[str, bytes]) -> dict[str, tuple[str, float]]:
     """Return {image: (top label, score)} from the model loaded here, one image at a time, no HTTP."""
-    from training.repository import load_model
+    from imgclf.training.classifier import load_model
 
     model = load_model(version_dir)
     references = {}
@@ -280,7 +276,7 @@ class Load:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         """Start the clients."""
         self._threads = [threading.Thread(target=self._client, args=(n,), name=f"client-{n}", daemon=True)
                          for n in range(self.concurrency)]
@@ -331,7 +327,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         """Start sampling."""
         self._thread.start()
         return self

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
-from featurizer.contract import DEFAULT_CONTRACT
-from featurizer.image_io import DEFAULT_MAX_PIXELS
-from featurizer.precision import PRECISIONS
+from imgclf.core.errors import UsageError
+from imgclf.core.precision import PRECISIONS
+from imgclf.featurizer.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 
 
 def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool = True) -> None:
@@ -32,7 +31,7 @@ def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool
                        help="batched bottleneck tensor (default: %(default)s)")
     group.add_argument("--intra-op-threads", type=int, default=0,
                        help="threads inside one TensorFlow op (default: 0 = all usable CPUs)")
-    # ThreadConfig().inter_op, pinned by a test: featurizer.graph imports TensorFlow, too slow for --help.
+    # ThreadConfig().inter_op, pinned by a test: imgclf.featurizer.graph imports TensorFlow, too slow for --help.
     group.add_argument("--inter-op-threads", type=int, default=1,
                        help="TensorFlow ops run side by side; more oversubscribes the cores that "
                             "--intra-op-threads already uses (default: %(default)s; 0 = TensorFlow picks)")
@@ -45,14 +44,14 @@ def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool
 
 def featurizer_config_from_args(args: argparse.Namespace):
     """Build a FeaturizerConfig from the options of :func:`add_featurizer_options`."""
-    from featurizer.extractor import FeaturizerConfig
-    from featurizer.graph import ThreadConfig
+    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.graph import ThreadConfig
 
     for name in ("intra_op_threads", "inter_op_threads"):
         if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
     if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be positive; received {args.max_pixels}")
+        raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
     contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor)
     return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
@@ -62,7 +61,7 @@ def featurizer_config_from_args(args: argparse.Namespace):
 def check_decode_threads(value: int) -> int:
     """Return ``value`` of ``--decode-threads`` if it is 0 or more, else raise ValueError."""
     if value < 0:
-        raise ValueError(f"--decode-threads must be 0 (one per usable CPU) or more; received {value}")
+        raise UsageError(f"--decode-threads must be 0 (one per usable CPU) or more; received {value}")
     return value
 
 
@@ -116,10 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_featurize(args: argparse.Namespace) -> int:
     """Run `imgclf featurize`."""
-    from featurizer.featurize_job import FeaturizeJob, run_featurize
+    from imgclf.featurizer.featurize_job import FeaturizeJob, run_featurize
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1; received {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
     job = FeaturizeJob(image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
                        output=args.output, report=args.report, batch_size=args.batch_size,
                        decode_threads=check_decode_threads(args.decode_threads),
@@ -136,7 +135,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Run `imgclf fetch-inception`."""
-    from featurizer.fetch import DEFAULT_URL, fetch_inception
+    from imgclf.featurizer.fetch import DEFAULT_URL, fetch_inception
 
     path = fetch_inception(args.dest, args.url or DEFAULT_URL, from_file=args.from_file, timeout=args.timeout,
                            progress=False if args.quiet else None, force=args.force)
@@ -146,7 +145,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run `imgclf export-inception`."""
-    from featurizer.export_inception import export_inception
+    from imgclf.featurizer.export_inception import export_inception
 
     info = export_inception(args.out, weights=args.weights, seed=args.seed)
     print(json.dumps(info, indent=2))
@@ -155,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Run `imgclf inspect`."""
-    from featurizer.inspect_graph import format_report, inspect_graph, write_tensorboard_graph
+    from imgclf.featurizer.inspect_graph import format_report, inspect_graph, write_tensorboard_graph
 
     report = inspect_graph(args.graph, show_all=args.all)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
@@ -164,27 +163,3 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"graph written for TensorBoard: {event_file}\n  tensorboard --logdir {args.logdir}")
     return 0
 
-
-def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, prog: str,
-                interrupted: str = "work committed so far is kept, run again to resume") -> int:
-    """Parse ``argv``, set up logging (``-v``/``-vv``) and run the chosen subcommand; return the exit status.
-
-    Errors a user can act on (ImgclfError, ValueError, FileNotFoundError) print one line and give 1
-    (2 for bad values); Ctrl-C prints ``interrupted`` and gives 130. ``prog(args)`` names the command.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the output
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("tensorflow", "absl", "h5py", "PIL"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    from featurizer.errors import ImgclfError
-
-    try:
-        return args.func(args)
-    except (ImgclfError, ValueError, FileNotFoundError) as exc:
-        print(f"{prog(args)}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
-    except KeyboardInterrupt:
-        print(f"{prog(args)}: interrupted; {interrupted}", file=sys.stderr)
-        return 130

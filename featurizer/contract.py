@@ -43,10 +43,10 @@ class GraphContract:
     input_mean: float = INPUT_MEAN  # subtracted from every 0..255 pixel value
     input_std: float = INPUT_STD  # the difference is divided by this
     # How the graph's own DecodeJpeg decodes ("" = TF's default fast IDCT); None = no such node,
-    # decode with Pillow. Read from the graph by featurizer.graph.contract_from_graph.
+    # decode with Pillow. Read from the graph by imgclf.featurizer.graph.contract_from_graph.
     jpeg_dct_method: str | None = None
 
-    def with_overrides(self, **names: str | int | float | None) -> "GraphContract":
+    def with_overrides(self, **names: str | int | float | None) -> GraphContract:
         """Return a copy with the non-None fields of ``names`` replaced."""
         return replace(self, **{k: v for k, v in names.items() if v is not None})
 

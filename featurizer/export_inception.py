@@ -15,7 +15,7 @@ Weights come from one of three places:
   images, which keeps activations at unit scale and the bottleneck informative
   enough for tests and benchmarks.
 * ``"imagenet"`` — Keras' own ImageNet weights (needs the network; fails fast
-  with :class:`~featurizer.errors.DownloadError` when offline).
+  with :class:`~imgclf.core.errors.DownloadError` when offline).
 * a path to a Keras weights file (``.h5``, ``.weights.h5`` or ``.keras``), with
   or without the classification top.
 """
@@ -35,7 +35,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from featurizer.contract import (
+from imgclf.core import tf_private
+from imgclf.core.atomic import atomic_file
+from imgclf.core.errors import DownloadError, GraphError
+from imgclf.featurizer.contract import (
     BOTTLENECK,
     BOTTLENECK_DIM,
     BOTTLENECK_SINGLE,
@@ -50,9 +53,7 @@ from featurizer.contract import (
     SUB_NODE,
     node_name,
 )
-from featurizer.atomic import atomic_file
-from featurizer.errors import DownloadError, GraphError
-from featurizer.graph import keep_ancestors
+from imgclf.featurizer.graph import keep_ancestors
 
 if TYPE_CHECKING:  # keras is imported where used: it is heavy and Keras' global state is reset here
     import keras
@@ -79,7 +80,7 @@ IMAGENET_WEIGHTS_MD5 = "9a0d58056eeedaa3f26cb7ebd46da564"
 class InceptionModel:
     """A Keras Inception-v3 split into what the frozen graph needs."""
 
-    body: "keras.Model"  # normalised images [N, 299, 299, 3] → [N, 8, 8, 2048]
+    body: keras.Model  # normalised images [N, 299, 299, 3] → [N, 8, 8, 2048]
     logits_kernel: np.ndarray  # float32 [2048, num_classes]
     logits_bias: np.ndarray  # float32 [num_classes]
     description: str  # where the weights came from, for the returned summary
@@ -106,7 +107,7 @@ def synthetic_images(count: int, seed: int, size: int = INPUT_SIZE) -> np.ndarra
     return (total / np.maximum(peak, 1e-6)).astype(np.float32)
 
 
-def calibrate_batch_norm(model: "keras.Model", images: np.ndarray) -> None:
+def calibrate_batch_norm(model: keras.Model, images: np.ndarray) -> None:
     """Set every batch norm's moving statistics to the batch statistics of ``images``."""
     import keras
 
@@ -178,13 +179,13 @@ def _load_weights_file(path: Path, seed: int) -> InceptionModel:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.load_weights(str(path))
-    except Exception as top_error:  # noqa: BLE001 - Keras raises ValueError, OSError, KeyError, ...
+    except Exception as top_error:
         log.info("%s has no classification top (%s); loading it without", path, _first_line(top_error))
         keras = _fresh_keras(seed)
         body = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=INPUT_SHAPE)
         try:
             body.load_weights(str(path))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise GraphError(f"cannot load Inception-v3 weights from {str(path)!r}: {_first_line(exc)} "
                              f"(with the classification top: {_first_line(top_error)})") from exc
         kernel, bias = _random_logits(seed)
@@ -224,13 +225,12 @@ def build_inception(weights: str = "random", seed: int = 0, calibration_images: 
     return _load_weights_file(path, seed)
 
 
-def freeze_body(body: "keras.Model") -> tuple[graph_pb2.GraphDef, str, str]:
+def freeze_body(body: keras.Model) -> tuple[graph_pb2.GraphDef, str, str]:
     """Freeze a Keras model to a GraphDef with a free batch dimension; return it, its input and output names."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="images")
     forward = tf.function(lambda images: body(images, training=False), input_signature=[spec])
-    frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
+    frozen = tf_private.convert_variables_to_constants(forward.get_concrete_function())
     (inp,), (out,) = frozen.inputs, frozen.outputs
     return frozen.graph.as_graph_def(), inp.name, out.name
 

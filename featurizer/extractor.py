@@ -1,6 +1,6 @@
 """The featurizer: encoded images in, bottleneck vectors out, in batches.
 
-:class:`Featurizer` owns one loaded graph (see :mod:`featurizer.graph`), its
+:class:`Featurizer` owns one loaded graph (see :mod:`imgclf.featurizer.graph`), its
 precision and the preprocessing that must match the graph. Its fingerprint —
 graph sha256, bottleneck tensor, precision, preprocessing — keys the feature
 cache, so vectors of different graphs or precisions never mix.
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.contract import DEFAULT_CONTRACT, GraphContract
-from featurizer.errors import ImgclfError
-from featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
-from featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, decode_to_input, normalize, resize_bilinear
-from featurizer.precision import resolve_precision
+from imgclf.core.errors import ImgclfError
+from imgclf.core.precision import resolve_precision
+from imgclf.featurizer.contract import DEFAULT_CONTRACT, GraphContract
+from imgclf.featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
+from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, decode_to_input, normalize, resize_bilinear
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ class FeaturizerConfig:
 
     graph: Path  # frozen GraphDef (.pb) with the 2015 Inception-v3 interface
     contract: GraphContract = DEFAULT_CONTRACT  # tensor names; size/mean/std are read from the graph
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see featurizer.precision)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see imgclf.core.precision)
     threads: ThreadConfig = field(default_factory=ThreadConfig)  # TensorFlow intra/inter-op threads
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
-    # Load a graph holding ops outside the inference allow-list (featurizer.op_policy): file, process
+    # Load a graph holding ops outside the inference allow-list (imgclf.core.op_policy): file, process
     # and network ops. A graph is a program; only for graphs from a trusted source. Not in the fingerprint:
     # it changes what may load, not what the graph computes.
     allow_unsafe_ops: bool = False

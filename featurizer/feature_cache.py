@@ -133,7 +133,7 @@ class FeatureCache:
         """Close the connection."""
         self.conn.close()
 
-    def __enter__(self) -> "FeatureCache":
+    def __enter__(self) -> FeatureCache:
         return self
 
     def __exit__(self, *exc) -> None:

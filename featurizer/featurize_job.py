@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.atomic import atomic_file, write_json_atomic
-from featurizer.extractor import Featurizer, FeaturizerConfig
-from featurizer.feature_cache import FeatureCache
-from featurizer.image_dir import ImageDirectory, scan_image_dir
-from featurizer.pipeline import ExtractResult, WorkItem, extract
+from imgclf.core.atomic import atomic_file, write_json_atomic
+from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.image_dir import ImageDirectory, scan_image_dir
+from imgclf.featurizer.pipeline import ExtractResult, WorkItem, extract
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,18 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
-import time
 import zipfile
 import zlib
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-import requests
-from urllib3.exceptions import ReadTimeoutError
-
-from featurizer.contract import DEFAULT_CONTRACT
-from featurizer.errors import DownloadError, GraphError
-from featurizer.paths import inception_dir
+from imgclf.core.download import download, html_hint
+from imgclf.core.errors import DownloadError, GraphError
+from imgclf.core.paths import inception_dir
+from imgclf.featurizer.contract import DEFAULT_CONTRACT
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +44,6 @@ LABELS_NAME = "imagenet_comp_graph_label_strings.txt"  # one label per softmax c
 MANIFEST_NAME = "inception.json"
 
 MAX_GRAPH_BYTES = 1 << 30  # the real graph is ~92 MiB; protobuf cannot parse more than 2 GiB anyway
-CHUNK_BYTES = 1 << 16
 
 
 def fetch_inception(dest_dir: Path | None = None, url: str = DEFAULT_URL, *, from_file: Path | None = None,
@@ -56,7 +51,7 @@ def fetch_inception(dest_dir: Path | None = None, url: str = DEFAULT_URL, *, fro
     """Download (or copy from ``from_file``), verify and install the Inception-v3 graph; return its path.
 
     Args:
-        dest_dir: where the graph goes; defaults to :func:`featurizer.paths.inception_dir`.
+        dest_dir: where the graph goes; defaults to :func:`imgclf.core.paths.inception_dir`.
         url: the archive to download; ignored when ``from_file`` is given.
         from_file: a local ``inception_dec_2015.zip`` (or ``inception-2015-12-05.tgz``)
             to use instead of the network.
@@ -89,7 +84,7 @@ def fetch_inception(dest_dir: Path | None = None, url: str = DEFAULT_URL, *, fro
             log.info("using local archive %s", archive)
         else:
             archive = work / (Path(urlsplit(url).path).name or ARCHIVE_NAME)
-            _download(url, archive, timeout=timeout, progress=progress)
+            download(url, archive, timeout=timeout, progress=progress, hint=_offline_hint(url))
             source = url
         return _install(archive, source, work, dest_dir)
     finally:
@@ -103,84 +98,17 @@ def _offline_hint(url: str) -> str:
             f"and run `imgclf fetch-inception --from-file {name}`.")
 
 
-def _reason(exc: requests.RequestException) -> str:
-    """Return the innermost cause of a requests error, without the pool boilerplate."""
-    inner = exc.args[0] if exc.args else None
-    inner = getattr(inner, "reason", None) or inner  # urllib3's MaxRetryError wraps the real cause
-    if isinstance(inner, BaseException) and inner.args and isinstance(inner.args[0], str):
-        return inner.args[0].rstrip(".")  # ProtocolError("Connection broken: IncompleteRead(...)", ...)
-    return str(inner or exc).rstrip(".")
 
 
-def _show_progress(progress: bool | None) -> bool:
-    """Return whether to draw a progress bar: as asked, else when stderr is a terminal."""
-    if progress is not None:
-        return progress
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def _download(url: str, target: Path, *, timeout: float, progress: bool | None) -> None:
-    """Stream ``url`` into ``target``, raising :class:`DownloadError` on any failure."""
-    from tqdm import tqdm
-
-    host = urlsplit(url).hostname or url
-    log.info("downloading %s", url)
-    started = time.monotonic()
-    received: int | None = None  # None until the server has answered 200
-    try:
-        with requests.get(url, stream=True, timeout=(timeout, timeout)) as response:
-            if response.status_code != 200:
-                raise DownloadError(f"download of {url} failed: HTTP {response.status_code} {response.reason}")
-            expected = _content_length(response)
-            received = 0
-            with open(target, "wb") as out, tqdm(
-                total=expected, unit="B", unit_scale=True, unit_divisor=1024, miniters=1,
-                desc=Path(urlsplit(url).path).name or "download", disable=not _show_progress(progress),
-            ) as bar:
-                for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-    except requests.ConnectTimeout as exc:
-        raise DownloadError(f"cannot download {url}: no connection to {host} within {timeout:g} s; this "
-                            f"machine seems to be offline or the host is unreachable. {_offline_hint(url)}") from exc
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema) as exc:
-        raise DownloadError(f"{url!r} is not an http(s) URL to download from: {_reason(exc)}") from exc
-    except (requests.ConnectionError, requests.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
-        # Raised before the response (DNS, refused) and mid-body (dropped, short body, stalled).
-        if isinstance(exc, requests.ReadTimeout) or isinstance(exc.args[0] if exc.args else None, ReadTimeoutError):
-            raise DownloadError(f"download of {url} stalled: no data from {host} for {timeout:g} s. "
-                                f"Try again, or: {_offline_hint(url)}") from exc
-        if received is not None:
-            raise DownloadError(f"download of {url} broke off after {received} bytes: {_reason(exc)}. "
-                                f"Try again, or: {_offline_hint(url)}") from exc
-        raise DownloadError(f"cannot download {url}: this machine seems to be offline or {host} is "
-                            f"unreachable ({_reason(exc)}). {_offline_hint(url)}") from exc
-    except requests.RequestException as exc:  # too many redirects, content decoding, ...
-        raise DownloadError(f"download of {url} failed: {_reason(exc)}. {_offline_hint(url)}") from exc
-    except OSError as exc:  # writing the temp file (disk full, ...); requests' own errors are caught above
-        raise DownloadError(f"cannot write the download to {str(target.parent)!r}: {exc.strerror or exc}") from exc
-    if expected is not None and received != expected:
-        raise DownloadError(f"download of {url} is incomplete: received {received} of {expected} bytes "
-                            "(the connection was dropped); try again")
-    elapsed = time.monotonic() - started
-    log.info("downloaded %.1f MiB in %.1f s", received / (1 << 20), elapsed)
 
 
-def _content_length(response: requests.Response) -> int | None:
-    """Return the body size the server announced, or None when it cannot be checked."""
-    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
-        return None  # iter_content decodes, so the byte count would not match the header
-    try:
-        return int(response.headers["Content-Length"])
-    except (KeyError, ValueError):
-        return None
 
 
 def _install(archive: Path, source: str, work: Path, dest_dir: Path) -> Path:
     """Extract the graph (and labels) from ``archive`` into ``work``, verify, and move them into ``dest_dir``."""
-    from featurizer.graph import file_sha256
+    from imgclf.featurizer.graph import file_sha256
 
     graph_tmp, labels_tmp = work / "graph.pb", work / "labels.txt"
     member, has_labels = _extract(archive, graph_tmp, labels_tmp)
@@ -195,7 +123,7 @@ def _install(archive: Path, source: str, work: Path, dest_dir: Path) -> Path:
         "archive_member": member,
         "archive_sha256": file_sha256(archive),
         "producer_version": producer,
-        "fetched_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "fetched_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     manifest_tmp = work / "manifest.json"
     _write_synced(manifest_tmp, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -239,14 +167,9 @@ def _extract(archive: Path, graph_out: Path, labels_out: Path) -> tuple[str, boo
                 _copy_limited(tf_.extractfile(files[labels]), labels_out, archive, labels)
         return member, labels is not None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DownloadError(f"{archive.name} is not a zip (or tar) archive{_looks_like(archive)}: {exc}") from exc
+        raise DownloadError(f"{archive.name} is not a zip (or tar) archive{html_hint(archive)}: {exc}") from exc
 
 
-def _looks_like(archive: Path) -> str:
-    """Return a hint when a would-be archive is really a web page (captive portal, error page)."""
-    with open(archive, "rb") as fh:
-        head = fh.read(64).lstrip().lower()
-    return "; it looks like an HTML page" if head.startswith((b"<!doctype", b"<html", b"<?xml")) else ""
 
 
 def _find_member(archive: Path, names: list[str], wanted: tuple[str, ...] = (GRAPH_NAME, ALT_GRAPH_NAME),
@@ -299,7 +222,7 @@ def _verify_graph(path: Path, source: str) -> int:
     """Check the graph parses, has the contract tensors and loads; return its producer version."""
     import tensorflow as tf
 
-    from featurizer.graph import SingleImageGraph, missing_tensors, parse_graph_def
+    from imgclf.featurizer.graph import SingleImageGraph, missing_tensors, parse_graph_def
 
     graph_def = parse_graph_def(path.read_bytes(), source=source)
     contract = DEFAULT_CONTRACT

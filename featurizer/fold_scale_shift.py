@@ -7,7 +7,7 @@ the constant expressions but leaves two extra passes over every activation map.
 Here the scale goes into the filter and the shift becomes a ``BiasAdd``, which
 TensorFlow then fuses with the convolution (and the following ``Relu``) into one
 kernel. The 2015 graph's own batch norms are handled by
-:mod:`featurizer.legacy_ops`; this is the same fold for current graphs.
+:mod:`imgclf.featurizer.legacy_ops`; this is the same fold for current graphs.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from featurizer.contract import node_name
-from featurizer.legacy_ops import const_node, unique_name
-from featurizer.prune import keep_ancestors
+from imgclf.featurizer.contract import node_name
+from imgclf.featurizer.legacy_ops import const_node, unique_name
+from imgclf.featurizer.prune import keep_ancestors
 
 # Ops that compute a constant from constants, with no state and no side effect.
 _PURE_OPS = frozenset({"Const", "Identity", "Reshape", "Rsqrt", "Sqrt", "Add", "AddV2", "Sub", "Mul", "RealDiv",
@@ -128,7 +128,7 @@ def fold_scale_shift(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef,
     folded = 0
     new_nodes = []
     taken = set(by_name)
-    for index, (conv, mul, add, _, _, _) in enumerate(candidates):
+    for index, (conv, _mul, add, _, _, _) in enumerate(candidates):
         weights, scale, shift = values[3 * index: 3 * index + 3]
         channels = weights.shape[-1]
         scale, shift = _per_channel(scale, channels), _per_channel(shift, channels)

@@ -3,23 +3,23 @@
 Two ways through the same file:
 
 * :class:`BottleneckGraph` — the fast path. The old ops are rewritten
-  (:mod:`featurizer.legacy_ops`), the normalised-image tensor becomes a
+  (:mod:`imgclf.featurizer.legacy_ops`), the normalised-image tensor becomes a
   placeholder with a free batch dimension, everything the bottleneck does not
   need (JPEG decoding, softmax) is cut away, and batches of images decoded
   outside the graph are fed in. Runs in fp32 or, through auto mixed
-  precision, in bf16 (oneDNN, CPU) or fp16 (GPU; see :mod:`featurizer.precision`).
+  precision, in bf16 (oneDNN, CPU) or fp16 (GPU; see :mod:`imgclf.core.precision`).
 * :class:`SingleImageGraph` — the graph as the 2015 scripts used it, untouched:
   one encoded JPEG per run through ``DecodeJpeg/contents`` to the one-image
   bottleneck. It is the reference the batched path is checked against, and the
   baseline of the benchmark.
 
-Safety (:mod:`featurizer.op_policy`): a graph is a program. :func:`load_graph`,
+Safety (:mod:`imgclf.core.op_policy`): a graph is a program. :func:`load_graph`,
 :func:`read_graph_def` and both graph classes refuse graphs holding ops outside
 imgclf's inference allow-list (file, process and network ops) with
-:class:`~featurizer.errors.UnsafeGraph`, unless ``allow_unsafe_ops=True``.
+:class:`~imgclf.core.errors.UnsafeGraph`, unless ``allow_unsafe_ops=True``.
 :func:`parse_graph_def` only parses.
 
-Devices (:mod:`featurizer.devices`): both configure TensorFlow's devices before
+Devices (:mod:`imgclf.core.devices`): both configure TensorFlow's devices before
 anything else; with ``IMGCLF_DEVICE`` set, the graph is imported under
 ``tf.device(...)`` with the nodes' own device fields cleared, so every op asks
 for that device and soft placement moves the few without a kernel there
@@ -44,13 +44,13 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.framework import graph_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
-from featurizer import devices
-from featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
-from featurizer.errors import GraphError
-from featurizer.fold_scale_shift import fold_scale_shift
-from featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
-from featurizer.op_policy import check_graph_def
-from featurizer.prune import drop_pure_control_edges, keep_ancestors
+from imgclf.core import devices
+from imgclf.core.errors import GraphError
+from imgclf.core.op_policy import check_graph_def
+from imgclf.featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
+from imgclf.featurizer.fold_scale_shift import fold_scale_shift
+from imgclf.featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
+from imgclf.featurizer.prune import drop_pure_control_edges, keep_ancestors
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def session_config(threads: ThreadConfig = ThreadConfig(), precision: str = "fp3
     ``precision`` "bf16" turns on oneDNN's bfloat16 rewrite (CPU-placed ops),
     "fp16" grappler's auto mixed precision (float16, GPU-placed ops of compute
     capability >= 7.0). The GPU options are the process's own (memory growth or
-    limit, from :func:`featurizer.devices.configure_tensorflow`), which a session
+    limit, from :func:`imgclf.core.devices.configure_tensorflow`), which a session
     with its own config would otherwise not get. ``log_device_placement``
     defaults to ``IMGCLF_LOG_DEVICE_PLACEMENT``. Soft placement is always on.
     """
@@ -198,7 +198,7 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
     Mul/y``; where those nodes exist with constant operands their values win
     over the defaults, so a graph with a different input size still works.
     """
-    from featurizer import contract as names
+    from imgclf.featurizer import contract as names
 
     size = _graph_constant(graph_def, names.RESIZE_NODE, 1)
     mean = _graph_constant(graph_def, names.SUB_NODE, 1)
@@ -219,7 +219,7 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
 class BottleneckGraph:
     """The batched fast path: normalised images [N, S, S, 3] in, bottlenecks [N, D] out.
 
-    Raises :class:`~featurizer.errors.UnsafeGraph` for a graph with ops outside
+    Raises :class:`~imgclf.core.errors.UnsafeGraph` for a graph with ops outside
     the inference allow-list unless ``allow_unsafe_ops`` (the caller's opt-in).
     """
 
@@ -307,7 +307,7 @@ def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) 
 class SingleImageGraph:
     """The untouched 2015 path: one encoded JPEG per run → the one-image bottleneck.
 
-    Raises :class:`~featurizer.errors.UnsafeGraph` for a graph with ops outside
+    Raises :class:`~imgclf.core.errors.UnsafeGraph` for a graph with ops outside
     the inference allow-list unless ``allow_unsafe_ops`` (the caller's opt-in).
     """
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featurizer.image_io import IMAGE_EXTENSIONS
+from imgclf.featurizer.image_io import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from featurizer.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from imgclf.core.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _header_error(data: bytes, fmt: str) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             plugin[0](io.BytesIO(data), "").close()
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+    except Exception as exc:
         return str(exc) or type(exc).__name__
     return "unreadable header"
 
@@ -155,7 +155,7 @@ def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a malformed EXIF block leaves the image as it is."""
     try:
         return ImageOps.exif_transpose(image)
-    except Exception as exc:  # noqa: BLE001 - orientation is a nicety, not a reason to refuse
+    except Exception as exc:
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
         return image
 
@@ -249,7 +249,7 @@ def _orientation(header: Image.Image):
     """Return the EXIF orientation tag of an opened image (None when absent or unreadable)."""
     try:
         return header.getexif().get(_EXIF_ORIENTATION_TAG)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block leaves the image as it is
+    except Exception:
         return None
 
 

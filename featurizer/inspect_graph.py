@@ -6,14 +6,14 @@ uses and which of them are too old for a current graph, what it takes as input
 *likely* the ones imgclf needs: the encoded-image input, the normalised image
 before the first convolution, the bottleneck that feeds the final classifier,
 and the softmax. The guesses are heuristics over the graph's structure, not
-names (see :mod:`featurizer.tensor_candidates`); where nothing fits, the
+names (see :mod:`imgclf.featurizer.tensor_candidates`); where nothing fits, the
 report says so.
 
 :func:`write_tensorboard_graph` writes the graph as a TensorBoard event file,
 for browsing it in the Graphs tab.
 
 Neither runs the graph, so an untrusted graph may be inspected: ops outside
-imgclf's inference allow-list (:mod:`featurizer.op_policy`) are listed in the
+imgclf's inference allow-list (:mod:`imgclf.core.op_policy`) are listed in the
 report, which is how a user learns why `featurize`, `train` or `serve` refuse
 the graph before deciding on ``--allow-unsafe-ops``.
 """
@@ -29,12 +29,19 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from featurizer.contract import node_name
-from featurizer.graph import file_sha256, parse_graph_def, read_graph_bytes
-from featurizer.legacy_ops import OLD_BATCH_NORM, OLD_CONCAT, deprecated_ops, rewrite_legacy_ops
-from featurizer.op_policy import unsafe_ops_in_graph_def
-from featurizer.tensor_candidates import (PLACEHOLDER_OPS, Candidate, Shape, TensorInfo, dtype_or_none,
-                                          find_candidates, tensor_info)
+from imgclf.core.op_policy import unsafe_ops_in_graph_def
+from imgclf.featurizer.contract import node_name
+from imgclf.featurizer.graph import file_sha256, parse_graph_def, read_graph_bytes
+from imgclf.featurizer.legacy_ops import OLD_BATCH_NORM, OLD_CONCAT, deprecated_ops, rewrite_legacy_ops
+from imgclf.featurizer.tensor_candidates import (
+    PLACEHOLDER_OPS,
+    Candidate,
+    Shape,
+    TensorInfo,
+    dtype_or_none,
+    find_candidates,
+    tensor_info,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
 
-from featurizer.contract import node_name
+from imgclf.core import tf_private
+from imgclf.featurizer.contract import node_name
 
 OLD_BATCH_NORM = "BatchNormWithGlobalNormalization"
 OLD_CONCAT = "Concat"
@@ -83,11 +84,9 @@ def deprecated_ops(graph_def: graph_pb2.GraphDef, at_version: int | None = None)
 
     With ``at_version=None`` every op that has any deprecation is listed.
     """
-    from tensorflow.python.framework import op_def_registry
-
     found = {}
     for op in {node.op for node in graph_def.node}:
-        op_def = op_def_registry.get(op)
+        op_def = tf_private.op_def(op)
         if op_def is None or not op_def.HasField("deprecation"):
             continue
         version = op_def.deprecation.version

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featurizer.errors import GraphError, ImgclfError
-from featurizer.extractor import Featurizer, default_decode_threads, sha256_bytes
-from featurizer.feature_cache import FeatureCache
+from imgclf.core.errors import GraphError, ImgclfError
+from imgclf.featurizer.extractor import Featurizer, default_decode_threads, sha256_bytes
+from imgclf.featurizer.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
                 result.failures.append((name, str(exc)))
             except OSError as exc:
                 result.failures.append((name, f"cannot read file: {exc.strerror or exc}"))
-            except Exception as exc:  # noqa: BLE001 - one bad file must not end the job
+            except Exception as exc:
                 log.debug("unexpected failure on %s", name, exc_info=True)
                 result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
             else:
@@ -177,7 +177,7 @@ def _run_batch(featurizer: Featurizer, inputs: dict[str, np.ndarray]
         outputs = dict(zip(keys, featurizer.run(np.stack([inputs[key] for key in keys]))))
     except GraphError:
         raise
-    except Exception as exc:  # noqa: BLE001 - find the image(s) it fails on, one at a time
+    except Exception as exc:
         log.warning("the graph failed on a batch of %d images (%s: %s); running them one at a time",
                     len(keys), type(exc).__name__, exc)
         outputs = {}
@@ -186,7 +186,7 @@ def _run_batch(featurizer: Featurizer, inputs: dict[str, np.ndarray]
                 outputs[key] = featurizer.run(inputs[key][None])[0]
             except GraphError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad image must not end the job
+            except Exception as exc:
                 log.debug("the graph failed on %s", key, exc_info=True)
                 errors[key] = f"the graph failed on this image: {type(exc).__name__}: {exc}"
     vectors = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tensorflow.core.framework import graph_pb2
 
-from featurizer.contract import node_name
+from imgclf.featurizer.contract import node_name
 
 _PURE_WRAPPERS = ("NoOp", "Identity")  # pure when everything they read is
 

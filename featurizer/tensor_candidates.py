@@ -11,7 +11,7 @@ on graphs that do not follow the 2015 naming:
   was flattened);
 * **softmax output**: the output of every ``Softmax`` op.
 
-:func:`find_candidates` is the entry point; :mod:`featurizer.inspect_graph`
+:func:`find_candidates` is the entry point; :mod:`imgclf.featurizer.inspect_graph`
 puts its answers in the `imgclf inspect` report.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from featurizer.contract import node_name
+from imgclf.featurizer.contract import node_name
 
 CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "Conv3D")
 DECODE_OPS = ("DecodeJpeg", "DecodeImage", "DecodePng", "DecodeBmp", "DecodeGif", "DecodeAndCropJpeg")

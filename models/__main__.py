@@ -1,7 +1,7 @@
-"""`python -m models ARGS`: the same as `imgclf models ARGS`."""
+"""`python -m imgclf.models ARGS`: the same as `imgclf models ARGS`."""
 
 import sys
 
-from models.cli import main
+from imgclf.models.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """The secondary models' subcommands: `imgclf models train` and `imgclf models fetch-mnist`.
 
-``python -m models ARGS`` runs the same commands without the rest of imgclf's CLI.
+``python -m imgclf.models ARGS`` runs the same commands without the rest of imgclf's CLI.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from models.config import MODEL_NAMES, OPTIMIZERS, SPECS, STRATEGIES
+from imgclf.core.cli import add_verbosity, run_command
+from imgclf.models.config import MODEL_NAMES, OPTIMIZERS, SPECS, STRATEGIES
 
 ENV_MODEL_REPOSITORY = "IMGCLF_MODEL_REPOSITORY"
 
@@ -92,7 +93,7 @@ def _add_train(msub) -> None:
 
 
 def _add_fetch(msub) -> None:
-    from models.fetch_mnist import DEFAULT_URL, SHA256
+    from imgclf.models.fetch_mnist import DEFAULT_URL, SHA256
 
     p = msub.add_parser(
         "fetch-mnist", help="download, verify and install mnist.npz",
@@ -139,8 +140,8 @@ class _EpochPrinter:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf models train`."""
-    from models.config import train_config
-    from models.train_job import ModelsTrainJob, run_models_train
+    from imgclf.models.config import train_config
+    from imgclf.models.train_job import ModelsTrainJob, run_models_train
 
     config = train_config(args.model, epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, decay_rate=args.decay_rate,
@@ -172,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_fetch_mnist(args: argparse.Namespace) -> int:
     """Run `imgclf models fetch-mnist`."""
-    from models.fetch_mnist import fetch_mnist
+    from imgclf.models.fetch_mnist import fetch_mnist
 
     path = fetch_mnist(args.dest, args.url, sha256=args.sha256 or None, from_file=args.from_file,
                        timeout=args.timeout, progress=False if args.quiet else None, force=args.force)
@@ -181,11 +182,9 @@ def cmd_fetch_mnist(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `python -m models …` (the same as `imgclf models …`); return the exit status."""
-    from featurizer.cli import run_command
-
-    parser = argparse.ArgumentParser(prog="python -m models", description="imgclf's secondary models.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    """Run `python -m imgclf.models …` (the same as `imgclf models …`); return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m imgclf.models", description="imgclf's secondary models.")
+    add_verbosity(parser)
     add_subcommands(parser)
     return run_command(parser, argv, lambda args: f"imgclf models {args.models_command}",
                        interrupted="checkpoints written so far are kept, run the same command again to resume")

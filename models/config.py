@@ -2,7 +2,7 @@
 
 Each model is described by data: a network config (layer widths, activation,
 regularisation) and its default :class:`TrainConfig`. The networks are built
-from these in :mod:`models.networks`; the CLI shows the defaults in ``--help``
+from these in :mod:`imgclf.models.networks`; the CLI shows the defaults in ``--help``
 without importing TensorFlow.
 """
 
@@ -12,10 +12,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from imgclf.core.errors import UsageError
+from imgclf.core.model_kind import ModelKind
+
 MODEL_NAMES = ("quadratic", "mnist-mlp", "lenet5")
 OPTIMIZERS = ("sgd", "adam")
 STRATEGIES = ("default", "mirrored", "multiworker")
-REGRESSION, DIGIT_CLASSIFIER = "regression", "digit-classifier"  # model card "kind"s
+REGRESSION, DIGIT_CLASSIFIER = ModelKind.REGRESSION, ModelKind.DIGIT_CLASSIFIER  # model card "kind"s
 
 
 @dataclass(frozen=True)
@@ -71,17 +74,17 @@ class TrainConfig:
                           ("checkpoint_epochs", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}; received {value!r}")
+                raise UsageError(f"{name} must be an integer >= {low}; received {value!r}")
         if not _real(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be a number > 0; received {self.learning_rate!r}")
+            raise UsageError(f"learning_rate must be a number > 0; received {self.learning_rate!r}")
         if not _real(self.decay_rate) or not 0 < self.decay_rate <= 1:
-            raise ValueError(f"decay_rate must be in (0, 1]; received {self.decay_rate!r}")
+            raise UsageError(f"decay_rate must be in (0, 1]; received {self.decay_rate!r}")
         if not _real(self.decay_epochs) or self.decay_epochs <= 0:
-            raise ValueError(f"decay_epochs must be a number > 0; received {self.decay_epochs!r}")
+            raise UsageError(f"decay_epochs must be a number > 0; received {self.decay_epochs!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}; received {self.optimizer!r}")
+            raise UsageError(f"optimizer must be one of {OPTIMIZERS}; received {self.optimizer!r}")
         if self.ema_decay is not None and (not _real(self.ema_decay) or not 0 < self.ema_decay < 1):
-            raise ValueError(f"ema_decay must be in (0, 1) (or unset for no averaging); received {self.ema_decay!r}")
+            raise UsageError(f"ema_decay must be in (0, 1) (or unset for no averaging); received {self.ema_decay!r}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ SPECS = {
 def spec_for(model: str) -> ModelSpec:
     """Return the spec of ``model``, raising ValueError for an unknown name."""
     if model not in SPECS:
-        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}; received {model!r}")
+        raise UsageError(f"model must be one of {', '.join(MODEL_NAMES)}; received {model!r}")
     return SPECS[model]
 
 
@@ -136,7 +139,7 @@ def train_config(model: str, **overrides) -> TrainConfig:
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
-        raise ValueError(f"unknown training settings {unknown}")
+        raise UsageError(f"unknown training settings {unknown}")
     if changes.get("optimizer") == "adam" and "learning_rate" not in changes:
         changes["learning_rate"] = spec.adam_learning_rate
     config = dataclasses.replace(spec.train, **changes)
@@ -149,9 +152,9 @@ def net_with(spec: ModelSpec, dropout: float | None = None):
     if dropout is None:
         return spec.net
     if not hasattr(spec.net, "dropout"):
-        raise ValueError(f"--dropout applies to the digit models, not {spec.name!r}")
+        raise UsageError(f"--dropout applies to the digit models, not {spec.name!r}")
     if not _real(dropout) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1); received {dropout!r}")
+        raise UsageError(f"dropout must be in [0, 1); received {dropout!r}")
     return dataclasses.replace(spec.net, dropout=float(dropout))
 
 

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurizer.errors import ImgclfError
-from models.config import STRATEGIES
+from imgclf.core.errors import ImgclfError
+from imgclf.models.config import STRATEGIES
 
 log = logging.getLogger(__name__)
 

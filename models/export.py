@@ -1,10 +1,10 @@
 """Export a trained secondary model into the model repository, atomically, as the image classifiers are.
 
 ``REPO/NAME/<next version>/`` receives a SavedModel with one signature,
-``serving_default`` (see :mod:`models.signature`), ``labels.txt`` for the digit
+``serving_default`` (see :mod:`imgclf.models.signature`), ``labels.txt`` for the digit
 models and ``model_card.json``. Everything is written into a hidden
 ``REPO/NAME/.export-XXXX`` directory and renamed into place by
-:func:`training.export._publish`, so a server never sees half a version.
+:func:`imgclf.core.repository.publish_version`, so a server never sees half a version.
 
 The quadratic's min-max constants are inside the graph: callers send raw x
 and receive raw y. The digit models' softmax and argmax are inside too.
@@ -13,21 +13,18 @@ and receive raw y. The digit models' softmax and argmax are inside too.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from models import signature as sig
-from models.config import DIGIT_CLASSIFIER, REGRESSION, ModelSpec
-from models.data import X_RANGE, Data
-from training import export_names as names
-from training.export import _publish, remove_stale_work_dirs
-from training.model_card import CARD_FORMAT, library_versions
-from training.repository import validate_name
+from imgclf.core import export_names as names
+from imgclf.core.repository import publish_version, validate_name
+from imgclf.models import signature as sig
+from imgclf.models.config import DIGIT_CLASSIFIER, REGRESSION, ModelSpec
+from imgclf.models.data import X_RANGE, Data
+from imgclf.training.model_card import CARD_FORMAT, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +91,16 @@ def export_secondary(repo: str | Path, name: str, spec: ModelSpec, model: keras.
     reserved = sorted(set(caller_card) & set(GENERATED_KEYS))
     if reserved:
         raise ValueError(f"card keys {reserved} are written by the export itself")
-    model_dir = Path(repo) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_work_dirs(model_dir)  # left by exports killed mid-write, as the image classifiers' export does
-    work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
-    try:
+
+    def write(work: Path) -> dict:
         module = serving_module(spec, model, data)
         tf.saved_model.save(module, str(work), signatures={sig.SIGNATURE: module.serve.get_concrete_function()})
         labels = sig.DIGIT_LABELS if spec.kind == DIGIT_CLASSIFIER else []
         if labels:
             (work / names.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        version_dir = _publish(work, model_dir, build_card(name, spec, data, labels, caller_card))
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        return build_card(name, spec, data, labels, caller_card)
+
+    version_dir = publish_version(repo, name, write)
     log.info("exported %s version %s (%s) to %s", name, version_dir.name, spec.name, version_dir)
     return version_dir
 

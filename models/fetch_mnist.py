@@ -1,6 +1,6 @@
 """Fetch MNIST: download (or copy) Keras' ``mnist.npz``, verify its sha256 and arrays, install it atomically.
 
-The download reuses the Inception fetcher's streaming helper (connect and read
+The download uses :func:`imgclf.core.download.download` (connect and read
 timeouts, progress bar, truncation checks). The file is written into a hidden
 temporary folder beside the destination and renamed over it only after the
 checksum and the arrays check out, so an interrupted or failed fetch leaves
@@ -15,10 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from featurizer import fetch as _fetch
-from featurizer.atomic import sync_dir_best_effort
-from featurizer.errors import DownloadError
-from models.mnist import FILE_NAME, default_mnist_path, file_sha256, read_mnist
+from imgclf.core.atomic import sync_dir_best_effort
+from imgclf.core.download import download, html_hint
+from imgclf.core.errors import DownloadError
+from imgclf.models.mnist import FILE_NAME, default_mnist_path, file_sha256, read_mnist
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,6 @@ def offline_hint(url: str, dest: Path) -> str:
             f"--data PATH to `imgclf models train`).")
 
 
-def download(url: str, target: Path, dest: Path, *, timeout: float, progress: bool | None) -> None:
-    """Stream ``url`` into ``target`` with :func:`featurizer.fetch._download`, with MNIST's hint.
-
-    Raises:
-        DownloadError: offline, unreachable, refused, HTTP error, truncated or stalled.
-    """
-    try:
-        _fetch._download(url, target, timeout=timeout, progress=progress)
-    except DownloadError as exc:
-        message = str(exc).replace(_fetch._offline_hint(url), offline_hint(url, dest))
-        raise DownloadError(message) from exc.__cause__
 
 
 def fetch_mnist(dest: str | Path | None = None, url: str = DEFAULT_URL, *, sha256: str | None = SHA256,
@@ -84,7 +73,7 @@ def fetch_mnist(dest: str | Path | None = None, url: str = DEFAULT_URL, *, sha25
             shutil.copyfile(source, target)
             origin = str(source)
         else:
-            download(url, target, dest, timeout=timeout, progress=progress)
+            download(url, target, timeout=timeout, progress=progress, hint=offline_hint(url, dest))
             origin = url
         verify(target, origin, sha256)
         _fsync(target)
@@ -106,7 +95,7 @@ def verify(path: Path, origin: str, sha256: str | None) -> None:
         actual = file_sha256(path)
         if actual != sha256.lower():
             raise DownloadError(f"{origin} has sha256 {actual} ({path.stat().st_size} bytes) but mnist.npz has "
-                                f"{sha256}{_fetch._looks_like(path)}; the file is corrupt or not Keras' "
+                                f"{sha256}{html_hint(path)}; the file is corrupt or not Keras' "
                                 f"mnist.npz. Nothing was installed.")
     try:
         read_mnist(path)

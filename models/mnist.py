@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.paths import imgclf_home
-from models.data import Data, Split
+from imgclf.core.paths import imgclf_home
+from imgclf.models.data import Data, Split
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SHAPE = (28, 28)
@@ -49,7 +49,7 @@ def read_mnist(path: str | Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"{str(path)!r} is not a readable .npz archive: {exc}") from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bad file, not a programming error
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"{str(path)!r} is a single .npy array, not an .npz archive with {', '.join(KEYS)}")
     arrays = {}
     try:

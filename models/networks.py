@@ -1,4 +1,4 @@
-"""Build the secondary models' Keras networks from their configs (:mod:`models.config`).
+"""Build the secondary models' Keras networks from their configs (:mod:`imgclf.models.config`).
 
 Every network ends in raw outputs: the regression value (normalised y) or the
 ten digit logits. Softmax and de-normalisation belong to the loss and to the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from models.config import LeNetNet, MlpNet, QuadraticNet
+from imgclf.models.config import LeNetNet, MlpNet, QuadraticNet
 
 IMAGE_SIZE = 28  # MNIST images are 28×28, one channel
 NUM_CLASSES = 10

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.config import DIGIT_CLASSIFIER, REGRESSION
+from imgclf.models.config import DIGIT_CLASSIFIER, REGRESSION
 
 SIGNATURE = "serving_default"  # the one SavedModel signature
 X_KEY, Y_KEY = "x", "y"  # regression input and output

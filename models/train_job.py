@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import REGRESSION, TrainConfig, config_dict, spec_for
-from models.data import Data, quadratic_data
-from models.distribute import WorkerRole
+from imgclf.models.config import REGRESSION, TrainConfig, config_dict, spec_for
+from imgclf.models.data import Data, quadratic_data
+from imgclf.models.distribute import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ModelsTrainJob:
 
     model: str  # "quadratic", "mnist-mlp" or "lenet5"
     model_dir: Path  # model repository: versions go to model_dir/name/<n>/
-    train: TrainConfig  # see models.config.train_config for the model's defaults
+    train: TrainConfig  # see imgclf.models.config.train_config for the model's defaults
     name: str | None = None  # repository name; default the model's name
     data: Path | None = None  # digits: mnist.npz (default $IMGCLF_HOME/data/mnist.npz)
     dropout: float | None = None  # digits: dropout rate before the output layer (None = the model's default)
@@ -55,14 +55,14 @@ class ModelsTrainOutcome:
     metrics: dict  # {"test": ..., "validation": ... (digits), "train": ... (quadratic)}
     card: dict  # the run's part of the model card
     role: WorkerRole
-    fit: object  # models.train_loop.FitResult
+    fit: object  # imgclf.models.train_loop.FitResult
 
 
 def load_data(model: str, path: Path | None, validation_size: int) -> Data:
     """Return the data of ``model``: generated for the quadratic, ``mnist.npz`` for the digit models."""
     if spec_for(model).kind == REGRESSION:
         return quadratic_data()
-    from models.mnist import load_mnist
+    from imgclf.models.mnist import load_mnist
 
     return load_mnist(path, validation_size)
 
@@ -87,10 +87,10 @@ def run_models_train(job: ModelsTrainJob, on_epoch: Callable[[dict], None] | Non
     Raises:
         ValueError: a bad name or setting, or a malformed data or cluster file.
         FileNotFoundError: the data or cluster file is missing.
-        models.train_loop.TrainingDiverged: the loss became NaN or infinite.
+        imgclf.models.train_loop.TrainingDiverged: the loss became NaN or infinite.
     """
-    from models.config import net_with
-    from training.repository import validate_name
+    from imgclf.core.repository import validate_name
+    from imgclf.models.config import net_with
 
     spec = spec_for(job.model)
     name = validate_name(job.name or spec.name)
@@ -98,11 +98,11 @@ def run_models_train(job: ModelsTrainJob, on_epoch: Callable[[dict], None] | Non
     net = net_with(spec, job.dropout)
     data = load_data(job.model, job.data, job.train.validation_size)  # before TensorFlow starts
 
-    from models.distribute import make_strategy
+    from imgclf.models.distribute import make_strategy
 
     strategy, role = make_strategy(job.strategy, job.cluster, job.cpu_devices)
-    from models.export import export_secondary
-    from models.train_loop import evaluate, fit
+    from imgclf.models.export import export_secondary
+    from imgclf.models.train_loop import evaluate, fit
 
     model_dir = Path(job.model_dir) / name
     checkpoint_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else \

@@ -35,11 +35,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurizer.errors import ImgclfError
-from models.config import REGRESSION, ModelSpec, TrainConfig
-from models.data import Data, Split
-from models.distribute import WorkerRole
-from models.networks import build_network
+from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.models.config import REGRESSION, ModelSpec, TrainConfig
+from imgclf.models.data import Data, Split
+from imgclf.models.distribute import WorkerRole
+from imgclf.models.networks import build_network
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def fit(spec: ModelSpec, net, cfg: TrainConfig, data: Data, strategy, role: Work
 
     Args:
         spec, net, cfg: the model, its network config and the training settings (validated).
-        strategy: a ``tf.distribute.Strategy`` (see :func:`models.distribute.make_strategy`).
+        strategy: a ``tf.distribute.Strategy`` (see :func:`imgclf.models.distribute.make_strategy`).
         role: this process's role; only the chief writes ``checkpoint_dir`` and ``logdir``.
         checkpoint_dir: where checkpoints are kept; a checkpoint found there is resumed from.
         logdir: TensorBoard run directory (chief only; None = no logs).
@@ -157,7 +157,7 @@ def fit(spec: ModelSpec, net, cfg: TrainConfig, data: Data, strategy, role: Work
                          f"equal share of every global batch")
     steps_per_epoch = n // batch
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {batch} is larger than the training set ({n} examples)")
+        raise UsageError(f"batch_size {batch} is larger than the training set ({n} examples)")
     y_scale = _y_scale(data)
 
     keras.utils.set_random_seed(cfg.seed)
@@ -336,7 +336,7 @@ class _Writers:
         self.validation = tf.summary.create_file_writer(str(logdir / "validation")) if validation else None
 
     def epoch(self, row: dict) -> None:
-        from training.tensorboard_log import write_scalar
+        from imgclf.training.tensorboard_log import write_scalar
 
         step = row["epoch"]
         with self.train.as_default():

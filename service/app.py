@@ -14,16 +14,17 @@ import threading
 
 from flask import Flask, g, request
 
-from featurizer.errors import ImgclfError
-from service.config import ServiceConfig
-from service.errors import register_error_handlers
-from service.registry import ModelRegistry
-from service.request_input import read_streamed_body
+from imgclf.core.errors import ImgclfError
+from imgclf.service.config import ServiceConfig
+from imgclf.service.errors import register_error_handlers
+from imgclf.service.registry import ModelRegistry
+from imgclf.service.request_input import read_streamed_body
 
 log = logging.getLogger(__name__)
 
 # Each module holds a Blueprint named `bp`.
-BLUEPRINTS = ("service.routes_health", "service.routes_predict", "service.routes_tfserving", "service.routes_web")
+BLUEPRINTS = ("imgclf.service.routes_health", "imgclf.service.routes_predict", "imgclf.service.routes_tfserving",
+              "imgclf.service.routes_web")
 
 
 def create_app(config: ServiceConfig | dict | None = None) -> Flask:
@@ -35,7 +36,7 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     app.json.ensure_ascii = False  # labels in any script, as they are
     app.json.sort_keys = False
     app.extensions["imgclf.config"] = config
-    from service import metrics
+    from imgclf.service import metrics
 
     metrics.init_app(app)
     in_flight = InFlight()

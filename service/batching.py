@@ -89,7 +89,7 @@ class Batcher:
     def _run_pending(self, pending: list) -> None:
         try:
             outputs = self._call(np.concatenate([inputs for inputs, _ in pending]))
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of the failure
+        except BaseException as exc:
             for _, future in pending:
                 future.set_exception(exc)
             return

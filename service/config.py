@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from featurizer.image_io import DEFAULT_MAX_PIXELS
-from featurizer.precision import PRECISIONS
+from imgclf.core.errors import UsageError
+from imgclf.core.precision import PRECISIONS
+from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "IMGCLF_"
 
@@ -31,16 +32,16 @@ class ServiceConfig:
     # Serving precision: auto = on a GPU of compute capability >= 7.0 fp16 (grappler's auto mixed
     # precision), else on a CPU with AMX/AVX512_BF16 bf16 (oneDNN rewrites the models' graphs; ~5x faster
     # on such CPUs, probabilities within ~1e-2), else fp32. Process-wide. The device itself, GPU memory
-    # and placement logging: IMGCLF_DEVICE etc., read by featurizer.devices.
+    # and placement logging: IMGCLF_DEVICE etc., read by imgclf.core.devices.
     precision: str = "auto"
     load_in_background: bool = True  # load models in a thread: /healthz answers at once, /readyz when loaded
     # Load models whose SavedModel holds ops outside imgclf's inference allow-list (file, process, network
-    # ops; featurizer.op_policy). A model is a program: only for repositories whose every model you trust.
+    # ops; imgclf.core.op_policy). A model is a program: only for repositories whose every model you trust.
     # Off: such a model fails the worker's loading, and /readyz says which ops and where.
     allow_unsafe_ops: bool = False
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **overrides) -> "ServiceConfig":
+    def from_env(cls, env: dict | None = None, **overrides) -> ServiceConfig:
         """Build a config from defaults, then ``IMGCLF_*`` variables of ``env``, then ``overrides``."""
         env = os.environ if env is None else env
         values = {}
@@ -58,14 +59,14 @@ class ServiceConfig:
         """Raise ValueError on a setting out of range, naming the variable."""
         for name in ("max_upload_bytes", "max_pixels", "max_instances", "top_k", "batch_max_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
+                raise UsageError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"{ENV_PREFIX}PRECISION must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
+            raise UsageError(f"{ENV_PREFIX}PRECISION must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                              f"received {self.precision!r}")
         if self.font and not os.path.isfile(self.font):
-            raise ValueError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
+            raise UsageError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         if not 0 <= float(self.batch_max_wait_ms) <= 10_000:
-            raise ValueError(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS must be between 0 and 10000; "
+            raise UsageError(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS must be between 0 and 10000; "
                              f"received {self.batch_max_wait_ms!r}")
 
 
@@ -77,7 +78,7 @@ def _parse(name: str, kind, raw: str):
                 return True
             if raw.strip().lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(raw)
+            raise UsageError(raw)
         if kind == "int":
             return int(raw)
         if kind == "float":
@@ -89,4 +90,4 @@ def _parse(name: str, kind, raw: str):
             return Path(raw).expanduser()
         return raw
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from exc
+        raise UsageError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from exc

@@ -13,9 +13,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from featurizer.paths import imgclf_home, inception_dir
-from featurizer.precision import PRECISIONS
-from service import serve_cli
+from imgclf.core.paths import imgclf_home, inception_dir
+from imgclf.core.precision import PRECISIONS
+from imgclf.service import serve_cli
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def demo_graph(workdir: Path) -> tuple[Path, bool]:
         return real, True
     random_graph = workdir / RANDOM_GRAPH_NAME
     if not random_graph.exists():
-        from featurizer.export_inception import export_inception
+        from imgclf.featurizer.export_inception import export_inception
 
         log.warning("building a random-weight Inception-v3 graph once (about a minute) at %s", random_graph)
         export_inception(random_graph, weights="random", seed=0)
@@ -63,9 +63,9 @@ def demo_graph(workdir: Path) -> tuple[Path, bool]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run `imgclf demo`."""
-    from featurizer.demo_images import write_demo_images
-    from featurizer.extractor import FeaturizerConfig
-    from featurizer.featurize_job import FeaturizeJob, run_featurize
+    from imgclf.featurizer.demo_images import write_demo_images
+    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.featurize_job import FeaturizeJob, run_featurize
 
     if args.per_class < 3:
         raise ValueError(f"--per-class must be at least 3; received {args.per_class}")
@@ -98,8 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def train_demo_model(images: Path, job, model_dir: Path, retrain: bool = False) -> Path:
     """Train and export the demo model unless a version exists; return the newest version's directory."""
-    from training.repository import list_versions, resolve
-    from training.train_job import TrainJob, run_train
+    from imgclf.core.repository import list_versions, resolve
+    from imgclf.training.train_job import TrainJob, run_train
 
     if list_versions(model_dir, DEMO_MODEL) and not retrain:
         return resolve(model_dir / DEMO_MODEL)
@@ -116,10 +116,10 @@ def train_secondary_demo(model_dir: Path) -> None:
     installed (`imgclf models fetch-mnist`); LeNet-5 takes minutes on a CPU, so
     the demo only prints the command.
     """
-    from models.config import train_config
-    from models.mnist import default_mnist_path
-    from models.train_job import ModelsTrainJob, run_models_train
-    from training.repository import list_versions
+    from imgclf.core.repository import list_versions
+    from imgclf.models.config import train_config
+    from imgclf.models.mnist import default_mnist_path
+    from imgclf.models.train_job import ModelsTrainJob, run_models_train
 
     if not list_versions(model_dir, "quadratic"):
         outcome = run_models_train(ModelsTrainJob("quadratic", model_dir, train_config("quadratic")))
@@ -138,8 +138,8 @@ def check_demo_model(version_dir: Path) -> None:
     """Predict one newly drawn picture of every demo class and print what the model says."""
     import numpy as np
 
-    from featurizer.demo_images import DEMO_CLASSES, make_demo_image
-    from training.repository import load_model
+    from imgclf.featurizer.demo_images import DEMO_CLASSES, make_demo_image
+    from imgclf.training.classifier import load_model
 
     model = load_model(version_dir)
     rng = np.random.default_rng(2026)  # pictures the model has not seen

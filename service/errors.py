@@ -7,8 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from featurizer.errors import ImageTooLarge, ImgclfError, InvalidImage, UnsupportedImageType
-from training.repository import ModelNotFound
+from imgclf.core.errors import ImageTooLarge, ImgclfError, InvalidImage, ModelNotFound, UnsupportedImageType
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""gunicorn settings for ``gunicorn -c python:service.gunicorn_conf "service:create_app()"``.
+"""gunicorn settings for ``gunicorn -c python:imgclf.service.gunicorn_conf "imgclf.service:create_app()"``.
 
 Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them from its options):
 
@@ -17,7 +17,7 @@ answering while it reloads its models. Each model call already spreads over
 every core, so on a small machine more workers add memory rather than
 throughput; for the most throughput there, run one (``bench/serve.py
 --workers N`` measures it). Requests of a worker that arrive together share one
-model call (``service.batching``), so with one image per request a batch holds
+model call (``imgclf.service.batching``), so with one image per request a batch holds
 at most ``IMGCLF_THREADS`` images.
 
 No ``preload_app``: TensorFlow must never be imported in the master, because
@@ -70,7 +70,7 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-wsgi_app = "service:create_app()"
+wsgi_app = "imgclf.service:create_app()"
 bind = [os.environ.get("IMGCLF_BIND", "").strip() or "127.0.0.1:8000"]
 worker_class = "gthread"
 workers = _env_int("IMGCLF_WORKERS", 2)

@@ -4,7 +4,7 @@ Two modes, chosen by prometheus-client itself when it is first imported:
 
 * **one process** (tests, ``flask run``): every app gets its own
   ``CollectorRegistry``, so each test app starts from zero;
-* **several gunicorn workers**: ``service.gunicorn_conf`` sets
+* **several gunicorn workers**: ``imgclf.service.gunicorn_conf`` sets
   ``PROMETHEUS_MULTIPROC_DIR`` in the master before any worker starts; each
   worker writes its values to files there and ``GET /metrics`` — whichever
   worker answers — merges every worker's files with ``MultiProcessCollector``.
@@ -56,7 +56,7 @@ class Metrics:
     batch_max_wait_seconds: Gauge
 
     @classmethod
-    def create(cls, multiprocess: bool) -> "Metrics":
+    def create(cls, multiprocess: bool) -> Metrics:
         """Create the metrics in a fresh registry, or unregistered for multiprocess collection."""
         registry = None if multiprocess else CollectorRegistry()
         return cls(
@@ -98,7 +98,7 @@ _current: Metrics | None = None
 def init_app(app: Flask) -> None:
     """Install the request hooks and the /metrics route."""
     global _current
-    from service.app import config_of
+    from imgclf.service.app import config_of
 
     multiprocess = multiprocess_mode()
     metrics = Metrics.create(multiprocess)

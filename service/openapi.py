@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from training import export_names as names
+from imgclf.core import export_names as names
 
 OPENAPI_VERSION = "3.0.3"
 # An 8x8 red PNG: a real image, so the examples are requests the service answers with 200.
 EXAMPLE_PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8ISfHgA0wMeAAg1MCANDKARQfGKMR"
                    "AAAAAElFTkSuQmCC")
-MODEL_NAME_PATTERN = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"  # training.repository.validate_name
+MODEL_NAME_PATTERN = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"  # imgclf.core.repository.validate_name
 MAX_VERSION = 10**18 - 1  # 18 digits: fits int64, as TF Serving parses it
 
 _ERROR_MEANINGS = {

@@ -7,8 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from featurizer.image_io import DEFAULT_MAX_PIXELS
-from service.postprocess import top_k
+from imgclf.core.errors import UsageError
+from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
+from imgclf.service.postprocess import top_k
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +55,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.url:
         return predict_remote(args)
     if not args.model:
-        raise ValueError("--model is required unless --url is given")
+        raise UsageError("--model is required unless --url is given")
     return predict_local(args)
 
 
 def predict_local(args: argparse.Namespace) -> int:
     """Predict with a model from the repository; return the exit status."""
-    from featurizer.errors import ImgclfError
-    from service.annotate import annotate_to_jpeg, font_paths
-    from training.repository import load_model, resolve
+    from imgclf.core.errors import ImgclfError
+    from imgclf.core.repository import resolve
+    from imgclf.service.annotate import annotate_to_jpeg, font_paths
+    from imgclf.training.classifier import load_model
 
     if args.font:
         font_paths(args.font)  # a missing font file is an error before any work
     if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be at least 1; received {args.max_pixels}")
+        raise UsageError(f"--max-pixels must be at least 1; received {args.max_pixels}")
     model = load_model(resolve(args.model), max_pixels=args.max_pixels,
                        allow_unsafe_ops=True if args.allow_unsafe_ops else None)
     requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
     if requested < 1:
-        raise ValueError(f"--top-k must be at least 1; received {requested}")
+        raise UsageError(f"--top-k must be at least 1; received {requested}")
     k = min(requested, len(model.labels))  # the default 5 on a 3-class model shows all 3
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1; received {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
     failures: list[tuple[str, str]] = []
     done = 0
     for start in range(0, len(args.images), args.batch_size):
@@ -109,19 +111,19 @@ def predict_remote(args: argparse.Namespace) -> int:
     Raises:
         ServiceError: the service is down, too slow, or refuses every request (the run stops).
     """
-    from service.predict_client import ImageRefused, PredictClient
-    from training.repository import validate_name
+    from imgclf.core.repository import validate_name
+    from imgclf.service.predict_client import ImageRefused, PredictClient
 
     if args.font:
-        raise ValueError("--font cannot be used with --url: the service draws annotations with its own font "
+        raise UsageError("--font cannot be used with --url: the service draws annotations with its own font "
                          "(IMGCLF_FONT on the server)")
     if args.model:
         try:
             validate_name(args.model)
         except ValueError as exc:
-            raise ValueError(f"with --url, --model names a model on the service, not a path; {exc}") from exc
+            raise UsageError(f"with --url, --model names a model on the service, not a path; {exc}") from exc
     if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1; received {args.top_k}")
+        raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
     client = PredictClient(args.url, args.model, args.timeout)
     failures: list[tuple[str, str]] = []
     done = 0

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from featurizer.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 log = logging.getLogger(__name__)
 

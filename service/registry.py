@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.devices import configure_tensorflow
-from featurizer.errors import ImgclfError
-from service.batching import Batcher
-from service.config import ServiceConfig
-from service.errors import NotReady
-from training.repository import LoadedModel, ModelNotFound, list_models, load_model, read_card
+from imgclf.core.devices import configure_tensorflow
+from imgclf.core.errors import ImgclfError, ModelNotFound
+from imgclf.core.repository import list_models, read_card
+from imgclf.service.batching import Batcher
+from imgclf.service.config import ServiceConfig
+from imgclf.service.errors import NotReady
+from imgclf.training.classifier import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,13 @@ class ServedDigits:
     """A secondary MNIST model (mnist-mlp, lenet5): 28×28 digits in, ten probabilities out.
 
     It answers POST /predict like an image classifier: any picture of a digit is
-    turned into an MNIST-style input (:func:`models.digit_image.to_mnist`). The
+    turned into an MNIST-style input (:func:`imgclf.models.digit_image.to_mnist`). The
     models are tiny, so each request calls the model itself (no batcher).
     """
 
     name: str
     version: int
-    model: object  # models.serving.SecondaryModel
+    model: object  # imgclf.models.serving.SecondaryModel
     max_pixels: int
     load_seconds: float = 0.0
     batcher = None
@@ -78,8 +79,8 @@ class ServedDigits:
 
     def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Decode and validate one encoded picture; return (uint8 RGB, MNIST-style input [28, 28])."""
-        from featurizer.image_io import decode_rgb
-        from models.digit_image import to_mnist
+        from imgclf.featurizer.image_io import decode_rgb
+        from imgclf.models.digit_image import to_mnist
 
         rgb = decode_rgb(bytes(data), self.max_pixels)
         return rgb, to_mnist(rgb)
@@ -95,7 +96,7 @@ class ServedRegression:
 
     name: str
     version: int
-    model: object  # models.serving.SecondaryModel
+    model: object  # imgclf.models.serving.SecondaryModel
     load_seconds: float = 0.0
     batcher = None
     kind = "regression"
@@ -111,11 +112,11 @@ def apply_precision(requested: str) -> str:
 
     bf16 (CPU): oneDNN's bfloat16 rewrite; fp16 (GPU of compute capability >= 7.0):
     grappler's auto mixed precision, which makes float16 (TensorFlow has no bf16
-    rewrite for GPUs; see :mod:`featurizer.precision`). The rewrite is a
+    rewrite for GPUs; see :mod:`imgclf.core.precision`). The rewrite is a
     process-wide grappler option that applies to every graph the process runs
     afterwards, the loaded SavedModels included; a worker serves in one precision.
     """
-    from featurizer.precision import resolve_precision
+    from imgclf.core.precision import resolve_precision
 
     precision = resolve_precision(requested)
     option = {"bf16": "auto_mixed_precision_onednn_bfloat16", "fp16": "auto_mixed_precision"}.get(precision)
@@ -183,7 +184,7 @@ class ModelRegistry:
         except (ImgclfError, ValueError, OSError) as exc:
             self.state, self.error = "failed", str(exc)
             log.error("loading models failed: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - a loader crash must show in /readyz, not vanish
+        except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("loading models failed")
 
@@ -194,7 +195,7 @@ class ModelRegistry:
             card = read_card(path)
         except ModelNotFound:
             card = {}  # load_model says what is wrong with it
-        from models.serving import is_secondary
+        from imgclf.models.serving import is_secondary
 
         if is_secondary(card):
             return self._load_secondary(name, version, path, card, started)
@@ -213,7 +214,7 @@ class ModelRegistry:
         return served
 
     def _load_secondary(self, name: str, version: int, path: Path, card: dict, started: float):
-        from models.serving import load_secondary
+        from imgclf.models.serving import load_secondary
 
         model = load_secondary(path, allow_unsafe_ops=self.config.allow_unsafe_ops)
         if card.get("kind") == ServedDigits.kind:

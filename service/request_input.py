@@ -16,7 +16,7 @@ import re
 from flask import Request, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.errors import BadRequest, UnsupportedMediaType
+from imgclf.service.errors import BadRequest, UnsupportedMediaType
 
 IMAGE_FIELD = "image"  # the multipart field that carries the file
 B64_FIELD = "b64"  # the JSON field that carries the base64-encoded image
@@ -56,7 +56,7 @@ def read_streamed_body() -> None:
                 raise RequestEntityTooLarge()
     except RequestEntityTooLarge:
         raise
-    except Exception as exc:  # noqa: BLE001 - the server's parse errors have their own classes (gunicorn's)
+    except Exception as exc:
         raise BadRequest(f"cannot read the request body: {type(exc).__name__}: {exc}") from exc
     environ["wsgi.input"] = io.BytesIO(bytes(body))
     environ["CONTENT_LENGTH"] = str(len(body))

@@ -16,7 +16,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Answer 200 when every model is loaded and warmed up, 503 before (or when loading failed)."""
-    from service.app import registry_of
+    from imgclf.service.app import registry_of
 
     registry = registry_of(current_app)
     models = {name: served.version for name, served in registry.models.items()}

@@ -13,10 +13,10 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from service.annotate import annotate_to_jpeg
-from service.errors import BadRequest
-from service.postprocess import top_k
-from service.request_input import image_from_request, parse_bool, parse_top_k, request_param
+from imgclf.service.annotate import annotate_to_jpeg
+from imgclf.service.errors import BadRequest
+from imgclf.service.postprocess import top_k
+from imgclf.service.request_input import image_from_request, parse_bool, parse_top_k, request_param
 
 bp = Blueprint("predict", __name__)
 
@@ -24,7 +24,7 @@ bp = Blueprint("predict", __name__)
 @bp.post("/predict")
 def predict():
     """Answer the top-k labels of the posted image (JSON), or the annotated image (JPEG)."""
-    from service.app import config_of, registry_of
+    from imgclf.service.app import config_of, registry_of
 
     started = time.perf_counter()
     config = config_of(current_app)

@@ -18,12 +18,12 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from featurizer.errors import InvalidImage
-from service.app import config_of, registry_of
-from service.errors import BadRequest
-from service.registry import IMAGE_CLASSIFIER, ModelRegistry, ServedModel
-from service.request_input import decode_b64
-from training import export_names as names
+from imgclf.core import export_names as names
+from imgclf.core.errors import InvalidImage
+from imgclf.service.app import config_of, registry_of
+from imgclf.service.errors import BadRequest
+from imgclf.service.registry import IMAGE_CLASSIFIER, ModelRegistry, ServedModel
+from imgclf.service.request_input import decode_b64
 
 bp = Blueprint("tfserving", __name__)
 
@@ -355,7 +355,7 @@ def _kind(value) -> str:
 @bp.get("/openapi.json")
 def openapi_json():
     """Answer the OpenAPI 3 description of the whole service."""
-    from service.openapi import document
+    from imgclf.service.openapi import document
 
     registry = _registry()
     return jsonify(document(sorted(registry.models) if registry.ready else [],

@@ -13,10 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from imgclf.core.errors import UsageError
+
 log = logging.getLogger(__name__)
 
-CONF = "python:service.gunicorn_conf"
-APP = "service:create_app()"
+CONF = "python:imgclf.service.gunicorn_conf"
+APP = "imgclf.service:create_app()"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +58,7 @@ def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = No
     """Return the environment for gunicorn: ``base`` (default os.environ) with the given options as IMGCLF_*."""
     for name, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1; received {value}")
+            raise UsageError(f"{name} must be at least 1; received {value}")
     env = dict(os.environ if base is None else base)
     env["IMGCLF_MODEL_REPOSITORY"] = str(Path(model_dir).expanduser().resolve())
     for key, value in (("IMGCLF_BIND", bind), ("IMGCLF_WORKERS", workers), ("IMGCLF_THREADS", threads)):
@@ -68,7 +70,7 @@ def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = No
 
 def default_model_dir() -> Path:
     """Return the repository served when --model-dir is not given."""
-    from service.config import ServiceConfig
+    from imgclf.service.config import ServiceConfig
 
     return ServiceConfig.from_env().model_repository
 
@@ -86,7 +88,7 @@ def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run `imgclf serve`."""
-    from training.repository import list_models
+    from imgclf.core.repository import list_models
 
     model_dir = (args.model_dir or default_model_dir()).expanduser().absolute()
     models = list_models(model_dir)

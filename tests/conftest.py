@@ -9,13 +9,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # references other tests compare against. tests/test_serve_precision.py checks bf16 in a subprocess.
 os.environ.setdefault("IMGCLF_PRECISION", "fp32")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
 def legacy_graph_path(tmp_path_factory):
     """A tiny frozen graph with the 2015 interface and old ops (producer < 9)."""
-    from tests.legacy_graph import write_legacy_graph
+    from tests.support.legacy_graph import write_legacy_graph
 
     return write_legacy_graph(tmp_path_factory.mktemp("graphs") / "legacy_inception.pb")
 
@@ -23,7 +23,7 @@ def legacy_graph_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def full_graph_path(tmp_path_factory):
     """A full-size Inception-v3 graph (seeded random weights) with the 2015 interface."""
-    from featurizer.export_inception import export_inception
+    from imgclf.featurizer.export_inception import export_inception
 
     path = tmp_path_factory.mktemp("graphs") / "inception_random.pb"
     export_inception(path, weights="random", seed=0)
@@ -37,9 +37,9 @@ def model_repo(tmp_path_factory, legacy_graph_path):
     Trained on the demo image set (bubbles, checkers, stripes, sunsets; 8 per class).
     Returns the repository path; images live in ``<repo>/../images``.
     """
-    from featurizer.demo_images import write_demo_images
-    from featurizer.extractor import FeaturizerConfig
-    from training.train_job import TrainJob, run_train
+    from imgclf.featurizer.demo_images import write_demo_images
+    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.training.train_job import TrainJob, run_train
 
     root = tmp_path_factory.mktemp("model_repo")
     images = write_demo_images(root / "images", per_class=8)
@@ -55,9 +55,9 @@ def secondary_repo(tmp_path_factory):
 
     The digit models learn a synthetic mnist.npz (tests/mnist_data.py), written to ``<repo>/../mnist.npz``.
     """
-    from models.config import train_config
-    from models.train_job import ModelsTrainJob, run_models_train
-    from tests.mnist_data import write_mnist_npz
+    from imgclf.models.config import train_config
+    from imgclf.models.train_job import ModelsTrainJob, run_models_train
+    from tests.support.mnist_data import write_mnist_npz
 
     root = tmp_path_factory.mktemp("secondary_repo")
     repo = root / "models"
@@ -77,10 +77,10 @@ def device_env(monkeypatch):
     """Run a test under chosen ``IMGCLF_*`` device variables: ``device_env(IMGCLF_DEVICE="/cpu:0")`` (None unsets).
 
     The device variables start unset; the process's device settings
-    (:func:`featurizer.devices.configure_tensorflow`) are read again after each
+    (:func:`imgclf.core.devices.configure_tensorflow`) are read again after each
     call and after the test, so no other test inherits them.
     """
-    from featurizer import devices
+    from imgclf.core import devices
 
     for name in (devices.ENV_DEVICE, devices.ENV_GPU_MEMORY_LIMIT_MB, devices.ENV_LOG_DEVICE_PLACEMENT):
         monkeypatch.delenv(name, raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
+from imgclf.featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--random-saturation", type=float, default=10.0, help="percent (default: %(default)s)")
     g.add_argument("--no-flip", action="store_true", help="do not mirror copies left-right")
 
-    from training.config import HeadConfig, TrainConfig
+    from imgclf.training.config import HeadConfig, TrainConfig
 
     head, train = HeadConfig(), TrainConfig()
     g = p.add_argument_group("head")
@@ -73,10 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf train`."""
-    from training.augment import AugmentConfig
-    from training.config import HeadConfig, TrainConfig
-    from training.split import SplitConfig
-    from training.train_job import TrainJob, run_train
+    from imgclf.training.augment import AugmentConfig
+    from imgclf.training.config import HeadConfig, TrainConfig
+    from imgclf.training.split import SplitConfig
+    from imgclf.training.train_job import TrainJob, run_train
 
     job = TrainJob(
         image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,

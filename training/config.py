@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from imgclf.core.errors import UsageError
+
 
 @dataclass
 class HeadConfig:
@@ -21,12 +23,12 @@ class HeadConfig:
         """Raise ValueError when a field is out of range, saying what was received."""
         if isinstance(self.hidden_units, bool) or not isinstance(self.hidden_units, int) \
                 or self.hidden_units < 0:
-            raise ValueError(f"hidden_units must be an integer >= 0 (0 = no hidden layer); "
+            raise UsageError(f"hidden_units must be an integer >= 0 (0 = no hidden layer); "
                              f"received {self.hidden_units!r}")
         if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1); received {self.dropout!r}")
+            raise UsageError(f"dropout must be a number in [0, 1); received {self.dropout!r}")
         if not _is_real(self.l2) or not math.isfinite(self.l2) or self.l2 < 0:
-            raise ValueError(f"l2 must be a finite number >= 0; received {self.l2!r}")
+            raise UsageError(f"l2 must be a finite number >= 0; received {self.l2!r}")
 
 
 def _is_real(value) -> bool:
@@ -62,23 +64,23 @@ class TrainConfig:
             value = getattr(self, name)
             low = 0 if name == "patience" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}; received {value!r}")
+                raise UsageError(f"{name} must be an integer >= {low}; received {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0; received {self.seed!r}")
+            raise UsageError(f"seed must be an integer >= 0; received {self.seed!r}")
         if not _positive(self.learning_rate):
-            raise ValueError(f"learning_rate must be a number > 0; received {self.learning_rate!r}")
+            raise UsageError(f"learning_rate must be a number > 0; received {self.learning_rate!r}")
         if not _real(self.decay_rate) or not 0 < self.decay_rate <= 1:
-            raise ValueError(f"decay_rate must be in (0, 1]; received {self.decay_rate!r}")
+            raise UsageError(f"decay_rate must be in (0, 1]; received {self.decay_rate!r}")
         if not _real(self.momentum) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1); received {self.momentum!r}")
+            raise UsageError(f"momentum must be in [0, 1); received {self.momentum!r}")
         if not _real(self.min_delta) or not self.min_delta >= 0:
-            raise ValueError(f"min_delta must be a number >= 0; received {self.min_delta!r}")
+            raise UsageError(f"min_delta must be a number >= 0; received {self.min_delta!r}")
         if self.ema_decay is not None and (not _real(self.ema_decay) or not 0 < self.ema_decay < 1):
-            raise ValueError(f"ema_decay must be None or in (0, 1); received {self.ema_decay!r}")
+            raise UsageError(f"ema_decay must be None or in (0, 1); received {self.ema_decay!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}; received {self.optimizer!r}")
+            raise UsageError(f"optimizer must be one of {OPTIMIZERS}; received {self.optimizer!r}")
         if self.class_balance not in CLASS_BALANCE:
-            raise ValueError(f"class_balance must be one of {CLASS_BALANCE}; "
+            raise UsageError(f"class_balance must be one of {CLASS_BALANCE}; "
                              f"received {self.class_balance!r}")
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.extractor import Featurizer
-from featurizer.feature_cache import FeatureCache
-from featurizer.image_dir import ImageDirectory, scan_image_dir
-from featurizer.pipeline import ExtractResult, WorkItem, extract
-from training.augment import AugmentConfig, distort
-from training.split import SPLITS, SplitConfig, split_entries
+from imgclf.featurizer.extractor import Featurizer
+from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.image_dir import ImageDirectory, scan_image_dir
+from imgclf.featurizer.pipeline import ExtractResult, WorkItem, extract
+from imgclf.training.augment import AugmentConfig, distort
+from imgclf.training.split import SPLITS, SplitConfig, split_entries
 
 log = logging.getLogger(__name__)
 

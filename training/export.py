@@ -10,8 +10,8 @@
   float32, so ``tensorflow_model_server`` serves it as it is.
 * ``head.pb``: the frozen head; ``end_to_end.pb``: featurizer + head for one
   encoded image, named as the 2016 retraining tutorial named its graph, made
-  of current ops only (see :mod:`training.frozen_graphs`).
-* ``labels.txt`` and ``model_card.json`` (see :mod:`training.model_card`).
+  of current ops only (see :mod:`imgclf.training.frozen_graphs`).
+* ``labels.txt`` and ``model_card.json`` (see :mod:`imgclf.training.model_card`).
 
 Everything is written into a hidden work directory inside REPO/NAME, synced,
 then renamed to the next integer: a server never sees half a version, and a
@@ -22,30 +22,23 @@ may be another export's, running now).
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from featurizer.atomic import atomic_file, current_umask, write_json_atomic
-from featurizer.extractor import Featurizer
-from featurizer.graph import file_sha256
-from training import export_names as names
-from training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
-from training.model_card import build_card, check_caller_card
-from training.repository import integer_dirs, validate_name
-from training.serving_preprocess import batch_to_input
+from imgclf.core import export_names as names
+from imgclf.core.atomic import atomic_file
+from imgclf.core.repository import publish_version, validate_name
+from imgclf.featurizer.extractor import Featurizer
+from imgclf.featurizer.graph import file_sha256
+from imgclf.training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
+from imgclf.training.model_card import build_card, check_caller_card
+from imgclf.training.serving_preprocess import batch_to_input
 
 log = logging.getLogger(__name__)
 
-_MAX_PUBLISH_ATTEMPTS = 1000  # concurrent exports each take the next free integer
-STALE_WORK_DIR_SECONDS = 3600.0  # a work directory untouched this long is a killed export's, not a running one's
 
 
 def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, label_names: list[str],
@@ -65,11 +58,8 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
     labels = check_labels(label_names)
     caller = check_caller_card(card)
     check_head(head, featurizer.dim, len(labels))
-    model_dir = Path(repo) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_work_dirs(model_dir)
-    work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
-    try:
+
+    def write(work: Path) -> dict:
         featurizer_def = featurizer_graph_def(featurizer)
         head_def = freeze_head(head, featurizer.dim)
         write_saved_model(work, featurizer, featurizer_def, head_def, labels)
@@ -79,37 +69,11 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
         _write(work / names.LABELS_FILE, "".join(f"{label}\n" for label in labels).encode("utf-8"))
         files = {f: {"bytes": (work / f).stat().st_size, "sha256": file_sha256(work / f)}
                  for f in (names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE)}
-        version_dir = _publish(work, model_dir, build_card(name, 0, labels, featurizer, caller, files))
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        return build_card(name, 0, labels, featurizer, caller, files)
+
+    version_dir = publish_version(repo, name, write)
     log.info("exported %s version %s (%d classes) to %s", name, version_dir.name, len(labels), version_dir)
     return version_dir
-
-
-def remove_stale_work_dirs(model_dir: Path, older_than: float = STALE_WORK_DIR_SECONDS) -> list[Path]:
-    """Remove the work directories of killed exports from ``model_dir``; return the ones removed.
-
-    Only those in which nothing has changed for ``older_than`` seconds: an export running now in
-    another process writes into its own all the time. Nothing lists either kind; this only frees
-    the disk. Never fails the export that calls it.
-    """
-    removed = []
-    for entry in Path(model_dir).glob(f"{names.TEMP_PREFIX}*"):
-        try:
-            if entry.is_symlink() or not entry.is_dir():
-                continue
-            newest = os.lstat(entry).st_mtime
-            for dirpath, dirnames, filenames in os.walk(entry):
-                for name in dirnames + filenames:
-                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
-        except OSError:  # removed meanwhile (by another export), or unreadable: leave it
-            continue
-        if time.time() - newest > older_than:
-            shutil.rmtree(entry, ignore_errors=True)
-            log.info("removed %s, left by an export killed %.0f minutes ago", entry, (time.time() - newest) / 60)
-            removed.append(entry)
-    return removed
 
 
 def check_labels(label_names) -> list[str]:
@@ -131,7 +95,7 @@ def check_head(head, dim: int, num_classes: int) -> None:
     probe = np.random.default_rng(0).normal(size=(2, dim)).astype(np.float32)
     try:
         out = np.asarray(head(probe, training=False), dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the head does not fit
+    except Exception as exc:
         raise ValueError(f"head must take float32 [None, {dim}] bottlenecks; calling it failed: {exc}") from exc
     if out.shape != (2, num_classes):
         raise ValueError(f"head must return [N, {num_classes}] (one column per label); "
@@ -192,47 +156,3 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _publish(work: Path, model_dir: Path, card: dict) -> Path:
-    """Write the card, sync ``work`` and rename it to the next free integer version; return the new directory."""
-    for _ in range(_MAX_PUBLISH_ATTEMPTS):
-        version = max(integer_dirs(model_dir), default=0) + 1
-        write_json_atomic(work / names.MODEL_CARD_FILE, {**card, "version": version})
-        _finish_tree(work)
-        target = model_dir / str(version)
-        try:
-            os.rename(work, target)  # fails when another export took this number (non-empty directory)
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                continue
-            raise
-        _sync_dir(model_dir)
-        return target
-    raise RuntimeError(f"could not find a free version number in {str(model_dir)!r}")  # pragma: no cover
-
-
-def _finish_tree(root: Path) -> None:
-    """Give every file and directory under ``root`` the umask's permissions and fsync it.
-
-    The temp files and directory were created private (0600/0700); a server
-    running as another user must be able to read the published version.
-    """
-    umask = current_umask()
-    for dirpath, _, filenames in os.walk(root):
-        for filename in filenames:
-            path = os.path.join(dirpath, filename)
-            os.chmod(path, 0o666 & ~umask)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.chmod(dirpath, 0o777 & ~umask)
-        _sync_dir(Path(dirpath))
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

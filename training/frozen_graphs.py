@@ -2,7 +2,7 @@
 
 Every graph here is made of current ops only and carries the running
 TensorFlow's producer version. The 2015 Inception graph's deprecated ops were
-rewritten when the featurizer loaded it (:class:`featurizer.graph.BottleneckGraph`
+rewritten when the featurizer loaded it (:class:`imgclf.featurizer.graph.BottleneckGraph`
 rewrites the old batch norms and ``Concat``, folds scale/shift and cuts the
 graph at the normalised image); its graph is taken from there, never from the
 file, so an export cannot carry the old ops into a new-version graph — the
@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from featurizer.contract import node_name
-from featurizer.errors import GraphError
-from featurizer.extractor import Featurizer
-from featurizer.legacy_ops import deprecated_ops
-from featurizer.prune import drop_pure_control_edges, keep_ancestors
-from training import export_names as names
-from training.serving_preprocess import image_bytes_to_input
+from imgclf.core import export_names as names
+from imgclf.core import tf_private
+from imgclf.core.errors import GraphError
+from imgclf.featurizer.contract import node_name
+from imgclf.featurizer.extractor import Featurizer
+from imgclf.featurizer.legacy_ops import deprecated_ops
+from imgclf.featurizer.prune import drop_pure_control_edges, keep_ancestors
+from imgclf.training.serving_preprocess import image_bytes_to_input
+
 
 def featurizer_graph_def(featurizer: Featurizer) -> graph_pb2.GraphDef:
     """Return the featurizer's graph as loaded: normalised images [N, S, S, 3] → bottleneck, current ops only."""
@@ -38,7 +39,7 @@ def freeze_head(head, dim: int) -> graph_pb2.GraphDef:
     """Freeze a Keras head (float32 [None, dim] → probabilities) into a GraphDef with the tutorial's names."""
     spec = tf.TensorSpec([None, dim], tf.float32, name="bottleneck")
     function = tf.function(lambda x: tf.cast(head(x, training=False), tf.float32)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(function)
+    frozen = tf_private.convert_variables_to_constants(function)
     frozen_def = frozen.graph.as_graph_def()
     graph = tf.Graph()
     with graph.as_default():

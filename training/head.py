@@ -10,11 +10,10 @@ regularizers, so ``model.losses`` carries the penalty into the training loss.
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 
-from training.config import HeadConfig
+from imgclf.training.config import HeadConfig
 
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 
-from featurizer.extractor import Featurizer
-from training import export_names as names
-from training.serving_preprocess import dct_method
+from imgclf.core import export_names as names
+from imgclf.featurizer.extractor import Featurizer
+from imgclf.training.serving_preprocess import dct_method
 
 CARD_FORMAT = "imgclf-model-card/1"
 # Keys export_model writes itself; a caller's card may not set them.
@@ -119,7 +119,7 @@ def build_card(name: str, version: int, labels: list[str], featurizer: Featurize
         "format": CARD_FORMAT,
         "name": name,
         "version": version,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "labels": list(labels),
         "num_classes": len(labels),
         "featurizer": featurizer.describe(),

@@ -1,7 +1,7 @@
 """The featurizer's preprocessing as TensorFlow ops, for graphs that take encoded image bytes.
 
 An exported model must turn bytes into the same network input as
-:mod:`featurizer.image_io` did when the training features were made, or its
+:mod:`imgclf.featurizer.image_io` did when the training features were made, or its
 predictions drift. Decoding follows Pillow's conversions as that module
 applies them:
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from featurizer.contract import GraphContract
+from imgclf.featurizer.contract import GraphContract
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HEADER_BYTES = 26  # PNG signature (8) + IHDR length and type (8) + width, height (8) + bit depth, colour type

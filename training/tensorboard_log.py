@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.metrics import Metrics, confusion_image
+from imgclf.training.metrics import Metrics, confusion_image
 
 
 def _metadata(plugin: str, data_class: int, description: str = ""):

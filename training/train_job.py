@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featurizer.extractor import Featurizer, FeaturizerConfig
-from featurizer.feature_cache import FeatureCache
-from training.augment import AugmentConfig
-from training.dataset import Dataset, build_dataset
-from training.config import HeadConfig, TrainConfig
-from training.split import SplitConfig
+from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.training.augment import AugmentConfig
+from imgclf.training.config import HeadConfig, TrainConfig
+from imgclf.training.dataset import Dataset, build_dataset
+from imgclf.training.split import SplitConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ def default_logdir(model_dir: Path, name: str) -> Path:
 
 def run_train(job: TrainJob) -> TrainOutcome:
     """Run the whole training job and return where the new version is."""
-    from training.export import export_model
-    from training.metrics import evaluate
-    from training.repository import validate_name
-    from training.train_loop import train_head
+    from imgclf.core.repository import validate_name
+    from imgclf.training.export import export_model
+    from imgclf.training.metrics import evaluate
+    from imgclf.training.train_loop import train_head
 
     validate_name(job.name)
     job.split.validate()

@@ -24,10 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.config import CLASS_BALANCE, OPTIMIZERS, HeadConfig, TrainConfig  # noqa: F401 - re-exported
-from training.head import build_head, feature_statistics, logits_model
-from training.metrics import Metrics, evaluate
-from training.tensorboard_log import RunWriters
+from imgclf.training.config import CLASS_BALANCE, OPTIMIZERS, HeadConfig, TrainConfig  # noqa: F401 - re-exported
+from imgclf.training.head import build_head, feature_statistics, logits_model
+from imgclf.training.metrics import Metrics, evaluate
+from imgclf.training.tensorboard_log import RunWriters
 
 log = logging.getLogger(__name__)
 

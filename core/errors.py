@@ -1,0 +1,69 @@
+"""The exception tree shared by every part of imgclf, and the exit status of each error.
+
+Each error carries a message that says what was received. The service maps the
+classes to HTTP statuses (:mod:`imgclf.service.errors`); the command line maps
+them to exit statuses here, with :func:`exit_status`.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed: bad data, a missing file, a diverged training, a download that failed
+EXIT_USAGE = 2  # bad arguments or settings (argparse exits with it too)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+class ImgclfError(Exception):
+    """Base class of every error imgclf raises on purpose."""
+
+
+class UsageError(ImgclfError, ValueError):
+    """A command-line argument or an ``IMGCLF_*`` setting has a value imgclf cannot use (exit status 2)."""
+
+
+class InvalidImage(ImgclfError):
+    """The bytes are not a decodable image (corrupt, truncated, not an image)."""
+
+
+class UnsupportedImageType(InvalidImage):
+    """The bytes are an image, but of a format imgclf does not accept."""
+
+
+class ImageTooLarge(InvalidImage):
+    """The image has more pixels (or bytes) than the configured limit."""
+
+
+class GraphError(ImgclfError):
+    """A frozen graph cannot be loaded or lacks the tensors it should have."""
+
+
+class UnsafeGraph(GraphError):
+    """A graph contains ops that are not allowed without an explicit opt-in."""
+
+
+class DownloadError(ImgclfError):
+    """A download failed (offline, bad status, corrupt archive)."""
+
+
+class ModelNotFound(ImgclfError, LookupError):
+    """No model, or no such version of it, in the repository."""
+
+
+class TrainingDiverged(ImgclfError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def exit_status(exc: BaseException) -> int | None:
+    """Return the command-line exit status for ``exc``, or None for an error that is a bug (a traceback).
+
+    Bad arguments and settings give 2; every other error a user can act on — imgclf's own, a bad value
+    in the data (ValueError), a file that is missing or cannot be read or written (OSError), arithmetic
+    that failed (FloatingPointError, ZeroDivisionError) — gives 1; Ctrl-C gives 130.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, (ImgclfError, ValueError, OSError, ArithmeticError)):
+        return EXIT_FAILED
+    return None

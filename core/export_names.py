@@ -1,0 +1,40 @@
+"""Every name an exported model is known by: files, signatures, tensor names.
+
+The model repository follows TensorFlow Serving's layout; a server (ours or
+``tensorflow_model_server``) finds a model by these names only, so they are
+written down here once and pinned by a test. The rest of the code speaks of
+"image bytes", "bottleneck" and "probabilities".
+"""
+
+from __future__ import annotations
+
+from imgclf.featurizer.contract import JPEG_INPUT
+
+# Files inside REPO/NAME/<version>/.
+SAVED_MODEL_FILE = "saved_model.pb"  # written by tf.saved_model.save (fixed by TensorFlow)
+HEAD_GRAPH_FILE = "head.pb"  # frozen head: bottleneck → probabilities
+END_TO_END_GRAPH_FILE = "end_to_end.pb"  # frozen featurizer + head: one encoded image → probabilities
+LABELS_FILE = "labels.txt"  # one label per line, in class-id order
+MODEL_CARD_FILE = "model_card.json"  # what the model is, how it was made, how to call it
+# A version directory is complete (servable) when it holds these; the rename makes both appear at once.
+REQUIRED_FILES = (SAVED_MODEL_FILE, MODEL_CARD_FILE)
+TEMP_PREFIX = ".export-"  # hidden work directory inside REPO/NAME; TF Serving skips non-integer names
+
+# SavedModel signatures and their input and output keys.
+SERVING_SIGNATURE = "serving_default"  # encoded image bytes → outputs
+BOTTLENECK_SIGNATURE = "bottleneck"  # bottleneck vectors → outputs
+IMAGES_SIGNATURE = "images"  # decoded, resized, normalised images → outputs (imgclf's own path)
+# TF Serving's REST API base64-decodes {"b64": ...} for inputs whose key ends in "_bytes".
+IMAGE_BYTES_KEY = "image_bytes"  # tf.string [None]
+BOTTLENECK_KEY = "bottleneck"  # tf.float32 [None, D]
+IMAGES_KEY = "images"  # tf.float32 [None, S, S, 3], (x - mean) / std
+PROBABILITIES_KEY = "probabilities"  # tf.float32 [None, C]
+CLASSES_KEY = "classes"  # tf.int64 [None]: top-1 class id
+LABELS_KEY = "labels"  # tf.string [None]: top-1 label
+OUTPUT_KEYS = (PROBABILITIES_KEY, CLASSES_KEY, LABELS_KEY)
+
+# Tensor names of the frozen graphs, as the 2016 retraining tutorial named them.
+HEAD_INPUT = "input/BottleneckInputPlaceholder:0"  # float32 [None, D]
+HEAD_OUTPUT = "final_result:0"  # float32 [None, C]
+END_TO_END_INPUT = JPEG_INPUT  # "DecodeJpeg/contents:0": scalar string of encoded image bytes
+END_TO_END_OUTPUT = "final_result:0"  # float32 [1, C]

@@ -1,0 +1,269 @@
+"""Decoding, validation and the graph-compatible resize, against references computed another way."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from imgclf.core.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+from imgclf.featurizer.image_io import decode_rgb, decode_to_input, normalize, preprocess, resize_bilinear
+from tests.support import images
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (10, 1000), (1, 1), (299, 299), (600, 200), (1000, 10)])
+def test_resize_matches_tensorflow_legacy_resize_bilinear(shape):
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape + (3,), dtype=np.uint8)
+    reference = tf.raw_ops.ResizeBilinear(images=rgb[None].astype(np.float32), size=[299, 299],
+                                          align_corners=False, half_pixel_centers=False).numpy()[0]
+    np.testing.assert_array_equal(resize_bilinear(rgb, 299), reference)
+
+
+def test_normalize_is_sub_then_mul():
+    x = np.array([0, 128, 255], np.uint8)
+    np.testing.assert_array_equal(normalize(x, 128.0, 128.0), np.array([-1.0, 0.0, 127 / 128], np.float32))
+
+
+def test_jpeg_decodes_like_tensorflow_accurate_dct():
+    data = images.jpeg(0)
+    reference = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+    np.testing.assert_array_equal(decode_rgb(data), reference)
+
+
+def test_jpeg_decodes_like_the_graph_decoder_when_asked():
+    data = images.jpeg(1)
+    reference = tf.io.decode_jpeg(data, channels=3).numpy()  # what a 2015 DecodeJpeg node gives
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=""), reference)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_graph_decoder_path_applies_exif_orientation_like_pillow(orientation):
+    rgb = images.photo_like(7, (40, 24)).copy()
+    rgb[:4, :4] = 255  # a marker in one corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = images.encode(rgb, "JPEG", quality=100, exif=exif.tobytes())
+    via_graph_decoder, via_pillow = decode_rgb(data, jpeg_dct_method=""), decode_rgb(data)
+    assert via_graph_decoder.shape == via_pillow.shape
+    # The two decoders differ by IDCT rounding only; the white marker must land in the same corner.
+    assert np.abs(via_graph_decoder.astype(int) - via_pillow.astype(int)).mean() < 6
+    corners = lambda a: [a[:4, :4].mean(), a[:4, -4:].mean(), a[-4:, :4].mean(), a[-4:, -4:].mean()]
+    assert np.argmax(corners(via_graph_decoder)) == np.argmax(corners(via_pillow))
+
+
+def test_graph_decoder_path_reports_corrupt_jpegs():
+    with pytest.raises(InvalidImage, match="corrupt JPEG"):
+        decode_rgb(images.jpeg(4, (160, 120))[:1200], jpeg_dct_method="")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "GIF"])
+def test_lossless_formats_round_trip(fmt):
+    rgb = images.photo_like(1, (64, 48))
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    if fmt == "GIF":  # palette format: compare against Pillow's own palette conversion
+        palette_image = Image.fromarray(rgb).quantize(64)
+        expected = np.asarray(palette_image.convert("RGB"))
+        data = images.encode(palette_image, "GIF")
+    else:
+        expected = rgb
+        data = images.encode(rgb, fmt, **params)
+    np.testing.assert_array_equal(decode_rgb(data), expected)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = decode_rgb(images.encode(gray, "PNG"))
+    assert out.shape == (16, 16, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[:, :, channel], gray)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    out = decode_rgb(images.encode(Image.fromarray(values), "PNG"))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+
+
+def test_transparency_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (255, 0, 0, 0)  # fully transparent: white
+    rgba[1, 0] = (0, 0, 0, 128)  # half-transparent black: mid grey
+    out = decode_rgb(images.encode(rgba, "PNG"))
+    assert tuple(out[0, 0]) == (255, 0, 0)
+    assert tuple(out[0, 1]) == (255, 255, 255)
+    assert all(abs(int(v) - 127) <= 1 for v in out[1, 0])
+
+
+def test_palette_with_transparency_is_composited():
+    image = Image.new("P", (2, 1))
+    image.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    image.info["transparency"] = 0
+    out = decode_rgb(images.encode(image, "PNG", transparency=0))
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[0, 1]) == (0, 255, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    rgb = Image.new("RGB", (8, 8), (200, 30, 60))
+    out = decode_rgb(images.encode(rgb.convert("CMYK"), "JPEG", quality=100))
+    assert out.shape == (8, 8, 3)
+    assert np.abs(out.astype(int) - [200, 30, 60]).max() <= 12
+
+
+def test_exif_orientation_is_applied():
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    out = decode_rgb(images.encode(rgb, "JPEG", quality=100, exif=exif.tobytes()))
+    assert out.shape == (40, 20, 3)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50  # the white half is now on top
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert tuple(decode_rgb(buf.getvalue())[0, 0]) == (255, 0, 0)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height pixels, with a tiny (invalid) body."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    with pytest.raises(ImageTooLarge, match="100000×100000"):
+        decode_rgb(_png_header_only(100_000, 100_000))
+
+
+def test_pixel_limit_is_configurable():
+    data = images.encode(images.photo_like(2, (100, 50)), "PNG")
+    assert decode_rgb(data, max_pixels=5000).shape == (50, 100, 3)
+    with pytest.raises(ImageTooLarge, match="limit is 4,999"):
+        decode_rgb(data, max_pixels=4999)
+
+
+def _bad_crc_png() -> bytes:
+    data = bytearray(images.encode(images.photo_like(3, (16, 16)), "PNG"))
+    idat = data.index(b"IDAT")
+    data[idat + 10] ^= 0xFF  # corrupt the compressed data; the CRC no longer matches
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (b"", InvalidImage, "0 bytes"),
+    (np.random.default_rng(0).bytes(2000), InvalidImage, "identify"),
+    (b"just some text, saved as .jpg", InvalidImage, "identify"),
+    (b"<html><body>not an image</body></html>", InvalidImage, "identify"),
+    (images.jpeg(4)[:2000], InvalidImage, "corrupt JPEG"),
+    (_bad_crc_png(), InvalidImage, "corrupt PNG"),
+    (images.encode(images.photo_like(5, (16, 16)), "TIFF"), UnsupportedImageType, "TIFF"),
+])
+def test_bad_bytes_get_a_clear_error(data, error, message):
+    with pytest.raises(error, match=message):
+        decode_rgb(data)
+
+
+def test_preprocess_matches_the_graph_chain_for_png():
+    rgb = images.photo_like(6, (123, 77))
+    reference = tf.raw_ops.ResizeBilinear(images=rgb[None].astype(np.float32), size=[299, 299],
+                                          align_corners=False, half_pixel_centers=False).numpy()[0]
+    reference = (reference - 128.0) * (1.0 / 128.0)
+    np.testing.assert_allclose(preprocess(images.encode(rgb, "PNG")), reference, atol=1e-6)
+
+
+def test_multi_picture_jpegs_from_phones_decode_as_their_first_picture():
+    first, second = images.photo_like(20, (64, 48)), images.photo_like(21, (64, 48))
+    data = images.encode(first, "MPO", quality=95, save_all=True, append_images=[Image.fromarray(second)])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    first_jpeg = images.encode(first, "JPEG", quality=95)
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=""),  # the graph decoder's path
+                                  tf.io.decode_jpeg(first_jpeg, channels=3).numpy())
+    np.testing.assert_array_equal(decode_rgb(data), decode_rgb(first_jpeg))
+
+
+def _exif_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return images.encode(images.photo_like(8, (64, 40)), "JPEG", quality=92, exif=exif.tobytes())
+
+
+def _mpo() -> bytes:
+    first, second = images.photo_like(22, (64, 48)), images.photo_like(23, (64, 48))
+    return images.encode(first, "MPO", quality=95, save_all=True, append_images=[Image.fromarray(second)])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: images.jpeg(30, (800, 600)),  # the fused TensorFlow path
+    lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(31, (320, 200))).convert("L")), "JPEG"),
+    lambda: images.jpeg(32, (5, 3)),
+    _mpo,
+    lambda: _exif_jpeg(6),  # rotated: the general path
+    lambda: images.encode(images.photo_like(33, (120, 90)), "PNG"),
+    lambda: images.encode(Image.fromarray(images.photo_like(34, (64, 48))).convert("CMYK"), "JPEG"),
+], ids=["rgb-jpeg", "gray-jpeg", "tiny-jpeg", "mpo", "exif-rotated", "png", "cmyk-jpeg"])
+@pytest.mark.parametrize("dct_method", ["", "INTEGER_ACCURATE", None])
+def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_method):
+    data = make()
+    rgb, x = decode_to_input(data, 299, 128.0, 128.0, jpeg_dct_method=dct_method)
+    reference_rgb = decode_rgb(data, jpeg_dct_method=dct_method)
+    np.testing.assert_array_equal(rgb, reference_rgb)
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(reference_rgb, 299), 128.0, 128.0))
+    assert x.dtype == np.float32 and x.shape == (299, 299, 3)
+
+
+@pytest.mark.parametrize("make, fused", [
+    (lambda: images.jpeg(37, (640, 480)), True),
+    (lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(38, (64, 48))).convert("L")), "JPEG"), True),
+    (_mpo, True),
+    (lambda: _exif_jpeg(6), False),
+    (lambda: images.encode(Image.fromarray(images.photo_like(39, (64, 48))).convert("CMYK"), "JPEG"), False),
+    (lambda: images.encode(images.photo_like(40, (64, 48)), "PNG"), False),
+], ids=["rgb-jpeg", "gray-jpeg", "mpo", "exif-rotated", "cmyk-jpeg", "png"])
+def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatch):
+    from imgclf.featurizer import image_io
+
+    calls = []
+    real = image_io._fused_jpeg_function
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(image_io, "_fused_jpeg_function", counting)
+    decode_to_input(make(), jpeg_dct_method="")
+    assert len(calls) == int(fused)
+    calls.clear()
+    decode_to_input(make(), jpeg_dct_method=None)  # Pillow decoding asked for: never the TensorFlow path
+    assert not calls
+
+
+def test_decode_to_input_other_sizes_and_normalisation():
+    data = images.jpeg(35, (211, 97))
+    rgb, x = decode_to_input(data, 224, 127.5, 127.5, jpeg_dct_method="")
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(rgb, 224), 127.5, 127.5))
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (images.jpeg(4)[:2000], InvalidImage, "corrupt JPEG"),
+    (b"", InvalidImage, "0 bytes"),
+    (images.encode(images.photo_like(5, (16, 16)), "TIFF"), UnsupportedImageType, "TIFF"),
+])
+def test_decode_to_input_refuses_bad_images_like_decode_rgb(data, error, message):
+    with pytest.raises(error, match=message):
+        decode_to_input(data, jpeg_dct_method="")
+
+
+def test_decode_to_input_checks_the_pixel_limit_before_decoding():
+    with pytest.raises(ImageTooLarge):
+        decode_to_input(images.jpeg(36, (200, 100)), max_pixels=19_999, jpeg_dct_method="")

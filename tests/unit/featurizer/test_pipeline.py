@@ -1,0 +1,90 @@
+"""The batch pipeline with a stand-in featurizer: counting, a graph failing on some images, Ctrl-C."""
+
+import time
+
+import numpy as np
+import pytest
+
+from imgclf.core.errors import GraphError
+from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.pipeline import NON_FINITE, WorkItem, extract
+
+
+class StandInFeaturizer:
+    """Image bytes [v, ...] → vector [v, v, v, v]; the graph fails on values in ``fail`` and gives NaN for ``nan``."""
+
+    fingerprint = "stand-in"
+
+    def __init__(self, fail=(), nan=(), error=RuntimeError):
+        self.fail, self.nan, self.error = set(fail), set(nan), error
+        self.batches = []
+
+    def describe(self) -> dict:
+        return {"stand_in": True}
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return np.full((2, 2, 3), data[0], np.uint8)
+
+    def to_input(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb.astype(np.float32)
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        return self.to_input(self.decode(data))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        values = images[:, 0, 0, 0].astype(int).tolist()
+        self.batches.append(values)
+        if self.fail & set(values):
+            raise self.error("op failed")
+        vectors = np.repeat(images[:, 0, 0, :1], 4, axis=1)
+        vectors[[v in self.nan for v in values]] = np.nan
+        return vectors
+
+
+def _items(values):
+    return [WorkItem(f"img{i}_{v}.jpg", read=lambda v=v: bytes([v]) * 8) for i, v in enumerate(values)]
+
+
+def test_the_same_image_twice_in_one_batch_is_computed_once_and_counted_cached(tmp_path):
+    featurizer = StandInFeaturizer()
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        result = extract(featurizer, _items([1, 1, 2]), cache, batch_size=32, progress=False)
+    assert (result.computed, result.cached, result.failures) == (2, 1, [])
+    assert result.keys[0] == result.keys[1] and None not in result.keys
+    assert featurizer.batches == [[1, 2]]
+
+
+def test_a_batch_the_graph_fails_on_is_retried_image_by_image(tmp_path):
+    featurizer = StandInFeaturizer(fail={2}, nan={3})
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        result = extract(featurizer, _items([1, 2, 2, 3, 4, 5]), cache, batch_size=4, progress=False)
+        assert cache.count() == 3
+    assert featurizer.batches == [[1, 2, 3, 4], [1], [2], [3], [4], [5]]
+    failed = "the graph failed on this image: RuntimeError: op failed"
+    assert result.failures == [("img1_2.jpg", failed), ("img2_2.jpg", failed), ("img3_3.jpg", NON_FINITE)]
+    assert [key is not None for key in result.keys] == [True, False, False, False, True, True]
+    assert (result.computed, result.cached, result.succeeded) == (3, 0, 3)
+
+
+def test_a_broken_graph_still_ends_the_job(tmp_path):
+    featurizer = StandInFeaturizer(fail={1}, error=GraphError)
+    with FeatureCache(tmp_path / "c.sqlite") as cache, pytest.raises(GraphError):
+        extract(featurizer, _items([1, 2]), cache, progress=False)
+
+
+def test_ctrl_c_does_not_wait_for_every_queued_decode(tmp_path):
+    reads = []
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    def slow_read(v):
+        reads.append(v)
+        time.sleep(0.1)
+        return bytes([v]) * 8
+
+    items = [WorkItem("first.jpg", read=interrupt)]
+    items += [WorkItem(f"{v}.jpg", read=lambda v=v: slow_read(v)) for v in range(1, 60)]
+    with FeatureCache(tmp_path / "c.sqlite") as cache, pytest.raises(KeyboardInterrupt):
+        extract(StandInFeaturizer(), items, cache, batch_size=32, decode_threads=1, progress=False)
+    assert len(reads) <= 2  # the decode already running, not the 59 queued

@@ -1,0 +1,186 @@
+"""The app factory, configuration, readiness and the batcher."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from imgclf.service import create_app
+from imgclf.service.batching import Batcher
+from imgclf.service.config import ServiceConfig
+
+
+@pytest.fixture(scope="module")
+def app(model_repo):
+    app = create_app({"model_repository": model_repo, "load_in_background": False})
+    yield app
+    app.extensions["imgclf.registry"].close()
+
+
+def test_config_reads_env_then_overrides(tmp_path):
+    env = {"IMGCLF_TOP_K": "3", "IMGCLF_BATCHING": "off", "IMGCLF_MODEL_VERSIONS": "a=2, b=5",
+           "IMGCLF_MODEL_REPOSITORY": str(tmp_path), "IMGCLF_BATCH_MAX_WAIT_MS": "2.5"}
+    config = ServiceConfig.from_env(env, top_k=4)
+    assert (config.top_k, config.batching, config.model_versions) == (4, False, {"a": 2, "b": 5})
+    assert config.model_repository == tmp_path and config.batch_max_wait_ms == 2.5
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"IMGCLF_TOP_K": "many"}, "IMGCLF_TOP_K='many' is not a valid int"),
+    ({"IMGCLF_BATCH_MAX_SIZE": "0"}, "IMGCLF_BATCH_MAX_SIZE must be at least 1"),
+    ({"IMGCLF_BATCHING": "maybe"}, "not a valid bool"),
+])
+def test_bad_settings_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        ServiceConfig.from_env(env)
+
+
+def test_healthz_and_readyz_when_loaded(app):
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "models": {"shapes": 1}, "precision": "fp32"}
+
+
+def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
+    from imgclf.service import registry as registry_module
+
+    release = threading.Event()
+    real_load = registry_module.load_model
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "load_model", slow_load)
+    app = create_app({"model_repository": model_repo})  # loads in the background
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["status"] == "loading"
+    release.set()
+    assert app.extensions["imgclf.registry"].wait(60)
+    assert client.get("/readyz").status_code == 200
+    app.extensions["imgclf.registry"].close()
+
+
+def test_a_pinned_version_that_does_not_exist_fails_readiness(model_repo):
+    app = create_app({"model_repository": model_repo, "model_versions": {"shapes": 9},
+                      "load_in_background": False})
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and "no version 9" in response.get_json()["error"]
+
+
+def test_batcher_gathers_concurrent_requests_and_splits_results():
+    sizes = []
+
+    def run(batch):
+        time.sleep(0.02)
+        return batch.sum(axis=(1, 2)) * 2
+
+    batcher = Batcher(run, max_size=8, max_wait=0.05, on_batch=lambda n, s: sizes.append(n))
+    results = {}
+
+    def client(i):
+        results[i] = batcher.submit(np.full((1, 2, 2), i, np.float32))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert {i: float(r[0]) for i, r in results.items()} == {i: 8.0 * i for i in range(6)}
+    assert max(sizes) > 1 and sum(sizes) == 6  # requests shared model calls
+
+
+def test_batcher_passes_errors_to_every_waiter_and_keeps_working():
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return batch
+
+    batcher = Batcher(run, max_size=4, max_wait=0.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit(np.zeros((1, 1)))
+    np.testing.assert_array_equal(batcher.submit(np.ones((2, 1))), np.ones((2, 1)))
+    batcher.close()
+
+
+def test_batching_off_calls_the_model_directly():
+    batcher = Batcher(lambda b: b + 1, enabled=False)
+    np.testing.assert_array_equal(batcher.submit(np.zeros((3, 1))), np.ones((3, 1)))
+
+
+def test_batcher_does_not_wait_for_requests_that_are_not_in_flight():
+    sizes = []
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, on_batch=lambda n, s: sizes.append(n),
+                      expected=lambda: 1)
+    done = threading.Event()
+    threading.Thread(target=lambda: (batcher.submit(np.zeros((1, 1))), done.set()), daemon=True).start()
+    assert done.wait(10), "a lone request waited for company that was not coming"
+    batcher.close()
+    assert sizes == [1]
+
+
+def test_batcher_waits_for_every_request_in_flight():
+    sizes = []
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, on_batch=lambda n, s: sizes.append(n),
+                      expected=lambda: 3)
+    threads = []
+    for i in range(3):  # they arrive spread out, well within max_wait
+        threads.append(threading.Thread(target=batcher.submit, args=(np.full((1, 1), i),)))
+        threads[-1].start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    assert sizes == [3]
+
+
+def test_app_counts_prediction_requests_in_flight_by_model(app):
+    """A model's batcher waits for that model's requests only: others (or unknown names) never join it."""
+    from imgclf.service.app import InFlight
+    from tests.support import images
+
+    assert "predict.predict" in InFlight.PREDICT_ENDPOINTS and "tfserving.predict" in InFlight.PREDICT_ENDPOINTS
+    client = app.test_client()
+    batcher = app.extensions["imgclf.registry"].models["shapes"].batcher
+    original, gate, seen = batcher.run, threading.Event(), []
+
+    def held(batch):
+        seen.append(batcher.expected())
+        assert gate.wait(30)
+        return original(batch)
+
+    batcher.run = held
+    try:
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(
+            client.post("/predict", data=images.jpeg(5), content_type="image/jpeg").status_code))
+        request.start()
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [1]  # the default model's request, counted under its name
+        other = client.post("/v1/models/elsewhere:predict", json={"instances": [1]})
+        assert other.status_code == 404 and batcher.expected() == 1  # another name: not shapes' company
+        gate.set()
+        request.join(30)
+    finally:
+        gate.set()
+        batcher.run = original
+    assert answers == [200] and batcher.expected() == 0
+    client.post("/predict?model=shapes", data=b"not an image", content_type="image/jpeg")  # errors leave too
+    assert batcher.expected() == 0
+    in_flight = app.extensions["imgclf.registry"]._expected  # the app's counter, by model name
+    with app.test_request_context("/v1/models/lenet5:predict", method="POST"):
+        app.preprocess_request()  # a request for another model is in flight...
+        assert in_flight("lenet5") == 1 and batcher.expected() == 0  # ...and shapes' batcher does not wait for it
+        app.do_teardown_request()
+    assert in_flight("lenet5") == 0

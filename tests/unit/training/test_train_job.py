@@ -1,0 +1,115 @@
+"""`imgclf train` and `imgclf predict` end to end on generated images and the tiny 2015-style graph."""
+
+import json
+
+import pytest
+
+from imgclf.core.cli import main
+from imgclf.featurizer.demo_images import write_demo_images
+from imgclf.featurizer.extractor import FeaturizerConfig
+from imgclf.training.config import HeadConfig, TrainConfig
+from imgclf.training.train_job import TrainJob, run_train
+from tests.support import images
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, legacy_graph_path):
+    """Train once on the demo image set; return (image dir, repository, stdout)."""
+    root = tmp_path_factory.mktemp("train")
+    data = write_demo_images(root / "images", per_class=10)
+    (data / "stripes" / "broken.jpg").write_text("not an image")
+    repo = root / "models"
+    args = ["train", str(data), "--graph", str(legacy_graph_path), "--cache", str(root / "c.sqlite"),
+            "--model-dir", str(repo), "--name", "demo", "--precision", "fp32", "--quiet", "--seed", "1"]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    return data, repo, out.getvalue(), args
+
+
+def test_train_exports_a_self_describing_version(trained):
+    data, repo, out, _ = trained
+    version = repo / "demo" / "1"
+    assert (version / "saved_model.pb").is_file()
+    card = json.loads((version / "model_card.json").read_text())
+    assert (version / "labels.txt").read_text().split() == ["bubbles", "checkers", "stripes", "sunsets"]
+    assert card["split_sizes"]["train"] + card["split_sizes"]["validation"] + card["split_sizes"]["test"] == 40
+    assert card["training"]["skipped_files"][0]["path"] == "stripes/broken.jpg"
+    test_metrics = card["metrics"]["test"]
+    assert 0.0 <= test_metrics["accuracy"] <= 1.0 and len(test_metrics["per_class"]) == 4
+    assert "stripes/broken.jpg" in out and "exported" in out and "precision" in out.lower()
+    assert (repo / "demo" / "runs").is_dir()  # TensorBoard logs under the run directory
+
+
+def test_a_second_run_makes_version_two_from_the_cache(trained, capsys):
+    _, repo, _, args = trained
+    assert main(args) == 0
+    assert (repo / "demo" / "1").is_dir() and (repo / "demo" / "2").is_dir()
+    card = json.loads((repo / "demo" / "2" / "model_card.json").read_text())
+    assert card["split_sizes"] == json.loads((repo / "demo" / "1" / "model_card.json").read_text())["split_sizes"]
+
+
+def test_predict_prints_top_k_json_and_annotates(trained, tmp_path, capsys):
+    data, repo, _, _ = trained
+    files = [data / "sunsets" / "sunsets_000.jpg", data / "checkers" / "checkers_001.jpg"]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    code = main(["predict", "--model", str(repo / "demo" / "1"), *map(str, files), str(bad), "--json",
+                 "--top-k", "3", "--annotate", str(tmp_path / "ann")])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    predicted = [line for line in lines if "predictions" in line]
+    assert [line["path"] for line in predicted] == [str(f) for f in files]
+    for line in predicted:
+        scores = [p["score"] for p in line["predictions"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+    assert any(line.get("path") == str(bad) and "error" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [
+        "checkers_001.annotated.jpg", "sunsets_000.annotated.jpg"]
+
+
+def test_predict_table_uses_the_newest_version(trained, capsys):
+    data, repo, _, _ = trained
+    assert main(["predict", "--model", str(repo / "demo"), str(data / "bubbles" / "bubbles_002.jpg")]) == 0
+    out = capsys.readouterr().out
+    assert "bubbles_002.jpg" in out and "1." in out and "5." not in out  # 4 labels: top-5 is cut to 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--name", "../evil"], "name"),
+    (["--train-percent", "90"], "sum to 100"),
+    (["--decode-threads", "-1"], "--decode-threads must be 0"),
+])
+def test_bad_train_arguments_fail_before_work(trained, tmp_path, extra, message, capsys):
+    data, _, _, args = trained
+    args = [a for a in args]
+    args[args.index("--model-dir") + 1] = str(tmp_path / "repo")
+    assert main(args + extra) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").rglob("saved_model.pb"))
+
+
+def test_too_small_class_is_refused_before_featurizing(tmp_path, legacy_graph_path, capsys):
+    for label, count in (("a", 5), ("b", 2)):
+        (tmp_path / "p" / label).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "p" / label / f"{i}.jpg").write_bytes(images.jpeg(i, (40, 30)))
+    code = main(["train", str(tmp_path / "p"), "--graph", str(legacy_graph_path), "--cache",
+                 str(tmp_path / "c.sqlite"), "--model-dir", str(tmp_path / "m"), "--name", "x", "--quiet"])
+    assert code != 0 and "too few in: b (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"head": HeadConfig(dropout=1.5)}, "dropout must be"),
+    ({"train": TrainConfig(learning_rate=0)}, "learning_rate must be"),
+])
+def test_bad_head_or_optimiser_settings_fail_before_featurizing(tmp_path, legacy_graph_path, settings, message):
+    job = TrainJob(image_dir=write_demo_images(tmp_path / "images", per_class=10),
+                   featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"), cache=tmp_path / "c.sqlite",
+                   model_dir=tmp_path / "models", name="demo", progress=False, **settings)
+    with pytest.raises(ValueError, match=message):
+        run_train(job)
+    assert not (tmp_path / "c.sqlite").exists()  # nothing was featurized
