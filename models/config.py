@@ -87,8 +87,10 @@ SPECS = {
         description="fit y = 0.2x² − x + 1 on x in [-20, 20]"),
     "mnist-mlp": ModelSpec(
         "mnist-mlp", DIGIT_CLASSIFIER, MlpNet(),
-        # The curriculum: base 0.8, × 0.99 per epoch, batch 100, plain SGD (it ran 30,000 steps ≈ 55 epochs).
-        _training(epochs=30, batch_size=100, learning_rate=0.8, decay_rate=0.99),
+        # The curriculum's schedule shape: × 0.99 per epoch, batch 100, plain SGD, 30 epochs. Its base rate
+        # 0.8 needs MNIST's 550 steps an epoch to recover from its first updates: on 1,300 digits (13 steps
+        # an epoch) it stalls near 68% test accuracy; 0.1 reaches 97% there.
+        _training(epochs=30, batch_size=100, learning_rate=0.1, decay_rate=0.99),
         adam_learning_rate=0.001,
         description="784 → 500 relu6 → 10 softmax MLP on MNIST"),
     "lenet5": ModelSpec(
