@@ -303,7 +303,7 @@ def test_diverging_training_stops_and_says_so(caplog):
 
 
 def test_ten_thousand_bottlenecks_of_2048_learn_far_above_chance():
-    """10,000 × 2048 vectors, 10 classes, default settings: well above chance, finite loss (the time is printed only)."""
+    """10,000 × 2048 vectors, 10 classes, default settings: far above chance, finite loss (time printed only)."""
     task = Clusters(seed=13, num_classes=10, dim=2048, separation=0.05)
     (x, y), (xv, yv) = task.sample(10_000), task.sample(2_000)
     started = time.perf_counter()
