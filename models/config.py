@@ -2,7 +2,7 @@
 
 Each model is described by data: a network config (layer widths, activation,
 regularisation) and the training settings in which it differs from the
-training loop's defaults (:class:`imgclf.training.config.TrainConfig`, which
+training loop's defaults (``TrainConfig`` in training/config.py, which
 applies them). The networks are built from these in :mod:`imgclf.models.networks`;
 the CLI shows the defaults in ``--help`` without importing TensorFlow.
 """
