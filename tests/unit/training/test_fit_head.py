@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.fit_head import predict_probabilities, train_head
-from imgclf.training.loop import WeightAverager, learning_rate_schedule
+from imgclf.training.loop import learning_rate_schedule
 
 
 class Clusters:
@@ -158,21 +158,6 @@ def test_same_seed_same_weights():
         np.testing.assert_array_equal(a, b)
     assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
     assert not np.array_equal(first.model.get_weights()[0], other.model.get_weights()[0])
-
-
-def test_weight_averager_follows_the_tf1_rule():
-    variable = tf.Variable([0.0, 10.0])
-    averager = WeightAverager([variable], decay=0.5)
-    expected = np.array([0.0, 10.0])
-    for t, value in enumerate([[1.0, 1.0], [2.0, 0.0], [4.0, 4.0]], start=1):
-        variable.assign(value)
-        averager.update(t)
-        decay = min(0.5, (1 + t) / (10 + t))
-        expected = decay * expected + (1 - decay) * np.array(value)
-        np.testing.assert_allclose(averager.shadows[0].numpy(), expected, rtol=1e-6)
-    with averager.swapped():
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(variable.numpy(), [4.0, 4.0])
 
 
 def test_evaluation_uses_the_moving_average_when_enabled():
