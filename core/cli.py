@@ -22,7 +22,7 @@ from collections.abc import Callable
 from imgclf.core.errors import EXIT_INTERRUPTED, exit_status
 
 # Modules with a ``register(subparsers)`` function, in the order their commands are listed in --help.
-COMMAND_MODULES = ("imgclf.service.demo", "imgclf.featurizer.cli", "imgclf.training.cli", "imgclf.models.cli",
+COMMAND_MODULES = ("imgclf.service.demo", "imgclf.featurizer.cli", "imgclf.training.cli", "imgclf.training.models_cli",
                    "imgclf.service.predict_cli", "imgclf.service.serve_cli")
 NOISY_LOGGERS = ("tensorflow", "absl", "h5py", "PIL")
 

@@ -20,11 +20,11 @@ import keras
 import tensorflow as tf
 
 from imgclf.core import export_names as names
+from imgclf.core.model_card import CARD_FORMAT, library_versions
 from imgclf.core.repository import publish_version, validate_name
 from imgclf.models import signature as sig
 from imgclf.models.config import DIGIT_CLASSIFIER, REGRESSION, ModelSpec
 from imgclf.models.data import X_RANGE, Data
-from imgclf.training.model_card import CARD_FORMAT, library_versions
 
 log = logging.getLogger(__name__)
 

@@ -94,12 +94,21 @@ def check_labels(key: str, y: np.ndarray, count: int, path: Path) -> None:
         raise ValueError(f"{key} in {str(path)!r} must hold labels 0-9; received values from {low} to {high}")
 
 
-def load_mnist(path: str | Path | None = None, validation_size: int = 5000) -> Data:
+DEFAULT_VALIDATION_SIZE = 5000  # the curriculum's: 55,000 of MNIST's 60,000 training images train
+
+
+def default_validation_size(train_images: int) -> int:
+    """Return the default validation split: 5,000 images, or a twelfth of a smaller training set (as MNIST's)."""
+    return min(DEFAULT_VALIDATION_SIZE, train_images // 12)
+
+
+def load_mnist(path: str | Path | None = None, validation_size: int | None = None) -> Data:
     """Load ``path`` (default :func:`default_mnist_path`) as train/validation/test splits.
 
     Args:
         path: an ``mnist.npz`` in Keras' layout.
-        validation_size: the last this many training images form the validation set (0 = none).
+        validation_size: the last this many training images form the validation set (0 = none;
+            None = :func:`default_validation_size`).
 
     Returns:
         Splits with images float32 [N, 28, 28] in [0, 1] and labels int32 [N].
@@ -112,6 +121,8 @@ def load_mnist(path: str | Path | None = None, validation_size: int = 5000) -> D
     path = Path(path) if path is not None else default_mnist_path()
     arrays = read_mnist(path)
     x_train, y_train = arrays["x_train"], arrays["y_train"]
+    if validation_size is None:
+        validation_size = default_validation_size(len(x_train))
     if isinstance(validation_size, bool) or not isinstance(validation_size, int) \
             or not 0 <= validation_size < len(x_train):
         raise ValueError(f"validation_size must be an integer in [0, {len(x_train)}) for {str(path)!r} "

@@ -117,9 +117,9 @@ def train_secondary_demo(model_dir: Path) -> None:
     the demo only prints the command.
     """
     from imgclf.core.repository import list_versions
-    from imgclf.models.config import train_config
     from imgclf.models.mnist import default_mnist_path
-    from imgclf.models.train_job import ModelsTrainJob, run_models_train
+    from imgclf.training.config import train_config
+    from imgclf.training.models_job import ModelsTrainJob, run_models_train
 
     if not list_versions(model_dir, "quadratic"):
         outcome = run_models_train(ModelsTrainJob("quadratic", model_dir, train_config("quadratic")))

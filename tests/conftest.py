@@ -55,8 +55,8 @@ def secondary_repo(tmp_path_factory):
 
     The digit models learn a synthetic mnist.npz (tests/mnist_data.py), written to ``<repo>/../mnist.npz``.
     """
-    from imgclf.models.config import train_config
-    from imgclf.models.train_job import ModelsTrainJob, run_models_train
+    from imgclf.training.config import train_config
+    from imgclf.training.models_job import ModelsTrainJob, run_models_train
     from tests.support.mnist_data import write_mnist_npz
 
     root = tmp_path_factory.mktemp("secondary_repo")

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--momentum", type=float, default=train.momentum, help="SGD momentum (default: %(default)s)")
     g.add_argument("--train-batch-size", type=int, default=train.batch_size,
                    help="mini-batch of cached vectors (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=train.max_epochs, help="at most (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=train.epochs, help="at most (default: %(default)s)")
     g.add_argument("--patience", type=int, default=train.patience,
                    help="stop after this many epochs without a better validation loss (default: %(default)s)")
     g.add_argument("--ema-decay", type=float, default=train.ema_decay,
@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head=HeadConfig(hidden_units=args.hidden_units, dropout=args.dropout, l2=args.l2),
         train=TrainConfig(learning_rate=args.learning_rate, decay_steps=args.decay_steps,
                           decay_rate=args.decay_rate, staircase=not args.no_staircase, optimizer=args.optimizer,
-                          momentum=args.momentum, batch_size=args.train_batch_size, max_epochs=args.epochs,
+                          momentum=args.momentum, batch_size=args.train_batch_size, epochs=args.epochs,
                           patience=args.patience, ema_decay=args.ema_decay, class_balance=args.class_balance,
                           seed=args.seed),
     )

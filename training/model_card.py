@@ -9,15 +9,13 @@ sizes, and the library versions — no second source of truth is needed.
 from __future__ import annotations
 
 import json
-import platform
 from datetime import UTC, datetime
-from importlib import metadata
 
 from imgclf.core import export_names as names
+from imgclf.core.model_card import CARD_FORMAT, library_versions
 from imgclf.featurizer.extractor import Featurizer
 from imgclf.training.serving_preprocess import dct_method
 
-CARD_FORMAT = "imgclf-model-card/1"
 # Keys export_model writes itself; a caller's card may not set them.
 GENERATED_KEYS = ("format", "name", "version", "created_utc", "labels", "num_classes", "featurizer",
                   "training_features_precision", "serving_precision", "preprocessing", "input_contract",
@@ -39,21 +37,6 @@ def check_caller_card(card: dict) -> dict:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"card must be JSON-serialisable (plain dicts, lists, str, finite numbers): {exc}") from exc
     return dict(card)
-
-
-def library_versions() -> dict:
-    """Return the versions of the libraries an export depends on."""
-    import keras
-    import numpy
-    import PIL
-    import tensorflow as tf
-
-    try:
-        imgclf = metadata.version("imgclf")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
-        imgclf = "unknown"
-    return {"imgclf": imgclf, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
 
 
 def preprocessing(featurizer: Featurizer) -> dict:

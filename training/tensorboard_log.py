@@ -46,27 +46,31 @@ def write_image(tag: str, rgb: np.ndarray, step: int, description: str = "") -> 
 
 
 class RunWriters:
-    """TensorBoard summary writers for the train and validation curves of one run.
+    """TensorBoard summary writers for the train and validation curves of one run (step = epoch).
 
     Summaries go through TensorFlow's own writer (``tf.summary.write`` with the
     plugin metadata TensorBoard expects), so writing logs does not need the
     ``tensorboard`` package; viewing them does (``tensorboard --logdir``).
     """
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, validation: bool = True):
+        logdir = Path(logdir)
         self.train = tf.summary.create_file_writer(str(logdir / "train"))
-        self.validation = tf.summary.create_file_writer(str(logdir / "validation"))
+        self.validation = tf.summary.create_file_writer(str(logdir / "validation")) if validation else None
 
     def epoch(self, row: dict) -> None:
-        """Write one epoch's scalars (step = epoch)."""
+        """Write one epoch's scalars: ``train_*`` and the learning rate under train/, ``val_*`` under validation/."""
         step = row["epoch"]
         with self.train.as_default():
-            write_scalar("loss", row["train_loss"], step)
-            write_scalar("accuracy", row["train_accuracy"], step)
+            for key in row:
+                if key.startswith("train_"):
+                    write_scalar(key.removeprefix("train_"), row[key], step)
             write_scalar("learning_rate", row["learning_rate"], step)
-        with self.validation.as_default():
-            write_scalar("loss", row["val_loss"], step)
-            write_scalar("accuracy", row["val_accuracy"], step)
+        if self.validation is not None:
+            with self.validation.as_default():
+                for key in row:
+                    if key.startswith("val_"):
+                        write_scalar(key.removeprefix("val_"), row[key], step)
 
     def finish(self, model: keras.Model, input_dim: int, metrics: Metrics, step: int) -> None:
         """Write the validation confusion matrix as an image and the head's graph."""
@@ -79,7 +83,9 @@ class RunWriters:
             tf.summary.graph(graph)
 
     def close(self) -> None:
-        """Flush and close both writers."""
+        """Flush and close the writers."""
         for writer in (self.train, self.validation):
+            if writer is None:
+                continue
             writer.flush()
             writer.close()

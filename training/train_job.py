@@ -64,8 +64,8 @@ def run_train(job: TrainJob) -> TrainOutcome:
     """Run the whole training job and return where the new version is."""
     from imgclf.core.repository import validate_name
     from imgclf.training.export import export_model
+    from imgclf.training.fit_head import train_head
     from imgclf.training.metrics import evaluate
-    from imgclf.training.train_loop import train_head
 
     validate_name(job.name)
     job.split.validate()

@@ -39,6 +39,12 @@ def write_mnist_npz(path: Path, train_per_class: int = 100, test_per_class: int 
     """Write a synthetic ``mnist.npz`` (x_train, y_train, x_test, y_test) to ``path``; return it."""
     x_train, y_train = make_digits(train_per_class, seed)
     x_test, y_test = make_digits(test_per_class, seed + 1)
+    return save_mnist_npz(path, x_train, y_train, x_test, y_test)
+
+
+def save_mnist_npz(path: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray) -> Path:
+    """Write the four arrays in Keras' ``mnist.npz`` layout to ``path``; return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

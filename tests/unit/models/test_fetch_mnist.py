@@ -140,8 +140,8 @@ def test_from_file_checks_and_installs_a_local_copy(npz_bytes, tmp_path):
 
 
 def test_cli_reports_a_failed_fetch(server, tmp_path, capsys):
-    from imgclf.models.cli import main
+    from imgclf.core.cli import main
 
-    assert main(["fetch-mnist", "--dest", str(tmp_path / "m.npz"), "--url", server.url("/nothing"),
+    assert main(["models", "fetch-mnist", "--dest", str(tmp_path / "m.npz"), "--url", server.url("/nothing"),
                  "--quiet"]) == 1
     assert "HTTP 404" in capsys.readouterr().err

@@ -20,10 +20,10 @@ import pytest
 
 from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound
-from imgclf.models.config import train_config
 from imgclf.models.data import X_RANGE, quadratic
 from imgclf.models.serving import is_secondary, load_secondary
-from imgclf.models.train_job import ModelsTrainJob, run_models_train
+from imgclf.training.config import train_config
+from imgclf.training.models_job import ModelsTrainJob, run_models_train
 from tests.support.mnist_data import write_mnist_npz
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -264,7 +264,8 @@ def test_rerun_exports_the_same_weights_and_longer_runs_continue(quadratic_run, 
 
 
 def _train_command(repo: Path) -> list[str]:
-    return [sys.executable, "-m", "models", "train", "quadratic", "--model-dir", str(repo), "--quiet",
+    return [sys.executable, "-m", "imgclf.core.cli", "models", "train",
+            "quadratic", "--model-dir", str(repo), "--quiet",
             *[f"--{k.replace('_', '-')}={v}" for k, v in QUADRATIC_SETTINGS.items()]]
 
 

@@ -1,4 +1,4 @@
-"""Tests for imgclf.models.distribute and distributed training: cluster files, mirrored and multi-worker runs.
+"""Tests for imgclf.training.distribute and distributed training: cluster files, mirrored and multi-worker runs.
 
 The distributed runs are real processes (devices and the multi-worker runtime
 are set up once per process): a MirroredStrategy over two logical CPUs, and
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.models.config import train_config
-from imgclf.models.distribute import DistributeError, WorkerRole, cpu_devices_from_env, make_strategy, read_cluster
-from imgclf.models.train_job import ModelsTrainJob, run_models_train
+from imgclf.training.config import train_config
+from imgclf.training.distribute import DistributeError, WorkerRole, cpu_devices_from_env, make_strategy, read_cluster
+from imgclf.training.models_job import ModelsTrainJob, run_models_train
 from tests.support.mnist_data import write_mnist_npz
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,7 +102,8 @@ def one_device_weights(tmp_path_factory, mnist_file):
 
 
 def _command(repo: Path, mnist_file: Path, weights: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "models", "train", "mnist-mlp", "--model-dir", str(repo), "--data", str(mnist_file),
+    return [sys.executable, "-m", "imgclf.core.cli", "models", "train",
+            "mnist-mlp", "--model-dir", str(repo), "--data", str(mnist_file),
             "--quiet", "--save-weights", str(weights), *[f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()],
             *extra]
 

@@ -1,4 +1,10 @@
-"""`imgclf models train`: load the data, pick the strategy, train (resuming), evaluate, export.
+"""`imgclf models train`: load the data, pick the strategy, train (resuming) in the one loop, evaluate, export.
+
+A secondary model's spec (:mod:`imgclf.models.config`) supplies what differs
+from the classifier head: the network (:mod:`imgclf.models.networks`), the
+objective by kind (softmax cross-entropy on the digits, squared error on the
+quadratic), the validation figures and the export (:mod:`imgclf.models.export`);
+:func:`imgclf.training.loop.fit` trains it.
 
 The data is loaded and checked before TensorFlow starts, so a bad file fails
 fast. Checkpoints go by default to a directory keyed by everything that
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -22,9 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.models.config import REGRESSION, TrainConfig, config_dict, spec_for
-from imgclf.models.data import Data, quadratic_data
-from imgclf.models.distribute import WorkerRole
+from imgclf.core.model_kind import ModelKind
+from imgclf.core.repository import validate_name
+from imgclf.models.config import config_dict, net_with, spec_for
+from imgclf.models.data import Data, Split, quadratic_data
+from imgclf.models.mnist import load_mnist
+from imgclf.training.config import TrainConfig
+from imgclf.training.distribute import WorkerRole, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +46,7 @@ class ModelsTrainJob:
 
     model: str  # "quadratic", "mnist-mlp" or "lenet5"
     model_dir: Path  # model repository: versions go to model_dir/name/<n>/
-    train: TrainConfig  # see imgclf.models.config.train_config for the model's defaults
+    train: TrainConfig  # see imgclf.training.config.train_config for the model's defaults
     name: str | None = None  # repository name; default the model's name
     data: Path | None = None  # digits: mnist.npz (default $IMGCLF_HOME/data/mnist.npz)
     dropout: float | None = None  # digits: dropout rate before the output layer (None = the model's default)
@@ -55,15 +66,13 @@ class ModelsTrainOutcome:
     metrics: dict  # {"test": ..., "validation": ... (digits), "train": ... (quadratic)}
     card: dict  # the run's part of the model card
     role: WorkerRole
-    fit: object  # imgclf.models.train_loop.FitResult
+    fit: object  # imgclf.training.loop.FitResult
 
 
-def load_data(model: str, path: Path | None, validation_size: int) -> Data:
+def load_data(model: str, path: Path | None, validation_size: int | None) -> Data:
     """Return the data of ``model``: generated for the quadratic, ``mnist.npz`` for the digit models."""
-    if spec_for(model).kind == REGRESSION:
+    if spec_for(model).kind == ModelKind.REGRESSION:
         return quadratic_data()
-    from imgclf.models.mnist import load_mnist
-
     return load_mnist(path, validation_size)
 
 
@@ -87,36 +96,44 @@ def run_models_train(job: ModelsTrainJob, on_epoch: Callable[[dict], None] | Non
     Raises:
         ValueError: a bad name or setting, or a malformed data or cluster file.
         FileNotFoundError: the data or cluster file is missing.
-        imgclf.models.train_loop.TrainingDiverged: the loss became NaN or infinite.
+        imgclf.core.errors.TrainingDiverged: the loss became NaN or infinite.
     """
-    from imgclf.core.repository import validate_name
-    from imgclf.models.config import net_with
-
     spec = spec_for(job.model)
     name = validate_name(job.name or spec.name)
     job.train.validate()
     net = net_with(spec, job.dropout)
     data = load_data(job.model, job.data, job.train.validation_size)  # before TensorFlow starts
 
-    from imgclf.models.distribute import make_strategy
-
     strategy, role = make_strategy(job.strategy, job.cluster, job.cpu_devices)
+    # Deferred: TensorFlow loads only once the data and the strategy settings have been checked (fast failures).
     from imgclf.models.export import export_secondary
-    from imgclf.models.train_loop import evaluate, fit
+    from imgclf.models.networks import build_network
+    from imgclf.training.loop import CLASSIFICATION, Examples, fit, regression
+    from imgclf.training.tensorboard_log import RunWriters
 
     model_dir = Path(job.model_dir) / name
     checkpoint_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else \
         model_dir / "checkpoints" / f"{spec.name}-{settings_key(spec.name, net, job.train, data)}"
     logdir = Path(job.logdir) if job.logdir else \
         model_dir / "runs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    result = fit(spec, net, job.train, data, strategy, role, checkpoint_dir,
-                 logdir=logdir if role.is_chief else None, on_epoch=on_epoch)
-
     y_scale = float(data.normalization["y_max"] - data.normalization["y_min"]) if data.normalization else 1.0
+    regressing = spec.kind == ModelKind.REGRESSION
+    validation = data.validation
+    writers = RunWriters(logdir, validation=validation is not None) if role.is_chief else None
+    try:
+        result = fit(lambda: build_network(net, job.train.seed), Examples(data.train.x, data.train.y), job.train,
+                     regression(y_scale) if regressing else CLASSIFICATION,
+                     validate=(lambda model: evaluate(spec.kind, model, validation)) if validation else None,
+                     strategy=strategy, role=role, checkpoint_dir=checkpoint_dir, writers=writers,
+                     on_epoch=on_epoch)
+    finally:
+        if writers:
+            writers.close()
+
     metrics = {"test": evaluate(spec.kind, result.model, data.test, y_scale)}
-    if data.validation is not None:
-        metrics["validation"] = evaluate(spec.kind, result.model, data.validation, y_scale)
-    if spec.kind == REGRESSION:  # cheap here; for the digits the last epoch's running figures stand in
+    if validation is not None:
+        metrics["validation"] = evaluate(spec.kind, result.model, validation, y_scale)
+    if regressing:  # cheap here; for the digits the last epoch's running figures stand in
         metrics["train"] = evaluate(spec.kind, result.model, data.train, y_scale)
     card = {
         "training": {
@@ -138,6 +155,17 @@ def run_models_train(job: ModelsTrainJob, on_epoch: Callable[[dict], None] | Non
     else:
         log.info("worker %s %d: trained; the chief exports", role.task_type, role.task_id)
     return ModelsTrainOutcome(version_dir=version_dir, metrics=metrics, card=card, role=role, fit=result)
+
+
+def evaluate(kind: ModelKind, model, split: Split, y_scale: float = 1.0) -> dict:
+    """Return ``{"loss", "accuracy"}`` (digits) or ``{"rmse", "mse"}`` (regression, in raw y: × ``y_scale``)."""
+    from imgclf.training.loop import classification_figures, predict  # deferred: TensorFlow
+
+    out = predict(model, split.x)
+    if kind == ModelKind.REGRESSION:
+        rmse = math.sqrt(float(np.mean(np.square(out.astype(np.float64) - split.y)))) * y_scale
+        return {"rmse": rmse, "mse": rmse * rmse}
+    return classification_figures(out, split.y)
 
 
 def save_weights(model, path: Path) -> None:

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from imgclf.training.head import HeadConfig
-from imgclf.training.train_loop import (
-    TrainConfig,
-    WeightAverager,
-    learning_rate_schedule,
-    predict_probabilities,
-    train_head,
-)
+from imgclf.training.config import HeadConfig, TrainConfig
+from imgclf.training.fit_head import predict_probabilities, train_head
+from imgclf.training.loop import learning_rate_schedule
 
 
 class Clusters:
@@ -76,7 +71,7 @@ def test_learning_rate_per_epoch_follows_exponential_decay(staircase):
     task = Clusters(seed=1, num_classes=3, dim=8, separation=1.0)
     (x, y), (xv, yv) = task.sample(250), task.sample(30)
     config = TrainConfig(learning_rate=0.1, decay_steps=4, decay_rate=0.5, staircase=staircase,
-                         batch_size=100, max_epochs=6, patience=6)
+                         batch_size=100, epochs=6, patience=6)
     result = train_head(x, y, xv, yv, 3, HeadConfig(), config)
     steps_per_epoch = 3  # 100 + 100 + 50
     assert result.steps == 6 * steps_per_epoch and not result.stopped_early
@@ -98,7 +93,7 @@ def test_class_balance_improves_minority_recall(mode):
 
     def minority_recall(class_balance: str) -> float:
         result = train_head(x, y, xv, yv, 3, HeadConfig(),
-                            TrainConfig(class_balance=class_balance, max_epochs=40))
+                            TrainConfig(class_balance=class_balance, epochs=40))
         predicted = predict_probabilities(result.model, xt).argmax(axis=1)
         return float((predicted[yt == 2] == 2).mean())
 
@@ -111,9 +106,9 @@ def test_class_weights_are_balanced():
     task = Clusters(seed=3, num_classes=3, dim=4, separation=2.0)
     x, y = task.sample([60, 30, 10])
     xv, yv = task.sample(20)
-    result = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(max_epochs=1))
+    result = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(epochs=1))
     assert result.class_weights == pytest.approx([100 / 180, 100 / 90, 100 / 30])
-    result = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(max_epochs=1,
+    result = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(epochs=1,
                                                                     class_balance="none"))
     assert result.class_weights == [1.0, 1.0, 1.0]
 
@@ -122,7 +117,7 @@ def test_early_stopping_restores_the_best_weights():
     # Few examples in many dimensions, no weight decay: validation loss turns up soon.
     task = Clusters(seed=4, num_classes=3, dim=200, separation=0.15)
     (x, y), (xv, yv) = task.sample(90), task.sample(300)
-    config = TrainConfig(optimizer="adam", learning_rate=0.01, batch_size=30, max_epochs=200,
+    config = TrainConfig(optimizer="adam", learning_rate=0.01, batch_size=30, epochs=200,
                          patience=5, min_delta=0.0)
     result = train_head(x, y, xv, yv, 3, HeadConfig(l2=0.0), config)
     val_losses = [row["val_loss"] for row in result.history]
@@ -139,7 +134,7 @@ def test_early_stopping_restores_the_best_weights():
 def test_larger_l2_gives_smaller_weights():
     task = Clusters(seed=5, num_classes=4, dim=32, separation=0.5)
     (x, y), (xv, yv) = task.sample(800), task.sample(200)
-    config = TrainConfig(max_epochs=30, patience=30)
+    config = TrainConfig(epochs=30, patience=30)
 
     def kernel_norm(l2: float) -> float:
         model = train_head(x, y, xv, yv, 4, HeadConfig(l2=l2), config).model
@@ -156,7 +151,7 @@ def test_same_seed_same_weights():
 
     def fit(seed: int):
         return train_head(x, y, xv, yv, 3, head, TrainConfig(
-            seed=seed, max_epochs=4, class_balance="sampling", optimizer="adam"))
+            seed=seed, epochs=4, class_balance="sampling", optimizer="adam"))
 
     first, second, other = fit(7), fit(7), fit(8)
     for a, b in zip(first.model.get_weights(), second.model.get_weights()):
@@ -165,25 +160,10 @@ def test_same_seed_same_weights():
     assert not np.array_equal(first.model.get_weights()[0], other.model.get_weights()[0])
 
 
-def test_weight_averager_follows_the_tf1_rule():
-    variable = tf.Variable([0.0, 10.0])
-    averager = WeightAverager([variable], decay=0.5)
-    expected = np.array([0.0, 10.0])
-    for t, value in enumerate([[1.0, 1.0], [2.0, 0.0], [4.0, 4.0]], start=1):
-        variable.assign(value)
-        averager.update(t)
-        decay = min(0.5, (1 + t) / (10 + t))
-        expected = decay * expected + (1 - decay) * np.array(value)
-        np.testing.assert_allclose(averager.shadows[0].numpy(), expected, rtol=1e-6)
-    with averager.swapped():
-        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(variable.numpy(), [4.0, 4.0])
-
-
 def test_evaluation_uses_the_moving_average_when_enabled():
     task = Clusters(seed=9, num_classes=3, dim=32, separation=0.3)
     (x, y), (xv, yv) = task.sample(600), task.sample(200)
-    config = dict(max_epochs=8, patience=8, learning_rate=0.05, batch_size=20)
+    config = dict(epochs=8, patience=8, learning_rate=0.05, batch_size=20)
     plain = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(**config))
     averaged = train_head(x, y, xv, yv, 3, HeadConfig(), TrainConfig(ema_decay=0.99, **config))
     # The average does not feed back into training: the same updates happen...
@@ -215,7 +195,7 @@ def test_tensorboard_logs(tmp_path):
     (x, y), (xv, yv) = task.sample(120), task.sample(40)
     names = ["daisy", "dandelion", "roses"]
     result = train_head(x, y, xv, yv, 3, HeadConfig(hidden_units=4),
-                        TrainConfig(max_epochs=5, patience=5), logdir=tmp_path / "run",
+                        TrainConfig(epochs=5, patience=5), logdir=tmp_path / "run",
                         label_names=names)
     epochs = list(range(1, len(result.history) + 1))
 
@@ -244,8 +224,8 @@ def test_tensorboard_logs(tmp_path):
 def test_logs_each_epoch_and_reports_json_ready(caplog):
     task = Clusters(seed=11, num_classes=2, dim=4, separation=2.0)
     (x, y), (xv, yv) = task.sample(50), task.sample(20)
-    with caplog.at_level(logging.INFO, logger="imgclf.training.train_loop"):
-        result = train_head(x, y, xv, yv, 2, HeadConfig(), TrainConfig(max_epochs=3, patience=3),
+    with caplog.at_level(logging.INFO, logger="imgclf.training.loop"):
+        result = train_head(x, y, xv, yv, 2, HeadConfig(), TrainConfig(epochs=3, patience=3),
                             progress=True, label_names=["cat", "dog"])
     assert "epoch 1/3: loss" in caplog.text and "epoch 3/3" in caplog.text
     report = json.loads(json.dumps(result.to_dict()))
@@ -283,7 +263,7 @@ def test_label_names_must_cover_every_class():
 
 @pytest.mark.parametrize("field, value", [
     ("optimizer", "rmsprop"), ("class_balance", "oversample"), ("batch_size", 0),
-    ("max_epochs", 0), ("patience", -1), ("decay_steps", 0), ("learning_rate", -0.1),
+    ("epochs", 0), ("patience", -1), ("decay_steps", 0), ("learning_rate", -0.1),
     ("learning_rate", float("nan")), ("decay_rate", 0.0), ("decay_rate", 1.5),
     ("momentum", 1.0), ("ema_decay", 1.0), ("ema_decay", 0.0), ("min_delta", -1.0),
     ("seed", -1), ("batch_size", 2.5),
@@ -307,8 +287,8 @@ def test_diverging_training_stops_and_says_so(caplog):
         train_head(x, y, xv, yv, 2, raw, TrainConfig(learning_rate=1e3, batch_size=4))
 
 
-def test_ten_thousand_bottlenecks_train_quickly():
-    """10,000 × 2048 vectors, 10 classes, default settings: prints the time, asserts nothing of it."""
+def test_ten_thousand_bottlenecks_of_2048_learn_far_above_chance():
+    """10,000 × 2048 vectors, 10 classes, default settings: far above chance, finite loss (time printed only)."""
     task = Clusters(seed=13, num_classes=10, dim=2048, separation=0.05)
     (x, y), (xv, yv) = task.sample(10_000), task.sample(2_000)
     started = time.perf_counter()

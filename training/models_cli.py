@@ -1,7 +1,4 @@
-"""The secondary models' subcommands: `imgclf models train` and `imgclf models fetch-mnist`.
-
-``python -m imgclf.models ARGS`` runs the same commands without the rest of imgclf's CLI.
-"""
+"""The secondary models' subcommands: `imgclf models train` and `imgclf models fetch-mnist`."""
 
 from __future__ import annotations
 
@@ -10,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from imgclf.core.cli import add_verbosity, run_command
-from imgclf.models.config import MODEL_NAMES, OPTIMIZERS, SPECS, STRATEGIES
+from imgclf.models.config import MODEL_NAMES, SPECS, STRATEGIES
+from imgclf.training.config import OPTIMIZERS, train_config
 
 ENV_MODEL_REPOSITORY = "IMGCLF_MODEL_REPOSITORY"
 
@@ -34,7 +31,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
 def _defaults_text() -> str:
     lines = ["defaults per model (epochs, batch, learning rate [adam], decay per epoch):"]
     for spec in SPECS.values():
-        t = spec.train
+        t = train_config(spec.name)
         lines.append(f"  {spec.name:10} {t.epochs} epochs, batch {t.batch_size}, lr {t.learning_rate:g} "
                      f"[{spec.adam_learning_rate:g}], decay {t.decay_rate:g}: {spec.description}")
     return "\n".join(lines)
@@ -73,7 +70,8 @@ def _add_train(msub) -> None:
                         "(default: off)")
     g.add_argument("--dropout", type=float, help="digits: dropout before the output layer (default: 0)")
     g.add_argument("--validation-size", type=int,
-                   help="digits: the last N training images are the validation set (default: 5000)")
+                   help="digits: the last N training images are the validation set (default: 5000, or a "
+                        "twelfth of a smaller training set)")
     g.add_argument("--checkpoint-epochs", type=int, help="save a checkpoint every N epochs (default: 1; "
                                                          "quadratic 50)")
     g.add_argument("--seed", type=int, help="seeds weights, dropout and batch order (default: 0)")
@@ -140,8 +138,7 @@ class _EpochPrinter:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf models train`."""
-    from imgclf.models.config import train_config
-    from imgclf.models.train_job import ModelsTrainJob, run_models_train
+    from imgclf.training.models_job import ModelsTrainJob, run_models_train
 
     config = train_config(args.model, epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, decay_rate=args.decay_rate,
@@ -179,12 +176,3 @@ def cmd_fetch_mnist(args: argparse.Namespace) -> int:
                        timeout=args.timeout, progress=False if args.quiet else None, force=args.force)
     print(f"MNIST at {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `python -m imgclf.models …` (the same as `imgclf models …`); return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m imgclf.models", description="imgclf's secondary models.")
-    add_verbosity(parser)
-    add_subcommands(parser)
-    return run_command(parser, argv, lambda args: f"imgclf models {args.models_command}",
-                       interrupted="checkpoints written so far are kept, run the same command again to resume")
