@@ -13,7 +13,7 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from imgclf.core import export_names as names
 from imgclf.core import op_policy
 from imgclf.core.cli import main
-from imgclf.core.errors import GraphError, UnsafeGraph
+from imgclf.core.errors import GraphError, UnsafeGraph, UsageError
 from imgclf.core.op_policy import (
     ALLOWED_OPS,
     RESTORE_OPS,
@@ -346,7 +346,7 @@ def test_load_model_refuses_an_unsafe_saved_model_unless_allowed(unsafe_saved_mo
     with pytest.raises(UnsafeGraph):
         load_model(version, allow_unsafe_ops=False)  # an explicit no wins over the environment
     monkeypatch.setenv(op_policy.ENV_ALLOW_UNSAFE_OPS, "maybe")
-    with pytest.raises(ValueError, match="IMGCLF_ALLOW_UNSAFE_OPS must be 1 or 0"):
+    with pytest.raises(UsageError, match="IMGCLF_ALLOW_UNSAFE_OPS='maybe' is not a yes or a no"):
         load_model(version)
 
 
