@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgclf.core.errors import TrainingDiverged
 from imgclf.training.config import CLASS_BALANCE, OPTIMIZERS, HeadConfig, TrainConfig  # noqa: F401 - re-exported
 from imgclf.training.head import build_head, feature_statistics, logits_model
 from imgclf.training.metrics import Metrics, evaluate
@@ -315,7 +316,7 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int,
                              "(val_loss %.4f)", waited, best_epoch, best_loss)
                     break
         if best_weights is None:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"training diverged before any finite validation loss (learning_rate "
                 f"{cfg.learning_rate}, optimizer {cfg.optimizer!r}); try a lower learning_rate")
         model.set_weights(best_weights)
