@@ -270,11 +270,11 @@ def test_configuring_twice_is_harmless(device_env):
 def _run_both_graphs(graph_path):
     """Run the batched and the one-image graph on ``graph_path``; return (features, one-image vector, featurizer)."""
     from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-    from imgclf.featurizer.graph import SingleImageGraph, read_graph_def
+    from imgclf.featurizer.graph import SingleImageGraph, load_graph
     from tests.support import images
 
     featurizer = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
-    single = SingleImageGraph(read_graph_def(graph_path))
+    single = SingleImageGraph(load_graph(graph_path)[0])
     jpeg = images.jpeg(3, (120, 90), 90)
     try:
         batched = featurizer.run(featurizer.preprocess(jpeg)[None])
