@@ -27,7 +27,7 @@ from PIL import Image
 from imgclf.core.precision import cpu_flags, native_bf16_flags, onednn_enabled
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes
 from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.graph import SingleImageGraph, ThreadConfig, read_graph_def
+from imgclf.featurizer.graph import SingleImageGraph, ThreadConfig, load_graph
 from imgclf.featurizer.pipeline import WorkItem, extract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def make_images(folder: Path, count: int) -> list[Path]:
 def run_single(graph_path: Path, paths: list[Path], cache_path: Path, commit_every: int,
                threads: ThreadConfig) -> float:
     """Time (a): one JPEG per session run through the graph's own decoding, cached."""
-    single = SingleImageGraph(read_graph_def(graph_path), threads=threads)
+    single = SingleImageGraph(load_graph(graph_path)[0], threads=threads)
     single.run(paths[0].read_bytes())  # warm-up, as every path gets one
     with FeatureCache(cache_path) as cache:
         start = time.perf_counter()

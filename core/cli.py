@@ -16,10 +16,11 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
-from imgclf.core.errors import EXIT_INTERRUPTED, exit_status
+from imgclf.core.errors import EXIT_INTERRUPTED, exit_status, is_tf_user_error
 
 # Modules with a ``register(subparsers)`` function, in the order their commands are listed in --help.
 COMMAND_MODULES = ("imgclf.service.demo", "imgclf.featurizer.cli", "imgclf.training.cli", "imgclf.training.models_cli",
@@ -76,6 +77,11 @@ def _message(exc: BaseException) -> str:
     """Return what to print for ``exc``: its message, or its kind when it has none."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.strerror}: {str(exc.filename)!r}"
+    if is_tf_user_error(exc):
+        # "{{function_node ...}} /a/b; Operation not permitted [Op:CreateSummaryFileWriter] name: " -> the middle
+        text = re.sub(r"^\{\{.*?\}\}\s*", "", str(getattr(exc, "message", exc)))
+        text = re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
+        return f"{type(exc).__name__}: {text}"
     return str(exc) or type(exc).__name__
 
 

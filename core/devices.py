@@ -37,7 +37,8 @@ import threading
 from dataclasses import dataclass, field
 
 from imgclf.core import tf_private
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import UsageError
+from imgclf.core.settings import env_bool, env_int, env_str
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,10 @@ ENV_GPU_MEMORY_LIMIT_MB = "IMGCLF_GPU_MEMORY_LIMIT_MB"
 ENV_LOG_DEVICE_PLACEMENT = "IMGCLF_LOG_DEVICE_PLACEMENT"
 
 _DEVICE_SPEC = re.compile(r"/?(?:device:)?(cpu|gpu)(?::(\d+))?", re.IGNORECASE)
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
 
 
-class DeviceError(ImgclfError, ValueError):
-    """A device setting is malformed, names a device this process lacks, or came too late."""
+class DeviceError(UsageError):
+    """A device setting is malformed, names a device this process lacks, or came too late (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -66,21 +65,17 @@ class DeviceSettings:
     @classmethod
     def from_env(cls, env=None) -> DeviceSettings:
         """Read and check the ``IMGCLF_*`` device variables of ``env`` (default: the process environment)."""
-        env = os.environ if env is None else env
-        raw_device = env.get(ENV_DEVICE, "").strip()
-        device = canonical_device(raw_device) if raw_device else ""
-        raw_limit = env.get(ENV_GPU_MEMORY_LIMIT_MB, "").strip()
         try:
-            limit = int(raw_limit) if raw_limit else 0
-        except ValueError:
-            raise DeviceError(f"{ENV_GPU_MEMORY_LIMIT_MB}={raw_limit!r} is not a whole number of MiB") from None
-        if limit < 0 or (raw_limit and limit == 0):
-            raise DeviceError(f"{ENV_GPU_MEMORY_LIMIT_MB} must be a positive number of MiB (unset = memory "
-                              f"growth); received {raw_limit!r}")
-        raw_log = env.get(ENV_LOG_DEVICE_PLACEMENT, "").strip().lower()
-        if raw_log not in _TRUE + _FALSE:
-            raise DeviceError(f"{ENV_LOG_DEVICE_PLACEMENT}={raw_log!r} must be 1 or 0")
-        return cls(device=device, gpu_memory_limit_mb=limit, log_device_placement=raw_log in _TRUE,
+            raw_device = env_str(ENV_DEVICE, env=env)
+            device = canonical_device(raw_device) if raw_device else ""
+            # 0 = memory growth, the default; a limit, once set, is a positive number of MiB.
+            limit = env_int(ENV_GPU_MEMORY_LIMIT_MB, 0, minimum=1, env=env)
+            log_placement = env_bool(ENV_LOG_DEVICE_PLACEMENT, default=False, env=env)
+        except DeviceError:
+            raise
+        except UsageError as exc:  # the settings' own message, as the device error callers catch
+            raise DeviceError(str(exc)) from None
+        return cls(device=device, gpu_memory_limit_mb=limit, log_device_placement=log_placement,
                    device_spec=raw_device)
 
     @property

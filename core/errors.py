@@ -53,17 +53,31 @@ class TrainingDiverged(ImgclfError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+# TensorFlow's own errors about files and memory (tf.errors.*, raised by its C++ file system, e.g. a
+# TensorBoard writer in an unwritable folder): a user can act on them like on an OSError. Matched by
+# name so that this module never imports TensorFlow.
+TF_ERRORS_MODULE = "tensorflow.python.framework.errors_impl"
+TF_USER_ERRORS = ("PermissionDeniedError", "NotFoundError", "AlreadyExistsError", "ResourceExhaustedError",
+                  "DataLossError")
+
+
 def exit_status(exc: BaseException) -> int | None:
     """Return the command-line exit status for ``exc``, or None for an error that is a bug (a traceback).
 
     Bad arguments and settings give 2; every other error a user can act on — imgclf's own, a bad value
-    in the data (ValueError), a file that is missing or cannot be read or written (OSError), arithmetic
-    that failed (FloatingPointError, ZeroDivisionError) — gives 1; Ctrl-C gives 130.
+    in the data (ValueError), a file that is missing or cannot be read or written (OSError, and
+    TensorFlow's file-system and out-of-memory errors), arithmetic that failed (FloatingPointError,
+    ZeroDivisionError) — gives 1; Ctrl-C gives 130.
     """
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, UsageError):
         return EXIT_USAGE
-    if isinstance(exc, (ImgclfError, ValueError, OSError, ArithmeticError)):
+    if isinstance(exc, (ImgclfError, ValueError, OSError, ArithmeticError)) or is_tf_user_error(exc):
         return EXIT_FAILED
     return None
+
+
+def is_tf_user_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` is one of TensorFlow's file-system or memory errors (:data:`TF_USER_ERRORS`)."""
+    return any(cls.__module__ == TF_ERRORS_MODULE and cls.__name__ in TF_USER_ERRORS for cls in type(exc).__mro__)

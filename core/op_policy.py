@@ -44,6 +44,7 @@ from pathlib import Path
 
 from imgclf.core import tf_private
 from imgclf.core.errors import GraphError, UnsafeGraph
+from imgclf.core.settings import env_bool
 
 log = logging.getLogger(__name__)
 
@@ -390,17 +391,12 @@ def check_saved_model(path: str | os.PathLike, *, allow_unsafe_ops: bool = False
 
 
 def allow_unsafe_ops_from_env(env: Mapping[str, str] | None = None) -> bool:
-    """Return whether ``IMGCLF_ALLOW_UNSAFE_OPS`` allows unsafe ops ("1", "true", "yes", "on"; unset: no).
+    """Return whether ``IMGCLF_ALLOW_UNSAFE_OPS`` allows unsafe ops (a boolean setting; unset: no).
 
     Raises:
-        ValueError: the variable is set to something that is not a yes or a no.
+        UsageError: the variable is set to something that is not a yes or a no.
     """
-    raw = (os.environ if env is None else env).get(ENV_ALLOW_UNSAFE_OPS, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{ENV_ALLOW_UNSAFE_OPS} must be 1 or 0 (true/false); received {raw!r}")
+    return env_bool(ENV_ALLOW_UNSAFE_OPS, default=False, env=env)
 
 
 __all__ = [

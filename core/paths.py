@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from imgclf.core.settings import ENV_HOME, env_path
 
 
 def imgclf_home() -> Path:
     """Return the data directory: ``$IMGCLF_HOME``, else ``~/.cache/imgclf``."""
-    env = os.environ.get("IMGCLF_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "imgclf"
+    return env_path(ENV_HOME) or Path.home() / ".cache" / "imgclf"
 
 
 def inception_dir() -> Path:

@@ -16,10 +16,10 @@ from imgclf.featurizer.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 
 
-def add_featurizer_options(parser: argparse.ArgumentParser, graph_required: bool = True) -> None:
-    """Add the options that choose and run a featurizer graph (shared with `train` and `serve`)."""
+def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that choose and run a featurizer graph (shared by `featurize` and `train`)."""
     group = parser.add_argument_group("featurizer graph")
-    group.add_argument("--graph", type=Path, required=graph_required,
+    group.add_argument("--graph", type=Path, required=True,
                        help="frozen Inception-v3 GraphDef (.pb): the real tensorflow_inception_graph.pb "
                             "(imgclf fetch-inception) or one from imgclf export-inception")
     group.add_argument("--precision", choices=PRECISIONS, default="auto",

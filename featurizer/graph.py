@@ -13,8 +13,8 @@ Two ways through the same file:
   bottleneck. It is the reference the batched path is checked against, and the
   baseline of the benchmark.
 
-Safety (:mod:`imgclf.core.op_policy`): a graph is a program. :func:`load_graph`,
-:func:`read_graph_def` and both graph classes refuse graphs holding ops outside
+Safety (:mod:`imgclf.core.op_policy`): a graph is a program. :func:`load_graph`
+and both graph classes refuse graphs holding ops outside
 imgclf's inference allow-list (file, process and network ops) with
 :class:`~imgclf.core.errors.UnsafeGraph`, unless ``allow_unsafe_ops=True``.
 :func:`parse_graph_def` only parses.
@@ -83,22 +83,6 @@ def read_graph_bytes(path: str | os.PathLike) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise GraphError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}") from exc
-
-
-def read_graph_def(path: str | os.PathLike, *, allow_unsafe_ops: bool = False) -> graph_pb2.GraphDef:
-    """Read a frozen GraphDef file and check its ops against the inference allow-list.
-
-    Args:
-        allow_unsafe_ops: accept (with a logged warning) ops outside the allow-list.
-
-    Raises:
-        GraphError: the file cannot be read or is not a GraphDef.
-        UnsafeGraph: it holds ops outside the allow-list (names them).
-    """
-    path = Path(path)
-    graph_def = parse_graph_def(read_graph_bytes(path), source=repr(str(path)))
-    check_graph_def(graph_def, source=f"graph {str(path)!r}", allow_unsafe_ops=allow_unsafe_ops)
-    return graph_def
 
 
 def missing_tensors(graph_def: graph_pb2.GraphDef, names: list[str]) -> list[str]:
@@ -354,6 +338,6 @@ def load_graph(path: str | os.PathLike, *, allow_unsafe_ops: bool = False) -> tu
 
 __all__ = [
     "BottleneckGraph", "SingleImageGraph", "RewriteReport", "ThreadConfig", "contract_from_graph",
-    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_bytes", "read_graph_def",
+    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_bytes",
     "require_tensors", "session_config",
 ]

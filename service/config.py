@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from imgclf.core import settings
 from imgclf.core.errors import UsageError
 from imgclf.core.precision import PRECISIONS
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 
-ENV_PREFIX = "IMGCLF_"
+ENV_PREFIX = settings.PREFIX
 
 
 @dataclass
@@ -42,13 +43,17 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> ServiceConfig:
-        """Build a config from defaults, then ``IMGCLF_*`` variables of ``env``, then ``overrides``."""
-        env = os.environ if env is None else env
+        """Build a config from defaults, then ``IMGCLF_*`` variables of ``env``, then ``overrides``.
+
+        Raises:
+            UsageError: a variable is not of its field's type (a boolean not a yes or a no, ...) or out of range.
+        """
         values = {}
         for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, f.type, raw)
+            name = ENV_PREFIX + f.name.upper()
+            raw = settings.raw_value(name, env)  # unset or empty: the default
+            if raw is not None:
+                values[f.name] = _PARSERS.get(str(f.type), _as_str)(name, raw)
         values.update(overrides)
         config = cls(**values)
         config.model_repository = Path(config.model_repository)
@@ -56,38 +61,21 @@ class ServiceConfig:
         return config
 
     def validate(self) -> None:
-        """Raise ValueError on a setting out of range, naming the variable."""
+        """Raise UsageError on a setting out of range (overrides included), naming the variable."""
         for name in ("max_upload_bytes", "max_pixels", "max_instances", "top_k", "batch_max_size"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{ENV_PREFIX}{name.upper()} must be at least 1; received {getattr(self, name)!r}")
+            settings.check_range(f"{ENV_PREFIX}{name.upper()}", int(getattr(self, name)), minimum=1)
         if self.precision not in PRECISIONS:
             raise UsageError(f"{ENV_PREFIX}PRECISION must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                              f"received {self.precision!r}")
         if self.font and not os.path.isfile(self.font):
             raise UsageError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
-        if not 0 <= float(self.batch_max_wait_ms) <= 10_000:
-            raise UsageError(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS must be between 0 and 10000; "
-                             f"received {self.batch_max_wait_ms!r}")
+        settings.check_range(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS", float(self.batch_max_wait_ms), 0, 10_000)
 
 
-def _parse(name: str, kind, raw: str):
-    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    try:
-        if kind == "bool":
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise UsageError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "dict":
-            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
-            return {key.strip(): int(value) for key, value in pairs}
-        if kind == "Path":
-            return Path(raw).expanduser()
-        return raw
-    except ValueError as exc:
-        raise UsageError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from exc
+def _as_str(name: str, raw: str) -> str:
+    return raw
+
+
+# Field type (as annotated) -> the settings parser for its variable; any other type is a string.
+_PARSERS = {"bool": settings.parse_bool, "int": settings.parse_int, "float": settings.parse_float,
+            "dict": settings.parse_versions, "Path": settings.parse_path}

@@ -7,10 +7,15 @@ Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them fr
     IMGCLF_THREADS           8               request threads per worker (gthread)
     IMGCLF_TIMEOUT           120             seconds a silent worker lives (covers model loading)
     IMGCLF_GRACEFUL_TIMEOUT  30              seconds in-flight requests get after SIGTERM
-    IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service
+    IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service (debug ... critical)
     IMGCLF_ACCESS_LOG        0               1: one access-log line per request on stdout
     IMGCLF_MALLOC_TRIM_SECONDS  1            a worker hands freed heap memory back to the system this
                                              often (glibc's malloc_trim; 0: never)
+
+They are read by :class:`imgclf.service.serve_cli.ServerSettings` (through
+:mod:`imgclf.core.settings`, standard library only): a malformed one
+(``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``) stops gunicorn before it starts;
+`imgclf serve` checks them first and says so in one line.
 
 Why two workers by default: a worker that dies (or restarts) leaves another one
 answering while it reloads its models. Each model call already spreads over
@@ -56,28 +61,19 @@ import tempfile
 import threading
 import time
 
+from imgclf.service.serve_cli import ServerSettings
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a valid int") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}; received {value}")
-    return value
-
-
+_server = ServerSettings.from_env()
 wsgi_app = "imgclf.service:create_app()"
-bind = [os.environ.get("IMGCLF_BIND", "").strip() or "127.0.0.1:8000"]
+bind = [_server.bind]
 worker_class = "gthread"
-workers = _env_int("IMGCLF_WORKERS", 2)
-threads = _env_int("IMGCLF_THREADS", 8)
-timeout = _env_int("IMGCLF_TIMEOUT", 120)
-graceful_timeout = _env_int("IMGCLF_GRACEFUL_TIMEOUT", 30, minimum=0)
-_trim_seconds = _env_int("IMGCLF_MALLOC_TRIM_SECONDS", 1, minimum=0)
+workers = _server.workers
+threads = _server.threads
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
+_trim_seconds = _server.malloc_trim_seconds
 preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
 proc_name = "imgclf"
 # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
@@ -87,8 +83,8 @@ control_socket_disable = True
 # The heartbeat file is touched every second; tmpfs keeps a slow or overlay /tmp from stalling workers.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
-loglevel = os.environ.get("IMGCLF_LOG_LEVEL", "").strip().lower() or "info"
-_access = os.environ.get("IMGCLF_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on")
+loglevel = _server.log_level
+_access = _server.access_log
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -11,14 +11,56 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.core import settings
 from imgclf.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 CONF = "python:imgclf.service.gunicorn_conf"
 APP = "imgclf.service:create_app()"
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """gunicorn's settings, from ``IMGCLF_*`` variables (the table in :mod:`imgclf.service.gunicorn_conf`).
+
+    Read here, not in the config file, so that `imgclf serve` can check them before it execs gunicorn
+    (whose config-file errors are a traceback); this module stays as light as the gunicorn master needs.
+    """
+
+    bind: str = "127.0.0.1:8000"
+    workers: int = 2
+    threads: int = 8
+    timeout: int = 120
+    graceful_timeout: int = 30
+    log_level: str = "info"
+    access_log: bool = False
+    malloc_trim_seconds: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Read the settings from ``env`` (default: the process environment); unset or empty = the default.
+
+        Raises:
+            UsageError: a variable is malformed or out of range (``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``).
+        """
+        d = cls()
+        return cls(
+            bind=settings.env_str("IMGCLF_BIND", d.bind, env=env),
+            workers=settings.env_int("IMGCLF_WORKERS", d.workers, minimum=1, env=env),
+            threads=settings.env_int("IMGCLF_THREADS", d.threads, minimum=1, env=env),
+            timeout=settings.env_int("IMGCLF_TIMEOUT", d.timeout, minimum=1, env=env),
+            graceful_timeout=settings.env_int("IMGCLF_GRACEFUL_TIMEOUT", d.graceful_timeout, minimum=0, env=env),
+            log_level=settings.env_choice("IMGCLF_LOG_LEVEL", LOG_LEVELS, d.log_level, env=env),
+            access_log=settings.env_bool("IMGCLF_ACCESS_LOG", d.access_log, env=env),
+            malloc_trim_seconds=settings.env_int("IMGCLF_MALLOC_TRIM_SECONDS", d.malloc_trim_seconds, minimum=0,
+                                                 env=env),
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +110,17 @@ def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = No
     return env
 
 
+def check_settings(env: Mapping[str, str]) -> ServerSettings:
+    """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
+    from imgclf.core.devices import DeviceSettings
+    from imgclf.service.config import ServiceConfig
+
+    server = ServerSettings.from_env(env)
+    ServiceConfig.from_env(env)
+    DeviceSettings.from_env(env)  # only reads: whether the device exists is checked by each worker
+    return server
+
+
 def default_model_dir() -> Path:
     """Return the repository served when --model-dir is not given."""
     from imgclf.service.config import ServiceConfig
@@ -77,11 +130,16 @@ def default_model_dir() -> Path:
 
 def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
                   threads: int | None = None) -> None:
-    """Replace this process with gunicorn serving ``model_dir``; returns only if exec fails."""
+    """Replace this process with gunicorn serving ``model_dir``; returns only if exec fails.
+
+    Raises:
+        UsageError: a setting of gunicorn or of the workers is malformed (checked here: from gunicorn's master
+            or workers it would be a traceback, or workers that fail to boot one after the other).
+    """
     env = serve_env(model_dir, bind, workers, threads)
+    server = check_settings(env)
     argv = gunicorn_argv()
-    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{env.get('IMGCLF_BIND') or '127.0.0.1:8000'}/ "
-          f"(Ctrl-C to stop)", flush=True)
+    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{server.bind}/ (Ctrl-C to stop)", flush=True)
     sys.stderr.flush()  # exec discards whatever is still buffered
     os.execve(argv[0], argv, env)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imgclf.core.errors import UsageError
 from imgclf.featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
 
 
@@ -82,9 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
         model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
         decode_threads=check_decode_threads(args.decode_threads), progress=False if args.quiet else None,
-        split=SplitConfig(args.train_percent, args.validation_percent, args.test_percent),
-        augment=AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
-                              args.random_brightness, args.random_contrast, args.random_saturation),
+        split=_checked(SplitConfig(args.train_percent, args.validation_percent, args.test_percent)),
+        augment=_checked(AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
+                                       args.random_brightness, args.random_contrast, args.random_saturation)),
         head=HeadConfig(hidden_units=args.hidden_units, dropout=args.dropout, l2=args.l2),
         train=TrainConfig(learning_rate=args.learning_rate, decay_steps=args.decay_steps,
                           decay_rate=args.decay_rate, staircase=not args.no_staircase, optimizer=args.optimizer,
@@ -102,3 +103,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(outcome.table)
     print(f"exported {outcome.version_dir}")
     return 0
+
+
+def _checked(config):
+    """Return ``config`` after its ``validate()``: built from arguments alone, its ValueError is a UsageError."""
+    try:
+        config.validate()
+    except UsageError:
+        raise
+    except ValueError as exc:  # SplitConfig and AugmentConfig say ValueError; here it is a bad argument (exit 2)
+        raise UsageError(str(exc)) from None
+    return config

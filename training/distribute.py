@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.core import settings
 from imgclf.core.errors import ImgclfError
 from imgclf.models.config import STRATEGIES
 
@@ -56,13 +57,7 @@ def cpu_devices_from_env(value: int | None) -> int | None:
     """Return ``value``, else ``IMGCLF_CPU_DEVICES`` as an integer, else None."""
     if value is not None:
         return value
-    raw = os.environ.get(ENV_CPU_DEVICES, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise DistributeError(f"{ENV_CPU_DEVICES}={raw!r} is not a whole number of CPU devices") from None
+    return settings.env_int(ENV_CPU_DEVICES, None, minimum=1)
 
 
 def split_cpu(count: int) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgclf.core import settings
+
 NAME_WIDTH = 20  # label names longer than this are cut in the table
 # Fonts with wide coverage for non-ASCII label names (CJK first); IMGCLF_FONT goes before them.
 WIDE_FONTS = (
@@ -163,7 +165,7 @@ def _font(names: list[str], size: int):
     from PIL import ImageFont
 
     if not all(name.isascii() for name in names):
-        for path in (os.environ.get("IMGCLF_FONT"), *WIDE_FONTS):
+        for path in (settings.env_str(settings.ENV_FONT) or None, *WIDE_FONTS):
             if path and os.path.isfile(path):
                 return ImageFont.truetype(path, size=size)
     return ImageFont.load_default(size=size)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
+from imgclf.core import settings
 from imgclf.models.config import MODEL_NAMES, SPECS, STRATEGIES
 from imgclf.training.config import OPTIMIZERS, train_config
 
@@ -38,7 +38,7 @@ def _defaults_text() -> str:
 
 
 def _add_train(msub) -> None:
-    repo = os.environ.get(ENV_MODEL_REPOSITORY)
+    repo = settings.env_str(ENV_MODEL_REPOSITORY) or None
     p = msub.add_parser(
         "train", help="train a secondary model and export it as a new version",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -111,10 +111,11 @@ def test_device_names_are_canonical(spec, canonical):
 @pytest.mark.parametrize("name, value, message", [
     ("IMGCLF_DEVICE", "/tpu:0", r"IMGCLF_DEVICE='/tpu:0' is not a device; use /gpu:N or /cpu:0"),
     ("IMGCLF_DEVICE", "gpu0", r"IMGCLF_DEVICE='gpu0' is not a device"),
-    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "4G", r"IMGCLF_GPU_MEMORY_LIMIT_MB='4G' is not a whole number"),
-    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "0", r"must be a positive number of MiB"),
-    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "-512", r"must be a positive number of MiB"),
-    ("IMGCLF_LOG_DEVICE_PLACEMENT", "verbose", r"IMGCLF_LOG_DEVICE_PLACEMENT='verbose' must be 1 or 0"),
+    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "4G", r"IMGCLF_GPU_MEMORY_LIMIT_MB='4G' is not a valid int"),
+    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "0", r"IMGCLF_GPU_MEMORY_LIMIT_MB must be at least 1; received 0"),
+    ("IMGCLF_GPU_MEMORY_LIMIT_MB", "-512", r"IMGCLF_GPU_MEMORY_LIMIT_MB must be at least 1; received -512"),
+    ("IMGCLF_LOG_DEVICE_PLACEMENT", "verbose", r"IMGCLF_LOG_DEVICE_PLACEMENT='verbose' is not a yes or a no"),
+    ("IMGCLF_LOG_DEVICE_PLACEMENT", "2", r"IMGCLF_LOG_DEVICE_PLACEMENT='2' is not a yes or a no"),
 ])
 def test_malformed_variables_are_refused(fake_gpus, device_env, name, value, message):
     fake = fake_gpus((8, 6))
@@ -269,11 +270,11 @@ def test_configuring_twice_is_harmless(device_env):
 def _run_both_graphs(graph_path):
     """Run the batched and the one-image graph on ``graph_path``; return (features, one-image vector, featurizer)."""
     from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-    from imgclf.featurizer.graph import SingleImageGraph, read_graph_def
+    from imgclf.featurizer.graph import SingleImageGraph, load_graph
     from tests.support import images
 
     featurizer = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
-    single = SingleImageGraph(read_graph_def(graph_path))
+    single = SingleImageGraph(load_graph(graph_path)[0])
     jpeg = images.jpeg(3, (120, 90), 90)
     try:
         batched = featurizer.run(featurizer.preprocess(jpeg)[None])

@@ -13,7 +13,7 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from imgclf.core import export_names as names
 from imgclf.core import op_policy
 from imgclf.core.cli import main
-from imgclf.core.errors import GraphError, UnsafeGraph
+from imgclf.core.errors import GraphError, UnsafeGraph, UsageError
 from imgclf.core.op_policy import (
     ALLOWED_OPS,
     RESTORE_OPS,
@@ -171,12 +171,12 @@ def test_ops_that_reach_outside_the_process_are_not_allowed(op):
 # ---------------------------------------------------------------- what must pass
 
 def test_imgclf_exports_pass(model_repo):
-    from imgclf.featurizer.graph import read_graph_def
+    from imgclf.featurizer.graph import load_graph
 
     version = model_repo / "shapes" / "1"
     check_saved_model(version)
     for name in (names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE):
-        read_graph_def(version / name)  # checks
+        load_graph(version / name)  # checks
 
 
 def test_the_legacy_and_the_full_size_inception_graphs_pass(legacy_graph_path, full_graph_path):
@@ -211,14 +211,13 @@ def test_a_tf1_saved_model_with_a_saver_subgraph_passes(tmp_path):
 # ---------------------------------------------------------------- GraphDefs refused
 
 def test_load_graph_refuses_a_read_file_node_and_names_it(unsafe_graph_path, caplog):
-    from imgclf.featurizer.graph import load_graph, read_graph_def
+    from imgclf.featurizer.graph import load_graph
 
-    for read in (load_graph, read_graph_def):
-        with pytest.raises(UnsafeGraph) as caught:
-            read(unsafe_graph_path)
-        message = str(caught.value)
-        assert f"graph {str(unsafe_graph_path)!r} {REFUSED}: ReadFile (node 'evil/read');" in message
-        assert "--allow-unsafe-ops" in message and "IMGCLF_ALLOW_UNSAFE_OPS=1" in message
+    with pytest.raises(UnsafeGraph) as caught:
+        load_graph(unsafe_graph_path)
+    message = str(caught.value)
+    assert f"graph {str(unsafe_graph_path)!r} {REFUSED}: ReadFile (node 'evil/read');" in message
+    assert "--allow-unsafe-ops" in message and "IMGCLF_ALLOW_UNSAFE_OPS=1" in message
     with caplog.at_level(logging.WARNING, logger="imgclf.core.op_policy"):
         graph_def, _ = load_graph(unsafe_graph_path, allow_unsafe_ops=True)
     assert "ReadFile (node 'evil/read')" in caplog.text
@@ -346,7 +345,7 @@ def test_load_model_refuses_an_unsafe_saved_model_unless_allowed(unsafe_saved_mo
     with pytest.raises(UnsafeGraph):
         load_model(version, allow_unsafe_ops=False)  # an explicit no wins over the environment
     monkeypatch.setenv(op_policy.ENV_ALLOW_UNSAFE_OPS, "maybe")
-    with pytest.raises(ValueError, match="IMGCLF_ALLOW_UNSAFE_OPS must be 1 or 0"):
+    with pytest.raises(UsageError, match="IMGCLF_ALLOW_UNSAFE_OPS='maybe' is not a yes or a no"):
         load_model(version)
 
 

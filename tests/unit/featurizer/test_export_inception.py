@@ -24,8 +24,8 @@ from imgclf.featurizer.graph import (
     SingleImageGraph,
     contract_from_graph,
     file_sha256,
+    load_graph,
     missing_tensors,
-    read_graph_def,
 )
 
 CONTRACT_TENSORS = [names.JPEG_INPUT, names.DECODED_IMAGE, names.RESIZED_IMAGE, names.NORMALIZED_IMAGE,
@@ -56,7 +56,7 @@ def tf_preprocess(jpeg: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def graph_def(full_graph_path):
-    return read_graph_def(full_graph_path)
+    return load_graph(full_graph_path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_local_weights_file_with_top(tmp_path, monkeypatch):
     assert (info["weights"], info["num_classes"]) == (str(weights), 1000)
     graph = tf.Graph()
     with graph.as_default():
-        tf.graph_util.import_graph_def(read_graph_def(info["path"]), name="")
+        tf.graph_util.import_graph_def(load_graph(info["path"])[0], name="")
     with tf.compat.v1.Session(graph=graph) as sess:
         pooled, probs = sess.run([names.BOTTLENECK, names.SOFTMAX], {names.NORMALIZED_IMAGE: image})
     assert cosine(pooled, expected_features) >= 0.9999

@@ -8,7 +8,7 @@ from tensorflow.core.framework import types_pb2
 from imgclf.core.errors import GraphError, InvalidImage
 from imgclf.core.precision import native_bf16_flags, onednn_enabled, resolve_precision
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.graph import SingleImageGraph, contract_from_graph, read_graph_def
+from imgclf.featurizer.graph import SingleImageGraph, contract_from_graph, load_graph
 from tests.support import images
 
 NATIVE_BF16 = bool(native_bf16_flags()) and onednn_enabled()
@@ -40,7 +40,7 @@ def _conv_types(featurizer, inputs) -> set[tuple[str, str]]:
 
 def _check_batched_equals_single(graph_path):
     featurizer = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
-    single = SingleImageGraph(read_graph_def(graph_path))
+    single = SingleImageGraph(load_graph(graph_path)[0])  # the file as parsed: no rewrite, no batching
     try:
         batched = featurizer.run(np.stack([featurizer.preprocess(data) for data in JPEG_SET]))
         reference = np.stack([single.run(data) for data in JPEG_SET])

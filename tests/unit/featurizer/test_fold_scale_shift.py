@@ -48,9 +48,9 @@ def test_fold_matches_the_unfolded_graph():
 
 
 def test_nothing_to_fold_leaves_the_graph_alone(legacy_graph_path):
-    from imgclf.featurizer.graph import read_graph_def
+    from imgclf.featurizer.graph import load_graph
 
-    graph_def = read_graph_def(legacy_graph_path)  # its batch norms are the old op, not Mul/Add
+    graph_def, _ = load_graph(legacy_graph_path)  # its batch norms are the old op, not Mul/Add
     folded, count = fold_scale_shift(graph_def)
     assert count == 0
     assert [n.name for n in folded.node] == [n.name for n in graph_def.node]

@@ -1,14 +1,20 @@
 """The app factory, configuration, readiness and the batcher."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from imgclf.core.errors import UsageError
 from imgclf.service import create_app
 from imgclf.service.batching import Batcher
 from imgclf.service.config import ServiceConfig
+from imgclf.service.serve_cli import ServerSettings
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +34,102 @@ def test_config_reads_env_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("env, message", [
     ({"IMGCLF_TOP_K": "many"}, "IMGCLF_TOP_K='many' is not a valid int"),
-    ({"IMGCLF_BATCH_MAX_SIZE": "0"}, "IMGCLF_BATCH_MAX_SIZE must be at least 1"),
-    ({"IMGCLF_BATCHING": "maybe"}, "not a valid bool"),
+    ({"IMGCLF_BATCH_MAX_SIZE": "0"}, "IMGCLF_BATCH_MAX_SIZE must be at least 1; received 0"),
+    ({"IMGCLF_BATCHING": "maybe"}, "IMGCLF_BATCHING='maybe' is not a yes or a no: use 1/true/yes/on or 0/false/no/off"),
+    ({"IMGCLF_ALLOW_UNSAFE_OPS": "2"}, "IMGCLF_ALLOW_UNSAFE_OPS='2' is not a yes or a no"),
+    ({"IMGCLF_LOAD_IN_BACKGROUND": "y"}, "IMGCLF_LOAD_IN_BACKGROUND='y' is not a yes or a no"),
+    ({"IMGCLF_BATCH_MAX_WAIT_MS": "20000"}, "IMGCLF_BATCH_MAX_WAIT_MS must be between 0 and 10000; received 20000.0"),
+    ({"IMGCLF_BATCH_MAX_WAIT_MS": "nan"}, "IMGCLF_BATCH_MAX_WAIT_MS must be a finite number; received 'nan'"),
+    ({"IMGCLF_MODEL_VERSIONS": "flowers=3,pets"}, r"IMGCLF_MODEL_VERSIONS='flowers=3,pets' is not a list of "
+                                                  r"name=version pairs \(e.g. flowers=3,pets=1\); 'pets' is not one"),
+    ({"IMGCLF_MODEL_VERSIONS": "flowers=new"}, "'flowers=new' is not one"),
 ])
 def test_bad_settings_are_named(env, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         ServiceConfig.from_env(env)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("1", True), ("TRUE", True), (" yes ", True), ("On", True),
+    ("0", False), ("false", False), ("NO", False), (" off", False),
+])
+def test_booleans_take_each_accepted_spelling(raw, expected):
+    assert ServiceConfig.from_env({"IMGCLF_BATCHING": raw}).batching is expected
+
+
+def test_empty_or_blank_variables_mean_the_default():
+    defaults = ServiceConfig()
+    env = {"IMGCLF_BATCHING": "", "IMGCLF_TOP_K": "  ", "IMGCLF_MODEL_VERSIONS": "", "IMGCLF_DEFAULT_MODEL": " "}
+    config = ServiceConfig.from_env(env)
+    assert (config.batching, config.top_k, config.model_versions, config.default_model) == (
+        defaults.batching, defaults.top_k, defaults.model_versions, defaults.default_model)
+
+
+def test_overrides_are_checked_like_the_environment():
+    with pytest.raises(UsageError, match="IMGCLF_TOP_K must be at least 1; received 0"):
+        ServiceConfig.from_env({}, top_k=0)
+
+
+def test_server_settings_defaults_and_environment():
+    assert ServerSettings.from_env({}) == ServerSettings("127.0.0.1:8000", 2, 8, 120, 30, "info", False, 1)
+    env = {"IMGCLF_BIND": " 0.0.0.0:9000 ", "IMGCLF_WORKERS": "3", "IMGCLF_GRACEFUL_TIMEOUT": "0",
+           "IMGCLF_LOG_LEVEL": "DEBUG", "IMGCLF_ACCESS_LOG": "on", "IMGCLF_MALLOC_TRIM_SECONDS": "0"}
+    server = ServerSettings.from_env(env)
+    assert (server.bind, server.workers, server.graceful_timeout, server.log_level, server.access_log,
+            server.malloc_trim_seconds) == ("0.0.0.0:9000", 3, 0, "debug", True, 0)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"IMGCLF_ACCESS_LOG": "2"}, "IMGCLF_ACCESS_LOG='2' is not a yes or a no"),
+    ({"IMGCLF_WORKERS": "0"}, "IMGCLF_WORKERS must be at least 1; received 0"),
+    ({"IMGCLF_THREADS": "eight"}, "IMGCLF_THREADS='eight' is not a valid int"),
+    ({"IMGCLF_TIMEOUT": "0"}, "IMGCLF_TIMEOUT must be at least 1; received 0"),
+    ({"IMGCLF_GRACEFUL_TIMEOUT": "-1"}, "IMGCLF_GRACEFUL_TIMEOUT must be at least 0; received -1"),
+    ({"IMGCLF_LOG_LEVEL": "loud"}, "IMGCLF_LOG_LEVEL must be one of 'debug', 'info', .*; received 'loud'"),
+])
+def test_bad_server_settings_are_named(env, message):
+    with pytest.raises(UsageError, match=message):
+        ServerSettings.from_env(env)
+
+
+def _gunicorn_conf_in_a_subprocess(**env):
+    code = ("import sys, json; import imgclf.service.gunicorn_conf as c; "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'flask', 'numpy', 'PIL')); "
+            "print(json.dumps([c.logconfig_dict['loggers']['gunicorn.access']['level'], c.workers, heavy]))")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLF_")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
+
+
+def test_gunicorn_conf_reads_the_access_log_switch_and_stays_light():
+    done = _gunicorn_conf_in_a_subprocess(IMGCLF_ACCESS_LOG="yes", IMGCLF_WORKERS="3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["INFO", 3, []]  # the gunicorn master imports no TensorFlow, Flask, numpy
+    done = _gunicorn_conf_in_a_subprocess()
+    assert json.loads(done.stdout)[0] == "WARNING"
+
+
+def test_gunicorn_conf_refuses_an_access_log_of_2():
+    # Before, "2" silently meant "off"; now gunicorn cannot start on it.
+    done = _gunicorn_conf_in_a_subprocess(IMGCLF_ACCESS_LOG="2")
+    assert done.returncode != 0 and "IMGCLF_ACCESS_LOG='2' is not a yes or a no" in done.stderr
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("IMGCLF_ACCESS_LOG", "2", "IMGCLF_ACCESS_LOG='2' is not a yes or a no"),
+    ("IMGCLF_BATCHING", "maybe", "IMGCLF_BATCHING='maybe' is not a yes or a no"),
+    ("IMGCLF_LOG_DEVICE_PLACEMENT", "2", "IMGCLF_LOG_DEVICE_PLACEMENT='2' is not a yes or a no"),
+])
+def test_serve_checks_the_settings_before_it_execs_gunicorn(model_repo, monkeypatch, capsys, name, value, message):
+    from imgclf.core.cli import main
+    from imgclf.service import serve_cli
+
+    calls = []
+    monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.setenv(name, value)
+    assert main(["serve", "--model-dir", str(model_repo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgclf serve: error: ") and err.count("\n") == 1  # one line, no traceback
+    assert message in err and calls == []
 
 
 def test_healthz_and_readyz_when_loaded(app):

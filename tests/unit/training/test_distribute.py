@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgclf.core.errors import UsageError
 from imgclf.training.config import train_config
 from imgclf.training.distribute import DistributeError, WorkerRole, cpu_devices_from_env, make_strategy, read_cluster
 from imgclf.training.models_job import ModelsTrainJob, run_models_train
@@ -73,7 +74,7 @@ def test_strategy_settings_are_checked_before_tensorflow_starts(tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="no cluster file"):
         read_cluster(tmp_path / "missing.yml")
     monkeypatch.setenv("IMGCLF_CPU_DEVICES", "two")
-    with pytest.raises(DistributeError, match="IMGCLF_CPU_DEVICES='two'"):
+    with pytest.raises(UsageError, match="IMGCLF_CPU_DEVICES"):  # a setting: exit status 2
         cpu_devices_from_env(None)
     monkeypatch.setenv("IMGCLF_CPU_DEVICES", "3")
     assert cpu_devices_from_env(None) == 3 and cpu_devices_from_env(2) == 2

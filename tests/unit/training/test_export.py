@@ -279,11 +279,11 @@ def test_frozen_graphs_hold_only_current_ops(exported):
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from imgclf.featurizer.graph import read_graph_def
+    from imgclf.featurizer.graph import load_graph
     from imgclf.featurizer.legacy_ops import deprecated_ops
 
     for name in ("head.pb", "end_to_end.pb"):
-        graph_def = read_graph_def(exported["dir"] / name)
+        graph_def, _ = load_graph(exported["dir"] / name)
         ops = {node.op for node in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
         assert not ops & {"BatchNormWithGlobalNormalization", "Concat"}, name
         assert graph_def.versions.producer == tf.version.GRAPH_DEF_VERSION, name

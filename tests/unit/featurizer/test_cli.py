@@ -1,0 +1,47 @@
+"""`imgclf featurize`'s command line: options and what it imports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgclf.core.cli import main
+from imgclf.featurizer.demo_images import write_demo_images
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# Runs in a fresh interpreter: build the whole `imgclf` parser (what --help prints), run the real
+# featurize main, then report which heavy web modules got imported on the way.
+_FEATURIZE_WITHOUT_FLASK = """
+import json, sys
+from imgclf.core.cli import build_parser, main
+build_parser().format_help()
+featurize = build_parser()._subparsers._group_actions[0].choices["featurize"]
+featurize.format_help()
+status = main(["featurize", sys.argv[1], "--graph", sys.argv[2], "--cache", sys.argv[3], "--quiet",
+               "--precision", "fp32"])
+print(json.dumps({"status": status, "web": sorted(m for m in sys.modules
+                                                   if m.split(".")[0] in ("flask", "werkzeug", "gunicorn"))}))
+"""
+
+
+def test_featurize_never_imports_flask(tmp_path, legacy_graph_path):
+    images = write_demo_images(tmp_path / "images", per_class=3)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", _FEATURIZE_WITHOUT_FLASK, str(images), str(legacy_graph_path),
+                           str(tmp_path / "c.sqlite")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"status": 0, "web": []}
+    assert (tmp_path / "c.sqlite").is_file()  # the real job ran
+
+
+def test_graph_is_required_by_featurize_and_train(capsys):
+    for command in (["featurize", "imgs", "--cache", "c.sqlite"],
+                    ["train", "imgs", "--cache", "c", "--model-dir", "m", "--name", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(command)
+        assert info.value.code == 2 and "--graph" in capsys.readouterr().err
