@@ -8,8 +8,6 @@ written down here once and pinned by a test. The rest of the code speaks of
 
 from __future__ import annotations
 
-from imgclf.featurizer.contract import JPEG_INPUT
-
 # Files inside REPO/NAME/<version>/.
 SAVED_MODEL_FILE = "saved_model.pb"  # written by tf.saved_model.save (fixed by TensorFlow)
 HEAD_GRAPH_FILE = "head.pb"  # frozen head: bottleneck → probabilities
@@ -36,5 +34,7 @@ OUTPUT_KEYS = (PROBABILITIES_KEY, CLASSES_KEY, LABELS_KEY)
 # Tensor names of the frozen graphs, as the 2016 retraining tutorial named them.
 HEAD_INPUT = "input/BottleneckInputPlaceholder:0"  # float32 [None, D]
 HEAD_OUTPUT = "final_result:0"  # float32 [None, C]
-END_TO_END_INPUT = JPEG_INPUT  # "DecodeJpeg/contents:0": scalar string of encoded image bytes
+# Scalar string of encoded image bytes: the 2015 graph's own input name (imgclf.featurizer.contract.JPEG_INPUT,
+# pinned equal by a test), so the end-to-end graph is fed as the tutorial's retrained graphs were.
+END_TO_END_INPUT = "DecodeJpeg/contents:0"
 END_TO_END_OUTPUT = "final_result:0"  # float32 [1, C]

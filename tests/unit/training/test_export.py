@@ -23,6 +23,7 @@ from PIL import Image
 from imgclf.core import export_names as names
 from imgclf.core import repository
 from imgclf.core.repository import list_versions
+from imgclf.featurizer import contract
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
 from imgclf.featurizer.image_io import decode_rgb
 from imgclf.training import export
@@ -180,6 +181,7 @@ def test_names_are_pinned():
     assert names.OUTPUT_KEYS == ("probabilities", "classes", "labels")
     assert (names.HEAD_INPUT, names.HEAD_OUTPUT) == ("input/BottleneckInputPlaceholder:0", "final_result:0")
     assert (names.END_TO_END_INPUT, names.END_TO_END_OUTPUT) == ("DecodeJpeg/contents:0", "final_result:0")
+    assert names.END_TO_END_INPUT == contract.JPEG_INPUT  # fed as the 2015 graph is
 
 
 def test_version_directory_layout(exported):
