@@ -1,8 +1,8 @@
 """Load an exported secondary model and predict with it through its SavedModel signature.
 
-The service calls :func:`is_secondary` on a version's model card to tell the
-secondary models from the image classifiers, then :func:`load_secondary`; the
-returned :class:`SecondaryModel` checks each batch (shape, dtype, NaN, pixel
+The service's loader (:mod:`imgclf.service.servables`) picks this loader from
+a version's model card kind; :func:`load_secondary` returns a
+:class:`SecondaryModel`, which checks each batch (shape, dtype, NaN, pixel
 range) before it reaches TensorFlow, so bad input is a ValueError, never an
 op error. TensorFlow only; no web framework.
 """
@@ -47,7 +47,7 @@ class SecondaryModel:
     @property
     def input_key(self) -> str:
         """Return the signature's input key: "x" or "images"."""
-        return sig.X_KEY if self.kind == sig.REGRESSION else sig.IMAGES_KEY
+        return sig.X_KEY if self.kind is ModelKind.REGRESSION else sig.IMAGES_KEY
 
     def predict(self, array) -> dict[str, np.ndarray]:
         """Run the ``serving_default`` signature on one batch; return its outputs as numpy arrays.

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from imgclf.service.app_config import current_config
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +90,37 @@ class Metrics:
         MultiProcessCollector(merged)
         return merged
 
+    def batch_observer(self, model: str) -> Callable[[int, float], None]:
+        """Return a callback(images, seconds) recording one model call of ``model`` in these metrics."""
+        size = self.batch_size.labels(model)
+        seconds = self.batch_seconds.labels(model)
 
-# The metrics of the app created last in this process. The registry's callbacks have no app to ask
-# (models load in a background thread), so they bind to this when the model loads. Under gunicorn
-# there is one app per worker process; in tests, the app whose models are loading is the newest one.
-_current: Metrics | None = None
+        def observe(images: int, took: float) -> None:
+            size.observe(images)
+            seconds.observe(took)
+
+        return observe
+
+    def observe_load(self, model: str, seconds: float) -> None:
+        """Record how long loading and warming up ``model`` took."""
+        self.model_load_seconds.labels(model).set(seconds)
 
 
-def init_app(app: Flask) -> None:
-    """Install the request hooks and the /metrics route."""
-    global _current
-    from imgclf.service.app import config_of
+def init_app(app: Flask) -> Metrics:
+    """Create the app's own metrics, install the request hooks and the /metrics route; return the metrics.
 
+    The metrics belong to this app alone (its ``extensions``): the model registry
+    takes its callbacks from :func:`current_metrics` of its own app, so two apps in
+    one process (tests) never record into each other's metrics.
+    """
     multiprocess = multiprocess_mode()
     metrics = Metrics.create(multiprocess)
     log.debug("metrics: %s", f"merged from {os.environ['PROMETHEUS_MULTIPROC_DIR']}" if multiprocess
               else "this process only")
-    config = config_of(app)
+    config = current_config(app)
     metrics.batch_max_size.set(config.batch_max_size)
     metrics.batch_max_wait_seconds.set(config.batch_max_wait_ms / 1000.0)
     app.extensions[EXTENSION] = metrics
-    _current = metrics
 
     @app.before_request
     def _start_timer() -> None:
@@ -125,33 +137,15 @@ def init_app(app: Flask) -> None:
         return response
 
     app.add_url_rule("/metrics", "metrics", _expose, methods=["GET"])
+    return metrics
+
+
+def current_metrics(app: Flask | None = None) -> Metrics:
+    """Return the metrics of ``app`` (by default the app handling this request)."""
+    return (app or current_app).extensions[EXTENSION]
 
 
 def _expose() -> Response:
     """Answer GET /metrics in the Prometheus text format (OpenMetrics when the scraper asks for it)."""
-    from flask import current_app
-
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    registry = current_app.extensions[EXTENSION].collect_registry()
-    return Response(encoder(registry), status=200, content_type=content_type)
-
-
-def batch_observer(model: str) -> Callable[[int, float], None] | None:
-    """Return a callback(images, seconds) recording one model call of ``model``."""
-    metrics = _current
-    if metrics is None:
-        return None
-    size = metrics.batch_size.labels(model)
-    seconds = metrics.batch_seconds.labels(model)
-
-    def observe(images: int, took: float) -> None:
-        size.observe(images)
-        seconds.observe(took)
-
-    return observe
-
-
-def observe_load(model: str, seconds: float) -> None:
-    """Record how long loading and warming up ``model`` took."""
-    if _current is not None:
-        _current.model_load_seconds.labels(model).set(seconds)
+    return Response(encoder(current_metrics().collect_registry()), status=200, content_type=content_type)

@@ -73,6 +73,7 @@ def _schemas(max_instances: int) -> dict:
             "label": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}},
         "PredictJSON": {"type": "object", "required": ["b64"], "properties": {
             "b64": {"type": "string", "description": "base64 of an encoded image"},
+            "model": {"type": "string", "description": "model name (the query's model wins)"},
             "top_k": {"type": "integer", "minimum": 1, "description": "labels to return, 1..number of labels"},
             "annotate": {"type": "boolean", "description": "also return the annotated image as base64 JPEG"}}},
         "PredictResponse": {"type": "object", "required": ["model", "version", "predictions", "timing_ms"],
@@ -239,7 +240,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, "example": 1}
     image_query = [
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
-         "description": "model name (default: the configured default model)"},
+         "description": "model name (default: the body's model field, else the configured default model)"},
         {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
          "description": "labels to return, 1..number of labels (default: the configured top_k)"},
         {"name": "annotate", "in": "query", "required": False, "schema": {"type": "boolean"},
@@ -266,7 +267,8 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                 "parameters": image_query,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary"}}}},
+                        "image": {"type": "string", "format": "binary"},
+                        "model": {"type": "string", "description": "model name (the query's model wins)"}}}},
                     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                     "image/png": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": _ref("PredictJSON"),

@@ -1,9 +1,13 @@
 """The models a worker serves: loaded once per worker, warmed up, then ready.
 
 Every model of the repository is loaded (its newest version, or the version
-pinned in the config), runs one warm-up prediction, and only then does the
-registry report ready. Loading runs in a background thread by default, so the
-worker answers ``/healthz`` at once and ``/readyz`` with 503 until it is done.
+pinned in the config) as the :class:`~imgclf.service.servable.Servable` of its
+kind, runs its warm-up, and only then does the registry report ready. Loading
+runs in a background thread by default, so the worker answers ``/healthz`` at
+once and ``/readyz`` with 503 until it is done.
+
+The registry is a Flask extension: :func:`init_app` creates it for an app (with
+that app's config and metrics) and :func:`current_registry` returns it.
 """
 
 from __future__ import annotations
@@ -11,100 +15,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
+from flask import Flask, current_app
 
 from imgclf.core.devices import configure_tensorflow
 from imgclf.core.errors import ImgclfError, ModelNotFound
-from imgclf.core.repository import list_models, read_card
-from imgclf.service.batching import Batcher
+from imgclf.core.model_kind import ModelKind
+from imgclf.core.precision import resolve_precision
+from imgclf.core.repository import list_models
+from imgclf.service.app_config import current_config
 from imgclf.service.config import ServiceConfig
 from imgclf.service.errors import NotReady
-from imgclf.training.classifier import LoadedModel, load_model
+from imgclf.service.in_flight import InFlight
+from imgclf.service.metrics import Metrics, current_metrics
+from imgclf.service.servable import LoadContext, Servable
+from imgclf.service.servables import load_servable
 
 log = logging.getLogger(__name__)
 
-
-IMAGE_CLASSIFIER = "image-classifier"  # the kind of imgclf's own exports (their model card names none)
-
-
-@dataclass
-class ServedModel:
-    """One loaded image-classifier version and its batcher."""
-
-    name: str
-    version: int
-    model: LoadedModel
-    batcher: Batcher
-    load_seconds: float
-    kind = IMAGE_CLASSIFIER
-
-    @property
-    def labels(self) -> list[str]:
-        """Return the label names in class-id order."""
-        return self.model.labels
-
-    def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Decode and validate one encoded image; return (uint8 RGB, network input)."""
-        return self.model.preprocess(data)
-
-    def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        """Return probabilities [k, C] for network inputs [k, S, S, 3], batched with other requests."""
-        return self.batcher.submit(np.asarray(inputs, dtype=np.float32))
-
-
-@dataclass
-class ServedDigits:
-    """A secondary MNIST model (mnist-mlp, lenet5): 28×28 digits in, ten probabilities out.
-
-    It answers POST /predict like an image classifier: any picture of a digit is
-    turned into an MNIST-style input (:func:`imgclf.models.digit_image.to_mnist`). The
-    models are tiny, so each request calls the model itself (no batcher).
-    """
-
-    name: str
-    version: int
-    model: object  # imgclf.models.serving.SecondaryModel
-    max_pixels: int
-    load_seconds: float = 0.0
-    batcher = None
-    kind = "digit-classifier"
-
-    @property
-    def labels(self) -> list[str]:
-        """Return the digits as labels, "0".."9"."""
-        return self.model.labels
-
-    def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Decode and validate one encoded picture; return (uint8 RGB, MNIST-style input [28, 28])."""
-        from imgclf.featurizer.image_io import decode_rgb
-        from imgclf.models.digit_image import to_mnist
-
-        rgb = decode_rgb(bytes(data), self.max_pixels)
-        return rgb, to_mnist(rgb)
-
-    def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        """Return probabilities [k, 10] for inputs [k, 28, 28] in [0, 1]."""
-        return self.model.predict(np.asarray(inputs, dtype=np.float32))["probabilities"]
-
-
-@dataclass
-class ServedRegression:
-    """A secondary regression model (quadratic): raw x in, raw y out; not for POST /predict."""
-
-    name: str
-    version: int
-    model: object  # imgclf.models.serving.SecondaryModel
-    load_seconds: float = 0.0
-    batcher = None
-    kind = "regression"
-    labels: list = field(default_factory=list)
-
-    def predict_values(self, x: np.ndarray) -> np.ndarray:
-        """Return y [k, 1] for x [k, 1] (raw units)."""
-        return self.model.predict(np.asarray(x, dtype=np.float32))["y"]
+EXTENSION = "imgclf.registry"  # gunicorn_conf finds the registry here to hold a worker back until it is ready
 
 
 def apply_precision(requested: str) -> str:
@@ -116,8 +45,6 @@ def apply_precision(requested: str) -> str:
     process-wide grappler option that applies to every graph the process runs
     afterwards, the loaded SavedModels included; a worker serves in one precision.
     """
-    from imgclf.core.precision import resolve_precision
-
     precision = resolve_precision(requested)
     option = {"bf16": "auto_mixed_precision_onednn_bfloat16", "fp16": "auto_mixed_precision"}.get(precision)
     if option:
@@ -131,14 +58,13 @@ def apply_precision(requested: str) -> str:
 class ModelRegistry:
     """Loads and holds the served models of one worker."""
 
-    def __init__(self, config: ServiceConfig, on_batch=None, on_load=None, expected=None):
+    def __init__(self, config: ServiceConfig, metrics: Metrics | None = None, expected=None):
         self.config = config
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, Servable] = {}
         self.state = "loading"  # loading | ready | failed
         self.error = ""
         self.precision = ""  # fp32 | bf16 | fp16, resolved when loading
-        self._on_batch = on_batch  # (model name) -> callback(images, seconds) for metrics
-        self._on_load = on_load  # callback(model name, seconds)
+        self.metrics = metrics  # this app's metrics: batches and load times are recorded there
         self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
         self._thread: threading.Thread | None = None
 
@@ -172,6 +98,10 @@ class ModelRegistry:
             unknown = sorted(set(self.config.model_versions) - set(available))
             if unknown:
                 raise ModelNotFound(f"pinned model(s) {', '.join(unknown)} not in {repo}")
+            default = self.config.default_model
+            if default and default not in available:  # else every /predict without a model name would 404
+                raise ModelNotFound(f"the default model {default!r} (IMGCLF_DEFAULT_MODEL) is not in {repo}; "
+                                    f"served models: {', '.join(sorted(available)) or 'none'}")
             for name, versions in sorted(available.items()):
                 version = int(self.config.model_versions.get(name, max(versions)))
                 if version not in versions:
@@ -188,48 +118,20 @@ class ModelRegistry:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("loading models failed")
 
-    def _load(self, name: str, version: int):
+    def _load(self, name: str, version: int) -> Servable:
+        """Load version ``version`` of ``name`` as the servable of its kind, warm it up, record the time."""
         started = time.perf_counter()
-        path = self.config.model_repository / name / str(version)
-        try:
-            card = read_card(path)
-        except ModelNotFound:
-            card = {}  # load_model says what is wrong with it
-        from imgclf.models.serving import is_secondary
-
-        if is_secondary(card):
-            return self._load_secondary(name, version, path, card, started)
-        model = load_model(path, max_pixels=self.config.max_pixels, allow_unsafe_ops=self.config.allow_unsafe_ops)
-        batcher = Batcher(model.predict_inputs, self.config.batch_max_size, self.config.batch_max_wait_ms / 1000.0,
-                          enabled=self.config.batching,
-                          on_batch=self._on_batch(name) if self._on_batch else None, name=name,
-                          expected=(lambda: self._expected(name)) if self._expected else None)
-        served = ServedModel(name, version, model, batcher, 0.0)
-        size = int(model.card["featurizer"]["contract"]["input_size"])
-        served.predict_inputs(np.zeros((1, size, size, 3), np.float32))  # warm-up: graph optimisation, kernels
+        context = LoadContext(self.config, on_batch=self.metrics.batch_observer if self.metrics else None,
+                              expected=self._expected)
+        served = load_servable(self.config.model_repository / name / str(version), name, version, context)
+        served.warm_up()
         served.load_seconds = time.perf_counter() - started
-        if self._on_load:
-            self._on_load(name, served.load_seconds)
-        log.info("model %s version %d ready in %.1f s", name, version, served.load_seconds)
+        if self.metrics is not None:
+            self.metrics.observe_load(name, served.load_seconds)
+        log.info("model %s version %d (%s) ready in %.1f s", name, version, served.kind.value, served.load_seconds)
         return served
 
-    def _load_secondary(self, name: str, version: int, path: Path, card: dict, started: float):
-        from imgclf.models.serving import load_secondary
-
-        model = load_secondary(path, allow_unsafe_ops=self.config.allow_unsafe_ops)
-        if card.get("kind") == ServedDigits.kind:
-            served = ServedDigits(name, version, model, self.config.max_pixels)
-            served.predict_inputs(np.zeros((1, 28, 28), np.float32))  # warm-up
-        else:
-            served = ServedRegression(name, version, model)
-            served.predict_values(np.zeros((1, 1), np.float32))
-        served.load_seconds = time.perf_counter() - started
-        if self._on_load:
-            self._on_load(name, served.load_seconds)
-        log.info("model %s version %d (%s) ready in %.1f s", name, version, served.kind, served.load_seconds)
-        return served
-
-    def get(self, name: str | None = None, version: int | None = None) -> ServedModel:
+    def get(self, name: str | None = None, version: int | None = None) -> Servable:
         """Return a served model (the default one when ``name`` is empty).
 
         Raises:
@@ -256,11 +158,27 @@ class ModelRegistry:
             return self.config.default_model
         if not self.models:
             raise ModelNotFound(f"no model is served: {self.config.model_repository} holds none")
-        images = [name for name, served in sorted(self.models.items()) if served.kind == IMAGE_CLASSIFIER]
+        images = [name for name, served in sorted(self.models.items()) if served.kind is ModelKind.IMAGE_CLASSIFIER]
         return (images or sorted(self.models))[0]
 
     def close(self) -> None:
         """Stop the batchers."""
         for served in self.models.values():
-            if served.batcher is not None:
-                served.batcher.close()
+            served.close()
+
+
+def init_app(app: Flask) -> ModelRegistry:
+    """Create the app's registry (its config, its metrics), count its prediction requests in flight; return it.
+
+    Loading starts with :meth:`ModelRegistry.start`, once the app is complete.
+    """
+    in_flight = InFlight()
+    registry = ModelRegistry(current_config(app), current_metrics(app), expected=in_flight.count)
+    in_flight.init_app(app, lambda: registry.default_name() if registry.ready else None)
+    app.extensions[EXTENSION] = registry
+    return registry
+
+
+def current_registry(app: Flask | None = None) -> ModelRegistry:
+    """Return the model registry of ``app`` (by default the app handling this request)."""
+    return (app or current_app).extensions[EXTENSION]

@@ -20,6 +20,7 @@ from imgclf.service.errors import BadRequest, UnsupportedMediaType
 
 IMAGE_FIELD = "image"  # the multipart field that carries the file
 B64_FIELD = "b64"  # the JSON field that carries the base64-encoded image
+MODEL_FIELD = "model"  # the parameter (query, JSON or form field) that names the model
 ACCEPTED = ('multipart/form-data (field "image"), application/json ({"b64": ...}), '
             "image/* or application/octet-stream")
 _DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)  # what a browser's FileReader gives
@@ -154,6 +155,20 @@ def request_param(request: Request, name: str):
     elif request.mimetype == "multipart/form-data":
         value = request.form.get(name)
     return None if value == "" else value
+
+
+def requested_model(request: Request) -> str | None:
+    """Return the model a request names: ``?model=``, else the JSON body's or multipart form's "model"; or None.
+
+    The query string wins, as it does for ``top_k`` and ``annotate``.
+
+    Raises:
+        BadRequest: the body's "model" is not a string (a number, a list...).
+    """
+    value = request_param(request, MODEL_FIELD)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f'"{MODEL_FIELD}" must be a string naming a served model; received {_short(value)}')
+    return value or None
 
 
 def parse_top_k(value, n_labels: int, default: int) -> int:

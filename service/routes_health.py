@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
+
+from imgclf.service.registry import current_registry
 
 bp = Blueprint("health", __name__)
 
@@ -16,9 +18,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Answer 200 when every model is loaded and warmed up, 503 before (or when loading failed)."""
-    from imgclf.service.app import registry_of
-
-    registry = registry_of(current_app)
+    registry = current_registry()
     models = {name: served.version for name, served in registry.models.items()}
     body = {"status": registry.state, "models": models, "precision": registry.precision}
     if registry.error:

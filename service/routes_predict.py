@@ -2,8 +2,9 @@
 
 The image comes as multipart field "image", a raw image body, or JSON
 ``{"b64": ...}``; ``model``, ``top_k`` and ``annotate`` come from the query
-string, which overrides the JSON body's (or the multipart form's) fields.
-With ``Accept: image/jpeg`` the answer is the annotated JPEG itself.
+string, else from the JSON body's (or the multipart form's) fields: the query
+string wins when both name one. With ``Accept: image/jpeg`` the answer is the
+annotated JPEG itself.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import base64
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from imgclf.service.annotate import annotate_to_jpeg
-from imgclf.service.errors import BadRequest
-from imgclf.service.postprocess import top_k
-from imgclf.service.request_input import image_from_request, parse_bool, parse_top_k, request_param
+from imgclf.service.app_config import current_config
+from imgclf.service.registry import current_registry
+from imgclf.service.request_input import image_from_request, parse_bool, parse_top_k, request_param, requested_model
 
 bp = Blueprint("predict", __name__)
 
@@ -24,25 +25,21 @@ bp = Blueprint("predict", __name__)
 @bp.post("/predict")
 def predict():
     """Answer the top-k labels of the posted image (JSON), or the annotated image (JPEG)."""
-    from imgclf.service.app import config_of, registry_of
-
     started = time.perf_counter()
-    config = config_of(current_app)
-    served = registry_of(current_app).get(request.args.get("model") or None)
-    if served.kind == "regression":
-        raise BadRequest(f"model {served.name!r} is a regression model (x in, y out), not an image classifier; "
-                         f'send {{"instances": [[x], ...]}} to /v1/models/{served.name}:predict')
+    config = current_config()
+    served = current_registry().get(requested_model(request))
+    served.check_image_input()
     data = image_from_request(request)
     k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
     as_jpeg = _wants_jpeg()
     annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
 
     decoding = time.perf_counter()
-    rgb, inputs = served.preprocess(data)
+    rgb, inputs = served.decode_image(data)
     decoded = time.perf_counter()
-    probabilities = served.predict_inputs(inputs[None])[0]
+    outputs = served.predict(inputs[None])
     predicted = time.perf_counter()
-    best = top_k(probabilities, served.labels, k)
+    best = served.top_k(outputs, k)[0]
     jpeg = annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], config.font or None) if annotate else None
 
     if as_jpeg:

@@ -141,7 +141,7 @@ def test_healthz_and_readyz_when_loaded(app):
 
 
 def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
-    from imgclf.service import registry as registry_module
+    from imgclf.service import servable_image as registry_module
 
     release = threading.Event()
     real_load = registry_module.load_model
@@ -167,6 +167,31 @@ def test_a_pinned_version_that_does_not_exist_fails_readiness(model_repo):
                       "load_in_background": False})
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and "no version 9" in response.get_json()["error"]
+
+
+def test_a_default_model_that_is_not_served_fails_readiness(model_repo):
+    """IMGCLF_DEFAULT_MODEL naming no model: not ready (saying which models there are), never a 404 per request."""
+    from tests.support.images import jpeg
+
+    app = create_app({"model_repository": model_repo, "default_model": "flowers", "load_in_background": False})
+    client = app.test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["status"] == "failed"
+    error = response.get_json()["error"]
+    assert "'flowers'" in error and "IMGCLF_DEFAULT_MODEL" in error and "served models: shapes" in error
+    predict = client.post("/predict", data=jpeg(1), content_type="image/jpeg")
+    assert predict.status_code == 503 and "'flowers'" in predict.get_json()["error"]
+
+
+def test_a_default_model_that_is_served_is_the_default(model_repo):
+    from tests.support.images import jpeg
+
+    app = create_app({"model_repository": model_repo, "default_model": "shapes", "load_in_background": False})
+    try:
+        response = app.test_client().post("/predict", data=jpeg(1), content_type="image/jpeg")
+        assert response.status_code == 200 and response.get_json()["model"] == "shapes"
+    finally:
+        app.extensions["imgclf.registry"].close()
 
 
 def test_batcher_gathers_concurrent_requests_and_splits_results():
@@ -241,7 +266,7 @@ def test_batcher_waits_for_every_request_in_flight():
 
 def test_app_counts_prediction_requests_in_flight_by_model(app):
     """A model's batcher waits for that model's requests only: others (or unknown names) never join it."""
-    from imgclf.service.app import InFlight
+    from imgclf.service.in_flight import InFlight
     from tests.support import images
 
     assert "predict.predict" in InFlight.PREDICT_ENDPOINTS and "tfserving.predict" in InFlight.PREDICT_ENDPOINTS

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import shutil
 import threading
 
 import numpy as np
@@ -158,6 +159,10 @@ OVER_LIMIT = bytes(20 * 1024 * 1024 + 1)  # the default IMGCLF_MAX_UPLOAD_BYTES 
     ({"query_string": "annotate=maybe"}, 400, "annotate must be true, false, 1 or 0; received 'maybe'"),
     ({"json_extra": {"annotate": "yes"}}, 400, "annotate must be"),
     ({"query_string": "model=nope"}, 404, "unknown model 'nope'; served models: shapes"),
+    ({"json_extra": {"model": "nope"}}, 404, "unknown model 'nope'; served models: shapes"),
+    ({"json_extra": {"model": 3}}, 400, '"model" must be a string naming a served model; received 3'),
+    ({"data": {"image": (io.BytesIO(b"x"), "a.jpg"), "model": "nope"}, "content_type": "multipart/form-data"},
+     404, "unknown model 'nope'"),
 ])
 def test_bad_input_gets_a_clear_error(client, images, kwargs, status, message):
     kwargs = dict(kwargs)
@@ -169,13 +174,59 @@ def test_bad_input_gets_a_clear_error(client, images, kwargs, status, message):
     assert message in response.get_json()["error"]
 
 
+@pytest.fixture(scope="module")
+def twin_app(model_repo, tmp_path_factory):
+    """Two image classifiers: "shapes" (the default: first by name) and "twin", a copy of it."""
+    repo = tmp_path_factory.mktemp("twin") / "models"
+    shutil.copytree(model_repo / "shapes", repo / "shapes")
+    shutil.copytree(model_repo / "shapes", repo / "twin")
+    app = create_app({"model_repository": repo, "load_in_background": False})
+    yield app
+    app.extensions["imgclf.registry"].close()
+
+
+def _post_naming(client, form: str, data: bytes, model: str | None, query: str = ""):
+    """POST ``data`` with "model" in the JSON body or the multipart form (None: no such field)."""
+    url = "/predict" + (f"?{query}" if query else "")
+    field = {} if model is None else {"model": model}
+    if form == "multipart":
+        return client.post(url, data={"image": (io.BytesIO(data), "photo.jpg"), **field},
+                           content_type="multipart/form-data")
+    return client.post(url, json={"b64": base64.b64encode(data).decode(), **field})
+
+
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_a_model_field_in_the_body_picks_the_model(twin_app, images, form):
+    client = twin_app.test_client()
+    assert _post_naming(client, form, images["stripes"], None).get_json()["model"] == "shapes"
+    named = _post_naming(client, form, images["stripes"], "twin")
+    assert named.status_code == 200 and named.get_json()["model"] == "twin"
+    assert _post_naming(client, form, images["stripes"], "").get_json()["model"] == "shapes"  # blank: not given
+
+
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_the_query_model_wins_over_the_body_field(twin_app, images, form):
+    client = twin_app.test_client()
+    assert _post_naming(client, form, images["stripes"], "twin", "model=shapes").get_json()["model"] == "shapes"
+    assert _post_naming(client, form, images["stripes"], "shapes", "model=twin").get_json()["model"] == "twin"
+
+
+def test_a_body_model_field_counts_the_request_in_flight_for_that_model(twin_app):
+    in_flight = twin_app.extensions["imgclf.registry"]._expected
+    with twin_app.test_request_context("/predict", method="POST", json={"b64": "AAAA", "model": "twin"}):
+        twin_app.preprocess_request()
+        assert (in_flight("twin"), in_flight("shapes")) == (1, 0)
+        twin_app.do_teardown_request()
+    assert in_flight("twin") == 0
+
+
 def test_get_is_405(client):
     response = client.get("/predict")
     assert response.status_code == 405 and "POST" in response.headers["Allow"]
 
 
 def test_503_while_the_models_load(model_repo, images, monkeypatch):
-    from imgclf.service import registry as registry_module
+    from imgclf.service import servable_image as registry_module
 
     release = threading.Event()
     real_load = registry_module.load_model
