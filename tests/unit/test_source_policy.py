@@ -65,6 +65,10 @@ def _old_root_imports(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.split(".")[0] in OLD_ROOTS:
             found.append((node.lineno, node.module))
+        elif isinstance(node, (ast.List, ast.Tuple)):  # [sys.executable, "-m", "models", ...]
+            items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            found += [(node.lineno, f"-m {module}") for flag, module in zip(items, items[1:])
+                      if flag == "-m" and isinstance(module, str) and module.split(".")[0] in OLD_ROOTS]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             # importlib.import_module("featurizer.cli"), "service:create_app()", "python:service.gunicorn_conf"
             # (a bare word such as "models" is not a module path; "models.json" names no module here)
@@ -106,6 +110,9 @@ def test_no_command_runs_an_old_top_level_name():
     ("name = 'models'", False),  # a word, not a module path
     ("path = 'models.json'", False),  # no module of that name
     ("APP = 'imgclf.service:create_app()'", False),
+    ("subprocess.run([sys.executable, '-m', 'models', 'train'])", True),
+    ("subprocess.run([sys.executable, '-m', 'imgclf.models', 'train'])", False),
+    ("argv = ('-m', 'service.serve_cli')", True),
 ])
 def test_the_import_scan_flags_old_roots_only(source, flagged):
     assert bool(_old_root_imports(ast.parse(source))) is flagged
