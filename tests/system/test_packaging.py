@@ -29,7 +29,7 @@ OLD_ROOTS = ("models", "service", "featurizer", "training", "core")
 LIGHT_DEPS = ["numpy", "pillow", "flask", "gunicorn", "requests", "tqdm", "prometheus-client", "pyyaml"]
 # Not the sources: build outputs, virtualenvs and data a developer may have lying around.
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", ".import_linter_cache", "demo-data", "out", "models-repo")
+                                     ".pytest_cache", ".import_linter_cache", "demo-data", "out", "model-repository")
 READY_WITHIN_S = 120
 
 
