@@ -169,10 +169,7 @@ def _serve_from(folder: Path, model_repo: Path, tmp: Path) -> tuple[int, str, st
 
 @pytest.mark.parametrize("with_imgclf_py", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="`python -m gunicorn` and gunicorn's chdir both put the working folder first on "
-                            "sys.path, so a user's imgclf.py shadows the imgclf namespace package (H3: "
-                            "serve_cli/gunicorn_conf must keep the working folder off sys.path)")),
+    True,
 ], ids=["own-modules", "own-imgclf-py"])
 def test_serve_from_a_users_folder_still_serves(model_repo, tmp_path, with_imgclf_py):
     folder = user_folder(tmp_path / "project", with_imgclf_py=with_imgclf_py)

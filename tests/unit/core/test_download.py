@@ -151,8 +151,6 @@ def test_without_a_hint_the_retry_advice_ends_cleanly(server, tmp_path, hint):
     assert _failure(server.url("/slow"), tmp_path / "a", timeout=0.5, hint=hint).endswith("for 0.5 s. Try again.")
 
 
-@pytest.mark.xfail(strict=True, reason="core/download.py formats offline errors as f'... ). {hint}', which leaves "
-                                       "a trailing space when there is no hint; remove this mark when it is fixed")
 @pytest.mark.parametrize("hint", ["", "   "])
 def test_without_a_hint_the_offline_message_ends_cleanly(tmp_path, monkeypatch, hint):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
