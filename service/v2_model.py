@@ -19,7 +19,7 @@ from imgclf.core.errors import InvalidImage
 from imgclf.service.errors import BadRequest
 from imgclf.service.request_input import decode_b64
 from imgclf.service.servable import Servable
-from imgclf.service.v2_tensors import FROM_TF_DTYPE, NUMPY_DTYPES, InputTensor, RequestedOutput, nest
+from imgclf.service.v2_tensors import FROM_TF_DTYPE, NUMPY_DTYPES, InputTensor, RequestedOutput, elements, nest
 
 PLATFORM = "tensorflow_savedmodel"  # what every export is; Triton's name for it
 
@@ -91,12 +91,14 @@ def decode_inputs(served: Servable, inputs: list[InputTensor], max_instances: in
     if count > max_instances:
         raise BadRequest(f"input {spec.name!r} holds a batch of {count}; at most {max_instances} are allowed "
                          "per request")
+    per_entry = elements(spec.shape[1:])  # negative when a dimension is free
+    if per_entry >= 0 and elements(tensor.shape[1:]) != per_entry:
+        raise BadRequest(f"input {spec.name!r} takes {per_entry} element(s) per batch entry "
+                         f"(shape {list(spec.shape)}, -1: the batch); received shape {tensor.shape}")
     if spec.datatype == "BYTES":
-        if len(tensor.values) != count:
-            raise BadRequest(f"input {spec.name!r} takes one encoded image per batch entry (shape [N] or [N, 1]); "
-                             f"received shape {tensor.shape}")
         return spec.signature, np.stack([_image(served, value, index) for index, value in enumerate(tensor.values)])
-    return spec.signature, served.decode_batch(nest(tensor.values, tensor.shape), spec.signature)
+    values = tensor.values.tolist() if isinstance(tensor.values, np.ndarray) else tensor.values
+    return spec.signature, served.decode_batch(nest(values, tensor.shape), spec.signature)
 
 
 def _image(served: Servable, value, index: int) -> np.ndarray:

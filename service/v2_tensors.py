@@ -27,19 +27,27 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 # TF Serving's dtype names (the servables' signature defs) -> the protocol's datatypes.
 FROM_TF_DTYPE = {"DT_STRING": "BYTES", "DT_FLOAT": "FP32", "DT_INT64": "INT64"}
-NUMPY_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}  # the numeric datatypes imgclf reads and writes
+# The protocol's numeric datatypes, little-endian (BF16 has no numpy type): every one can be read, so a model
+# that takes FP32 refuses an FP64 input by its datatype, whatever the form.
+NUMPY_DTYPES = {name: np.dtype(code) for name, code in (
+    ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"), ("INT8", "i1"),
+    ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"), ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"))}
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass
 class InputTensor:
-    """One input of a request: ``values`` is a flat list (numbers, or str/bytes elements of a BYTES tensor)."""
+    """One input of a request, its values flat: a list (JSON numbers or strings; BYTES elements) or an array.
+
+    Binary numbers stay an array until the model has checked datatype and shape, so a large tensor the
+    model refuses never becomes a Python list.
+    """
 
     name: str
     datatype: str
     shape: list[int]
-    values: list
+    values: list | np.ndarray
 
 
 @dataclass
@@ -181,7 +189,7 @@ def _input(raw, index: int, binary: bytes, offset: int) -> tuple[InputTensor, in
     return InputTensor(name, datatype, shape, values), offset
 
 
-def _from_binary(blob: bytes, datatype: str, count: int, where: str) -> list:
+def _from_binary(blob: bytes, datatype: str, count: int, where: str) -> list | np.ndarray:
     """Return the flat values of one input's binary data."""
     if datatype == "BYTES":
         values, position = [], 0
@@ -205,7 +213,7 @@ def _from_binary(blob: bytes, datatype: str, count: int, where: str) -> list:
     if len(blob) != count * dtype.itemsize:
         raise BadRequest(f"{where}: the shape holds {count} {datatype} elements ({count * dtype.itemsize} bytes); "
                          f"binary_data_size is {len(blob)}")
-    return np.frombuffer(blob, dtype).tolist()
+    return np.frombuffer(blob, dtype)
 
 
 def _flatten(data, where: str) -> list:

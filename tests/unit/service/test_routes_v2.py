@@ -15,6 +15,7 @@ import struct
 
 import numpy as np
 import pytest
+from openapi_schema_validator import OAS30Validator
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -293,8 +294,8 @@ GOOD = b64(jpeg(1, size=(40, 30)))
 
 
 def image_input(data, shape=None, **extra) -> dict:
-    return {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [len(data)] if shape is None else shape, "data": data,
-                        **extra}]}
+    shape = [len(data)] if shape is None else shape
+    return {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": shape, "data": data, **extra}]}
 
 
 @pytest.mark.parametrize("method, url, body, status, message", [
@@ -317,7 +318,8 @@ def image_input(data, shape=None, **extra) -> dict:
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[True]), 400, "non-negative integers"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[2]), 400, "holds 2 elements; data holds 1"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[10 ** 30]), 400, "data holds 1"),
-    ("post", "/v2/models/shapes/infer", image_input([GOOD, GOOD], shape=[1, 2]), 400, "one encoded image per"),
+    ("post", "/v2/models/shapes/infer", image_input([GOOD, GOOD], shape=[1, 2]), 400,
+     "input 'image_bytes' takes 1 element(s) per batch entry (shape [-1], -1: the batch); received shape [1, 2]"),
     ("post", "/v2/models/shapes/infer", image_input([], shape=[0]), 400, "must be at least 1"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[]), 400, "first dimension is the batch"),
     ("post", "/v2/models/shapes/infer", image_input(GOOD, shape=[1]), 400, '"data" must be a list'),
@@ -349,13 +351,18 @@ def image_input(data, shape=None, **extra) -> dict:
     ("post", "/v2/models/shapes/infer", {**image_input([GOOD]), "outputs": [
         {"name": "labels", "parameters": {"classification": 2}}]}, 400, "classification extension"),
     ("post", "/v2/models/shapes/infer", {"inputs": [{"name": "bottleneck", "datatype": "FP32", "shape": [1, 10],
-                                                     "data": [0.5] * 10}]}, 400, "list of 2048 numbers"),
+                                                     "data": [0.5] * 10}]}, 400, "takes 2048 element(s) per"),
+    ("post", "/v2/models/shapes/infer", {"inputs": [{"name": "bottleneck", "datatype": "FP32", "shape": [1, 2, 1024],
+                                                     "data": [0.5] * 2048}]}, 400,
+     "instance 0 must be a list of 2048 numbers; received a list of 2"),
     ("post", "/v2/models/shapes/infer", {"inputs": [{"name": "bottleneck", "datatype": "FP32", "shape": [1, 2048],
                                                      "data": ["0.5"] * 2048}]}, 400, "only numbers"),
     ("post", "/v2/models/shapes/infer", {"inputs": [{"name": "bottleneck", "datatype": "FP32", "shape": [1, 2048],
                                                      "data": [1e39] * 2048}]}, 400, "finite float32"),
     ("post", "/v2/models/mnist-mlp/infer", {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 27, 28],
-                                                        "data": [0.0] * 27 * 28}]}, 400, "28x28 array"),
+                                                        "data": [0.0] * 27 * 28}]}, 400, "takes 784 element(s)"),
+    ("post", "/v2/models/mnist-mlp/infer", {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784],
+                                                        "data": [0.0] * 784}]}, 400, "28x28 array"),
     ("post", "/v2/models/mnist-mlp/infer", {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 28, 28],
                                                         "data": [300.0] * 28 * 28}]}, 400, "must lie in 0-1 or 0-255"),
     ("post", "/v2/models/quadratic/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1],
@@ -386,9 +393,12 @@ def _bottleneck(size: int) -> dict:
     ("json", json.dumps(_bottleneck(8192)).encode() + bytes(100), "runs past the end"),
     ("json", json.dumps(_bottleneck(100)).encode() + bytes(100), "(8192 bytes); binary_data_size is 100"),
     ("json", json.dumps(_bottleneck(8192)).encode() + bytes(8200), "add up to 8192"),
-    ("json", json.dumps({"inputs": [{"name": "bottleneck", "datatype": "FP64", "shape": [1, 2048],
+    ("json", json.dumps({"inputs": [{"name": "bottleneck", "datatype": "BF16", "shape": [1, 2048],
                                      "parameters": {"binary_data_size": 8}}]}).encode() + bytes(8),
-     "binary data of datatype 'FP64' is not read here"),
+     "binary data of datatype 'BF16' is not read here"),
+    ("json", json.dumps({"inputs": [{"name": "bottleneck", "datatype": "FP64", "shape": [1, 2048],
+                                     "parameters": {"binary_data_size": 16384}}]}).encode() + bytes(16384),
+     "input 'bottleneck' must be of datatype FP32; received 'FP64'"),
     ("json", json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
                                      "parameters": {"binary_data_size": 3}}]}).encode() + bytes(3),
      "cut length prefix"),
@@ -468,3 +478,35 @@ def test_the_v2_routes_do_not_branch_on_the_model_kind():
     tree = ast.parse(inspect.getsource(routes_v2))
     attributes = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
     assert "kind" not in attributes
+
+
+def test_answers_match_the_openapi_document(client, images):
+    spec = client.get("/openapi.json").get_json()
+
+    def check(path: str, method: str, response) -> None:
+        documented = spec["paths"][path][method]["responses"]
+        assert str(response.status_code) in documented, (path, response.status_code)
+        content = documented[str(response.status_code)]["content"]
+        assert response.mimetype in content, (path, response.mimetype)
+        if response.mimetype == "application/json":
+            schema = {**content["application/json"]["schema"], "components": spec["components"]}
+            OAS30Validator(schema).validate(response.get_json())
+
+    request = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]
+    example = request["examples"]["image"]["value"]
+    OAS30Validator({**request["schema"], "components": spec["components"]}).validate(example)
+    check("/v2/models/{name}/infer", "post", infer(client, "shapes", example))
+    blob = bytes_tensor(images[:1])
+    binary = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                          "parameters": {"binary_data_size": len(blob)}}], "parameters": {"binary_data_output": True}}
+    check("/v2/models/{name}/versions/{version}/infer", "post",
+          infer(client, "shapes", binary, blob, url="/v2/models/shapes/versions/1/infer"))
+    check("/v2/models/{name}/infer", "post", infer(client, "shapes", {"inputs": []}))
+    check("/v2/models/{name}/infer", "post", infer(client, "nope", example))
+    for path, url in (("/v2", "/v2"), ("/v2/health/live", "/v2/health/live"), ("/v2/health/ready", "/v2/health/ready"),
+                      ("/v2/models/{name}", "/v2/models/shapes"), ("/v2/models/{name}", "/v2/models/nope"),
+                      ("/v2/models/{name}/versions/{version}", "/v2/models/quadratic/versions/1"),
+                      ("/v2/models/{name}/versions/{version}", "/v2/models/quadratic/versions/x"),
+                      ("/v2/models/{name}/ready", "/v2/models/lenet5/ready"),
+                      ("/v2/models/{name}/versions/{version}/ready", "/v2/models/lenet5/versions/4/ready")):
+        check(path, "get", client.get(url))
