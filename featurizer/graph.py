@@ -47,6 +47,7 @@ from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from imgclf.core import devices
 from imgclf.core.errors import GraphError
 from imgclf.core.op_policy import check_graph_def
+from imgclf.featurizer import contract as names
 from imgclf.featurizer.contract import DEFAULT_CONTRACT, GraphContract, node_name
 from imgclf.featurizer.fold_scale_shift import fold_scale_shift
 from imgclf.featurizer.legacy_ops import RewriteReport, rewrite_legacy_ops
@@ -182,8 +183,6 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
     Mul/y``; where those nodes exist with constant operands their values win
     over the defaults, so a graph with a different input size still works.
     """
-    from imgclf.featurizer import contract as names
-
     size = _graph_constant(graph_def, names.RESIZE_NODE, 1)
     mean = _graph_constant(graph_def, names.SUB_NODE, 1)
     mul = _graph_constant(graph_def, names.MUL_NODE, 1)

@@ -7,9 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-from imgclf.core.errors import UsageError
+from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.repository import resolve, validate_name
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
+from imgclf.service.annotate import annotate_to_jpeg, font_paths
 from imgclf.service.postprocess import top_k
+from imgclf.service.predict_client import ImageRefused, PredictClient
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def predict_local(args: argparse.Namespace) -> int:
     """Predict with a model from the repository; return the exit status."""
-    from imgclf.core.errors import ImgclfError
-    from imgclf.core.repository import resolve
-    from imgclf.service.annotate import annotate_to_jpeg, font_paths
-    from imgclf.training.classifier import load_model
+    from imgclf.training.classifier import load_model  # TensorFlow: only when predicting locally
 
     if args.font:
         font_paths(args.font)  # a missing font file is an error before any work
@@ -111,8 +111,6 @@ def predict_remote(args: argparse.Namespace) -> int:
     Raises:
         ServiceError: the service is down, too slow, or refuses every request (the run stops).
     """
-    from imgclf.core.repository import validate_name
-    from imgclf.service.predict_client import ImageRefused, PredictClient
 
     if args.font:
         raise UsageError("--font cannot be used with --url: the service draws annotations with its own font "
