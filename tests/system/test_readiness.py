@@ -86,23 +86,30 @@ def test_no_503_after_readyz_at_start_after_a_kill_and_during_a_reload(model_rep
     image = jpeg(3, size=(64, 48))
     server = soak.Server(model_repo, workers=workers, threads=THREADS, tmp=tmp_path / "server",
                          extra_env={"IMGCLF_BATCH_MAX_WAIT_MS": "2", "IMGCLF_GRACEFUL_TIMEOUT": "10"})
-    counts = {}
+    counts, took = {}, {}
     try:
-        poll_ready(server)
+        took["ready"] = poll_ready(server)
+        t = time.monotonic()
         counts["start"] = burst(server.url, image)
+        took["burst"] = time.monotonic() - t
 
         before = wait_for_workers(server, workers, gone=set())
         victim = before[0]
         os.kill(victim, signal.SIGKILL)
+        t = time.monotonic()
         wait_for_workers(server, workers, gone={victim})
-        poll_ready(server)
+        took["replaced"] = time.monotonic() - t
+        took["ready after the kill"] = poll_ready(server)
         counts["after a kill"] = burst(server.url, image)
 
         old = set(server.worker_pids())
+        t = time.monotonic()
         server.process.send_signal(signal.SIGHUP)
         counts["during a reload"] = burst(server.url, image)
+        took["burst during the reload"] = time.monotonic() - t
         wait_for_workers(server, workers, gone=old)
-        poll_ready(server)
+        took["reloaded"] = time.monotonic() - t
+        took["ready after the reload"] = poll_ready(server)
         counts["after a reload"] = burst(server.url, image)
         assert server.process.poll() is None, server.log_tail()
     finally:
@@ -110,7 +117,7 @@ def test_no_503_after_readyz_at_start_after_a_kill_and_during_a_reload(model_rep
 
     summary = f"{workers} workers: " + "; ".join(
         f"{phase}: {counts[phase]['503']} x 503 of {sum(counts[phase].values())} ({dict(counts[phase])})"
-        for phase in counts)
+        for phase in counts) + "; seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in took.items())
     print(summary)
     assert all(c["503"] == 0 for c in counts.values()), summary
     assert all(c["200"] == BURST for c in counts.values()), summary
