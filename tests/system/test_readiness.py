@@ -27,7 +27,7 @@ BURST = 200
 CONCURRENCY = 50
 THREADS = 2  # per worker: 4 workers x 2 threads on a small machine
 READY_WITHIN_S = 90
-REQUEST_TIMEOUT_S = 60  # a request during a reload may wait in the listen backlog while new workers load
+REQUEST_TIMEOUT_S = 90  # a request during a reload may wait in the listen backlog while new workers load
 MODEL = "shapes"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
