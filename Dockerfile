@@ -70,4 +70,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
 
 # What `imgclf serve` execs (service/serve_cli.py, gunicorn_argv()): gunicorn's master is PID 1, so a
 # container stop's SIGTERM lets in-flight requests finish (IMGCLF_GRACEFUL_TIMEOUT, 30 s by default).
-CMD ["python", "-m", "gunicorn", "-c", "python:imgclf.service.gunicorn_conf", "imgclf.service:create_app()"]
+CMD ["python", "-P", "-m", "gunicorn", "-c", "python:imgclf.service.gunicorn_conf", "imgclf.service:create_app()"]

@@ -1,13 +1,15 @@
 # make serve - set up .venv, build the demo model on its built-in demo set (once), serve it on :8000
 # make demo  - the same without serving: featurize, train, export, predict new pictures
-# make test  - set up .venv and run the whole test suite
+# make test  - set up .venv, run make lint, then the whole test suite (system tests included)
+# make test-fast - set up .venv and run the unit tests only (pytest -n auto -m "not system" tests/unit)
+# make lint  - ruff and the import-linter layer contracts (pyproject.toml)
 # make bench - set up .venv and run the featurizer, service and soak benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.imgclf-installed
 
-.PHONY: install serve demo test bench clean fonts browser
+.PHONY: install serve demo test test-fast lint bench clean fonts browser
 
 # Fonts for annotated images (CJK labels need one with those glyphs). Installed only when
 # running as root with apt-get and the font is missing; otherwise the CJK test says why it skips.
@@ -18,7 +20,7 @@ fonts:
 			>/dev/null 2>&1 || echo "note: could not install fonts-wqy-zenhei; CJK annotation test will skip"; \
 	fi
 
-# A browser for the upload page's tests (tests/test_web_page.py drives it with Playwright, never
+# A browser for the upload page's tests (tests/system/test_web_page.py drives it with Playwright, never
 # downloading one of its own): Debian's chromium, installed only when running as root with apt-get
 # and it is missing; otherwise those tests say why they skip.
 browser:
@@ -42,8 +44,15 @@ serve: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/imgclf demo
 
-test: $(STAMP) fonts browser
-	$(BIN)/python -m pytest
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+
+test: lint fonts browser
+	$(BIN)/python -m pytest -n auto
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n auto -m "not system" tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.featurize

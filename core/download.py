@@ -46,6 +46,7 @@ def download(url: str, target: str | Path, *, timeout: float = 10.0, progress: b
     host = urlsplit(url).hostname or url
     target = Path(target)
     hint = hint.strip()
+    then = f" {hint}" if hint else ""  # appended to the messages of failures a retry may not fix
     log.info("downloading %s", url)
     started = time.monotonic()
     received: int | None = None  # None until the server has answered 200
@@ -65,7 +66,7 @@ def download(url: str, target: str | Path, *, timeout: float = 10.0, progress: b
                     bar.update(len(chunk))
     except requests.ConnectTimeout as exc:
         raise DownloadError(f"cannot download {url}: no connection to {host} within {timeout:g} s; this "
-                            f"machine seems to be offline or the host is unreachable. {hint}") from exc
+                            f"machine seems to be offline or the host is unreachable.{then}") from exc
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema) as exc:
         raise DownloadError(f"{url!r} is not an http(s) URL to download from: {reason(exc)}") from exc
@@ -78,9 +79,9 @@ def download(url: str, target: str | Path, *, timeout: float = 10.0, progress: b
             raise DownloadError(f"download of {url} broke off after {received} bytes: {reason(exc)}. "
                                 f"Try again{', or: ' + hint if hint else '.'}") from exc
         raise DownloadError(f"cannot download {url}: this machine seems to be offline or {host} is "
-                            f"unreachable ({reason(exc)}). {hint}") from exc
+                            f"unreachable ({reason(exc)}).{then}") from exc
     except requests.RequestException as exc:  # too many redirects, content decoding, ...
-        raise DownloadError(f"download of {url} failed: {reason(exc)}. {hint}") from exc
+        raise DownloadError(f"download of {url} failed: {reason(exc)}.{then}") from exc
     except OSError as exc:  # writing the temp file (disk full, ...); requests' own errors are caught above
         raise DownloadError(f"cannot write the download to {str(target.parent)!r}: {exc.strerror or exc}") from exc
     if expected is not None and received != expected:

@@ -14,14 +14,23 @@ import logging
 
 from flask import Flask
 
-from imgclf.service import app_config, metrics, registry, routes_health, routes_predict, routes_tfserving, routes_web
+from imgclf.service import (
+    app_config,
+    metrics,
+    registry,
+    routes_health,
+    routes_predict,
+    routes_tfserving,
+    routes_v2,
+    routes_web,
+)
 from imgclf.service.config import ServiceConfig
 from imgclf.service.errors import register_error_handlers
 from imgclf.service.request_input import read_streamed_body
 
 log = logging.getLogger(__name__)
 
-BLUEPRINTS = (routes_health.bp, routes_predict.bp, routes_tfserving.bp, routes_web.bp)
+BLUEPRINTS = (routes_health.bp, routes_predict.bp, routes_tfserving.bp, routes_v2.bp, routes_web.bp)
 
 
 def create_app(config: ServiceConfig | dict | None = None) -> Flask:

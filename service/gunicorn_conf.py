@@ -73,8 +73,21 @@ import tempfile
 import threading
 import time
 
-from imgclf.service import worker_states
-from imgclf.service.serve_cli import ServerSettings
+
+def keep_working_folder_off_sys_path() -> None:
+    """Remove the working folder from sys.path: a user's imgclf.py (or models.py) there must not shadow ours.
+
+    gunicorn puts its working folder first on sys.path before it reads this file and again after;
+    this runs at the top of this file (for its own imports) and in every worker before it imports the app.
+    """
+    here = os.path.realpath(os.getcwd())
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here]
+
+
+keep_working_folder_off_sys_path()
+
+from imgclf.service import worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.serve_cli import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUEST_WAIT_S = 30.0  # how long a model request waits for a first-start worker's models (then 503)
@@ -156,7 +169,8 @@ def when_ready(server) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Start the worker's malloc_trim thread (glibc only; see "Memory" above)."""
+    """Keep the working folder off sys.path; start the worker's malloc_trim thread (glibc only; see "Memory")."""
+    keep_working_folder_off_sys_path()  # gunicorn's second chdir put it back; the app is imported next
     if not _trim_seconds or platform.libc_ver()[0] != "glibc":
         return
     trim = ctypes.CDLL(None).malloc_trim

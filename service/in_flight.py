@@ -15,7 +15,7 @@ from imgclf.service.request_input import requested_model
 class InFlight:
     """The number of prediction requests being handled now, by model name."""
 
-    PREDICT_ENDPOINTS = ("predict.predict", "tfserving.predict")
+    PREDICT_ENDPOINTS = ("predict.predict", "tfserving.predict", "v2.infer")
 
     def __init__(self):
         self._counts: dict[str, int] = {}

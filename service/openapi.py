@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from imgclf.core import export_names as names
+from imgclf.service import v2_openapi
 
 OPENAPI_VERSION = "3.0.3"
 # An 8x8 red PNG: a real image, so the examples are requests the service answers with 200.
@@ -253,6 +254,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                                 "Every error answers {\"error\": \"<message>\"}."},
         "tags": [{"name": "imgclf"}, {"name": "tensorflow-serving",
                                       "description": "TensorFlow Serving's REST API, compatible"},
+                 {"name": v2_openapi.TAG, "description": "the Open Inference Protocol (KServe v2), REST"},
                  {"name": "operations"}],
         "paths": {
             "/": {"get": {"operationId": "uploadPage", "tags": ["imgclf"],
@@ -284,6 +286,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                                    "responses": {"200": _json(_ref("ModelList"), "The served models"),
                                                  **_errors("503")}}},
             **_tfserving_paths(name_param, version_param),
+            **v2_openapi.paths(name_param, version_param, _errors, EXAMPLE_PNG_B64),
             "/healthz": {"get": {"operationId": "healthz", "tags": ["operations"],
                                  "summary": "Liveness: 200 while the process answers",
                                  "responses": {"200": _json(_ref("Health"), "Alive")}}},
@@ -298,5 +301,5 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                                       "summary": "This document",
                                       "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}},
         },
-        "components": {"schemas": _schemas(max_instances)},
+        "components": {"schemas": {**_schemas(max_instances), **v2_openapi.schemas(max_instances)}},
     }

@@ -28,24 +28,14 @@ def readyz():
     """Answer 200 when every worker's models are loaded and warmed up, 503 before (or when loading failed)."""
     registry = current_registry()
     models = {name: served.version for name, served in registry.models.items()}
-    status, error = registry.state, registry.error
-    folder = worker_states.server_folder()
-    workers = worker_states.read_all(folder) if folder is not None else None
-    if registry.ready and workers:
-        unready = worker_states.unready(workers)
-        failed = [w for w in unready if w.state == worker_states.FAILED]
-        if failed:
-            status, error = "failed", f"worker {failed[0].pid or failed[0].age}: {failed[0].error}"
-        elif unready:
-            status = "loading"
-            error = f"{len(unready)} of {len(workers)} workers still loading their models"
-    body = {"status": status, "models": models, "precision": registry.precision}
-    if workers is not None:
-        body["workers"] = worker_states.counts(workers)
-    if error:
-        body["error"] = error
+    readiness = worker_states.server_readiness(registry.state, registry.error)
+    body = {"status": readiness.status, "models": models, "precision": registry.precision}
+    if readiness.workers is not None:
+        body["workers"] = readiness.workers
+    if readiness.error:
+        body["error"] = readiness.error
     response = jsonify(body)
-    if status != "ready":
+    if not readiness.ready:
         response.status_code = 503
         response.headers["Retry-After"] = "1"
     return response

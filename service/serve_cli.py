@@ -20,7 +20,9 @@ from imgclf.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-CONF = "python:imgclf.service.gunicorn_conf"
+# The settings file by path, and -P: neither Python nor the config import may resolve `imgclf` through
+# the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
+CONF = str(Path(__file__).with_name("gunicorn_conf.py"))
 APP = "imgclf.service:create_app()"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
 
@@ -92,7 +94,7 @@ def add_server_options(p: argparse._ActionsContainer) -> None:
 
 def gunicorn_argv() -> list[str]:
     """Return the command line that runs gunicorn with this package's settings, in this interpreter."""
-    return [sys.executable, "-m", "gunicorn", "-c", CONF, APP]
+    return [sys.executable, "-P", "-m", "gunicorn", "-c", CONF, APP]
 
 
 def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = None, threads: int | None = None,

@@ -125,3 +125,35 @@ def unready(states: list[WorkerState]) -> list[WorkerState]:
 def counts(states: list[WorkerState]) -> dict[str, int]:
     """Return how many workers are in each state, every state named."""
     return {state: sum(1 for s in states if s.state == state) for state in STATES}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What ``/readyz`` reports: the server's state, why it is not ready, and the workers per state."""
+
+    status: str  # ready | loading | failed
+    error: str = ""
+    workers: dict[str, int] | None = None  # None outside gunicorn
+
+    @property
+    def ready(self) -> bool:
+        """Return whether every worker that takes connections can answer."""
+        return self.status == READY
+
+
+def server_readiness(own_state: str, own_error: str = "", folder: Path | None = None) -> Readiness:
+    """Return the readiness of the server: this worker's own state first, then every other worker's.
+
+    ``folder`` defaults to :func:`server_folder`; without one (no gunicorn) only this worker counts.
+    """
+    folder = folder if folder is not None else server_folder()
+    states = read_all(folder) if folder is not None else None
+    status, error = own_state, own_error
+    if own_state == READY and states:
+        unready_states = unready(states)
+        failed = [s for s in unready_states if s.state == FAILED]
+        if failed:
+            status, error = FAILED, f"worker {failed[0].pid or failed[0].age}: {failed[0].error}"
+        elif unready_states:
+            status, error = LOADING, f"{len(unready_states)} of {len(states)} workers still loading their models"
+    return Readiness(status, error, counts(states) if states is not None else None)

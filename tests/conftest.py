@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Test apps serve in fp32: the bf16 switch is process-wide and would change the in-process
@@ -10,6 +11,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("IMGCLF_PRECISION", "fp32")
 
 import pytest
+
+# Unit tests that are system tests by what they do (make test-fast leaves them out, make test runs them).
+# A test that uses one of these fixtures builds or runs the full-size Inception-v3 (about 90 MB of weights).
+SYSTEM_FIXTURES = ("full_graph_path",)
+# Each of these starts processes (and kills them), or builds full-size Keras networks; each takes over 10 s
+# on a 2-core machine.
+SYSTEM_TESTS = (
+    "tests/unit/core/test_devices.py::test_placement_is_logged_for_tf_functions_in_a_fresh_process",
+    "tests/unit/featurizer/test_export_inception.py::test_local_weights_file_with_top",
+    "tests/unit/featurizer/test_export_inception.py::test_local_weights_file_without_top_falls_back_to_random_logits",
+    "tests/unit/featurizer/test_export_inception.py::test_random_weights_depend_on_the_seed",
+    "tests/unit/featurizer/test_featurize_job.py::test_sigkill_loses_nothing_committed_and_the_rerun_finishes",
+    "tests/unit/models/test_distribute.py::test_two_workers_train_identical_weights_and_only_the_chief_exports",
+    "tests/unit/models/test_distribute.py::test_mirrored_over_two_logical_cpus_matches_one_device",
+    "tests/unit/models/test_train_job.py::test_sigkilled_run_resumes_from_its_checkpoint",
+    "tests/unit/models/test_train_job.py::test_fresh_process_reproduces_in_memory_predictions",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m deselect anything, so a stale SYSTEM_TESTS entry is seen
+def pytest_collection_modifyitems(config, items):
+    """Mark the unit tests of SYSTEM_FIXTURES and SYSTEM_TESTS ``system``; fail on an entry that names no test."""
+    root = config.rootpath
+    collected_files, marked = set(), set()
+    for item in items:
+        path = Path(item.path).resolve().relative_to(root).as_posix()
+        collected_files.add(path)
+        test_id = f"{path}::{getattr(item, 'originalname', item.name)}"
+        if test_id in SYSTEM_TESTS or any(name in item.fixturenames for name in SYSTEM_FIXTURES):
+            item.add_marker(pytest.mark.system)
+            marked.add(test_id)
+    stale = [t for t in SYSTEM_TESTS if t.split("::")[0] in collected_files and t not in marked]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SYSTEM_TESTS names tests that do not exist (renamed?): {stale}")
 
 
 @pytest.fixture(scope="session")

@@ -346,7 +346,13 @@ def test_healthcheck_asks_readyz_in_exec_form(dockerfile):
 def test_cmd_is_what_imgclf_serve_runs(dockerfile):
     cmd = only(dockerfile, "CMD").json()
     assert cmd[0] in ("python", "python3")
-    assert cmd[1:] == gunicorn_argv()[1:]
+    serve = gunicorn_argv()[1:]
+    conf = serve.index("-c") + 1
+    # The image names the settings by module (its working folder holds nothing of a user's);
+    # imgclf serve by the path of the same file.
+    assert Path(serve[conf]).name == "gunicorn_conf.py"
+    assert cmd[1:conf + 1] == serve[:conf] and cmd[conf + 1] == "python:imgclf.service.gunicorn_conf"
+    assert cmd[conf + 2:] == serve[conf + 1:]
     assert not [i for i in dockerfile if i.cmd == "ENTRYPOINT"], "an ENTRYPOINT would wrap gunicorn (PID 1)"
 
 

@@ -175,8 +175,8 @@ def test_serve_execs_gunicorn_with_the_options_as_environment(model_repo, monkey
     assert main(["serve", "--model-dir", str(model_repo), "--bind", "0.0.0.0:9000", "--workers", "3"]) == 0
     (path, argv, env), = calls
     assert path == sys.executable
-    assert argv == [sys.executable, "-m", "gunicorn", "-c", "python:imgclf.service.gunicorn_conf",
-                    "imgclf.service:create_app()"]
+    conf = str(Path(serve_cli.__file__).with_name("gunicorn_conf.py"))
+    assert argv == [sys.executable, "-P", "-m", "gunicorn", "-c", conf, "imgclf.service:create_app()"]
     assert env["IMGCLF_MODEL_REPOSITORY"] == str(model_repo.resolve())
     assert (env["IMGCLF_BIND"], env["IMGCLF_WORKERS"]) == ("0.0.0.0:9000", "3") and "IMGCLF_THREADS" not in env
     assert "IMGCLF_ALLOW_UNSAFE_OPS" not in env
