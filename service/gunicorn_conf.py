@@ -29,11 +29,23 @@ No ``preload_app``: TensorFlow must never be imported in the master, because
 its thread pools do not survive ``fork``. Each worker imports the app and loads
 the models itself.
 
-A worker that replaces one that died (killed, out of memory) starts accepting
-connections only once its models are loaded: the other workers take every
-request meanwhile, so clients lose only the requests that were in flight on the
-dead one. At the first start no worker is ready anyway; each answers
-``/healthz`` at once and ``/readyz`` with 503 while it loads.
+Readiness holds across workers (:mod:`imgclf.service.worker_states`): the
+master makes a per-server folder where each worker's state (loading, held,
+ready, failed) is a small file, and ``/readyz`` answers 200 only when every
+worker that takes connections has loaded its models, so after a 200 no model
+request gets a 503, whichever worker takes it. A worker that replaces one that
+died (killed, out of memory), and every new worker of a reload (SIGHUP), starts
+accepting connections only once its models are loaded: the other workers take
+every request meanwhile (during a reload, connections wait in the listen
+backlog until the first new worker is ready), so clients lose only the requests
+that were in flight on a dead one. The workers of the first start accept at
+once, so that ``/healthz`` answers while they load; ``/readyz`` says 503 until
+all of them are ready, and a model request that reaches one of them meanwhile
+waits for its models (at most ``REQUEST_WAIT_S`` seconds, and at most
+``IMGCLF_THREADS - 1`` such requests at a time, so a thread stays free for the
+probes) instead of getting a 503. A lone worker (``IMGCLF_WORKERS=1``) has
+nobody to wait for: it accepts at once and answers 503 (Retry-After) while it
+loads, also when it is replaced.
 
 Memory: glibc keeps the heap memory a worker frees for reuse, but buffers of
 varying sizes (decoded photos, TensorFlow's tensors, failed decodes of broken
@@ -74,9 +86,11 @@ def keep_working_folder_off_sys_path() -> None:
 
 keep_working_folder_off_sys_path()
 
-from imgclf.service.serve_cli import ServerSettings  # noqa: E402 - after the working folder left sys.path
+from imgclf.service import worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.serve_cli import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REQUEST_WAIT_S = 30.0  # how long a model request waits for a first-start worker's models (then 503)
 
 _server = ServerSettings.from_env()
 wsgi_app = "imgclf.service:create_app()"
@@ -137,6 +151,15 @@ def on_starting(server) -> None:
         _made_dirs.append(directory)
         os.environ[MULTIPROC_ENV] = directory
     server.log.info("prometheus multiprocess directory: %s", directory)
+    _made_dirs.append(str(worker_states.make_folder()))
+
+
+def pre_fork(server, worker) -> None:
+    """Count the worker before it exists: the others' /readyz waits for it unless it is held back."""
+    folder = worker_states.server_folder()
+    if folder is not None:  # on_starting made it
+        held = worker_states.held_back(worker.age, worker.cfg.workers)
+        worker_states.record(folder, worker.age, worker_states.HELD if held else worker_states.LOADING)
 
 
 def when_ready(server) -> None:
@@ -161,19 +184,31 @@ def post_fork(server, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Hold a replacement worker back from accepting connections until its models are loaded.
+    """Record the worker's state for the others' /readyz; hold a replacement back until its models are loaded.
 
-    Workers 1..N of the first start have ages 1..N; a later one replaces a worker that died (or is
-    one more, after TTIN). While it loads, the live workers answer; it would answer 503 instead.
-    The heartbeat goes on meanwhile, so the master does not take the wait for a hang. With a single
-    worker there is nobody else to answer: it accepts at once and says 503 (Retry-After) while it
-    loads, as at the first start. After a SIGHUP reload every new worker waits, so connections
-    queue in the listen backlog until the first of them is ready.
+    Workers 1..N of the first start accept at once (their model requests wait for loading, bounded); a
+    later one (:func:`~imgclf.service.worker_states.held_back`) waits here, so it takes no connection
+    while it loads: the live workers answer, where it would answer 503. The heartbeat goes on meanwhile,
+    so the master does not take the wait for a hang. A worker whose loading failed accepts, to say why on
+    /readyz. With a single worker there is nobody else to answer: it accepts at once and says 503
+    (Retry-After) while it loads.
     """
-    if worker.age <= worker.cfg.workers or worker.cfg.workers < 2:
-        return
     registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.registry")
-    if registry is None:  # not the imgclf app (or wrapped): nothing to wait for
+    folder = worker_states.server_folder()
+    if registry is None:  # not the imgclf app (or wrapped): nothing to wait for, nothing to report
+        if folder is not None:
+            worker_states.forget(folder, worker.age)
+        return
+    held = worker_states.held_back(worker.age, worker.cfg.workers)
+    if folder is not None:
+        def record(state: str, error: str) -> None:
+            loading = worker_states.HELD if held else worker_states.LOADING
+            worker_states.record(folder, worker.age, loading if state == "loading" else state, worker.pid, error)
+
+        registry.on_state(record)
+    if not held:
+        if worker.cfg.workers >= 2:
+            registry.hold_requests(REQUEST_WAIT_S, at_most=worker.cfg.threads - 1)
         return
     started = time.monotonic()
     while worker.alive and registry.state == "loading":
@@ -184,13 +219,16 @@ def post_worker_init(worker) -> None:
 
 
 def child_exit(server, worker) -> None:
-    """Drop the live gauges of a worker that exited (its counters stay: they still count)."""
+    """Forget the state of a worker that exited; drop its live gauges (its counters stay: they still count)."""
     from prometheus_client import multiprocess
 
+    folder = worker_states.server_folder()
+    if folder is not None:
+        worker_states.forget(folder, worker.age)
     multiprocess.mark_process_dead(worker.pid)
 
 
 def on_exit(server) -> None:
-    """Remove the metrics directory this file made."""
+    """Remove the metrics and worker-state directories this file made."""
     for directory in _made_dirs:
         shutil.rmtree(directory, ignore_errors=True)

@@ -4,7 +4,11 @@ Every model of the repository is loaded (its newest version, or the version
 pinned in the config) as the :class:`~imgclf.service.servable.Servable` of its
 kind, runs its warm-up, and only then does the registry report ready. Loading
 runs in a background thread by default, so the worker answers ``/healthz`` at
-once and ``/readyz`` with 503 until it is done.
+once and ``/readyz`` with 503 until it is done. A model request that arrives
+meanwhile gets 503 (Retry-After), or, once :meth:`ModelRegistry.hold_requests`
+was called (gunicorn's first-start workers), waits a bounded time for loading
+to finish. Listeners (:meth:`ModelRegistry.on_state`) hear every state change:
+gunicorn_conf records it for the other workers' ``/readyz``.
 
 The registry is a Flask extension: :func:`init_app` creates it for an app (with
 that app's config and metrics) and :func:`current_registry` returns it.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask, current_app
 
@@ -67,6 +72,12 @@ class ModelRegistry:
         self.metrics = metrics  # this app's metrics: batches and load times are recorded there
         self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # set when loading has ended, ready or failed
+        self._lock = threading.Lock()  # orders state changes and listeners
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._hold_seconds = 0.0  # how long a model request waits for loading (see hold_requests)
+        self._hold_at_most = 0  # how many model requests may wait at once (0: none, 503 at once)
+        self.waiting = 0  # model requests waiting for loading now
 
     @property
     def ready(self) -> bool:
@@ -86,6 +97,44 @@ class ModelRegistry:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.ready
+
+    def on_state(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(state, error)`` now and after every change of the state (from the loading thread)."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(self.state, self.error)
+
+    def hold_requests(self, seconds: float, at_most: int) -> None:
+        """Make up to ``at_most`` model requests at a time wait up to ``seconds`` for loading instead of a 503.
+
+        The bound on waiting requests keeps request threads free for ``/healthz`` and ``/readyz`` (a request
+        over it gets the 503 at once); ``at_most`` 0 or ``seconds`` 0 turns waiting off.
+        """
+        self._hold_seconds, self._hold_at_most = seconds, at_most if seconds > 0 else 0
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        with self._lock:
+            self.state, self.error = state, error
+            self._done.set()
+            for listener in self._listeners:
+                try:
+                    listener(state, error)
+                except Exception:  # a listener that fails must not turn a loaded worker into a failed one
+                    log.exception("model state listener failed")
+
+    def _wait_for_loading(self) -> None:
+        """Wait (bounded, see :meth:`hold_requests`) while loading; return at once otherwise."""
+        if self.state != "loading" or not self._hold_at_most:  # the usual case, without the lock
+            return
+        with self._lock:
+            if self.state != "loading" or self.waiting >= self._hold_at_most:
+                return
+            self.waiting += 1
+        try:
+            self._done.wait(self._hold_seconds)
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def load_all(self) -> None:
         """Load and warm up every model of the repository; set the state."""
@@ -110,13 +159,13 @@ class ModelRegistry:
                 self.models[name] = self._load(name, version)
             if not self.models:
                 log.warning("model repository %s holds no model; nothing to serve", repo)
-            self.state = "ready"
+            self._set_state("ready")
         except (ImgclfError, ValueError, OSError) as exc:
-            self.state, self.error = "failed", str(exc)
             log.error("loading models failed: %s", exc)
+            self._set_state("failed", str(exc))
         except Exception as exc:
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("loading models failed")
+            self._set_state("failed", f"{type(exc).__name__}: {exc}")
 
     def _load(self, name: str, version: int) -> Servable:
         """Load version ``version`` of ``name`` as the servable of its kind, warm it up, record the time."""
@@ -135,9 +184,10 @@ class ModelRegistry:
         """Return a served model (the default one when ``name`` is empty).
 
         Raises:
-            NotReady: models are still loading (or loading failed).
+            NotReady: models are still loading (after the wait of :meth:`hold_requests`), or loading failed.
             ModelNotFound: no such model, or that version is not the one served.
         """
+        self._wait_for_loading()
         if not self.ready:
             raise NotReady("models are still loading" if self.state == "loading"
                            else f"models failed to load: {self.error}")

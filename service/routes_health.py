@@ -1,9 +1,17 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+``/healthz`` answers as long as the process does, also while models load.
+``/readyz`` is 200 only when this worker has loaded and warmed up its models
+and, under gunicorn, so has every other worker that takes connections (their
+states are files in the server's folder, :mod:`imgclf.service.worker_states`):
+after a 200, a model request gets its model whichever worker takes it.
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from imgclf.service import worker_states
 from imgclf.service.registry import current_registry
 
 bp = Blueprint("health", __name__)
@@ -17,14 +25,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Answer 200 when every model is loaded and warmed up, 503 before (or when loading failed)."""
+    """Answer 200 when every worker's models are loaded and warmed up, 503 before (or when loading failed)."""
     registry = current_registry()
     models = {name: served.version for name, served in registry.models.items()}
-    body = {"status": registry.state, "models": models, "precision": registry.precision}
-    if registry.error:
-        body["error"] = registry.error
+    readiness = worker_states.server_readiness(registry.state, registry.error)
+    body = {"status": readiness.status, "models": models, "precision": registry.precision}
+    if readiness.workers is not None:
+        body["workers"] = readiness.workers
+    if readiness.error:
+        body["error"] = readiness.error
     response = jsonify(body)
-    if not registry.ready:
+    if not readiness.ready:
         response.status_code = 503
         response.headers["Retry-After"] = "1"
     return response

@@ -162,6 +162,90 @@ def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
     app.extensions["imgclf.registry"].close()
 
 
+@pytest.fixture
+def loading_app(model_repo, monkeypatch):
+    """An app whose model loading waits for ``app.release`` (set it to let loading finish)."""
+    from imgclf.service import servable_image
+
+    release = threading.Event()
+    real_load = servable_image.load_model
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(servable_image, "load_model", slow_load)
+    app = create_app({"model_repository": model_repo})  # loads in the background
+    app.release = release
+    yield app
+    release.set()
+    app.extensions["imgclf.registry"].wait(60)
+    app.extensions["imgclf.registry"].close()
+
+
+def test_held_model_requests_wait_for_loading_while_probes_answer(loading_app):
+    from tests.support.images import jpeg
+
+    registry = loading_app.extensions["imgclf.registry"]
+    registry.hold_requests(30, at_most=1)
+    client = loading_app.test_client()
+    answers = {}
+    waiting = threading.Thread(target=lambda: answers.update(
+        predict=client.post("/predict", data=jpeg(1), content_type="image/jpeg")))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not registry.waiting and time.monotonic() < deadline:  # until the request is waiting
+        time.sleep(0.01)
+    assert registry.state == "loading" and registry.waiting == 1
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 503
+    over = client.get("/v1/models/shapes")  # over the bound of waiting requests: 503 at once, Retry-After
+    assert over.status_code == 503 and over.headers["Retry-After"] == "1"
+    assert "still loading" in over.get_json()["error"]
+    assert waiting.is_alive() and "predict" not in answers
+    loading_app.release.set()
+    waiting.join(60)
+    assert answers["predict"].status_code == 200 and answers["predict"].get_json()["predictions"]
+
+
+def test_a_held_request_waits_only_so_long(loading_app):
+    registry = loading_app.extensions["imgclf.registry"]
+    registry.hold_requests(0.2, at_most=4)
+    response = loading_app.test_client().get("/v1/models/shapes")  # loading never ends meanwhile
+    assert response.status_code == 503 and registry.state == "loading"
+
+
+def test_state_listeners_hear_the_state_now_and_when_loading_ends(loading_app):
+    heard = []
+    registry = loading_app.extensions["imgclf.registry"]
+    registry.on_state(lambda state, error: heard.append((state, error)))
+    loading_app.release.set()
+    assert registry.wait(60)
+    assert heard == [("loading", ""), ("ready", "")]
+
+
+@pytest.mark.parametrize("others, status, code, error", [
+    ([], "ready", 200, None),
+    ([(2, "ready", ""), (3, "held", "")], "ready", 200, None),  # a held replacement takes no connection
+    ([(2, "loading", "")], "loading", 503, "1 of 2 workers still loading"),
+    ([(2, "ready", ""), (3, "failed", "bad op")], "failed", 503, "worker 4003: bad op"),
+])
+def test_readyz_under_gunicorn_waits_for_every_worker_that_takes_connections(app, tmp_path, monkeypatch, others,
+                                                                               status, code, error):
+    from imgclf.service import worker_states
+
+    monkeypatch.setenv(worker_states.ENV, str(tmp_path))
+    worker_states.record(tmp_path, 1, "ready", pid=4001)  # this worker
+    for age, state, message in others:
+        worker_states.record(tmp_path, age, state, pid=4000 + age, error=message)
+    response = app.test_client().get("/readyz")
+    body = response.get_json()
+    assert (response.status_code, body["status"], body["models"]) == (code, status, {"shapes": 1})
+    assert sum(body["workers"].values()) == 1 + len(others)
+    assert body["workers"]["ready"] == 1 + sum(1 for o in others if o[1] == "ready")
+    assert body.get("error", "").startswith(error) if error else "error" not in body
+    assert (response.headers.get("Retry-After") == "1") == (code == 503)
+
+
 def test_a_pinned_version_that_does_not_exist_fails_readiness(model_repo):
     app = create_app({"model_repository": model_repo, "model_versions": {"shapes": 9},
                       "load_in_background": False})

@@ -1,0 +1,159 @@
+"""What every worker of one gunicorn server can answer: a small state file per worker in one folder.
+
+gunicorn hands each new connection to whichever worker accepts it first, so a
+``/readyz`` that reports only the worker that answered it says little: at the
+first start one worker may have loaded its models while another, still
+loading, takes the next request and answers 503. Instead, the master makes a
+fresh folder per server (:func:`make_folder`, its path in ``IMGCLF_WORKER_STATE_DIR``
+for the workers) and every worker has one file there, named after its gunicorn
+age (unique for the server's life, and known to the master before the fork):
+
+    loading  takes connections, models not loaded yet (a worker of the first start)
+    held     loading, but takes no connection before its models are loaded (a replacement)
+    ready    models loaded and warmed up
+    failed   loading failed; the worker takes connections and says why
+
+The master writes the first state before it forks the worker (so a worker that
+is not running yet is already counted), the worker writes each change, and the
+master removes the file when it reaps the worker. ``/readyz`` is 200 only when
+no worker that takes connections is ``loading`` or ``failed`` (:func:`unready`):
+after it said 200, every worker that can take a request has its models. A held
+worker does not count: the kernel gives it no connection until it is ready.
+
+Why files and not the master holding the listening socket back: the master
+stays a plain gunicorn master (no TensorFlow, no Flask, no extra thread), a
+worker of the first start still answers ``/healthz`` while it loads, and the
+folder works the same for replacements and reloads. Standard library only: the
+master imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.core.atomic import write_json_atomic
+
+ENV = "IMGCLF_WORKER_STATE_DIR"  # set by the gunicorn master for its workers; unset: no server (a test client)
+
+LOADING, HELD, READY, FAILED = "loading", "held", "ready", "failed"
+STATES = (LOADING, HELD, READY, FAILED)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker's entry: its gunicorn age, its pid (0 before the fork), its state and error."""
+
+    age: int
+    pid: int
+    state: str
+    error: str = ""
+
+
+def held_back(age: int, workers: int) -> bool:
+    """Return whether the worker of gunicorn age ``age`` takes connections only once its models are loaded.
+
+    Workers 1..N of the first start have ages 1..N; a later one replaces a worker that died, or is one of a
+    reload's new workers, or one more after TTIN: the others answer while it loads. A lone server has nobody
+    else to answer, so its workers take connections at once.
+    """
+    return workers >= 2 and age > workers
+
+
+def make_folder() -> Path:
+    """Make a fresh, empty folder for one server's workers and export it to them (master, before the fork)."""
+    folder = Path(tempfile.mkdtemp(prefix="imgclf-workers-"))
+    os.environ[ENV] = str(folder)
+    return folder
+
+
+def server_folder() -> Path | None:
+    """Return this server's folder (None outside gunicorn, e.g. under the Flask test client)."""
+    value = os.environ.get(ENV, "").strip()
+    return Path(value) if value else None
+
+
+def remove_folder(folder: Path | None) -> None:
+    """Remove the folder (master, on exit)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _path(folder: Path, age: int) -> Path:
+    return folder / f"worker-{age}.json"
+
+
+def record(folder: Path, age: int, state: str, pid: int = 0, error: str = "") -> None:
+    """Write the state of the worker of age ``age`` (atomically: a reader sees the old state or the new one)."""
+    if state not in STATES:
+        raise ValueError(f"worker state must be one of {', '.join(STATES)}; received {state!r}")
+    write_json_atomic(_path(folder, age), {"age": age, "pid": pid, "state": state, "error": error})
+
+
+def forget(folder: Path, age: int) -> None:
+    """Remove the entry of a worker that exited (master, when it reaps the worker)."""
+    try:
+        _path(folder, age).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def read_all(folder: Path) -> list[WorkerState]:
+    """Return the entries of every worker the master has not reaped yet, oldest first."""
+    states = []
+    for path in folder.glob("worker-*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:  # reaped meanwhile
+            continue
+        except (OSError, ValueError) as exc:  # not ours, or damaged: count it as a worker that cannot answer
+            data = {"age": 0, "pid": 0, "state": FAILED, "error": f"unreadable state file {path.name}: {exc}"}
+        states.append(WorkerState(int(data.get("age", 0)), int(data.get("pid", 0)), str(data.get("state")),
+                                  str(data.get("error", ""))))
+    return sorted(states, key=lambda s: s.age)
+
+
+def unready(states: list[WorkerState]) -> list[WorkerState]:
+    """Return the workers that take connections but cannot answer a model request (loading, or failed)."""
+    return [s for s in states if s.state not in (READY, HELD)]
+
+
+def counts(states: list[WorkerState]) -> dict[str, int]:
+    """Return how many workers are in each state, every state named."""
+    return {state: sum(1 for s in states if s.state == state) for state in STATES}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What ``/readyz`` reports: the server's state, why it is not ready, and the workers per state."""
+
+    status: str  # ready | loading | failed
+    error: str = ""
+    workers: dict[str, int] | None = None  # None outside gunicorn
+
+    @property
+    def ready(self) -> bool:
+        """Return whether every worker that takes connections can answer."""
+        return self.status == READY
+
+
+def server_readiness(own_state: str, own_error: str = "", folder: Path | None = None) -> Readiness:
+    """Return the readiness of the server: this worker's own state first, then every other worker's.
+
+    ``folder`` defaults to :func:`server_folder`; without one (no gunicorn) only this worker counts.
+    """
+    folder = folder if folder is not None else server_folder()
+    states = read_all(folder) if folder is not None else None
+    status, error = own_state, own_error
+    if own_state == READY and states:
+        unready_states = unready(states)
+        failed = [s for s in unready_states if s.state == FAILED]
+        if failed:
+            status, error = FAILED, f"worker {failed[0].pid or failed[0].age}: {failed[0].error}"
+        elif unready_states:
+            status, error = LOADING, f"{len(unready_states)} of {len(states)} workers still loading their models"
+    return Readiness(status, error, counts(states) if states is not None else None)
