@@ -16,7 +16,7 @@ from importlib import metadata
 
 from flask import Blueprint, Response, jsonify, request
 
-from imgclf.service import v2_model
+from imgclf.service import v2_model, worker_states
 from imgclf.service.app_config import current_config
 from imgclf.service.errors import BadRequest, NotReady
 from imgclf.service.registry import current_registry
@@ -58,11 +58,12 @@ def live():
 
 @bp.get("/v2/health/ready")
 def ready():
-    """Answer 200 when every model is loaded and warmed up (as /readyz), else 503 saying why."""
+    """Answer 200 when every worker has its models loaded and warmed up (as /readyz), else 503 saying why."""
     registry = current_registry()
-    if not registry.ready:
-        raise NotReady("models are still loading" if registry.state == "loading"
-                       else f"models failed to load: {registry.error}")
+    readiness = worker_states.server_readiness(registry.state, registry.error)
+    if not readiness.ready:
+        raise NotReady("models are still loading" if readiness.status == "loading" and not readiness.error
+                       else readiness.error or f"models are {readiness.status}")
     return jsonify(ready=True)
 
 

@@ -244,6 +244,9 @@ def test_readyz_under_gunicorn_waits_for_every_worker_that_takes_connections(app
     assert body["workers"]["ready"] == 1 + sum(1 for o in others if o[1] == "ready")
     assert body.get("error", "").startswith(error) if error else "error" not in body
     assert (response.headers.get("Retry-After") == "1") == (code == 503)
+    v2 = app.test_client().get("/v2/health/ready")  # the Open Inference Protocol's readiness says the same
+    assert v2.status_code == code
+    assert v2.get_json()["error"].startswith(error) if error else v2.get_json() == {"ready": True}
 
 
 def test_a_pinned_version_that_does_not_exist_fails_readiness(model_repo):

@@ -14,8 +14,8 @@ from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
 from imgclf.training.classifier import load_model
 from imgclf.training.export import export_model
 from tests.support import images
-from tests.unit.training.test_export import make_head
 from tests.unit.core.test_repository import fake_version
+from tests.unit.training.test_export import make_head
 
 LABELS = ["cat", "dog", "cow"]
 
