@@ -1,7 +1,7 @@
 # make serve - set up .venv, build the demo model on its built-in demo set (once), serve it on :8000
 # make demo  - the same without serving: featurize, train, export, predict new pictures
 # make test  - set up .venv, run make lint, then the whole test suite (system tests included)
-# make test-fast - set up .venv and run the unit tests only (pytest -n auto -m "not system" tests/unit)
+# make test-fast - set up .venv and run the unit tests only (pytest -n auto --dist loadfile -m "not system" tests/unit)
 # make lint  - ruff and the import-linter layer contracts (pyproject.toml)
 # make bench - set up .venv and run the featurizer, service and soak benchmarks
 PYTHON ?= python3
@@ -49,10 +49,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 test: lint fonts browser
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n auto -m "not system" tests/unit
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not system" tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.featurize
