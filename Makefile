@@ -49,7 +49,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 test: lint fonts browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	@# xdist's default distribution: --dist loadfile would run schemathesis's per-operation items (one node id) once
+	$(BIN)/python -m pytest -n auto
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadfile -m "not system" tests/unit
