@@ -237,7 +237,8 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
     name_param = {"name": "name", "in": "path", "required": True, "description": "model name",
                   "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}, "example": example_name}
     version_param = {"name": "version", "in": "path", "required": True,
-                     "description": "model version (an integer; only the served version is found)",
+                     "description": "model version (an integer; only a served version is found; 0: the default "
+                                    "version, as OpenVINO Model Server's clients send it)",
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, "example": 1}
     image_query = [
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
