@@ -172,6 +172,9 @@ def _schemas(max_instances: int) -> dict:
                                   "signature_def": {"type": "object", "required": ["signature_def"], "properties": {
                                       "signature_def": {"type": "object",
                                                         "additionalProperties": _ref("SignatureDef")}}}}},
+                              "modelSpec": {"type": "object", "description": "model_spec with protobuf's JSON "
+                                            "names, as OpenVINO Model Server answers (ovmsclient reads it); "
+                                            "metadata.signature_def.signatureDef likewise"},
                               "labels": {"type": "array", "items": {"type": "string"},
                                          "description": "label names in class-id order"},
                               "model_card": {"type": "object", "description": "the export's model_card.json"},

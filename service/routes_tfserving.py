@@ -20,6 +20,7 @@ from werkzeug.routing import BaseConverter
 from imgclf.service.app_config import current_config
 from imgclf.service.errors import BadRequest
 from imgclf.service.openapi import document
+from imgclf.service.ovms_json import with_json_names
 from imgclf.service.registry import current_registry
 from imgclf.service.servable import Servable, describe
 
@@ -74,7 +75,7 @@ def model_metadata(name: str, version: str | None = None):
     }
     if served.input_notes:
         body["input"] = served.input_notes
-    return jsonify(body)
+    return jsonify(with_json_names(body))  # OpenVINO Model Server's spelling too: ovmsclient reads only that
 
 
 @bp.get("/v1/models")

@@ -133,6 +133,10 @@ def test_metadata_describes_signatures(client, reference):
                                                                "labels": "DT_STRING"}
         assert [d["size"] for d in outputs["probabilities"]["tensor_shape"]["dim"]] == ["-1", "4"]
         assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+        # OpenVINO Model Server's spelling beside it (ovmsclient reads only that; see test_ovms_json)
+        assert body["modelSpec"] == {"name": "shapes", "signatureName": "", "version": "1"}
+        camel = body["metadata"]["signature_def"]["signatureDef"]["serving_default"]
+        assert camel["inputs"]["image_bytes"]["tensorShape"]["dim"] == image_input["tensor_shape"]["dim"]
 
 
 def test_model_list(client):
