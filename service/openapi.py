@@ -145,6 +145,8 @@ def _schemas(max_instances: int) -> dict:
                 {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                  "description": "the quadratic model: [[y], ...]"}]}}},
         "ModelStatus": {"type": "object", "required": ["model_version_status"], "properties": {
+            "name": {"type": "string", "description": "KServe v1's model readiness: the model's name"},
+            "ready": {"type": "boolean", "description": "KServe v1's model readiness: a version is serving"},
             "model_version_status": {"type": "array", "items": {
                 "type": "object", "required": ["version", "state", "status"], "properties": {
                     "version": {"type": "string", "pattern": "^[0-9]+$"},

@@ -55,9 +55,9 @@ def _served(name: str, version: str | None = None) -> Servable:
 @bp.get("/v1/models/<segment:name>")
 @bp.get("/v1/models/<segment:name>/versions/<segment:version>")
 def model_status(name: str, version: str | None = None):
-    """Answer TF Serving's model status: the served version, AVAILABLE."""
+    """Answer TF Serving's model status: the served version, AVAILABLE (and KServe v1's name and ready)."""
     served = _served(name, version)
-    return jsonify(model_version_status=[{
+    return jsonify(name=served.name, ready=True, model_version_status=[{
         "version": str(served.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
     }])
 

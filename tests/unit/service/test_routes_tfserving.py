@@ -111,7 +111,8 @@ def test_bottleneck_signature(client, reference):
 
 def test_status_has_tf_servings_shape(client):
     want = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+                                      "status": {"error_code": "OK", "error_message": ""}}],
+            "name": "shapes", "ready": True}  # KServe v1's model readiness at the same URL
     assert client.get("/v1/models/shapes").get_json() == want
     assert client.get("/v1/models/shapes/versions/1").get_json() == want
 
