@@ -145,6 +145,8 @@ def _schemas(max_instances: int) -> dict:
                 {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
                  "description": "the quadratic model: [[y], ...]"}]}}},
         "ModelStatus": {"type": "object", "required": ["model_version_status"], "properties": {
+            "name": {"type": "string", "description": "KServe v1's model readiness: the model's name"},
+            "ready": {"type": "boolean", "description": "KServe v1's model readiness: a version is serving"},
             "model_version_status": {"type": "array", "items": {
                 "type": "object", "required": ["version", "state", "status"], "properties": {
                     "version": {"type": "string", "pattern": "^[0-9]+$"},
@@ -172,6 +174,9 @@ def _schemas(max_instances: int) -> dict:
                                   "signature_def": {"type": "object", "required": ["signature_def"], "properties": {
                                       "signature_def": {"type": "object",
                                                         "additionalProperties": _ref("SignatureDef")}}}}},
+                              "modelSpec": {"type": "object", "description": "model_spec with protobuf's JSON "
+                                            "names, as OpenVINO Model Server answers (ovmsclient reads it); "
+                                            "metadata.signature_def.signatureDef likewise"},
                               "labels": {"type": "array", "items": {"type": "string"},
                                          "description": "label names in class-id order"},
                               "model_card": {"type": "object", "description": "the export's model_card.json"},
@@ -237,7 +242,8 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
     name_param = {"name": "name", "in": "path", "required": True, "description": "model name",
                   "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}, "example": example_name}
     version_param = {"name": "version", "in": "path", "required": True,
-                     "description": "model version (an integer; only the served version is found)",
+                     "description": "model version (an integer; only a served version is found; 0: the default "
+                                    "version, as OpenVINO Model Server's clients send it)",
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, "example": 1}
     image_query = [
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},

@@ -20,6 +20,7 @@ from werkzeug.routing import BaseConverter
 from imgclf.service.app_config import current_config
 from imgclf.service.errors import BadRequest
 from imgclf.service.openapi import document
+from imgclf.service.ovms_json import with_json_names
 from imgclf.service.registry import current_registry
 from imgclf.service.servable import Servable, describe
 
@@ -39,10 +40,13 @@ bp.record_once(lambda state: state.app.url_map.converters.setdefault("segment", 
 
 
 def _served(name: str, version: str | None = None) -> Servable:
-    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version)."""
+    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version).
+
+    Version 0 means the default version, as OpenVINO Model Server's clients send it.
+    """
     if version is not None and not _VERSION.fullmatch(version):
         raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
-    return current_registry().get(name, None if version is None else int(version))
+    return current_registry().get(name, int(version or 0) or None)
 
 
 # --- status, metadata, list -------------------------------------------------------------------------------------
@@ -51,9 +55,9 @@ def _served(name: str, version: str | None = None) -> Servable:
 @bp.get("/v1/models/<segment:name>")
 @bp.get("/v1/models/<segment:name>/versions/<segment:version>")
 def model_status(name: str, version: str | None = None):
-    """Answer TF Serving's model status: the served version, AVAILABLE."""
+    """Answer TF Serving's model status: the served version, AVAILABLE (and KServe v1's name and ready)."""
     served = _served(name, version)
-    return jsonify(model_version_status=[{
+    return jsonify(name=served.name, ready=True, model_version_status=[{
         "version": str(served.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
     }])
 
@@ -71,7 +75,7 @@ def model_metadata(name: str, version: str | None = None):
     }
     if served.input_notes:
         body["input"] = served.input_notes
-    return jsonify(body)
+    return jsonify(with_json_names(body))  # OpenVINO Model Server's spelling too: ovmsclient reads only that
 
 
 @bp.get("/v1/models")

@@ -31,10 +31,13 @@ _VERSION = re.compile(r"[0-9]{1,18}")  # an int64, as the TF Serving routes pars
 
 
 def _served(name: str, version: str | None = None) -> Servable:
-    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version)."""
+    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version).
+
+    Version 0 means the default version, as OpenVINO Model Server's clients send it.
+    """
     if version is not None and not _VERSION.fullmatch(version):
         raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
-    return current_registry().get(name, None if version is None else int(version))
+    return current_registry().get(name, int(version or 0) or None)
 
 
 # --- server ---------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ decode + ``predict_rgb``, and ``predict_bottlenecks``), not against the service.
 import base64
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -110,7 +111,8 @@ def test_bottleneck_signature(client, reference):
 
 def test_status_has_tf_servings_shape(client):
     want = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+                                      "status": {"error_code": "OK", "error_message": ""}}],
+            "name": "shapes", "ready": True}  # KServe v1's model readiness at the same URL
     assert client.get("/v1/models/shapes").get_json() == want
     assert client.get("/v1/models/shapes/versions/1").get_json() == want
 
@@ -132,6 +134,10 @@ def test_metadata_describes_signatures(client, reference):
                                                                "labels": "DT_STRING"}
         assert [d["size"] for d in outputs["probabilities"]["tensor_shape"]["dim"]] == ["-1", "4"]
         assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+        # OpenVINO Model Server's spelling beside it (ovmsclient reads only that; see test_ovms_json)
+        assert body["modelSpec"] == {"name": "shapes", "signatureName": "", "version": "1"}
+        camel = body["metadata"]["signature_def"]["signatureDef"]["serving_default"]
+        assert camel["inputs"]["image_bytes"]["tensorShape"]["dim"] == image_input["tensor_shape"]["dim"]
 
 
 def test_model_list(client):
@@ -239,3 +245,30 @@ def test_an_empty_repository_lists_no_models(tmp_path):
     app = create_app({"model_repository": tmp_path, "load_in_background": False})
     assert app.test_client().get("/v1/models").get_json() == {"models": []}
     assert app.test_client().get("/v1/models/shapes").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def two_versions(model_repo, tmp_path_factory):
+    """A repository where "shapes" has versions 1 and 2 (the same export twice); version 2 is the default."""
+    repo = tmp_path_factory.mktemp("two-versions") / "models"
+    shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "1")
+    shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "2")
+    app = create_app({"model_repository": repo, "load_in_background": False})
+    yield app.test_client()
+    app.extensions["imgclf.registry"].close()
+
+
+def test_version_0_is_the_default_version(two_versions, reference, images):
+    """OpenVINO Model Server's clients send version 0 for "the default": every v1 route answers the default's."""
+    client = two_versions
+    status = client.get("/v1/models/shapes/versions/0")
+    assert status.status_code == 200 and status.get_json() == client.get("/v1/models/shapes").get_json()
+    assert status.get_json()["model_version_status"][0]["version"] == "2"
+    metadata = client.get("/v1/models/shapes/versions/000/metadata").get_json()
+    assert metadata == client.get("/v1/models/shapes/metadata").get_json()
+    assert metadata["model_spec"]["version"] == "2"
+    response = client.post("/v1/models/shapes/versions/0:predict", json={"instances": [{"b64": b64(images[1])}]})
+    assert response.status_code == 200, response.get_json()
+    check_rows(response.get_json()["predictions"], expected(reference, images[1:2]), reference.labels)
+    # 0 is the default, not "any version": a version that is not served is still 404
+    assert client.get("/v1/models/shapes/versions/1").status_code == 404

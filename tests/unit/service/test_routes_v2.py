@@ -183,6 +183,33 @@ def test_model_metadata(client, name, inputs, outputs):
     assert client.get(f"/v2/models/{name}/versions/1/ready").status_code == 200
 
 
+@pytest.fixture(scope="module")
+def two_versions(secondary_repo, tmp_path_factory):
+    """A repository where "quadratic" has versions 1 and 2 (the same export twice); version 2 is the default."""
+    repo = tmp_path_factory.mktemp("v2-two-versions") / "models"
+    shutil.copytree(secondary_repo / "quadratic" / "1", repo / "quadratic" / "1")
+    shutil.copytree(secondary_repo / "quadratic" / "1", repo / "quadratic" / "2")
+    app = create_app({"model_repository": repo, "load_in_background": False})
+    yield app.test_client()
+    app.extensions["imgclf.registry"].close()
+
+
+def test_version_0_is_the_default_version(two_versions):
+    """OpenVINO Model Server's clients send version 0 for "the default": every v2 model route answers the default's."""
+    client = two_versions
+    metadata = client.get("/v2/models/quadratic/versions/0")
+    assert metadata.status_code == 200 and metadata.get_json() == client.get("/v2/models/quadratic").get_json()
+    assert metadata.get_json()["versions"] == ["2"]
+    assert client.get("/v2/models/quadratic/versions/0/ready").get_json() == {"name": "quadratic", "ready": True}
+    body = {"inputs": [{"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [3.0, -12.5]}]}
+    default, zero = infer(client, "quadratic", body), infer(client, "quadratic", body,
+                                                           url="/v2/models/quadratic/versions/000/infer")
+    assert zero.status_code == 200 and zero.get_json()["model_version"] == "2", zero.get_json()
+    assert zero.get_json()["outputs"] == default.get_json()["outputs"]
+    # 0 is the default, not "any version": a version that is not served is still 404
+    assert client.get("/v2/models/quadratic/versions/1/ready").status_code == 404
+
+
 # --- infer: every kind, JSON and binary -----------------------------------------------------------------------------
 
 
