@@ -16,6 +16,7 @@ from flask import Flask
 
 from imgclf.service import (
     app_config,
+    budget,
     metrics,
     registry,
     routes_health,
@@ -42,6 +43,7 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     app.json.sort_keys = False
     app_config.init_app(app, config)
     metrics.init_app(app)
+    budget.init_app(app)  # per-request pixel budget and the worker's decode gate
     # Chunked bodies are read before anything else reads them (the in-flight count reads a body's "model"):
     # 413 over the limit, 400 when malformed (werkzeug would silently cut one at the limit), as a body with a
     # Content-Length gets.
