@@ -46,7 +46,7 @@ class ServiceConfig:
     # 150 MP is about 2-3.5 s of decoding on one core for PNG, 0.4-1.2 s for JPEG (README, Security).
     max_request_pixels: int = 150_000_000
     # Decoded pixels in flight in one worker (0 = off): a request's decode waits while others hold the rest.
-    # Each pixel in flight costs about 7 bytes of worker memory (README, Security): 100 MP ~ 0.7 GB.
+    # A decode holds about 11 bytes per pixel at its peak (README, Security): 100 MP ~ 1.2 GB above idle.
     max_decode_pixels_in_flight: int = 100_000_000
     decode_wait_seconds: float = 30.0  # a decode waiting longer than this for the gate answers 503
     api_keys_file: str = ""  # "" = no keys needed; else lines "name:sha256:<hex>" (`imgclf api-key NAME`)
