@@ -112,3 +112,11 @@ def test_a_refused_request_has_its_body_left_unread(client):
     response = client.post("/predict", input_stream=Unreadable(), content_type="image/png",
                            headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 401
+
+
+def test_the_api_description_documents_the_key_answers(client):
+    spec = client.get("/openapi.json", headers={"X-API-Key": API_KEY}).get_json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"401", "403", "429"} <= set(predict["responses"]) and {} in predict["security"]
+    assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]
+    assert set(spec["components"]["securitySchemes"]) == {"bearerKey", "headerKey"}
