@@ -116,15 +116,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Make a new random API key named NAME. Without --append: the line for "
                                    "IMGCLF_API_KEYS_FILE goes to stdout and the key to stderr. With --append "
                                    "FILE: the line is appended to FILE (created with mode 600) and only the key "
-                                   "is printed. The key is not stored anywhere: keep it now.")
-    p.add_argument("name", help="the key's name (letters, digits, _ . -): labels its metrics, never shown to clients")
+                                   "is printed. The key is not stored anywhere: keep it now. --check FILE reads a "
+                                   "keys file as the service will (do it before `kill -HUP`: workers that cannot "
+                                   "read it do not start).")
+    p.add_argument("name", nargs="?", default=None,
+                   help="the key's name (letters, digits, _ . -): labels its metrics, never shown to clients")
     p.add_argument("--append", type=Path, default=None, metavar="FILE",
                    help="append the line to this keys file instead of printing it")
+    p.add_argument("--check", type=Path, default=None, metavar="FILE",
+                   help="check a keys file and list its key names (exit 2 if the service would refuse it)")
     p.set_defaults(func=cmd_api_key)
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     """Run `imgclf api-key`."""
+    if args.check is not None:
+        if args.name is not None or args.append is not None:
+            raise UsageError("--check FILE takes no NAME and no --append")
+        keys = read_keys_file(args.check.expanduser())
+        print(f"{len(keys)} key(s): {', '.join(keys)}")
+        return 0
+    if args.name is None:
+        raise UsageError("give the new key's NAME (or --check FILE)")
     key = new_key()
     line = key_line(args.name, key)
     if args.append is None:

@@ -65,3 +65,22 @@ def test_cli_appends_to_a_private_file_and_refuses_a_name_twice(tmp_path, capsys
     assert main(["api-key", "a", "--append", str(path)]) == 2
     assert "already has a key named 'a'" in capsys.readouterr().err
     assert main(["api-key", "bad name"]) == 2
+
+
+def test_cli_checks_a_file_as_the_service_reads_it(tmp_path, capsys):
+    path = tmp_path / "keys.txt"
+    path.write_text(api_keys.key_line("a", "k1") + "\n" + api_keys.key_line("b", "k2") + "\n")
+    assert main(["api-key", "--check", str(path)]) == 0
+    assert capsys.readouterr().out == "2 key(s): a, b\n"
+    path.write_text("a:sha256:1234\n")
+    assert main(["api-key", "--check", str(path)]) == 2
+    assert "line 1: expected name:sha256:<64 hex digits>" in capsys.readouterr().err
+    assert main(["api-key"]) == 2
+
+
+def test_serve_refuses_a_bad_keys_file_in_one_line_before_starting(model_repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMGCLF_API_KEYS_FILE", str(tmp_path / "missing.txt"))
+    monkeypatch.setattr("os.execve", lambda *a: pytest.fail("gunicorn started"))
+    assert main(["serve", "--model-dir", str(model_repo)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imgclf serve: error: IMGCLF_API_KEYS_FILE=") and "cannot be read" in err[-1]
