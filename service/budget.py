@@ -163,7 +163,9 @@ def admit(images: list[bytes]) -> Iterator[None]:
         DecodeBusy: no room in the gate within the wait allowed (503).
     """
     budget = current_budget()
-    pixels = [header_pixels(data) for data in images]
+    per_image = int(current_config().max_pixels)
+    # An image over the per-image limit counts 0 here: its own check refuses it from its header, with its message.
+    pixels = [p if p <= per_image else 0 for p in map(header_pixels, images)]
     budget.check(pixels)
     with budget.gate.hold(max(pixels, default=0)):
         yield

@@ -125,6 +125,14 @@ def test_predict_over_the_budget_is_413_and_bad_images_keep_their_own_error(app,
     assert response.status_code == 400 and response.get_json()["error"].startswith("instance 0: b64 is not valid")
 
 
+def test_an_image_over_the_per_image_limit_keeps_its_own_message(app, decodes):
+    bomb = png(10_000, 10_000)  # 100 MP: over the per-image limit (50 MP) and the request budget
+    response = app.test_client().post("/v1/models/shapes:predict", json={"instances": [b64(bomb)]})
+    assert response.status_code == 413
+    assert response.get_json()["error"] == ("instance 0: image is 10000×10000 = 100,000,000 pixels; "
+                                            "the limit is 50,000,000")
+
+
 def test_a_full_gate_answers_503_with_retry_after(app):
     gate = budget.current_budget(app).gate
     client = app.test_client()
