@@ -43,7 +43,7 @@ class ServiceConfig:
     allow_unsafe_ops: bool = False
     # --- hostile clients (issue 15): work budgets, access control, cross-site requests --------------------
     # Decoded pixels of all the images of one request, read from their headers before any decoding (0 = off).
-    # 150 MP is about 2-3.5 s of decoding on one core for PNG, 0.4-1.2 s for JPEG (README, Security).
+    # 150 MP is about 1-4 s of decoding on one core for PNG, 0.4-1.2 s for JPEG (README, Security).
     max_request_pixels: int = 150_000_000
     # Decoded pixels in flight in one worker (0 = off): a request's decode waits while others hold the rest.
     # A decode holds about 11 bytes per pixel at its peak (README, Security): 100 MP ~ 1.2 GB above idle.
