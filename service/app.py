@@ -16,13 +16,18 @@ from flask import Flask
 
 from imgclf.service import (
     app_config,
+    auth,
+    budget,
+    cross_site,
     metrics,
+    redact,
     registry,
     routes_health,
     routes_predict,
     routes_tfserving,
     routes_v2,
     routes_web,
+    security_headers,
 )
 from imgclf.service.config import ServiceConfig
 from imgclf.service.errors import register_error_handlers
@@ -42,6 +47,14 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     app.json.sort_keys = False
     app_config.init_app(app, config)
     metrics.init_app(app)
+    budget.init_app(app)  # per-request pixel budget and the worker's decode gate
+    # Hostile clients (issue 15), before any hook that reads a body: 403 for browser pages of other origins
+    # (CORS for allowed ones), then API keys and rate limits when configured; security headers and no server
+    # paths on every answer.
+    cross_site.init_app(app)
+    auth.init_app(app)
+    security_headers.init_app(app)
+    redact.init_app(app)
     # Chunked bodies are read before anything else reads them (the in-flight count reads a body's "model"):
     # 413 over the limit, 400 when malformed (werkzeug would silently cut one at the limit), as a body with a
     # Content-Length gets.

@@ -10,6 +10,7 @@ from imgclf.core import settings
 from imgclf.core.errors import UsageError
 from imgclf.core.precision import PRECISIONS
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
+from imgclf.service.access_config import AccessSettings
 
 ENV_PREFIX = settings.PREFIX
 
@@ -40,6 +41,19 @@ class ServiceConfig:
     # ops; imgclf.core.op_policy). A model is a program: only for repositories whose every model you trust.
     # Off: such a model fails the worker's loading, and /readyz says which ops and where.
     allow_unsafe_ops: bool = False
+    # --- hostile clients (issue 15): work budgets, access control, cross-site requests --------------------
+    # Decoded pixels of all the images of one request, read from their headers before any decoding (0 = off).
+    # 150 MP is about 1-4 s of decoding on one core for PNG, 0.4-1.2 s for JPEG (README, Security).
+    max_request_pixels: int = 150_000_000
+    # Decoded pixels in flight in one worker (0 = off): a request's decode waits while others hold the rest.
+    # A decode holds about 11 bytes per pixel at its peak (README, Security): 100 MP ~ 1.2 GB above idle.
+    max_decode_pixels_in_flight: int = 100_000_000
+    decode_wait_seconds: float = 30.0  # a decode waiting longer than this for the gate answers 503
+    api_keys_file: str = ""  # "" = no keys needed; else lines "name:sha256:<hex>" (`imgclf api-key NAME`)
+    metrics_keys: str = ""  # names of keys (of the keys file) that alone may read /metrics; "" = any key
+    rate_limit: str = ""  # per key and worker, e.g. "10/s", "600/min" ("" = none); needs api_keys_file
+    rate_burst: int = 0  # requests a key may send at once (0 = the rate's count: "600/min" -> 600)
+    cors_origins: str = ""  # other origins whose browser pages may call the API: "https://a.example,..." or "*"
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> ServiceConfig:
@@ -70,6 +84,10 @@ class ServiceConfig:
         if self.font and not os.path.isfile(self.font):
             raise UsageError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         settings.check_range(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS", float(self.batch_max_wait_ms), 0, 10_000)
+        for name in ("max_request_pixels", "max_decode_pixels_in_flight", "rate_burst"):
+            settings.check_range(f"{ENV_PREFIX}{name.upper()}", int(getattr(self, name)), minimum=0)
+        settings.check_range(f"{ENV_PREFIX}DECODE_WAIT_SECONDS", float(self.decode_wait_seconds), 0, 3600)
+        AccessSettings.from_config(self)  # the keys file is read: a bad one is one clear error at start
 
 
 def _as_str(name: str, raw: str) -> str:

@@ -25,7 +25,15 @@ _ERROR_MEANINGS = {
     "413": "Too large: request body, image pixels, or too many instances",
     "415": "Unsupported content type or image type",
     "503": "Models are still loading (or failed to load); retry after the Retry-After header's seconds",
+    # Access control (imgclf.service.auth, cross_site): off by default, so these appear only when configured.
+    "401": "An API key is required (IMGCLF_API_KEYS_FILE is set) and was missing or wrong (WWW-Authenticate)",
+    "403": "A browser request from another origin that IMGCLF_CORS_ORIGINS does not allow",
+    "429": "This API key is over its rate limit (IMGCLF_RATE_LIMIT); retry after the Retry-After header's seconds",
 }
+# Routes that answer without a key; every other operation may answer 401, 403 and 429.
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+SECURITY_SCHEMES = {"bearerKey": {"type": "http", "scheme": "bearer", "description": "an imgclf API key"},
+                    "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
 
 def _ref(name: str) -> dict:
@@ -41,6 +49,21 @@ def _json(schema: dict, description: str, example=None) -> dict:
 
 def _errors(*statuses: str) -> dict:
     return {status: _json(_ref("Error"), _ERROR_MEANINGS[status]) for status in statuses}
+
+
+def _access_control(paths: dict) -> dict:
+    """Add the access-control answers and the optional key requirement to every operation but the open ones."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":  # the path's own parameters, not an operation
+                continue
+            operation["responses"].update(_errors("403"))
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            operation["responses"].update(_errors("401", "429"))
+            operation["security"] = [{"bearerKey": []}, {"headerKey": []}, {}]  # {}: keys are off by default
+    return paths
 
 
 def _text(media_type: str, description: str) -> dict:
@@ -262,7 +285,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
                                       "description": "TensorFlow Serving's REST API, compatible"},
                  {"name": v2_openapi.TAG, "description": "the Open Inference Protocol (KServe v2), REST"},
                  {"name": "operations"}],
-        "paths": {
+        "paths": _access_control({
             "/": {"get": {"operationId": "uploadPage", "tags": ["imgclf"],
                           "summary": "The page: classify a photo, draw a digit for the MNIST models, try the quadratic",
                           "responses": {"200": _text("text/html", "The page")}}},
@@ -306,6 +329,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
             "/openapi.json": {"get": {"operationId": "openapi", "tags": ["operations"],
                                       "summary": "This document",
                                       "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}},
-        },
-        "components": {"schemas": {**_schemas(max_instances), **v2_openapi.schemas(max_instances)}},
+        }),
+        "components": {"schemas": {**_schemas(max_instances), **v2_openapi.schemas(max_instances)},
+                       "securitySchemes": SECURITY_SCHEMES},
     }

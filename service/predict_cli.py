@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from imgclf.core import settings
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.repository import resolve, validate_name
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model version directory, or a model directory (newest version); with --url, the "
                         "name of a model on the service (default: the service's default model)")
     p.add_argument("--url", metavar="http://HOST:PORT",
-                   help="predict with a running service's POST /predict instead of a local model")
+                   help="predict with a running service's POST /predict instead of a local model "
+                        "(a service that needs API keys: set IMGCLF_API_KEY)")
     p.add_argument("--top-k", type=int, default=None,
                    help=f"labels per image, at most the model's label count (default: {DEFAULT_TOP_K}; "
                         "with --url, the service's default, IMGCLF_TOP_K)")
@@ -122,7 +124,8 @@ def predict_remote(args: argparse.Namespace) -> int:
             raise UsageError(f"with --url, --model names a model on the service, not a path; {exc}") from exc
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
-    client = PredictClient(args.url, args.model, args.timeout)
+    client = PredictClient(args.url, args.model, args.timeout,
+                           api_key=settings.env_str("IMGCLF_API_KEY"))  # not an argument: ps shows those
     failures: list[tuple[str, str]] = []
     done = 0
     try:

@@ -50,13 +50,15 @@ class PredictClient:
     """Send images to one service's POST /predict over one keep-alive session."""
 
     def __init__(self, url: str, model: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, api_key: str = ""):
         if not timeout > 0:
             raise ValueError(f"--timeout must be more than 0 seconds; received {timeout!r}")
         self.endpoint = predict_endpoint(url)
         self.model = model or None
         self.timeout = float(timeout)
         self.session = session or requests.Session()
+        if api_key:  # a service with IMGCLF_API_KEYS_FILE set
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def predict(self, data: bytes, top_k: int | None = None, annotate: bool = False) -> dict:
         """Return the service's answer for one encoded image (``annotated_image`` decoded to JPEG bytes).

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from imgclf.service.annotate import annotate_to_jpeg
 from imgclf.service.app_config import current_config
+from imgclf.service.budget import admit
 from imgclf.service.registry import current_registry
 from imgclf.service.request_input import image_from_request, parse_bool, parse_top_k, request_param, requested_model
 
@@ -35,7 +36,8 @@ def predict():
     annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
 
     decoding = time.perf_counter()
-    rgb, inputs = served.decode_image(data)
+    with admit([data]):  # 413 over the request's pixel budget; waits for the worker's decode gate
+        rgb, inputs = served.decode_image(data)
     decoded = time.perf_counter()
     outputs = served.predict(inputs[None])
     predicted = time.perf_counter()

@@ -18,6 +18,7 @@ from flask import Blueprint, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from imgclf.service.app_config import current_config
+from imgclf.service.budget import admit, instance_pictures
 from imgclf.service.errors import BadRequest
 from imgclf.service.openapi import document
 from imgclf.service.ovms_json import with_json_names
@@ -103,7 +104,9 @@ def predict(name: str, version: str | None = None):
                          f"(columnar format); received keys {sorted(body)}")
     row_format = "instances" in body
     items = _items(body["instances"] if row_format else body["inputs"], served.input_key(signature), row_format)
-    outputs = served.predict(served.decode_batch(items, signature), signature)
+    with admit(instance_pictures(items)):  # 413 over the request's pixel budget, before any decoding
+        batch = served.decode_batch(items, signature)
+    outputs = served.predict(batch, signature)
     if row_format:
         return jsonify(predictions=served.rows(outputs))
     return jsonify(outputs=served.columns(outputs))

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from imgclf.service import v2_model, worker_states
 from imgclf.service.app_config import current_config
+from imgclf.service.budget import admit, tensor_pictures
 from imgclf.service.errors import BadRequest, NotReady
 from imgclf.service.registry import current_registry
 from imgclf.service.servable import Servable
@@ -94,7 +95,8 @@ def infer(name: str, version: str | None = None):
     """Predict an inference request: JSON tensors, or JSON then binary tensor data."""
     served = _served(name, version)
     parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
-    signature, batch = v2_model.decode_inputs(served, parsed.inputs, int(current_config().max_instances))
+    with admit(tensor_pictures(parsed.inputs)):  # 413 over the request's pixel budget, before any decoding
+        signature, batch = v2_model.decode_inputs(served, parsed.inputs, int(current_config().max_instances))
     outputs = served.predict(batch, signature)
     tensors = v2_model.encode_outputs(served, signature, outputs, parsed.outputs, parsed.binary_output)
     header = {"model_name": served.name, "model_version": str(served.version)}

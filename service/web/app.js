@@ -23,13 +23,21 @@
     current: null, // the chosen model
     file: null, // the last photo, sent again when the model or top-k changes
     request: 0, // counts predictions so that a slow, stale answer is ignored
+    key: "", // the API key when sessionStorage is unavailable
   };
 
   // ---- talking to the service -------------------------------------------------------------
 
   // Return {ok, status, body} for a request whose answer is JSON; body.error holds a message
   // for any failure, including a network error or a body that is not JSON.
+  // With an API key (asked for on a 401), every request sends it as Authorization: Bearer.
   async function requestJSON(url, options) {
+    const key = apiKey();
+    if (key) {
+      const headers = new Headers((options && options.headers) || {});
+      headers.set("Authorization", `Bearer ${key}`);
+      options = { ...(options || {}), headers };
+    }
     let response;
     try {
       response = await fetch(url, options);
@@ -48,8 +56,45 @@
     if (!response.ok && typeof body.error !== "string") {
       body.error = `The service answered ${response.status} ${response.statusText}.`;
     }
+    if (response.status === 401) {
+      askForKey(key ? "The service refused that key: enter another." : "");
+    }
     return { ok: response.ok, status: response.status, body };
   }
+
+  // ---- API key ------------------------------------------------------------------------------
+
+  const KEY_STORAGE = "imgclf.apiKey"; // sessionStorage: this tab only, gone when it closes
+
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (_) {
+      return state.key || ""; // storage disabled: keep it in memory
+    }
+  }
+
+  function askForKey(message) {
+    $("key-panel").hidden = false;
+    $("key-message").textContent = message;
+    $("key-message").hidden = !message;
+    $("api-key").focus();
+  }
+
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    state.key = key;
+    try {
+      sessionStorage.setItem(KEY_STORAGE, key);
+    } catch (_) {
+      // storage disabled: state.key holds it
+    }
+    $("api-key").value = "";
+    $("key-panel").hidden = true;
+    loadModels();
+  });
 
   // ---- model list -------------------------------------------------------------------------
 

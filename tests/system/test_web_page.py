@@ -563,3 +563,50 @@ def test_a_phone_draws_with_a_finger_on_a_canvas_that_fits(browser, secondary_ur
         assert ink == pytest.approx([0.3 - pen, 0.2 - pen, 0.7 + pen, 0.8 + pen], abs=0.015)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         screenshot(page, tmp_path, "web_page_phone_digits.png")
+
+
+# --- the page when the API needs a key ---------------------------------------------------------------------------
+
+PAGE_KEY = "imgclf_page-test-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(repo, tmp_path_factory):
+    """The page of an app that needs API keys."""
+    from imgclf.service.api_keys import key_line
+
+    keys = tmp_path_factory.mktemp("page_keys") / "keys.txt"
+    keys.write_text(key_line("page", PAGE_KEY) + "\n")
+    app = create_app({"model_repository": repo, "load_in_background": False, "api_keys_file": str(keys)})
+    try:
+        with serving(app) as url:
+            yield url
+    finally:
+        app.extensions["imgclf.registry"].close()
+
+
+def test_the_page_asks_for_a_key_and_sends_it(page, keyed_url, model_repo):
+    page.goto(keyed_url + "/")
+    page.locator("#key-panel").wait_for(state="visible")
+    assert "API key is required" in page.locator("#model-info").text_content()
+    page.get_by_label("This service needs an API key").fill("imgclf_wrong")
+    page.get_by_role("button", name="Use this key").click()
+    page.locator("#key-message").wait_for(state="visible")
+    assert "refused that key" in page.locator("#key-message").text_content()
+    page.get_by_label("This service needs an API key").fill(PAGE_KEY)
+    page.get_by_role("button", name="Use this key").click()
+    page.wait_for_function("() => !document.getElementById('model-select').disabled")
+    assert page.locator("#key-panel").is_hidden()
+    page.get_by_label("Served model").select_option("shapes")
+    page.get_by_label("Choose a photo").set_input_files(sunset(model_repo))
+    assert wait_for_result(page)  # the prediction went with the key
+    page.reload()  # the key is kept for the tab (sessionStorage)
+    page.wait_for_function("() => !document.getElementById('model-select').disabled")
+    assert page.locator("#key-panel").is_hidden()
+
+
+def test_the_page_has_a_key_form_that_starts_hidden(tmp_path):
+    app = create_app({"model_repository": tmp_path, "load_in_background": False})
+    html = app.test_client().get("/").get_data(as_text=True)
+    assert '<section class="panel" id="key-panel"' in html and 'type="password"' in html
+    assert 'id="key-panel" aria-labelledby="key-heading" hidden' in html

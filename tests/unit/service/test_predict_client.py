@@ -124,3 +124,25 @@ def test_a_url_without_the_service_is_a_service_error(server_url):
     with pytest.raises(ServiceError, match=r"/elsewhere/predict answered 404"):
         client.predict(b"x")
     client.close()
+
+
+def test_the_api_key_comes_from_the_environment(model_repo, files, tmp_path, capsys, monkeypatch):
+    from imgclf.service.api_keys import key_line
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(key_line("cli", "imgclf_cli-key") + "\n")
+    app = create_app({"model_repository": model_repo, "load_in_background": False, "api_keys_file": str(keys)})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        code, _, err = _run(capsys, "--url", url, files[0])
+        assert code == 1 and "answered 401" in err
+        monkeypatch.setenv("IMGCLF_API_KEY", "imgclf_cli-key")
+        code, out, _ = _run(capsys, "--url", url, "--json", files[0])
+        assert code == 0 and json.loads(out)["predictions"]
+    finally:
+        server.shutdown()
+        thread.join(10)
+        app.extensions["imgclf.registry"].close()
