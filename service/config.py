@@ -10,6 +10,8 @@ from imgclf.core import settings
 from imgclf.core.errors import UsageError
 from imgclf.core.precision import PRECISIONS
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
+from imgclf.service.model_config_file import read_model_config
+from imgclf.service.version_policy import parse_policy
 
 ENV_PREFIX = settings.PREFIX
 
@@ -40,6 +42,14 @@ class ServiceConfig:
     # ops; imgclf.core.op_policy). A model is a program: only for repositories whose every model you trust.
     # Off: such a model fails the worker's loading, and /readyz says which ops and where.
     allow_unsafe_ops: bool = False
+    # Model lifecycle (imgclf.service.registry): look for new and removed versions this often (0: never; as TF
+    # Serving's file_system_poll_wait_seconds); which versions to serve: latest, latest:N, all, specific:1,3;
+    # or a model config file (TF Serving's model_config_list text format) naming the models, their policies
+    # and labels (only the models it lists are served; IMGCLF_VERSION_POLICY and IMGCLF_MODEL_VERSIONS
+    # must then stay unset).
+    poll_seconds: float = 30.0
+    version_policy: str = "latest"
+    model_config_file: str = ""
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> ServiceConfig:
@@ -70,6 +80,17 @@ class ServiceConfig:
         if self.font and not os.path.isfile(self.font):
             raise UsageError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         settings.check_range(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS", float(self.batch_max_wait_ms), 0, 10_000)
+        self.validate_lifecycle()
+
+    def validate_lifecycle(self) -> None:
+        """Raise UsageError on a bad poll interval, version policy or model config file (with its line)."""
+        settings.check_range(f"{ENV_PREFIX}POLL_SECONDS", float(self.poll_seconds), 0, 86_400)
+        parse_policy(str(self.version_policy), f"{ENV_PREFIX}VERSION_POLICY")
+        if self.model_config_file:
+            if self.version_policy.strip().lower() != "latest" or self.model_versions:
+                raise UsageError(f"{ENV_PREFIX}MODEL_CONFIG_FILE names each model's versions; leave "
+                                 f"{ENV_PREFIX}VERSION_POLICY and {ENV_PREFIX}MODEL_VERSIONS unset with it")
+            read_model_config(os.path.expanduser(self.model_config_file))
 
 
 def _as_str(name: str, raw: str) -> str:
