@@ -326,7 +326,7 @@ class ModelRegistry:
     def _retire(self, name: str, selected: set[int]) -> None:
         """Unload the available versions of ``name`` that are neither selected nor the default; forget stale ends."""
         entries = self.versions.get(name, {})
-        default = self._default_entry(name)
+        default = self._default_entry(name) if selected else None  # a model gone from disk goes entirely
         on_disk = set(self.plans[name].on_disk()) if name in self.plans else set()
         for version, entry in sorted(entries.items()):
             if entry.available and version not in selected and entry is not default:
