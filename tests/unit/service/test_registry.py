@@ -20,13 +20,13 @@ from flask import Flask
 from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound
 from imgclf.core.model_kind import ModelKind
-from imgclf.core.repository import publish_version
 from imgclf.service import create_app, worker_states
 from imgclf.service.config import ServiceConfig
 from imgclf.service.errors import NotReady
 from imgclf.service.lifecycle import SharedDefaults
 from imgclf.service.registry import ModelRegistry
 from imgclf.service.servable import Servable
+from tests.support.versions import publish_copy
 
 
 class FakeServable(Servable):
@@ -243,23 +243,11 @@ def test_labels_from_a_config_file(tmp_path):
 # --- real exported models, through the routes -------------------------------------------------------------------
 
 
-def copy_version(repo: Path, source: Path, name: str = "shapes") -> Path:
-    """Publish a copy of ``source`` as the next version of ``name`` (atomically, as an export does)."""
-
-    def write(work: Path) -> dict:
-        shutil.copytree(source, work, dirs_exist_ok=True)
-        card = json.loads((work / names.MODEL_CARD_FILE).read_text())
-        card.pop("version", None)
-        return card
-
-    return publish_version(repo, name, write)
-
-
 @pytest.fixture
 def two_versions(model_repo, tmp_path):
     repo = tmp_path / "models"
     shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "1")
-    copy_version(repo, repo / "shapes" / "1")
+    publish_copy(repo, repo / "shapes" / "1")
     return repo
 
 
@@ -310,7 +298,7 @@ def test_a_real_version_published_while_serving_is_swapped_in_and_the_old_one_fr
     registry = app.extensions["imgclf.registry"]
     try:
         old = weakref.ref(registry.versions["shapes"][1].servable)
-        assert copy_version(two_versions, two_versions / "shapes" / "1").name == "2"
+        assert publish_copy(two_versions, two_versions / "shapes" / "1").name == "2"
         registry.sync()
         status = client.get("/v1/models/shapes").get_json()["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]
