@@ -145,3 +145,25 @@ def test_the_service_config_checks_the_file_and_refuses_two_sources_of_versions(
     for extra in ({"IMGCLF_VERSION_POLICY": "all"}, {"IMGCLF_MODEL_VERSIONS": "a=1"}):
         with pytest.raises(UsageError, match="leave IMGCLF_VERSION_POLICY and IMGCLF_MODEL_VERSIONS unset"):
             ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path), **extra})
+
+
+def test_serve_checks_the_model_config_file_before_it_execs_gunicorn(tmp_path, monkeypatch, capsys):
+    from imgclf.core import export_names
+    from imgclf.core.cli import main
+    from imgclf.service import serve_cli
+
+    model_repo = tmp_path / "models"
+    for required in export_names.REQUIRED_FILES:  # a version as `imgclf serve` looks for one (never loaded here)
+        (model_repo / "shapes" / "1").mkdir(parents=True, exist_ok=True)
+        (model_repo / "shapes" / "1" / required).write_text("{}")
+
+    calls = []
+    monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.delenv("IMGCLF_MODEL_CONFIG_FILE", raising=False)
+    path = tmp_path / "models.config"
+    path.write_text("model_config_list {\n  config { name: 'shapes' bogus: 1 }\n}\n", encoding="utf-8")
+    assert main(["serve", "--model-dir", str(model_repo), "--model-config-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgclf serve: error: ") and err.count("\n") == 1 and calls == []
+    assert f"{path}:2: unknown field 'bogus' in config" in err
+    monkeypatch.delenv("IMGCLF_MODEL_CONFIG_FILE")
