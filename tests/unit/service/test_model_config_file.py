@@ -118,13 +118,13 @@ def test_escapes_and_an_empty_list():
 ])
 def test_bad_files_are_refused_with_the_line(text, message):
     with pytest.raises(ConfigFileError) as caught:
-        parse_model_config(text, "models.config")
-    assert str(caught.value).startswith("models.config:") and message in str(caught.value), str(caught.value)
+        parse_model_config(text, "serving.conf")
+    assert str(caught.value).startswith("serving.conf:") and message in str(caught.value), str(caught.value)
     assert "\n" not in str(caught.value)  # one line
 
 
 def test_reading_a_file(tmp_path):
-    path = tmp_path / "models.config"
+    path = tmp_path / "serving.conf"
     path.write_text(TF_SERVING_EXAMPLE, encoding="utf-8")
     assert [m.name for m in read_model_config(path)] == ["my_first_model", "my_second_model", "third", "fourth"]
     with pytest.raises(ConfigFileError, match="cannot read the model config file"):
@@ -135,11 +135,11 @@ def test_reading_a_file(tmp_path):
 
 
 def test_the_service_config_checks_the_file_and_refuses_two_sources_of_versions(tmp_path):
-    path = tmp_path / "models.config"
+    path = tmp_path / "serving.conf"
     path.write_text("model_config_list { config { name: 'a' } }", encoding="utf-8")
     assert ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)}).model_config_file == str(path)
     path.write_text("model_config_list { config { name: 'a' }", encoding="utf-8")
-    with pytest.raises(UsageError, match=r"models.config:1: unexpected end of file"):
+    with pytest.raises(UsageError, match=r"serving.conf:1: unexpected end of file"):
         ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)})
     path.write_text("model_config_list { config { name: 'a' } }", encoding="utf-8")
     for extra in ({"IMGCLF_VERSION_POLICY": "all"}, {"IMGCLF_MODEL_VERSIONS": "a=1"}):
@@ -160,7 +160,7 @@ def test_serve_checks_the_model_config_file_before_it_execs_gunicorn(tmp_path, m
     calls = []
     monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))
     monkeypatch.delenv("IMGCLF_MODEL_CONFIG_FILE", raising=False)
-    path = tmp_path / "models.config"
+    path = tmp_path / "serving.conf"
     path.write_text("model_config_list {\n  config { name: 'shapes' bogus: 1 }\n}\n", encoding="utf-8")
     assert main(["serve", "--model-dir", str(model_repo), "--model-config-file", str(path)]) == 2
     err = capsys.readouterr().err

@@ -219,7 +219,7 @@ def test_labels_from_a_config_file(tmp_path):
         add_version(repo, "m", v)
     add_version(tmp_path / "elsewhere", "x", 5)
     add_version(repo, "unlisted", 1)
-    config = tmp_path / "models.config"
+    config = tmp_path / "serving.conf"
     config.write_text(f"""model_config_list {{
       config {{ name: "m" model_version_policy {{ specific {{ versions: 1 versions: 2 versions: 4 }} }}
                 version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }}
@@ -252,7 +252,7 @@ def two_versions(model_repo, tmp_path):
 
 
 def test_real_versions_labels_and_routes(two_versions, tmp_path, model_repo):
-    config = tmp_path / "models.config"
+    config = tmp_path / "serving.conf"
     config.write_text('model_config_list { config { name: "shapes" model_version_policy { all {} } '
                       'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } '
                       'version_labels { key: "later" value: 3 } } }')
