@@ -159,11 +159,10 @@ def test_serve_checks_the_model_config_file_before_it_execs_gunicorn(tmp_path, m
 
     calls = []
     monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))
-    monkeypatch.delenv("IMGCLF_MODEL_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("IMGCLF_MODEL_CONFIG_FILE", "")  # empty = unset; `imgclf serve` sets it, teardown unsets it
     path = tmp_path / "serving.conf"
     path.write_text("model_config_list {\n  config { name: 'shapes' bogus: 1 }\n}\n", encoding="utf-8")
     assert main(["serve", "--model-dir", str(model_repo), "--model-config-file", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgclf serve: error: ") and err.count("\n") == 1 and calls == []
     assert f"{path}:2: unknown field 'bogus' in config" in err
-    monkeypatch.delenv("IMGCLF_MODEL_CONFIG_FILE")
