@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "imgclf.registry"  # gunicorn_conf finds the registry here to hold a worker back until it is ready
 PENDING_POLL_S = 0.25  # while a loaded version waits for the other workers, look again this often
+PENDING_AT_MOST_S = 120.0  # ... for so long (a worker that failed to load it never will have it)
 UNLOAD_WAIT_S = 60.0  # an unloading version waits at most this long for its requests in flight
 _HELD = "imgclf_held_versions"  # flask.g: the versions this request holds
 
@@ -111,6 +112,7 @@ class ModelRegistry:
         self.metrics = metrics  # this app's metrics: batches and load times are recorded there
         self.shared = shared  # the defaults agreed with the other workers (set when loading starts)
         self.pending = False  # a loaded version waits for the other workers before it becomes the default
+        self._pending_since = 0.0  # monotonic time it began waiting
         self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
         self._loader = loader or load_servable
         self._thread: threading.Thread | None = None
@@ -280,6 +282,8 @@ class ModelRegistry:
             for name, versions in selected.items():
                 self._retire(name, set(versions))
             self._publish()
+            if pending and not self.pending:
+                self._pending_since = time.monotonic()
             self.pending = pending
 
     def _load(self, name: str, version: int) -> None:
@@ -370,7 +374,9 @@ class ModelRegistry:
 
     def _poll_forever(self) -> None:
         while True:
-            wait = min(self.config.poll_seconds, PENDING_POLL_S) if self.pending else self.config.poll_seconds
+            wait = self.config.poll_seconds
+            if self.pending and time.monotonic() - self._pending_since < PENDING_AT_MOST_S:
+                wait = min(wait, PENDING_POLL_S)
             if self._stop.wait(wait):
                 return
             try:
