@@ -307,3 +307,25 @@ def test_a_real_version_published_while_serving_is_swapped_in_and_the_old_one_fr
         assert old() is None  # nothing keeps the unloaded version alive
     finally:
         registry.close()
+
+
+def test_a_real_version_that_fails_to_load_is_reported_and_the_working_one_keeps_serving(two_versions):
+    broken_dir = two_versions / "shapes" / "2"
+    broken_dir.rename(two_versions / "shapes" / ".later")
+    app = create_app({"model_repository": two_versions, "load_in_background": False, "poll_seconds": 0})
+    client = app.test_client()
+    try:
+        (two_versions / "shapes" / ".later" / names.SAVED_MODEL_FILE).write_bytes(b"not a SavedModel")
+        (two_versions / "shapes" / ".later").rename(broken_dir)  # published while version 1 serves
+        app.extensions["imgclf.registry"].sync()
+        assert client.get("/readyz").status_code == 200
+        (broken, working) = client.get("/v1/models/shapes").get_json()["model_version_status"]
+        assert (broken["version"], broken["state"], broken["status"]["error_code"]) == ("2", "END", "INVALID_ARGUMENT")
+        assert "cannot be read as one" in broken["status"]["error_message"]
+        assert (working["version"], working["state"]) == ("1", "AVAILABLE")
+        assert client.get("/v1/models/shapes/versions/2").get_json()["model_version_status"] == [broken]
+        assert client.get("/v1/models/shapes/metadata").get_json()["model_spec"]["version"] == "1"
+        failed = client.get("/v1/models/shapes/versions/2/metadata")
+        assert failed.status_code == 404 and "version 2 is not served (it is END)" in failed.get_json()["error"]
+    finally:
+        app.extensions["imgclf.registry"].close()
