@@ -329,3 +329,15 @@ def test_a_real_version_that_fails_to_load_is_reported_and_the_working_one_keeps
         assert failed.status_code == 404 and "version 2 is not served (it is END)" in failed.get_json()["error"]
     finally:
         app.extensions["imgclf.registry"].close()
+
+
+def test_v2_model_metadata_lists_every_served_version(two_versions):
+    app = create_app({"model_repository": two_versions, "load_in_background": False, "poll_seconds": 0,
+                      "version_policy": "all"})
+    client = app.test_client()
+    try:
+        assert client.get("/v2/models/shapes").get_json()["versions"] == ["1", "2"]
+        assert client.get("/v2/models/shapes/versions/1").get_json()["versions"] == ["1"]
+        assert client.get("/v2/models/shapes/versions/1/ready").get_json() == {"name": "shapes", "ready": True}
+    finally:
+        app.extensions["imgclf.registry"].close()
