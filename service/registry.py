@@ -269,12 +269,17 @@ class ModelRegistry:
             for name in list(self.versions):
                 if name not in selected:
                     selected[name] = []  # a model gone from the repository: unload all of it
-            for name, versions in selected.items():
-                entries = self.versions.setdefault(name, {})
-                for version in sorted(versions, reverse=True):  # the newest first: it is the one awaited
-                    entry = entries.get(version)
-                    if entry is None or (entry.state == END and not entry.failed):
-                        self._load(name, version)
+            waiting = []  # START: found on disk, to be loaded (one at a time, the newest first: it is awaited)
+            with self._lock:
+                for name, versions in selected.items():
+                    entries = self.versions.setdefault(name, {})
+                    for version in sorted(versions, reverse=True):
+                        entry = entries.get(version)
+                        if entry is None or (entry.state == END and not entry.failed):
+                            entries[version] = ServedVersion(name, version)
+                            waiting.append(entries[version])
+            for entry in waiting:
+                self._load(entry)
             self._publish()
             pending = False
             for name, versions in selected.items():
@@ -286,11 +291,10 @@ class ModelRegistry:
                 self._pending_since = time.monotonic()
             self.pending = pending
 
-    def _load(self, name: str, version: int) -> None:
-        """Load version ``version`` of ``name`` as the servable of its kind and warm it up; record the outcome."""
-        entry = ServedVersion(name, version, state=LOADING)
-        with self._lock:
-            self.versions.setdefault(name, {})[version] = entry
+    def _load(self, entry: ServedVersion) -> None:
+        """Load ``entry``'s version as the servable of its kind and warm it up; record the outcome."""
+        name, version = entry.name, entry.version
+        entry.state = LOADING
         started = time.perf_counter()
         try:
             context = LoadContext(self.config, on_batch=self.metrics.batch_observer if self.metrics else None,

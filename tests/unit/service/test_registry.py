@@ -114,6 +114,30 @@ def test_latest_n_all_and_specific_serve_several_versions(tmp_path):
     assert states(specific) == {1: "AVAILABLE"} and specific.get("m").version == 1
 
 
+def test_versions_found_wait_in_start_while_the_newest_loads_and_the_old_one_serves(tmp_path):
+    add_version(tmp_path, "m", 1)
+    registry = registry_for(tmp_path, version_policy="latest:2")
+    release = threading.Event()
+
+    def slow_load(path, name, version, context):
+        release.wait(10)
+        return FakeServable.load(path, name, version, context)
+
+    registry._loader = slow_load
+    add_version(tmp_path, "m", 2)
+    add_version(tmp_path, "m", 3)
+    syncing = threading.Thread(target=registry.sync)
+    syncing.start()
+    deadline = time.monotonic() + 10
+    while states(registry).get(3) != "LOADING" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert states(registry) == {3: "LOADING", 2: "START", 1: "AVAILABLE"}
+    assert registry.get("m").version == 1  # requests meanwhile: the serving version, at once
+    release.set()
+    syncing.join(10)
+    assert states(registry) == {3: "AVAILABLE", 2: "AVAILABLE", 1: "END"} and registry.get("m").version == 3
+
+
 def test_a_version_that_fails_to_load_is_reported_and_never_replaces_the_working_one(tmp_path):
     add_version(tmp_path, "m", 1)
     registry = registry_for(tmp_path)
