@@ -32,7 +32,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask, current_app, g, has_request_context
@@ -41,7 +40,6 @@ from imgclf.core.devices import configure_tensorflow
 from imgclf.core.errors import ImgclfError, ModelNotFound
 from imgclf.core.model_kind import ModelKind
 from imgclf.core.precision import resolve_precision
-from imgclf.core.repository import integer_dirs, is_complete, list_models
 from imgclf.service import worker_states
 from imgclf.service.app_config import current_config
 from imgclf.service.config import ServiceConfig
@@ -49,10 +47,9 @@ from imgclf.service.errors import NotReady
 from imgclf.service.in_flight import InFlight
 from imgclf.service.lifecycle import AVAILABLE, END, LOADING, UNLOADING, ServedVersion, SharedDefaults, agreed
 from imgclf.service.metrics import Metrics, current_metrics
-from imgclf.service.model_config_file import read_model_config
+from imgclf.service.model_plan import ModelPlan, check_plan, plan_models
 from imgclf.service.servable import LoadContext, Servable
 from imgclf.service.servables import load_servable
-from imgclf.service.version_policy import SPECIFIC, VersionPolicy, parse_policy, policies_for
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +77,6 @@ def apply_precision(requested: str) -> str:
         tf.config.optimizer.set_experimental_options({option: True})
     log.info("serving precision: %s (requested %s)", precision, requested)
     return precision
-
-
-@dataclass
-class ModelPlan:
-    """What to serve of one model: where its versions are, which of them, and its version labels."""
-
-    model_dir: Path
-    policy: VersionPolicy = field(default_factory=VersionPolicy)
-    labels: dict[str, int] = field(default_factory=dict)
-
-    def on_disk(self) -> list[int]:
-        """Return the complete versions in the model's directory, oldest first."""
-        return sorted(v for v, path in integer_dirs(self.model_dir).items() if is_complete(path))
 
 
 Loader = Callable[[Path, str, int, LoadContext], Servable]
@@ -203,8 +187,8 @@ class ModelRegistry:
             self.precision = apply_precision(self.config.precision)
             if self.shared is None:
                 self.shared = SharedDefaults(worker_states.server_folder())
-            self.plans = self._plan()
-            self._check_plan()
+            self.plans = plan_models(self.config)
+            check_plan(self.config, self.plans)
             self.sync()
             for name in sorted(self.plans):
                 if self._default_entry(name) is None:
@@ -224,48 +208,17 @@ class ModelRegistry:
             self._poller = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
             self._poller.start()
 
-    def _plan(self) -> dict[str, ModelPlan]:
-        """Return the models to serve: the config file's, else every model of the repository."""
-        repo = self.config.model_repository
-        if self.config.model_config_file:
-            return {m.name: ModelPlan(m.model_dir(repo), m.policy, dict(m.labels))
-                    for m in read_model_config(Path(self.config.model_config_file).expanduser())}
-        available = list_models(repo) if repo.is_dir() else {}
-        policies = policies_for(sorted(available), parse_policy(self.config.version_policy),
-                                self.config.model_versions)
-        old = self.plans
-        return {name: old.get(name) or ModelPlan(repo / name, policy) for name, policy in policies.items()}
-
-    def _check_plan(self) -> None:
-        """Refuse pinned versions of models that are not there, and a default model that is not served."""
-        repo = self.config.model_repository
-        unknown = sorted(set(self.config.model_versions) - set(self.plans))
-        if unknown:
-            raise ModelNotFound(f"pinned model(s) {', '.join(unknown)} not in {repo}")
-        default = self.config.default_model
-        if default and default not in self.plans:  # else every /predict without a model name would 404
-            raise ModelNotFound(f"the default model {default!r} (IMGCLF_DEFAULT_MODEL) is not in {repo}; "
-                                f"served models: {', '.join(sorted(self.plans)) or 'none'}")
-
     def _why_none(self, name: str) -> str:
         """Say why model ``name`` has no available version after loading."""
-        plan, entries = self.plans[name], self.versions.get(name, {})
-        failed = [e for _, e in sorted(entries.items(), reverse=True) if e.failed]
-        if failed:
-            return failed[0].error_message
-        on_disk = plan.on_disk()
-        if plan.policy.kind == SPECIFIC:
-            missing = ", ".join(str(v) for v in plan.policy.versions if v not in on_disk)
-            return (f"model {name!r} has no version {missing} in {plan.model_dir}; "
-                    f"versions: {', '.join(map(str, on_disk)) or 'none'}")
-        return f"model {name!r} has no complete version in {plan.model_dir}"
+        failed = [e for _, e in sorted(self.versions.get(name, {}).items(), reverse=True) if e.failed]
+        return failed[0].error_message if failed else self.plans[name].why_none(name)
 
     def sync(self) -> None:
         """Bring the loaded versions in line with the disk and the policies (one poll of the repository)."""
         with self._sync_lock:
             if not self.config.model_config_file:
-                self.plans = self._plan()  # models published since start are served too
-            selected = {name: plan.policy.select(plan.on_disk()) for name, plan in sorted(self.plans.items())}
+                self.plans = plan_models(self.config, self.plans)  # models published since start are served too
+            selected = {name: plan.selected() for name, plan in sorted(self.plans.items())}
             for name in list(self.versions):
                 if name not in selected:
                     selected[name] = []  # a model gone from the repository: unload all of it
