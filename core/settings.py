@@ -26,6 +26,9 @@ The variables and who reads them (the README's configuration table is the user's
     IMGCLF_CPU_DEVICES          int >= 1  the secondary models' tf.distribute setup
     IMGCLF_MODEL_VERSIONS       name=int,...  service.config
     IMGCLF_API_KEY              str       `imgclf predict --url`: the key it sends (Authorization: Bearer)
+    IMGCLF_POLL_SECONDS         float 0..86400  service.config (model lifecycle; 0: no polling)
+    IMGCLF_VERSION_POLICY       latest[:N] | all | specific:V,...  service.config (service.version_policy)
+    IMGCLF_MODEL_CONFIG_FILE    str (a file)  service.config (service.model_config_file)
     IMGCLF_<FIELD>              by type   the other fields of service.config.ServiceConfig
     IMGCLF_BIND, _WORKERS, _THREADS, _TIMEOUT, _GRACEFUL_TIMEOUT, _LOG_LEVEL, _ACCESS_LOG,
     _MALLOC_TRIM_SECONDS                  service.serve_cli.ServerSettings (gunicorn)

@@ -11,6 +11,8 @@ from imgclf.core.errors import UsageError
 from imgclf.core.precision import PRECISIONS
 from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 from imgclf.service.access_config import AccessSettings
+from imgclf.service.model_config_file import read_model_config
+from imgclf.service.version_policy import parse_policy
 
 ENV_PREFIX = settings.PREFIX
 
@@ -54,6 +56,14 @@ class ServiceConfig:
     rate_limit: str = ""  # per key and worker, e.g. "10/s", "600/min" ("" = none); needs api_keys_file
     rate_burst: int = 0  # requests a key may send at once (0 = the rate's count: "600/min" -> 600)
     cors_origins: str = ""  # other origins whose browser pages may call the API: "https://a.example,..." or "*"
+    # Model lifecycle (imgclf.service.registry): look for new and removed versions this often (0: never; as TF
+    # Serving's file_system_poll_wait_seconds); which versions to serve: latest, latest:N, all, specific:1,3;
+    # or a model config file (TF Serving's model_config_list text format) naming the models, their policies
+    # and labels (only the models it lists are served; IMGCLF_VERSION_POLICY and IMGCLF_MODEL_VERSIONS
+    # must then stay unset).
+    poll_seconds: float = 30.0
+    version_policy: str = "latest"
+    model_config_file: str = ""
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> ServiceConfig:
@@ -88,6 +98,17 @@ class ServiceConfig:
             settings.check_range(f"{ENV_PREFIX}{name.upper()}", int(getattr(self, name)), minimum=0)
         settings.check_range(f"{ENV_PREFIX}DECODE_WAIT_SECONDS", float(self.decode_wait_seconds), 0, 3600)
         AccessSettings.from_config(self)  # the keys file is read: a bad one is one clear error at start
+        self.validate_lifecycle()
+
+    def validate_lifecycle(self) -> None:
+        """Raise UsageError on a bad poll interval, version policy or model config file (with its line)."""
+        settings.check_range(f"{ENV_PREFIX}POLL_SECONDS", float(self.poll_seconds), 0, 86_400)
+        parse_policy(str(self.version_policy), f"{ENV_PREFIX}VERSION_POLICY")
+        if self.model_config_file:
+            if self.version_policy.strip().lower() != "latest" or self.model_versions:
+                raise UsageError(f"{ENV_PREFIX}MODEL_CONFIG_FILE names each model's versions; leave "
+                                 f"{ENV_PREFIX}VERSION_POLICY and {ENV_PREFIX}MODEL_VERSIONS unset with it")
+            read_model_config(os.path.expanduser(self.model_config_file))
 
 
 def _as_str(name: str, raw: str) -> str:

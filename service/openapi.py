@@ -208,6 +208,8 @@ def _schemas(max_instances: int) -> dict:
         "ModelList": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
             "type": "object", "required": ["name", "version", "labels", "kind"], "properties": {
                 "name": {"type": "string"}, "version": {"type": "integer"},
+                "versions": {"type": "array", "items": {"type": "integer"},
+                             "description": "every version this worker has AVAILABLE"},
                 "labels": {"type": "array", "items": {"type": "string"}},
                 "kind": {"type": "string", "enum": ["image-classifier", "digit-classifier", "regression"]}}}}}},
     }
@@ -220,21 +222,27 @@ def _signatures() -> tuple[str, ...]:
 def _tfserving_paths(name_param: dict, version_param: dict) -> dict:
     """Describe the TF Serving routes, with and without /versions/{version}."""
     paths = {}
+    label_param = {"name": "label", "in": "path", "required": True, "example": "stable",
+                   "description": "version label (a model config file's version_labels)",
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}
     for suffix, params, label in (("", [name_param], "served version"),
-                                  ("/versions/{version}", [name_param, version_param], "given version")):
+                                  ("/versions/{version}", [name_param, version_param], "given version"),
+                                  ("/labels/{label}", [name_param, label_param], "labelled version")):
         lookup_errors = ("400", "404", "503") if suffix else ("404", "503")
         tag = ["tensorflow-serving"]
+        op = {"": "", "/versions/{version}": "Version", "/labels/{label}": "Label"}[suffix]
         paths["/v1/models/{name}" + suffix] = {"parameters": params, "get": {
-            "operationId": "modelStatus" + ("Version" if suffix else ""), "tags": tag,
-            "summary": f"Model status of the {label} (TF Serving's shape)",
-            "responses": {"200": _json(_ref("ModelStatus"), "The version is loaded and serving"),
+            "operationId": "modelStatus" + op, "tags": tag,
+            "summary": f"Model status of the {label} (TF Serving's shape): without a version or label, "
+                       "every version the worker knows with its state (START, LOADING, AVAILABLE, UNLOADING, END)",
+            "responses": {"200": _json(_ref("ModelStatus"), "The version states"),
                           **_errors(*lookup_errors)}}}
         paths["/v1/models/{name}" + suffix + "/metadata"] = {"parameters": params, "get": {
-            "operationId": "modelMetadata" + ("Version" if suffix else ""), "tags": tag,
+            "operationId": "modelMetadata" + op, "tags": tag,
             "summary": f"Signature definitions of the {label} (TF Serving's shape), its labels and model card",
             "responses": {"200": _json(_ref("ModelMetadata"), "Metadata"), **_errors(*lookup_errors)}}}
         paths["/v1/models/{name}" + suffix + ":predict"] = {"parameters": params, "post": {
-            "operationId": "tfservingPredict" + ("Version" if suffix else ""), "tags": tag,
+            "operationId": "tfservingPredict" + op, "tags": tag,
             "summary": f"Predict with the {label}: TF Serving's REST predict API",
             "description": "Images are decoded in Python as in training (EXIF orientation applied) and "
                            "predicted in one batched model call. Content-Type is not checked (TF Serving's "

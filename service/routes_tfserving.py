@@ -40,14 +40,23 @@ class SegmentConverter(BaseConverter):
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("segment", SegmentConverter))
 
 
-def _served(name: str, version: str | None = None) -> Servable:
-    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version).
+def _version(version: str | None) -> int | None:
+    """Return a URL's version segment as an integer (None: the route names none); 400 for a non-integer."""
+    if version is None:
+        return None
+    if not _VERSION.fullmatch(version):
+        raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
+    return int(version)
+
+
+def _served(name: str, version: str | None = None, label: str | None = None) -> Servable:
+    """Return the served model for URL segments ``name`` and ``version`` or ``label`` (its default: neither).
 
     Version 0 means the default version, as OpenVINO Model Server's clients send it.
     """
-    if version is not None and not _VERSION.fullmatch(version):
-        raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
-    return current_registry().get(name, int(version or 0) or None)
+    if label is not None:
+        return current_registry().get_label(name, label)
+    return current_registry().get(name, _version(version) or None)
 
 
 # --- status, metadata, list -------------------------------------------------------------------------------------
@@ -55,19 +64,28 @@ def _served(name: str, version: str | None = None) -> Servable:
 
 @bp.get("/v1/models/<segment:name>")
 @bp.get("/v1/models/<segment:name>/versions/<segment:version>")
-def model_status(name: str, version: str | None = None):
-    """Answer TF Serving's model status: the served version, AVAILABLE (and KServe v1's name and ready)."""
-    served = _served(name, version)
-    return jsonify(name=served.name, ready=True, model_version_status=[{
-        "version": str(served.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
-    }])
+@bp.get("/v1/models/<segment:name>/labels/<segment:label>")
+def model_status(name: str, version: str | None = None, label: str | None = None):
+    """Answer TF Serving's model status: every version of the model with its state, or the one named (version 0:
+    the default version); with KServe v1's ``name`` and ``ready`` (a version of it is AVAILABLE) beside it."""
+    registry = current_registry()
+    if label is not None:
+        number = registry.label_version(name, label)
+    else:
+        number = _version(version)
+        if number == 0:
+            number = registry.default_version(name)
+    statuses = registry.status(name, number)
+    ready = any(status["state"] == "AVAILABLE" for status in statuses)
+    return jsonify(name=name, ready=ready, model_version_status=statuses)
 
 
 @bp.get("/v1/models/<segment:name>/metadata")
 @bp.get("/v1/models/<segment:name>/versions/<segment:version>/metadata")
-def model_metadata(name: str, version: str | None = None):
+@bp.get("/v1/models/<segment:name>/labels/<segment:label>/metadata")
+def model_metadata(name: str, version: str | None = None, label: str | None = None):
     """Answer TF Serving's model metadata (signature defs), plus the labels and the model card."""
-    served = _served(name, version)
+    served = _served(name, version, label)
     body = {
         "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
         "metadata": {"signature_def": {"signature_def": served.signature_defs()}},
@@ -81,11 +99,12 @@ def model_metadata(name: str, version: str | None = None):
 
 @bp.get("/v1/models")
 def list_models():
-    """List the served models with their version and labels."""
+    """List the served models with their default version, every available version, and labels."""
     registry = current_registry()
     if not registry.ready:
         registry.get()  # raises NotReady with the reason
-    return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": s.kind.value}
+    return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": s.kind.value,
+                            "versions": registry.available_versions(s.name)}
                            for _, s in sorted(registry.models.items())])
 
 
@@ -94,9 +113,10 @@ def list_models():
 
 @bp.post("/v1/models/<segment:name>:predict")
 @bp.post("/v1/models/<segment:name>/versions/<segment:version>:predict")
-def predict(name: str, version: str | None = None):
+@bp.post("/v1/models/<segment:name>/labels/<segment:label>:predict")
+def predict(name: str, version: str | None = None, label: str | None = None):
     """Predict a TF Serving request: row format answers ``predictions``, columnar format ``outputs``."""
-    served = _served(name, version)
+    served = _served(name, version, label)
     body = _json_body()
     signature = served.check_signature(body.get("signature_name"))
     if ("instances" in body) == ("inputs" in body):

@@ -78,7 +78,11 @@ def ready():
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     """Answer the model metadata: versions, platform, inputs and outputs with datatype and shape."""
-    return jsonify(v2_model.model_metadata(_served(name, version)))
+    served = _served(name, version)
+    body = v2_model.model_metadata(served)
+    if version is None:  # the model's metadata lists every version this worker serves
+        body["versions"] = [str(v) for v in current_registry().available_versions(served.name)] or body["versions"]
+    return jsonify(body)
 
 
 @bp.get("/v2/models/<name>/ready")

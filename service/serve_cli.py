@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load models whose graphs hold ops outside the inference allow-list (file, process, "
                         "network ops): only models you trust (sets IMGCLF_ALLOW_UNSAFE_OPS=1)")
+    p.add_argument("--model-config-file", type=Path, default=None, metavar="FILE",
+                   help="serve the models this file lists, with their version policies and labels (TF "
+                        "Serving's model_config_list text format; sets IMGCLF_MODEL_CONFIG_FILE)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -162,5 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
     if args.allow_unsafe_ops:
         os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' ServiceConfig reads it
+    if args.model_config_file:  # checked (line by line) with the other settings before gunicorn starts
+        os.environ["IMGCLF_MODEL_CONFIG_FILE"] = str(args.model_config_file.expanduser().absolute())
     exec_gunicorn(model_dir, args.bind, args.workers, args.threads)
     return 0  # not reached: exec replaced this process

@@ -143,7 +143,7 @@ def test_metadata_describes_signatures(client, reference):
 def test_model_list(client):
     assert client.get("/v1/models").get_json() == {"models": [
         {"name": "shapes", "version": 1, "labels": ["bubbles", "checkers", "stripes", "sunsets"],
-         "kind": "image-classifier"}]}
+         "kind": "image-classifier", "versions": [1]}]}
 
 
 def _image(fmt: str, size=(16, 16)) -> bytes:
