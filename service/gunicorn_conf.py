@@ -2,7 +2,8 @@
 
 Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them from its options):
 
-    IMGCLF_BIND              127.0.0.1:8000  address; the container sets 0.0.0.0:8000
+    IMGCLF_BIND              127.0.0.1:8000  address; the container sets 0.0.0.0:8000 (behind the front,
+                                             `imgclf serve` binds gunicorn to a private unix socket)
     IMGCLF_WORKERS           2               worker processes, each loading its own models
     IMGCLF_THREADS           8               request threads per worker (gthread)
     IMGCLF_TIMEOUT           120             seconds a silent worker lives (covers model loading)
@@ -101,6 +102,10 @@ threads = _server.threads
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout
 _trim_seconds = _server.malloc_trim_seconds
+# Behind the front (imgclf.service.front_main binds gunicorn to its private unix socket) the idle
+# connections are the front's keep-alive pool: gunicorn keeps them longer than the pool does, so the front
+# is the one that closes them. Straight on a TCP port, gunicorn's default (2 s) stays.
+keepalive = 75 if _server.bind.startswith("unix:") else 2
 preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
 proc_name = "imgclf"
 # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
