@@ -172,6 +172,9 @@ class Front:
                 await linger(reader, writer)
         except (TimeoutError, ConnectionError):
             pass  # the client went away, or would not take its answer
+        except Exception:  # a bug of the front: say so, answer this client, keep serving the others
+            log.exception("front: unexpected error serving %s", client)
+            writer.write(error_bytes(502, "the front failed on this request"))
         finally:
             self.connections.discard(task)
             self.per_client[client] -= 1

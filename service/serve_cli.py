@@ -71,11 +71,13 @@ class ServerSettings:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `imgclf serve`."""
-    p = sub.add_parser("serve", help="serve a model repository over HTTP (gunicorn)",
+    p = sub.add_parser("serve", help="serve a model repository over HTTP (imgclf's front, gunicorn behind it)",
                        description="Serve every model of a model repository: POST /predict, the TF-Serving "
-                                   "REST API, /metrics and the upload page. Runs gunicorn with gthread "
-                                   "workers; each worker loads the models itself. Unset options fall back to "
-                                   "IMGCLF_* variables, then to the defaults shown.")
+                                   "REST API, /metrics and the upload page. A front reads every request "
+                                   "under deadlines (IMGCLF_HEADER_TIMEOUT, IMGCLF_BODY_TIMEOUT, ...) and "
+                                   "hands it to gunicorn (gthread workers; each worker loads the models "
+                                   "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
+                                   "fall back to IMGCLF_* variables, then to the defaults shown.")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
     add_server_options(p)

@@ -2,7 +2,8 @@
 
 Run as a script (``python tests/support/fake_upstream.py``) it serves the unix socket named by
 ``IMGCLF_BIND=unix:PATH``, as gunicorn would behind the front; SIGHUP appends a line to ``$FAKE_HUP_FILE``,
-SIGTERM exits 0, and ``FAKE_EXIT_AFTER_S`` makes it exit by itself with status 3.
+SIGTERM exits 0, ``FAKE_DELAY_S`` delays every answer, and ``FAKE_EXIT_AFTER_S`` makes it exit by itself
+with status 3.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Echo:
     def __init__(self, close_after_each: bool = False) -> None:
         self.requests: list[dict] = []
         self.close_after_each = close_after_each  # as a restarted worker would: the pooled connection goes stale
+        self.delay_s = float(os.environ.get("FAKE_DELAY_S", "0"))  # how long each answer takes
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         http = h11.Connection(h11.SERVER)
@@ -43,6 +45,7 @@ class Echo:
                 seen = {"method": head.method.decode(), "target": head.target.decode(), "body": body.decode(),
                         "headers": [[k.decode(), v.decode()] for k, v in head.headers], "pid": os.getpid()}
                 self.requests.append(seen)
+                await asyncio.sleep(self.delay_s)
                 data = json.dumps(seen).encode()
                 writer.write(http.send(h11.Response(status_code=200, headers=[
                     ("Content-Type", "application/json"), ("Content-Length", str(len(data))),

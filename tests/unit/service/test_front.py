@@ -301,3 +301,21 @@ def test_the_body_limit_is_the_services_own():
     assert DEFAULT_MAX_UPLOAD_BYTES == ServiceConfig().max_upload_bytes
     assert FrontSettings.from_env({"IMGCLF_MAX_UPLOAD_BYTES": "77"}).max_body_bytes == 77
 
+
+
+def test_the_access_log_names_the_real_client(tmp_path, caplog):
+    async def go():
+        echo = Echo()
+        path = str(tmp_path / "up.sock")
+        await asyncio.start_unix_server(echo.handle, path)
+        front = Front(LIMITS, Upstream(path, 4, timeout=5), access=True)
+        server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
+        return await exchange(server.sockets[0].getsockname()[1],
+                              b"GET /v1/models/x?y=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: probe/1\r\n"
+                              b"Connection: close\r\n\r\n")
+
+    with caplog.at_level("INFO", logger="imgclf.front.access"):
+        answer, _ = run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "imgclf.front.access"]
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1 - - [")
+    assert '"GET /v1/models/x?y=1 HTTP/1.1" 200 ' in lines[0] and '"probe/1"' in lines[0]

@@ -126,3 +126,40 @@ def test_a_port_in_use_is_one_line_and_status_1(capsys):
         code = asyncio.run(front_main.serve(server, FrontSettings(), argv=FAKE))
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("imgclf serve: cannot listen on 127.0.0.1:") and err.count("\n") == 1
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY_S", "1.0")  # gunicorn takes 1 s over this answer
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    port = free_port()
+    server = replace(ServerSettings(), bind=f"127.0.0.1:{port}", workers=1, threads=2, graceful_timeout=5)
+
+    async def client():
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await loop.run_in_executor(None, _get, port, "/up")
+                break
+            except (AssertionError, OSError):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        in_flight = loop.run_in_executor(None, _get, port, "/slow")
+        await asyncio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await in_flight
+
+    async def go():
+        task = asyncio.ensure_future(client())
+        code = await front_main.serve(server, FrontSettings(), argv=FAKE)
+        return code, await task
+
+    code, seen = asyncio.run(asyncio.wait_for(go(), 40))
+    assert code == 0 and seen["target"] == "/slow"
+
+
+def test_main_says_a_bad_setting_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("IMGCLF_MIN_BODY_RATE", "-1")
+    assert front_main.main() == 2
+    err = capsys.readouterr().err
+    assert err == "imgclf serve: error: IMGCLF_MIN_BODY_RATE must be at least 0; received -1\n"
