@@ -14,11 +14,15 @@ The limits, each an ``IMGCLF_*`` variable (:class:`FrontSettings`):
 * the body within ``IMGCLF_BODY_TIMEOUT`` seconds, and at ``IMGCLF_MIN_BODY_RATE`` bytes/s at least on
   average once it has been arriving for ``BODY_RATE_GRACE_S`` seconds, else 408;
 * a keep-alive connection idle for ``IMGCLF_KEEPALIVE_TIMEOUT`` seconds is closed;
-* at most ``IMGCLF_MAX_CONNECTIONS`` open connections (503 beyond) and, if set,
+* at most ``IMGCLF_MAX_CONNECTIONS`` open connections (beyond, an idle keep-alive one is closed to make
+  room, else the new one gets a 503) and, if set,
   ``IMGCLF_MAX_CLIENT_CONNECTIONS`` from one client address (429 beyond);
 * a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
   body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit) is a 413 as soon as its Content-Length
   or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
+* the bodies held at once (being read, or waiting for gunicorn) reserve at most
+  ``IMGCLF_MAX_BUFFERED_BYTES`` in all (256 MiB), so the front's memory is bounded: a body that would pass
+  it is a 503 with ``Retry-After``;
 * the answer must be taken by the client within ``IMGCLF_BODY_TIMEOUT`` seconds, else the connection is
   dropped (gunicorn is done with it long before: the answer is buffered here).
 """
@@ -66,6 +70,7 @@ class FrontSettings:
     max_client_connections: int = 0  # IMGCLF_MAX_CLIENT_CONNECTIONS: per client address (0: no limit)
     max_header_bytes: int = 16 * 1024  # IMGCLF_MAX_HEADER_BYTES: request line and header fields together
     max_body_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # IMGCLF_MAX_UPLOAD_BYTES (the service's own limit)
+    max_buffered_bytes: int = 256 * 1024 * 1024  # IMGCLF_MAX_BUFFERED_BYTES: request bodies held at once, in all
     body_rate_grace: float = BODY_RATE_GRACE_S
 
     @classmethod
@@ -83,15 +88,17 @@ class FrontSettings:
                                                     env=env),
             max_header_bytes=settings.env_int("IMGCLF_MAX_HEADER_BYTES", d.max_header_bytes, 1024, 1 << 20, env=env),
             max_body_bytes=settings.env_int("IMGCLF_MAX_UPLOAD_BYTES", d.max_body_bytes, 1, env=env),
+            max_buffered_bytes=settings.env_int("IMGCLF_MAX_BUFFERED_BYTES", d.max_buffered_bytes, 1, env=env),
         )
 
 
 class Refused(Exception):
     """The request cannot go on: answer ``status`` with ``message`` (if anything was received) and close."""
 
-    def __init__(self, status: int, message: str, answer: bool = True) -> None:
+    def __init__(self, status: int, message: str, answer: bool = True, retry_after: bool = False) -> None:
         super().__init__(message)
         self.status, self.answer = status, answer
+        self.extra = (("Retry-After", "1"),) if retry_after else ()
 
 
 def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -139,6 +146,7 @@ class Front:
         self.connections: set[asyncio.Task] = set()
         self.per_client: dict[str, int] = {}
         self.busy = 0  # connections with a request being forwarded or answered
+        self.buffered = 0  # bytes reserved by the bodies being read or forwarded
         self.closing = False
         self.stats = {"accepted": 0, "refused": 0, "timed_out": 0, "bad": 0, "forwarded": 0}
         self._idle_writers: set[asyncio.StreamWriter] = set()
@@ -151,7 +159,9 @@ class Front:
         self.connections.add(task)
         self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
-            if len(self.connections) > self.limits.max_connections:
+            if len(self.connections) > self.limits.max_connections and self._idle_writers:
+                self._idle_writers.pop().close()  # an idle keep-alive connection makes room for a new one
+            elif len(self.connections) > self.limits.max_connections:
                 self.stats["refused"] += 1
                 writer.write(error_bytes(503, "too many connections; retry later", (("Retry-After", "1"),)))
                 await linger(reader, writer)
@@ -168,7 +178,7 @@ class Front:
             self.stats["timed_out" if e.status == 408 else "bad"] += 1
             log.debug("%s: %s %s", client, e.status, e)
             if e.answer:
-                writer.write(error_bytes(e.status, str(e)))
+                writer.write(error_bytes(e.status, str(e), e.extra))
                 await linger(reader, writer)
         except (TimeoutError, ConnectionError):
             pass  # the client went away, or would not take its answer
@@ -196,14 +206,16 @@ class Front:
             first = False
             started = time.monotonic()
             self.busy += 1  # a graceful stop waits for it from here on
+            reserved = [0]  # bytes of IMGCLF_MAX_BUFFERED_BYTES this request's body holds
             try:
-                body = await self._read_body(http, reader, writer, request)
+                body = await self._read_body(http, reader, writer, request, reserved)
                 answer = await self._forward(request, body, client)
                 closing = self.closing or http.their_state is h11.MUST_CLOSE
                 writer.write(self._answer_bytes(http, request, answer, closing))
                 await asyncio.wait_for(writer.drain(), self.limits.body_timeout)
             finally:
                 self.busy -= 1
+                self.buffered -= reserved[0]
             if self.access:
                 self._log_access(client, request, answer, started)
             if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
@@ -259,12 +271,26 @@ class Front:
             received = True
 
     async def _read_body(self, http: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         request: h11.Request) -> bytes:
-        """Return the whole body of ``request``, or raise Refused when it breaks a limit."""
+                         request: h11.Request, reserved: list[int]) -> bytes:
+        """Return the whole body of ``request``, or raise Refused when it breaks a limit.
+
+        The body's bytes are reserved in ``reserved`` (against ``IMGCLF_MAX_BUFFERED_BYTES``, all bodies together)
+        before they arrive: the whole Content-Length at once, a chunked body as its chunk-size lines declare.
+        """
         limits = self.limits
+
+        def reserve(total: int) -> None:
+            extra = total - reserved[0]
+            if extra > 0:
+                if self.buffered + extra > limits.max_buffered_bytes:
+                    raise Refused(503, "too many uploads at once; retry later", retry_after=True)
+                self.buffered += extra
+                reserved[0] = total
+
         length = dict(request.headers).get(b"content-length")
         if length is not None and int(length) > limits.max_body_bytes:
             raise Refused(413, f"request body of {int(length)} bytes is over the limit of {limits.max_body_bytes}")
+        reserve(int(length or 0))
         if http.they_are_waiting_for_100_continue:
             writer.write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
         started = time.monotonic()
@@ -284,6 +310,7 @@ class Front:
                 raise ConnectionResetError("client closed mid-body")
             if size + pending_chunk_bytes(http) > limits.max_body_bytes:
                 raise Refused(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+            reserve(size + pending_chunk_bytes(http))
             if event is not h11.NEED_DATA:
                 continue
             now = time.monotonic()

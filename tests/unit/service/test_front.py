@@ -319,3 +319,52 @@ def test_the_access_log_names_the_real_client(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "imgclf.front.access"]
     assert len(lines) == 1 and lines[0].startswith("127.0.0.1 - - [")
     assert '"GET /v1/models/x?y=1 HTTP/1.1" 200 ' in lines[0] and '"probe/1"' in lines[0]
+
+
+def test_bodies_held_at_once_are_bounded_and_released(tmp_path):
+    limits = replace(LIMITS, max_buffered_bytes=1000, min_body_rate=0)
+
+    async def go():
+        front, port, echo = await start(tmp_path, limits)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 800\r\nConnection: close\r\n\r\nxx")
+        await asyncio.sleep(0.1)  # its 800 bytes are reserved now, though 2 came
+        refused, _ = await exchange(port, b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 300\r\n\r\n" + b"y" * 300)
+        chunked, _ = await exchange(port, b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          b"12C\r\n" + b"z" * 300 + b"\r\n0\r\n\r\n")
+        writer.write(b"x" * 798)
+        first = await asyncio.wait_for(reader.read(), 5)
+        after, _ = await exchange(port, b"POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 300\r\n"
+                                        b"Connection: close\r\n\r\n" + b"y" * 300)
+        return refused, chunked, first, after, front.buffered
+
+    refused, chunked, first, after, buffered = run(go())
+    assert status_of(refused) == 503 and b"Retry-After: 1" in refused and "uploads at once" in body_of(refused)["error"]
+    assert status_of(chunked) == 503  # a chunked body reserves what its chunk-size lines declare
+    assert status_of(first) == 200 and len(body_of(first)["body"]) == 800
+    assert status_of(after) == 200 and buffered == 0  # released once answered
+
+
+def test_an_idle_keep_alive_connection_makes_room_for_a_new_one(tmp_path):
+    async def go():
+        front, port, echo = await start(tmp_path, replace(LIMITS, max_connections=2, keepalive_timeout=30))
+        idle = []
+        for i in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            idle.append((reader, writer))
+        await asyncio.sleep(0.05)
+        out, _ = await exchange(port, b"GET /new HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        closed = []
+        for reader, _ in idle:  # read the rest of the answer: EOF after it = closed by the server
+            try:
+                await asyncio.wait_for(reader.read(), 0.5)
+                closed.append(True)
+            except TimeoutError:
+                closed.append(False)
+        return out, closed
+
+    out, closed = run(go())
+    assert status_of(out) == 200 and body_of(out)["target"] == "/new"
+    assert sorted(closed) == [False, True]  # one idle connection was closed for it, the other lives
