@@ -337,7 +337,9 @@ class Front:
         try:
             return await self.upstream.forward(upstream_request, body)
         except UpstreamError as e:
-            log.warning("gunicorn did not answer %s %s: %s", request.method.decode(), request.target.decode(), e)
+            starting = isinstance(e.__cause__, (FileNotFoundError, ConnectionRefusedError))  # not listening yet
+            log.log(logging.DEBUG if starting else logging.WARNING, "gunicorn did not answer %s %s: %s",
+                    request.method.decode(), request.target.decode(), e)
             message = b'{"error": "the service is not answering; retry later"}'
             return Answer(503, b"Service Unavailable", [(b"Content-Type", b"application/json"),
                                                         (b"Retry-After", b"1")], message)

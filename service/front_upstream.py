@@ -1,4 +1,4 @@
-"""The front's side towards gunicorn: a keep-alive pool of HTTP/1.1 connections over a private unix socket.
+"""The front's side towards gunicorn: HTTP/1.1 connections over a private unix socket, kept alive if it lets them.
 
 A request reaches this module only once the front has read all of it, so gunicorn's threads never wait
 for a client: each exchange writes the whole request at once and reads the whole answer (gunicorn answers
@@ -6,9 +6,13 @@ over a local socket, fast). At most ``max_connections`` exchanges run at a time 
 ``IMGCLF_THREADS``: one per gunicorn thread); the others wait here, in the front, where waiting costs a
 coroutine and not a thread.
 
-A pooled connection that gunicorn closed while it was idle (its keep-alive ran out, a worker restarted)
-fails before any answer arrives: the exchange is then retried once on a fresh connection. A failure after
-the answer began, or on a fresh connection, is an :class:`UpstreamError`.
+gunicorn behind the front answers one request per connection and accepts a connection only while a
+worker has a free thread (:mod:`imgclf.service.gunicorn_conf`), so requests go to whichever worker is
+free first; a pooled keep-alive connection would stay with the worker that accepted it. The pool serves
+an upstream that keeps connections alive. A pooled connection that the upstream closed while it was
+idle (its keep-alive ran out, a worker restarted) fails before any answer arrives: the exchange is then
+retried once on a fresh connection. A failure after the answer began, or on a fresh connection, is an
+:class:`UpstreamError`.
 """
 
 from __future__ import annotations

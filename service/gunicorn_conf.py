@@ -102,10 +102,14 @@ threads = _server.threads
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout
 _trim_seconds = _server.malloc_trim_seconds
-# Behind the front (imgclf.service.front_main binds gunicorn to its private unix socket) the idle
-# connections are the front's keep-alive pool: gunicorn keeps them longer than the pool does, so the front
-# is the one that closes them. Straight on a TCP port, gunicorn's default (2 s) stays.
-keepalive = 75 if _server.bind.startswith("unix:") else 2
+# Behind the front (imgclf.service.front_main binds gunicorn to its private unix socket), or any proxy on
+# the same host: one request per connection, and a worker accepts one only while it has a free thread.
+# Requests then wait in the socket's backlog for whichever worker frees a thread first, where pooled
+# keep-alive connections stayed with the worker that had accepted them (14 of 16 on one worker, measured).
+# Straight on a TCP port, gunicorn's defaults stay (keep-alive 2 s, 1000 connections a worker).
+_behind_proxy = _server.bind.startswith("unix:")
+keepalive = 0 if _behind_proxy else 2
+worker_connections = _server.threads if _behind_proxy else 1000
 preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
 proc_name = "imgclf"
 # gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
