@@ -42,7 +42,8 @@ class Echo:
                         break
                     elif isinstance(event, h11.ConnectionClosed):
                         return
-                seen = {"method": head.method.decode(), "target": head.target.decode(), "body": body.decode(),
+                seen = {"method": head.method.decode(), "target": head.target.decode(),
+                        "body": body.decode(errors="replace"),
                         "headers": [[k.decode(), v.decode()] for k, v in head.headers], "pid": os.getpid()}
                 self.requests.append(seen)
                 await asyncio.sleep(self.delay_s)
