@@ -106,7 +106,11 @@ class Upstream:
         Raises:
             UpstreamError: gunicorn is not listening, or failed before its answer was complete.
         """
-        async with self._slots:
+        try:  # a request waits for a free gunicorn thread at most as long as for gunicorn's answer
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        except TimeoutError:
+            raise UpstreamError(f"no gunicorn thread free within {self.timeout:g} s") from None
+        try:
             for attempt in (0, 1):
                 connection = self._take_idle() if attempt == 0 else None
                 reused = connection is not None
@@ -125,6 +129,8 @@ class Upstream:
                 else:
                     connection.close()
                 return answer
+        finally:
+            self._slots.release()
         raise AssertionError("not reached")
 
     def close(self) -> None:

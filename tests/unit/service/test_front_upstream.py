@@ -72,3 +72,13 @@ def test_a_silent_gunicorn_times_out(tmp_path):
 
     with pytest.raises(UpstreamError, match="TimeoutError"):
         asyncio.run(asyncio.wait_for(go(), 10))
+
+
+def test_waiting_for_a_free_thread_is_bounded(tmp_path):
+    async def go():
+        upstream = Upstream(str(tmp_path / "up.sock"), 1, timeout=0.3)
+        await upstream._slots.acquire()  # the only gunicorn thread is taken (by a request that hangs)
+        await upstream.forward(_request("/"), b"hi")
+
+    with pytest.raises(UpstreamError, match="no gunicorn thread free within 0.3 s"):
+        asyncio.run(asyncio.wait_for(go(), 10))
