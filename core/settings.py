@@ -32,6 +32,9 @@ The variables and who reads them (the README's configuration table is the user's
     IMGCLF_<FIELD>              by type   the other fields of service.config.ServiceConfig
     IMGCLF_BIND, _WORKERS, _THREADS, _TIMEOUT, _GRACEFUL_TIMEOUT, _LOG_LEVEL, _ACCESS_LOG,
     _MALLOC_TRIM_SECONDS                  service.serve_cli.ServerSettings (gunicorn)
+    IMGCLF_FRONT, _HEADER_TIMEOUT, _BODY_TIMEOUT, _MIN_BODY_RATE, _KEEPALIVE_TIMEOUT, _MAX_CONNECTIONS,
+    _MAX_CLIENT_CONNECTIONS, _MAX_HEADER_BYTES, _MAX_BUFFERED_BYTES (and _MAX_UPLOAD_BYTES)
+                                          service.front.FrontSettings
 """
 
 from __future__ import annotations

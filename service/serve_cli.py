@@ -1,8 +1,11 @@
-"""`imgclf serve`: run the HTTP service under gunicorn on a model repository.
+"""`imgclf serve`: run the HTTP service (the front, and gunicorn behind it) on a model repository.
 
-The options become ``IMGCLF_*`` variables and the process becomes gunicorn
-(``exec``), so signals from a terminal or a container runtime reach gunicorn's
-master directly: SIGTERM lets in-flight requests finish, then exits.
+The options become ``IMGCLF_*`` variables and the process becomes the front
+(``exec`` of :mod:`imgclf.service.front_main`), which listens on the port, reads
+requests under deadlines and starts gunicorn on a private socket; with
+``IMGCLF_FRONT=0`` it becomes gunicorn itself, straight on the port (for a proxy
+of your own in front). Either way signals from a terminal or a container runtime
+reach it directly: SIGTERM lets in-flight requests finish, then exits.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 # the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
 CONF = str(Path(__file__).with_name("gunicorn_conf.py"))
 APP = "imgclf.service:create_app()"
+FRONT = "imgclf.service.front_main"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
 
 
@@ -67,11 +71,13 @@ class ServerSettings:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `imgclf serve`."""
-    p = sub.add_parser("serve", help="serve a model repository over HTTP (gunicorn)",
+    p = sub.add_parser("serve", help="serve a model repository over HTTP (imgclf's front, gunicorn behind it)",
                        description="Serve every model of a model repository: POST /predict, the TF-Serving "
-                                   "REST API, /metrics and the upload page. Runs gunicorn with gthread "
-                                   "workers; each worker loads the models itself. Unset options fall back to "
-                                   "IMGCLF_* variables, then to the defaults shown.")
+                                   "REST API, /metrics and the upload page. A front reads every request "
+                                   "under deadlines (IMGCLF_HEADER_TIMEOUT, IMGCLF_BODY_TIMEOUT, ...) and "
+                                   "hands it to gunicorn (gthread workers; each worker loads the models "
+                                   "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
+                                   "fall back to IMGCLF_* variables, then to the defaults shown.")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
     add_server_options(p)
@@ -100,6 +106,18 @@ def gunicorn_argv() -> list[str]:
     return [sys.executable, "-P", "-m", "gunicorn", "-c", CONF, APP]
 
 
+def front_argv() -> list[str]:
+    """Return the command line that runs the front (which starts gunicorn itself), in this interpreter."""
+    return [sys.executable, "-P", "-m", FRONT]
+
+
+def serve_argv(env: Mapping[str, str] | None = None) -> list[str]:
+    """Return what `imgclf serve` execs: the front, or gunicorn alone when ``IMGCLF_FRONT=0``."""
+    from imgclf.service.front import FrontSettings
+
+    return front_argv() if FrontSettings.from_env(env).enabled else gunicorn_argv()
+
+
 def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = None, threads: int | None = None,
               base: dict | None = None) -> dict[str, str]:
     """Return the environment for gunicorn: ``base`` (default os.environ) with the given options as IMGCLF_*."""
@@ -119,8 +137,12 @@ def check_settings(env: Mapping[str, str]) -> ServerSettings:
     """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
     from imgclf.core.devices import DeviceSettings
     from imgclf.service.config import ServiceConfig
+    from imgclf.service.front import FrontSettings
+    from imgclf.service.front_main import parse_bind
 
     server = ServerSettings.from_env(env)
+    if FrontSettings.from_env(env).enabled:
+        parse_bind(server.bind)
     ServiceConfig.from_env(env)
     DeviceSettings.from_env(env)  # only reads: whether the device exists is checked by each worker
     return server
@@ -135,7 +157,7 @@ def default_model_dir() -> Path:
 
 def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
                   threads: int | None = None) -> None:
-    """Replace this process with gunicorn serving ``model_dir``; returns only if exec fails.
+    """Replace this process with the front (or gunicorn alone) serving ``model_dir``; returns only if exec fails.
 
     Raises:
         UsageError: a setting of gunicorn or of the workers is malformed (checked here: from gunicorn's master
@@ -143,7 +165,7 @@ def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None 
     """
     env = serve_env(model_dir, bind, workers, threads)
     server = check_settings(env)
-    argv = gunicorn_argv()
+    argv = serve_argv(env)
     print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{server.bind}/ (Ctrl-C to stop)", flush=True)
     sys.stderr.flush()  # exec discards whatever is still buffered
     os.execve(argv[0], argv, env)

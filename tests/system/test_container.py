@@ -30,7 +30,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from imgclf.service.config import ENV_PREFIX, ServiceConfig
-from imgclf.service.serve_cli import gunicorn_argv
+from imgclf.service.front import FrontSettings
+from imgclf.service.serve_cli import front_argv, serve_argv
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -346,14 +347,11 @@ def test_healthcheck_asks_readyz_in_exec_form(dockerfile):
 def test_cmd_is_what_imgclf_serve_runs(dockerfile):
     cmd = only(dockerfile, "CMD").json()
     assert cmd[0] in ("python", "python3")
-    serve = gunicorn_argv()[1:]
-    conf = serve.index("-c") + 1
-    # The image names the settings by module (its working folder holds nothing of a user's);
-    # imgclf serve by the path of the same file.
-    assert Path(serve[conf]).name == "gunicorn_conf.py"
-    assert cmd[1:conf + 1] == serve[:conf] and cmd[conf + 1] == "python:imgclf.service.gunicorn_conf"
-    assert cmd[conf + 2:] == serve[conf + 1:]
-    assert not [i for i in dockerfile if i.cmd == "ENTRYPOINT"], "an ENTRYPOINT would wrap gunicorn (PID 1)"
+    # the front (which starts gunicorn behind it), named by module like `imgclf serve` names it
+    assert cmd[1:] == serve_argv({})[1:] == front_argv()[1:]
+    assert not [i for i in dockerfile if i.cmd == "ENTRYPOINT"], "an ENTRYPOINT would wrap the front (PID 1)"
+    # IMGCLF_FRONT=0 in the image's environment would put gunicorn's threads back on the public port
+    assert FrontSettings.from_env(image_env(dockerfile)).enabled
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_copies(dockerfile):

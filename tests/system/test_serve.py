@@ -168,15 +168,20 @@ def test_serve_with_an_empty_repository_suggests_the_demo(tmp_path, capsys):
     assert f"no model in {tmp_path}" in err and "imgclf demo --serve" in err
 
 
-def test_serve_execs_gunicorn_with_the_options_as_environment(model_repo, monkeypatch):
+@pytest.mark.parametrize("front", ["", "0"])
+def test_serve_execs_the_front_or_gunicorn_with_the_options_as_environment(model_repo, monkeypatch, front):
     calls = []
     monkeypatch.setattr(serve_cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     monkeypatch.delenv("IMGCLF_THREADS", raising=False)
+    monkeypatch.setenv("IMGCLF_FRONT", front)  # empty: the default (the front)
     assert main(["serve", "--model-dir", str(model_repo), "--bind", "0.0.0.0:9000", "--workers", "3"]) == 0
     (path, argv, env), = calls
     assert path == sys.executable
     conf = str(Path(serve_cli.__file__).with_name("gunicorn_conf.py"))
-    assert argv == [sys.executable, "-P", "-m", "gunicorn", "-c", conf, "imgclf.service:create_app()"]
+    if front:  # IMGCLF_FRONT=0: gunicorn alone on the address
+        assert argv == [sys.executable, "-P", "-m", "gunicorn", "-c", conf, "imgclf.service:create_app()"]
+    else:  # the front, which starts that same gunicorn command behind it
+        assert argv == [sys.executable, "-P", "-m", "imgclf.service.front_main"]
     assert env["IMGCLF_MODEL_REPOSITORY"] == str(model_repo.resolve())
     assert (env["IMGCLF_BIND"], env["IMGCLF_WORKERS"]) == ("0.0.0.0:9000", "3") and "IMGCLF_THREADS" not in env
     assert "IMGCLF_ALLOW_UNSAFE_OPS" not in env
@@ -188,6 +193,18 @@ def test_serve_passes_allow_unsafe_ops_to_the_workers(model_repo, monkeypatch):
     monkeypatch.setenv("IMGCLF_ALLOW_UNSAFE_OPS", "0")  # recorded, so the test's own setting is undone after it
     assert main(["serve", "--model-dir", str(model_repo), "--allow-unsafe-ops"]) == 0
     assert calls[0]["IMGCLF_ALLOW_UNSAFE_OPS"] == "1"
+
+
+def test_gunicorn_behind_the_front_takes_one_request_per_connection_and_thread(monkeypatch):
+    import imgclf.service.gunicorn_conf as conf
+
+    monkeypatch.setenv("IMGCLF_BIND", "unix:/tmp/x/gunicorn.sock")
+    monkeypatch.setenv("IMGCLF_THREADS", "6")
+    conf = importlib.reload(conf)
+    assert (conf.keepalive, conf.worker_connections) == (0, 6)  # a busy worker leaves new requests to the others
+    monkeypatch.setenv("IMGCLF_BIND", "127.0.0.1:8000")
+    conf = importlib.reload(conf)
+    assert (conf.keepalive, conf.worker_connections) == (2, 1000)  # gunicorn's defaults on a TCP port
 
 
 def test_gunicorn_settings_come_from_the_environment(monkeypatch):

@@ -118,6 +118,7 @@ def test_gunicorn_conf_refuses_an_access_log_of_2():
     ("IMGCLF_ACCESS_LOG", "2", "IMGCLF_ACCESS_LOG='2' is not a yes or a no"),
     ("IMGCLF_BATCHING", "maybe", "IMGCLF_BATCHING='maybe' is not a yes or a no"),
     ("IMGCLF_LOG_DEVICE_PLACEMENT", "2", "IMGCLF_LOG_DEVICE_PLACEMENT='2' is not a yes or a no"),
+    ("IMGCLF_HEADER_TIMEOUT", "soon", "IMGCLF_HEADER_TIMEOUT='soon' is not a valid float"),  # the front's
 ])
 def test_serve_checks_the_settings_before_it_execs_gunicorn(model_repo, monkeypatch, capsys, name, value, message):
     from imgclf.core.cli import main
