@@ -17,8 +17,10 @@ The pipeline, for the images of SOURCE (a folder or an ``s3://``/``gs://`` prefi
 Fault tolerance is Ray's: a killed task is retried, a killed actor restarted and
 its batches retried (Ray Data's actor defaults); the driver keeps one row per
 path. A killed driver keeps every shard it wrote; the rerun skips those images.
-The identity (fingerprint, resolved precision) is computed by one task with the
-actors' resources, so ``--precision auto`` resolves as it will on their nodes.
+With ``--precision auto`` the identity (fingerprint, resolved precision) is
+computed by one task with the actors' resources, so it resolves as it will on
+their nodes; an explicit precision is resolved by the driver. Every actor checks
+that its own featurizer has the job's fingerprint.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgclf.core.atomic import write_json_atomic
 from imgclf.core.errors import GraphError, ImgclfError, UsageError
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes
 from imgclf.featurizer.feature_dataset import FeatureDatasetWriter, FeaturizerIdentity
@@ -199,15 +202,21 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
     log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
     _connect(ray, options.address)
     try:
-        return _run(ray, job, options, source, dest)
+        summary = _run(ray, job, options, source, dest)
     finally:
         ray.shutdown()
+    if job.report is not None:
+        write_json_atomic(job.report, summary.to_dict())
+    return summary
 
 
 def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest) -> FeaturizeSummary:
     started = time.perf_counter()
     resources = {"num_cpus": options.cpus_per_actor, "num_gpus": options.gpus_per_actor}
-    description, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
+    if job.featurizer.precision == "auto":  # resolved where the actors run (a GPU node: fp16), not here
+        description, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
+    else:  # nothing node-dependent: the driver computes the identity; each actor checks it has the same
+        description, contract = _describe(job.featurizer)
     identity = FeaturizerIdentity.from_description(description)
     writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
     known = np.array(sorted(sha.encode() for sha in writer.known_shas), dtype="S64")
@@ -216,6 +225,7 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     index_of = {image.rel_path: i for i, image in enumerate(source.images)}
     copies: list[tuple[str, str, str]] = []
     seen: set[str] = set()
+    first_batch = None  # (seconds from the start, rows): Ray's start-up, the graph loads included
     if source.images:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
@@ -230,6 +240,8 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
                             fn_constructor_kwargs={"config": job.featurizer, "fingerprint": identity.fingerprint},
                             compute=options.compute(ray), **resources)
         for batch in ds.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
+            if first_batch is None:
+                first_batch = (time.perf_counter() - started, len(batch["rel_path"]))
             for rel, sha, status, vector in zip(batch["rel_path"], batch["sha"], batch["status"], batch["features"]):
                 rel, sha, status = str(rel), str(sha), str(status)
                 if rel in seen:  # a retried batch delivered twice: keep one row per path
@@ -257,4 +269,6 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
                             source=source.location.uri if is_uri(job.image_dir) else None,
                             dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
                                      "shards": writer.shards, "folder": identity.folder, "engine": "ray",
-                                     "pool": options.describe()})
+                                     "pool": options.describe(),
+                                     "first_batch_seconds": round(first_batch[0], 3) if first_batch else None,
+                                     "first_batch_rows": first_batch[1] if first_batch else 0})
