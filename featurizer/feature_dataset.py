@@ -193,10 +193,20 @@ class FeatureDatasetWriter:
     def stored_vectors(self, shas: Iterable[str]) -> dict[str, np.ndarray]:
         """Return stored vectors by sha256 (for an image already there under another path)."""
         wanted = set(shas) & self.known_shas
+        found: dict[str, np.ndarray] = {}
         if not wanted:
-            return {}
-        table = read_rows(self.location, self.identity)
-        return {sha: table.features[i] for i, sha in enumerate(table.image_sha256) if sha in wanted}
+            return found
+        pa = require("pyarrow", "feature datasets")
+        pc = require("pyarrow.compute", "feature datasets")
+        for rel in shard_names(self.location, self.identity.folder):  # one shard in memory at a time
+            table = _read_shard(self.location, rel, ["image_sha256", "features"])
+            table = table.filter(pc.is_in(table.column("image_sha256"), value_set=pa.array(sorted(wanted))))
+            if table.num_rows:
+                flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                vectors = np.asarray(flat, np.float32).reshape(table.num_rows, self.identity.dim)
+                for sha, vector in zip(table.column("image_sha256").to_pylist(), vectors):
+                    found[sha] = vector
+        return found
 
     def flush(self, bad_files: list[tuple[str, str]] | None = None) -> None:
         """Write the buffered rows as one shard, then the manifest."""
