@@ -4,12 +4,13 @@ Every engine featurizes the same generated photos (300 JPEGs of about 500×375 i
 two class folders, as bench/featurize.py builds them) with the full-size
 Inception-v3 graph (seeded random weights, bench/out/) in fp32 into a fresh
 feature dataset. Ray runs a local instance started for each job (``ray.init``
-with this machine's CPUs). Prints, for each engine, the wall time and the
-images/s, and for Ray its start-up (until the first batch reached the driver:
-workers, graph loads) and its steady rate after it; the ratios to the local
-engine; Ray's overhead per image (steady Ray seconds per image minus the local
-engine's); and a projection for N GPU actors: the measured per-actor rate × N,
-capped by the measured read/decode rate per CPU × the CPUs given to decoding.
+with this machine's CPUs). Prints, for each engine, the wall time and images/s,
+its start-up (Ray: until the first batch reached the driver, workers and graph
+loads included; local: the graph load) and its steady rate after it, with the
+ratio to the local engine's steady rate; Ray's overhead per image (steady Ray
+seconds per image minus the local engine's); and a projection for N actors:
+the measured per-actor rate × N, capped by the measured read/decode rate per
+CPU-second × the CPUs given to decoding.
 Not a test: no assertions on speed.
 
     python -m bench.featurize_ray [--images 300] [--batch-size 16] [--decode-cpus-per-actor 8]
@@ -42,15 +43,15 @@ def photo_folder(count: int) -> Path:
 
 
 def decode_rate_per_cpu(graph: Path, folder: Path, limit: int = 60) -> float:
-    """Return images/s of reading + decoding + preprocessing in one thread (what one decode task does)."""
+    """Return images per CPU-second of reading + decoding + preprocessing (what the decode tasks do)."""
     featurizer = Featurizer(FeaturizerConfig(graph, precision="fp32"))
     c = featurizer.contract
     paths = sorted(folder.rglob("*.jpg"))[:limit]
     decode_to_input(paths[0].read_bytes(), c.input_size, c.input_mean, c.input_std, 10**8, c.jpeg_dct_method)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds of this process, all threads: images per CPU-second
     for path in paths:
         decode_to_input(path.read_bytes(), c.input_size, c.input_mean, c.input_std, 10**8, c.jpeg_dct_method)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     featurizer.close()
     return len(paths) / seconds
 
@@ -86,7 +87,9 @@ def main() -> None:
 
         start = time.perf_counter()
         local = run_featurize(job("local", 0))
-        rows.append(("local engine", time.perf_counter() - start, local.extract.computed, None, None))
+        wall = time.perf_counter() - start
+        rows.append(("local engine", wall, local.extract.computed, wall - local.extract.seconds,
+                     local.extract.computed / local.extract.seconds))
         # Each actor gets its share of the cores for TensorFlow (and half a logical CPU in Ray, so that one
         # CPU is left for the decode tasks on a 2-core machine).
         for actors in (1, 2):
@@ -99,17 +102,18 @@ def main() -> None:
                                                                           - d["first_batch_seconds"])
             rows.append((f"ray, {actors} actor(s)", wall, summary.extract.computed, d["first_batch_seconds"],
                          steady))
-    local_rate = rows[0][2] / rows[0][1]
-    print(f"{'engine':<20} {'wall s':>8} {'img/s':>8} {'x local':>8} {'start-up s':>11} {'steady img/s':>13}")
+    local_rate = rows[0][4]  # steady rates compare the engines; wall times include each one's start-up
+    print(f"| {'engine':<18} | {'wall s':>6} | {'wall img/s':>10} | {'start-up s':>10} | {'steady img/s':>12} | "
+          f"{'steady x local':>14} |")
     for name, wall, n, startup, steady in rows:
-        print(f"{name:<20} {wall:8.1f} {n / wall:8.2f} {n / wall / local_rate:8.2f} "
-              f"{'' if startup is None else f'{startup:.1f}':>11} {'' if steady is None else f'{steady:.2f}':>13}")
+        print(f"| {name:<18} | {wall:6.1f} | {n / wall:10.2f} | {startup:10.1f} | {steady:12.2f} | "
+              f"{steady / local_rate:14.2f} |")
     one_actor = rows[1][4]
     print(f"Ray overhead per image (steady, 1 actor): {1000 * (1 / one_actor - 1 / local_rate):+.1f} ms "
           f"(local {1000 / local_rate:.1f} ms/img, Ray {1000 / one_actor:.1f} ms/img); "
           f"fixed start-up {rows[1][3]:.1f} s")
     decode = decode_rate_per_cpu(graph, folder)
-    print(f"read+decode+preprocess: {decode:.1f} img/s per CPU; per-actor graph rate (measured, this CPU): "
+    print(f"read+decode+preprocess: {decode:.1f} img per CPU-second; per-actor graph rate (measured, this CPU): "
           f"{one_actor:.2f} img/s")
     print(f"\nprojection for N actors: min(N x {one_actor:.2f}, N x {args.decode_cpus_per_actor} decode CPUs x "
           f"{decode:.1f}) img/s")

@@ -129,7 +129,7 @@ def _describe(config: FeaturizerConfig) -> tuple[dict, object]:
 # Resources of a decode task: one CPU and the memory of a batch of decoded photos. They differ from the
 # actors' resources, so Ray Data does not fuse decoding into the actors: it runs in tasks on any CPU of
 # the cluster, and the actors (GPUs, when given) only run the graph. Ray retries a killed task.
-DECODE_TASK_RESOURCES = {"num_cpus": 1, "memory": 256 * 2**20}
+DECODE_TASK_RESOURCES = {"num_cpus": 1, "memory": 512 * 2**20}
 
 
 def _preprocess(batch: dict, *, root: str, contract, max_pixels: int, known_ref) -> dict:
