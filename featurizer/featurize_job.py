@@ -94,6 +94,9 @@ class FeaturizeSummary:
         if self.dataset is not None:
             lines.append(f"dataset: {self.dataset['dest']} ({self.dataset['rows']} rows, "
                          f"{self.dataset['written']} written now in {self.dataset['shards']} shard(s))")
+            if "engine" in self.dataset:
+                lines.append(f"engine: {self.dataset['engine']}, {self.dataset['pool']}; first batch after "
+                             f"{self.dataset['first_batch_seconds'] or 0:.1f} s")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
             lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
