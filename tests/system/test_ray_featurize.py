@@ -160,8 +160,9 @@ def test_a_sigkilled_actor_is_restarted_and_every_image_is_featurized_once(clust
     killer = threading.Thread(target=kill_the_actor_mid_job, daemon=True)
     killer.start()
     try:
+        # --precision auto: the identity comes from a task on a node, as for GPU actors (bf16 here with AMX)
         code = _featurize(many_photos, legacy_graph_path, dest, "--engine", "ray", "--ray-address", cluster.address,
-                          "--batch-size", "2", "--shard-rows", "4", "--report", str(report))
+                          "--batch-size", "2", "--shard-rows", "4", "--report", str(report), "--precision", "auto")
     finally:
         done.set()
         killer.join(10)
@@ -169,7 +170,11 @@ def test_a_sigkilled_actor_is_restarted_and_every_image_is_featurized_once(clust
     assert code == 0
     rows = load_features(dest, _identity(dest))[0].paths
     assert len(rows) == 60 and sorted(_shard_rows(dest)) == rows  # all there, each once
-    assert json.loads(report.read_text())["computed"] == 60
+    summary = json.loads(report.read_text())
+    assert summary["computed"] == 60
+    from imgclf.core.precision import resolve_precision
+
+    assert summary["featurizer"]["precision"] == _identity(dest).precision == resolve_precision("auto")
 
 
 def test_a_sigkilled_driver_resumes_from_its_shards_and_duplicates_nothing(cluster, many_photos,
