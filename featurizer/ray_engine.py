@@ -117,6 +117,15 @@ def _connect(ray, address: str | None) -> None:
         raise ImgclfError(f"cannot connect to Ray at {address}: {' '.join(str(exc).split())[:300]}") from None
 
 
+def _quiet_ray_data_console() -> None:
+    """Keep Ray Data's INFO lines (execution plans, timings) in its log file, off the console, unless -v."""
+    if logging.getLogger(__name__).getEffectiveLevel() <= logging.INFO:
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # its console handler; the file handler keeps everything
+            handler.setLevel(logging.WARNING)
+
+
 def _describe(config: FeaturizerConfig) -> tuple[dict, object]:
     """Load the graph where the actors will run it; return its description and contract."""
     featurizer = Featurizer(config)
@@ -201,6 +210,7 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
     dest = open_location(job.output_dataset, create=True)
     log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
     _connect(ray, options.address)
+    _quiet_ray_data_console()
     try:
         summary = _run(ray, job, options, source, dest)
     finally:
