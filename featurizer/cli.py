@@ -65,15 +65,73 @@ def check_decode_threads(value: int) -> int:
     return value
 
 
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """Add `featurize`'s feature-dataset and engine options (--output-dataset, --engine ray, ...)."""
+    g = parser.add_argument_group("feature dataset and engine (pip install 'imgclf[ray]')")
+    g.add_argument("--output-dataset", metavar="DEST",
+                   help="write a Parquet feature dataset to this folder or s3://, gs:// URI; it plays the "
+                        "cache's role: a rerun featurizes only images whose sha256 it lacks")
+    g.add_argument("--shard-rows", type=int, default=1024,
+                   help="rows per Parquet shard, each written atomically (default: %(default)s)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local = this process (default); ray = Ray Data tasks read and decode, an actor pool "
+                        "runs the graph (needs --output-dataset)")
+    g.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Ray cluster: auto (the one started on this machine), HOST:PORT or ray://HOST:PORT "
+                        "(default: a local Ray instance for this job)")
+    g.add_argument("--actors", type=int, help="graph actors, fixed (default: 1)")
+    g.add_argument("--min-actors", type=int, help="autoscaling actor pool: at least this many")
+    g.add_argument("--max-actors", type=int, help="autoscaling actor pool: at most this many")
+    g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per graph actor (default: 0)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per graph actor (default: 1)")
+
+
+def check_dataset_options(args: argparse.Namespace) -> None:
+    """Raise UsageError for a combination of cache, dataset and engine options that cannot work."""
+    from imgclf.featurizer.object_store import is_uri
+
+    if args.output_dataset is None:
+        if args.cache is None:
+            raise UsageError("give --cache (a SQLite feature cache) or --output-dataset (a feature dataset)")
+        if args.engine == "ray":
+            raise UsageError("--engine ray writes a feature dataset: give --output-dataset DEST")
+        if is_uri(args.image_dir):
+            raise UsageError(f"an object-store IMAGE_DIR ({args.image_dir}) needs --output-dataset DEST")
+    elif args.cache is not None:
+        raise UsageError("--cache and --output-dataset exclude each other: the dataset is the cache")
+    if args.shard_rows < 1:
+        raise UsageError(f"--shard-rows must be at least 1; received {args.shard_rows}")
+    ray_only = [f"--{name.replace('_', '-')}" for name in ("ray_address", "actors", "min_actors", "max_actors")
+                if getattr(args, name) is not None]
+    if args.engine != "ray" and ray_only:
+        raise UsageError(f"{', '.join(ray_only)} need --engine ray")
+    if args.actors is not None and (args.min_actors is not None or args.max_actors is not None):
+        raise UsageError("--actors (a fixed pool) and --min-actors/--max-actors (autoscaling) exclude each other")
+    for name in ("actors", "min_actors", "max_actors"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1; received {value}")
+    if (args.min_actors is None) != (args.max_actors is None):
+        raise UsageError("--min-actors and --max-actors go together")
+    if args.min_actors is not None and args.min_actors > args.max_actors:
+        raise UsageError(f"--min-actors ({args.min_actors}) is more than --max-actors ({args.max_actors})")
+    if args.gpus_per_actor < 0 or args.cpus_per_actor < 0:
+        raise UsageError("--gpus-per-actor and --cpus-per-actor must be 0 or more")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the featurizer's subcommands to the `imgclf` parser."""
     p = sub.add_parser("featurize", help="extract and cache bottleneck features of a labelled image folder",
                        description="Turn every image of IMAGE_DIR/<class>/ into a cached bottleneck vector. "
                                    "Bad files are skipped and reported; a rerun is served from the cache.")
-    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder with one sub-folder per class")
+    p.add_argument("image_dir", metavar="IMAGE_DIR",
+                   help="folder with one sub-folder per class, or with --output-dataset an object-store "
+                        "prefix in the same layout (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     add_featurizer_options(p)
-    p.add_argument("--cache", type=Path, required=True, help="SQLite feature cache (created when missing)")
+    p.add_argument("--cache", type=Path, help="SQLite feature cache (created when missing); "
+                                              "required unless --output-dataset")
     p.add_argument("--output", type=Path, help="also write paths, labels, label_names, features to this .npz")
+    add_dataset_options(p)
     p.add_argument("--report", type=Path, help="write a JSON report (counts, skipped files and reasons)")
     p.add_argument("--batch-size", type=int, default=32, help="images per graph run and commit (default: %(default)s)")
     p.add_argument("--decode-threads", type=int, default=0,
@@ -116,20 +174,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_featurize(args: argparse.Namespace) -> int:
     """Run `imgclf featurize`."""
     from imgclf.featurizer.featurize_job import FeaturizeJob, run_featurize
+    from imgclf.featurizer.object_store import is_uri
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
-    job = FeaturizeJob(image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
+    check_dataset_options(args)
+    job = FeaturizeJob(image_dir=args.image_dir if is_uri(args.image_dir) else Path(args.image_dir),
+                       featurizer=featurizer_config_from_args(args), cache=args.cache,
                        output=args.output, report=args.report, batch_size=args.batch_size,
                        decode_threads=check_decode_threads(args.decode_threads),
-                       progress=False if args.quiet else None)
-    summary = run_featurize(job)
+                       progress=False if args.quiet else None,
+                       output_dataset=args.output_dataset, shard_rows=args.shard_rows)
+    if args.engine == "ray":
+        from imgclf.featurizer.ray_engine import RayOptions, run_featurize_ray
+
+        summary = run_featurize_ray(job, RayOptions.from_args(args))
+    else:
+        summary = run_featurize(job)
     print(summary.format())
     if not summary.featurized:
         print("imgclf: error: no image could be featurized", file=sys.stderr)
         return 1
     if args.output:
         print(f"features written to {args.output}")
+    if args.output_dataset:
+        print(f"feature dataset: {args.output_dataset}")
     return 0
 
 

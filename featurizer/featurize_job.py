@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,16 @@ class FeaturizeJob:
 
     image_dir: Path  # one sub-folder per class
     featurizer: FeaturizerConfig  # the graph and how to run it
-    cache: Path  # SQLite feature cache (created when missing)
+    cache: Path | None  # SQLite feature cache (created when missing); None with output_dataset
     output: Path | None = None  # optional .npz with paths, labels, label_names, features
     report: Path | None = None  # optional JSON report (counts, skipped files and reasons)
     batch_size: int = 32  # images per graph run and per committed transaction
     decode_threads: int = 0  # 0 = one per usable CPU
     progress: bool | None = None  # None = a progress bar only on a terminal
+    # Parquet feature dataset (folder or s3://, gs:// URI) that receives the vectors and plays the cache's
+    # role (see imgclf.featurizer.feature_dataset); image_dir may then be a URI too.
+    output_dataset: str | None = None
+    shard_rows: int = 1024  # rows per Parquet shard of output_dataset
 
 
 @dataclass
@@ -43,6 +48,8 @@ class FeaturizeSummary:
     extract: ExtractResult
     featurizer: dict
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    source: str | None = None  # SOURCE as given, when it is no local folder (an object-store URI)
+    dataset: dict | None = None  # output_dataset: where, rows, shards written
 
     @property
     def featurized(self) -> int:
@@ -53,7 +60,7 @@ class FeaturizeSummary:
         """Return the report as JSON-ready data."""
         seconds = self.extract.seconds
         return {
-            "image_dir": str(self.directory.root),
+            "image_dir": self.source or str(self.directory.root),
             "label_names": self.directory.label_names,
             "images": len(self.directory.entries),
             "featurized": self.featurized,
@@ -64,6 +71,7 @@ class FeaturizeSummary:
             "seconds": round(seconds, 3),
             "images_per_second": round(self.extract.computed / seconds, 2) if seconds > 0 else None,
             "featurizer": self.featurizer,
+            **({"dataset": self.dataset} if self.dataset is not None else {}),
         }
 
     def format(self) -> str:
@@ -83,6 +91,12 @@ class FeaturizeSummary:
             *(f"  {label:>3}  {name:<24} {counts[name]:>6} images"
               for label, name in enumerate(self.directory.label_names)),
         ]
+        if self.dataset is not None:
+            lines.append(f"dataset: {self.dataset['dest']} ({self.dataset['rows']} rows, "
+                         f"{self.dataset['written']} written now in {self.dataset['shards']} shard(s))")
+            if "engine" in self.dataset:
+                lines.append(f"engine: {self.dataset['engine']}, {self.dataset['pool']}; first batch after "
+                             f"{self.dataset['first_batch_seconds'] or 0:.1f} s")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
             lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
@@ -90,7 +104,9 @@ class FeaturizeSummary:
 
 
 def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
-    """Featurize a labelled image folder into the cache (and optionally an .npz)."""
+    """Featurize a labelled image folder into the cache or a feature dataset (and optionally an .npz)."""
+    if job.output_dataset is not None:
+        return _run_into_dataset(job)
     directory = scan_image_dir(job.image_dir)
     items = [WorkItem(entry.rel_path, entry.path.read_bytes) for entry in directory.entries]
     log.info("%d images in %d classes under %s", len(items), len(directory.label_names), directory.root)
@@ -103,6 +119,41 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
                                        directory.skipped + result.failures)
             if job.output is not None and summary.featurized:
                 write_npz(job.output, directory, result, cache, featurizer.fingerprint)
+    finally:
+        featurizer.close()
+    if job.report is not None:
+        write_json_atomic(job.report, summary.to_dict())
+    return summary
+
+
+def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
+    """The local engine writing a feature dataset: the dataset is the cache (resume by image sha256)."""
+    from imgclf.featurizer.feature_dataset import DatasetCache, FeatureDatasetWriter, FeaturizerIdentity
+    from imgclf.featurizer.image_source import open_image_source
+    from imgclf.featurizer.object_store import is_uri, open_location
+
+    source = open_image_source(job.image_dir)  # errors before any work: not a class layout, unreachable store
+    dest = open_location(job.output_dataset, create=True)
+    directory = source.as_directory()
+    log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
+    featurizer = Featurizer(job.featurizer)
+    try:
+        identity = FeaturizerIdentity.from_description(featurizer.describe())
+        writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
+        cache = DatasetCache(writer)
+        items = [WorkItem(image.rel_path, cache.reader(image.rel_path, source.label_names[image.label],
+                                                       partial(source.read, image.rel_path)))
+                 for image in source.images]
+        result = extract(featurizer, items, cache, batch_size=job.batch_size,  # type: ignore[arg-type]
+                         decode_threads=job.decode_threads, progress=job.progress)
+        skipped = source.skipped + result.failures
+        cache.finish(skipped)
+        summary = FeaturizeSummary(directory, result, featurizer.describe(), skipped,
+                                   source=source.location.uri if is_uri(job.image_dir) else None,
+                                   dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
+                                            "shards": writer.shards, "folder": identity.folder})
+        if job.output is not None and summary.featurized:
+            write_npz(job.output, directory, result, cache, featurizer.fingerprint)  # type: ignore[arg-type]
     finally:
         featurizer.close()
     if job.report is not None:

@@ -16,9 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Featurize IMAGE_DIR/<class>/ (reusing the cache), split it by a stable hash of each "
                     "path, train a dense head on the bottlenecks, print test metrics and export "
                     "MODEL_DIR/NAME/<next version>/.")
-    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", help="folder with one sub-folder per class")
+    p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", nargs="?",
+                   help="folder with one sub-folder per class (or --features instead)")
     add_featurizer_options(p)
-    p.add_argument("--cache", type=Path, required=True, help="SQLite feature cache (created when missing)")
+    p.add_argument("--cache", type=Path, help="SQLite feature cache (created when missing); required with IMAGE_DIR")
+    p.add_argument("--features", metavar="DEST",
+                   help="train from a feature dataset (folder or s3://, gs:// URI) written by imgclf featurize "
+                        "--output-dataset with the same --graph and --precision, instead of IMAGE_DIR and --cache")
     p.add_argument("--model-dir", type=Path, required=True, help="model repository (TensorFlow Serving layout)")
     p.add_argument("--name", required=True, help="model name: letters, digits, '-', '_', '.'")
     p.add_argument("--logdir", type=Path, help="TensorBoard run directory (default: MODEL_DIR/NAME/runs/<time>)")
@@ -79,8 +83,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgclf.training.split import SplitConfig
     from imgclf.training.train_job import TrainJob, run_train
 
+    if (args.image_dir is None) == (args.features is None):
+        raise UsageError("give IMAGE_DIR (with --cache) or --features DEST, one of the two")
+    if args.features is not None and args.cache is not None:
+        raise UsageError("--cache is for IMAGE_DIR; --features DEST reads its vectors from the dataset")
+    if args.image_dir is not None and args.cache is None:
+        raise UsageError("IMAGE_DIR needs --cache (a SQLite feature cache)")
+    if args.features is not None and args.augment:
+        raise UsageError("augmentation distorts images: --augment cannot be used with --features "
+                         "(train from IMAGE_DIR for distorted copies)")
     job = TrainJob(
-        image_dir=args.image_dir, featurizer=featurizer_config_from_args(args), cache=args.cache,
+        image_dir=args.image_dir, features=args.features, featurizer=featurizer_config_from_args(args),
+        cache=args.cache,
         model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
         decode_threads=check_decode_threads(args.decode_threads), progress=False if args.quiet else None,
         split=_checked(SplitConfig(args.train_percent, args.validation_percent, args.test_percent)),

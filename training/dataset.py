@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclf.featurizer.extractor import Featurizer
 from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.image_dir import ImageDirectory, scan_image_dir
+from imgclf.featurizer.image_dir import ImageDirectory, ImageEntry, scan_image_dir
 from imgclf.featurizer.pipeline import ExtractResult, WorkItem, extract
 from imgclf.training.augment import AugmentConfig, distort
 from imgclf.training.split import SPLITS, SplitConfig, split_entries
@@ -86,6 +86,35 @@ def build_dataset(image_dir: Path, featurizer: Featurizer, cache: FeatureCache, 
         splits[name] = SplitArrays(matrix, np.asarray(labels, dtype=np.int64), paths)
     _check_classes_survived(splits, directory.label_names)
     return Dataset(directory.label_names, splits, directory, result, directory.skipped + result.failures)
+
+
+def build_dataset_from_features(dest: str, featurizer: Featurizer, split: SplitConfig = SplitConfig()) -> Dataset:
+    """Split a feature dataset's rows of ``featurizer`` (local folder or URI) as :func:`build_dataset` splits images.
+
+    The label ids are the sorted class names of the rows; the split is the same
+    stable hash of each relative path. Nothing reads images or a SQLite cache.
+    """
+    from imgclf.featurizer.feature_dataset import FeaturizerIdentity, load_features
+
+    table, entry = load_features(dest, FeaturizerIdentity.from_description(featurizer.describe()))
+    label_names = sorted(set(table.label_names))
+    ids = {name: i for i, name in enumerate(label_names)}
+    root = Path(str(dest))
+    entries = [ImageEntry(path, ids[name], root / path) for path, name in zip(table.paths, table.label_names)]
+    directory = ImageDirectory(root, label_names, entries)
+    row_of = {path: i for i, path in enumerate(table.paths)}
+    sets = split_entries(directory, split)
+    splits = {}
+    for name in SPLITS:
+        rows = [row_of[e.rel_path] for e in sets[name]]
+        splits[name] = SplitArrays(table.features[rows] if rows else np.zeros((0, featurizer.dim), np.float32),
+                                   np.asarray([entries[i].label for i in rows], dtype=np.int64),
+                                   [table.paths[i] for i in rows])
+    _check_classes_survived(splits, label_names)
+    skipped = [(bad["path"], bad["reason"]) for bad in entry.get("bad_files", [])]
+    log.info("%d feature rows from %s (%d classes)", len(entries), dest, len(label_names))
+    return Dataset(label_names, splits, directory, ExtractResult(keys=list(table.image_sha256),
+                                                                cached=len(entries)), skipped)
 
 
 def _check_classes_survived(splits: dict[str, SplitArrays], label_names: list[str]) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.core.errors import UsageError
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
 from imgclf.featurizer.feature_cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
 from imgclf.training.config import HeadConfig, TrainConfig
-from imgclf.training.dataset import Dataset, build_dataset
+from imgclf.training.dataset import Dataset, build_dataset, build_dataset_from_features
 from imgclf.training.split import SplitConfig
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 class TrainJob:
     """Everything `imgclf train` needs."""
 
-    image_dir: Path  # one sub-folder per class
+    image_dir: Path | None  # one sub-folder per class (None with features)
     featurizer: FeaturizerConfig  # the bottleneck graph and how to run it
-    cache: Path  # SQLite feature cache shared with `imgclf featurize`
+    cache: Path | None  # SQLite feature cache shared with `imgclf featurize` (None with features)
     model_dir: Path  # model repository: versions go to model_dir/name/<n>/
     name: str  # model name in the repository
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -42,6 +43,9 @@ class TrainJob:
     batch_size: int = 32  # images per featurizer batch
     decode_threads: int = 0  # 0 = one per usable CPU
     progress: bool | None = None  # None = progress bars only on a terminal
+    # A feature dataset (folder or s3://, gs:// URI) written by `imgclf featurize --output-dataset`, instead
+    # of image_dir and cache: its rows of this featurizer are split and trained on, no image is read.
+    features: str | None = None
 
 
 @dataclass
@@ -72,12 +76,22 @@ def run_train(job: TrainJob) -> TrainOutcome:
     job.augment.validate()
     job.head.validate()
     job.train.validate()
+    if job.features is not None and job.augment.copies:
+        raise UsageError("augmentation distorts images: --augment cannot be used with --features "
+                         "(train from IMAGE_DIR for distorted copies)")
+    if (job.features is None) == (job.image_dir is None):
+        raise UsageError("train from IMAGE_DIR (with --cache) or from --features DEST, one of the two")
+    if job.features is None and job.cache is None:
+        raise UsageError("training from IMAGE_DIR needs --cache (a SQLite feature cache)")
     featurizer = Featurizer(job.featurizer)
     try:
-        with FeatureCache(job.cache) as cache:
-            dataset = build_dataset(job.image_dir, featurizer, cache, job.split, job.augment,
-                                    batch_size=job.batch_size, decode_threads=job.decode_threads,
-                                    progress=job.progress)
+        if job.features is not None:
+            dataset = build_dataset_from_features(job.features, featurizer, job.split)
+        else:
+            with FeatureCache(job.cache) as cache:
+                dataset = build_dataset(job.image_dir, featurizer, cache, job.split, job.augment,
+                                        batch_size=job.batch_size, decode_threads=job.decode_threads,
+                                        progress=job.progress)
         sizes = dataset.sizes()
         log.info("split sizes: %s", sizes)
         train, val, test = (dataset.splits[name] for name in ("train", "validation", "test"))
@@ -90,7 +104,8 @@ def run_train(job: TrainJob) -> TrainOutcome:
         metrics = evaluate(probabilities, test.labels, dataset.label_names)
         card = {
             "training": {
-                "image_dir": str(dataset.directory.root),
+                "image_dir": str(dataset.directory.root) if job.features is None else None,
+                **({"features": str(job.features)} if job.features is not None else {}),
                 "split": dataclasses.asdict(job.split),
                 "augment": dataclasses.asdict(job.augment),
                 "head": dataclasses.asdict(job.head),

@@ -113,3 +113,43 @@ def test_bad_head_or_optimiser_settings_fail_before_featurizing(tmp_path, legacy
     with pytest.raises(ValueError, match=message):
         run_train(job)
     assert not (tmp_path / "c.sqlite").exists()  # nothing was featurized
+
+
+def _predictions(model_dir, files, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), *map(str, files), "--json", "--top-k", "4"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    return [{p["label"]: p["score"] for p in line["predictions"]} for line in lines]
+
+
+def test_train_from_a_feature_dataset_exports_the_model_the_images_give(trained, tmp_path, capsys):
+    data, repo, _, args = trained
+    dest = tmp_path / "features"
+    assert main(["featurize", str(data), "--graph", args[args.index("--graph") + 1], "--precision", "fp32",
+                 "--output-dataset", str(dest), "--quiet"]) == 0
+    features_args = [a for a in args if a != str(data)]
+    cache_at = features_args.index("--cache")
+    del features_args[cache_at:cache_at + 2]
+    features_args[features_args.index("--name") + 1] = "from-features"
+    assert main([*features_args, "--features", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 file(s)" in out and "stripes/broken.jpg" in out  # the dataset's bad files are reported
+    first = json.loads((repo / "demo" / "1" / "model_card.json").read_text())
+    card = json.loads((repo / "from-features" / "1" / "model_card.json").read_text())
+    assert card["split_sizes"] == first["split_sizes"] and card["training"]["features"] == str(dest)
+    files = [data / "sunsets" / "sunsets_000.jpg", data / "checkers" / "checkers_001.jpg",
+             data / "bubbles" / "bubbles_002.jpg"]
+    expected = _predictions(repo / "demo" / "1", files, capsys)
+    for got, want in zip(_predictions(repo / "from-features" / "1", files, capsys), expected):
+        assert got.keys() == want.keys()
+        assert all(abs(got[k] - want[k]) < 1e-5 for k in want)  # same split, same vectors, same seed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--features", "ds", "--augment", "2"], "--augment cannot be used with --features"),
+    (["--features", "ds", "--cache", "c.sqlite"], "--cache is for IMAGE_DIR"),
+    ([], "give IMAGE_DIR"),
+])
+def test_bad_features_arguments_are_usage_errors(tmp_path, extra, message, capsys):
+    code = main(["train", "--graph", "g.pb", "--model-dir", str(tmp_path / "m"), "--name", "x", *extra])
+    assert code == 2 and message in capsys.readouterr().err
