@@ -272,3 +272,24 @@ def test_the_decode_option_reaches_the_featurizer_config():
                                        ).contract.decode == "fast"
     with pytest.raises(SystemExit):
         parser.parse_args(["--graph", "g.pb", "--decode", "quick"])
+
+
+def test_fp32_runs_a_batch_in_micro_batches_with_the_same_features(legacy_graph_path):
+    from imgclf.featurizer.graph import FP32_MICRO_BATCH
+
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    graph = featurizer.graph
+    assert graph.micro_batch == FP32_MICRO_BATCH >= 1
+    inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:5]])
+    calls = []
+    real_run = graph.session.run
+    graph.session.run = lambda fetches, feed: calls.append(len(next(iter(feed.values())))) or real_run(fetches, feed)
+    micro = graph.run(inputs)
+    assert calls == [FP32_MICRO_BATCH] * (5 // FP32_MICRO_BATCH) + ([5 % FP32_MICRO_BATCH] if 5 % FP32_MICRO_BATCH
+                                                                     else [])
+    graph.micro_batch = 0  # the whole batch in one session run: the reference
+    calls.clear()
+    whole = graph.run(inputs)
+    assert calls == [5]
+    np.testing.assert_allclose(micro, whole, rtol=1e-4, atol=1e-5)
+    featurizer.close()
