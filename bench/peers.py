@@ -26,7 +26,7 @@ The compute limit is derived (usable cores × clock × 1024 bf16 FLOP per cycle
 of AMX) and checked against bf16 matrix multiplies through OpenVINO; Inception-v3
 needs 11.5 GFLOP per image; int8 counts twice bf16's peak. Not a test: no assertions; ratios are from this run only.
 
-    python -m bench.peers [--images 320] [--phone-images 24] [--requests 320] [--backend auto]
+    python -m bench.peers [--images 320] [--phone-images 96] [--requests 320] [--backend auto]
 """
 
 from __future__ import annotations
@@ -262,7 +262,8 @@ def service(graph: Path, jpeg: bytes, precision: str, concurrency: int, requests
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=320, help="~500x375 photos (default: %(default)s)")
-    parser.add_argument("--phone-images", type=int, default=24, help="12-MP JPEGs (default: %(default)s)")
+    parser.add_argument("--phone-images", type=int, default=96,
+                        help="12-MP JPEGs; several batches, so decoding overlaps the graph (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=320, help="service requests (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=16, help="service clients (default: %(default)s)")
     parser.add_argument("--backend", default=None,
