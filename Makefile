@@ -3,7 +3,7 @@
 # make test  - set up .venv, run make lint, then the whole test suite (system tests included)
 # make test-fast - set up .venv and run the unit tests only (pytest -n auto --dist loadfile -m "not system" tests/unit)
 # make lint  - ruff and the import-linter layer contracts (pyproject.toml)
-# make bench - set up .venv and run the featurizer, service and soak benchmarks
+# make bench - set up .venv and run the featurizer, service, soak and peers benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.featurize
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.peers
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache

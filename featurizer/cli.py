@@ -13,7 +13,7 @@ from pathlib import Path
 from imgclf.core.errors import UsageError
 from imgclf.core.precision import PRECISIONS
 from imgclf.featurizer.contract import DEFAULT_CONTRACT
-from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
+from imgclf.featurizer.image_io import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
 
 
 def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,11 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto = fp16 on a GPU of compute capability >= 7.0, bf16 on a CPU with "
                             "AMX/AVX512_BF16, else fp32 (default: %(default)s)")
+    group.add_argument("--decode", choices=DECODE_MODES, default=DEFAULT_DECODE,
+                       help="exact = decode every pixel; fast = let the JPEG decoder scale large photos down by "
+                            "DCT (1/2, 1/4, 1/8, keeping both sides >= 2x the network input) before the same "
+                            "resize: phone photos decode several times faster; recorded in the model card and "
+                            "served the same way (default: %(default)s)")
     group.add_argument("--image-tensor", default=DEFAULT_CONTRACT.image_input,
                        help="normalised image tensor the batches are fed to (default: %(default)s)")
     group.add_argument("--bottleneck-tensor", default=DEFAULT_CONTRACT.bottleneck,
@@ -52,7 +57,8 @@ def featurizer_config_from_args(args: argparse.Namespace):
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
     if args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
-    contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor)
+    contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor,
+                                               decode=getattr(args, "decode", None))
     return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
                             max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops)

@@ -45,6 +45,9 @@ class GraphContract:
     # How the graph's own DecodeJpeg decodes ("" = TF's default fast IDCT); None = no such node,
     # decode with Pillow. Read from the graph by imgclf.featurizer.graph.contract_from_graph.
     jpeg_dct_method: str | None = None
+    # "exact" decodes every pixel; "fast" lets the JPEG decoder scale large photos down by DCT first
+    # (see imgclf.featurizer.image_io). Not read from the graph: chosen at featurize/train time, recorded.
+    decode: str = "exact"
 
     def with_overrides(self, **names: str | int | float | None) -> GraphContract:
         """Return a copy with the non-None fields of ``names`` replaced."""
@@ -62,6 +65,7 @@ class GraphContract:
             "input_mean": self.input_mean,
             "input_std": self.input_std,
             "jpeg_dct_method": self.jpeg_dct_method,
+            "decode": self.decode,
         }
 
 

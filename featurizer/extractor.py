@@ -2,8 +2,8 @@
 
 :class:`Featurizer` owns one loaded graph (see :mod:`imgclf.featurizer.graph`), its
 precision and the preprocessing that must match the graph. Its fingerprint —
-graph sha256, bottleneck tensor, precision, preprocessing — keys the feature
-cache, so vectors of different graphs or precisions never mix.
+graph sha256, bottleneck tensor, precision, preprocessing, decode mode — keys the
+feature cache, so vectors of different graphs, precisions or decodings never mix.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from imgclf.core.errors import ImgclfError
 from imgclf.core.precision import resolve_precision
 from imgclf.featurizer.contract import DEFAULT_CONTRACT, GraphContract
 from imgclf.featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
-from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS, decode_rgb, decode_to_input, normalize, resize_bilinear
+from imgclf.featurizer.image_io import (
+    DEFAULT_MAX_PIXELS,
+    check_decode,
+    decode_rgb,
+    decode_to_input,
+    normalize,
+    resize_bilinear,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,7 @@ class Featurizer:
                 "bottleneck": self.contract.bottleneck, "input_size": self.contract.input_size,
                 "input_mean": self.contract.input_mean, "input_std": self.contract.input_std,
                 "jpeg_dct_method": self.contract.jpeg_dct_method,
-                "precision": self.precision, "preprocessing": PREPROCESSING}
+                "precision": self.precision, "preprocessing": PREPROCESSING, **decode_key(self.contract.decode)}
 
     def describe(self) -> dict:
         """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
@@ -82,7 +89,8 @@ class Featurizer:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
-        return decode_rgb(data, self.config.max_pixels, self.contract.jpeg_dct_method)
+        c = self.contract
+        return decode_rgb(data, self.config.max_pixels, c.jpeg_dct_method, c.decode, c.input_size)
 
     def to_input(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalise a decoded RGB image to the network input [S, S, 3]."""
@@ -93,7 +101,7 @@ class Featurizer:
         """Decode and normalise one encoded image to the network input [S, S, 3] (as to_input(decode(data)))."""
         c = self.contract
         return decode_to_input(data, c.input_size, c.input_mean, c.input_std, self.config.max_pixels,
-                               c.jpeg_dct_method)[1]
+                               c.jpeg_dct_method, c.decode)[1]
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return bottlenecks [N, D] for preprocessed images [N, S, S, 3]."""
@@ -118,6 +126,11 @@ class Featurizer:
     def close(self) -> None:
         """Release the TensorFlow session."""
         self.graph.close()
+
+
+def decode_key(decode: str) -> dict:
+    """Return the fingerprint part of a decode mode: none for "exact" (keys made before it existed stay valid)."""
+    return {} if check_decode(decode) == "exact" else {"decode": decode}
 
 
 def sha256_bytes(data: bytes) -> str:

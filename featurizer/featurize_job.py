@@ -70,6 +70,9 @@ class FeaturizeSummary:
             "ignored_files": self.directory.ignored,
             "seconds": round(seconds, 3),
             "images_per_second": round(self.extract.computed / seconds, 2) if seconds > 0 else None,
+            # the fraction of the time the graph ran, and the seconds it waited for decoding threads
+            "model_busy": round(self.extract.model_busy, 3),
+            "decode_wait_seconds": round(self.extract.wait_seconds, 3),
             "featurizer": self.featurizer,
             **({"dataset": self.dataset} if self.dataset is not None else {}),
         }

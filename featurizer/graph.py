@@ -199,6 +199,14 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
     return contract.with_overrides(**updates)
 
 
+# fp32 runs a batch as session runs of this many images (0 = the whole batch at once). Measured on a
+# 2-core AVX-512 machine (bench.peers, bench/fp32 A/B): at batch 32 every fp32 activation (up to
+# 32×147×147×64 floats, 177 MB) streams through memory between ops and the batch ran at 0.45–0.7×
+# of one image per run; one image per run keeps them in cache, and fp32 convolutions are already
+# near the cores' peak at batch 1. bf16 (AMX) gains from big batches: it keeps them.
+FP32_MICRO_BATCH = 1
+
+
 class BottleneckGraph:
     """The batched fast path: normalised images [N, S, S, 3] in, bottlenecks [N, D] out.
 
@@ -217,6 +225,7 @@ class BottleneckGraph:
         rewritten, self.folded_scale_shifts = fold_scale_shift(rewritten)
         self.contract = contract
         self.precision = precision
+        self.micro_batch = FP32_MICRO_BATCH if precision == "fp32" else 0
         pruned = _pinned(_cut_at_image_input(rewritten, contract), device)
         self.graph = tf.Graph()
         with self.graph.as_default(), devices.device_scope(device):
@@ -231,7 +240,11 @@ class BottleneckGraph:
         size = self.contract.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
-        out = self.session.run(self._output, {self._input: images.astype(np.float32, copy=False)})
+        images = images.astype(np.float32, copy=False)
+        step = self.micro_batch or len(images)
+        parts = [self.session.run(self._output, {self._input: images[i:i + step]})
+                 for i in range(0, len(images), step)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if out.shape[0] != images.shape[0]:  # dimensions unknown at load were not 1 after all
             raise GraphError(f"bottleneck {self.contract.bottleneck} gave {out.shape[0]} vectors of "
                              f"{self.dim} for {images.shape[0]} images; it must be [N, {self.dim}] or "

@@ -5,6 +5,14 @@ The frozen graph decodes a JPEG, resizes it to 299×299 with TensorFlow's legacy
 squash, no crop) and normalises with ``(x - 128) / 128``. Doing the same outside
 the graph lets images be decoded in parallel and fed in batches; the numbers
 must match or features drift, so the resize here follows the TF kernel exactly.
+
+Decode modes (``decode``): ``exact`` decodes every pixel (the 2015 contract);
+``fast`` lets the JPEG decoder scale by DCT (libjpeg's 1/2, 1/4, 1/8 scaled
+IDCT) by the largest factor that keeps both sides at least twice the network
+input, then resizes the same way. A 12-megapixel phone photo then decodes at
+1000×750 in a fraction of the time; the 299×299 network input barely changes
+(the bilinear squash samples only a few source pixels anyway). Non-JPEG images
+and JPEGs already small decode exactly in both modes.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ JPEG_FORMATS = ("JPEG", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
+DECODE_MODES = ("exact", "fast")  # see the module notes
+DEFAULT_DECODE = "exact"
+DEFAULT_INPUT_SIZE = 299  # the network input side the fast mode keeps twice of
+_DCT_SCALES = (8, 4, 2)  # libjpeg's scaled IDCTs, largest first
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 # imgclf checks the pixel count itself (below) before decoding; Pillow's own
@@ -95,8 +107,33 @@ def _header_error(data: bytes, fmt: str) -> str:
     return "unreadable header"
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None
-               ) -> np.ndarray:
+def check_decode(decode: str) -> str:
+    """Return ``decode`` if it is a decode mode, else raise ValueError naming the modes."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; received {decode!r}")
+    return decode
+
+
+def jpeg_scale(width: int, height: int, input_size: int) -> int:
+    """Return the DCT scale-down (1, 2, 4 or 8) of the fast mode for a JPEG of ``width``×``height``.
+
+    The largest factor ``s`` with both ``width`` and ``height`` at least ``2 · input_size · s``, so
+    the decoded image keeps both sides at least twice the network input: what Pillow's
+    ``Image.draft(mode, (2·S, 2·S))`` picks and what ``tf.io.decode_jpeg(ratio=s)`` is given.
+    """
+    floor = 2 * input_size
+    return next((s for s in _DCT_SCALES if width >= floor * s and height >= floor * s), 1)
+
+
+def _dct_scale(image: Image.Image, decode: str, input_size: int) -> int:
+    """Return the DCT scale-down for an opened image in ``decode`` mode (1 unless a large JPEG in fast mode)."""
+    if check_decode(decode) == "exact" or image.format not in JPEG_FORMATS:
+        return 1
+    return jpeg_scale(*image.size, input_size)
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None,
+               decode: str = DEFAULT_DECODE, input_size: int = DEFAULT_INPUT_SIZE) -> np.ndarray:
     """Decode image bytes to an upright uint8 RGB array [H, W, 3].
 
     EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images are
@@ -109,15 +146,21 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_metho
             default, the fast integer IDCT) so the pixels equal what a graph's
             own ``DecodeJpeg`` node produces; None decodes with Pillow (the
             accurate integer IDCT).
+        decode: "exact", or "fast": a large JPEG is DCT-scaled by
+            :func:`jpeg_scale` while it is decoded (the array is smaller).
+        input_size: the network input side the fast mode keeps twice of.
     """
     image = open_checked(data, max_pixels)
+    scale = _dct_scale(image, decode, input_size)
     if jpeg_dct_method is not None and image.format in JPEG_FORMATS and image.mode in ("RGB", "L"):
-        rgb = _decode_jpeg_like_graph(data, image, jpeg_dct_method)
+        rgb = _decode_jpeg_like_graph(data, image, jpeg_dct_method, scale)
         if rgb is not None:
             return rgb
         # TensorFlow refused it: let Pillow try, and say precisely what is wrong if it fails too.
     try:
         image.seek(0)
+        if scale > 1:  # the same reduction through Pillow's libjpeg (draft picks `scale` for this request)
+            image.draft(image.mode, (2 * input_size, 2 * input_size))
         image.load()
         image = _upright(image)
         return _to_rgb_array(image)
@@ -134,15 +177,16 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-def _decode_jpeg_like_graph(data: bytes, header: Image.Image, dct_method: str) -> np.ndarray | None:
+def _decode_jpeg_like_graph(data: bytes, header: Image.Image, dct_method: str, scale: int = 1
+                            ) -> np.ndarray | None:
     """Decode a JPEG with TensorFlow's DecodeJpeg (the graph's own decoder) and apply EXIF orientation.
 
-    Returns None when TensorFlow cannot decode it.
+    ``scale`` > 1 DCT-scales it down by that factor. Returns None when TensorFlow cannot decode it.
     """
     import tensorflow as tf
 
     try:
-        rgb = tf.io.decode_jpeg(data, channels=3, dct_method=dct_method).numpy()
+        rgb = tf.io.decode_jpeg(data, channels=3, dct_method=dct_method, ratio=scale).numpy()
     except tf.errors.OpError:
         return None
     orientation = _orientation(header)
@@ -216,8 +260,8 @@ def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 
 def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None,
+                    decode: str = DEFAULT_DECODE) -> tuple[np.ndarray, np.ndarray]:
     """Return (upright uint8 RGB [H, W, 3], network input [size, size, 3]) for image bytes.
 
     The same numbers as :func:`decode_rgb` then :func:`resize_bilinear` and
@@ -227,6 +271,7 @@ def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: floa
     decodes, resizes with the legacy ``ResizeBilinear`` kernel the numpy
     resize reproduces, and normalises — in C++, outside the GIL, with no
     float copy of the full-size photo. Every other image takes the general path.
+    With ``decode="fast"`` the returned RGB is the DCT-scaled one.
 
     Raises:
         InvalidImage, UnsupportedImageType, ImageTooLarge: as :func:`decode_rgb`.
@@ -236,12 +281,13 @@ def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: floa
             and _orientation(image) in (None, 1):
         import tensorflow as tf
 
+        scale = _dct_scale(image, decode, size)
         try:
-            rgb, x = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method)(tf.constant(data))
+            rgb, x = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method, scale)(tf.constant(data))
             return rgb.numpy(), x.numpy()
         except tf.errors.OpError:
             jpeg_dct_method = None  # TensorFlow refused it: Pillow tries (not TensorFlow again), says what is wrong
-    rgb = decode_rgb(data, max_pixels, jpeg_dct_method)
+    rgb = decode_rgb(data, max_pixels, jpeg_dct_method, decode, size)
     return rgb, normalize(resize_bilinear(rgb, size), mean, std)
 
 
@@ -257,9 +303,9 @@ _FUSED_LOCK = threading.Lock()
 _FUSED: dict = {}
 
 
-def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str):
+def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, scale: int = 1):
     """Return the traced TensorFlow function JPEG bytes → (RGB, normalised input) for these settings."""
-    key = (size, mean, std, dct_method)
+    key = (size, mean, std, dct_method, scale)
     with _FUSED_LOCK:
         function = _FUSED.get(key)
         if function is None:
@@ -267,7 +313,7 @@ def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str):
 
             @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
             def decode_resize_normalize(contents):
-                rgb = tf.io.decode_jpeg(contents, channels=3, dct_method=dct_method)
+                rgb = tf.io.decode_jpeg(contents, channels=3, dct_method=dct_method, ratio=scale)
                 resized = tf.raw_ops.ResizeBilinear(images=rgb[None], size=[size, size], align_corners=False,
                                                     half_pixel_centers=False)[0]
                 return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)  # the graph's Sub, then Mul
@@ -277,6 +323,7 @@ def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str):
 
 
 def preprocess(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
-               max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None,
+               decode: str = DEFAULT_DECODE) -> np.ndarray:
     """Decode, resize and normalise image bytes to the network input [size, size, 3]."""
-    return normalize(resize_bilinear(decode_rgb(data, max_pixels, jpeg_dct_method), size), mean, std)
+    return normalize(resize_bilinear(decode_rgb(data, max_pixels, jpeg_dct_method, decode, size), size), mean, std)

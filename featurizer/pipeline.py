@@ -1,7 +1,12 @@
 """The batch pipeline: read and decode images in threads, run the graph in batches, commit to the cache.
 
 Decoding (Pillow, numpy) runs in a thread pool while the main thread runs the
-graph (TensorFlow releases the GIL), so both cores stay busy. Every batch is
+graph (TensorFlow releases the GIL), so both cores stay busy. The pool, one
+thread per usable CPU, decodes ahead of the graph: up to two batches plus two
+images per thread are in flight, so while a batch runs the next one is being
+decoded, and the graph waits only for images no thread could have finished.
+:class:`ExtractResult` says how long the graph ran and how long the main thread
+waited for decodes (``model_busy``). Every batch is
 committed to the feature cache as soon as it is computed: a job killed at any
 moment keeps what it committed and a rerun computes only the rest. A bad image
 (undecodable, or one the graph fails on or gives non-finite features for) is
@@ -16,7 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +62,13 @@ class ExtractResult:
     cached: int = 0  # items already in the cache
     computed: int = 0  # items run through the graph now
     seconds: float = 0.0
+    model_seconds: float = 0.0  # of which the graph ran (batches, and retries one image at a time)
+    wait_seconds: float = 0.0  # of which the main thread waited for a decode to finish
+
+    @property
+    def model_busy(self) -> float:
+        """Return the fraction of the wall time the graph was running (0 when nothing ran)."""
+        return self.model_seconds / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def succeeded(self) -> int:
@@ -107,7 +119,9 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     def flush() -> None:
         if not pending:
             return
+        model_started = time.perf_counter()
         vectors, errors = _run_batch(featurizer, {key: array for key, (array, _) in pending.items()})
+        result.model_seconds += time.perf_counter() - model_started
         if vectors:
             cache.put_many(fingerprint, vectors)
             known.update(vectors)
@@ -133,6 +147,10 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
                 next_index += 1
             index, future = in_flight.popleft()
             name = items[index].name
+            if not future.done():
+                waited = time.perf_counter()
+                wait([future])
+                result.wait_seconds += time.perf_counter() - waited
             try:
                 key, array = future.result()
             except ImgclfError as exc:

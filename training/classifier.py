@@ -106,7 +106,9 @@ class LoadedModel:
         Raises:
             InvalidImage: empty, corrupt, too large or of an unsupported type.
         """
-        return decode_rgb(bytes(data), self.max_pixels, self._contract.get("jpeg_dct_method"))
+        c = self._contract
+        return decode_rgb(bytes(data), self.max_pixels, c.get("jpeg_dct_method"), self.decode_mode,
+                          int(c["input_size"]))
 
     def preprocess(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Return (uint8 RGB as :meth:`decode`, network input as :meth:`to_input`) for one encoded image, faster.
@@ -116,7 +118,7 @@ class LoadedModel:
         """
         c = self._contract
         return decode_to_input(bytes(data), int(c["input_size"]), float(c["input_mean"]), float(c["input_std"]),
-                               self.max_pixels, c.get("jpeg_dct_method"))
+                               self.max_pixels, c.get("jpeg_dct_method"), self.decode_mode)
 
     def to_input(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalise a decoded image to the network input [S, S, 3] (float32)."""
@@ -141,6 +143,11 @@ class LoadedModel:
     @property
     def _contract(self) -> dict:
         return self.card["featurizer"]["contract"]
+
+    @property
+    def decode_mode(self) -> str:
+        """Return how the training features decoded JPEGs ("exact", or "fast": DCT-scaled); cards before it: exact."""
+        return self._contract.get("decode", "exact")
 
     def predict_bottlenecks(self, vectors: np.ndarray) -> np.ndarray:
         """Return probabilities [N, C] for bottleneck vectors [N, D], through the bottleneck signature."""

@@ -45,6 +45,9 @@ def preprocessing(featurizer: Featurizer) -> dict:
     return {
         "decode": {
             "jpeg": f"tf.io.decode_jpeg(channels=3, dct_method={dct_method(c)!r})",
+            "jpeg_decode_mode": c.decode if c.decode == "exact" else
+            f"{c.decode}: DCT-scaled by the largest of 8, 4, 2 keeping both sides >= {2 * c.input_size} "
+            "(tf.io.decode_jpeg ratio=...), else 1",
             "png_gif_bmp_webp": "tf.io.decode_image(expand_animations=False); GIF: first frame",
             "grayscale": "repeated to 3 channels",
             "alpha": "composited over white (Pillow's integer alpha_composite); a BMP's 4th channel is ignored",

@@ -6,7 +6,10 @@ predictions drift. Decoding follows Pillow's conversions as that module
 applies them:
 
 * JPEG: ``DecodeJpeg`` (channels=3, the graph's ``dct_method``) — the decoder the
-  featurizer itself uses; grayscale JPEGs become three equal channels.
+  featurizer itself uses; grayscale JPEGs become three equal channels. With the
+  contract's ``decode`` "fast", a large JPEG is DCT-scaled by the factor
+  :func:`imgclf.featurizer.image_io.jpeg_scale` picks from its header
+  (``ExtractJpegShape``), ``DecodeJpeg(ratio=...)``: the featurizer's own numbers.
 * PNG, GIF (first frame), BMP, WebP: ``DecodeImage``. Grayscale is repeated
   to three channels; an alpha channel is composited over white with Pillow's
   integer arithmetic; 16-bit grayscale PNGs are scaled to 8 bits with rounding
@@ -42,7 +45,8 @@ def dct_method(contract: GraphContract) -> str:
     return _PILLOW_DCT_METHOD if contract.jpeg_dct_method is None else contract.jpeg_dct_method
 
 
-def decode_rgb(contents: tf.Tensor, jpeg_dct_method: str = "") -> tf.Tensor:
+def decode_rgb(contents: tf.Tensor, jpeg_dct_method: str = "", decode: str = "exact",
+               input_size: int = 299) -> tf.Tensor:
     """Decode one scalar string of image bytes to uint8 RGB [H, W, 3] (see the module notes)."""
     header = tf.strings.substr(tf.strings.join([contents, "\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
     is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
@@ -54,8 +58,20 @@ def decode_rgb(contents: tf.Tensor, jpeg_dct_method: str = "") -> tf.Tensor:
         values = tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint16), tf.float32)
         return tf.cast(tf.round(values * (255.0 / 65535.0)), tf.uint8)
 
+    def jpeg_at(ratio: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=3, dct_method=jpeg_dct_method, ratio=ratio)
+
     def jpeg():
-        return tf.io.decode_jpeg(contents, channels=3, dct_method=jpeg_dct_method)
+        if decode == "exact":
+            return jpeg_at(1)()
+        # As image_io.jpeg_scale: the largest of 8, 4, 2 with both sides >= 2 * input_size * ratio, else 1.
+        shape = tf.io.extract_jpeg_shape(contents)
+        short_side = tf.minimum(shape[0], shape[1])
+        decoded = jpeg_at(1)
+        for ratio in (2, 4, 8):  # nested conds, innermost first: the largest factor that fits wins
+            decoded = (lambda r, smaller: lambda: tf.cond(short_side >= 2 * input_size * r, jpeg_at(r), smaller)
+                       )(ratio, decoded)
+        return decoded()
 
     def other():
         return tf.io.decode_image(contents, expand_animations=False)
@@ -92,7 +108,8 @@ def to_network_input(rgb: tf.Tensor, contract: GraphContract) -> tf.Tensor:
 
 def image_bytes_to_input(contents: tf.Tensor, contract: GraphContract) -> tf.Tensor:
     """Decode, resize and normalise one scalar string of image bytes to float32 [S, S, 3]."""
-    return to_network_input(decode_rgb(contents, dct_method(contract)), contract)
+    return to_network_input(decode_rgb(contents, dct_method(contract), contract.decode,
+                                       contract.input_size), contract)
 
 
 def batch_to_input(image_bytes: tf.Tensor, contract: GraphContract) -> tf.Tensor:

@@ -230,3 +230,66 @@ def test_load_graph_hashes_the_bytes_it_parsed(tmp_path, monkeypatch):
     graph_def, sha256 = graph_module.load_graph(path)
     assert graph_def == build_legacy_graph_def(seed=0)
     assert sha256 == hashlib.sha256(original).hexdigest()  # the parsed file's hash, not the new file's
+
+
+def test_decode_mode_keys_the_fingerprint_and_reaches_preprocessing(legacy_graph_path):
+    import hashlib
+    import json
+
+    from imgclf.featurizer.contract import DEFAULT_CONTRACT
+    from imgclf.featurizer.extractor import PREPROCESSING
+    from imgclf.featurizer.image_io import decode_rgb, decode_to_input
+
+    exact = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    fast = Featurizer(FeaturizerConfig(legacy_graph_path, DEFAULT_CONTRACT.with_overrides(decode="fast"), "fp32"))
+    c = exact.contract
+    # exact keeps the fingerprint it had before decode modes existed: caches and cards made then stay valid
+    before = {"graph_sha256": exact.graph_sha256, "image_input": c.image_input, "bottleneck": c.bottleneck,
+              "input_size": c.input_size, "input_mean": c.input_mean, "input_std": c.input_std,
+              "jpeg_dct_method": c.jpeg_dct_method, "precision": "fp32", "preprocessing": PREPROCESSING}
+    assert exact.fingerprint == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert fast.fingerprint != exact.fingerprint
+    assert fast.describe()["decode"] == "fast" and fast.describe()["contract"]["decode"] == "fast"
+    assert exact.describe()["contract"]["decode"] == "exact"
+    data = images.jpeg(60, (1300, 1250))
+    np.testing.assert_array_equal(fast.preprocess(data),
+                                  decode_to_input(data, jpeg_dct_method=c.jpeg_dct_method, decode="fast")[1])
+    assert fast.decode(data).shape == (625, 650, 3) and exact.decode(data).shape == (1250, 1300, 3)
+    np.testing.assert_array_equal(exact.decode(data), decode_rgb(data, jpeg_dct_method=c.jpeg_dct_method))
+    exact.close()
+    fast.close()
+
+
+def test_the_decode_option_reaches_the_featurizer_config():
+    import argparse
+
+    from imgclf.featurizer.cli import add_featurizer_options, featurizer_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_featurizer_options(parser)
+    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb"])).contract.decode == "exact"
+    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb", "--decode", "fast"])
+                                       ).contract.decode == "fast"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--graph", "g.pb", "--decode", "quick"])
+
+
+def test_fp32_runs_a_batch_in_micro_batches_with_the_same_features(legacy_graph_path):
+    from imgclf.featurizer.graph import FP32_MICRO_BATCH
+
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    graph = featurizer.graph
+    assert graph.micro_batch == FP32_MICRO_BATCH >= 1
+    inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:5]])
+    calls = []
+    real_run = graph.session.run
+    graph.session.run = lambda fetches, feed: calls.append(len(next(iter(feed.values())))) or real_run(fetches, feed)
+    micro = graph.run(inputs)
+    assert calls == [FP32_MICRO_BATCH] * (5 // FP32_MICRO_BATCH) + ([5 % FP32_MICRO_BATCH] if 5 % FP32_MICRO_BATCH
+                                                                     else [])
+    graph.micro_batch = 0  # the whole batch in one session run: the reference
+    calls.clear()
+    whole = graph.run(inputs)
+    assert calls == [5]
+    np.testing.assert_allclose(micro, whole, rtol=1e-4, atol=1e-5)
+    featurizer.close()

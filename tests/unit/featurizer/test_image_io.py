@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from imgclf.core.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
-from imgclf.featurizer.image_io import decode_rgb, decode_to_input, normalize, preprocess, resize_bilinear
+from imgclf.featurizer.image_io import decode_rgb, decode_to_input, jpeg_scale, normalize, preprocess, resize_bilinear
 from tests.support import images
 
 
@@ -267,3 +267,84 @@ def test_decode_to_input_refuses_bad_images_like_decode_rgb(data, error, message
 def test_decode_to_input_checks_the_pixel_limit_before_decoding():
     with pytest.raises(ImageTooLarge):
         decode_to_input(images.jpeg(36, (200, 100)), max_pixels=19_999, jpeg_dct_method="")
+
+
+# --- decode "fast": DCT-scaled JPEG decoding -------------------------------------------------------------
+
+@pytest.mark.parametrize("width, height, scale", [
+    (4000, 3000, 4), (3000, 4000, 4), (598 * 2, 598 * 2, 2), (1195, 2000, 1), (4784, 4784, 8), (4783, 6000, 4),
+    (500, 375, 1), (10000, 600, 1)])
+def test_jpeg_scale_keeps_both_sides_at_least_twice_the_input(width, height, scale):
+    assert jpeg_scale(width, height, 299) == scale
+    assert -(-min(width, height) // scale) >= 598 or scale == 1  # both sides stay >= 2 * 299
+
+
+def _box_average(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Average ``scale``×``scale`` blocks (what a DCT-scaled decode approximates), edge blocks partial."""
+    h, w = rgb.shape[:2]
+    out_h, out_w = -(-h // scale), -(-w // scale)
+    padded = np.pad(rgb.astype(np.float64), ((0, out_h * scale - h), (0, out_w * scale - w), (0, 0)), mode="edge")
+    return padded.reshape(out_h, scale, out_w, scale, 3).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("size, scale", [((1400, 1250), 2), ((2500, 2400), 4)])
+@pytest.mark.parametrize("dct_method", ["", None])
+def test_fast_decode_is_the_exact_decode_box_averaged(size, scale, dct_method):
+    data = images.jpeg(41, size, quality=95)
+    exact = decode_rgb(data, jpeg_dct_method=dct_method)
+    fast = decode_rgb(data, jpeg_dct_method=dct_method, decode="fast")
+    assert fast.shape == (-(-size[1] // scale), -(-size[0] // scale), 3)
+    error = np.abs(fast - _box_average(exact, scale))
+    assert error.mean() < 1.0 and np.percentile(error, 99.9) < 6  # measured: mean ~0.4, p99.9 ~3
+
+
+def test_fast_decode_through_pillow_equals_the_graph_decoder_scaled():
+    data = images.jpeg(42, (2500, 2400))
+    via_pillow = decode_rgb(data, decode="fast")  # Image.draft
+    np.testing.assert_array_equal(via_pillow, tf.io.decode_jpeg(data, channels=3, ratio=4).numpy())
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method="", decode="fast"), via_pillow)
+
+
+@pytest.mark.parametrize("dct_method", ["", None])
+def test_fast_network_input_stays_close_to_exact(dct_method):
+    data = images.jpeg(43, (2500, 2400))
+    _, exact = decode_to_input(data, jpeg_dct_method=dct_method)
+    rgb, fast = decode_to_input(data, jpeg_dct_method=dct_method, decode="fast")
+    assert rgb.shape == (600, 625, 3)
+    np.testing.assert_array_equal(fast, preprocess(data, jpeg_dct_method=dct_method, decode="fast"))
+    difference = np.abs(fast - exact) * 128  # in 0..255 pixel units
+    assert difference.mean() < 2.0 and difference.max() < 16  # measured: mean 1.2, max 6.4 (JPEG noise averaged)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: images.encode(images.photo_like(44, (1400, 1300)), "PNG"),
+    lambda: images.encode(images.photo_like(45, (1400, 1300)), "WEBP", quality=90),
+    lambda: images.jpeg(46, (1100, 1400)),  # a JPEG too small to scale: 1100 < 2 * 2 * 299
+    lambda: images.jpeg(47, (500, 375)),
+])
+@pytest.mark.parametrize("dct_method", ["", None])
+def test_fast_leaves_other_images_exactly_as_exact(make, dct_method):
+    data = make()
+    np.testing.assert_array_equal(decode_rgb(data, jpeg_dct_method=dct_method, decode="fast"),
+                                  decode_rgb(data, jpeg_dct_method=dct_method))
+    exact, fast = (decode_to_input(data, jpeg_dct_method=dct_method, decode=mode) for mode in ("exact", "fast"))
+    np.testing.assert_array_equal(fast[1], exact[1])
+
+
+@pytest.mark.parametrize("dct_method", ["", None])
+def test_fast_decode_applies_exif_orientation(dct_method):
+    rgb = images.photo_like(48, (2500, 1250)).copy()
+    rgb[:64, :64] = 255  # a marker in the top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90° clockwise to view
+    data = images.encode(rgb, "JPEG", quality=95, exif=exif.tobytes())
+    fast = decode_rgb(data, jpeg_dct_method=dct_method, decode="fast")
+    exact = decode_rgb(data, jpeg_dct_method=dct_method)
+    assert exact.shape == (2500, 1250, 3) and fast.shape == (1250, 625, 3)
+    assert np.abs(fast - _box_average(exact, 2)).mean() < 1.0  # turned the same way as the exact decode
+    assert fast[:16, -16:].mean() > 250  # the marker went to the top-right corner in both
+
+
+def test_an_unknown_decode_mode_is_refused():
+    with pytest.raises(ValueError, match="decode must be one of exact, fast; received 'quick'"):
+        decode_rgb(images.jpeg(49, (64, 48)), decode="quick")

@@ -88,3 +88,49 @@ def test_ctrl_c_does_not_wait_for_every_queued_decode(tmp_path):
     with FeatureCache(tmp_path / "c.sqlite") as cache, pytest.raises(KeyboardInterrupt):
         extract(StandInFeaturizer(), items, cache, batch_size=32, decode_threads=1, progress=False)
     assert len(reads) <= 2  # the decode already running, not the 59 queued
+
+
+def test_decoding_goes_on_while_the_graph_runs(tmp_path):
+    import threading
+
+    next_batch_read = threading.Event()
+    reads = []
+
+    def read(v):
+        reads.append(v)
+        if {4, 5, 6, 7} <= set(reads):
+            next_batch_read.set()
+        return bytes([v]) * 8
+
+    class WaitsForTheNextBatch(StandInFeaturizer):
+        def run(self, images):
+            if not self.batches:  # the first batch: the decode threads must be reading the second meanwhile
+                self.overlapped = next_batch_read.wait(timeout=30)
+            return super().run(images)
+
+    featurizer = WaitsForTheNextBatch()
+    items = [WorkItem(f"{v}.jpg", read=lambda v=v: read(v)) for v in range(12)]
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        result = extract(featurizer, items, cache, batch_size=4, decode_threads=2, progress=False)
+    assert featurizer.overlapped and result.computed == 12
+    assert featurizer.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_model_time_and_decode_waits_are_accounted(tmp_path):
+    class SlowGraph(StandInFeaturizer):
+        def run(self, images):
+            time.sleep(0.05)
+            return super().run(images)
+
+    def slow_read(v):
+        time.sleep(0.02)
+        return bytes([v]) * 8
+
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        result = extract(SlowGraph(), [WorkItem(f"{v}.jpg", read=lambda v=v: slow_read(v)) for v in range(9)],
+                         cache, batch_size=3, decode_threads=1, progress=False)
+    assert result.computed == 9
+    assert 3 * 0.05 <= result.model_seconds <= result.seconds
+    assert result.wait_seconds > 0  # one thread reading at 20 ms an image: the graph had to wait
+    assert result.model_seconds + result.wait_seconds <= result.seconds
+    assert result.model_busy == pytest.approx(result.model_seconds / result.seconds)

@@ -132,3 +132,33 @@ def test_a_corrupt_model_card_or_one_without_labels_is_model_not_found(tmp_path,
     (version / "model_card.json").write_bytes(card)
     with pytest.raises(ModelNotFound, match=r"model_card\.json' is not a readable model card"):
         load_model(version)
+
+
+def test_a_model_trained_with_fast_decoding_is_served_with_it(legacy_graph_path, tmp_path):
+    from imgclf.featurizer.contract import DEFAULT_CONTRACT
+
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, DEFAULT_CONTRACT.with_overrides(decode="fast"),
+                                             precision="fp32"))
+    photo = images.jpeg(34, (2500, 2400), quality=92)  # DCT-scaled by 4 in fast mode
+    try:
+        inputs = np.stack([featurizer.preprocess(photo)])
+        vectors = featurizer.run(inputs)
+        head = make_head(featurizer.dim, len(LABELS), seed=3, vectors=vectors)
+        version_dir = export_model(tmp_path, "phones", head, featurizer, LABELS, {})
+        expected = np.asarray(head(vectors))
+    finally:
+        featurizer.close()
+    model = load_model(version_dir)
+    assert model.decode_mode == "fast" and model.card["featurizer"]["decode"] == "fast"
+    rgb, x = model.preprocess(photo)
+    assert rgb.shape == (600, 625, 3) and model.decode(photo).shape == (600, 625, 3)
+    np.testing.assert_array_equal(x, inputs[0])  # the very input training featurized
+    np.testing.assert_allclose(model.predict_inputs(x[None]), expected, atol=1e-5)
+    np.testing.assert_allclose(model.predict_rgb([model.decode(photo)]), expected, atol=1e-5)
+    np.testing.assert_allclose(model.predict_bytes([photo]), expected, atol=1e-5)  # the SavedModel scales too
+
+
+def test_cards_from_before_decode_modes_decode_exactly(model, monkeypatch):
+    monkeypatch.delitem(model.card["featurizer"]["contract"], "decode")
+    assert model.decode_mode == "exact"
+    assert model.decode(images.jpeg(35, (1300, 1250))).shape == (1250, 1300, 3)
