@@ -163,7 +163,7 @@ def _preprocess(batch: dict, *, root: str, contract, max_pixels: int, known_ref)
             continue
         try:
             array = decode_to_input(data, contract.input_size, contract.input_mean, contract.input_std, max_pixels,
-                                    contract.jpeg_dct_method)[1]
+                                    contract.jpeg_dct_method, contract.decode)[1]
         except ImgclfError as exc:
             statuses.append(str(exc))
             inputs.append(b"")

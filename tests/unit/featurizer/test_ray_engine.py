@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from imgclf.core.cli import main
+from imgclf.featurizer.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes
 from imgclf.featurizer.ray_engine import KNOWN, OK, GraphActor, RayOptions, _preprocess, check_address
 from tests.support import images
@@ -43,6 +44,25 @@ def test_decode_task_and_actor_compute_what_the_featurizer_computes(featurizer, 
                                    rtol=1e-4, atol=1e-5)
     assert not result["features"][1].any()  # known bytes: no graph run
     actor.featurizer.close()
+
+
+def test_decode_tasks_decode_as_the_job_says(legacy_graph_path):
+    """--decode fast reaches the Ray decode tasks: they compute what the fast featurizer does, not exact."""
+    photo = images.jpeg(7, (1600, 1300))  # 1/2 DCT scaling keeps both sides >= 2 x 299 (800 x 650)
+    batch = {"bytes": np.array([photo], dtype=object), "path": np.array(["/d/cats/big.jpg"], dtype=object)}
+    none_known = np.array([], dtype="S64")
+    inputs = {}
+    for mode in ("exact", "fast"):
+        config = FeaturizerConfig(legacy_graph_path, precision="fp32",
+                                  contract=DEFAULT_CONTRACT.with_overrides(decode=mode))
+        f = Featurizer(config)
+        try:
+            out = _preprocess(batch, root="/d", contract=f.contract, max_pixels=10**7, known_ref=none_known)
+            inputs[mode] = np.frombuffer(out["input"][0], np.float32).reshape(299, 299, 3)
+            np.testing.assert_array_equal(inputs[mode], f.preprocess(photo))
+        finally:
+            f.close()
+    assert np.abs(inputs["fast"] - inputs["exact"]).max() > 0  # the two modes really differ on this photo
 
 
 def test_an_actor_whose_featurizer_differs_refuses_to_start(legacy_graph_path):
