@@ -25,6 +25,7 @@ The variables and who reads them (the README's configuration table is the user's
     IMGCLF_MODEL_REPOSITORY     path      service.config, `imgclf models train`
     IMGCLF_CPU_DEVICES          int >= 1  the secondary models' tf.distribute setup
     IMGCLF_MODEL_VERSIONS       name=int,...  service.config
+    IMGCLF_BACKEND              choice    service.config (card|tensorflow|openvino|auto; training.serving_backend)
     IMGCLF_<FIELD>              by type   the other fields of service.config.ServiceConfig
     IMGCLF_BIND, _WORKERS, _THREADS, _TIMEOUT, _GRACEFUL_TIMEOUT, _LOG_LEVEL, _ACCESS_LOG,
     _MALLOC_TRIM_SECONDS                  service.serve_cli.ServerSettings (gunicorn)

@@ -105,8 +105,10 @@ class OpenVINOGraph:
     """
 
     def __init__(self, compiled, contract: GraphContract, precision: str, *, ir_dir: Path | None = None,
-                 rewrite_report=None, info: dict | None = None):
+                 rewrite_report=None, info: dict | None = None, source_graph_def=None):
         self.compiled = compiled
+        self._source = source_graph_def  # the frozen graph as read: the TensorFlow graph is built from it on demand
+        self._tf_graph = None
         self.contract = contract
         self.precision = precision
         self.ir_dir = ir_dir
@@ -155,7 +157,7 @@ class OpenVINOGraph:
         info = {"openvino_version": version, "ir_key": key,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
         return cls(_compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled"), contract, precision,
-                   ir_dir=ir_dir, rewrite_report=report, info=info)
+                   ir_dir=ir_dir, rewrite_report=report, info=info, source_graph_def=graph_def)
 
     @classmethod
     def from_ir(cls, xml: Path, contract: GraphContract, precision: str, *, threads: int = 0,
@@ -166,6 +168,26 @@ class OpenVINOGraph:
             raise GraphError(f"OpenVINO featurizer {str(xml)!r} (and its .bin) is missing")
         compiled = _compile(ov, Path(xml), precision, threads, compiled_cache)
         return cls(compiled, contract, precision, ir_dir=Path(xml).parent, info={"openvino_version": ov.get_version()})
+
+    @property
+    def graph(self):
+        """Return the same network as a TensorFlow graph (the rewritten one BottleneckGraph runs).
+
+        An export builds its SavedModel and frozen graphs from it (float32,
+        TensorFlow Serving can serve them); the OpenVINO IR goes beside them.
+        """
+        if self._tf_graph is None:
+            if self._source is None:
+                raise GraphError("an OpenVINO featurizer compiled from an IR has no TensorFlow graph")
+            import tensorflow as tf
+
+            from imgclf.featurizer.graph import inference_graph_def
+
+            graph = tf.Graph()
+            with graph.as_default():
+                tf.graph_util.import_graph_def(inference_graph_def(self._source, self.contract)[0], name="")
+            self._tf_graph = graph
+        return self._tf_graph
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
