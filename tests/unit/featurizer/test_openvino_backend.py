@@ -26,7 +26,7 @@ def _cosines(a, b):
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    """Four separable synthetic classes, 16 images each (calibration and fidelity images)."""
+    """Four separable synthetic classes, 16 images each: int8 calibrates on all 64, fidelity uses every 4th."""
     return write_demo_images(tmp_path_factory.mktemp("ov") / "images", per_class=16, seed=3)
 
 
@@ -35,7 +35,7 @@ def ov_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("ov_cache")
 
 
-def _openvino(graph, precision, cache, calibration_dir=None, calibration_images=32):
+def _openvino(graph, precision, cache, calibration_dir=None, calibration_images=64):
     return Featurizer(FeaturizerConfig(graph, precision=precision, backend="openvino", openvino_cache=cache,
                                        calibration_dir=calibration_dir, calibration_images=calibration_images))
 
