@@ -72,11 +72,11 @@ def _precisions():
 
 
 def test_features_match_tensorflow_fp32_per_image_on_the_legacy_graph(legacy_graph_path, demo_dir, ov_cache):
-    _check_fidelity(legacy_graph_path, demo_dir, ov_cache, _precisions())
+    print("lowest cosine per precision:", _check_fidelity(legacy_graph_path, demo_dir, ov_cache, _precisions()))
 
 
 def test_features_match_tensorflow_fp32_per_image_on_full_inception(full_graph_path, demo_dir, tmp_path):
-    _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions())
+    print("lowest cosine per precision:", _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions()))
 
 
 def test_batches_are_split_over_the_infer_requests_in_order(legacy_graph_path, demo_dir, ov_cache):
