@@ -52,6 +52,7 @@ META_FILE = "meta.json"
 # OpenVINO's names for imgclf's precisions (INFERENCE_PRECISION_HINT). int8 runs the quantized convolutions
 # in int8 and keeps the rest (pooling, concatenation) in f32.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+MAX_STATIC_SLICE = 64  # images per infer request compiled for a static shape; larger slices use the dynamic model
 
 
 def default_cache_dir() -> Path:
@@ -105,8 +106,10 @@ class OpenVINOGraph:
     """
 
     def __init__(self, compiled, contract: GraphContract, precision: str, *, ir_dir: Path | None = None,
-                 rewrite_report=None, info: dict | None = None, source_graph_def=None):
+                 rewrite_report=None, info: dict | None = None, source_graph_def=None, compile_static=None):
         self.compiled = compiled
+        self._compile_static = compile_static  # slice size -> the model compiled for [size, S, S, 3]
+        self._static: dict[int, list] = {}  # slice size -> its infer requests
         self._source = source_graph_def  # the frozen graph as read: the TensorFlow graph is built from it on demand
         self._tf_graph = None
         self.contract = contract
@@ -156,8 +159,12 @@ class OpenVINOGraph:
             log.info("OpenVINO model from the cache: %s", ir_dir)
         info = {"openvino_version": version, "ir_key": key,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
+        def compile_static(size: int):
+            return _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=size)
+
         return cls(_compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled"), contract, precision,
-                   ir_dir=ir_dir, rewrite_report=report, info=info, source_graph_def=graph_def)
+                   ir_dir=ir_dir, rewrite_report=report, info=info, source_graph_def=graph_def,
+                   compile_static=compile_static)
 
     @classmethod
     def from_ir(cls, xml: Path, contract: GraphContract, precision: str, *, threads: int = 0,
@@ -167,7 +174,12 @@ class OpenVINOGraph:
         if not Path(xml).is_file() or not Path(xml).with_suffix(".bin").is_file():
             raise GraphError(f"OpenVINO featurizer {str(xml)!r} (and its .bin) is missing")
         compiled = _compile(ov, Path(xml), precision, threads, compiled_cache)
-        return cls(compiled, contract, precision, ir_dir=Path(xml).parent, info={"openvino_version": ov.get_version()})
+
+        def compile_static(size: int):
+            return _compile(ov, Path(xml), precision, threads, compiled_cache, batch=size)
+
+        return cls(compiled, contract, precision, ir_dir=Path(xml).parent, info={"openvino_version": ov.get_version()},
+                   compile_static=compile_static)
 
     @property
     def graph(self):
@@ -196,22 +208,51 @@ class OpenVINOGraph:
             raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
         images = np.ascontiguousarray(images, dtype=np.float32)
         n = images.shape[0]
-        bounds = np.linspace(0, n, min(n, self.requests) + 1).astype(int)
         out = np.empty((n, self.dim), np.float32)
-        slices = list(zip(self._requests, bounds[:-1], bounds[1:]))
         with self._lock:
+            requests, size = self._requests_for(n)
+            if size:  # static shape: slices of exactly `size` images, the last one padded
+                starts = range(0, n, size)
+                slices = [(request, start, min(start + size, n)) for request, start in zip(requests, starts)]
+            else:
+                bounds = np.linspace(0, n, min(n, self.requests) + 1).astype(int)
+                slices = list(zip(requests, bounds[:-1], bounds[1:]))
             started = []
             try:
                 for request, start, stop in slices:  # each runs in its own stream; the calls release the GIL
-                    request.start_async({0: images[start:stop]})
+                    batch = images[start:stop]
+                    if size and stop - start < size:
+                        batch = np.concatenate([batch, np.zeros((size - (stop - start), *batch.shape[1:]),
+                                                                np.float32)])
+                    request.start_async({0: batch})
                     started.append(request)
                 for request, start, stop in slices:
                     request.wait()
-                    out[start:stop] = request.get_output_tensor(0).data.reshape(stop - start, -1)
+                    out[start:stop] = request.get_output_tensor(0).data.reshape(-1, self.dim)[:stop - start]
             finally:
                 for request in started:
                     request.wait()  # never leave a request running on a batch the caller may free
         return out
+
+    def _requests_for(self, n: int) -> tuple[list, int]:
+        """Return (infer requests, static slice size) for a batch of ``n``; size 0 = the dynamic-shape model.
+
+        OpenVINO's CPU plugin runs a model compiled for a static shape several
+        times faster than the dynamic-batch one (measured on this 2-core AMX
+        machine with the full int8 graph: 139-155 against 29-71 img/s). Slices
+        are rounded up to a power of two (at most 2x padding, a handful of
+        compiled shapes), each compiled on first use (and cached on disk).
+        """
+        if self._compile_static is None:
+            return self._requests, 0
+        per_request = -(-n // self.requests)
+        size = 1 << (per_request - 1).bit_length()
+        if size > MAX_STATIC_SLICE:
+            return self._requests, 0
+        if size not in self._static:
+            compiled = self._compile_static(size)
+            self._static[size] = [compiled.create_infer_request() for _ in range(self.requests)]
+        return self._static[size], size
 
     def save_ir(self, directory: Path, stem: str = "featurizer") -> list[Path]:
         """Copy the IR this graph was compiled from into ``directory`` as ``stem``.xml/.bin; return the files."""
@@ -235,6 +276,7 @@ class OpenVINOGraph:
         """Release the compiled model."""
         with self._lock:
             self._requests = []
+            self._static.clear()
             self.compiled = None
 
 
@@ -243,7 +285,7 @@ def _complete(ir_dir: Path) -> bool:
         (ir_dir / IR_FILE).with_suffix(".bin").is_file()
 
 
-def _compile(ov, xml: Path, precision: str, threads: int, cache: Path | None):
+def _compile(ov, xml: Path, precision: str, threads: int, cache: Path | None, batch: int = 0):
     config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -252,10 +294,16 @@ def _compile(ov, xml: Path, precision: str, threads: int, cache: Path | None):
     started = time.perf_counter()
     core = ov.Core()
     try:
-        compiled = core.compile_model(str(xml), "CPU", config)
+        if batch:
+            model = core.read_model(str(xml))
+            model.reshape({model.inputs[0].get_any_name(): [batch, *list(model.inputs[0].get_partial_shape())[1:]]})
+            compiled = core.compile_model(model, "CPU", config)
+        else:
+            compiled = core.compile_model(str(xml), "CPU", config)
     except RuntimeError as exc:
         raise GraphError(f"OpenVINO cannot compile {str(xml)!r}: {str(exc).strip().splitlines()[0]}") from exc
-    log.info("OpenVINO compiled %s in %.1f s (%s)", xml.name, time.perf_counter() - started, precision)
+    log.info("OpenVINO compiled %s in %.1f s (%s, batch %s)", xml.name, time.perf_counter() - started, precision,
+             batch or "dynamic")
     return compiled
 
 
