@@ -14,6 +14,8 @@ HEAD_GRAPH_FILE = "head.pb"  # frozen head: bottleneck → probabilities
 END_TO_END_GRAPH_FILE = "end_to_end.pb"  # frozen featurizer + head: one encoded image → probabilities
 LABELS_FILE = "labels.txt"  # one label per line, in class-id order
 MODEL_CARD_FILE = "model_card.json"  # what the model is, how it was made, how to call it
+# Exports trained with --backend openvino: the OpenVINO IR (+ featurizer.bin) their features came from.
+OPENVINO_FEATURIZER_FILE = "openvino/featurizer.xml"
 # A version directory is complete (servable) when it holds these; the rename makes both appear at once.
 REQUIRED_FILES = (SAVED_MODEL_FILE, MODEL_CARD_FILE)
 TEMP_PREFIX = ".export-"  # hidden work directory inside REPO/NAME; TF Serving skips non-integer names

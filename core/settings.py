@@ -29,6 +29,7 @@ The variables and who reads them (the README's configuration table is the user's
     IMGCLF_POLL_SECONDS         float 0..86400  service.config (model lifecycle; 0: no polling)
     IMGCLF_VERSION_POLICY       latest[:N] | all | specific:V,...  service.config (service.version_policy)
     IMGCLF_MODEL_CONFIG_FILE    str (a file)  service.config (service.model_config_file)
+    IMGCLF_BACKEND              choice    service.config (card|tensorflow|openvino|auto; training.serving_backend)
     IMGCLF_<FIELD>              by type   the other fields of service.config.ServiceConfig
     IMGCLF_BIND, _WORKERS, _THREADS, _TIMEOUT, _GRACEFUL_TIMEOUT, _LOG_LEVEL, _ACCESS_LOG,
     _MALLOC_TRIM_SECONDS                  service.serve_cli.ServerSettings (gunicorn)

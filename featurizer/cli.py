@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from imgclf.core.errors import UsageError
-from imgclf.core.precision import PRECISIONS
+from imgclf.featurizer.backend import BACKENDS, DEFAULT_BACKEND, FEATURIZER_PRECISIONS, INSTALL_HINT
+from imgclf.featurizer.calibration import DEFAULT_CALIBRATION_IMAGES
 from imgclf.featurizer.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.image_io import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
 
@@ -22,14 +23,23 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--graph", type=Path, required=True,
                        help="frozen Inception-v3 GraphDef (.pb): the real tensorflow_inception_graph.pb "
                             "(imgclf fetch-inception) or one from imgclf export-inception")
-    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+    group.add_argument("--precision", choices=FEATURIZER_PRECISIONS, default="auto",
                        help="auto = fp16 on a GPU of compute capability >= 7.0, bf16 on a CPU with "
-                            "AMX/AVX512_BF16, else fp32 (default: %(default)s)")
+                            "AMX/AVX512_BF16, else fp32; int8 (OpenVINO only) quantizes the graph, calibrated "
+                            "on the folder's own images (default: %(default)s)")
     group.add_argument("--decode", choices=DECODE_MODES, default=DEFAULT_DECODE,
                        help="exact = decode every pixel; fast = let the JPEG decoder scale large photos down by "
                             "DCT (1/2, 1/4, 1/8, keeping both sides >= 2x the network input) before the same "
                             "resize: phone photos decode several times faster; recorded in the model card and "
                             "served the same way (default: %(default)s)")
+    group.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                       help="runtime of the graph: tensorflow, openvino (needs " + INSTALL_HINT.replace("%", "%%")
+                            + "), or auto = OpenVINO on an x86 CPU when installed, else TensorFlow "
+                            "(default: %(default)s)")
+    group.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                       help="int8: calibrate on this many images of the folder (default: %(default)s)")
+    group.add_argument("--openvino-cache", type=Path,
+                       help="where converted OpenVINO models are cached (default: $IMGCLF_HOME/openvino)")
     group.add_argument("--image-tensor", default=DEFAULT_CONTRACT.image_input,
                        help="normalised image tensor the batches are fed to (default: %(default)s)")
     group.add_argument("--bottleneck-tensor", default=DEFAULT_CONTRACT.bottleneck,
@@ -57,11 +67,15 @@ def featurizer_config_from_args(args: argparse.Namespace):
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
     if args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
+    if args.calibration_images < 1:
+        raise UsageError(f"--calibration-images must be at least 1; received {args.calibration_images}")
     contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor,
                                                decode=getattr(args, "decode", None))
     return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
-                            max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops)
+                            max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops,
+                            backend=args.backend, calibration_images=args.calibration_images,
+                            calibration_dir=getattr(args, "image_dir", None), openvino_cache=args.openvino_cache)
 
 
 def check_decode_threads(value: int) -> int:

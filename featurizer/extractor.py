@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.precision import resolve_precision
+from imgclf.featurizer.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
+from imgclf.featurizer.calibration import DEFAULT_CALIBRATION_IMAGES
 from imgclf.featurizer.contract import DEFAULT_CONTRACT, GraphContract
 from imgclf.featurizer.graph import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
 from imgclf.featurizer.image_io import (
@@ -48,6 +50,11 @@ class FeaturizerConfig:
     # and network ops. A graph is a program; only for graphs from a trusted source. Not in the fingerprint:
     # it changes what may load, not what the graph computes.
     allow_unsafe_ops: bool = False
+    backend: str = DEFAULT_BACKEND  # tensorflow | openvino | auto (imgclf.featurizer.backend)
+    # int8 (OpenVINO): calibrate on this many images of calibration_dir (imgclf.featurizer.calibration).
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    calibration_dir: Path | None = None  # the labelled folder being featurized; int8 needs it
+    openvino_cache: Path | None = None  # converted/compiled OpenVINO models (None = $IMGCLF_HOME/openvino)
 
 
 class Featurizer:
@@ -64,28 +71,70 @@ class Featurizer:
         self.config = config
         graph_def, self.graph_sha256 = load_graph(config.graph, allow_unsafe_ops=config.allow_unsafe_ops)
         self.contract = contract_from_graph(graph_def, config.contract)
-        self.precision = resolve_precision(config.precision)
-        self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
-                                     allow_unsafe_ops=config.allow_unsafe_ops)
+        self.backend = resolve_backend(config.backend)
+        check_backend_precision(self.backend, config.precision)
+        self.calibration = None
+        if self.backend == "openvino":
+            self.graph = self._openvino_graph(graph_def)
+            self.precision = self.graph.precision
+        else:
+            self.precision = resolve_precision(config.precision)
+            self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
+                                         allow_unsafe_ops=config.allow_unsafe_ops)
         self.dim = self.graph.dim
         self.fingerprint = hashlib.sha256(
             json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()
         report = self.graph.rewrite_report
-        if report.folded_batch_norms or report.rewritten_batch_norms or report.rewritten_concats:
+        if report is not None and (report.folded_batch_norms or report.rewritten_batch_norms
+                                   or report.rewritten_concats):
             log.info("rewrote legacy ops: %d batch norms folded, %d rewritten, %d Concat -> ConcatV2",
                      report.folded_batch_norms, report.rewritten_batch_norms, report.rewritten_concats)
 
+    def _openvino_graph(self, graph_def):
+        """Convert the graph for OpenVINO (cached on disk), calibrating on the image folder for int8."""
+        from imgclf.featurizer.calibration import calibration_from_dir
+        from imgclf.featurizer.openvino_backend import OpenVINOGraph, resolve_openvino_precision
+
+        config = self.config
+        if not config.allow_unsafe_ops:  # as BottleneckGraph does; with the opt-in, load_graph has warned
+            from imgclf.core.op_policy import check_graph_def
+
+            check_graph_def(graph_def)
+        precision = resolve_openvino_precision(config.precision)
+        if precision == "int8":
+            if config.calibration_dir is None:
+                raise UsageError("int8 precision calibrates on the images being featurized; this featurizer "
+                                 "was given no image folder (FeaturizerConfig.calibration_dir)")
+            self.calibration = calibration_from_dir(config.calibration_dir, config.calibration_images,
+                                                    self.preprocess, PREPROCESSING)
+        return OpenVINOGraph.from_graph_def(graph_def, self.graph_sha256, self.contract, precision,
+                                            threads=config.threads.intra_op, cache_dir=config.openvino_cache,
+                                            calibration=self.calibration)
+
     def _key_parts(self) -> dict:
-        return {"graph_sha256": self.graph_sha256, "image_input": self.contract.image_input,
+        return {**self._backend_key_parts(),
+                "graph_sha256": self.graph_sha256, "image_input": self.contract.image_input,
                 "bottleneck": self.contract.bottleneck, "input_size": self.contract.input_size,
                 "input_mean": self.contract.input_mean, "input_std": self.contract.input_std,
                 "jpeg_dct_method": self.contract.jpeg_dct_method,
                 "precision": self.precision, "preprocessing": PREPROCESSING, **decode_key(self.contract.decode)}
 
+    def _backend_key_parts(self) -> dict:
+        """Return the backend's part of the fingerprint: nothing for TensorFlow (older caches stay valid)."""
+        if self.backend == "tensorflow":
+            return {}
+        parts = {"backend": self.backend}
+        if self.calibration is not None:
+            parts["calibration_sha256"] = self.calibration.sha256
+        return parts
+
     def describe(self) -> dict:
         """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
-        return {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
-                "graph": str(self.config.graph), "contract": self.contract.describe()}
+        described = {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
+                     "graph": str(self.config.graph), "contract": self.contract.describe(), "backend": self.backend}
+        if self.backend == "openvino":
+            described["openvino"] = self.graph.describe()
+        return described
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
@@ -124,7 +173,7 @@ class Featurizer:
         return results
 
     def close(self) -> None:
-        """Release the TensorFlow session."""
+        """Release the TensorFlow session or the OpenVINO compiled model."""
         self.graph.close()
 
 

@@ -88,7 +88,8 @@ class FeaturizeSummary:
             f"featurized {d['featurized']} of {d['images']} images in {d['seconds']:.1f} s "
             f"({d['from_cache']} from cache, {d['computed']} computed"
             + (f", {d['images_per_second']:.1f} img/s" if d["computed"] else "") + ")",
-            f"featurizer: {self.featurizer['precision']}, {self.featurizer['dim']}-d, "
+            f"featurizer: {self.featurizer.get('backend', 'tensorflow')} {self.featurizer['precision']}, "
+            f"{self.featurizer['dim']}-d, "
             f"graph sha256 {self.featurizer['graph_sha256'][:12]}",
             "classes:",
             *(f"  {label:>3}  {name:<24} {counts[name]:>6} images"

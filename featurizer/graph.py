@@ -300,6 +300,16 @@ def _cut_at_image_input(graph_def: graph_pb2.GraphDef, contract: GraphContract) 
     return keep_ancestors(drop_pure_control_edges(out), node_name(contract.bottleneck))
 
 
+def inference_graph_def(graph_def: graph_pb2.GraphDef, contract: GraphContract = DEFAULT_CONTRACT
+                        ) -> tuple[graph_pb2.GraphDef, RewriteReport]:
+    """Return the graph as :class:`BottleneckGraph` runs it (old ops rewritten, scale/shift folded, cut at the
+    normalised image, [None, S, S, 3] → bottleneck), for other runtimes (OpenVINO), with the rewrite report."""
+    require_tensors(graph_def, [contract.image_input, contract.bottleneck])
+    rewritten, report = rewrite_legacy_ops(graph_def)
+    rewritten, _ = fold_scale_shift(rewritten)
+    return _cut_at_image_input(rewritten, contract), report
+
+
 class SingleImageGraph:
     """The untouched 2015 path: one encoded JPEG per run → the one-image bottleneck.
 
@@ -350,6 +360,6 @@ def load_graph(path: str | os.PathLike, *, allow_unsafe_ops: bool = False) -> tu
 
 __all__ = [
     "BottleneckGraph", "SingleImageGraph", "RewriteReport", "ThreadConfig", "contract_from_graph",
-    "file_sha256", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_bytes",
+    "file_sha256", "inference_graph_def", "load_graph", "missing_tensors", "parse_graph_def", "read_graph_bytes",
     "require_tensors", "session_config",
 ]

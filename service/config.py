@@ -13,6 +13,7 @@ from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 from imgclf.service.access_config import AccessSettings
 from imgclf.service.model_config_file import read_model_config
 from imgclf.service.version_policy import parse_policy
+from imgclf.training.serving_backend import SERVING_BACKENDS
 
 ENV_PREFIX = settings.PREFIX
 
@@ -38,6 +39,9 @@ class ServiceConfig:
     # on such CPUs, probabilities within ~1e-2), else fp32. Process-wide. The device itself, GPU memory
     # and placement logging: IMGCLF_DEVICE etc., read by imgclf.core.devices.
     precision: str = "auto"
+    # What runs the image classifiers' featurizer (imgclf.training.serving_backend): card = the backend and
+    # precision the model card names (TensorFlow for cards older than backends), tensorflow, openvino, auto.
+    backend: str = "card"
     load_in_background: bool = True  # load models in a thread: /healthz answers at once, /readyz when loaded
     # Load models whose SavedModel holds ops outside imgclf's inference allow-list (file, process, network
     # ops; imgclf.core.op_policy). A model is a program: only for repositories whose every model you trust.
@@ -91,6 +95,9 @@ class ServiceConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"{ENV_PREFIX}PRECISION must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                              f"received {self.precision!r}")
+        if self.backend not in SERVING_BACKENDS:
+            raise UsageError(f"{ENV_PREFIX}BACKEND must be one of {', '.join(SERVING_BACKENDS)}; "
+                             f"received {self.backend!r}")
         if self.font and not os.path.isfile(self.font):
             raise UsageError(f"{ENV_PREFIX}FONT={self.font!r} is not a font file")
         settings.check_range(f"{ENV_PREFIX}BATCH_MAX_WAIT_MS", float(self.batch_max_wait_ms), 0, 10_000)

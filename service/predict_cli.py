@@ -14,6 +14,7 @@ from imgclf.featurizer.image_io import DEFAULT_MAX_PIXELS
 from imgclf.service.annotate import annotate_to_jpeg, font_paths
 from imgclf.service.postprocess import top_k
 from imgclf.service.predict_client import ImageRefused, PredictClient
+from imgclf.training.serving_backend import SERVING_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per model call (default: %(default)s); not used with --url")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels, checked before decoding (default: %(default)s)")
+    p.add_argument("--backend", choices=SERVING_BACKENDS, default="card",
+                   help="what runs the featurizer: card = the backend and precision the model card names, "
+                        "tensorflow, openvino (the export's OpenVINO IR), auto (default: %(default)s); "
+                        "not used with --url")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load a model even if its SavedModel holds ops outside imgclf's inference allow-list "
                         "(file, process or network ops); a model is a program: only for models you trust "
@@ -73,7 +78,7 @@ def predict_local(args: argparse.Namespace) -> int:
     if args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1; received {args.max_pixels}")
     model = load_model(resolve(args.model), max_pixels=args.max_pixels,
-                       allow_unsafe_ops=True if args.allow_unsafe_ops else None)
+                       allow_unsafe_ops=True if args.allow_unsafe_ops else None, backend=args.backend)
     requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
     if requested < 1:
         raise UsageError(f"--top-k must be at least 1; received {requested}")

@@ -2,8 +2,10 @@
 
 Pictures are decoded in Python exactly as training decoded them (EXIF applied),
 then predicted through the SavedModel's images signature in batches gathered
-from concurrent requests (:mod:`imgclf.service.batching`). Signature
-``bottleneck`` takes featurizer vectors.
+from concurrent requests (:mod:`imgclf.service.batching`) — or, for a model
+served on OpenVINO (``IMGCLF_BACKEND``, :mod:`imgclf.training.serving_backend`),
+through its OpenVINO featurizer and the head. Signature ``bottleneck`` takes
+featurizer vectors.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ImageClassifierServable(Servable):
     def load(cls, path: Path, name: str, version: int, context: LoadContext) -> ImageClassifierServable:
         """Load an image classifier's version directory and start its batcher."""
         model = load_model(path, max_pixels=context.config.max_pixels,
-                           allow_unsafe_ops=context.config.allow_unsafe_ops)
+                           allow_unsafe_ops=context.config.allow_unsafe_ops, backend=context.config.backend)
         return cls(name, version, model, context)
 
     def warm_up(self) -> None:

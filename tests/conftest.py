@@ -25,6 +25,8 @@ SYSTEM_TESTS = (
     "tests/unit/featurizer/test_featurize_job.py::test_sigkill_loses_nothing_committed_and_the_rerun_finishes",
     # 400 generated 1600x1200 JPEGs, featurized twice, ten heads trained (about 45 s)
     "tests/unit/featurizer/test_featurize_job.py::test_a_head_on_fast_decoded_large_photos_is_as_accurate_as_on_exact",
+    # Featurizes 400 images twice (TensorFlow fp32, OpenVINO int8 after NNCF calibration) and trains two heads.
+    "tests/unit/featurizer/test_openvino_backend.py::test_a_head_on_int8_features_is_within_one_point_of_fp32",
     "tests/unit/training/test_distribute.py::test_two_workers_train_identical_weights_and_only_the_chief_exports",
     "tests/unit/training/test_distribute.py::test_mirrored_over_two_logical_cpus_matches_one_device",
     "tests/unit/training/test_models_job.py::test_sigkilled_run_resumes_from_its_checkpoint",

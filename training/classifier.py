@@ -51,6 +51,10 @@ class LoadedModel:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
     _saved_model: object = field(default=None, repr=False)
     device: str = ""  # "/device:GPU:0" etc.: every call runs under tf.device(device); "" = TensorFlow's placement
+    # The featurizer on another runtime (imgclf.training.serving_backend): images go through it, then the
+    # bottleneck signature (the head); None = the SavedModel's images signature, all on TensorFlow.
+    featurizer_graph: object = field(default=None, repr=False)
+    backend: str = "tensorflow"  # what runs the featurizer: tensorflow | openvino
 
     def _on_device(self):
         """Return the device scope of this model's calls (thread-local: entered by the calling thread)."""
@@ -135,6 +139,9 @@ class LoadedModel:
         """Return probabilities [N, C] for network inputs [N, S, S, 3], through the images signature."""
         import tensorflow as tf
 
+        if self.featurizer_graph is not None:
+            return self.predict_bottlenecks(self.featurizer_graph.run(np.asarray(inputs, dtype=np.float32)))
+
         signature = self._saved_model.signatures[names.IMAGES_SIGNATURE]
         with self._on_device():
             out = signature(**{names.IMAGES_KEY: tf.constant(np.asarray(inputs, dtype=np.float32))})
@@ -164,7 +171,8 @@ class LoadedModel:
 
 
 def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-               device: str | None = None, allow_unsafe_ops: bool | None = None) -> LoadedModel:
+               device: str | None = None, allow_unsafe_ops: bool | None = None,
+               backend: str = "card") -> LoadedModel:
     """Load one version directory (see :func:`resolve`) for prediction.
 
     ``device`` pins the model's variables and calls ("/device:GPU:0", "/device:CPU:0", "" for
@@ -176,6 +184,9 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     loads anything. ``allow_unsafe_ops`` True loads it anyway (with a logged
     warning); None reads ``IMGCLF_ALLOW_UNSAFE_OPS`` ("1"/"true" allows).
 
+    ``backend`` (card | tensorflow | openvino | auto) says what runs the
+    featurizer; see :mod:`imgclf.training.serving_backend`.
+
     Raises:
         ModelNotFound: the directory is not a complete export, its model card is corrupt or has no labels,
             or it holds another kind of model.
@@ -186,5 +197,10 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     loaded = load_version(version_dir, device=device, allow_unsafe_ops=allow_unsafe_ops, labels_required=True)
     if loaded.kind is not ModelKind.IMAGE_CLASSIFIER:
         raise ModelNotFound(f"{str(loaded.path)!r} holds a {loaded.kind.value} model, not an image classifier")
+    from imgclf.training.serving_backend import choose_backend, load_openvino_featurizer
+
+    chosen = choose_backend(loaded.path, loaded.card, backend)
+    featurizer_graph = load_openvino_featurizer(loaded.path, loaded.card) if chosen == "openvino" else None
     return LoadedModel(path=loaded.path, name=loaded.name, version=loaded.version, labels=loaded.labels,
-                       card=loaded.card, max_pixels=max_pixels, _saved_model=loaded.saved_model, device=loaded.device)
+                       card=loaded.card, max_pixels=max_pixels, _saved_model=loaded.saved_model, device=loaded.device,
+                       featurizer_graph=featurizer_graph, backend=chosen)

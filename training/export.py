@@ -67,8 +67,12 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
         _write(work / names.END_TO_END_GRAPH_FILE,
                end_to_end_graph_def(featurizer, featurizer_def, head_def).SerializeToString())
         _write(work / names.LABELS_FILE, "".join(f"{label}\n" for label in labels).encode("utf-8"))
-        files = {f: {"bytes": (work / f).stat().st_size, "sha256": file_sha256(work / f)}
-                 for f in (names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE)}
+        listed = [names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE]
+        if featurizer.backend == "openvino":  # the IR its features came from (int8: quantized on its images)
+            ir = Path(names.OPENVINO_FEATURIZER_FILE)
+            featurizer.graph.save_ir(work / ir.parent, ir.stem)
+            listed += [ir.as_posix(), ir.with_suffix(".bin").as_posix()]
+        files = {f: {"bytes": (work / f).stat().st_size, "sha256": file_sha256(work / f)} for f in listed}
         return build_card(name, 0, labels, featurizer, caller, files)
 
     version_dir = publish_version(repo, name, write)

@@ -45,3 +45,21 @@ def test_graph_is_required_by_featurize_and_train(capsys):
         with pytest.raises(SystemExit) as info:
             main(command)
         assert info.value.code == 2 and "--graph" in capsys.readouterr().err
+
+
+def test_featurize_on_openvino_int8_reports_backend_and_calibration_and_resumes(tmp_path, legacy_graph_path, capsys):
+    pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
+    images = write_demo_images(tmp_path / "images", per_class=3)
+    command = ["featurize", str(images), "--graph", str(legacy_graph_path), "--cache", str(tmp_path / "c.sqlite"),
+               "--backend", "openvino", "--precision", "int8", "--calibration-images", "8",
+               "--openvino-cache", str(tmp_path / "ov"), "--quiet", "--report", str(tmp_path / "r.json")]
+    assert main(command) == 0
+    assert "featurizer: openvino int8" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    described = report["featurizer"]
+    assert (described["backend"], described["precision"], report["computed"]) == ("openvino", "int8", 12)
+    assert described["openvino"]["calibration"]["images"] == 8
+    assert main(command) == 0  # the same calibration again: same fingerprint, every vector from the cache
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert (again["from_cache"], again["computed"]) == (12, 0)
+    assert again["featurizer"]["fingerprint"] == described["fingerprint"]
