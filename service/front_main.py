@@ -58,6 +58,10 @@ def gunicorn_env(socket_path: str, base: dict[str, str] | None = None) -> dict[s
     return env
 
 
+SOCKET_NAME = "gunicorn.sock"
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path: 108 bytes with the terminating NUL
+
+
 def raise_fd_limit() -> int:
     """Raise this process's open-file limit to its hard limit (each client connection is a descriptor)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -72,10 +76,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def socket_folder(parents: tuple[str | None, ...] = (None, "/tmp")) -> str:
+    """Make a private folder (mode 0700: only this user reaches the socket) for gunicorn's unix socket.
+
+    A socket's path must fit ``sockaddr_un`` (107 bytes): under a long ``TMPDIR`` the folder is made in the
+    next of ``parents`` instead (None: Python's temporary folder).
+    """
+    for parent in parents:
+        folder = tempfile.mkdtemp(prefix="imgclf-front-", dir=parent)
+        if len(os.fsencode(os.path.join(folder, SOCKET_NAME))) <= SUN_PATH_MAX:
+            return folder
+        os.rmdir(folder)
+    raise UsageError(f"no temporary folder short enough for a unix socket path ({SUN_PATH_MAX} bytes at most): "
+                     f"set TMPDIR to a shorter one")
+
+
 async def serve(server: ServerSettings, limits: FrontSettings, argv: list[str] | None = None) -> int:
     """Run the front and gunicorn until a signal or until gunicorn exits; return the exit status."""
-    folder = tempfile.mkdtemp(prefix="imgclf-front-")  # mode 0700: only this user reaches the socket
-    socket_path = os.path.join(folder, "gunicorn.sock")
+    folder = socket_folder()
+    socket_path = os.path.join(folder, SOCKET_NAME)
     upstream = Upstream(socket_path, server.workers * server.threads, timeout=max(server.timeout, 30))
     front = Front(limits, upstream, access=server.access_log)
     address = parse_bind(server.bind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,6 +55,27 @@ def pytest_collection_modifyitems(config, items):
              or (t.split("::")[0] in collected_files and t not in marked)]
     if stale:
         raise pytest.UsageError(f"tests/conftest.py SYSTEM_TESTS names tests that do not exist (renamed?): {stale}")
+
+
+@pytest.fixture(autouse=True)
+def _mixed_precision_stays_in_its_test():
+    """Turn grappler's process-wide mixed-precision rewrites off after each test.
+
+    A registry that serves in bf16 (precision "auto" on a CPU with AMX, as a ServiceConfig built without
+    IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.registry
+    .apply_precision); without this, the fp32 references of whichever tests run next in that worker
+    would be compared against bf16 numbers.
+    """
+    yield
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return
+    from imgclf.core.tf_private import MIXED_PRECISION_REWRITES
+
+    options = tf.config.optimizer.get_experimental_options()
+    on = {name: False for name in MIXED_PRECISION_REWRITES if options.get(name)}
+    if on:
+        tf.config.optimizer.set_experimental_options(on)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -73,6 +74,22 @@ def _get(port: int, path: str) -> dict:
             out += chunk
     assert out.startswith(b"HTTP/1.1 200 "), out
     return json.loads(out.split(b"\r\n\r\n", 1)[1])
+
+
+def test_the_socket_folder_fits_a_unix_socket_path_under_a_long_tmpdir(tmp_path):
+    long_parent = tmp_path / ("t" * 90)  # a TMPDIR this long leaves no room for the socket's name
+    long_parent.mkdir()
+    folder = front_main.socket_folder((str(long_parent), None))
+    try:
+        assert not folder.startswith(str(long_parent)) and os.stat(folder).st_mode & 0o777 == 0o700
+        path = os.path.join(folder, front_main.SOCKET_NAME)
+        with socket.socket(socket.AF_UNIX) as s:  # the kernel takes it: the reference for the limit
+            s.bind(path)
+    finally:
+        shutil.rmtree(folder)
+    assert list(long_parent.iterdir()) == []  # the folder that did not fit is gone
+    with pytest.raises(UsageError, match="set TMPDIR to a shorter one"):
+        front_main.socket_folder((str(long_parent),))
 
 
 def test_signals_reach_gunicorn_and_sigterm_stops_both(tmp_path, monkeypatch):

@@ -70,6 +70,7 @@ def add_version(repo: Path, name: str, version: int, broken: bool = False) -> Pa
 
 def registry_for(repo: Path, folder: Path | None = None, pid: int | None = None, **settings) -> ModelRegistry:
     settings.setdefault("poll_seconds", 0)
+    settings.setdefault("precision", "fp32")  # "auto" would be bf16 on AMX, switched on for the whole process
     config = ServiceConfig.from_env({}, model_repository=repo, load_in_background=False, **settings)
     registry = ModelRegistry(config, loader=FakeServable.load, shared=SharedDefaults(folder, pid))
     registry.start()
