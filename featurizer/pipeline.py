@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 NON_FINITE = "the graph produced non-finite features"
 
 
+def read_failure(exc: OSError) -> str:
+    """Return the reason recorded for an image whose file cannot be read (missing, broken link, I/O error)."""
+    return f"cannot read file: {exc.strerror or exc}"
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One image to featurize."""
@@ -156,7 +161,7 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
             except ImgclfError as exc:
                 result.failures.append((name, str(exc)))
             except OSError as exc:
-                result.failures.append((name, f"cannot read file: {exc.strerror or exc}"))
+                result.failures.append((name, read_failure(exc)))
             except Exception as exc:
                 log.debug("unexpected failure on %s", name, exc_info=True)
                 result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))

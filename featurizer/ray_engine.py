@@ -2,12 +2,17 @@
 
 The pipeline, for the images of SOURCE (a folder or an ``s3://``/``gs://`` prefix):
 
-1. ``ray.data.read_binary_files`` reads the listed images (through the same
-   pyarrow filesystem the listing used; on a cluster each node takes the store's
-   credentials from its own environment: instance or pod roles, AWS_* variables).
-2. Tasks hash each image and decode and preprocess it with the local engine's
+1. The driver's listing of SOURCE becomes a Ray dataset of relative paths
+   (``ray.data.from_items``, in blocks).
+2. Tasks read each image through the same pyarrow filesystem the listing used
+   (on a cluster each node takes the store's credentials from its own
+   environment: instance or pod roles, AWS_* variables), a few reads in flight
+   per task, then hash it and decode and preprocess it with the local engine's
    code (:func:`imgclf.featurizer.image_io.decode_to_input`, the graph's contract);
    an image whose sha256 DEST already holds for this featurizer is not decoded.
+   A file that cannot be read (deleted after the listing, a broken link, an I/O
+   error) is skipped and reported with the local engine's reason, as an
+   undecodable one is; the job goes on.
 3. An actor pool (``map_batches`` with a callable class: ``--actors N`` or
    ``--min-actors/--max-actors``, ``--gpus-per-actor``) in which each actor loads
    the graph once runs the batches, one bad image costing only itself.
@@ -30,6 +35,7 @@ import logging
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +47,8 @@ from imgclf.featurizer.feature_dataset import FeatureDatasetWriter, FeaturizerId
 from imgclf.featurizer.featurize_job import FeaturizeJob, FeaturizeSummary
 from imgclf.featurizer.image_io import decode_to_input
 from imgclf.featurizer.image_source import ImageSource, open_image_source
-from imgclf.featurizer.object_store import is_uri, open_location, require
-from imgclf.featurizer.pipeline import ExtractResult, _run_batch
+from imgclf.featurizer.object_store import Location, is_uri, open_location, require
+from imgclf.featurizer.pipeline import ExtractResult, _run_batch, read_failure
 
 log = logging.getLogger(__name__)
 
@@ -139,37 +145,54 @@ def _describe(config: FeaturizerConfig) -> tuple[dict, object]:
 # actors' resources, so Ray Data does not fuse decoding into the actors: it runs in tasks on any CPU of
 # the cluster, and the actors (GPUs, when given) only run the graph. Ray retries a killed task.
 DECODE_TASK_RESOURCES = {"num_cpus": 1, "memory": 512 * 2**20}
+READ_THREADS = 8  # reads in flight per decode task: an object store's latency overlaps, not more CPU
 
 
-def _preprocess(batch: dict, *, root: str, contract, max_pixels: int, known_ref) -> dict:
-    """Ray task: hash, skip known bytes, decode and preprocess each image of a batch (read_binary_files rows)."""
+def _read(location: Location, rel_path: str) -> tuple[bytes | None, str]:
+    """Return ``(bytes, "")``, or ``(None, reason)`` for a file that cannot be read (the local engine's wording)."""
+    try:
+        return location.read_bytes(rel_path), OK
+    except OSError as exc:  # deleted after the listing, a broken link, permission, an I/O error
+        return None, read_failure(exc)
+    except Exception as exc:  # as the local engine: one file's failure costs only that file
+        log.debug("unexpected failure reading %s", rel_path, exc_info=True)
+        return None, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _preprocess(batch: dict, *, location: Location, contract, max_pixels: int, known_ref) -> dict:
+    """Ray task: read, hash, skip known bytes, decode and preprocess each image of a batch (``rel_path`` rows)."""
     if isinstance(known_ref, np.ndarray):
         known = known_ref
     else:
         import ray
 
         known = ray.get(known_ref)  # sorted array of the sha256s DEST holds (zero-copy from the object store)
-    prefix = root.rstrip("/") + "/"
-    rel_paths, shas, statuses, inputs = [], [], [], []
-    for data, path in zip(batch["bytes"], batch["path"]):
-        data = bytes(data)
-        sha = sha256_bytes(data)
-        rel_paths.append(path[len(prefix):] if path.startswith(prefix) else path)
-        shas.append(sha)
-        index = int(np.searchsorted(known, sha.encode()))
-        if index < len(known) and known[index] == sha.encode():
-            statuses.append(KNOWN)
-            inputs.append(b"")
-            continue
-        try:
-            array = decode_to_input(data, contract.input_size, contract.input_mean, contract.input_std, max_pixels,
-                                    contract.jpeg_dct_method, contract.decode)[1]
-        except ImgclfError as exc:
-            statuses.append(str(exc))
-            inputs.append(b"")
-        else:
-            statuses.append(OK)
-            inputs.append(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    rel_paths = [str(rel) for rel in batch["rel_path"]]
+    shas, statuses, inputs = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(rel_paths))),
+                            thread_name_prefix="read") as pool:
+        for data, reason in pool.map(lambda rel: _read(location, rel), rel_paths):  # decodes as reads land
+            if data is None:
+                shas.append("")
+                statuses.append(reason)
+                inputs.append(b"")
+                continue
+            sha = sha256_bytes(data)
+            shas.append(sha)
+            index = int(np.searchsorted(known, sha.encode()))
+            if index < len(known) and known[index] == sha.encode():
+                statuses.append(KNOWN)
+                inputs.append(b"")
+                continue
+            try:
+                array = decode_to_input(data, contract.input_size, contract.input_mean, contract.input_std, max_pixels,
+                                        contract.jpeg_dct_method, contract.decode)[1]
+            except ImgclfError as exc:
+                statuses.append(str(exc))
+                inputs.append(b"")
+            else:
+                statuses.append(OK)
+                inputs.append(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     return {"rel_path": np.array(rel_paths, dtype=object), "sha": np.array(shas, dtype=object),
             "status": np.array(statuses, dtype=object), "input": np.array(inputs, dtype=object)}
 
@@ -239,11 +262,10 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     if source.images:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
-        ds = ray.data.read_binary_files([source.fs_path(i.rel_path) for i in source.images],
-                                        filesystem=source.location.fs, include_paths=True,
-                                        override_num_blocks=max(1, min(len(source.images) // job.batch_size, 4096)))
+        ds = ray.data.from_items([{"rel_path": image.rel_path} for image in source.images],
+                                 override_num_blocks=max(1, min(len(source.images) // job.batch_size, 4096)))
         ds = ds.map_batches(_preprocess, batch_size=job.batch_size, batch_format="numpy",
-                            fn_kwargs={"root": source.location.root, "contract": contract,
+                            fn_kwargs={"location": source.location, "contract": contract,
                                        "max_pixels": job.featurizer.max_pixels, "known_ref": ray.put(known)},
                             **DECODE_TASK_RESOURCES)
         ds = ds.map_batches(GraphActor, batch_size=job.batch_size, batch_format="numpy",

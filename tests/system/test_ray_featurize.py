@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgclf.core.cli import main
+from imgclf.featurizer import ray_engine
 from imgclf.featurizer.feature_dataset import FeaturizerIdentity, load_features, read_manifest
 from imgclf.featurizer.object_store import open_location
 from tests.support import images
@@ -102,9 +103,22 @@ def _predictions(model_dir, files, capsys):
 
 
 def test_s3_to_s3_on_the_cluster_equals_the_local_engine_and_trains_the_same_model(
-        cluster, photos, local_dataset, legacy_graph_path, tmp_path, capsys):
+        cluster, photos, local_dataset, legacy_graph_path, tmp_path, capsys, monkeypatch):
     upload_folder(cluster.driver_env, photos, "ray-images", "photos")
     upload_folder(cluster.driver_env, photos / "cats", "ray-features", "placeholder")  # the bucket exists
+    vanishing = tmp_path / "vanishing"  # one more object, deleted after the driver lists the bucket
+    (vanishing / "cats").mkdir(parents=True)
+    (vanishing / "cats" / "vanishing.jpg").write_bytes(images.jpeg(99, (160, 120)))
+    upload_folder(cluster.driver_env, vanishing, "ray-images", "photos")
+
+    def list_then_delete(source):
+        listed = real_listing(source)
+        assert "cats/vanishing.jpg" in [image.rel_path for image in listed.images]
+        listed.location.delete("cats/vanishing.jpg")
+        return listed
+
+    real_listing = ray_engine.open_image_source
+    monkeypatch.setattr(ray_engine, "open_image_source", list_then_delete)
     report = tmp_path / "report.json"
     assert _featurize("s3://ray-images/photos/", legacy_graph_path, "s3://ray-features/run1", "--engine", "ray",
                       "--ray-address", cluster.address, "--actors", "2", "--batch-size", "4", "--shard-rows", "5",
@@ -116,9 +130,11 @@ def test_s3_to_s3_on_the_cluster_equals_the_local_engine_and_trains_the_same_mod
     assert remote.paths == local.paths and len(remote.paths) == 16
     assert remote.label_names == local.label_names and remote.image_sha256 == local.image_sha256
     assert _cosines(remote.features, local.features).min() >= 0.9999
-    assert remote_entry["bad_files"] == local_entry["bad_files"]
-    assert [bad["path"] for bad in remote_entry["bad_files"]] == ["dogs/broken.jpg"]
+    assert [bad["path"] for bad in remote_entry["bad_files"]] == ["cats/vanishing.jpg", "dogs/broken.jpg"]
+    assert remote_entry["bad_files"][1:] == local_entry["bad_files"]  # the undecodable one, as the local engine says
+    assert remote_entry["bad_files"][0]["reason"].startswith("cannot read file: ")  # skipped, reported, job done
     summary = json.loads(report.read_text())
+    assert summary["skipped"] == remote_entry["bad_files"]
     assert (summary["computed"], summary["featurized"], summary["dataset"]["shards"]) == (16, 16, 4)
     assert sorted(_shard_rows("s3://ray-features/run1")) == remote.paths  # every image once
     models = tmp_path / "models"
