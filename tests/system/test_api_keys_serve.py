@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from imgclf.service import serve_cli
 from imgclf.service.api_keys import key_line
-from tests.support.processes import free_port
+from tests.support.gunicorn_server import gunicorn
 
 FIRST, SECOND = "imgclf_first-key", "imgclf_second-key"
 
@@ -32,18 +30,9 @@ def wait_for(check, seconds: float, what: str, log):
 def test_keys_are_required_counted_and_reread_on_sighup(model_repo, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text(key_line("first", FIRST) + "\n")
-    port = free_port()
-    env = serve_cli.serve_env(model_repo, bind=f"127.0.0.1:{port}", workers=1, threads=4)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(TMPDIR=str(tmp_path), IMGCLF_API_KEYS_FILE=str(keys), IMGCLF_GRACEFUL_TIMEOUT="5")
-    serve_cli.check_settings(env)
-    log = tmp_path / "gunicorn.log"
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, cwd=tmp_path, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: requests.get(url + "/readyz", timeout=5).status_code == 200, 90, "ready", log)
+    env = {"IMGCLF_API_KEYS_FILE": str(keys), "IMGCLF_GRACEFUL_TIMEOUT": "5"}
+    with gunicorn(model_repo, tmp_path, workers=1, threads=4, env=env) as server:  # /readyz needs no key
+        url, log = server.url, server.log
         first, second = {"Authorization": f"Bearer {FIRST}"}, {"X-API-Key": SECOND}
         for _ in range(6):
             assert requests.get(url + "/v1/models", headers={"Connection": "close"}, timeout=10).status_code == 401
@@ -57,15 +46,8 @@ def test_keys_are_required_counted_and_reread_on_sighup(model_repo, tmp_path):
         assert FIRST not in metrics
 
         keys.write_text(keys.read_text() + key_line("second", SECOND) + "\n")
-        process.send_signal(signal.SIGHUP)  # new workers read the file; the old ones finish and stop
+        server.process.send_signal(signal.SIGHUP)  # new workers read the file; the old ones finish and stop
         wait_for(lambda: requests.get(url + "/v1/models", headers={**second, "Connection": "close"},
                                       timeout=60).status_code == 200, 120, "the second key accepted", log)
         assert requests.get(url + "/v1/models", headers=first, timeout=10).status_code == 200
         assert "Traceback" not in log.read_text()
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import base64
 import shutil
-import subprocess
-import time
 
 import numpy as np
 import pytest
 import requests
 
-from imgclf.service import serve_cli
-from tests.support.processes import free_port
+from tests.support.gunicorn_server import gunicorn
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402  (after the importorskip)
-
-READY_WITHIN_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -37,34 +32,9 @@ def repo(secondary_repo, model_repo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory):
     """The service under gunicorn (one worker) on 127.0.0.1; yields its host:port."""
-    tmp = tmp_path_factory.mktemp("triton-serve")
-    port = free_port()
-    env = serve_cli.serve_env(repo, bind=f"127.0.0.1:{port}", workers=1, threads=4)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(TMPDIR=str(tmp), IMGCLF_GRACEFUL_TIMEOUT="10", IMGCLF_MAX_INSTANCES="8")
-    log = tmp / "gunicorn.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
-    url = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_WITHIN_S
-        while True:
-            assert process.poll() is None, f"gunicorn exited early:\n{log.read_text(errors='replace')}"
-            try:
-                if requests.get(f"http://{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline, f"not ready in {READY_WITHIN_S} s:\n{log.read_text(errors='replace')}"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    with gunicorn(repo, tmp_path_factory.mktemp("triton-serve"), workers=1, threads=4,
+                  env={"IMGCLF_MAX_INSTANCES": "8"}) as started:
+        yield started.address
 
 
 @pytest.fixture(scope="module")
