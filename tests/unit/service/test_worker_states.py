@@ -55,7 +55,7 @@ def test_an_unknown_state_is_refused(tmp_path):
 def test_the_master_makes_a_fresh_folder_and_removes_it(monkeypatch, tmp_path):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(worker_states.tempfile, "tempdir", None)  # read TMPDIR again
-    monkeypatch.delenv(worker_states.ENV, raising=False)
+    monkeypatch.setenv(worker_states.ENV, "")  # recorded: the teardown restores what was there (make_folder sets it)
     made = worker_states.make_folder()
     assert made.parent == tmp_path and worker_states.server_folder() == made and not any(made.iterdir())
     worker_states.remove_folder(made)
