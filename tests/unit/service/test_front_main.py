@@ -76,6 +76,18 @@ def _get(port: int, path: str) -> dict:
     return json.loads(out.split(b"\r\n\r\n", 1)[1])
 
 
+def _get_ours(port: int, path: str) -> dict:
+    """GET ``path`` through our front to the fake gunicorn, once the front handles SIGTERM (before: raise).
+
+    The test signals its own process next: a free port that another server took meanwhile, or a signal before
+    serve() installed its handlers, would kill the test's process instead of failing the test.
+    """
+    seen = _get(port, path)
+    assert seen.get("target") == path, f"not the fake gunicorn behind our front: {seen}"
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "the front handles no signals yet"
+    return seen
+
+
 def test_the_socket_folder_fits_a_unix_socket_path_under_a_long_tmpdir(tmp_path):
     long_parent = tmp_path / ("t" * 90)  # a TMPDIR this long leaves no room for the socket's name
     long_parent.mkdir()
@@ -103,7 +115,7 @@ def test_signals_reach_gunicorn_and_sigterm_stops_both(tmp_path, monkeypatch):
         deadline = time.monotonic() + 20
         while True:  # until the fake gunicorn listens
             try:
-                seen = await loop.run_in_executor(None, _get, port, "/readyz")
+                seen = await loop.run_in_executor(None, _get_ours, port, "/readyz")
                 break
             except (AssertionError, OSError):
                 assert time.monotonic() < deadline
@@ -156,7 +168,7 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path, monkeypatch):
         deadline = time.monotonic() + 20
         while True:
             try:
-                await loop.run_in_executor(None, _get, port, "/up")
+                await loop.run_in_executor(None, _get_ours, port, "/up")
                 break
             except (AssertionError, OSError):
                 assert time.monotonic() < deadline
