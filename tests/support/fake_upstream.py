@@ -63,13 +63,13 @@ class Echo:
 
 async def _main() -> int:
     path = os.environ["IMGCLF_BIND"].removeprefix("unix:")
-    await asyncio.start_unix_server(Echo().handle, path)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_signal_handler(signal.SIGTERM, done.set)  # before listening: a signal after an answer finds them
     hup = os.environ.get("FAKE_HUP_FILE")
     if hup:
         loop.add_signal_handler(signal.SIGHUP, lambda: open(hup, "a").write("hup\n"))
+    await asyncio.start_unix_server(Echo().handle, path)
     exit_after = float(os.environ.get("FAKE_EXIT_AFTER_S", "0"))
     if exit_after:
         await asyncio.sleep(exit_after)

@@ -7,11 +7,13 @@ in a second each; tests/system/test_slow_clients.py runs the real pair.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -77,15 +79,39 @@ def _get(port: int, path: str) -> dict:
 
 
 def _get_ours(port: int, path: str) -> dict:
-    """GET ``path`` through our front to the fake gunicorn, once the front handles SIGTERM (before: raise).
-
-    The test signals its own process next: a free port that another server took meanwhile, or a signal before
-    serve() installed its handlers, would kill the test's process instead of failing the test.
-    """
+    """GET ``path`` through the front to the fake gunicorn (another server on a reused port fails the check)."""
     seen = _get(port, path)
     assert seen.get("target") == path, f"not the fake gunicorn behind our front: {seen}"
-    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "the front handles no signals yet"
     return seen
+
+
+def _front_process(port: int, tmp_path: Path) -> subprocess.Popen:
+    """Run front_main.serve (graceful 5 s) on 127.0.0.1:``port`` before the fake gunicorn, in its own process.
+
+    The tests signal it: signals sent to the test's own process could hit whatever else that pytest worker
+    runs (a worker died so in CI).
+    """
+    code = (
+        "import asyncio, sys\n"
+        "from dataclasses import replace\n"
+        "from imgclf.service import front_main\n"
+        "from imgclf.service.front import FrontSettings\n"
+        "from imgclf.service.serve_cli import ServerSettings\n"
+        f"server = replace(ServerSettings(), bind='127.0.0.1:{port}', workers=1, threads=2, graceful_timeout=5)\n"
+        f"sys.exit(asyncio.run(front_main.serve(server, FrontSettings(), argv={FAKE!r})))\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
+
+
+def _until_ours(port: int, path: str, process: subprocess.Popen, seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, f"the front exited with {process.returncode}"
+        try:
+            return _get_ours(port, path)
+        except (AssertionError, OSError):
+            assert time.monotonic() < deadline, "the front and its fake gunicorn never answered"
+            time.sleep(0.1)
 
 
 def test_the_socket_folder_fits_a_unix_socket_path_under_a_long_tmpdir(tmp_path):
@@ -108,30 +134,20 @@ def test_signals_reach_gunicorn_and_sigterm_stops_both(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_HUP_FILE", str(tmp_path / "hup"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     port = free_port()
-    server = replace(ServerSettings(), bind=f"127.0.0.1:{port}", workers=1, threads=2, graceful_timeout=5)
-
-    async def client():
-        loop = asyncio.get_running_loop()
+    process = _front_process(port, tmp_path)
+    try:
+        seen = _until_ours(port, "/readyz", process)
+        process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while True:  # until the fake gunicorn listens
-            try:
-                seen = await loop.run_in_executor(None, _get_ours, port, "/readyz")
-                break
-            except (AssertionError, OSError):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGHUP)
         while not (tmp_path / "hup").exists():
-            await asyncio.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return seen
-
-    async def go():
-        task = asyncio.ensure_future(client())
-        code = await front_main.serve(server, FrontSettings(), argv=FAKE)
-        return code, await task
-
-    code, seen = asyncio.run(asyncio.wait_for(go(), 40))
+            assert time.monotonic() < deadline and process.poll() is None, "SIGHUP never reached gunicorn"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
     assert code == 0 and seen["target"] == "/readyz"
     assert (tmp_path / "hup").read_text() == "hup\n"
     assert not list(tmp_path.glob("imgclf-front-*")), "the socket folder is removed"
@@ -161,29 +177,19 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DELAY_S", "1.0")  # gunicorn takes 1 s over this answer
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     port = free_port()
-    server = replace(ServerSettings(), bind=f"127.0.0.1:{port}", workers=1, threads=2, graceful_timeout=5)
-
-    async def client():
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                await loop.run_in_executor(None, _get_ours, port, "/up")
-                break
-            except (AssertionError, OSError):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-        in_flight = loop.run_in_executor(None, _get, port, "/slow")
-        await asyncio.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return await in_flight
-
-    async def go():
-        task = asyncio.ensure_future(client())
-        code = await front_main.serve(server, FrontSettings(), argv=FAKE)
-        return code, await task
-
-    code, seen = asyncio.run(asyncio.wait_for(go(), 40))
+    process = _front_process(port, tmp_path)
+    try:
+        _until_ours(port, "/up", process)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_get, port, "/slow")
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            seen = in_flight.result(30)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
     assert code == 0 and seen["target"] == "/slow"
 
 
