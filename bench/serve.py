@@ -61,8 +61,12 @@ def build_graph(graph: Path) -> Path:
     return graph
 
 
-def train_model(graph: Path, model_dir: Path) -> Path:
-    """Return a version of the tiny benchmark model, training it once on generated demo pictures."""
+def train_model(graph: Path, model_dir: Path, backend: str = "tensorflow", precision: str = "fp32") -> Path:
+    """Return a version of the tiny benchmark model, training it once on generated demo pictures.
+
+    ``backend``/``precision`` are the featurizer's (an OpenVINO export carries
+    its IR, so the service runs the featurizer the card names).
+    """
     from imgclf.core.repository import list_versions, resolve
     from imgclf.featurizer.demo_images import write_demo_images
     from imgclf.featurizer.extractor import FeaturizerConfig
@@ -72,7 +76,8 @@ def train_model(graph: Path, model_dir: Path) -> Path:
         return resolve(model_dir / MODEL_NAME)
     print("training the benchmark model (once) ...", flush=True)
     images = write_demo_images(OUT / "serve-images", per_class=8)
-    outcome = run_train(TrainJob(image_dir=images, featurizer=FeaturizerConfig(graph, precision="fp32"),
+    featurizer = FeaturizerConfig(graph, precision=precision, backend=backend, calibration_dir=images)
+    outcome = run_train(TrainJob(image_dir=images, featurizer=featurizer,
                                  cache=OUT / "serve-features.sqlite", model_dir=model_dir, name=MODEL_NAME,
                                  progress=False))
     return outcome.version_dir

@@ -17,13 +17,21 @@ Compiled blobs go to ``<key>/compiled`` (OpenVINO's own model cache, which
 keys them on the compile options, precision included). fp32 and bf16 share
 one IR: they differ only in the compile-time ``INFERENCE_PRECISION_HINT``.
 
-Running: the model is compiled once with the throughput hint; a batch is cut
-into one slice per infer request (OpenVINO's optimal number: one per stream)
-and the slices run side by side, started asynchronously and then waited for.
-This is ``AsyncInferQueue``'s pattern without its Python completion callbacks:
-with them, tearing a queue down while a callback waited for the GIL hung the
-process now and then on this machine; plain requests need no Python code on
-OpenVINO's threads.
+Running: the model is compiled with the throughput hint (OpenVINO's streams:
+one per core here) for a static shape of :data:`SLICE_IMAGES` images, and a
+batch is cut into such slices that the model's infer requests (OpenVINO's
+optimal number, one per stream) take from a shared pool as they come free, so
+every stream works whatever the batch size and nothing is padded. This is
+OpenVINO's recommended way to throughput on a CPU (batch 1, requests in
+flight) and measured on the 2-core AVX2 machine with the full int8 graph: 30.5
+img/s in slices of 1 against 29.3 in two slices of 16, 29.2 in slices of 4
+(static shapes; the dynamic-batch model ran several times slower on the AMX
+machine). Several threads may call :meth:`OpenVINOGraph.run` at once (the
+service without batching): they share the requests, so sixteen single-image
+calls keep both streams busy instead of queueing one by one. It is
+``AsyncInferQueue``'s pattern without its Python completion callbacks: with
+them, tearing a queue down while a callback waited for the GIL hung the
+process now and then; plain requests need no Python code on OpenVINO's threads.
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,7 +60,7 @@ META_FILE = "meta.json"
 # OpenVINO's names for imgclf's precisions (INFERENCE_PRECISION_HINT). int8 runs the quantized convolutions
 # in int8 and keeps the rest (pooling, concatenation) in f32.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-MAX_STATIC_SLICE = 64  # images per infer request compiled for a static shape; larger slices use the dynamic model
+SLICE_IMAGES = 1  # images per infer request: the static shape every request runs (see the module notes)
 
 
 def default_cache_dir() -> Path:
@@ -106,10 +114,9 @@ class OpenVINOGraph:
     """
 
     def __init__(self, compiled, contract: GraphContract, precision: str, *, ir_dir: Path | None = None,
-                 rewrite_report=None, info: dict | None = None, source_graph_def=None, compile_static=None):
+                 rewrite_report=None, info: dict | None = None, source_graph_def=None, slice_images: int = 0):
+        """``compiled`` runs ``slice_images`` images per request (its static batch), or any number (0: dynamic)."""
         self.compiled = compiled
-        self._compile_static = compile_static  # slice size -> the model compiled for [size, S, S, 3]
-        self._static: dict[int, list] = {}  # slice size -> its infer requests
         self._source = source_graph_def  # the frozen graph as read: the TensorFlow graph is built from it on demand
         self._tf_graph = None
         self.contract = contract
@@ -122,11 +129,13 @@ class OpenVINOGraph:
         if not last.is_static:
             raise GraphError(f"bottleneck {contract.bottleneck} has an unknown last dimension in OpenVINO")
         self.dim = int(last.get_length())
-        self.requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        self._requests = [compiled.create_infer_request() for _ in range(self.requests)]
-        self._lock = threading.Lock()  # one batch at a time through the requests
+        self.slice_images = int(slice_images)  # 0: the dynamic model, one slice per request
+        self.requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests no call is using
+        for _ in range(self.requests):
+            self._idle.put(compiled.create_infer_request())
 
     @classmethod
     def from_graph_def(cls, graph_def, graph_sha256: str, contract: GraphContract = DEFAULT_CONTRACT,
@@ -159,12 +168,9 @@ class OpenVINOGraph:
             log.info("OpenVINO model from the cache: %s", ir_dir)
         info = {"openvino_version": version, "ir_key": key,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
-        def compile_static(size: int):
-            return _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=size)
-
-        return cls(_compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled"), contract, precision,
-                   ir_dir=ir_dir, rewrite_report=report, info=info, source_graph_def=graph_def,
-                   compile_static=compile_static)
+        compiled = _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=SLICE_IMAGES)
+        return cls(compiled, contract, precision, ir_dir=ir_dir, rewrite_report=report, info=info,
+                   source_graph_def=graph_def, slice_images=SLICE_IMAGES)
 
     @classmethod
     def from_ir(cls, xml: Path, contract: GraphContract, precision: str, *, threads: int = 0,
@@ -173,13 +179,9 @@ class OpenVINOGraph:
         ov = require_openvino()
         if not Path(xml).is_file() or not Path(xml).with_suffix(".bin").is_file():
             raise GraphError(f"OpenVINO featurizer {str(xml)!r} (and its .bin) is missing")
-        compiled = _compile(ov, Path(xml), precision, threads, compiled_cache)
-
-        def compile_static(size: int):
-            return _compile(ov, Path(xml), precision, threads, compiled_cache, batch=size)
-
+        compiled = _compile(ov, Path(xml), precision, threads, compiled_cache, batch=SLICE_IMAGES)
         return cls(compiled, contract, precision, ir_dir=Path(xml).parent, info={"openvino_version": ov.get_version()},
-                   compile_static=compile_static)
+                   slice_images=SLICE_IMAGES)
 
     @property
     def graph(self):
@@ -202,57 +204,57 @@ class OpenVINOGraph:
         return self._tf_graph
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
+        """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]; safe from any thread."""
         size = self.contract.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        if self.compiled is None:
+            raise GraphError("this OpenVINO featurizer is closed")
         images = np.ascontiguousarray(images, dtype=np.float32)
         n = images.shape[0]
         out = np.empty((n, self.dim), np.float32)
-        with self._lock:
-            requests, size = self._requests_for(n)
-            if size:  # static shape: slices of exactly `size` images, the last one padded
-                starts = range(0, n, size)
-                slices = [(request, start, min(start + size, n)) for request, start in zip(requests, starts)]
-            else:
-                bounds = np.linspace(0, n, min(n, self.requests) + 1).astype(int)
-                slices = list(zip(requests, bounds[:-1], bounds[1:]))
-            started = []
-            try:
-                for request, start, stop in slices:  # each runs in its own stream; the calls release the GIL
-                    batch = images[start:stop]
-                    if size and stop - start < size:
-                        batch = np.concatenate([batch, np.zeros((size - (stop - start), *batch.shape[1:]),
-                                                                np.float32)])
-                    request.start_async({0: batch})
-                    started.append(request)
-                for request, start, stop in slices:
-                    request.wait()
-                    out[start:stop] = request.get_output_tensor(0).data.reshape(-1, self.dim)[:stop - start]
-            finally:
-                for request in started:
-                    request.wait()  # never leave a request running on a batch the caller may free
+        if self.slice_images:
+            step = self.slice_images
+            bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
+        else:  # the dynamic model: one slice per request
+            cuts = np.linspace(0, n, min(n, self.requests) + 1).astype(int)
+            bounds = list(zip(cuts[:-1], cuts[1:]))
+        mine: list = []  # the requests this call holds, for as long as it has slices to run
+        running: list = []  # (request, start, stop) started and not yet collected, oldest first
+
+        def collect() -> object:
+            request, start, stop = running.pop(0)
+            request.wait()
+            out[start:stop] = request.get_output_tensor(0).data.reshape(-1, self.dim)[:stop - start]
+            return request
+
+        try:
+            for start, stop in bounds:
+                request = None
+                if len(mine) < self.requests:  # a free request of the pool, if there is one now
+                    try:
+                        request = self._idle.get_nowait()
+                    except queue.Empty:
+                        if not running:  # other calls hold them all: wait for one of theirs
+                            request = self._idle.get()
+                    if request is not None:
+                        mine.append(request)
+                if request is None:  # reuse this call's oldest one when it finishes
+                    request = collect()
+                batch = images[start:stop]
+                if self.slice_images and stop - start < self.slice_images:
+                    batch = np.concatenate([batch, np.zeros((self.slice_images - (stop - start), *batch.shape[1:]),
+                                                            np.float32)])
+                request.start_async({0: batch})  # runs in a stream of its own; the call releases the GIL
+                running.append((request, start, stop))
+            while running:
+                collect()
+        finally:
+            for request, _, _ in running:
+                request.wait()  # never leave a request running on a batch the caller may free
+            for request in mine:
+                self._idle.put(request)
         return out
-
-    def _requests_for(self, n: int) -> tuple[list, int]:
-        """Return (infer requests, static slice size) for a batch of ``n``; size 0 = the dynamic-shape model.
-
-        OpenVINO's CPU plugin runs a model compiled for a static shape several
-        times faster than the dynamic-batch one (measured on this 2-core AMX
-        machine with the full int8 graph: 139-155 against 29-71 img/s). Slices
-        are rounded up to a power of two (at most 2x padding, a handful of
-        compiled shapes), each compiled on first use (and cached on disk).
-        """
-        if self._compile_static is None:
-            return self._requests, 0
-        per_request = -(-n // self.requests)
-        size = 1 << (per_request - 1).bit_length()
-        if size > MAX_STATIC_SLICE:
-            return self._requests, 0
-        if size not in self._static:
-            compiled = self._compile_static(size)
-            self._static[size] = [compiled.create_infer_request() for _ in range(self.requests)]
-        return self._static[size], size
 
     def save_ir(self, directory: Path, stem: str = "featurizer") -> list[Path]:
         """Copy the IR this graph was compiled from into ``directory`` as ``stem``.xml/.bin; return the files."""
@@ -270,14 +272,17 @@ class OpenVINOGraph:
 
     def describe(self) -> dict:
         """Return how this graph runs, JSON-ready."""
-        return {**self.info, "inference_precision": self.inference_precision, "infer_requests": self.requests}
+        return {**self.info, "inference_precision": self.inference_precision, "infer_requests": self.requests,
+                "slice_images": self.slice_images}
 
     def close(self) -> None:
-        """Release the compiled model."""
-        with self._lock:
-            self._requests = []
-            self._static.clear()
-            self.compiled = None
+        """Release the compiled models (a call still running keeps its requests until it returns)."""
+        self.compiled = None
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
 
 
 def _complete(ir_dir: Path) -> bool:

@@ -95,6 +95,29 @@ def test_batches_are_split_over_the_infer_requests_in_order(legacy_graph_path, d
         featurizer.run(np.zeros((1, 10, 10, 3), np.float32))
 
 
+def test_calls_from_many_threads_share_the_infer_requests_and_get_their_own_answers(legacy_graph_path, demo_dir,
+                                                                                   ov_cache):
+    from concurrent.futures import ThreadPoolExecutor
+
+    featurizer = _openvino(legacy_graph_path, "fp32", ov_cache)
+    try:
+        inputs = _inputs(featurizer, demo_dir)
+        expected = featurizer.run(inputs)
+        # single images and batches of 2-5 at once, from more threads than there are infer requests
+        spans = [(i, i + 1 + i % 5) for i in range(len(inputs) - 5)] * 3
+        with ThreadPoolExecutor(max_workers=4 * featurizer.graph.requests + 2) as pool:
+            answers = list(pool.map(lambda span: featurizer.run(inputs[span[0]:span[1]]), spans))
+        assert featurizer.graph.describe()["slice_images"] >= 1
+        # every request went back to the pool: a run can still take all of them
+        assert featurizer.graph._idle.qsize() == featurizer.graph.requests
+    finally:
+        featurizer.close()
+    for (start, stop), got in zip(spans, answers):
+        np.testing.assert_allclose(got, expected[start:stop], rtol=1e-5, atol=1e-6)
+    with pytest.raises(GraphError, match="closed"):
+        featurizer.graph.run(inputs[:1])
+
+
 def test_the_converted_model_is_cached_and_reused(legacy_graph_path, demo_dir, tmp_path):
     first = _openvino(legacy_graph_path, "fp32", tmp_path)
     inputs = _inputs(first, demo_dir)
@@ -191,7 +214,9 @@ def test_a_head_on_int8_features_is_within_one_point_of_fp32(legacy_graph_path, 
         result = train_head(vectors[train], labels[train], vectors[val], labels[val], 4, HeadConfig(),
                             TrainConfig(epochs=40, batch_size=50), progress=False)
         predicted = np.argmax(result.model.predict(vectors[test], verbose=0), axis=1)
-        accuracies[name] = float(np.mean(predicted == labels[test]))
-    print(f"test accuracy: fp32 {accuracies['fp32']:.3f}, int8 {accuracies['int8']:.3f}")
-    assert accuracies["fp32"] >= 0.5  # the head learned something, so the comparison means something
-    assert abs(accuracies["int8"] - accuracies["fp32"]) <= 0.01, accuracies
+        accuracies[name] = int(np.sum(predicted == labels[test]))  # right answers: counted, not rounded
+    n = int(test.sum())
+    print(f"test accuracy: fp32 {accuracies['fp32'] / n:.3f}, int8 {accuracies['int8'] / n:.3f} of {n}")
+    assert accuracies["fp32"] >= 0.5 * n  # the head learned something, so the comparison means something
+    # within 1 point: at most n/100 images apart (one image of 100 is exactly one point, which passes)
+    assert abs(accuracies["int8"] - accuracies["fp32"]) * 100 <= n, accuracies
