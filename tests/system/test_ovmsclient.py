@@ -99,7 +99,9 @@ def test_predict_images(client, reference, images):
     np.testing.assert_array_equal(got["classes"], want["classes"])
     assert got["labels"].tolist() == want["labels"]
     one = client.predict({"image_bytes": images[2]}, "shapes", model_version=2)  # a scalar: one image
-    np.testing.assert_allclose(one["probabilities"], [want["probabilities"][2]], rtol=1e-6)
+    # one image against the same image in a batch of several: oneDNN's kernels may sum in another order per batch
+    # size (1.2e-6 relative on an AVX2 machine), so this compares to 1e-5, not bit for bit
+    np.testing.assert_allclose(one["probabilities"], [want["probabilities"][2]], rtol=1e-5)
 
 
 def test_predict_fp32_models(client, reference):

@@ -220,3 +220,21 @@ def test_a_head_on_int8_features_is_within_one_point_of_fp32(legacy_graph_path, 
     assert accuracies["fp32"] >= 0.5 * n  # the head learned something, so the comparison means something
     # within 1 point: at most n/100 images apart (one image of 100 is exactly one point, which passes)
     assert abs(accuracies["int8"] - accuracies["fp32"]) * 100 <= n, accuracies
+
+
+def test_int8_recipes_key_the_cache_and_follow_the_cpu(monkeypatch):
+    from imgclf.core import precision as precision_module
+    from imgclf.featurizer import openvino_backend
+    from imgclf.featurizer.contract import DEFAULT_CONTRACT
+
+    def key(recipe, precision="int8"):
+        return openvino_backend.ir_key("g" * 64, DEFAULT_CONTRACT, precision, "c" * 64, "2026.4", recipe)[0]
+
+    assert key("vnni") == key(None)  # caches made before recipes existed keep their keys
+    assert key("no-vnni") != key("vnni")
+    assert key("no-vnni", "fp32") == key("vnni", "fp32")  # float IRs have no recipe
+    for flags, expected in [({"avx2", "fma"}, "no-vnni"), ({"avx2", "avx_vnni"}, "vnni"),
+                            ({"avx512f", "avx512_vnni"}, "vnni"), ({"amx_int8", "amx_bf16"}, "vnni")]:
+        monkeypatch.setattr(precision_module, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert openvino_backend.int8_recipe() == expected
+    assert set(openvino_backend.INT8_RECIPES) == {"vnni", "no-vnni"}
