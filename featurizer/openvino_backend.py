@@ -270,8 +270,10 @@ class OpenVINOGraph:
                                                             np.float32)])
                 request.start_async({0: batch})  # runs in a stream of its own; the call releases the GIL
                 running.append((request, start, stop))
-            while running:
-                collect()
+            while running:  # nothing left to start: hand each request back as it finishes, for other calls
+                request = collect()
+                mine.remove(request)
+                self._idle.put(request)
         finally:
             for request, _, _ in running:
                 request.wait()  # never leave a request running on a batch the caller may free

@@ -1,13 +1,20 @@
 """Gather concurrent requests of one worker into one model call.
 
-Each request thread submits its preprocessed images and waits. A single
-batching thread takes the first waiting request, waits up to ``max_wait`` for
-more (or until ``max_size`` images are gathered), runs the model once on the
-stacked batch and hands every request its rows. Under concurrency the model
-sees batches, which is where the featurizer's throughput comes from. The wait
-ends early once every prediction request in flight in the worker has joined
+Each request thread submits its preprocessed images and waits. A batching
+thread takes the first waiting request, waits up to ``max_wait`` for more (or
+until ``max_size`` images are gathered), runs the model once on the stacked
+batch and hands every request its rows. Under concurrency the model sees
+batches, which is where the featurizer's throughput comes from. The wait ends
+early once every prediction request in flight in the worker has joined a batch
 (the app counts them), so a lone request does not wait at all. With batching
 off, each request calls the model itself.
+
+``lanes`` batching threads may run batches at once (default one). A model
+that runs a batch on several independent executors (OpenVINO's infer requests,
+one stream per core) gets one lane per executor: while one batch finishes its
+last images and its head, and while the next batch is gathered, the next one
+already keeps the free executors busy instead of leaving them idle between
+batches.
 """
 
 from __future__ import annotations
@@ -31,19 +38,26 @@ class Batcher:
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_size: int = 32, max_wait: float = 0.005,
                  enabled: bool = True, on_batch: Callable[[int, float], None] | None = None, name: str = "model",
-                 expected: Callable[[], int] | None = None):
-        if max_size < 1 or max_wait < 0:
-            raise ValueError(f"max_size must be >= 1 and max_wait >= 0; received {max_size!r}, {max_wait!r}")
+                 expected: Callable[[], int] | None = None, lanes: int = 1):
+        if max_size < 1 or max_wait < 0 or lanes < 1:
+            raise ValueError(f"max_size and lanes must be >= 1 and max_wait >= 0; received {max_size!r}, "
+                             f"{lanes!r}, {max_wait!r}")
         self.run, self.max_size, self.max_wait, self.enabled = run, max_size, max_wait, enabled
         self.on_batch = on_batch  # called with (images in the batch, seconds the model took)
         # How many requests are in flight in this worker (None: unknown). A batch stops waiting as soon as
         # every in-flight request has joined it, so a lone request never waits for company that is not coming.
         self.expected = expected
+        self.lanes = lanes
         self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._taken = 0  # requests in batches that lanes are running or gathering now
+        self._taken_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
         if enabled:
-            self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-            self._thread.start()
+            for lane in range(lanes):
+                thread = threading.Thread(target=self._loop, name=f"batcher-{name}" + (f"-{lane}" if lane else ""),
+                                          daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def submit(self, inputs: np.ndarray) -> np.ndarray:
         """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled."""
@@ -64,12 +78,16 @@ class Batcher:
         while True:
             item = self._queue.get()
             if item is _STOP:
+                self._queue.put(_STOP)  # for the other lanes
                 return
             pending = [item]
             size = len(item[0])
+            with self._taken_lock:
+                others = self._taken  # requests already in the other lanes' batches: not coming to this one
+                self._taken += 1
             deadline = time.monotonic() + self.max_wait
             while size < self.max_size:
-                if self.expected is not None and len(pending) >= self.expected():
+                if self.expected is not None and len(pending) >= self.expected() - others:
                     break
                 timeout = deadline - time.monotonic()
                 try:
@@ -84,7 +102,13 @@ class Batcher:
                     break
                 pending.append(nxt)
                 size += len(nxt[0])
-            self._run_pending(pending)
+                with self._taken_lock:
+                    self._taken += 1
+            try:
+                self._run_pending(pending)
+            finally:
+                with self._taken_lock:
+                    self._taken -= len(pending)
 
     def _run_pending(self, pending: list) -> None:
         try:
@@ -99,7 +123,8 @@ class Batcher:
             start += len(inputs)
 
     def close(self) -> None:
-        """Stop the batching thread after the batches already queued."""
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout=10)
+        """Stop the batching threads after the batches already queued."""
+        if self._threads:
+            self._queue.put(_STOP)  # each lane puts it back for the next one as it stops
+            for thread in self._threads:
+                thread.join(timeout=10)

@@ -39,13 +39,16 @@ class LoadContext:
     on_batch: Callable[[str], Callable[[int, float], None]] | None = None  # (model) -> callback(images, seconds)
     expected: Callable[[str], int] | None = None  # (model) -> its prediction requests in flight in this worker
 
-    def batcher(self, name: str, run: Callable[[np.ndarray], np.ndarray]) -> Batcher:
-        """Return a batcher of ``run`` for model ``name``, configured and observed for this worker."""
+    def batcher(self, name: str, run: Callable[[np.ndarray], np.ndarray], lanes: int = 1) -> Batcher:
+        """Return a batcher of ``run`` for model ``name``, configured and observed for this worker.
+
+        ``lanes``: batches that may run at once (one per independent executor of the model).
+        """
         config = self.config
         expected = self.expected
         return Batcher(run, config.batch_max_size, config.batch_max_wait_ms / 1000.0, enabled=config.batching,
                        on_batch=self.on_batch(name) if self.on_batch else None, name=name,
-                       expected=(lambda: expected(name)) if expected else None)
+                       expected=(lambda: expected(name)) if expected else None, lanes=lanes)
 
 
 class Servable(ABC):

@@ -30,7 +30,7 @@ class ImageClassifierServable(Servable):
     def __init__(self, name: str, version: int, model: LoadedModel, context: LoadContext):
         super().__init__(name, version, model.labels, model.card)
         self.model = model
-        self.batcher = context.batcher(name, model.predict_inputs)
+        self.batcher = context.batcher(name, model.predict_inputs, lanes=model.batch_lanes)
 
     @classmethod
     def load(cls, path: Path, name: str, version: int, context: LoadContext) -> ImageClassifierServable:

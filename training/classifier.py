@@ -61,6 +61,11 @@ class LoadedModel:
         return device_scope(self.device)
 
     @property
+    def batch_lanes(self) -> int:
+        """Return how many batches may usefully run at once: OpenVINO's infer requests, else one."""
+        return int(getattr(self.featurizer_graph, "requests", 1) or 1)
+
+    @property
     def bottleneck_dim(self) -> int:
         """Return the length of the bottleneck vectors the model takes."""
         return int(self.card["featurizer"]["dim"])
