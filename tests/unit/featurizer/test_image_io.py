@@ -1,5 +1,6 @@
 """Decoding, validation and the graph-compatible resize, against references computed another way."""
 
+import functools
 import io
 import struct
 import zlib
@@ -192,10 +193,14 @@ def test_multi_picture_jpegs_from_phones_decode_as_their_first_picture():
     np.testing.assert_array_equal(decode_rgb(data), decode_rgb(first_jpeg))
 
 
-def _exif_jpeg(orientation: int) -> bytes:
+def _exif(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return images.encode(images.photo_like(8, (64, 40)), "JPEG", quality=92, exif=exif.tobytes())
+    return exif.tobytes()
+
+
+def _exif_jpeg(orientation: int) -> bytes:
+    return images.encode(images.photo_like(8, (64, 40)), "JPEG", quality=92, exif=_exif(orientation))
 
 
 def _mpo() -> bytes:
@@ -208,7 +213,7 @@ def _mpo() -> bytes:
     lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(31, (320, 200))).convert("L")), "JPEG"),
     lambda: images.jpeg(32, (5, 3)),
     _mpo,
-    lambda: _exif_jpeg(6),  # rotated: the general path
+    lambda: _exif_jpeg(6),  # rotated: the fused path turns it upright too
     lambda: images.encode(images.photo_like(33, (120, 90)), "PNG"),
     lambda: images.encode(Image.fromarray(images.photo_like(34, (64, 48))).convert("CMYK"), "JPEG"),
 ], ids=["rgb-jpeg", "gray-jpeg", "tiny-jpeg", "mpo", "exif-rotated", "png", "cmyk-jpeg"])
@@ -226,10 +231,13 @@ def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_meth
     (lambda: images.jpeg(37, (640, 480)), True),
     (lambda: images.encode(np.asarray(Image.fromarray(images.photo_like(38, (64, 48))).convert("L")), "JPEG"), True),
     (_mpo, True),
-    (lambda: _exif_jpeg(6), False),
+    (lambda: _exif_jpeg(6), True),
+    (lambda: _exif_jpeg(3), True),
     (lambda: images.encode(Image.fromarray(images.photo_like(39, (64, 48))).convert("CMYK"), "JPEG"), False),
+    (lambda: images.encode(Image.fromarray(images.photo_like(39, (64, 48))).convert("CMYK"), "JPEG",
+                           exif=_exif(6)), False),
     (lambda: images.encode(images.photo_like(40, (64, 48)), "PNG"), False),
-], ids=["rgb-jpeg", "gray-jpeg", "mpo", "exif-rotated", "cmyk-jpeg", "png"])
+], ids=["rgb-jpeg", "gray-jpeg", "mpo", "exif-rotated", "exif-rotated-180", "cmyk-jpeg", "cmyk-rotated", "png"])
 def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatch):
     from imgclf.featurizer import image_io
 
@@ -246,6 +254,76 @@ def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatc
     calls.clear()
     decode_to_input(make(), jpeg_dct_method=None)  # Pillow decoding asked for: never the TensorFlow path
     assert not calls
+
+
+def _count_fused_calls(monkeypatch) -> list:
+    from imgclf.featurizer import image_io
+
+    calls, real = [], image_io._fused_jpeg_function
+    monkeypatch.setattr(image_io, "_fused_jpeg_function", lambda *args: calls.append(args) or real(*args))
+    return calls
+
+
+@functools.lru_cache(maxsize=8)
+def _rotated_photo(orientation: int) -> bytes:
+    """A 1400×1300 JPEG (DCT-scaled by 2 in the fast mode) tagged with EXIF ``orientation``."""
+    rgb = images.photo_like(50, (1400, 1300)).copy()
+    rgb[:64, :96] = 255  # a marker in the top-left corner, wider than high: every turn and flip moves it
+    return images.encode(rgb, "JPEG", quality=92, exif=_exif(orientation))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+@pytest.mark.parametrize("dct_method", ["", "INTEGER_ACCURATE"])
+def test_the_fused_path_turns_every_exif_orientation_upright_like_the_general_path(orientation, decode, dct_method,
+                                                                                  monkeypatch):
+    assert jpeg_scale(1400, 1300, 299) == 2  # so "fast" really decodes DCT-scaled
+    data = _rotated_photo(orientation)
+    calls = _count_fused_calls(monkeypatch)
+    rgb, x = decode_to_input(data, 299, 128.0, 128.0, jpeg_dct_method=dct_method, decode=decode)
+    assert len(calls) == 1  # the fused path, not the general one
+    reference_rgb = decode_rgb(data, jpeg_dct_method=dct_method, decode=decode)  # TF decode, then Pillow's transpose
+    np.testing.assert_array_equal(rgb, reference_rgb)
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(reference_rgb, 299), 128.0, 128.0))
+    height, width = (1300, 1400) if decode == "exact" else (650, 700)  # stored sideways for orientations 5-8
+    assert rgb.shape == ((width, height, 3) if orientation >= 5 else (height, width, 3))
+
+
+def test_one_traced_function_serves_all_eight_orientations():
+    from imgclf.featurizer import image_io
+
+    data = [_exif_jpeg(orientation) for orientation in range(1, 9)]
+    for jpeg in data + data:
+        decode_to_input(jpeg, 97, 128.0, 128.0, jpeg_dct_method="")  # a size no other test uses: a fresh function
+    assert image_io._fused_jpeg_function(97, 128.0, 128.0, "", 1).experimental_get_tracing_count() == 1
+
+
+def _exif_ifd(entries, count=None) -> bytes:
+    """An EXIF block with one little-endian IFD of (tag, type, count, value) entries, claiming ``count`` of them."""
+    body = struct.pack("<H", len(entries) if count is None else count)
+    for tag, kind, n, value in entries:
+        body += struct.pack("<HHI", tag, kind, n) + value.ljust(4, b"\0")
+    return b"Exif\x00\x00II\x2a\x00\x08\x00\x00\x00" + body
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns of the corrupt EXIF data
+@pytest.mark.parametrize("exif, upright_shape", [
+    (b"Exif\x00\x00" + bytes(range(40)), (24, 40, 3)),  # not TIFF at all
+    (b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff", (24, 40, 3)),  # 65535 entries claimed, none there
+    (_exif_ifd([(0x0112, 3, 1, struct.pack("<H", 6))], count=5), (40, 24, 3)),  # orientation 6, then truncated
+    (_exif_ifd([(0x0112, 2, 2, b"6\0")]), (24, 40, 3)),  # orientation as the text "6": ignored
+    (_exif_ifd([(0x0112, 3, 1, struct.pack("<H", 9))]), (24, 40, 3)),  # no such orientation: ignored
+    (_exif_ifd([(0x0112, 5, 1, struct.pack("<I", 9999))]), (24, 40, 3)),  # value offset past the end
+], ids=["garbage", "truncated-ifd", "orientation-then-truncated", "text-orientation", "orientation-9",
+        "offset-past-end"])
+@pytest.mark.parametrize("dct_method", ["", None])
+def test_a_malformed_exif_block_still_decodes_like_the_general_path(exif, upright_shape, dct_method):
+    data = images.encode(images.photo_like(51, (40, 24)), "JPEG", quality=95, exif=exif)
+    rgb, x = decode_to_input(data, jpeg_dct_method=dct_method)
+    reference_rgb = decode_rgb(data, jpeg_dct_method=dct_method)
+    assert rgb.shape == upright_shape
+    np.testing.assert_array_equal(rgb, reference_rgb)
+    np.testing.assert_array_equal(x, normalize(resize_bilinear(reference_rgb, 299), 128.0, 128.0))
 
 
 def test_decode_to_input_other_sizes_and_normalisation():
