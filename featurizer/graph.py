@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,12 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
 # of one image per run; one image per run keeps them in cache, and fp32 convolutions are already
 # near the cores' peak at batch 1. bf16 (AMX) gains from big batches: it keeps them.
 FP32_MICRO_BATCH = 1
+# Micro-batches run this many at once (0 = one per usable CPU), each a session run of its own. Inside
+# one run the convolutions split every op over the cores and wait for the slowest part at every op, so
+# a decode thread taking a core stalls both; two runs side by side keep both cores busy through that,
+# and through the small ops where one image cannot fill two cores. Measured on a 2-core AVX-512 machine,
+# the full graph, model only: 12.9 img/s one run at a time, 14.3 with two at once (x1.11).
+FP32_CONCURRENT_RUNS = 0
 
 
 class BottleneckGraph:
@@ -234,6 +241,8 @@ class BottleneckGraph:
             self._input = self.graph.get_tensor_by_name(contract.image_input)
             self._output = tf.reshape(bottleneck, [-1, self.dim], name="imgclf/bottleneck")
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, precision))
+        self.concurrent_runs = (FP32_CONCURRENT_RUNS or usable_cpus()) if self.micro_batch else 1
+        self._runners: ThreadPoolExecutor | None = None  # made on the first batch that has several micro-batches
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
@@ -242,8 +251,13 @@ class BottleneckGraph:
             raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
         images = images.astype(np.float32, copy=False)
         step = self.micro_batch or len(images)
-        parts = [self.session.run(self._output, {self._input: images[i:i + step]})
-                 for i in range(0, len(images), step)]
+        slices = [images[i:i + step] for i in range(0, len(images), step)]
+        if len(slices) > 1 and self.concurrent_runs > 1:  # session runs are thread-safe; map keeps the order
+            if self._runners is None:
+                self._runners = ThreadPoolExecutor(self.concurrent_runs, thread_name_prefix="fp32-run")
+            parts = list(self._runners.map(self._run_one, slices))
+        else:
+            parts = [self._run_one(part) for part in slices]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if out.shape[0] != images.shape[0]:  # dimensions unknown at load were not 1 after all
             raise GraphError(f"bottleneck {self.contract.bottleneck} gave {out.shape[0]} vectors of "
@@ -251,8 +265,14 @@ class BottleneckGraph:
                              f"[N, 1, 1, {self.dim}] (pooled)")
         return np.asarray(out, dtype=np.float32)
 
+    def _run_one(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(self._output, {self._input: images})
+
     def close(self) -> None:
-        """Release the session."""
+        """Release the session (and the threads of concurrent micro-batches)."""
+        if self._runners is not None:
+            self._runners.shutdown(wait=True)
+            self._runners = None
         self.session.close()
 
 

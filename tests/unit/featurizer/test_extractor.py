@@ -293,3 +293,38 @@ def test_fp32_runs_a_batch_in_micro_batches_with_the_same_features(legacy_graph_
     assert calls == [5]
     np.testing.assert_allclose(micro, whole, rtol=1e-4, atol=1e-5)
     featurizer.close()
+
+
+def test_fp32_micro_batches_run_side_by_side_and_keep_their_order(legacy_graph_path):
+    """Several session runs at once (one per usable CPU, at least two here) give the rows of one at a time."""
+    import threading
+    import time
+
+    featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
+    graph = featurizer.graph
+    graph.concurrent_runs = 2
+    inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:6]])
+    lock, running, peak = threading.Lock(), [0], [0]
+    real_run = graph.session.run
+
+    def observed(fetches, feed):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)  # long enough for the other runner to start its own
+        try:
+            return real_run(fetches, feed)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    graph.session.run = observed
+    together = graph.run(inputs)
+    assert peak[0] == 2
+    graph.concurrent_runs, peak[0] = 1, 0
+    one_by_one = graph.run(inputs)
+    assert peak[0] == 1
+    np.testing.assert_array_equal(together, one_by_one)
+    np.testing.assert_array_equal(together[3], graph.run(inputs[3:4])[0])
+    featurizer.close()
+    assert graph._runners is None
