@@ -218,7 +218,7 @@ def _mpo() -> bytes:
     lambda: images.encode(Image.fromarray(images.photo_like(34, (64, 48))).convert("CMYK"), "JPEG"),
 ], ids=["rgb-jpeg", "gray-jpeg", "tiny-jpeg", "mpo", "exif-rotated", "png", "cmyk-jpeg"])
 @pytest.mark.parametrize("dct_method", ["", "INTEGER_ACCURATE", None])
-def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_method):
+def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_method, jpeg_decoder):
     data = make()
     rgb, x = decode_to_input(data, 299, 128.0, 128.0, jpeg_dct_method=dct_method)
     reference_rgb = decode_rgb(data, jpeg_dct_method=dct_method)
@@ -238,17 +238,8 @@ def test_decode_to_input_equals_decode_then_resize_then_normalize(make, dct_meth
                            exif=_exif(6)), False),
     (lambda: images.encode(images.photo_like(40, (64, 48)), "PNG"), False),
 ], ids=["rgb-jpeg", "gray-jpeg", "mpo", "exif-rotated", "exif-rotated-180", "cmyk-jpeg", "cmyk-rotated", "png"])
-def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatch):
-    from imgclf.featurizer import image_io
-
-    calls = []
-    real = image_io._fused_jpeg_function
-
-    def counting(*args):
-        calls.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(image_io, "_fused_jpeg_function", counting)
+def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatch, jpeg_decoder):
+    calls = _count_fused_calls(monkeypatch)
     decode_to_input(make(), jpeg_dct_method="")
     assert len(calls) == int(fused)
     calls.clear()
@@ -257,11 +248,26 @@ def test_the_fused_path_takes_plain_jpegs_and_only_those(make, fused, monkeypatc
 
 
 def _count_fused_calls(monkeypatch) -> list:
+    """Count calls of the fused path: TensorFlow's decode-resize function, or the one after libjpeg-turbo."""
     from imgclf.featurizer import image_io
 
-    calls, real = [], image_io._fused_jpeg_function
-    monkeypatch.setattr(image_io, "_fused_jpeg_function", lambda *args: calls.append(args) or real(*args))
+    calls = []
+    for name in ("_fused_jpeg_function", "_upright_resize_function"):
+        real = getattr(image_io, name)
+        monkeypatch.setattr(image_io, name, lambda *args, real=real: calls.append(args) or real(*args))
     return calls
+
+
+@pytest.fixture(params=["turbo", "tensorflow"])
+def jpeg_decoder(request, monkeypatch):
+    """Decode JPEGs with libjpeg-turbo through simplejpeg (the default), or with TensorFlow (without simplejpeg)."""
+    from imgclf.featurizer import image_io
+
+    if request.param == "turbo":
+        assert image_io._simplejpeg is not None, "simplejpeg is a dependency of imgclf"
+    else:
+        monkeypatch.setattr(image_io, "_simplejpeg", None)
+    return request.param
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,7 +282,7 @@ def _rotated_photo(orientation: int) -> bytes:
 @pytest.mark.parametrize("decode", ["exact", "fast"])
 @pytest.mark.parametrize("dct_method", ["", "INTEGER_ACCURATE"])
 def test_the_fused_path_turns_every_exif_orientation_upright_like_the_general_path(orientation, decode, dct_method,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, jpeg_decoder):
     assert jpeg_scale(1400, 1300, 299) == 2  # so "fast" really decodes DCT-scaled
     data = _rotated_photo(orientation)
     calls = _count_fused_calls(monkeypatch)
@@ -289,13 +295,80 @@ def test_the_fused_path_turns_every_exif_orientation_upright_like_the_general_pa
     assert rgb.shape == ((width, height, 3) if orientation >= 5 else (height, width, 3))
 
 
-def test_one_traced_function_serves_all_eight_orientations():
+def test_one_traced_function_serves_all_eight_orientations(jpeg_decoder):
     from imgclf.featurizer import image_io
 
-    data = [_exif_jpeg(orientation) for orientation in range(1, 9)]
+    size = 97 if jpeg_decoder == "turbo" else 98  # sizes no other test uses: fresh functions
+    data = [_exif_jpeg(orientation) for orientation in range(1, 9)] + [images.jpeg(41, (90, 70))]  # another size
     for jpeg in data + data:
-        decode_to_input(jpeg, 97, 128.0, 128.0, jpeg_dct_method="")  # a size no other test uses: a fresh function
-    assert image_io._fused_jpeg_function(97, 128.0, 128.0, "", 1).experimental_get_tracing_count() == 1
+        decode_to_input(jpeg, size, 128.0, 128.0, jpeg_dct_method="")
+    function = image_io._upright_resize_function(size, 128.0, 128.0) if jpeg_decoder == "turbo" else \
+        image_io._fused_jpeg_function(size, 128.0, 128.0, "", 1)
+    assert function.experimental_get_tracing_count() == 1
+
+
+def _jpeg_corpus() -> dict[str, bytes]:
+    """JPEGs of the kinds libjpeg decodes differently: subsampling, progressive, restarts, gray, odd sizes."""
+    photo = images.photo_like(60, (1237, 931))
+    gray = np.asarray(Image.fromarray(photo).convert("L"))
+    corpus = {
+        "420": images.encode(photo, "JPEG", quality=90, subsampling=2),
+        "422": images.encode(photo, "JPEG", quality=90, subsampling=1),
+        "444": images.encode(photo, "JPEG", quality=95, subsampling=0),
+        "progressive": images.encode(photo, "JPEG", quality=85, progressive=True),
+        "restarts": images.encode(photo, "JPEG", quality=90, restart_marker_rows=1),
+        "gray": images.encode(gray, "JPEG", quality=90),
+        "odd-small": images.encode(images.photo_like(61, (33, 17)), "JPEG", quality=75),
+        "low-quality": images.encode(photo, "JPEG", quality=20),
+        "mpo": _mpo(),
+    }
+    return corpus
+
+
+@pytest.mark.parametrize("kind", list(_jpeg_corpus()))
+@pytest.mark.parametrize("dct_method", ["", "INTEGER_FAST", "INTEGER_ACCURATE"])
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_libjpeg_turbo_gives_tensorflows_decode_jpeg_pixels(kind, dct_method, scale):
+    """simplejpeg stands in for TensorFlow's DecodeJpeg only because the pixels are the same, bit for bit."""
+    from imgclf.featurizer import image_io
+
+    data = _jpeg_corpus()[kind]
+    header = Image.open(io.BytesIO(data))
+    turbo = image_io._decode_jpeg_turbo(data, dct_method, scale, header.size)
+    assert turbo is not None
+    np.testing.assert_array_equal(turbo, tf.io.decode_jpeg(data, channels=3, dct_method=dct_method,
+                                                           ratio=scale).numpy())
+
+
+@pytest.mark.parametrize("data", [
+    images.jpeg(62, (300, 200))[:-600],  # truncated
+    images.jpeg(63, (300, 200))[:200] + bytes(400) + images.jpeg(63, (300, 200))[600:],  # damaged scan
+], ids=["truncated", "damaged"])
+def test_jpegs_libjpeg_turbo_refuses_are_left_to_tensorflow_and_pillow_as_before(data, monkeypatch):
+    """A JPEG libjpeg only recovers from (with a warning) is not decoded by simplejpeg: the old path decides."""
+    from imgclf.featurizer import image_io
+
+    header = Image.open(io.BytesIO(data))
+    assert image_io._decode_jpeg_turbo(data, "", 1, header.size) is None
+    outcome = {}
+    for decoder in ("turbo", "tensorflow"):
+        if decoder == "tensorflow":
+            monkeypatch.setattr(image_io, "_simplejpeg", None)
+        try:
+            outcome[decoder] = decode_to_input(data, jpeg_dct_method="")
+        except InvalidImage as exc:
+            outcome[decoder] = str(exc)
+    if isinstance(outcome["turbo"], str):
+        assert outcome["turbo"] == outcome["tensorflow"]
+    else:
+        for a, b in zip(outcome["turbo"], outcome["tensorflow"]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_dct_method_libjpeg_turbo_has_no_match_for_is_left_to_tensorflow():
+    from imgclf.featurizer import image_io
+
+    assert image_io._decode_jpeg_turbo(images.jpeg(64, (64, 48)), "INTEGER_EXOTIC", 1, (64, 48)) is None
 
 
 def _exif_ifd(entries, count=None) -> bytes:
