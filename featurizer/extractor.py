@@ -136,6 +136,18 @@ class Featurizer:
             described["openvino"] = self.graph.describe()
         return described
 
+    @property
+    def min_batch(self) -> int:
+        """Return the fewest images that keep the graph as busy as a whole batch (0: only whole batches do).
+
+        OpenVINO runs one image per infer request and fp32 one image per
+        session run, side by side: as many images as those keep every core
+        busy. bf16 and fp16 gain from big batches: 0.
+        """
+        if self.backend == "openvino":
+            return int(self.graph.requests)
+        return int(self.graph.micro_batch * self.graph.concurrent_runs)
+
     def decode(self, data: bytes) -> np.ndarray:
         """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
         c = self.contract

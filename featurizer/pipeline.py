@@ -4,8 +4,11 @@ Decoding (Pillow, numpy) runs in a thread pool while the main thread runs the
 graph (TensorFlow releases the GIL), so both cores stay busy. The pool, one
 thread per usable CPU, decodes ahead of the graph: up to two batches plus two
 images per thread are in flight, so while a batch runs the next one is being
-decoded, and the graph waits only for images no thread could have finished.
-:class:`ExtractResult` says how long the graph ran and how long the main thread
+decoded, and the graph waits only for images no thread could have finished:
+when the next image is not decoded yet, a graph that runs small batches as
+well as big ones (OpenVINO's one-image requests, fp32's one-image runs:
+:attr:`Featurizer.min_batch`) runs the images already decoded instead of
+waiting for a whole batch. :class:`ExtractResult` says how long the graph ran and how long the main thread
 waited for decodes (``model_busy``). Every batch is
 committed to the feature cache as soon as it is computed: a job killed at any
 moment keeps what it committed and a rerun computes only the rest. A bad image
@@ -108,6 +111,10 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     result = ExtractResult(keys=[None] * len(items))
     threads = decode_threads or default_decode_threads()
     max_in_flight = 2 * batch_size + 2 * threads
+    # The fewest decoded images worth a graph run before a whole batch is there (0: whole batches only):
+    # when the next image is still decoding, the graph runs these instead of waiting (a job's first batch,
+    # a folder of fewer images than a batch, decoding slower than the graph).
+    early = min(getattr(featurizer, "min_batch", 0), batch_size)
     pending: dict[str, tuple[np.ndarray, list[int]]] = {}  # key → (network input, indices of the items)
     started = time.perf_counter()
 
@@ -152,6 +159,8 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
                 next_index += 1
             index, future = in_flight.popleft()
             name = items[index].name
+            if not future.done() and early and len(pending) >= early:
+                flush()  # the graph would wait for this decode: give it what is decoded already
             if not future.done():
                 waited = time.perf_counter()
                 wait([future])

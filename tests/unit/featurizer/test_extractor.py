@@ -302,6 +302,7 @@ def test_fp32_micro_batches_run_side_by_side_and_keep_their_order(legacy_graph_p
 
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
     graph = featurizer.graph
+    assert featurizer.min_batch == graph.concurrent_runs >= 1  # one image per run, that many at once
     graph.concurrent_runs = 2
     inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:6]])
     lock, running, peak = threading.Lock(), [0], [0]

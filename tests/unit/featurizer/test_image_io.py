@@ -299,11 +299,13 @@ def test_one_traced_function_serves_all_eight_orientations(jpeg_decoder):
     from imgclf.featurizer import image_io
 
     size = 97 if jpeg_decoder == "turbo" else 98  # sizes no other test uses: fresh functions
-    data = [_exif_jpeg(orientation) for orientation in range(1, 9)] + [images.jpeg(41, (90, 70))]  # another size
+    # photos of two sizes, every orientation; large enough for the fast mode's DCT scale 2 at this size
+    data = [images.encode(images.photo_like(41, (420, 400)), "JPEG", exif=_exif(orientation))
+            for orientation in range(1, 9)] + [images.jpeg(42, (500, 450))]
     for jpeg in data + data:
-        decode_to_input(jpeg, size, 128.0, 128.0, jpeg_dct_method="")
+        decode_to_input(jpeg, size, 128.0, 128.0, jpeg_dct_method="", decode="fast")
     function = image_io._upright_resize_function(size, 128.0, 128.0) if jpeg_decoder == "turbo" else \
-        image_io._fused_jpeg_function(size, 128.0, 128.0, "", 1)
+        image_io._fused_jpeg_function(size, 128.0, 128.0, "", 2)
     assert function.experimental_get_tracing_count() == 1
 
 
@@ -340,22 +342,26 @@ def test_libjpeg_turbo_gives_tensorflows_decode_jpeg_pixels(kind, dct_method, sc
                                                            ratio=scale).numpy())
 
 
-@pytest.mark.parametrize("data", [
-    images.jpeg(62, (300, 200))[:-600],  # truncated
-    images.jpeg(63, (300, 200))[:200] + bytes(400) + images.jpeg(63, (300, 200))[600:],  # damaged scan
-], ids=["truncated", "damaged"])
-def test_jpegs_libjpeg_turbo_refuses_are_left_to_tensorflow_and_pillow_as_before(data, monkeypatch):
+@functools.lru_cache(maxsize=1)
+def _large_jpeg() -> bytes:
+    return images.jpeg(62, (1300, 1250))  # DCT-scaled by 2 in the fast mode
+
+
+@pytest.mark.parametrize("damage", ["truncated", "damaged"])
+def test_jpegs_libjpeg_turbo_refuses_are_left_to_tensorflow_and_pillow_as_before(damage, monkeypatch):
     """A JPEG libjpeg only recovers from (with a warning) is not decoded by simplejpeg: the old path decides."""
     from imgclf.featurizer import image_io
 
+    good = _large_jpeg()
+    data = good[:-3000] if damage == "truncated" else good[:2000] + bytes(3000) + good[5000:]
     header = Image.open(io.BytesIO(data))
-    assert image_io._decode_jpeg_turbo(data, "", 1, header.size) is None
+    assert image_io._decode_jpeg_turbo(data, "", 2, header.size) is None
     outcome = {}
     for decoder in ("turbo", "tensorflow"):
         if decoder == "tensorflow":
             monkeypatch.setattr(image_io, "_simplejpeg", None)
         try:
-            outcome[decoder] = decode_to_input(data, jpeg_dct_method="")
+            outcome[decoder] = decode_to_input(data, jpeg_dct_method="", decode="fast")
         except InvalidImage as exc:
             outcome[decoder] = str(exc)
     if isinstance(outcome["turbo"], str):

@@ -89,6 +89,7 @@ def test_batches_are_split_over_the_infer_requests_in_order(legacy_graph_path, d
     finally:
         featurizer.close()
     assert featurizer.graph.requests >= 1
+    assert featurizer.min_batch == featurizer.graph.requests  # the pipeline runs that many without a whole batch
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(odd, together[:3], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"images must be \[N, 299, 299, 3\]"):

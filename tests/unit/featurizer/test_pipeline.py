@@ -134,3 +134,47 @@ def test_model_time_and_decode_waits_are_accounted(tmp_path):
     assert result.wait_seconds > 0  # one thread reading at 20 ms an image: the graph had to wait
     assert result.model_seconds + result.wait_seconds <= result.seconds
     assert result.model_busy == pytest.approx(result.model_seconds / result.seconds)
+
+
+def test_a_graph_that_runs_small_batches_does_not_wait_for_a_whole_batch(tmp_path):
+    """The third image decodes only once the graph has run: the graph must run the two decoded ones first."""
+    import threading
+
+    class SmallBatches(StandInFeaturizer):
+        min_batch = 2
+
+        def __init__(self):
+            super().__init__()
+            self.ran = threading.Event()
+
+        def run(self, images):
+            self.ran.set()
+            return super().run(images)
+
+    featurizer = SmallBatches()
+    waited = []
+
+    def slow_read():
+        waited.append(featurizer.ran.wait(20))  # without the early run this waits out its 20 s
+        return bytes([3]) * 8
+
+    items = _items([1, 2]) + [WorkItem("img2_3.jpg", read=slow_read)]
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        result = extract(featurizer, items, cache, batch_size=32, decode_threads=2, progress=False)
+        assert cache.count() == 3
+    assert waited == [True]
+    assert featurizer.batches == [[1, 2], [3]]
+    assert (result.computed, result.failures) == (3, [])
+
+
+def test_a_graph_that_gains_from_big_batches_waits_for_a_whole_batch(tmp_path):
+    featurizer = StandInFeaturizer()  # no min_batch: whole batches only, as TensorFlow bf16
+
+    def slow_read():
+        time.sleep(0.3)
+        return bytes([3]) * 8
+
+    items = _items([1, 2]) + [WorkItem("img2_3.jpg", read=slow_read)]
+    with FeatureCache(tmp_path / "c.sqlite") as cache:
+        extract(featurizer, items, cache, batch_size=32, decode_threads=2, progress=False)
+    assert featurizer.batches == [[1, 2, 3]]
