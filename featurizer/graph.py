@@ -206,11 +206,12 @@ def contract_from_graph(graph_def: graph_pb2.GraphDef, contract: GraphContract =
 # of one image per run; one image per run keeps them in cache, and fp32 convolutions are already
 # near the cores' peak at batch 1. bf16 (AMX) gains from big batches: it keeps them.
 FP32_MICRO_BATCH = 1
-# Micro-batches run this many at once (0 = one per usable CPU), each a session run of its own. Inside
-# one run the convolutions split every op over the cores and wait for the slowest part at every op, so
-# a decode thread taking a core stalls both; two runs side by side keep both cores busy through that,
-# and through the small ops where one image cannot fill two cores. Measured on a 2-core AVX-512 machine,
-# the full graph, model only: 12.9 img/s one run at a time, 14.3 with two at once (x1.11).
+# Micro-batches run this many at once (0 = one per intra-op thread the config allows: every usable CPU
+# by default), each a session run of its own. Inside one run the convolutions split every op over the
+# cores and wait for the slowest part at every op, so a decode thread taking a core stalls both; two runs
+# side by side keep both cores busy through that, and through the small ops where one image cannot fill
+# two cores. Measured on a 2-core AVX-512 machine, the full graph, model only, two interleaved rounds:
+# 13.1 and 13.7 img/s one run at a time, 15.4 and 14.6 with two at once.
 FP32_CONCURRENT_RUNS = 0
 
 
@@ -241,8 +242,10 @@ class BottleneckGraph:
             self._input = self.graph.get_tensor_by_name(contract.image_input)
             self._output = tf.reshape(bottleneck, [-1, self.dim], name="imgclf/bottleneck")
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, precision))
-        self.concurrent_runs = (FP32_CONCURRENT_RUNS or usable_cpus()) if self.micro_batch else 1
-        self._runners: ThreadPoolExecutor | None = None  # made on the first batch that has several micro-batches
+        self.concurrent_runs = (FP32_CONCURRENT_RUNS or threads.intra_op or usable_cpus()) if self.micro_batch \
+            else 1
+        # Threads start with the first batch of several micro-batches; close() ends them.
+        self._runners = ThreadPoolExecutor(max(1, self.concurrent_runs), thread_name_prefix="fp32-run")
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
@@ -252,10 +255,8 @@ class BottleneckGraph:
         images = images.astype(np.float32, copy=False)
         step = self.micro_batch or len(images)
         slices = [images[i:i + step] for i in range(0, len(images), step)]
-        if len(slices) > 1 and self.concurrent_runs > 1:  # session runs are thread-safe; map keeps the order
-            if self._runners is None:
-                self._runners = ThreadPoolExecutor(self.concurrent_runs, thread_name_prefix="fp32-run")
-            parts = list(self._runners.map(self._run_one, slices))
+        if len(slices) > 1 and self.concurrent_runs > 1 and self._runners is not None:
+            parts = list(self._runners.map(self._run_one, slices))  # session runs are thread-safe; map keeps order
         else:
             parts = [self._run_one(part) for part in slices]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -280,7 +280,10 @@ def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: floa
     turns it upright by its EXIF orientation (the same transpose as
     :func:`decode_rgb`, before the resize), resizes with the legacy
     ``ResizeBilinear`` kernel the numpy resize reproduces, and normalises — in
-    C++, outside the GIL, with no float copy of the full-size photo. Every other
+    C++, outside the GIL, with no float copy of the full-size photo. A JPEG the
+    fast mode DCT-scales is decoded by libjpeg-turbo first
+    (:func:`_decode_jpeg_turbo`, the same pixels) and the TensorFlow call does
+    the rest. Every other
     image (CMYK JPEGs, other formats, Pillow decoding) takes the general path.
     With ``decode="fast"`` the returned RGB is the DCT-scaled one (upright).
 
@@ -394,7 +397,7 @@ def _decode_jpeg_turbo(data: bytes, dct_method: str, scale: int, size: tuple[int
     match for, or a JPEG it refuses (it raises even on the warnings libjpeg
     recovers from; TensorFlow then decides, as before).
     """
-    if _simplejpeg is None or dct_method not in _TURBO_FASTDCT:
+    if _simplejpeg is None or dct_method not in _TURBO_FASTDCT or not _turbo_agrees_with_tensorflow():
         return None
     width, height = size
     want = (-(-height // scale), -(-width // scale))  # libjpeg's scaled size: ceil(side / scale)
@@ -406,6 +409,36 @@ def _decode_jpeg_turbo(data: bytes, dct_method: str, scale: int, size: tuple[int
         log.debug("simplejpeg refused a JPEG (%s); decoding it with TensorFlow", exc)
         return None
     return rgb if rgb.shape[:2] == want else None
+
+
+@functools.lru_cache(maxsize=1)
+def _turbo_agrees_with_tensorflow() -> bool:
+    """Return whether simplejpeg's scaled decodes equal TensorFlow's here, checked once per process.
+
+    The features' cache keys promise TensorFlow's pixels; the two libraries
+    bundle their own libjpeg-turbo, and a new wheel of either could decode
+    differently. On a difference libjpeg-turbo is not used (and that is logged).
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    field = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((1280, 1216)))
+    pixels = np.clip(field.astype(np.int16) + rng.integers(-8, 9, field.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    for dct_method, fastdct in _TURBO_FASTDCT.items():
+        for scale in (2, 4):
+            ours = _simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fastdct, fastupsample=False,
+                                           min_height=-(-1216 // scale), min_width=-(-1280 // scale),
+                                           min_factor=float(scale))
+            theirs = tf.io.decode_jpeg(data, channels=3, dct_method=dct_method, ratio=scale).numpy()
+            if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+                log.warning("simplejpeg %s decodes JPEGs differently from TensorFlow here (dct_method %r, "
+                            "scale 1/%d); decoding them all with TensorFlow", _simplejpeg.__version__, dct_method,
+                            scale)
+                return False
+    return True
 
 
 def _tf_upright(rgb, orientation):

@@ -99,7 +99,8 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     """Make sure every item's vector is in ``cache``; return keys and failures.
 
     Args:
-        batch_size: images per graph run, and per committed transaction.
+        batch_size: the most images per graph run and per committed transaction (a graph with a
+            ``min_batch`` runs fewer when the next image is still decoding).
         decode_threads: decoding threads (0 = one per usable CPU).
         progress: show a progress bar (None = only on a terminal).
     """

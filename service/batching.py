@@ -51,6 +51,8 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._taken = 0  # requests in batches that lanes are running or gathering now
         self._taken_lock = threading.Lock()
+        self._gather_lock = threading.Lock()
+        self._closed = False
         self._threads: list[threading.Thread] = []
         if enabled:
             for lane in range(lanes):
@@ -63,6 +65,8 @@ class Batcher:
         """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled."""
         if not self.enabled:
             return self._call(inputs)
+        if self._closed:
+            raise RuntimeError("the model's batcher is closed")
         future: Future = Future()
         self._queue.put((inputs, future))
         return future.result()
@@ -76,17 +80,35 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                self._queue.put(_STOP)  # for the other lanes
-                return
-            pending = [item]
-            size = len(item[0])
-            with self._taken_lock:
-                others = self._taken  # requests already in the other lanes' batches: not coming to this one
-                self._taken += 1
+            # One lane gathers at a time: requests arriving together go into one batch, not one each, and
+            # the lanes that are running batches hold only the requests they took (`_taken`).
+            with self._gather_lock:
+                pending = self._gather()
+                if pending is None:
+                    return
+                if not pending:  # gathering failed; its requests have their error
+                    continue
+                with self._taken_lock:
+                    self._taken += len(pending)
+            try:
+                self._run_pending(pending)
+            finally:
+                with self._taken_lock:
+                    self._taken -= len(pending)
+
+    def _gather(self) -> list | None:
+        """Return the next batch of (inputs, future) from the queue; None once stopped."""
+        item = self._queue.get()
+        if item is _STOP:
+            self._queue.put(_STOP)  # for the other lanes
+            return None
+        pending = [item]
+        size = len(item[0])
+        try:
             deadline = time.monotonic() + self.max_wait
             while size < self.max_size:
+                with self._taken_lock:
+                    others = self._taken  # requests in the batches other lanes run: not coming to this one
                 if self.expected is not None and len(pending) >= self.expected() - others:
                     break
                 timeout = deadline - time.monotonic()
@@ -102,13 +124,11 @@ class Batcher:
                     break
                 pending.append(nxt)
                 size += len(nxt[0])
-                with self._taken_lock:
-                    self._taken += 1
-            try:
-                self._run_pending(pending)
-            finally:
-                with self._taken_lock:
-                    self._taken -= len(pending)
+        except BaseException as exc:  # e.g. the in-flight count failed: never leave a request waiting
+            for _, future in pending:
+                future.set_exception(exc)
+            return []
+        return pending
 
     def _run_pending(self, pending: list) -> None:
         try:
@@ -123,8 +143,17 @@ class Batcher:
             start += len(inputs)
 
     def close(self) -> None:
-        """Stop the batching threads after the batches already queued."""
+        """Stop the batching threads after the batches already queued; fail whatever is left after them."""
         if self._threads:
+            self._closed = True
             self._queue.put(_STOP)  # each lane puts it back for the next one as it stops
+            deadline = time.monotonic() + 10
             for thread in self._threads:
-                thread.join(timeout=10)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            while True:  # a request put back behind the stop, or submitted after it: answer, never hang
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    item[1].set_exception(RuntimeError("the model's batcher is closed"))

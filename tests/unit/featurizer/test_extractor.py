@@ -298,21 +298,22 @@ def test_fp32_runs_a_batch_in_micro_batches_with_the_same_features(legacy_graph_
 def test_fp32_micro_batches_run_side_by_side_and_keep_their_order(legacy_graph_path):
     """Several session runs at once (one per usable CPU, at least two here) give the rows of one at a time."""
     import threading
-    import time
 
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
     graph = featurizer.graph
     assert featurizer.min_batch == graph.concurrent_runs >= 1  # one image per run, that many at once
     graph.concurrent_runs = 2
     inputs = np.stack([featurizer.preprocess(data) for data in JPEG_SET[:6]])
-    lock, running, peak = threading.Lock(), [0], [0]
+    lock, running, peak, both = threading.Lock(), [0], [0], threading.Event()
     real_run = graph.session.run
 
     def observed(fetches, feed):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.05)  # long enough for the other runner to start its own
+            if running[0] == 2:
+                both.set()
+        both.wait(10 if graph.concurrent_runs > 1 else 0)  # until the other runner has started its own
         try:
             return real_run(fetches, feed)
         finally:

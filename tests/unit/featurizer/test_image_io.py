@@ -505,3 +505,28 @@ def test_fast_decode_applies_exif_orientation(dct_method):
 def test_an_unknown_decode_mode_is_refused():
     with pytest.raises(ValueError, match="decode must be one of exact, fast; received 'quick'"):
         decode_rgb(images.jpeg(49, (64, 48)), decode="quick")
+
+
+def test_libjpeg_turbo_is_not_used_where_it_decodes_differently_from_tensorflow(monkeypatch):
+    """A simplejpeg whose pixels differ from TensorFlow's (another libjpeg build) is found once and left out."""
+    import types
+
+    from imgclf.featurizer import image_io
+
+    real = image_io._simplejpeg
+
+    def off_by_one(data, **options):
+        return np.minimum(real.decode_jpeg(data, **options), 254) + 1
+
+    monkeypatch.setattr(image_io, "_simplejpeg", types.SimpleNamespace(decode_jpeg=off_by_one, __version__="x"))
+    image_io._turbo_agrees_with_tensorflow.cache_clear()
+    try:
+        assert image_io._turbo_agrees_with_tensorflow() is False
+        data = _large_jpeg()
+        assert image_io._decode_jpeg_turbo(data, "", 2, (1300, 1250)) is None
+        rgb, x = decode_to_input(data, jpeg_dct_method="", decode="fast")
+        np.testing.assert_array_equal(rgb, tf.io.decode_jpeg(data, channels=3, ratio=2).numpy())
+    finally:
+        image_io._turbo_agrees_with_tensorflow.cache_clear()
+    monkeypatch.setattr(image_io, "_simplejpeg", real)
+    assert image_io._turbo_agrees_with_tensorflow() is True

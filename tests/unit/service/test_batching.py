@@ -8,8 +8,11 @@ import pytest
 from imgclf.service.batching import Batcher
 
 
-def _concurrency_probe():
-    """Return (run, peak): run echoes its batch and records the most calls seen running at once."""
+def _concurrency_probe(window: float):
+    """Return (run, peak): run echoes its batch and records the most calls seen running at once.
+
+    The first call waits up to ``window`` seconds for a second one to start beside it.
+    """
     lock, running, peak = threading.Lock(), [0], [0]
     both = threading.Event()
 
@@ -19,7 +22,7 @@ def _concurrency_probe():
             peak[0] = max(peak[0], running[0])
             if running[0] >= 2:
                 both.set()
-        both.wait(1.0)  # give a second call the chance to start while this one runs
+        both.wait(window)
         with lock:
             running[0] -= 1
         return batch * 2
@@ -29,7 +32,7 @@ def _concurrency_probe():
 
 @pytest.mark.parametrize("lanes, expected_peak", [(1, 1), (2, 2)])
 def test_lanes_run_that_many_batches_at_once(lanes, expected_peak):
-    run, peak = _concurrency_probe()
+    run, peak = _concurrency_probe(10.0 if lanes > 1 else 0.2)  # one lane: a second call cannot come
     batcher = Batcher(run, max_size=1, max_wait=0.0, lanes=lanes)  # one request per batch
     results = {}
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit(np.full((1, 1), i))))
@@ -80,3 +83,49 @@ def test_close_stops_every_lane():
 def test_lanes_must_be_positive():
     with pytest.raises(ValueError, match="lanes must be >= 1"):
         Batcher(lambda b: b, lanes=0)
+
+
+def test_requests_arriving_together_share_one_batch_with_several_lanes():
+    """Two idle lanes must not split two requests that came together (each would wait out max_wait alone)."""
+    started = threading.Barrier(3)
+    sizes = []
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, on_batch=lambda n, s: sizes.append(n),
+                      expected=lambda: 2, lanes=2)
+
+    def client(i):
+        started.wait(10)
+        batcher.submit(np.full((1, 1), i))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait(10)
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "a request waited out max_wait"
+    batcher.close()
+    assert sizes == [2]
+
+
+def test_a_failing_in_flight_count_fails_the_gathered_requests_and_the_lane_goes_on():
+    calls = [0]
+
+    def expected():
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("count broke")
+        return 1
+
+    batcher = Batcher(lambda b: b, max_size=8, max_wait=30.0, expected=expected, lanes=2)
+    with pytest.raises(RuntimeError, match="count broke"):
+        batcher.submit(np.zeros((1, 1)))
+    np.testing.assert_array_equal(batcher.submit(np.ones((1, 1))), np.ones((1, 1)))
+    batcher.close()
+    assert batcher._taken == 0
+
+
+def test_a_submit_after_close_is_an_error_not_a_hang():
+    batcher = Batcher(lambda b: b, lanes=2)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(np.zeros((1, 1)))
