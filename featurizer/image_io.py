@@ -328,6 +328,11 @@ def _upright_orientation(header: Image.Image) -> int:
         return 1
 
 
+# The traced functions, made and traced under one lock. Decode threads and request threads call them at
+# once; traced lazily, several threads traced the same function side by side, and Python 3.11's AST
+# construction is not safe across threads (CPython gh-106905: "SystemError: AST constructor recursion
+# depth mismatch"). So each is traced once, here, without autograph (they hold no Python control flow
+# for it to convert, so nothing parses source at all).
 _FUSED_LOCK = threading.Lock()
 _FUSED: dict = {}
 
@@ -345,7 +350,8 @@ def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, sc
             # key: one traced function per setting serves all eight orientations (a key per orientation
             # would trace up to 8× as many, each at the first photo turned that way, mid-request), and
             # a tensor argument under the input signature never retraces. Only the branch taken runs.
-            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)],
+                         autograph=False)
             def decode_resize_normalize(contents, orientation):
                 rgb = tf.io.decode_jpeg(contents, channels=3, dct_method=dct_method, ratio=scale)
                 rgb = _tf_upright(rgb, orientation)
@@ -353,6 +359,7 @@ def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, sc
                                                     half_pixel_centers=False)[0]
                 return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)  # the graph's Sub, then Mul
 
+            decode_resize_normalize.get_concrete_function()  # traced here, under the lock (see _FUSED_LOCK)
             function = _FUSED[key] = decode_resize_normalize
     return function
 
@@ -366,13 +373,15 @@ def _upright_resize_function(size: int, mean: float, std: float):
         if function is None:
             import tensorflow as tf
 
-            @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)])
+            @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)],
+                         autograph=False)
             def upright_resize_normalize(rgb, orientation):
                 rgb = _tf_upright(rgb, orientation)
                 resized = tf.raw_ops.ResizeBilinear(images=rgb[None], size=[size, size], align_corners=False,
                                                     half_pixel_centers=False)[0]
                 return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)
 
+            upright_resize_normalize.get_concrete_function()  # traced here, under the lock
             function = _FUSED[key] = upright_resize_normalize
     return function
 

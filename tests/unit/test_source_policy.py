@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.source_ast import parse_source
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "featurizer", "training", "models", "service", "bench", "tests")
 
@@ -27,7 +29,7 @@ def test_np_load_never_allows_pickles():
     """An .npz or .npy with object arrays runs pickle: every np.load in the tree says allow_pickle=False."""
     offending = []
     for path in _python_files():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        for node in ast.walk(parse_source(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Call) and _is_np_load(node):
                 value = {k.arg: k.value for k in node.keywords}.get("allow_pickle")
                 if not (isinstance(value, ast.Constant) and value.value is False):
@@ -38,7 +40,7 @@ def test_np_load_never_allows_pickles():
 def test_the_scan_sees_the_calls_it_checks():
     sources = "\n".join(p.read_text(encoding="utf-8") for p in _python_files())
     assert sources.count("np.load(") >= 5  # the loaders of mnist.npz and the tests' .npz files are seen
-    bad = ast.parse("np.load('x.npz')").body[0].value
+    bad = parse_source("np.load('x.npz')").body[0].value
     assert _is_np_load(bad) and not bad.keywords
 
 
@@ -82,7 +84,7 @@ def _old_root_imports(tree: ast.AST) -> list[tuple[int, str]]:
 def test_no_file_imports_the_old_top_level_names():
     """Every import says imgclf.<package>: ``import models`` would load whatever ``models`` comes first on sys.path."""
     offending = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in _python_files()
-                 for line, name in _old_root_imports(ast.parse(path.read_text(encoding="utf-8"), str(path)))]
+                 for line, name in _old_root_imports(parse_source(path.read_text(encoding="utf-8"), str(path)))]
     assert not offending, f"imports of the old top-level names: {offending}"
 
 
@@ -115,7 +117,7 @@ def test_no_command_runs_an_old_top_level_name():
     ("argv = ('-m', 'service.serve_cli')", True),
 ])
 def test_the_import_scan_flags_old_roots_only(source, flagged):
-    assert bool(_old_root_imports(ast.parse(source))) is flagged
+    assert bool(_old_root_imports(parse_source(source))) is flagged
 
 
 @pytest.mark.parametrize("line, flagged", [

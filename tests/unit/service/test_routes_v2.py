@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.service import create_app, routes_v2
 from tests.support.images import encode, jpeg
+from tests.support.source_ast import parse_source
 
 MAX_INSTANCES = 4
 MAX_PIXELS = 300_000
@@ -502,7 +503,7 @@ def test_metrics_count_v2_routes_by_rule(client):
 
 
 def test_the_v2_routes_do_not_branch_on_the_model_kind():
-    tree = ast.parse(inspect.getsource(routes_v2))
+    tree = parse_source(inspect.getsource(routes_v2))
     attributes = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
     assert "kind" not in attributes
 

@@ -20,6 +20,7 @@ from imgclf.service.servable import LoadContext, Servable, card_signature_def
 from imgclf.service.servable_secondary import DigitClassifierServable, RegressionServable
 from imgclf.service.servables import SERVABLES, load_servable
 from tests.support.images import encode
+from tests.support.source_ast import parse_source
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_a_card_signature_becomes_tf_serving_metadata():
 @pytest.mark.parametrize("module", [routes_health, routes_predict, routes_tfserving, routes_web])
 def test_routes_do_not_branch_on_the_model_kind(module):
     """Routes translate HTTP; what a kind takes and answers is its servable's (no ``.kind`` in a test)."""
-    tree = ast.parse(inspect.getsource(module))
+    tree = parse_source(inspect.getsource(module))
     tests = [node.test for node in ast.walk(tree) if isinstance(node, (ast.If, ast.IfExp, ast.While))]
     tests += [node for node in ast.walk(tree) if isinstance(node, ast.Compare)]
     for test in tests:
