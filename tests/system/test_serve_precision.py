@@ -13,7 +13,7 @@ from imgclf.core.precision import native_bf16_flags, onednn_enabled
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json, sys
-from service import create_app
+from imgclf.service import create_app
 app = create_app({"model_repository": sys.argv[1], "load_in_background": False, "precision": sys.argv[2]})
 client = app.test_client()
 out = {"precision": client.get("/readyz").get_json()["precision"], "predictions": []}

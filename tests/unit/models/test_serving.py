@@ -253,7 +253,7 @@ def test_openapi_lists_every_kind(client):
 FULL_PRECISION_SCRIPT = """
 import json, sys
 import numpy as np
-from service import create_app
+from imgclf.service import create_app
 x = np.linspace(-20, 20, 301).tolist()
 digits = np.load(sys.argv[2], allow_pickle=False)["x_test"][:20].tolist()
 def ask(client):
