@@ -53,6 +53,7 @@ class Batcher:
         self._taken_lock = threading.Lock()
         self._gather_lock = threading.Lock()
         self._closed = False
+        self._closing_lock = threading.Lock()  # a submit puts its request in before close() starts, or fails
         self._threads: list[threading.Thread] = []
         if enabled:
             for lane in range(lanes):
@@ -65,10 +66,11 @@ class Batcher:
         """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled."""
         if not self.enabled:
             return self._call(inputs)
-        if self._closed:
-            raise RuntimeError("the model's batcher is closed")
         future: Future = Future()
-        self._queue.put((inputs, future))
+        with self._closing_lock:
+            if self._closed:
+                raise RuntimeError("the model's batcher is closed")
+            self._queue.put((inputs, future))
         return future.result()
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
@@ -145,7 +147,8 @@ class Batcher:
     def close(self) -> None:
         """Stop the batching threads after the batches already queued; fail whatever is left after them."""
         if self._threads:
-            self._closed = True
+            with self._closing_lock:  # no request goes in after this: the lanes or the loop below answer each
+                self._closed = True
             self._queue.put(_STOP)  # each lane puts it back for the next one as it stops
             deadline = time.monotonic() + 10
             for thread in self._threads:

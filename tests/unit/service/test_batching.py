@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from imgclf.service.batching import Batcher
+from imgclf.service.batching import _STOP, Batcher
 
 
 def _concurrency_probe(window: float):
@@ -129,3 +129,47 @@ def test_a_submit_after_close_is_an_error_not_a_hang():
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(np.zeros((1, 1)))
+
+
+def test_a_submit_racing_close_is_answered_not_left_waiting():
+    """A submit that has passed the closed check when close() starts still gets an answer (a result or an error).
+
+    The submitting thread is held between the check and putting its request in while close() runs; before the
+    fix close() drained the queue and returned first, and the request waited forever.
+    """
+    batcher = Batcher(lambda b: b * 3, lanes=2)
+    entered, release = threading.Event(), threading.Event()
+    real_put = batcher._queue.put
+
+    def slow_put(item, *args, **kwargs):
+        if item is not _STOP and threading.current_thread().name == "submitter":
+            entered.set()
+            release.wait(5)
+        return real_put(item, *args, **kwargs)
+
+    batcher._queue.put = slow_put
+    outcome: list = []
+
+    def submitter():
+        try:
+            outcome.append(batcher.submit(np.ones((1, 1))))
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=submitter, name="submitter", daemon=True)
+    thread.start()
+    assert entered.wait(5)
+    closer = threading.Thread(target=batcher.close, daemon=True)
+    closer.start()
+    closer.join(0.3)  # close waits for the request that is going in (or, unfixed, returns at once)
+    release.set()
+    closer.join(10)
+    thread.join(10)
+    assert not closer.is_alive() and not thread.is_alive(), "a request was left waiting after close()"
+    assert len(outcome) == 1
+    answer = outcome[0]
+    if isinstance(answer, RuntimeError):
+        assert "closed" in str(answer)
+    else:
+        np.testing.assert_array_equal(answer, np.full((1, 1), 3.0))
+
