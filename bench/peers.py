@@ -29,10 +29,19 @@ Fidelity is the per-image cosine to TensorFlow fp32 features of the same images.
 The compute limit is derived from the CPU's widest matrix unit (usable cores ×
 clock × its vendor rate: AMX, AVX512_BF16, AVX-512 or AVX2 FMA, int8 with or
 without VNNI; :data:`PEAKS_PER_CYCLE`) and set beside what OpenVINO reaches on
-large matrix multiplies; Inception-v3 needs 11.5 GFLOP per image. Not a test:
-no assertions; ratios are from this run only.
+large matrix multiplies; Inception-v3 needs 11.5 GFLOP per image.
 
-    python -m bench.peers [--images 320] [--phone-images 96] [--requests 320] [--backend auto] [--precision best]
+Every path is set up once (converted, compiled, built) and then measured once
+per round, one after the other; a ratio is taken within each round, and the
+median of the rounds is reported beside each round's value, because the
+machine's speed drifts between minutes and not equally for every path. The
+phone photos' ceiling on this CPU is printed beside their ratio: with every
+core busy, a 12-MP image costs what a 500×375 one does (cores / its end-to-end
+rate) plus the extra CPU its decoding takes (measured on one thread). Not a
+test: no assertions.
+
+    python -m bench.peers [--rounds 3] [--images 320] [--phone-images 96] [--requests 320] [--backend auto]
+                           [--precision best] [--batching-off]
 """
 
 from __future__ import annotations
@@ -145,86 +154,120 @@ def end_to_end(config: FeaturizerConfig, folder: Path, label: str) -> dict:
     return out
 
 
-def openvino_peer(featurizer: Featurizer, inputs: np.ndarray, seconds: float, rounds: int = 1
-                  ) -> tuple[float, np.ndarray, str]:
-    """Return (img/s, features, precision run) of OpenVINO on pre-decoded ``inputs``: batch 32, THROUGHPUT, async.
+class OpenVINOPeer:
+    """OpenVINO on pre-decoded ``inputs``, written directly on its API: batch 32, THROUGHPUT hint, AsyncInferQueue.
 
     It asks for bf16 (what a user of OpenVINO gets by default on a CPU with
-    native bf16); without native bf16 the CPU plugin runs f32, and the
-    precision it actually ran is returned.
+    native bf16); without native bf16 the CPU plugin runs f32, and
+    :attr:`ran` is the precision it actually ran. Converted and compiled once;
+    :meth:`measure` is one timed round.
     """
-    import openvino as ov
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bottleneck.pb"  # the graph after imgclf's old-op rewrite, image input → bottleneck
-        path.write_bytes(featurizer.graph.graph.as_graph_def().SerializeToString())
-        model = ov.convert_model(str(path), input=[BATCH, *inputs.shape[1:]])
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
-                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    batches = [inputs[i:i + BATCH] for i in range(0, len(inputs) - BATCH + 1, BATCH)]
-    features: dict[int, np.ndarray] = {}
-    queue.set_callback(lambda request, index: features.__setitem__(index, request.get_output_tensor(0).data.copy()))
-    for index, batch in enumerate(batches[:2]):  # warm-up
-        queue.start_async({0: batch}, index)
-    queue.wait_all()
-    rate = 0.0
-    for _ in range(rounds):  # the best round: the one least disturbed by other work on the machine
+    def __init__(self, featurizer: Featurizer, inputs: np.ndarray):
+        import openvino as ov
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bottleneck.pb"  # the graph after imgclf's old-op rewrite, image input → bottleneck
+            path.write_bytes(featurizer.graph.graph.as_graph_def().SerializeToString())
+            model = ov.convert_model(str(path), input=[BATCH, *inputs.shape[1:]])
+        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                                                               "PERFORMANCE_HINT": "THROUGHPUT"})
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.batches = [inputs[i:i + BATCH] for i in range(0, len(inputs) - BATCH + 1, BATCH)]
+        self._features: dict[int, np.ndarray] = {}
+        self.queue.set_callback(lambda request, index: self._features.__setitem__(
+            index, request.get_output_tensor(0).data.copy()))
+        for index, batch in enumerate(self.batches[:2]):  # warm-up
+            self.queue.start_async({0: batch}, index)
+        self.queue.wait_all()
+
+    def measure(self, seconds: float) -> float:
+        """Return img/s over at least ``seconds`` and one pass over every batch."""
         started, done = time.perf_counter(), 0
-        while done < len(batches) or time.perf_counter() - started < seconds:
-            queue.start_async({0: batches[done % len(batches)]}, done % len(batches))
+        while done < len(self.batches) or time.perf_counter() - started < seconds:
+            self.queue.start_async({0: self.batches[done % len(self.batches)]}, done % len(self.batches))
             done += 1
-        queue.wait_all()
-        rate = max(rate, done * BATCH / (time.perf_counter() - started))
-    return rate, np.concatenate([features[i] for i in range(len(batches))]), ran
+        self.queue.wait_all()
+        return done * BATCH / (time.perf_counter() - started)
+
+    def features(self) -> np.ndarray:
+        return np.concatenate([self._features[i] for i in range(len(self.batches))])
 
 
-def keras_peer(paths: list[Path], policy: str, rounds: int = 1) -> tuple[float, np.ndarray]:
-    """Return (img/s, features) of Keras InceptionV3 under ``policy`` fed by tf.data from the files."""
-    import keras
-    import tensorflow as tf
+class KerasPeer:
+    """Keras InceptionV3 under ``policy`` with the benchmark graph's weights, fed by tf.data from the files."""
 
-    from imgclf.featurizer.export_inception import build_inception
+    def __init__(self, paths: list[Path], policy: str):
+        import keras
 
-    reference = build_inception("random", seed=0).body  # the weights the benchmark graph was frozen from
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg")
-        model.set_weights(reference.get_weights())
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+        from imgclf.featurizer.export_inception import build_inception
 
-    def load(path):
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-        return keras.applications.inception_v3.preprocess_input(tf.image.resize(image, (299, 299)))
+        reference = build_inception("random", seed=0).body  # the weights the benchmark graph was frozen from
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            self.model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg")
+            self.model.set_weights(reference.get_weights())
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self.paths = paths
+        self.features = np.zeros(0, np.float32)
+        self.model.predict(self._dataset(paths[:BATCH]), verbose=0)  # warm-up
 
-    def dataset(files):
+    def _dataset(self, files: list[Path]):
+        import keras
+        import tensorflow as tf
+
+        def load(path):
+            image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+            return keras.applications.inception_v3.preprocess_input(tf.image.resize(image, (299, 299)))
+
         return (tf.data.Dataset.from_tensor_slices([str(p) for p in files])
                 .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE))
 
-    model.predict(dataset(paths[:BATCH]), verbose=0)  # warm-up
-    rate = 0.0
-    for _ in range(rounds):
+    def measure(self) -> float:
+        """Return img/s of one pass over the files (model.predict on the tf.data pipeline)."""
         started = time.perf_counter()
-        features = model.predict(dataset(paths), verbose=0)
-        rate = max(rate, len(paths) / (time.perf_counter() - started))
-    return rate, np.asarray(features, np.float32)
+        self.features = np.asarray(self.model.predict(self._dataset(self.paths), verbose=0), np.float32)
+        return len(self.paths) / (time.perf_counter() - started)
 
 
-def one_image_per_run(graph: Path, paths: list[Path], rounds: int = 1) -> float:
+def one_image_per_run(single: SingleImageGraph, paths: list[Path]) -> float:
     """Return img/s of the 2015 way: one JPEG per session run through the graph's own decoding, fp32."""
-    single = SingleImageGraph(load_graph(graph)[0], threads=ThreadConfig(intra_op=0, inter_op=0))
-    single.run(paths[0].read_bytes())
-    rate = 0.0
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for path in paths:
-            single.run(path.read_bytes())
-        rate = max(rate, len(paths) / (time.perf_counter() - started))
-    single.close()
-    return rate
+    started = time.perf_counter()
+    for path in paths:
+        single.run(path.read_bytes())
+    return len(paths) / (time.perf_counter() - started)
+
+
+def fp32_model_rates(featurizer: Featurizer, inputs: np.ndarray, seconds: float) -> dict[str, float]:
+    """Return imgclf fp32's model-only img/s at batch 1, at batch 32 in micro-batches, and in one session run."""
+    graph, rates = featurizer.graph, {}
+    for name, size, micro in (("batch 1", 1, graph.micro_batch),
+                              ("batch 32 (micro-batches)", BATCH, graph.micro_batch),
+                              ("batch 32, one session run (before)", BATCH, 0)):
+        graph.micro_batch, kept = micro, graph.micro_batch
+        try:
+            featurizer.run(inputs[:size])  # warm-up of the shape
+            started, images = time.perf_counter(), 0
+            while images < 2 * BATCH or time.perf_counter() - started < seconds:
+                featurizer.run(inputs[images % (len(inputs) - size + 1):][:size])
+                images += size
+            rates[name] = images / (time.perf_counter() - started)
+        finally:
+            graph.micro_batch = kept
+    return rates
+
+
+def decode_cpu_ms(featurizer: Featurizer, paths: list[Path]) -> float:
+    """Return the CPU milliseconds (this thread) the featurizer's decoding takes per image of ``paths``."""
+    blobs = [path.read_bytes() for path in paths]
+    featurizer.preprocess(blobs[0])  # warm-up: tracing
+    started = time.thread_time()
+    for blob in blobs:
+        featurizer.preprocess(blob)
+    return 1000 * (time.thread_time() - started) / len(blobs)
 
 
 # Peak operations per cycle and core of the widest matrix unit a CPU flag announces, counting multipliers on two
@@ -319,9 +362,10 @@ def main() -> None:
                         help="imgclf's precision: best (int8 on OpenVINO, else TensorFlow's auto), auto, fp32, "
                              "bf16, int8 (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=6.0, help="minimum timing window of model-only loops")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="timed rounds of each measurement, interleaved where they are compared; the best "
-                             "counts (a shared machine disturbs some rounds) (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each measuring every path once; a ratio is taken within each round and "
+                             "the median of the rounds is reported (the machine's speed drifts between "
+                             "minutes) (default: %(default)s)")
     parser.add_argument("--batching-off", action="store_true", help="also serve with batching off (the ratio)")
     parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
     args = parser.parse_args()
@@ -362,92 +406,136 @@ def main() -> None:
     print(f"{len(small)} photos ~500x375, {len(phones)} phone JPEGs 4000x3000, graph {graph.name}, batch {BATCH}; "
           f"imgclf: {backend} {best}", flush=True)
 
-    print(f"imgclf featurize ({args.rounds} interleaved rounds; the best of each is used):", flush=True)
-    runs: dict[str, dict] = {}
-    ours_label = f"{backend} {best}"
-    for _ in range(args.rounds):
-        for key, config, folder, label in (
-                ("ours", featurizer_config(graph, best, "exact", backend, small_dir), small_dir,
-                 f"{ours_label}, 500x375"),
-                ("phone_fast", featurizer_config(graph, best, "fast", backend, small_dir), phone_dir,
-                 f"{ours_label}, 12 MP, --decode fast"),
-                ("phone_exact", featurizer_config(graph, best, "exact", backend, small_dir), phone_dir,
-                 f"{ours_label}, 12 MP, --decode exact"),
-                ("fp32", featurizer_config(graph, "fp32"), small_dir, "tensorflow fp32, 500x375")):
-            run = end_to_end(config, folder, label)
-            if key not in runs or run["rate"] > runs[key]["rate"]:
-                runs[key] = run
-    ours, phone_fast, phone_exact, fp32 = (runs[key] for key in ("ours", "phone_fast", "phone_exact", "fp32"))
-    reference = fp32["features"]  # TensorFlow fp32, same images
-
-    print("peers:", flush=True)
-    featurizer = Featurizer(featurizer_config(graph, "fp32"))
-    inputs = np.stack([featurizer.preprocess(path.read_bytes()) for path in small])
-    graph_fp32 = featurizer.graph
-    fp32_rates = {"batch 1": 0.0, "batch 32 (micro-batches)": 0.0, "batch 32 in one session run (before)": 0.0}
-    for _ in range(args.rounds):  # interleaved: the fp32 fix, before and after
-        for name, size, micro in (("batch 1", 1, graph_fp32.micro_batch),
-                                  ("batch 32 (micro-batches)", BATCH, graph_fp32.micro_batch),
-                                  ("batch 32 in one session run (before)", BATCH, 0)):
-            graph_fp32.micro_batch, kept = micro, graph_fp32.micro_batch
-            featurizer.run(inputs[:size])  # warm-up of the shape
-            started, images = time.perf_counter(), 0
-            while images < 2 * BATCH or time.perf_counter() - started < args.seconds / 2:
-                featurizer.run(inputs[images % (len(inputs) - size + 1):][:size])
-                images += size
-            fp32_rates[name] = max(fp32_rates[name], images / (time.perf_counter() - started))
-            graph_fp32.micro_batch = kept
-    for name, rate in fp32_rates.items():
-        print(f"  {'imgclf fp32 model only, ' + name:<46} {rate:7.2f} img/s", flush=True)
-    ov_rate, ov_features, ov_ran = openvino_peer(featurizer, inputs, args.seconds, args.rounds)
-    featurizer.close()
-    ov_label = f"OpenVINO {ov_ran}, model only" + ("" if ov_ran == "bf16" else " (bf16 asked; no native bf16)")
-    print(f"  {ov_label:<46} {ov_rate:7.2f} img/s; {fidelity(ov_features, reference[:len(ov_features)])}",
+    print("setting up the peers (each converted, compiled or built once; every round measures them all)",
           flush=True)
-    keras_rate, keras_features = keras_peer(small, keras_policy, args.rounds)
-    print(f"  {'Keras InceptionV3 ' + keras_policy + ', tf.data':<46} {keras_rate:7.2f} img/s; "
-          f"{fidelity(keras_features, reference)} (its own resize and scaling)", flush=True)
-    single_rate = one_image_per_run(graph, small[:min(len(small), 64)], args.rounds)
-    print(f"  {'TensorFlow one image per session run, fp32':<46} {single_rate:7.2f} img/s", flush=True)
+    fp32_featurizer = Featurizer(featurizer_config(graph, "fp32"))
+    inputs = np.stack([fp32_featurizer.preprocess(path.read_bytes()) for path in small])
+    ov_peer = OpenVINOPeer(fp32_featurizer, inputs)
+    keras_peer = KerasPeer(small, keras_policy)
+    single = SingleImageGraph(load_graph(graph)[0], threads=ThreadConfig(intra_op=0, inter_op=0))
+    single_paths = small[:min(len(small), 64)]
+    single.run(single_paths[0].read_bytes())
+    ours_label = f"{backend} {best}"
+    runs = [measure_round(r, args, graph, backend, best, ours_label, small_dir, phone_dir, same_dir, jpeg,
+                          fp32_featurizer, inputs, ov_peer, keras_peer, single, single_paths)
+            for r in range(args.rounds)]
+    single.close()
 
-    same_jpeg = end_to_end(featurizer_config(graph, best, "exact", backend, small_dir), same_dir,
-                           f"{ours_label}, one 500x375 JPEG x {BATCH * 4}")
-    print(f"service, gunicorn, 1 worker, {args.concurrency} clients, {args.requests} requests, featurizer "
-          f"{ours_label}:", flush=True)
-    served = {True: service(graph, jpeg, backend, best, args.concurrency, args.requests, True)}
-    if args.batching_off:
-        served[False] = service(graph, jpeg, backend, best, args.concurrency, args.requests, False)
-    for batching, s in served.items():
-        print(f"  batching {'on ' if batching else 'off'}: {s['rate']:7.2f} req/s, p50 {s['p50']:.0f} ms, "
-              f"p99 {s['p99']:.0f} ms, errors {s['errors']}" + (f" ({s['first_error']})" if s["errors"] else ""),
-              flush=True)
+    # The phone photos' ceiling: with every core busy, a 12-MP image costs what a 500x375 one does
+    # (cores / its end-to-end rate) plus the extra CPU of decoding it. Decoding measured on one thread.
+    phone_featurizer = Featurizer(featurizer_config(graph, best, "fast", backend, small_dir))
+    phone_ms, small_ms = decode_cpu_ms(phone_featurizer, phones[:8]), decode_cpu_ms(phone_featurizer, small[:64])
+    extra_ms = phone_ms - small_ms
+    print(f"decoding on one thread, --decode fast: {phone_ms:.1f} ms CPU per 12-MP JPEG, {small_ms:.1f} ms per "
+          "500x375 one", flush=True)
+    phone_featurizer.close()
+    fp32_featurizer.close()
+    for run in runs:
+        small_ms = 1000 * usable_cpus() / run["ours"]["rate"]
+        run["phone_ceiling"] = small_ms / (small_ms + extra_ms)
 
+    first = runs[0]
+    reference = first["fp32"]["features"]  # TensorFlow fp32, same images
+    ov_label = f"OpenVINO {ov_peer.ran}, model only" + ("" if ov_peer.ran == "bf16" else
+                                                         " (bf16 asked; no native bf16)")
     limit_precision = "int8" if best == "int8" else float_precision
     limit = (int8_peak if best == "int8" else float_peak) / (GFLOP_PER_IMAGE * 1e9)
-    on = served[True]
-    print(f"\nsummary (this run; imgclf {ours_label}; targets from issue 14):")
-    rows = [
-        (f"imgclf e2e / OpenVINO {ov_ran} model only", ours["rate"] / ov_rate, ">= 1.5"),
-        (f"imgclf e2e / Keras {keras_policy}", ours["rate"] / keras_rate, ">= 3"),
-        ("imgclf e2e / TF one image per run", ours["rate"] / single_rate, ""),
-        ("imgclf e2e / its own model only", ours["rate"] / ours["model_only"], "1 = decoding fully hidden"),
-        (f"share of the {limit_precision} compute limit ({limit:.0f} img/s)", ours["rate"] / limit, ""),
-        ("12 MP --decode fast / 500x375", phone_fast["rate"] / ours["rate"], ">= 0.6"),
-        ("12 MP --decode exact / 500x375", phone_exact["rate"] / ours["rate"], ""),
-        ("fp32 batched e2e / one image per run", fp32["rate"] / single_rate, ">= 1"),
-        ("fp32 model only, batch 32 / batch 1", fp32_rates["batch 32 (micro-batches)"] / fp32_rates["batch 1"],
-         ">= 1"),
-        ("  the same before the fix (one session run)",
-         fp32_rates["batch 32 in one session run (before)"] / fp32_rates["batch 1"], ""),
-        ("service c16 / featurizer e2e, same JPEG", on["rate"] / same_jpeg["rate"], ">= 0.9"),
-        ("service p99 / p50", on["p99"] / on["p50"], "<= 2"),
+    print(f"\nrates, median of {len(runs)} rounds (each round's value; img/s, req/s):")
+    rates = [
+        (f"imgclf {ours_label} e2e, 500x375", lambda m: m["ours"]["rate"]),
+        (f"imgclf {ours_label}, its own model only", lambda m: m["ours"]["model_only"]),
+        (f"imgclf {ours_label} e2e, 12 MP --decode fast", lambda m: m["phone_fast"]["rate"]),
+        (f"imgclf {ours_label} e2e, 12 MP --decode exact", lambda m: m["phone_exact"]["rate"]),
+        ("imgclf tensorflow fp32 e2e, 500x375", lambda m: m["fp32"]["rate"]),
+        (ov_label, lambda m: m["ov"]),
+        (f"Keras InceptionV3 {keras_policy}, tf.data", lambda m: m["keras"]),
+        ("TensorFlow one image per session run, fp32", lambda m: m["single"]),
+        *((f"imgclf fp32 model only, {name}", lambda m, name=name: m["fp32_model"][name])
+          for name in first["fp32_model"]),
+        (f"imgclf e2e, one 500x375 JPEG x {BATCH * 4}", lambda m: m["same_jpeg"]["rate"]),
+        *((f"service c{args.concurrency}, batching {'on' if on else 'off'}", lambda m, on=on: m["served"][on]["rate"])
+          for on in first["served"]),
     ]
-    if False in served and served[False]["rate"]:
-        rows.append(("service batching on / off", on["rate"] / served[False]["rate"], "reported"))
+    for name, value in rates:
+        print_row(name, [value(m) for m in runs], "", digits=1)
+
+    print(f"\nsummary: ratios within each round, median of {len(runs)} (imgclf {ours_label}; targets from "
+          "issue 14):")
+    rows = [
+        (f"imgclf e2e / OpenVINO {ov_peer.ran} model only", lambda m: m["ours"]["rate"] / m["ov"], ">= 1.5"),
+        (f"imgclf e2e / Keras {keras_policy}", lambda m: m["ours"]["rate"] / m["keras"], ">= 3"),
+        ("imgclf e2e / TF one image per run", lambda m: m["ours"]["rate"] / m["single"], ""),
+        ("imgclf e2e / its own model only", lambda m: m["ours"]["rate"] / m["ours"]["model_only"],
+         "1 = decoding fully hidden"),
+        (f"share of the {limit_precision} compute limit ({limit:.0f} img/s)", lambda m: m["ours"]["rate"] / limit,
+         ""),
+        ("12 MP --decode fast / 500x375", lambda m: m["phone_fast"]["rate"] / m["ours"]["rate"], ">= 0.6"),
+        ("  its ceiling on this CPU (decode CPU measured)", lambda m: m["phone_ceiling"],
+         f"+{extra_ms:.0f} ms CPU/image"),
+        ("12 MP --decode exact / 500x375", lambda m: m["phone_exact"]["rate"] / m["ours"]["rate"], ""),
+        ("fp32 batched e2e / one image per run", lambda m: m["fp32"]["rate"] / m["single"], ">= 1"),
+        ("fp32 model only, batch 32 / batch 1",
+         lambda m: m["fp32_model"]["batch 32 (micro-batches)"] / m["fp32_model"]["batch 1"], ">= 1"),
+        ("  the same before the fix (one session run)",
+         lambda m: m["fp32_model"]["batch 32, one session run (before)"] / m["fp32_model"]["batch 1"], ""),
+        (f"service c{args.concurrency} / featurizer e2e, same JPEG",
+         lambda m: m["served"][True]["rate"] / m["same_jpeg"]["rate"], ">= 0.9"),
+        ("service p99 / p50", lambda m: m["served"][True]["p99"] / m["served"][True]["p50"], "<= 2"),
+    ]
+    if False in first["served"]:
+        rows.append(("service batching on / off",
+                     lambda m: m["served"][True]["rate"] / m["served"][False]["rate"], "reported"))
     for name, value, target in rows:
-        print(f"  {name:<48} {value:6.2f}   {target}")
-    print(f"  service errors                                   {on['errors']:6d}   0")
-    print(f"  fidelity, imgclf {ours_label} vs TF fp32: {fidelity(ours['features'], reference)}")
+        print_row(name, [value(m) for m in runs], target)
+    errors = [m["served"][True]["errors"] for m in runs]
+    print(f"  {'service errors, all rounds':<54} {sum(errors):7d}   {'0':<26} ({', '.join(map(str, errors))})")
+    print(f"  fidelity, imgclf {ours_label} vs TF fp32: {fidelity(first['ours']['features'], reference)}")
+    ov_features = ov_peer.features()
+    print(f"  fidelity, {ov_label} vs TF fp32: {fidelity(ov_features, reference[:len(ov_features)])}")
+    print(f"  fidelity, Keras {keras_policy} vs TF fp32: {fidelity(keras_peer.features, reference)} (its own "
+          "resize and scaling)")
+
+
+def print_row(name: str, values: list[float], target: str, digits: int = 2) -> None:
+    """Print ``name``, the median of ``values``, the target, and every value (the rounds' spread)."""
+    each = ", ".join(f"{v:.{digits}f}" for v in values)
+    print(f"  {name:<54} {float(np.median(values)):7.{digits}f}   {target:<26} ({each})", flush=True)
+
+
+def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_label: str, small_dir: Path,
+                  phone_dir: Path, same_dir: Path, jpeg: bytes, fp32_featurizer: Featurizer, inputs: np.ndarray,
+                  ov_peer: OpenVINOPeer, keras_peer: KerasPeer, single: SingleImageGraph,
+                  single_paths: list[Path]) -> dict:
+    """Measure every path once, one after the other, so each ratio compares rates taken minutes apart."""
+    print(f"round {index + 1} of {args.rounds}:", flush=True)
+    m: dict = {}
+    for key, config, folder, label in (
+            ("ours", featurizer_config(graph, best, "exact", backend, small_dir), small_dir, f"{ours_label}, 500x375"),
+            ("phone_fast", featurizer_config(graph, best, "fast", backend, small_dir), phone_dir,
+             f"{ours_label}, 12 MP, --decode fast"),
+            ("phone_exact", featurizer_config(graph, best, "exact", backend, small_dir), phone_dir,
+             f"{ours_label}, 12 MP, --decode exact"),
+            ("fp32", featurizer_config(graph, "fp32"), small_dir, "tensorflow fp32, 500x375"),
+            ("same_jpeg", featurizer_config(graph, best, "exact", backend, small_dir), same_dir,
+             f"{ours_label}, one 500x375 JPEG x {BATCH * 4}")):
+        m[key] = end_to_end(config, folder, label)
+    m["fp32_model"] = fp32_model_rates(fp32_featurizer, inputs, args.seconds / 2)
+    for name, rate in m["fp32_model"].items():
+        print(f"  {'imgclf fp32 model only, ' + name:<46} {rate:7.2f} img/s", flush=True)
+    m["ov"] = ov_peer.measure(args.seconds)
+    print(f"  {f'OpenVINO {ov_peer.ran}, model only':<46} {m['ov']:7.2f} img/s", flush=True)
+    m["keras"] = keras_peer.measure()
+    print(f"  {'Keras InceptionV3, tf.data':<46} {m['keras']:7.2f} img/s", flush=True)
+    m["single"] = one_image_per_run(single, single_paths)
+    print(f"  {'TensorFlow one image per session run, fp32':<46} {m['single']:7.2f} img/s", flush=True)
+    m["served"] = {True: service(graph, jpeg, backend, best, args.concurrency, args.requests, True)}
+    if args.batching_off:
+        m["served"][False] = service(graph, jpeg, backend, best, args.concurrency, args.requests, False)
+    for batching, s in m["served"].items():
+        print(f"  service, gunicorn 1 worker, c{args.concurrency}, {args.requests} requests, batching "
+              f"{'on ' if batching else 'off'}: {s['rate']:7.2f} req/s, p50 {s['p50']:.0f} ms, p99 {s['p99']:.0f} ms, "
+              f"errors {s['errors']}" + (f" ({s['first_error']})" if s["errors"] else ""), flush=True)
+    return m
 
 
 if __name__ == "__main__":
