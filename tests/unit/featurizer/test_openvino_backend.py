@@ -1,5 +1,8 @@
 """The OpenVINO backend against TensorFlow fp32: fidelity per precision, the IR cache, fingerprints, int8 heads."""
 
+import threading
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -7,6 +10,7 @@ pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not instal
 pytest.importorskip("nncf", reason="the imgclf[openvino] extra (NNCF) is not installed")
 
 from imgclf.core.errors import GraphError
+from imgclf.featurizer.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.demo_images import write_demo_images
 from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
 from imgclf.featurizer.openvino_backend import OpenVINOGraph, native_bf16
@@ -117,6 +121,61 @@ def test_calls_from_many_threads_share_the_infer_requests_and_get_their_own_answ
         np.testing.assert_allclose(got, expected[start:stop], rtol=1e-5, atol=1e-6)
     with pytest.raises(GraphError, match="closed"):
         featurizer.graph.run(inputs[:1])
+
+
+class _GatedRequest:
+    """An infer request whose slice finishes when the test opens its gate; its output is each image's first pixels."""
+
+    def __init__(self):
+        self.gate, self.waiting = threading.Event(), threading.Event()
+        self._out = None
+
+    def start_async(self, inputs):
+        self._out = inputs[0].reshape(len(inputs[0]), -1)[:, :4].copy()
+
+    def wait(self):
+        self.waiting.set()
+        assert self.gate.wait(10), "the test never opened this request's gate"
+
+    def get_output_tensor(self, index):
+        return SimpleNamespace(data=self._out)
+
+
+class _GatedCompiled:
+    """A compiled model with the given requests, one image per request, 4 outputs per image."""
+
+    def __init__(self, requests):
+        import openvino as ov
+
+        self._requests = list(requests)
+        self.outputs = [SimpleNamespace(get_partial_shape=lambda: ov.PartialShape([1, 4]))]
+
+    def get_property(self, name):
+        return {"INFERENCE_PRECISION_HINT": "f32", "OPTIMAL_NUMBER_OF_INFER_REQUESTS": len(self._requests)}[name]
+
+    def create_infer_request(self):
+        return self._requests.pop(0)
+
+
+def test_a_call_hands_each_infer_request_back_as_it_finishes_so_an_overlapping_call_need_not_wait():
+    first, second = _GatedRequest(), _GatedRequest()
+    graph = OpenVINOGraph(_GatedCompiled([first, second]), DEFAULT_CONTRACT, "fp32", slice_images=1)
+    images = np.random.default_rng(0).random((2, 299, 299, 3), dtype=np.float32)
+    first.gate.set()  # the first image finishes at once; the second is held
+    answers: dict = {}
+    call_a = threading.Thread(target=lambda: answers.update(a=graph.run(images)), daemon=True)
+    call_a.start()
+    assert second.waiting.wait(10)  # call A has collected its first request and waits on its second
+    call_b = threading.Thread(target=lambda: answers.update(b=graph.run(images[1:] + 1)), daemon=True)
+    call_b.start()
+    call_b.join(10)
+    assert not call_b.is_alive(), "the second call waited for the first call's last slice"
+    assert call_a.is_alive()  # still holding the second request
+    np.testing.assert_array_equal(answers["b"], (images[1:] + 1).reshape(1, -1)[:, :4])
+    second.gate.set()
+    call_a.join(10)
+    np.testing.assert_array_equal(answers["a"], images.reshape(2, -1)[:, :4])
+    assert graph._idle.qsize() == 2
 
 
 def test_the_converted_model_is_cached_and_reused(legacy_graph_path, demo_dir, tmp_path):
