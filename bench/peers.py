@@ -31,8 +31,9 @@ clock × its vendor rate: AMX, AVX512_BF16, AVX-512 or AVX2 FMA, int8 with or
 without VNNI; :data:`PEAKS_PER_CYCLE`) and set beside what OpenVINO reaches on
 large matrix multiplies; Inception-v3 needs 11.5 GFLOP per image.
 
-Every path is set up once (converted, compiled, built) and then measured once
-per round, one after the other; a ratio is taken within each round, and the
+Every path is measured once per round, one after the other, with nothing
+else alive beside it (the peers run in a child process per round, the service
+in gunicorn); a ratio is taken within each round, and the
 median of the rounds is reported beside each round's value, because the
 machine's speed drifts between minutes and not equally for every path. The
 phone photos' ceiling on this CPU is printed beside their ratio: with every
@@ -47,11 +48,14 @@ test: no assertions.
 from __future__ import annotations
 
 import argparse
+import gc
+import multiprocessing
 import os
 import platform
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -406,38 +410,21 @@ def main() -> None:
     print(f"{len(small)} photos ~500x375, {len(phones)} phone JPEGs 4000x3000, graph {graph.name}, batch {BATCH}; "
           f"imgclf: {backend} {best}", flush=True)
 
-    print("setting up the peers (each converted, compiled or built once; every round measures them all)",
-          flush=True)
-    fp32_featurizer = Featurizer(featurizer_config(graph, "fp32"))
-    inputs = np.stack([fp32_featurizer.preprocess(path.read_bytes()) for path in small])
-    ov_peer = OpenVINOPeer(fp32_featurizer, inputs)
-    keras_peer = KerasPeer(small, keras_policy)
-    single = SingleImageGraph(load_graph(graph)[0], threads=ThreadConfig(intra_op=0, inter_op=0))
-    single_paths = small[:min(len(small), 64)]
-    single.run(single_paths[0].read_bytes())
     ours_label = f"{backend} {best}"
-    runs = [measure_round(r, args, graph, backend, best, ours_label, small_dir, phone_dir, same_dir, jpeg,
-                          fp32_featurizer, inputs, ov_peer, keras_peer, single, single_paths)
-            for r in range(args.rounds)]
-    single.close()
+    runs = [measure_round(r, args, graph, backend, best, ours_label, small, phones, small_dir, phone_dir, same_dir,
+                          jpeg, keras_policy) for r in range(args.rounds)]
 
     # The phone photos' ceiling: with every core busy, a 12-MP image costs what a 500x375 one does
-    # (cores / its end-to-end rate) plus the extra CPU of decoding it. Decoding measured on one thread.
-    phone_featurizer = Featurizer(featurizer_config(graph, best, "fast", backend, small_dir))
-    phone_ms, small_ms = decode_cpu_ms(phone_featurizer, phones[:8]), decode_cpu_ms(phone_featurizer, small[:64])
-    extra_ms = phone_ms - small_ms
-    print(f"decoding on one thread, --decode fast: {phone_ms:.1f} ms CPU per 12-MP JPEG, {small_ms:.1f} ms per "
-          "500x375 one", flush=True)
-    phone_featurizer.close()
-    fp32_featurizer.close()
+    # (cores / its end-to-end rate) plus the extra CPU of decoding it (measured on one thread in the same round).
     for run in runs:
         small_ms = 1000 * usable_cpus() / run["ours"]["rate"]
-        run["phone_ceiling"] = small_ms / (small_ms + extra_ms)
+        run["phone_ceiling"] = small_ms / (small_ms + run["decode_ms"][0] - run["decode_ms"][1])
+    extra_ms = float(np.median([run["decode_ms"][0] - run["decode_ms"][1] for run in runs]))
 
     first = runs[0]
     reference = first["fp32"]["features"]  # TensorFlow fp32, same images
-    ov_label = f"OpenVINO {ov_peer.ran}, model only" + ("" if ov_peer.ran == "bf16" else
-                                                         " (bf16 asked; no native bf16)")
+    ov_ran = first["peers"]["ov_ran"]
+    ov_label = f"OpenVINO {ov_ran}, model only" + ("" if ov_ran == "bf16" else " (bf16 asked; no native bf16)")
     limit_precision = "int8" if best == "int8" else float_precision
     limit = (int8_peak if best == "int8" else float_peak) / (GFLOP_PER_IMAGE * 1e9)
     print(f"\nrates, median of {len(runs)} rounds (each round's value; img/s, req/s):")
@@ -447,9 +434,9 @@ def main() -> None:
         (f"imgclf {ours_label} e2e, 12 MP --decode fast", lambda m: m["phone_fast"]["rate"]),
         (f"imgclf {ours_label} e2e, 12 MP --decode exact", lambda m: m["phone_exact"]["rate"]),
         ("imgclf tensorflow fp32 e2e, 500x375", lambda m: m["fp32"]["rate"]),
-        (ov_label, lambda m: m["ov"]),
-        (f"Keras InceptionV3 {keras_policy}, tf.data", lambda m: m["keras"]),
-        ("TensorFlow one image per session run, fp32", lambda m: m["single"]),
+        (ov_label, lambda m: m["peers"]["ov"]),
+        (f"Keras InceptionV3 {keras_policy}, tf.data", lambda m: m["peers"]["keras"]),
+        ("TensorFlow one image per session run, fp32", lambda m: m["peers"]["single"]),
         *((f"imgclf fp32 model only, {name}", lambda m, name=name: m["fp32_model"][name])
           for name in first["fp32_model"]),
         (f"imgclf e2e, one 500x375 JPEG x {BATCH * 4}", lambda m: m["same_jpeg"]["rate"]),
@@ -462,9 +449,9 @@ def main() -> None:
     print(f"\nsummary: ratios within each round, median of {len(runs)} (imgclf {ours_label}; targets from "
           "issue 14):")
     rows = [
-        (f"imgclf e2e / OpenVINO {ov_peer.ran} model only", lambda m: m["ours"]["rate"] / m["ov"], ">= 1.5"),
-        (f"imgclf e2e / Keras {keras_policy}", lambda m: m["ours"]["rate"] / m["keras"], ">= 3"),
-        ("imgclf e2e / TF one image per run", lambda m: m["ours"]["rate"] / m["single"], ""),
+        (f"imgclf e2e / OpenVINO {ov_ran} model only", lambda m: m["ours"]["rate"] / m["peers"]["ov"], ">= 1.5"),
+        (f"imgclf e2e / Keras {keras_policy}", lambda m: m["ours"]["rate"] / m["peers"]["keras"], ">= 3"),
+        ("imgclf e2e / TF one image per run", lambda m: m["ours"]["rate"] / m["peers"]["single"], ""),
         ("imgclf e2e / its own model only", lambda m: m["ours"]["rate"] / m["ours"]["model_only"],
          "1 = decoding fully hidden"),
         (f"share of the {limit_precision} compute limit ({limit:.0f} img/s)", lambda m: m["ours"]["rate"] / limit,
@@ -473,7 +460,7 @@ def main() -> None:
         ("  its ceiling on this CPU (decode CPU measured)", lambda m: m["phone_ceiling"],
          f"+{extra_ms:.0f} ms CPU/image"),
         ("12 MP --decode exact / 500x375", lambda m: m["phone_exact"]["rate"] / m["ours"]["rate"], ""),
-        ("fp32 batched e2e / one image per run", lambda m: m["fp32"]["rate"] / m["single"], ">= 1"),
+        ("fp32 batched e2e / one image per run", lambda m: m["fp32"]["rate"] / m["peers"]["single"], ">= 1"),
         ("fp32 model only, batch 32 / batch 1",
          lambda m: m["fp32_model"]["batch 32 (micro-batches)"] / m["fp32_model"]["batch 1"], ">= 1"),
         ("  the same before the fix (one session run)",
@@ -490,10 +477,11 @@ def main() -> None:
     errors = [m["served"][True]["errors"] for m in runs]
     print(f"  {'service errors, all rounds':<54} {sum(errors):7d}   {'0':<26} ({', '.join(map(str, errors))})")
     print(f"  fidelity, imgclf {ours_label} vs TF fp32: {fidelity(first['ours']['features'], reference)}")
-    ov_features = ov_peer.features()
+    ov_features = first["peers"]["ov_features"]
     print(f"  fidelity, {ov_label} vs TF fp32: {fidelity(ov_features, reference[:len(ov_features)])}")
-    print(f"  fidelity, Keras {keras_policy} vs TF fp32: {fidelity(keras_peer.features, reference)} (its own "
-          "resize and scaling)")
+    keras_features = first["peers"]["keras_features"]
+    print(f"  fidelity, Keras {keras_policy} vs TF fp32: {fidelity(keras_features, reference)} (its own resize and "
+          "scaling)")
 
 
 def print_row(name: str, values: list[float], target: str, digits: int = 2) -> None:
@@ -502,11 +490,16 @@ def print_row(name: str, values: list[float], target: str, digits: int = 2) -> N
     print(f"  {name:<54} {float(np.median(values)):7.{digits}f}   {target:<26} ({each})", flush=True)
 
 
-def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_label: str, small_dir: Path,
-                  phone_dir: Path, same_dir: Path, jpeg: bytes, fp32_featurizer: Featurizer, inputs: np.ndarray,
-                  ov_peer: OpenVINOPeer, keras_peer: KerasPeer, single: SingleImageGraph,
-                  single_paths: list[Path]) -> dict:
-    """Measure every path once, one after the other, so each ratio compares rates taken minutes apart."""
+def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_label: str, small: list[Path],
+                  phones: list[Path], small_dir: Path, phone_dir: Path, same_dir: Path, jpeg: bytes,
+                  keras_policy: str) -> dict:
+    """Measure every path once, one after the other, so each ratio compares rates taken minutes apart.
+
+    Nothing stays alive between measurements: each featurizer is closed after
+    its run, the peers run in a child process that exits after the round, the
+    service in gunicorn (an idle compiled model or TensorFlow session beside a
+    measurement slowed it by several percent).
+    """
     print(f"round {index + 1} of {args.rounds}:", flush=True)
     m: dict = {}
     for key, config, folder, label in (
@@ -519,15 +512,19 @@ def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_l
             ("same_jpeg", featurizer_config(graph, best, "exact", backend, small_dir), same_dir,
              f"{ours_label}, one 500x375 JPEG x {BATCH * 4}")):
         m[key] = end_to_end(config, folder, label)
-    m["fp32_model"] = fp32_model_rates(fp32_featurizer, inputs, args.seconds / 2)
+    featurizer = Featurizer(featurizer_config(graph, "fp32", "fast"))  # fast decodes the 500x375 photos as exact
+    try:
+        inputs = np.stack([featurizer.preprocess(path.read_bytes()) for path in small])
+        m["fp32_model"] = fp32_model_rates(featurizer, inputs, args.seconds / 2)
+        m["decode_ms"] = decode_cpu_ms(featurizer, phones[:8]), decode_cpu_ms(featurizer, small[:64])
+    finally:
+        featurizer.close()
     for name, rate in m["fp32_model"].items():
         print(f"  {'imgclf fp32 model only, ' + name:<46} {rate:7.2f} img/s", flush=True)
-    m["ov"] = ov_peer.measure(args.seconds)
-    print(f"  {f'OpenVINO {ov_peer.ran}, model only':<46} {m['ov']:7.2f} img/s", flush=True)
-    m["keras"] = keras_peer.measure()
-    print(f"  {'Keras InceptionV3, tf.data':<46} {m['keras']:7.2f} img/s", flush=True)
-    m["single"] = one_image_per_run(single, single_paths)
-    print(f"  {'TensorFlow one image per session run, fp32':<46} {m['single']:7.2f} img/s", flush=True)
+    print(f"  decoding on one thread, --decode fast: {m['decode_ms'][0]:.1f} ms CPU per 12-MP JPEG, "
+          f"{m['decode_ms'][1]:.1f} ms per 500x375 one", flush=True)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        m["peers"] = child.submit(peer_rates, graph, small, args.seconds, keras_policy).result()
     m["served"] = {True: service(graph, jpeg, backend, best, args.concurrency, args.requests, True)}
     if args.batching_off:
         m["served"][False] = service(graph, jpeg, backend, best, args.concurrency, args.requests, False)
@@ -536,6 +533,31 @@ def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_l
               f"{'on ' if batching else 'off'}: {s['rate']:7.2f} req/s, p50 {s['p50']:.0f} ms, p99 {s['p99']:.0f} ms, "
               f"errors {s['errors']}" + (f" ({s['first_error']})" if s["errors"] else ""), flush=True)
     return m
+
+
+def peer_rates(graph: Path, paths: list[Path], seconds: float, keras_policy: str) -> dict:
+    """Measure each peer once, one after the other, in this (child) process; return rates and features."""
+    featurizer = Featurizer(featurizer_config(graph, "fp32"))  # the same decoded inputs as imgclf's fp32
+    inputs = np.stack([featurizer.preprocess(path.read_bytes()) for path in paths])
+    ov_peer = OpenVINOPeer(featurizer, inputs)
+    featurizer.close()
+    out = {"ov": ov_peer.measure(seconds), "ov_ran": ov_peer.ran, "ov_features": ov_peer.features()}
+    print(f"  {f'OpenVINO {ov_peer.ran}, model only':<46} {out['ov']:7.2f} img/s", flush=True)
+    del ov_peer, inputs
+    gc.collect()
+    keras_peer = KerasPeer(paths, keras_policy)
+    out["keras"] = keras_peer.measure()
+    out["keras_features"] = keras_peer.features
+    print(f"  {'Keras InceptionV3 ' + keras_policy + ', tf.data':<46} {out['keras']:7.2f} img/s", flush=True)
+    del keras_peer
+    gc.collect()
+    single = SingleImageGraph(load_graph(graph)[0], threads=ThreadConfig(intra_op=0, inter_op=0))
+    single_paths = paths[:min(len(paths), 64)]
+    single.run(single_paths[0].read_bytes())  # warm-up
+    out["single"] = one_image_per_run(single, single_paths)
+    single.close()
+    print(f"  {'TensorFlow one image per session run, fp32':<46} {out['single']:7.2f} img/s", flush=True)
+    return out
 
 
 if __name__ == "__main__":
