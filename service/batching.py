@@ -10,8 +10,8 @@ early once every prediction request in flight in the worker has joined a batch
 off, each request calls the model itself.
 
 ``lanes`` batching threads may run batches at once (default one). A model
-that runs a batch on several independent executors (OpenVINO's infer requests,
-one stream per core) gets one lane per executor: while one batch finishes its
+that runs a batch on several independent executors (OpenVINO's streams, one
+per core) gets one lane per executor: while one batch finishes its
 last images and its head, and while the next batch is gathered, the next one
 already keeps the free executors busy instead of leaving them idle between
 batches.

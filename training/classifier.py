@@ -62,8 +62,8 @@ class LoadedModel:
 
     @property
     def batch_lanes(self) -> int:
-        """Return how many batches may usefully run at once: OpenVINO's infer requests, else one."""
-        return int(getattr(self.featurizer_graph, "requests", 1) or 1)
+        """Return how many batches may usefully run at once: OpenVINO's streams, else one."""
+        return int(getattr(self.featurizer_graph, "streams", 1) or 1)
 
     @property
     def bottleneck_dim(self) -> int:
