@@ -142,7 +142,8 @@ class Featurizer:
 
         OpenVINO runs a slice of images (one, today) per infer request (two
         per stream: one running, one queued) and fp32 one image per session
-        run, side by side: as many images as those keep every core busy. bf16 and fp16 gain from big batches: 0.
+        run, side by side: as many images as those keep every core busy.
+        bf16 and fp16 gain from big batches: 0.
         """
         if self.backend == "openvino":
             return int(self.graph.requests) * max(1, int(self.graph.slice_images))
