@@ -144,7 +144,8 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_server_keeps_the_p
     image_dir, model_dir = model_repo.parent / "images", repo / "shapes"
     command = train_command(image_dir, legacy_graph_path, cache, repo, "shapes")
     jpeg = sorted((image_dir / "sunsets").glob("*.jpg"))[0].read_bytes()
-    running = create_app({"model_repository": repo, "load_in_background": False})
+    # No poller: the running app must keep version 1 until told to look (below), however long the kills take.
+    running = create_app({"model_repository": repo, "load_in_background": False, "poll_seconds": 0})
     client = running.test_client()
     reference = predict(client, jpeg)
     assert reference[0] == 1
@@ -184,7 +185,10 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_server_keeps_the_p
     assert client.get("/readyz").status_code == 200
     version, label, score = predict(client, jpeg)
     assert (version, label) == reference[:2] and score == pytest.approx(reference[2], abs=1e-6), seen
-    fresh = create_app({"model_repository": repo, "load_in_background": False})
+    # One poll of the repository brings in the newest complete version and nothing from the work directories.
+    running.extensions["imgclf.registry"].sync()
+    assert predict(client, jpeg)[0] == max(list_versions(repo, "shapes")), seen
+    fresh = create_app({"model_repository": repo, "load_in_background": False, "poll_seconds": 0})
     assert fresh.test_client().get("/readyz").status_code == 200
     assert predict(fresh.test_client(), jpeg)[0] == max(list_versions(repo, "shapes")), seen
     for app in (running, fresh):
