@@ -13,13 +13,14 @@ import pytest
 from imgclf.core.errors import ModelNotFound
 from imgclf.core.model_kind import ModelKind, kind_of
 from imgclf.core.repository import read_card
+from imgclf.featurizer import image_io
 from imgclf.service import routes_health, routes_predict, routes_tfserving, routes_web
 from imgclf.service.config import ServiceConfig
 from imgclf.service.errors import BadRequest
 from imgclf.service.servable import LoadContext, Servable, card_signature_def
 from imgclf.service.servable_secondary import DigitClassifierServable, RegressionServable
 from imgclf.service.servables import SERVABLES, load_servable
-from tests.support.images import encode
+from tests.support.images import encode, jpeg, photo_like
 from tests.support.source_ast import parse_source
 
 
@@ -46,6 +47,23 @@ def test_the_loader_picks_the_class_of_the_cards_kind(repo, name):
         assert type(served) is SERVABLES[kind_of(read_card(path))]
         assert (served.name, served.version, served.card) == (name, 1, read_card(path))
         served.warm_up()
+    finally:
+        served.close()
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_warm_up_traces_every_decode_function_a_first_request_would(repo, monkeypatch, decode):
+    monkeypatch.setattr(image_io, "_FUSED", {})  # nothing traced yet, as in a fresh worker
+    served = load_servable(repo / "shapes" / "1", "shapes", 1, LoadContext(ServiceConfig(batching=False)))
+    try:
+        monkeypatch.setitem(served.model.card["featurizer"]["contract"], "decode", decode)
+        served.warm_up()
+        traced = dict(image_io._FUSED)
+        assert traced, "warm-up traced no decode function"
+        photos = [jpeg(41), jpeg(42, (2500, 2400)), encode(photo_like(43, (64, 48)), "PNG")]
+        for photo in photos:  # a small photo, a phone-size one (DCT-scaled in fast mode), a PNG
+            served.decode_image(photo)
+        assert image_io._FUSED == traced, f"requests traced {sorted(set(image_io._FUSED) - set(traced))}"
     finally:
         served.close()
 
