@@ -57,7 +57,7 @@ ENV IMGCLF_MODEL_REPOSITORY=/models \
     PYTHONDONTWRITEBYTECODE=1
 # TF_FORCE_GPU_ALLOW_GROWTH: each gunicorn worker is its own TensorFlow process; without it the first
 # one would reserve the whole GPU and the second would fail to load. PROMETHEUS_MULTIPROC_DIR is left
-# unset: service/gunicorn_conf.py makes a fresh directory under /tmp before the workers start.
+# unset: service/server/gunicorn_conf.py makes a fresh directory under /tmp before the workers start.
 
 WORKDIR /home/imgclf
 USER 10001:10001
@@ -68,10 +68,10 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('IMGCLF_BIND', '0.0.0.0:8000').rsplit(':', 1)[-1]; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=5).status == 200 else 1)"]
 
-# What `imgclf serve` execs (service/serve_cli.py, front_argv()): the front is PID 1. It listens on
+# What `imgclf serve` execs (service/cli/serve.py, front_argv()): the front is PID 1. It listens on
 # IMGCLF_BIND, reads every request whole under the deadlines (IMGCLF_HEADER_TIMEOUT, IMGCLF_BODY_TIMEOUT,
 # IMGCLF_MIN_BODY_RATE; README, "Reliability and security") and hands it to gunicorn, which it starts on
 # a private unix socket with the shipped config. A container stop's SIGTERM lets in-flight requests
 # finish (IMGCLF_GRACEFUL_TIMEOUT, 30 s by default), then stops gunicorn; SIGHUP reloads gunicorn's
 # workers. IMGCLF_FRONT=0 runs gunicorn alone on the port (behind a proxy of your own).
-CMD ["python", "-P", "-m", "imgclf.service.front_main"]
+CMD ["python", "-P", "-m", "imgclf.service.front.main"]

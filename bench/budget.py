@@ -33,7 +33,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.images import jpeg
 from tests.support.processes import children_of, free_port
 
@@ -48,8 +48,8 @@ def train_model() -> Path:
     """Return a repository with model "shapes" on the tiny legacy graph, trained once."""
     if (MODELS / "shapes").is_dir():
         return MODELS
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
     from tests.support.legacy_graph import write_legacy_graph
 

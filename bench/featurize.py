@@ -33,11 +33,11 @@ import numpy as np
 from PIL import Image
 
 from imgclf.core.precision import cpu_flags, native_bf16_flags, onednn_enabled
-from imgclf.featurizer.backend import openvino_installed
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig, sha256_bytes
-from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.graph import SingleImageGraph, ThreadConfig, load_graph
-from imgclf.featurizer.pipeline import WorkItem, extract
+from imgclf.featurizer.graph.load import SingleImageGraph, ThreadConfig, load_graph
+from imgclf.featurizer.jobs.pipeline import WorkItem, extract
+from imgclf.featurizer.runtime.backend import openvino_installed
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
+from imgclf.featurizer.store.cache import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -118,7 +118,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     graph = args.graph or OUT / "inception_v3_random_seed0.pb"
     if not graph.exists():
-        from imgclf.featurizer.export_inception import export_inception
+        from imgclf.featurizer.graph.export import export_inception
 
         print(f"building {graph} (once) ...", flush=True)
         export_inception(graph, weights="random", seed=0)
@@ -145,7 +145,7 @@ def main() -> None:
             print("(c) skipped: this CPU has no native bf16 (AMX_BF16/AVX512_BF16) or oneDNN is off")
         openvino = not args.no_openvino and openvino_installed()
         if openvino:
-            from imgclf.featurizer.openvino_backend import native_bf16
+            from imgclf.featurizer.runtime.openvino import native_bf16
 
             runs.append(("(d) OpenVINO, fp32", "openvino", "fp32"))
             if native_bf16():

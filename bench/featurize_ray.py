@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from bench.featurize import OUT, make_images
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.featurize_job import FeaturizeJob, run_featurize
-from imgclf.featurizer.graph import ThreadConfig
-from imgclf.featurizer.image_io import decode_to_input
+from imgclf.featurizer.graph.load import ThreadConfig
+from imgclf.featurizer.images.decode import decode_to_input
+from imgclf.featurizer.jobs.featurize import FeaturizeJob, run_featurize
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 
 
 def photo_folder(count: int) -> Path:
@@ -65,12 +65,12 @@ def main() -> None:
                         help="CPUs for decode tasks per GPU actor in the projection (default: %(default)s)")
     args = parser.parse_args()
 
-    from imgclf.featurizer.ray_engine import RayOptions, run_featurize_ray
+    from imgclf.featurizer.jobs.ray_engine import RayOptions, run_featurize_ray
 
     OUT.mkdir(parents=True, exist_ok=True)
     graph = args.graph or OUT / "inception_v3_random_seed0.pb"
     if not graph.exists():
-        from imgclf.featurizer.export_inception import export_inception
+        from imgclf.featurizer.graph.export import export_inception
 
         print(f"building {graph} (once) ...", flush=True)
         export_inception(graph, weights="random", seed=0)

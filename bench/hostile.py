@@ -43,7 +43,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ READY_WITHIN_S = 120
 def train_model(model_dir: Path) -> Path:
     """Return the model repository, training the tiny model once (the tests' small 2015-interface graph)."""
     from imgclf.core.repository import list_versions
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
     from tests.support.legacy_graph import write_legacy_graph
 

@@ -64,12 +64,12 @@ from PIL import Image
 from bench.featurize import make_images
 from bench.serve import GRAPH, OUT, Server, build_graph, drive, train_model
 from imgclf.core.precision import PRECISIONS, cpu_flags, native_bf16_flags, resolve_precision
-from imgclf.featurizer.contract import DEFAULT_CONTRACT
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.graph import SingleImageGraph, ThreadConfig, load_graph, usable_cpus
-from imgclf.featurizer.image_dir import scan_image_dir
-from imgclf.featurizer.pipeline import WorkItem, extract
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.graph.load import SingleImageGraph, ThreadConfig, load_graph, usable_cpus
+from imgclf.featurizer.images.folders import scan_image_dir
+from imgclf.featurizer.jobs.pipeline import WorkItem, extract
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.store.cache import FeatureCache
 
 GFLOP_PER_IMAGE = 11.5  # Inception-v3 at 299×299: ~5.7 G multiply-adds
 BATCH = 32
@@ -111,11 +111,11 @@ def best_of_backend(backend: str, precision: str) -> tuple[str, str]:
     ``best``: int8 on OpenVINO (NNCF, calibrated on the benchmark's photos),
     else TensorFlow's ``auto`` (bf16 with native bf16, fp32 otherwise).
     """
-    from imgclf.featurizer.backend import resolve_backend
+    from imgclf.featurizer.runtime.backend import resolve_backend
 
     backend = resolve_backend(backend)
     if backend == "openvino":
-        from imgclf.featurizer.openvino_backend import resolve_openvino_precision
+        from imgclf.featurizer.runtime.openvino import resolve_openvino_precision
 
         return backend, "int8" if precision == "best" else resolve_openvino_precision(precision)
     return backend, resolve_precision("auto" if precision == "best" else precision)
@@ -206,7 +206,7 @@ class KerasPeer:
     def __init__(self, paths: list[Path], policy: str):
         import keras
 
-        from imgclf.featurizer.export_inception import build_inception
+        from imgclf.featurizer.graph.export import build_inception
 
         reference = build_inception("random", seed=0).body  # the weights the benchmark graph was frozen from
         keras.mixed_precision.set_global_policy(policy)

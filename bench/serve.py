@@ -43,7 +43,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ STOP_WITHIN_S = 60
 def build_graph(graph: Path) -> Path:
     """Return the random-weight full-size graph, exporting it once."""
     if not graph.exists():
-        from imgclf.featurizer.export_inception import export_inception
+        from imgclf.featurizer.graph.export import export_inception
 
         print(f"building {graph} (once, about a minute) ...", flush=True)
         export_inception(graph, weights="random", seed=0)
@@ -71,8 +71,8 @@ def train_model(graph: Path, model_dir: Path, backend: str = "tensorflow", preci
     its IR, so the service runs the featurizer the card names).
     """
     from imgclf.core.repository import list_versions, resolve
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
 
     if list_versions(model_dir, MODEL_NAME):
@@ -113,8 +113,8 @@ def timed_rate(run, batch: np.ndarray, seconds: float) -> float:
 def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, precision: str) -> dict[str, float]:
     """Measure the featurizer and the served model on their own, in this process, before any server runs."""
     from imgclf.core.precision import resolve_precision
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-    from imgclf.service.registry import apply_precision
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+    from imgclf.service.lifecycle.registry import apply_precision
     from imgclf.training.classifier import load_model
 
     rates = {}

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ INVALID_KINDS = {"truncated-jpeg": {400}, "text-as-image": {400, 415}, "bad-json
 def build_tiny_model(out: Path = OUT) -> tuple[Path, Path]:
     """Return (version dir, image dir) of a head trained once on the tiny test graph and the demo pictures."""
     from imgclf.core.repository import list_versions, resolve
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
     from tests.support.legacy_graph import write_legacy_graph
 

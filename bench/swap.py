@@ -107,8 +107,8 @@ class Load:
 
 def prepare_model(graph_choice: str) -> Path:
     """Return a version directory of the benchmark model for ``graph_choice`` (tiny|full), training it once."""
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
 
     base = OUT / f"swap-base-{graph_choice}"

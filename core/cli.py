@@ -23,9 +23,9 @@ from collections.abc import Callable
 from imgclf.core.errors import EXIT_INTERRUPTED, exit_status, is_tf_user_error
 
 # Modules with a ``register(subparsers)`` function, in the order their commands are listed in --help.
-COMMAND_MODULES = ("imgclf.service.demo", "imgclf.featurizer.cli", "imgclf.training.cli", "imgclf.training.models_cli",
-                   "imgclf.service.predict_cli", "imgclf.service.serve_cli",
-                   "imgclf.service.api_keys")
+COMMAND_MODULES = ("imgclf.service.cli.demo", "imgclf.featurizer.cli", "imgclf.training.cli",
+                   "imgclf.training.models_cli", "imgclf.service.cli.predict", "imgclf.service.cli.serve",
+                   "imgclf.service.access.api_keys")
 NOISY_LOGGERS = ("tensorflow", "absl", "h5py", "PIL")
 
 

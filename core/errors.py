@@ -1,7 +1,7 @@
 """The exception tree shared by every part of imgclf, and the exit status of each error.
 
 Each error carries a message that says what was received. The service maps the
-classes to HTTP statuses (:mod:`imgclf.service.errors`); the command line maps
+classes to HTTP statuses (:mod:`imgclf.service.dataplane.errors`); the command line maps
 them to exit statuses here, with :func:`exit_status`.
 """
 

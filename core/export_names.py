@@ -36,7 +36,7 @@ OUTPUT_KEYS = (PROBABILITIES_KEY, CLASSES_KEY, LABELS_KEY)
 # Tensor names of the frozen graphs, as the 2016 retraining tutorial named them.
 HEAD_INPUT = "input/BottleneckInputPlaceholder:0"  # float32 [None, D]
 HEAD_OUTPUT = "final_result:0"  # float32 [None, C]
-# Scalar string of encoded image bytes: the 2015 graph's own input name (imgclf.featurizer.contract.JPEG_INPUT,
+# Scalar string of encoded image bytes: the 2015 graph's own input name (imgclf.featurizer.graph.contract.JPEG_INPUT,
 # pinned equal by a test), so the end-to-end graph is fed as the tutorial's retrained graphs were.
 END_TO_END_INPUT = "DecodeJpeg/contents:0"
 END_TO_END_OUTPUT = "final_result:0"  # float32 [1, C]

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from imgclf.core.errors import UsageError
-from imgclf.featurizer.backend import BACKENDS, DEFAULT_BACKEND, FEATURIZER_PRECISIONS, INSTALL_HINT
-from imgclf.featurizer.calibration import DEFAULT_CALIBRATION_IMAGES
-from imgclf.featurizer.contract import DEFAULT_CONTRACT
-from imgclf.featurizer.image_io import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.images.decode import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
+from imgclf.featurizer.runtime.backend import BACKENDS, DEFAULT_BACKEND, FEATURIZER_PRECISIONS, INSTALL_HINT
+from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
 
 
 def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
                        help="batched bottleneck tensor (default: %(default)s)")
     group.add_argument("--intra-op-threads", type=int, default=0,
                        help="threads inside one TensorFlow op (default: 0 = all usable CPUs)")
-    # ThreadConfig().inter_op, pinned by a test: imgclf.featurizer.graph imports TensorFlow, too slow for --help.
+    # ThreadConfig().inter_op, pinned by a test: imgclf.featurizer.graph.load imports TensorFlow, too slow for --help.
     group.add_argument("--inter-op-threads", type=int, default=1,
                        help="TensorFlow ops run side by side; more oversubscribes the cores that "
                             "--intra-op-threads already uses (default: %(default)s; 0 = TensorFlow picks)")
@@ -59,8 +59,8 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
 
 def featurizer_config_from_args(args: argparse.Namespace):
     """Build a FeaturizerConfig from the options of :func:`add_featurizer_options`."""
-    from imgclf.featurizer.extractor import FeaturizerConfig
-    from imgclf.featurizer.graph import ThreadConfig
+    from imgclf.featurizer.graph.load import ThreadConfig
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 
     for name in ("intra_op_threads", "inter_op_threads"):
         if getattr(args, name) < 0:
@@ -108,7 +108,7 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def check_dataset_options(args: argparse.Namespace) -> None:
     """Raise UsageError for a combination of cache, dataset and engine options that cannot work."""
-    from imgclf.featurizer.object_store import is_uri
+    from imgclf.featurizer.store.object_store import is_uri
 
     if args.output_dataset is None:
         if args.cache is None:
@@ -193,8 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_featurize(args: argparse.Namespace) -> int:
     """Run `imgclf featurize`."""
-    from imgclf.featurizer.featurize_job import FeaturizeJob, run_featurize
-    from imgclf.featurizer.object_store import is_uri
+    from imgclf.featurizer.jobs.featurize import FeaturizeJob, run_featurize
+    from imgclf.featurizer.store.object_store import is_uri
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
@@ -206,7 +206,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
                        progress=False if args.quiet else None,
                        output_dataset=args.output_dataset, shard_rows=args.shard_rows)
     if args.engine == "ray":
-        from imgclf.featurizer.ray_engine import RayOptions, run_featurize_ray
+        from imgclf.featurizer.jobs.ray_engine import RayOptions, run_featurize_ray
 
         summary = run_featurize_ray(job, RayOptions.from_args(args))
     else:
@@ -224,7 +224,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Run `imgclf fetch-inception`."""
-    from imgclf.featurizer.fetch import DEFAULT_URL, fetch_inception
+    from imgclf.featurizer.graph.fetch import DEFAULT_URL, fetch_inception
 
     path = fetch_inception(args.dest, args.url or DEFAULT_URL, from_file=args.from_file, timeout=args.timeout,
                            progress=False if args.quiet else None, force=args.force)
@@ -234,7 +234,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run `imgclf export-inception`."""
-    from imgclf.featurizer.export_inception import export_inception
+    from imgclf.featurizer.graph.export import export_inception
 
     info = export_inception(args.out, weights=args.weights, seed=args.seed)
     print(json.dumps(info, indent=2))
@@ -243,7 +243,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Run `imgclf inspect`."""
-    from imgclf.featurizer.inspect_graph import format_report, inspect_graph, write_tensorboard_graph
+    from imgclf.featurizer.graph.inspect import format_report, inspect_graph, write_tensorboard_graph
 
     report = inspect_graph(args.graph, show_all=args.all)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))

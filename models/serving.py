@@ -1,6 +1,6 @@
 """Load an exported secondary model and predict with it through its SavedModel signature.
 
-The service's loader (:mod:`imgclf.service.servables`) picks this loader from
+The service's loader (:mod:`imgclf.service.servables.loader`) picks this loader from
 a version's model card kind; :func:`load_secondary` returns a
 :class:`SecondaryModel`, which checks each batch (shape, dtype, NaN, pixel
 range) before it reaches TensorFlow, so bad input is a ValueError, never an

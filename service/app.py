@@ -2,9 +2,9 @@
 
 ``create_app()`` builds a fresh app each time: defaults, then ``IMGCLF_*``
 environment variables, then the caller's overrides. Each resource is an
-extension with one accessor: the config (:func:`~imgclf.service.app_config.current_config`),
-the metrics (:func:`~imgclf.service.metrics.current_metrics`) and the model
-registry (:func:`~imgclf.service.registry.current_registry`). Models load once
+extension with one accessor: the config (:func:`~imgclf.service.app_settings.current_config`),
+the metrics (:func:`~imgclf.service.dataplane.metrics.current_metrics`) and the model
+registry (:func:`~imgclf.service.lifecycle.registry.current_registry`). Models load once
 per worker, here (never at import, never in the gunicorn master).
 """
 
@@ -14,24 +14,18 @@ import logging
 
 from flask import Flask
 
-from imgclf.service import (
-    app_config,
-    auth,
-    budget,
-    cross_site,
-    metrics,
-    redact,
-    registry,
-    routes_health,
-    routes_predict,
-    routes_tfserving,
-    routes_v2,
-    routes_web,
-    security_headers,
-)
-from imgclf.service.config import ServiceConfig
-from imgclf.service.errors import register_error_handlers
-from imgclf.service.request_input import read_streamed_body
+from imgclf.service import app_settings as app_config
+from imgclf.service.access import auth, cross_site, redact, security_headers
+from imgclf.service.dataplane import budget, metrics
+from imgclf.service.dataplane.errors import register_error_handlers
+from imgclf.service.lifecycle import registry
+from imgclf.service.protocols import health as routes_health
+from imgclf.service.protocols.predict import routes as routes_predict
+from imgclf.service.protocols.predict.request import read_streamed_body
+from imgclf.service.protocols.tfserving import routes as routes_tfserving
+from imgclf.service.protocols.v2 import routes as routes_v2
+from imgclf.service.settings import ServiceConfig
+from imgclf.service.web import routes as routes_web
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ SYSTEM_FIXTURES = ("full_graph_path",)
 # on a 2-core machine.
 SYSTEM_TESTS = (
     "tests/unit/core/test_devices.py::test_placement_is_logged_for_tf_functions_in_a_fresh_process",
-    "tests/unit/featurizer/test_export_inception.py::test_local_weights_file_with_top",
-    "tests/unit/featurizer/test_export_inception.py::test_local_weights_file_without_top_falls_back_to_random_logits",
-    "tests/unit/featurizer/test_export_inception.py::test_random_weights_depend_on_the_seed",
-    "tests/unit/featurizer/test_featurize_job.py::test_sigkill_loses_nothing_committed_and_the_rerun_finishes",
+    "tests/unit/featurizer/graph/test_export.py::test_local_weights_file_with_top",
+    "tests/unit/featurizer/graph/test_export.py::test_local_weights_file_without_top_falls_back_to_random_logits",
+    "tests/unit/featurizer/graph/test_export.py::test_random_weights_depend_on_the_seed",
+    "tests/unit/featurizer/jobs/test_featurize.py::test_sigkill_loses_nothing_committed_and_the_rerun_finishes",
     # 400 generated 1600x1200 JPEGs, featurized twice, ten heads trained (about 45 s)
-    "tests/unit/featurizer/test_featurize_job.py::test_a_head_on_fast_decoded_large_photos_is_as_accurate_as_on_exact",
+    "tests/unit/featurizer/jobs/test_featurize.py::test_a_head_on_fast_decoded_large_photos_is_as_accurate_as_on_exact",
     # Featurizes 400 images twice (TensorFlow fp32, OpenVINO int8 after NNCF calibration) and trains two heads.
-    "tests/unit/featurizer/test_openvino_backend.py::test_a_head_on_int8_features_is_within_one_point_of_fp32",
+    "tests/unit/featurizer/runtime/test_openvino.py::test_a_head_on_int8_features_is_within_one_point_of_fp32",
     "tests/unit/training/test_distribute.py::test_two_workers_train_identical_weights_and_only_the_chief_exports",
     "tests/unit/training/test_distribute.py::test_mirrored_over_two_logical_cpus_matches_one_device",
     "tests/unit/training/test_models_job.py::test_sigkilled_run_resumes_from_its_checkpoint",
@@ -62,7 +62,7 @@ def _mixed_precision_stays_in_its_test():
     """Turn grappler's process-wide mixed-precision rewrites off after each test.
 
     A registry that serves in bf16 (precision "auto" on a CPU with AMX, as a ServiceConfig built without
-    IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.registry
+    IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.lifecycle.registry
     .apply_precision); without this, the fp32 references of whichever tests run next in that worker
     would be compared against bf16 numbers.
     """
@@ -89,7 +89,7 @@ def legacy_graph_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def full_graph_path(tmp_path_factory):
     """A full-size Inception-v3 graph (seeded random weights) with the 2015 interface."""
-    from imgclf.featurizer.export_inception import export_inception
+    from imgclf.featurizer.graph.export import export_inception
 
     path = tmp_path_factory.mktemp("graphs") / "inception_random.pb"
     export_inception(path, weights="random", seed=0)
@@ -103,8 +103,8 @@ def model_repo(tmp_path_factory, legacy_graph_path):
     Trained on the demo image set (bubbles, checkers, stripes, sunsets; 8 per class).
     Returns the repository path; images live in ``<repo>/../images``.
     """
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
 
     root = tmp_path_factory.mktemp("model_repo")

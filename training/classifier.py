@@ -19,7 +19,7 @@ from imgclf.core.devices import device_scope
 from imgclf.core.errors import InvalidImage, ModelNotFound
 from imgclf.core.model_kind import ModelKind
 from imgclf.core.saved_model import load_version
-from imgclf.featurizer.image_io import (
+from imgclf.featurizer.images.decode import (
     DEFAULT_MAX_PIXELS,
     decode_rgb,
     decode_to_input,

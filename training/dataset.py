@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.featurizer.extractor import Featurizer
-from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.image_dir import ImageDirectory, ImageEntry, scan_image_dir
-from imgclf.featurizer.pipeline import ExtractResult, WorkItem, extract
+from imgclf.featurizer.images.folders import ImageDirectory, ImageEntry, scan_image_dir
+from imgclf.featurizer.jobs.pipeline import ExtractResult, WorkItem, extract
+from imgclf.featurizer.runtime.featurizer import Featurizer
+from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig, distort
 from imgclf.training.split import SPLITS, SplitConfig, split_entries
 
@@ -94,7 +94,7 @@ def build_dataset_from_features(dest: str, featurizer: Featurizer, split: SplitC
     The label ids are the sorted class names of the rows; the split is the same
     stable hash of each relative path. Nothing reads images or a SQLite cache.
     """
-    from imgclf.featurizer.feature_dataset import FeaturizerIdentity, load_features
+    from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features
 
     table, entry = load_features(dest, FeaturizerIdentity.from_description(featurizer.describe()))
     label_names = sorted(set(table.label_names))

@@ -31,8 +31,8 @@ import tensorflow as tf
 from imgclf.core import export_names as names
 from imgclf.core.atomic import atomic_file
 from imgclf.core.repository import publish_version, validate_name
-from imgclf.featurizer.extractor import Featurizer
-from imgclf.featurizer.graph import file_sha256
+from imgclf.featurizer.graph.load import file_sha256
+from imgclf.featurizer.runtime.featurizer import Featurizer
 from imgclf.training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
 from imgclf.training.model_card import build_card, check_caller_card
 from imgclf.training.serving_preprocess import batch_to_input

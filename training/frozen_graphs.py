@@ -2,7 +2,7 @@
 
 Every graph here is made of current ops only and carries the running
 TensorFlow's producer version. The 2015 Inception graph's deprecated ops were
-rewritten when the featurizer loaded it (:class:`imgclf.featurizer.graph.BottleneckGraph`
+rewritten when the featurizer loaded it (:class:`imgclf.featurizer.graph.load.BottleneckGraph`
 rewrites the old batch norms and ``Concat``, folds scale/shift and cuts the
 graph at the normalised image); its graph is taken from there, never from the
 file, so an export cannot carry the old ops into a new-version graph — the
@@ -17,10 +17,10 @@ from tensorflow.core.framework import graph_pb2
 from imgclf.core import export_names as names
 from imgclf.core import tf_private
 from imgclf.core.errors import GraphError
-from imgclf.featurizer.contract import node_name
-from imgclf.featurizer.extractor import Featurizer
-from imgclf.featurizer.legacy_ops import deprecated_ops
-from imgclf.featurizer.prune import drop_pure_control_edges, keep_ancestors
+from imgclf.featurizer.graph.contract import node_name
+from imgclf.featurizer.graph.legacy_ops import deprecated_ops
+from imgclf.featurizer.graph.prune import drop_pure_control_edges, keep_ancestors
+from imgclf.featurizer.runtime.featurizer import Featurizer
 from imgclf.training.serving_preprocess import image_bytes_to_input
 
 

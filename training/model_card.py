@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from imgclf.core import export_names as names
 from imgclf.core.model_card import CARD_FORMAT, library_versions
-from imgclf.featurizer.extractor import Featurizer
+from imgclf.featurizer.runtime.featurizer import Featurizer
 from imgclf.training.serving_preprocess import dct_method
 
 # Keys export_model writes itself; a caller's card may not set them.

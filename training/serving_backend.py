@@ -21,7 +21,7 @@ byte for byte the featurizer training used.
   training features; logged);
 * ``openvino``: the export's IR; an export without one is an error naming
   the way out;
-* ``auto``: OpenVINO where :func:`imgclf.featurizer.backend.resolve_backend`
+* ``auto``: OpenVINO where :func:`imgclf.featurizer.runtime.backend.resolve_backend`
   picks it and the export carries an IR, else TensorFlow.
 """
 
@@ -32,8 +32,8 @@ from pathlib import Path
 
 from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound, UsageError
-from imgclf.featurizer.backend import BACKENDS, INSTALL_HINT, openvino_installed, resolve_backend
-from imgclf.featurizer.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.runtime.backend import BACKENDS, INSTALL_HINT, openvino_installed, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def choose_backend(version_dir: Path, card: dict, requested: str) -> str:
 
 def load_openvino_featurizer(version_dir: Path, card: dict, threads: int = 0):
     """Compile the export's OpenVINO featurizer at the card's precision (auto's for TensorFlow-trained cards)."""
-    from imgclf.featurizer.openvino_backend import OpenVINOGraph, resolve_openvino_precision
+    from imgclf.featurizer.runtime.openvino import OpenVINOGraph, resolve_openvino_precision
 
     trained, precision = card_backend(card)
     if trained != "openvino":

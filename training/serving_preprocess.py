@@ -1,14 +1,14 @@
 """The featurizer's preprocessing as TensorFlow ops, for graphs that take encoded image bytes.
 
 An exported model must turn bytes into the same network input as
-:mod:`imgclf.featurizer.image_io` did when the training features were made, or its
+:mod:`imgclf.featurizer.images.decode` did when the training features were made, or its
 predictions drift. Decoding follows Pillow's conversions as that module
 applies them:
 
 * JPEG: ``DecodeJpeg`` (channels=3, the graph's ``dct_method``) — the decoder the
   featurizer itself uses; grayscale JPEGs become three equal channels. With the
   contract's ``decode`` "fast", a large JPEG is DCT-scaled by the factor
-  :func:`imgclf.featurizer.image_io.jpeg_scale` picks from its header
+  :func:`imgclf.featurizer.images.decode.jpeg_scale` picks from its header
   (``ExtractJpegShape``), ``DecodeJpeg(ratio=...)``: the featurizer's own numbers.
 * PNG, GIF (first frame), BMP, WebP: ``DecodeImage``. Grayscale is repeated
   to three channels; an alpha channel is composited over white with Pillow's
@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from imgclf.featurizer.contract import GraphContract
+from imgclf.featurizer.graph.contract import GraphContract
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HEADER_BYTES = 26  # PNG signature (8) + IHDR length and type (8) + width, height (8) + bit depth, colour type

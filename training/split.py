@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from imgclf.featurizer.image_dir import ImageDirectory, ImageEntry
+from imgclf.featurizer.images.folders import ImageDirectory, ImageEntry
 
 SPLITS = ("train", "validation", "test")
 _NOHASH = re.compile(r"_nohash_.*$")

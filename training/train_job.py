@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core.errors import UsageError
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.dataset import Dataset, build_dataset, build_dataset_from_features

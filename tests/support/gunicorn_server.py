@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import free_port
 
 

@@ -9,7 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from imgclf.service.api_keys import key_line
+from imgclf.service.access.api_keys import key_line
 from tests.support.gunicorn_server import gunicorn
 
 FIRST, SECOND = "imgclf_first-key", "imgclf_second-key"

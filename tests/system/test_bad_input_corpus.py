@@ -31,10 +31,11 @@ import pytest
 
 from imgclf.core.cli import main
 from imgclf.core.errors import ImageTooLarge
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.feature_cache import FeatureCache
-from imgclf.featurizer.image_io import decode_to_input
-from imgclf.service import create_app, serve_cli
+from imgclf.featurizer.images.decode import decode_to_input
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.store.cache import FeatureCache
+from imgclf.service import create_app
+from imgclf.service.cli import serve as serve_cli
 from imgclf.training.classifier import load_model
 from tests.support.bad_inputs import (
     FEATURIZE,

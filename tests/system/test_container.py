@@ -29,9 +29,9 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from imgclf.service.config import ENV_PREFIX, ServiceConfig
-from imgclf.service.front import FrontSettings
-from imgclf.service.serve_cli import front_argv, serve_argv
+from imgclf.service.cli.serve import front_argv, serve_argv
+from imgclf.service.front.proxy import FrontSettings
+from imgclf.service.settings import ENV_PREFIX, ServiceConfig
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,7 +328,7 @@ def test_port_volume_and_settings(dockerfile):
     assert env["IMGCLF_HOME"].startswith("/home/")
     unknown = {k for k in env if k.startswith(ENV_PREFIX)} - known_settings()
     assert not unknown, f"ENV sets variables imgclf does not read: {sorted(unknown)}"
-    assert "PROMETHEUS_MULTIPROC_DIR" not in env, "service/gunicorn_conf.py makes a fresh one per start"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env, "service/server/gunicorn_conf.py makes a fresh one per start"
     assert all("$" not in value for value in env.values()), "ENV values are literal (the run test applies them)"
     # Changes a RUN makes to a volume's path after VOLUME are discarded by Docker.
     volume = index_of(dockerfile, only(dockerfile, "VOLUME"))
@@ -358,7 +358,7 @@ def test_dockerignore_keeps_the_context_to_what_the_image_copies(dockerfile):
     context = build_context()
     for source in copied_sources(dockerfile):
         assert files_of(context, source), f"COPY {source}: nothing of it is in the build context"
-    for path in ("pyproject.toml", "README.md", "service/web/index.html", "service/gunicorn_conf.py"):
+    for path in ("pyproject.toml", "README.md", "service/web/index.html", "service/server/gunicorn_conf.py"):
         assert path in context, path
     leaked = sorted(f for f in context
                     if re.match(r"(tests|bench|\.venv|\.git|\.pytest_cache|\.hypothesis|demo-data"

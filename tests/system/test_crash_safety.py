@@ -24,7 +24,7 @@ import pytest
 from imgclf.core import export_names as names
 from imgclf.core import repository
 from imgclf.core.repository import integer_dirs, is_complete, list_models, list_versions, resolve
-from imgclf.featurizer.extractor import FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 from imgclf.service import create_app
 from imgclf.training.train_job import TrainJob, run_train
 from tests.support import images

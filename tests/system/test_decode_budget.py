@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.images import jpeg
 from tests.support.processes import children_of, free_port
 
@@ -56,7 +56,7 @@ def server(model_repo, tmp_path, request):
     env.update(TMPDIR=str(tmp_path), IMGCLF_BATCH_MAX_WAIT_MS="2", IMGCLF_MAX_REQUEST_PIXELS=str(REQUEST_PIXELS),
                IMGCLF_MAX_DECODE_PIXELS_IN_FLIGHT=str(getattr(request, "param", GATE_PIXELS)),
                # the 16 heavy decodes pass the gate one at a time: on a loaded machine the last waits longer than
-               # the default 30 s and would get its 503 (tests/unit/service/test_budget.py checks that answer)
+               # the default 30 s and would get its 503 (tests/unit/service/dataplane/test_budget.py checks that answer)
                IMGCLF_DECODE_WAIT_SECONDS="110")
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:

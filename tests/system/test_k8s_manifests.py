@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from imgclf.service import create_app
-from imgclf.service.config import ServiceConfig
-from imgclf.service.serve_cli import ServerSettings
+from imgclf.service.cli.serve import ServerSettings
+from imgclf.service.settings import ServiceConfig
 from tests.system.test_container import DOCKERFILE, image_env, known_settings, only, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]

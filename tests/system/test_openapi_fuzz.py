@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from imgclf.service import create_app
-from imgclf.service.openapi import document
+from imgclf.service.protocols.openapi import document
 
 MAX_INSTANCES = 3  # small: generated arrays cross the 413 limit, and each request stays cheap
 # The document as the test app serves it (checked below); loaded at import because schemathesis's

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from imgclf.core.cli import main
-from imgclf.featurizer import ray_engine
-from imgclf.featurizer.feature_dataset import FeaturizerIdentity, load_features, read_manifest
-from imgclf.featurizer.object_store import open_location
+from imgclf.featurizer.jobs import ray_engine
+from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
+from imgclf.featurizer.store.object_store import open_location
 from tests.support import images
 from tests.support.ray_cluster import RayCluster
 from tests.support.s3_server import s3_server, upload_folder

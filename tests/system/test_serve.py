@@ -18,7 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.core.cli import main
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import children_of, free_port
 
 READY_WITHIN_S = 90
@@ -181,7 +181,7 @@ def test_serve_execs_the_front_or_gunicorn_with_the_options_as_environment(model
     if front:  # IMGCLF_FRONT=0: gunicorn alone on the address
         assert argv == [sys.executable, "-P", "-m", "gunicorn", "-c", conf, "imgclf.service:create_app()"]
     else:  # the front, which starts that same gunicorn command behind it
-        assert argv == [sys.executable, "-P", "-m", "imgclf.service.front_main"]
+        assert argv == [sys.executable, "-P", "-m", "imgclf.service.front.main"]
     assert env["IMGCLF_MODEL_REPOSITORY"] == str(model_repo.resolve())
     assert (env["IMGCLF_BIND"], env["IMGCLF_WORKERS"]) == ("0.0.0.0:9000", "3") and "IMGCLF_THREADS" not in env
     assert "IMGCLF_ALLOW_UNSAFE_OPS" not in env
@@ -196,7 +196,7 @@ def test_serve_passes_allow_unsafe_ops_to_the_workers(model_repo, monkeypatch):
 
 
 def test_gunicorn_behind_the_front_takes_one_request_per_connection_and_thread(monkeypatch):
-    import imgclf.service.gunicorn_conf as conf
+    import imgclf.service.server.gunicorn_conf as conf
 
     monkeypatch.setenv("IMGCLF_BIND", "unix:/tmp/x/gunicorn.sock")
     monkeypatch.setenv("IMGCLF_THREADS", "6")
@@ -208,7 +208,7 @@ def test_gunicorn_behind_the_front_takes_one_request_per_connection_and_thread(m
 
 
 def test_gunicorn_settings_come_from_the_environment(monkeypatch):
-    import imgclf.service.gunicorn_conf as conf
+    import imgclf.service.server.gunicorn_conf as conf
 
     monkeypatch.setenv("IMGCLF_WORKERS", "3")
     monkeypatch.setenv("IMGCLF_BIND", "0.0.0.0:8080")

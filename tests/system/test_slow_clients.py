@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from imgclf.service import serve_cli
+from imgclf.service.cli import serve as serve_cli
 from tests.support.processes import children_of, free_port
 
 READY_WITHIN_S = 90

@@ -38,7 +38,7 @@ SCREENSHOT_DIR = os.environ.get("IMGCLF_SCREENSHOT_DIR", "")
 @pytest.fixture(scope="module")
 def repo(model_repo, legacy_graph_path, tmp_path_factory):
     """A repository with "shapes" and "hostile": labels made of markup, built on a graph named "random"."""
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
     from imgclf.training.export import export_model
     from tests.unit.training.test_export import make_head
 
@@ -573,7 +573,7 @@ PAGE_KEY = "imgclf_page-test-key"
 @pytest.fixture(scope="module")
 def keyed_url(repo, tmp_path_factory):
     """The page of an app that needs API keys."""
-    from imgclf.service.api_keys import key_line
+    from imgclf.service.access.api_keys import key_line
 
     keys = tmp_path_factory.mktemp("page_keys") / "keys.txt"
     keys.write_text(key_line("page", PAGE_KEY) + "\n")

@@ -105,7 +105,7 @@ def test_no_command_runs_an_old_top_level_name():
     ("from service import create_app", True),
     ("import_module('featurizer.cli')", True),
     ("APP = 'service:create_app()'", True),
-    ("CONF = 'python:service.gunicorn_conf'", True),
+    ("CONF = 'python:service.server.gunicorn_conf'", True),
     ("from imgclf.models import networks", False),
     ("from . import networks", False),
     ("import coreutils", False),
@@ -114,7 +114,7 @@ def test_no_command_runs_an_old_top_level_name():
     ("APP = 'imgclf.service:create_app()'", False),
     ("subprocess.run([sys.executable, '-m', 'models', 'train'])", True),
     ("subprocess.run([sys.executable, '-m', 'imgclf.models', 'train'])", False),
-    ("argv = ('-m', 'service.serve_cli')", True),
+    ("argv = ('-m', 'service.cli.serve')", True),
 ])
 def test_the_import_scan_flags_old_roots_only(source, flagged):
     assert bool(_old_root_imports(parse_source(source))) is flagged
@@ -123,8 +123,8 @@ def test_the_import_scan_flags_old_roots_only(source, flagged):
 @pytest.mark.parametrize("line, flagged", [
     ('CMD ["python", "-m", "gunicorn", "-c", "python:service.gunicorn_conf", "service:create_app()"]', True),
     ("\t$(BIN)/python -m models train lenet5", True),
-    ('CMD ["python", "-m", "gunicorn", "-c", "python:imgclf.service.gunicorn_conf", "imgclf.service:create_app()"]',
-     False),
+    ('CMD ["python", "-m", "gunicorn", "-c", "python:imgclf.service.server.gunicorn_conf", '
+     '"imgclf.service:create_app()"]', False),
     ("\t$(BIN)/python -m imgclf.models train lenet5", False),
     ("The service serves models from the repository.", False),
 ])

@@ -11,7 +11,7 @@ import pytest
 
 from imgclf.core.cli import build_parser, main, run_command
 from imgclf.core.errors import TrainingDiverged, UsageError
-from imgclf.featurizer.demo_images import write_demo_images
+from imgclf.featurizer.images.demo import write_demo_images
 from tests.support import images
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -189,7 +189,7 @@ def test_without_a_gpu_fp16_is_refused(fake_gpus):
 
 
 def test_apply_precision_turns_on_the_gpu_rewrite(fake_gpus, monkeypatch):
-    from imgclf.service.registry import apply_precision
+    from imgclf.service.lifecycle.registry import apply_precision
 
     switched = []
     monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", switched.append)  # process-wide otherwise
@@ -201,7 +201,7 @@ def test_apply_precision_turns_on_the_gpu_rewrite(fake_gpus, monkeypatch):
 def test_log_placement_reaches_the_session_config(fake_gpus, device_env):
     from tensorflow.core.protobuf import rewriter_config_pb2
 
-    from imgclf.featurizer.graph import session_config
+    from imgclf.featurizer.graph.load import session_config
 
     fake = fake_gpus((7, 5))
     assert session_config().log_device_placement is False
@@ -269,8 +269,8 @@ def test_configuring_twice_is_harmless(device_env):
 
 def _run_both_graphs(graph_path):
     """Run the batched and the one-image graph on ``graph_path``; return (features, one-image vector, featurizer)."""
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-    from imgclf.featurizer.graph import SingleImageGraph, load_graph
+    from imgclf.featurizer.graph.load import SingleImageGraph, load_graph
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
     from tests.support import images
 
     featurizer = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
@@ -309,7 +309,7 @@ def _fd_output(capfd) -> str:
 
 
 def test_placement_is_logged_for_featurizer_sessions(legacy_graph_path, device_env, capfd):
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 
     device_env(IMGCLF_LOG_DEVICE_PLACEMENT="1")
     _fd_output(capfd)
@@ -359,7 +359,7 @@ def test_placement_logging_asked_for_too_late_is_a_warning(device_env, caplog):
 
 
 def test_placement_is_not_logged_by_default(legacy_graph_path, device_env, capfd):
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 
     _fd_output(capfd)
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))

@@ -171,7 +171,7 @@ def test_ops_that_reach_outside_the_process_are_not_allowed(op):
 # ---------------------------------------------------------------- what must pass
 
 def test_imgclf_exports_pass(model_repo):
-    from imgclf.featurizer.graph import load_graph
+    from imgclf.featurizer.graph.load import load_graph
 
     version = model_repo / "shapes" / "1"
     check_saved_model(version)
@@ -180,7 +180,7 @@ def test_imgclf_exports_pass(model_repo):
 
 
 def test_the_legacy_and_the_full_size_inception_graphs_pass(legacy_graph_path, full_graph_path):
-    from imgclf.featurizer.graph import load_graph
+    from imgclf.featurizer.graph.load import load_graph
 
     for path in (legacy_graph_path, full_graph_path):
         load_graph(path)
@@ -211,7 +211,7 @@ def test_a_tf1_saved_model_with_a_saver_subgraph_passes(tmp_path):
 # ---------------------------------------------------------------- GraphDefs refused
 
 def test_load_graph_refuses_a_read_file_node_and_names_it(unsafe_graph_path, caplog):
-    from imgclf.featurizer.graph import load_graph
+    from imgclf.featurizer.graph.load import load_graph
 
     with pytest.raises(UnsafeGraph) as caught:
         load_graph(unsafe_graph_path)
@@ -252,7 +252,7 @@ def test_a_long_list_of_findings_is_cut():
 
 
 def test_both_graph_classes_refuse_an_unsafe_graph(unsafe_graph_path):
-    from imgclf.featurizer.graph import BottleneckGraph, SingleImageGraph, parse_graph_def
+    from imgclf.featurizer.graph.load import BottleneckGraph, SingleImageGraph, parse_graph_def
 
     graph_def = parse_graph_def(unsafe_graph_path.read_bytes())  # parsing alone checks nothing
     for make in (BottleneckGraph, SingleImageGraph):
@@ -263,7 +263,7 @@ def test_both_graph_classes_refuse_an_unsafe_graph(unsafe_graph_path):
 
 def test_the_featurizer_refuses_unless_allowed_and_the_opt_in_keeps_the_fingerprint(unsafe_graph_path,
                                                                                     legacy_graph_path):
-    from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+    from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 
     with pytest.raises(UnsafeGraph, match=r"ReadFile \(node 'evil/read'\)"):
         Featurizer(FeaturizerConfig(unsafe_graph_path, precision="fp32"))
@@ -361,7 +361,7 @@ def test_predict_refuses_an_unsafe_model(unsafe_saved_models, model_repo, tmp_pa
 def test_the_service_does_not_become_ready_with_an_unsafe_model(unsafe_saved_models, model_repo, tmp_path,
                                                                 monkeypatch):
     from imgclf.service import create_app
-    from imgclf.service.config import ServiceConfig
+    from imgclf.service.settings import ServiceConfig
 
     monkeypatch.delenv(op_policy.ENV_ALLOW_UNSAFE_OPS, raising=False)
     assert not ServiceConfig.from_env({}).allow_unsafe_ops

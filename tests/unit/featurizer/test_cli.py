@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.core.cli import main
-from imgclf.featurizer.demo_images import write_demo_images
+from imgclf.featurizer.images.demo import write_demo_images
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -12,9 +12,9 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.service import create_app
-from imgclf.service.batching import Batcher
-from imgclf.service.config import ServiceConfig
-from imgclf.service.serve_cli import ServerSettings
+from imgclf.service.cli.serve import ServerSettings
+from imgclf.service.dataplane.batching import Batcher
+from imgclf.service.settings import ServiceConfig
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_bad_server_settings_are_named(env, message):
 
 
 def _gunicorn_conf_in_a_subprocess(**env):
-    code = ("import sys, json; import imgclf.service.gunicorn_conf as c; "
+    code = ("import sys, json; import imgclf.service.server.gunicorn_conf as c; "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'flask', 'numpy', 'PIL')); "
             "print(json.dumps([c.logconfig_dict['loggers']['gunicorn.access']['level'], c.workers, heavy]))")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLF_")}
@@ -122,7 +122,7 @@ def test_gunicorn_conf_refuses_an_access_log_of_2():
 ])
 def test_serve_checks_the_settings_before_it_execs_gunicorn(model_repo, monkeypatch, capsys, name, value, message):
     from imgclf.core.cli import main
-    from imgclf.service import serve_cli
+    from imgclf.service.cli import serve as serve_cli
 
     calls = []
     monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))
@@ -142,7 +142,7 @@ def test_healthz_and_readyz_when_loaded(app):
 
 
 def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
-    from imgclf.service import servable_image as registry_module
+    from imgclf.service.servables import image as registry_module
 
     release = threading.Event()
     real_load = registry_module.load_model
@@ -166,7 +166,7 @@ def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
 @pytest.fixture
 def loading_app(model_repo, monkeypatch):
     """An app whose model loading waits for ``app.release`` (set it to let loading finish)."""
-    from imgclf.service import servable_image
+    from imgclf.service.servables import image as servable_image
 
     release = threading.Event()
     real_load = servable_image.load_model
@@ -232,7 +232,7 @@ def test_state_listeners_hear_the_state_now_and_when_loading_ends(loading_app):
 ])
 def test_readyz_under_gunicorn_waits_for_every_worker_that_takes_connections(app, tmp_path, monkeypatch, others,
                                                                                status, code, error):
-    from imgclf.service import worker_states
+    from imgclf.service.server import worker_states
 
     monkeypatch.setenv(worker_states.ENV, str(tmp_path))
     worker_states.record(tmp_path, 1, "ready", pid=4001)  # this worker
@@ -354,7 +354,7 @@ def test_batcher_waits_for_every_request_in_flight():
 
 def test_app_counts_prediction_requests_in_flight_by_model(app):
     """A model's batcher waits for that model's requests only: others (or unknown names) never join it."""
-    from imgclf.service.in_flight import InFlight
+    from imgclf.service.dataplane.in_flight import InFlight
     from tests.support import images
 
     assert "predict.predict" in InFlight.PREDICT_ENDPOINTS and "tfserving.predict" in InFlight.PREDICT_ENDPOINTS

@@ -10,7 +10,7 @@ import pytest
 
 from imgclf.core.errors import ImageTooLarge, InvalidImage, ModelNotFound, UnsupportedImageType
 from imgclf.core.repository import resolve
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.training.classifier import load_model
 from imgclf.training.export import export_model
 from tests.support import images
@@ -135,7 +135,7 @@ def test_a_corrupt_model_card_or_one_without_labels_is_model_not_found(tmp_path,
 
 
 def test_a_model_trained_with_fast_decoding_is_served_with_it(legacy_graph_path, tmp_path):
-    from imgclf.featurizer.contract import DEFAULT_CONTRACT
+    from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, DEFAULT_CONTRACT.with_overrides(decode="fast"),
                                              precision="fp32"))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.feature_cache import FeatureCache
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig, distort
 from imgclf.training.dataset import build_dataset
 from tests.support import images

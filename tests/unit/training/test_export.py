@@ -23,9 +23,9 @@ from PIL import Image
 from imgclf.core import export_names as names
 from imgclf.core import repository
 from imgclf.core.repository import list_versions
-from imgclf.featurizer import contract
-from imgclf.featurizer.extractor import Featurizer, FeaturizerConfig
-from imgclf.featurizer.image_io import decode_rgb
+from imgclf.featurizer.graph import contract
+from imgclf.featurizer.images.decode import decode_rgb
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.training import export
 from tests.support import images
 
@@ -281,8 +281,8 @@ def test_frozen_graphs_hold_only_current_ops(exported):
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from imgclf.featurizer.graph import load_graph
-    from imgclf.featurizer.legacy_ops import deprecated_ops
+    from imgclf.featurizer.graph.legacy_ops import deprecated_ops
+    from imgclf.featurizer.graph.load import load_graph
 
     for name in ("head.pb", "end_to_end.pb"):
         graph_def, _ = load_graph(exported["dir"] / name)

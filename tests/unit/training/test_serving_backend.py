@@ -5,7 +5,7 @@ import pytest
 
 from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound, UsageError
-from imgclf.featurizer.backend import INSTALL_HINT
+from imgclf.featurizer.runtime.backend import INSTALL_HINT
 from imgclf.training import serving_backend
 from imgclf.training.classifier import load_model
 from imgclf.training.serving_backend import card_backend, choose_backend
@@ -17,8 +17,8 @@ openvino = pytest.importorskip("openvino", reason="the imgclf[openvino] extra is
 @pytest.fixture(scope="module")
 def int8_repo(tmp_path_factory, legacy_graph_path):
     """A repository with "shapes-int8": trained on OpenVINO int8 features of the demo images."""
-    from imgclf.featurizer.demo_images import write_demo_images
-    from imgclf.featurizer.extractor import FeaturizerConfig
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
     from imgclf.training.train_job import TrainJob, run_train
 
     root = tmp_path_factory.mktemp("int8_repo")
@@ -43,7 +43,7 @@ def test_an_openvino_export_carries_its_ir_and_says_so(int8_repo):
 
 def test_served_on_openvino_it_predicts_as_its_training_features_say(int8_repo):
     """The card's backend serves the very IR training used: same features, so the head sees what it learned on."""
-    from imgclf.featurizer.extractor import Featurizer
+    from imgclf.featurizer.runtime.featurizer import Featurizer
 
     version_dir, config, images = int8_repo
     model = load_model(version_dir)
@@ -95,7 +95,7 @@ def test_the_service_serves_it_on_openvino_and_reports_a_model_it_cannot(int8_re
 
 
 def test_imgclf_backend_is_checked(monkeypatch):
-    from imgclf.service.config import ServiceConfig
+    from imgclf.service.settings import ServiceConfig
 
     assert ServiceConfig.from_env({}).backend == "card"
     assert ServiceConfig.from_env({"IMGCLF_BACKEND": "openvino"}).backend == "openvino"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from imgclf.featurizer.contract import DEFAULT_CONTRACT
-from imgclf.featurizer.image_io import decode_to_input
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
+from imgclf.featurizer.images.decode import decode_to_input
 from imgclf.training.serving_preprocess import batch_to_input
 from tests.support import images
 

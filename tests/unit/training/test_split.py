@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from imgclf.featurizer.image_dir import scan_image_dir
+from imgclf.featurizer.images.folders import scan_image_dir
 from imgclf.training.split import SplitConfig, check_splittable, hash_fraction, hash_key, split_entries
 
 

@@ -1,0 +1,1 @@
+"""Images: decoding and validation, labelled folders and sources, the demo set."""

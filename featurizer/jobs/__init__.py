@@ -1,0 +1,1 @@
+"""`imgclf featurize`: the local batch pipeline and the Ray engine."""

@@ -1,0 +1,205 @@
+"""The featurizer: encoded images in, bottleneck vectors out, in batches.
+
+:class:`Featurizer` owns one loaded graph (see :mod:`imgclf.featurizer.graph.load`), its
+precision and the preprocessing that must match the graph. Its fingerprint —
+graph sha256, bottleneck tensor, precision, preprocessing, decode mode — keys the
+feature cache, so vectors of different graphs, precisions or decodings never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.precision import resolve_precision
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT, GraphContract
+from imgclf.featurizer.graph.load import BottleneckGraph, ThreadConfig, contract_from_graph, load_graph, usable_cpus
+from imgclf.featurizer.images.decode import (
+    DEFAULT_MAX_PIXELS,
+    check_decode,
+    decode_rgb,
+    decode_to_input,
+    normalize,
+    resize_bilinear,
+)
+from imgclf.featurizer.runtime.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
+from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+
+log = logging.getLogger(__name__)
+
+# Bump when preprocessing changes in a way that changes features: old cache entries then miss.
+PREPROCESSING = "graph-jpeg-decoder/pillow-rgb/tf-legacy-bilinear/v2"
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """How to load and run a featurizer graph."""
+
+    graph: Path  # frozen GraphDef (.pb) with the 2015 Inception-v3 interface
+    contract: GraphContract = DEFAULT_CONTRACT  # tensor names; size/mean/std are read from the graph
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see imgclf.core.precision)
+    threads: ThreadConfig = field(default_factory=ThreadConfig)  # TensorFlow intra/inter-op threads
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused before decoding
+    # Load a graph holding ops outside the inference allow-list (imgclf.core.op_policy): file, process
+    # and network ops. A graph is a program; only for graphs from a trusted source. Not in the fingerprint:
+    # it changes what may load, not what the graph computes.
+    allow_unsafe_ops: bool = False
+    backend: str = DEFAULT_BACKEND  # tensorflow | openvino | auto (imgclf.featurizer.runtime.backend)
+    # int8 (OpenVINO): calibrate on this many images of calibration_dir (imgclf.featurizer.runtime.calibration).
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    calibration_dir: Path | None = None  # the labelled folder being featurized; int8 needs it
+    openvino_cache: Path | None = None  # converted/compiled OpenVINO models (None = $IMGCLF_HOME/openvino)
+
+
+class Featurizer:
+    """A loaded graph that turns images into bottleneck vectors."""
+
+    def __init__(self, config: FeaturizerConfig):
+        """Load ``config.graph``.
+
+        Raises:
+            GraphError: the graph cannot be read or lacks the contract's tensors.
+            UnsafeGraph: it holds ops outside the inference allow-list and
+                ``config.allow_unsafe_ops`` is not set.
+        """
+        self.config = config
+        graph_def, self.graph_sha256 = load_graph(config.graph, allow_unsafe_ops=config.allow_unsafe_ops)
+        self.contract = contract_from_graph(graph_def, config.contract)
+        self.backend = resolve_backend(config.backend)
+        check_backend_precision(self.backend, config.precision)
+        self.calibration = None
+        if self.backend == "openvino":
+            self.graph = self._openvino_graph(graph_def)
+            self.precision = self.graph.precision
+        else:
+            self.precision = resolve_precision(config.precision)
+            self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
+                                         allow_unsafe_ops=config.allow_unsafe_ops)
+        self.dim = self.graph.dim
+        self.fingerprint = hashlib.sha256(
+            json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()
+        report = self.graph.rewrite_report
+        if report is not None and (report.folded_batch_norms or report.rewritten_batch_norms
+                                   or report.rewritten_concats):
+            log.info("rewrote legacy ops: %d batch norms folded, %d rewritten, %d Concat -> ConcatV2",
+                     report.folded_batch_norms, report.rewritten_batch_norms, report.rewritten_concats)
+
+    def _openvino_graph(self, graph_def):
+        """Convert the graph for OpenVINO (cached on disk), calibrating on the image folder for int8."""
+        from imgclf.featurizer.runtime.calibration import calibration_from_dir
+        from imgclf.featurizer.runtime.openvino import OpenVINOGraph, resolve_openvino_precision
+
+        config = self.config
+        if not config.allow_unsafe_ops:  # as BottleneckGraph does; with the opt-in, load_graph has warned
+            from imgclf.core.op_policy import check_graph_def
+
+            check_graph_def(graph_def)
+        precision = resolve_openvino_precision(config.precision)
+        if precision == "int8":
+            if config.calibration_dir is None:
+                raise UsageError("int8 precision calibrates on the images being featurized; this featurizer "
+                                 "was given no image folder (FeaturizerConfig.calibration_dir)")
+            self.calibration = calibration_from_dir(config.calibration_dir, config.calibration_images,
+                                                    self.preprocess, PREPROCESSING)
+        return OpenVINOGraph.from_graph_def(graph_def, self.graph_sha256, self.contract, precision,
+                                            threads=config.threads.intra_op, cache_dir=config.openvino_cache,
+                                            calibration=self.calibration)
+
+    def _key_parts(self) -> dict:
+        return {**self._backend_key_parts(),
+                "graph_sha256": self.graph_sha256, "image_input": self.contract.image_input,
+                "bottleneck": self.contract.bottleneck, "input_size": self.contract.input_size,
+                "input_mean": self.contract.input_mean, "input_std": self.contract.input_std,
+                "jpeg_dct_method": self.contract.jpeg_dct_method,
+                "precision": self.precision, "preprocessing": PREPROCESSING, **decode_key(self.contract.decode)}
+
+    def _backend_key_parts(self) -> dict:
+        """Return the backend's part of the fingerprint: nothing for TensorFlow (older caches stay valid)."""
+        if self.backend == "tensorflow":
+            return {}
+        parts = {"backend": self.backend}
+        if self.calibration is not None:
+            parts["calibration_sha256"] = self.calibration.sha256
+        return parts
+
+    def describe(self) -> dict:
+        """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
+        described = {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
+                     "graph": str(self.config.graph), "contract": self.contract.describe(), "backend": self.backend}
+        if self.backend == "openvino":
+            described["openvino"] = self.graph.describe()
+        return described
+
+    @property
+    def min_batch(self) -> int:
+        """Return the fewest images that keep the graph as busy as a whole batch (0: only whole batches do).
+
+        OpenVINO runs a slice of images (one, today) per infer request (two
+        per stream: one running, one queued) and fp32 one image per session
+        run, side by side: as many images as those keep every core busy.
+        bf16 and fp16 gain from big batches: 0.
+        """
+        if self.backend == "openvino":
+            return int(self.graph.requests) * max(1, int(self.graph.slice_images))
+        return int(self.graph.micro_batch * self.graph.concurrent_runs)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode and validate one encoded image to uint8 RGB [H, W, 3]."""
+        c = self.contract
+        return decode_rgb(data, self.config.max_pixels, c.jpeg_dct_method, c.decode, c.input_size)
+
+    def to_input(self, rgb: np.ndarray) -> np.ndarray:
+        """Resize and normalise a decoded RGB image to the network input [S, S, 3]."""
+        c = self.contract
+        return normalize(resize_bilinear(rgb, c.input_size), c.input_mean, c.input_std)
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Decode and normalise one encoded image to the network input [S, S, 3] (as to_input(decode(data)))."""
+        c = self.contract
+        return decode_to_input(data, c.input_size, c.input_mean, c.input_std, self.config.max_pixels,
+                               c.jpeg_dct_method, c.decode)[1]
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Return bottlenecks [N, D] for preprocessed images [N, S, S, 3]."""
+        return self.graph.run(images)
+
+    def features(self, images: list[bytes]) -> list[np.ndarray | ImgclfError]:
+        """Return one vector per encoded image, or the error that image raised."""
+        results: list[np.ndarray | ImgclfError] = []
+        good: list[tuple[int, np.ndarray]] = []
+        for i, data in enumerate(images):
+            try:
+                good.append((i, self.preprocess(data)))
+                results.append(None)  # type: ignore[arg-type]
+            except ImgclfError as exc:
+                results.append(exc)
+        if good:
+            vectors = self.run(np.stack([arr for _, arr in good]))
+            for (i, _), vector in zip(good, vectors):
+                results[i] = vector
+        return results
+
+    def close(self) -> None:
+        """Release the TensorFlow session or the OpenVINO compiled model."""
+        self.graph.close()
+
+
+def decode_key(decode: str) -> dict:
+    """Return the fingerprint part of a decode mode: none for "exact" (keys made before it existed stay valid)."""
+    return {} if check_decode(decode) == "exact" else {"decode": decode}
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex sha256 of ``data`` (the image part of a cache key)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_decode_threads() -> int:
+    """Return the number of decode threads: one per usable CPU."""
+    return usable_cpus()

@@ -1,0 +1,403 @@
+"""Run the featurizer graph on OpenVINO: fp32, bf16, or int8 quantized by NNCF on the user's own images.
+
+The graph OpenVINO reads is the one TensorFlow runs
+(:func:`imgclf.featurizer.graph.load.inference_graph_def`): the 2015 ops rewritten,
+scale/shift folded, cut at the normalised image, ``[None, S, S, 3]`` in and the
+bottleneck out. ``openvino.convert_model`` reads that frozen GraphDef; int8
+adds ``nncf.quantize`` (post-training, calibrated on
+:class:`~imgclf.featurizer.runtime.calibration.Calibration` images).
+
+Caching: the converted (and for int8, quantized) model is saved as OpenVINO IR
+under ``<cache>/<key>/`` where the key is the sha256 of the graph file's
+sha256, the contract's tensor names, the OpenVINO version, the IR kind
+(``float``; ``int8`` + the calibration identity) and this module's
+:data:`CONVERSION` version; it is written into a temporary folder and renamed,
+so a killed run leaves nothing half-written that a later one would load.
+Compiled blobs go to ``<key>/compiled`` (OpenVINO's own model cache, which
+keys them on the compile options, precision included). fp32 and bf16 share
+one IR: they differ only in the compile-time ``INFERENCE_PRECISION_HINT``.
+
+Running: the model is compiled with the throughput hint (OpenVINO's streams:
+one per core here) for a static shape of :data:`SLICE_IMAGES` images, and a
+batch is cut into such slices that the model's infer requests (two per stream:
+OpenVINO's optimal number, one per stream, and one queued behind each,
+:data:`REQUESTS_PER_STREAM`) take from a shared pool as they come free, so
+every stream works whatever the batch size and nothing is padded. This is
+OpenVINO's recommended way to throughput on a CPU (batch 1, requests in
+flight) and measured on the 2-core AVX2 machine with the full int8 graph: 30.5
+img/s in slices of 1 against 29.3 in two slices of 16, 29.2 in slices of 4
+(static shapes; the dynamic-batch model ran several times slower on the AMX
+machine). Several threads may call :meth:`OpenVINOGraph.run` at once (the
+service without batching): they share the requests, so sixteen single-image
+calls keep both streams busy instead of queueing one by one. It is
+``AsyncInferQueue``'s pattern without its Python completion callbacks: with
+them, tearing a queue down while a callback waited for the GIL hung the
+process now and then; plain requests need no Python code on OpenVINO's threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.core.errors import GraphError, UsageError
+from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT, GraphContract
+from imgclf.featurizer.runtime.backend import OPENVINO_PRECISIONS, require_openvino
+
+log = logging.getLogger(__name__)
+
+CONVERSION = "imgclf-openvino/v1"  # bump when the conversion or quantization recipe changes
+IR_FILE = "model.xml"  # and model.bin beside it
+META_FILE = "meta.json"
+# OpenVINO's names for imgclf's precisions (INFERENCE_PRECISION_HINT). int8 runs the quantized convolutions
+# in int8 and keeps the rest (pooling, concatenation) in f32.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+SLICE_IMAGES = 1  # images per infer request: the static shape every request runs (see the module notes)
+# Infer requests per stream (static slices): one running and one queued behind it, so a stream starts its next
+# image the moment it finishes one instead of idling until the calling thread, which may be waiting for the
+# GIL behind decode threads, collects the result and starts another. Featurizing 320 photos end to end on the
+# 2-core AVX-512 machine, two experiments of three interleaved rounds (two runs each): one request per stream
+# 46.1 / 47.0 / 47.2 and 50.1 / 46.2 / 50.4 img/s, two per stream 49.9 / 49.0 / 48.4 and 50.1 / 53.9 / 47.8
+# (+4 %; the machine's own noise is as large, so only the averages count).
+REQUESTS_PER_STREAM = 2
+
+
+def default_cache_dir() -> Path:
+    """Return where converted models are cached by default: ``$IMGCLF_HOME/openvino``."""
+    from imgclf.core.paths import imgclf_home
+
+    return imgclf_home() / "openvino"
+
+
+def native_bf16(core=None) -> bool:
+    """Return whether OpenVINO's CPU plugin runs bf16 natively here (AMX or AVX512_BF16)."""
+    if core is None:
+        core = require_openvino().Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_openvino_precision(requested: str) -> str:
+    """Return fp32, bf16 or int8 for a requested precision on OpenVINO's CPU plugin.
+
+    ``auto`` is bf16 where the CPU has native bf16, else fp32; an explicit bf16
+    without it is an error (OpenVINO would run fp32 silently).
+    """
+    if requested == "auto":
+        choice = "bf16" if native_bf16() else "fp32"
+        log.info("OpenVINO precision auto -> %s", choice)
+        return choice
+    if requested not in OPENVINO_PRECISIONS:
+        raise UsageError(f"the OpenVINO backend runs in {', '.join(OPENVINO_PRECISIONS)} or auto; "
+                         f"received {requested!r}")
+    if requested == "bf16" and not native_bf16():
+        raise UsageError("bf16 precision requested but this CPU has neither AMX_BF16 nor AVX512_BF16 "
+                         "(OpenVINO would run fp32); use --precision fp32, int8 or auto")
+    return requested
+
+
+# int8 recipes (NNCF settings), by what the CPU multiplies int8 with. Without VNNI (or AMX) the int8 dot
+# product is VPMADDUBSW, whose int16 sums saturate: NNCF's overflow fix (7-bit weights in every layer) avoids
+# that, and asymmetric activations (the mixed preset) win back some of the lost precision. Measured on the
+# full-size graph, 64 calibration images, worst image's cosine to TensorFlow fp32: on a 2-core AVX2 machine
+# 0.9886 with NNCF's defaults, 0.9899 with the overflow fix, 0.9902 with both (and 0.9832 with full bias
+# correction); NNCF's defaults gave 0.9903 on the AMX machine.
+INT8_RECIPES = {
+    "vnni": {},
+    "no-vnni": {"overflow_fix": "enable", "preset": "mixed"},
+}
+
+
+def int8_recipe() -> str:
+    """Return the int8 recipe for this CPU: ``vnni`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8."""
+    from imgclf.core.precision import cpu_flags
+
+    return "vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
+
+
+def ir_key(graph_sha256: str, contract: GraphContract, precision: str, calibration_sha256: str | None,
+           openvino_version: str, recipe: str | None = None) -> tuple[str, dict]:
+    """Return (key, key parts) of a converted model in the cache (see the module docstring)."""
+    parts = {"graph_sha256": graph_sha256, "image_input": contract.image_input, "bottleneck": contract.bottleneck,
+             "openvino": openvino_version, "conversion": CONVERSION,
+             "ir": "int8" if precision == "int8" else "float",
+             "calibration_sha256": calibration_sha256 if precision == "int8" else None}
+    if precision == "int8" and recipe not in (None, "vnni"):  # keys made before recipes existed stay valid
+        parts["int8_recipe"] = recipe
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+
+
+class OpenVINOGraph:
+    """The featurizer graph compiled by OpenVINO: normalised images [N, S, S, 3] in, bottlenecks [N, D] out.
+
+    The same interface as :class:`imgclf.featurizer.graph.load.BottleneckGraph`
+    (``run``, ``dim``, ``close``, ``rewrite_report``).
+    """
+
+    def __init__(self, compiled, contract: GraphContract, precision: str, *, ir_dir: Path | None = None,
+                 rewrite_report=None, info: dict | None = None, source_graph_def=None, slice_images: int = 0):
+        """``compiled`` runs ``slice_images`` images per request (its static batch), or any number (0: dynamic)."""
+        self.compiled = compiled
+        self._source = source_graph_def  # the frozen graph as read: the TensorFlow graph is built from it on demand
+        self._tf_graph = None
+        self.contract = contract
+        self.precision = precision
+        self.ir_dir = ir_dir
+        self.rewrite_report = rewrite_report
+        self.info = dict(info or {})
+        shape = compiled.outputs[0].get_partial_shape()
+        last = shape[shape.rank.get_length() - 1]
+        if not last.is_static:
+            raise GraphError(f"bottleneck {contract.bottleneck} has an unknown last dimension in OpenVINO")
+        self.dim = int(last.get_length())
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.slice_images = int(slice_images)  # 0: the dynamic model, one slice per request
+        # OpenVINO's optimal number of requests is one per stream; static slices queue one more behind each
+        self.streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = self.streams * (REQUESTS_PER_STREAM if self.slice_images else 1)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests no call is using
+        for _ in range(self.requests):
+            self._idle.put(compiled.create_infer_request())
+
+    @classmethod
+    def from_graph_def(cls, graph_def, graph_sha256: str, contract: GraphContract = DEFAULT_CONTRACT,
+                       precision: str = "fp32", *, threads: int = 0, cache_dir: Path | None = None,
+                       calibration=None) -> OpenVINOGraph:
+        """Convert (or take from the cache) and compile a frozen featurizer GraphDef as it was loaded.
+
+        Args:
+            graph_def: the frozen graph as read from the file (old ops and all).
+            graph_sha256: the file's sha256 (the cache key).
+            precision: fp32, bf16 or int8 (resolved; see :func:`resolve_openvino_precision`).
+            threads: inference threads (0 = OpenVINO picks: all usable cores).
+            calibration: a :class:`~imgclf.featurizer.runtime.calibration.Calibration`; required for int8.
+        """
+        from imgclf.featurizer.graph.load import inference_graph_def
+
+        ov = require_openvino()
+        if precision == "int8" and calibration is None:
+            raise UsageError("int8 precision needs calibration images (the featurized folder; "
+                             "--calibration-images N)")
+        version = ov.get_version()
+        recipe = int8_recipe() if precision == "int8" else None
+        key, parts = ir_key(graph_sha256, contract, precision, calibration.sha256 if calibration else None, version,
+                            recipe)
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        ir_dir = root / key
+        report = None
+        if not _complete(ir_dir):
+            graph, report = inference_graph_def(graph_def, contract)
+            _build_ir(ov, graph, precision, calibration, ir_dir, parts)
+        else:
+            log.info("OpenVINO model from the cache: %s", ir_dir)
+        info = {"openvino_version": version, "ir_key": key, "int8_recipe": recipe,
+                "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
+        compiled = _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=SLICE_IMAGES)
+        return cls(compiled, contract, precision, ir_dir=ir_dir, rewrite_report=report, info=info,
+                   source_graph_def=graph_def, slice_images=SLICE_IMAGES)
+
+    @classmethod
+    def from_ir(cls, xml: Path, contract: GraphContract, precision: str, *, threads: int = 0,
+                compiled_cache: Path | None = None) -> OpenVINOGraph:
+        """Compile a saved IR (an export's featurizer) at ``precision``; raise GraphError when it cannot be read."""
+        ov = require_openvino()
+        if not Path(xml).is_file() or not Path(xml).with_suffix(".bin").is_file():
+            raise GraphError(f"OpenVINO featurizer {str(xml)!r} (and its .bin) is missing")
+        compiled = _compile(ov, Path(xml), precision, threads, compiled_cache, batch=SLICE_IMAGES)
+        return cls(compiled, contract, precision, ir_dir=Path(xml).parent, info={"openvino_version": ov.get_version()},
+                   slice_images=SLICE_IMAGES)
+
+    @property
+    def graph(self):
+        """Return the same network as a TensorFlow graph (the rewritten one BottleneckGraph runs).
+
+        An export builds its SavedModel and frozen graphs from it (float32,
+        TensorFlow Serving can serve them); the OpenVINO IR goes beside them.
+        """
+        if self._tf_graph is None:
+            if self._source is None:
+                raise GraphError("an OpenVINO featurizer compiled from an IR has no TensorFlow graph")
+            import tensorflow as tf
+
+            from imgclf.featurizer.graph.load import inference_graph_def
+
+            graph = tf.Graph()
+            with graph.as_default():
+                tf.graph_util.import_graph_def(inference_graph_def(self._source, self.contract)[0], name="")
+            self._tf_graph = graph
+        return self._tf_graph
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]; safe from any thread."""
+        size = self.contract.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        if self.compiled is None:
+            raise GraphError("this OpenVINO featurizer is closed")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        n = images.shape[0]
+        out = np.empty((n, self.dim), np.float32)
+        if self.slice_images:
+            step = self.slice_images
+            bounds = [(start, min(start + step, n)) for start in range(0, n, step)]
+        else:  # the dynamic model: one slice per request
+            cuts = np.linspace(0, n, min(n, self.requests) + 1).astype(int)
+            bounds = list(zip(cuts[:-1], cuts[1:]))
+        mine: list = []  # the requests this call holds, for as long as it has slices to run
+        running: list = []  # (request, start, stop) started and not yet collected, oldest first
+
+        def collect() -> object:
+            request, start, stop = running.pop(0)
+            request.wait()
+            out[start:stop] = request.get_output_tensor(0).data.reshape(-1, self.dim)[:stop - start]
+            return request
+
+        try:
+            for start, stop in bounds:
+                request = None
+                if len(mine) < self.requests:  # a free request of the pool, if there is one now
+                    try:
+                        request = self._idle.get_nowait()
+                    except queue.Empty:
+                        if not running:  # other calls hold them all: wait for one of theirs
+                            request = self._idle.get()
+                    if request is not None:
+                        mine.append(request)
+                if request is None:  # reuse this call's oldest one when it finishes
+                    request = collect()
+                batch = images[start:stop]
+                if self.slice_images and stop - start < self.slice_images:
+                    batch = np.concatenate([batch, np.zeros((self.slice_images - (stop - start), *batch.shape[1:]),
+                                                            np.float32)])
+                request.start_async({0: batch})  # runs in a stream of its own; the call releases the GIL
+                running.append((request, start, stop))
+            while running:  # nothing left to start: hand each request back as it finishes, for other calls
+                request = collect()
+                mine.remove(request)
+                self._idle.put(request)
+        finally:
+            for request, _, _ in running:
+                request.wait()  # never leave a request running on a batch the caller may free
+            for request in mine:
+                self._idle.put(request)
+        return out
+
+    def save_ir(self, directory: Path, stem: str = "featurizer") -> list[Path]:
+        """Copy the IR this graph was compiled from into ``directory`` as ``stem``.xml/.bin; return the files."""
+        if self.ir_dir is None:  # pragma: no cover - every constructor sets it
+            raise GraphError("this OpenVINO featurizer has no IR on disk")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for suffix in (".xml", ".bin"):
+            source = (self.ir_dir / IR_FILE).with_suffix(suffix)
+            target = directory / f"{stem}{suffix}"
+            shutil.copyfile(source, target)
+            written.append(target)
+        return written
+
+    def describe(self) -> dict:
+        """Return how this graph runs, JSON-ready."""
+        return {**self.info, "inference_precision": self.inference_precision, "streams": self.streams,
+                "infer_requests": self.requests, "slice_images": self.slice_images}
+
+    def close(self) -> None:
+        """Release the compiled models (a call still running keeps its requests until it returns)."""
+        self.compiled = None
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _complete(ir_dir: Path) -> bool:
+    return (ir_dir / META_FILE).is_file() and (ir_dir / IR_FILE).is_file() and \
+        (ir_dir / IR_FILE).with_suffix(".bin").is_file()
+
+
+def _compile(ov, xml: Path, precision: str, threads: int, cache: Path | None, batch: int = 0):
+    config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache is not None:
+        config["CACHE_DIR"] = str(cache)
+    started = time.perf_counter()
+    core = ov.Core()
+    try:
+        if batch:
+            model = core.read_model(str(xml))
+            model.reshape({model.inputs[0].get_any_name(): [batch, *list(model.inputs[0].get_partial_shape())[1:]]})
+            compiled = core.compile_model(model, "CPU", config)
+        else:
+            compiled = core.compile_model(str(xml), "CPU", config)
+    except RuntimeError as exc:
+        raise GraphError(f"OpenVINO cannot compile {str(xml)!r}: {str(exc).strip().splitlines()[0]}") from exc
+    log.info("OpenVINO compiled %s in %.1f s (%s, batch %s)", xml.name, time.perf_counter() - started, precision,
+             batch or "dynamic")
+    return compiled
+
+
+def _build_ir(ov, graph_def, precision: str, calibration, ir_dir: Path, parts: dict) -> None:
+    """Convert (and for int8 quantize) ``graph_def``; write IR + meta into ``ir_dir`` atomically."""
+    started = time.perf_counter()
+    try:
+        model = ov.convert_model(graph_def)
+    except Exception as exc:  # OpenVINO raises plain Exceptions for unsupported graphs
+        raise GraphError(f"OpenVINO cannot convert the featurizer graph: {str(exc).strip().splitlines()[-1]}") \
+            from exc
+    if len(model.outputs) != 1:
+        raise GraphError(f"the featurizer graph converted with {len(model.outputs)} outputs; expected the "
+                         "bottleneck only")
+    log.info("OpenVINO converted the graph in %.1f s", time.perf_counter() - started)
+    meta = {"key": parts, "created": time.time()}
+    if precision == "int8":
+        model, meta["calibration"] = _quantize(model, calibration, parts.get("int8_recipe", "vnni"))
+    ir_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{ir_dir.name[:16]}-", dir=ir_dir.parent))
+    try:
+        ov.save_model(model, str(work / IR_FILE), compress_to_fp16=False)
+        (work / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for path in work.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            os.rename(work, ir_dir)
+        except OSError:  # another process cached the same key meanwhile: keep theirs
+            if not _complete(ir_dir):
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _quantize(model, calibration, recipe: str = "vnni") -> tuple[object, dict]:
+    """Return ``model`` quantized to int8 by NNCF on the calibration images (``recipe``: :data:`INT8_RECIPES`)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    inputs = calibration.inputs()
+    started = time.perf_counter()
+    log.info("int8: quantizing with NNCF on %d calibration image(s)", len(inputs))
+    dataset = nncf.Dataset(inputs, lambda array: array[None])
+    settings = INT8_RECIPES[recipe]
+    options = {}
+    if "overflow_fix" in settings:
+        options["advanced_parameters"] = AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix(settings["overflow_fix"]))
+    if settings.get("preset") == "mixed":
+        options["preset"] = nncf.QuantizationPreset.MIXED
+    quantized = nncf.quantize(model, dataset, subset_size=len(inputs), **options)
+    seconds = time.perf_counter() - started
+    log.info("int8: quantized in %.1f s", seconds)
+    return quantized, {**calibration.describe(), "decoded": len(inputs), "skipped": calibration.skipped,
+                       "nncf": nncf.__version__, "recipe": recipe, "seconds": round(seconds, 1)}

@@ -1,0 +1,1 @@
+"""Where features go: object stores, the SQLite feature cache, Parquet feature datasets."""

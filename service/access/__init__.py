@@ -1,0 +1,1 @@
+"""Who may call the service: API keys, rate limit, cross-site requests, security headers, redaction."""

@@ -1,0 +1,1 @@
+"""The service's commands: serve, predict, demo, api-key."""

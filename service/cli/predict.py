@@ -1,0 +1,184 @@
+"""`imgclf predict`: top-k labels for image files from an exported model or a running service, optionally annotated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from imgclf.core import settings
+from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.repository import resolve, validate_name
+from imgclf.featurizer.images.decode import DEFAULT_MAX_PIXELS
+from imgclf.service.cli.client import ImageRefused, PredictClient
+from imgclf.service.dataplane.annotate import annotate_to_jpeg, font_paths
+from imgclf.service.dataplane.postprocess import top_k
+from imgclf.training.serving_backend import SERVING_BACKENDS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `imgclf predict`."""
+    p = sub.add_parser("predict", help="predict the labels of image files with an exported model or a service",
+                       description="Print the top-k labels of each IMAGE with a model from the repository "
+                                   "(--model), or ask a running imgclf service (--url). A bad image is "
+                                   "reported and skipped; the rest are predicted.")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.add_argument("--model", metavar="REPO/NAME[/VERSION] | NAME",
+                   help="model version directory, or a model directory (newest version); with --url, the "
+                        "name of a model on the service (default: the service's default model)")
+    p.add_argument("--url", metavar="http://HOST:PORT",
+                   help="predict with a running service's POST /predict instead of a local model "
+                        "(a service that needs API keys: set IMGCLF_API_KEY)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help=f"labels per image, at most the model's label count (default: {DEFAULT_TOP_K}; "
+                        "with --url, the service's default, IMGCLF_TOP_K)")
+    p.add_argument("--json", action="store_true", help="one JSON line per image instead of a table")
+    p.add_argument("--annotate", type=Path, metavar="OUTDIR",
+                   help="also write each image with its top label and score drawn on it (with --url, the "
+                        "service draws it)")
+    p.add_argument("--font", help="font file for annotations (default: $IMGCLF_FONT, else a system font "
+                                  "with the label's glyphs); not with --url, where the service's font is used")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per model call (default: %(default)s); not used with --url")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels, checked before decoding (default: %(default)s)")
+    p.add_argument("--backend", choices=SERVING_BACKENDS, default="card",
+                   help="what runs the featurizer: card = the backend and precision the model card names, "
+                        "tensorflow, openvino (the export's OpenVINO IR), auto (default: %(default)s); "
+                        "not used with --url")
+    p.add_argument("--allow-unsafe-ops", action="store_true",
+                   help="load a model even if its SavedModel holds ops outside imgclf's inference allow-list "
+                        "(file, process or network ops); a model is a program: only for models you trust "
+                        "(default: $IMGCLF_ALLOW_UNSAFE_OPS, else no); not used with --url")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="with --url, seconds to wait for the service to connect or answer (default: %(default)s)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Run `imgclf predict`."""
+    if args.url:
+        return predict_remote(args)
+    if not args.model:
+        raise UsageError("--model is required unless --url is given")
+    return predict_local(args)
+
+
+def predict_local(args: argparse.Namespace) -> int:
+    """Predict with a model from the repository; return the exit status."""
+    from imgclf.training.classifier import load_model  # TensorFlow: only when predicting locally
+
+    if args.font:
+        font_paths(args.font)  # a missing font file is an error before any work
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1; received {args.max_pixels}")
+    model = load_model(resolve(args.model), max_pixels=args.max_pixels,
+                       allow_unsafe_ops=True if args.allow_unsafe_ops else None, backend=args.backend)
+    requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
+    if requested < 1:
+        raise UsageError(f"--top-k must be at least 1; received {requested}")
+    k = min(requested, len(model.labels))  # the default 5 on a 3-class model shows all 3
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
+    failures: list[tuple[str, str]] = []
+    done = 0
+    for start in range(0, len(args.images), args.batch_size):
+        chunk = args.images[start:start + args.batch_size]
+        decoded = []
+        for path in chunk:
+            try:
+                decoded.append((path, model.decode(path.read_bytes())))
+            except OSError as exc:
+                failures.append((str(path), _read_error(exc)))
+            except ImgclfError as exc:
+                failures.append((str(path), str(exc)))
+        if not decoded:
+            continue
+        probabilities = model.predict_rgb([rgb for _, rgb in decoded])
+        for (path, rgb), probs in zip(decoded, probabilities):
+            best = top_k(probs, model.labels, k)
+            print_prediction(path, best, args.json)
+            if args.annotate:
+                _annotated_path(args.annotate, path).write_bytes(
+                    annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], args.font))
+            done += 1
+    print_failures(failures, args.json)
+    log.info("predicted %d image(s) with %s version %s", done, model.name, model.version)
+    return 0 if done else 1
+
+
+def predict_remote(args: argparse.Namespace) -> int:
+    """Predict with a running service's POST /predict; return the exit status.
+
+    Raises:
+        ServiceError: the service is down, too slow, or refuses every request (the run stops).
+    """
+
+    if args.font:
+        raise UsageError("--font cannot be used with --url: the service draws annotations with its own font "
+                         "(IMGCLF_FONT on the server)")
+    if args.model:
+        try:
+            validate_name(args.model)
+        except ValueError as exc:
+            raise UsageError(f"with --url, --model names a model on the service, not a path; {exc}") from exc
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
+    client = PredictClient(args.url, args.model, args.timeout,
+                           api_key=settings.env_str("IMGCLF_API_KEY"))  # not an argument: ps shows those
+    failures: list[tuple[str, str]] = []
+    done = 0
+    try:
+        for path in args.images:
+            try:
+                answer = client.predict(path.read_bytes(), args.top_k, annotate=bool(args.annotate))
+            except OSError as exc:
+                failures.append((str(path), _read_error(exc)))
+                continue
+            except ImageRefused as exc:
+                failures.append((str(path), str(exc)))
+                continue
+            print_prediction(path, answer["predictions"], args.json)
+            if args.annotate:
+                _annotated_path(args.annotate, path).write_bytes(answer["annotated_image"])
+            done += 1
+            log.info("%s: model %s version %s, %s ms", path, answer.get("model"), answer.get("version"),
+                     answer.get("timing_ms", {}).get("total"))
+    finally:  # a run stopped by a dead service still says which images it skipped
+        client.close()
+        print_failures(failures, args.json)
+    log.info("predicted %d image(s) with %s", done, client.endpoint)
+    return 0 if done else 1
+
+
+def print_prediction(path: Path, best: list[dict], as_json: bool) -> None:
+    """Print one image's top-k, as a JSON line or a small table."""
+    if as_json:
+        print(json.dumps({"path": str(path), "predictions": best}, ensure_ascii=False))
+        return
+    print(f"{path}")
+    for rank, item in enumerate(best, 1):
+        print(f"  {rank}. {item['label']:<30} {item['score']:.4f}")
+
+
+def print_failures(failures: list[tuple[str, str]], as_json: bool) -> None:
+    """Print the images that were skipped and why."""
+    for path, reason in failures:
+        if as_json:
+            print(json.dumps({"path": path, "error": reason}, ensure_ascii=False))
+        else:
+            print(f"skipped {path}: {reason}")
+
+
+def _read_error(exc: OSError) -> str:
+    return f"cannot read file: {exc.strerror or exc}"
+
+
+def _annotated_path(outdir: Path, image: Path) -> Path:
+    outdir.mkdir(parents=True, exist_ok=True)
+    return outdir / f"{image.stem}.annotated.jpg"

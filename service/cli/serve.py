@@ -1,0 +1,193 @@
+"""`imgclf serve`: run the HTTP service (the front, and gunicorn behind it) on a model repository.
+
+The options become ``IMGCLF_*`` variables and the process becomes the front
+(``exec`` of :mod:`imgclf.service.front.main`), which listens on the port, reads
+requests under deadlines and starts gunicorn on a private socket; with
+``IMGCLF_FRONT=0`` it becomes gunicorn itself, straight on the port (for a proxy
+of your own in front). Either way signals from a terminal or a container runtime
+reach it directly: SIGTERM lets in-flight requests finish, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.core import settings
+from imgclf.core.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+# The settings file by path, and -P: neither Python nor the config import may resolve `imgclf` through
+# the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
+CONF = str(Path(__file__).with_name("gunicorn_conf.py"))
+APP = "imgclf.service:create_app()"
+FRONT = "imgclf.service.front.main"
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """gunicorn's settings, from ``IMGCLF_*`` variables (the table in :mod:`imgclf.service.server.gunicorn_conf`).
+
+    Read here, not in the config file, so that `imgclf serve` can check them before it execs gunicorn
+    (whose config-file errors are a traceback); this module stays as light as the gunicorn master needs.
+    """
+
+    bind: str = "127.0.0.1:8000"
+    workers: int = 2
+    threads: int = 8
+    timeout: int = 120
+    graceful_timeout: int = 30
+    log_level: str = "info"
+    access_log: bool = False
+    malloc_trim_seconds: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Read the settings from ``env`` (default: the process environment); unset or empty = the default.
+
+        Raises:
+            UsageError: a variable is malformed or out of range (``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``).
+        """
+        d = cls()
+        return cls(
+            bind=settings.env_str("IMGCLF_BIND", d.bind, env=env),
+            workers=settings.env_int("IMGCLF_WORKERS", d.workers, minimum=1, env=env),
+            threads=settings.env_int("IMGCLF_THREADS", d.threads, minimum=1, env=env),
+            timeout=settings.env_int("IMGCLF_TIMEOUT", d.timeout, minimum=1, env=env),
+            graceful_timeout=settings.env_int("IMGCLF_GRACEFUL_TIMEOUT", d.graceful_timeout, minimum=0, env=env),
+            log_level=settings.env_choice("IMGCLF_LOG_LEVEL", LOG_LEVELS, d.log_level, env=env),
+            access_log=settings.env_bool("IMGCLF_ACCESS_LOG", d.access_log, env=env),
+            malloc_trim_seconds=settings.env_int("IMGCLF_MALLOC_TRIM_SECONDS", d.malloc_trim_seconds, minimum=0,
+                                                 env=env),
+        )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `imgclf serve`."""
+    p = sub.add_parser("serve", help="serve a model repository over HTTP (imgclf's front, gunicorn behind it)",
+                       description="Serve every model of a model repository: POST /predict, the TF-Serving "
+                                   "REST API, /metrics and the upload page. A front reads every request "
+                                   "under deadlines (IMGCLF_HEADER_TIMEOUT, IMGCLF_BODY_TIMEOUT, ...) and "
+                                   "hands it to gunicorn (gthread workers; each worker loads the models "
+                                   "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
+                                   "fall back to IMGCLF_* variables, then to the defaults shown.")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
+    add_server_options(p)
+    p.add_argument("--allow-unsafe-ops", action="store_true",
+                   help="load models whose graphs hold ops outside the inference allow-list (file, process, "
+                        "network ops): only models you trust (sets IMGCLF_ALLOW_UNSAFE_OPS=1)")
+    p.add_argument("--model-config-file", type=Path, default=None, metavar="FILE",
+                   help="serve the models this file lists, with their version policies and labels (TF "
+                        "Serving's model_config_list text format; sets IMGCLF_MODEL_CONFIG_FILE)")
+    p.set_defaults(func=cmd_serve)
+
+
+def add_server_options(p: argparse._ActionsContainer) -> None:
+    """Add --bind, --workers and --threads (shared with `imgclf demo --serve`)."""
+    p.add_argument("--bind", default=None, metavar="HOST:PORT",
+                   help="address to listen on (default: $IMGCLF_BIND or 127.0.0.1:8000; 0.0.0.0:8000 in a container)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each loading the models (default: $IMGCLF_WORKERS or 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="request threads per worker; concurrent requests share model calls "
+                        "(default: $IMGCLF_THREADS or 8)")
+
+
+def gunicorn_argv() -> list[str]:
+    """Return the command line that runs gunicorn with this package's settings, in this interpreter."""
+    return [sys.executable, "-P", "-m", "gunicorn", "-c", CONF, APP]
+
+
+def front_argv() -> list[str]:
+    """Return the command line that runs the front (which starts gunicorn itself), in this interpreter."""
+    return [sys.executable, "-P", "-m", FRONT]
+
+
+def serve_argv(env: Mapping[str, str] | None = None) -> list[str]:
+    """Return what `imgclf serve` execs: the front, or gunicorn alone when ``IMGCLF_FRONT=0``."""
+    from imgclf.service.front.proxy import FrontSettings
+
+    return front_argv() if FrontSettings.from_env(env).enabled else gunicorn_argv()
+
+
+def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = None, threads: int | None = None,
+              base: dict | None = None) -> dict[str, str]:
+    """Return the environment for gunicorn: ``base`` (default os.environ) with the given options as IMGCLF_*."""
+    for name, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1; received {value}")
+    env = dict(os.environ if base is None else base)
+    env["IMGCLF_MODEL_REPOSITORY"] = str(Path(model_dir).expanduser().resolve())
+    for key, value in (("IMGCLF_BIND", bind), ("IMGCLF_WORKERS", workers), ("IMGCLF_THREADS", threads)):
+        if value is not None:
+            env[key] = str(value)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def check_settings(env: Mapping[str, str]) -> ServerSettings:
+    """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
+    from imgclf.core.devices import DeviceSettings
+    from imgclf.service.front.main import parse_bind
+    from imgclf.service.front.proxy import FrontSettings
+    from imgclf.service.settings import ServiceConfig
+
+    server = ServerSettings.from_env(env)
+    if FrontSettings.from_env(env).enabled:
+        parse_bind(server.bind)
+    ServiceConfig.from_env(env)
+    DeviceSettings.from_env(env)  # only reads: whether the device exists is checked by each worker
+    return server
+
+
+def default_model_dir() -> Path:
+    """Return the repository served when --model-dir is not given."""
+    from imgclf.service.settings import ServiceConfig
+
+    return ServiceConfig.from_env().model_repository
+
+
+def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
+                  threads: int | None = None) -> None:
+    """Replace this process with the front (or gunicorn alone) serving ``model_dir``; returns only if exec fails.
+
+    Raises:
+        UsageError: a setting of gunicorn or of the workers is malformed (checked here: from gunicorn's master
+            or workers it would be a traceback, or workers that fail to boot one after the other).
+    """
+    env = serve_env(model_dir, bind, workers, threads)
+    server = check_settings(env)
+    argv = serve_argv(env)
+    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{server.bind}/ (Ctrl-C to stop)", flush=True)
+    sys.stderr.flush()  # exec discards whatever is still buffered
+    os.execve(argv[0], argv, env)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run `imgclf serve`."""
+    from imgclf.core.repository import list_models
+
+    model_dir = (args.model_dir or default_model_dir()).expanduser().absolute()
+    models = list_models(model_dir)
+    if not models:
+        print(f"imgclf serve: no model in {model_dir} (a model is <dir>/<name>/<version>/ as written by "
+              f"`imgclf train`).\n"
+              f"  To try the service now, run `imgclf demo --serve`: it builds the demo model and serves it.\n"
+              f"  To serve your own, train one with `imgclf train --model-dir {model_dir} ...` "
+              f"or pass --model-dir.", file=sys.stderr)
+        return 1
+    log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
+    if args.allow_unsafe_ops:
+        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' ServiceConfig reads it
+    if args.model_config_file:  # checked (line by line) with the other settings before gunicorn starts
+        os.environ["IMGCLF_MODEL_CONFIG_FILE"] = str(args.model_config_file.expanduser().absolute())
+    exec_gunicorn(model_dir, args.bind, args.workers, args.threads)
+    return 0  # not reached: exec replaced this process

@@ -1,0 +1,198 @@
+"""Work budgets per request: decoded pixels counted from image headers, and a gate on decodes in flight.
+
+A small PNG can decode to 7000×7000, and a TF Serving request can carry 64 of
+them: megabytes on the wire, a minute of CPU and gigabytes of memory once
+decoded. Two limits, beside the per-image pixel limit and the instance limit:
+
+* **per request** (``IMGCLF_MAX_REQUEST_PIXELS``): the pixels of every image of
+  a request are summed from the headers (Pillow opens lazily: nothing is
+  decoded) before the first image is decoded; over the budget is a 413;
+* **per worker** (``IMGCLF_MAX_DECODE_PIXELS_IN_FLIGHT``): a request holds a
+  weight of its largest image's pixels (its images are decoded one after the
+  other) in a weighted semaphore while it decodes, so concurrent heavy
+  requests take turns instead of piling their decoded images up in memory.
+  Small requests fit beside a large one and are not queued behind it; a
+  decode that waits longer than ``IMGCLF_DECODE_WAIT_SECONDS`` answers 503.
+
+The routes gather a request's encoded images (:func:`instance_pictures`,
+:func:`tensor_pictures`) and decode them inside :func:`admit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from flask import Flask, current_app
+from prometheus_client import Gauge
+
+from imgclf.core.errors import ImgclfError
+from imgclf.featurizer.images.decode import open_checked
+from imgclf.service.app_settings import current_config
+from imgclf.service.dataplane.errors import NotReady, PayloadTooLarge
+from imgclf.service.dataplane.metrics import current_metrics
+from imgclf.service.protocols.predict.request import B64_FIELD, decode_b64
+
+EXTENSION = "imgclf.budget"
+# After a decode of this many pixels the freed heap goes back to the system at once: Pillow decodes in 16 MB
+# blocks, which glibc keeps in each thread's arena, so without it every thread that decoded a large image
+# would hold its ~11 bytes per pixel until the worker's periodic malloc_trim (and the gate would bound
+# nothing). A trim takes about a millisecond; such a decode a few hundred.
+TRIM_PIXELS = 4_000_000
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed by this process back to the system (glibc ``malloc_trim``; elsewhere nothing)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+class DecodeBusy(NotReady):
+    """The worker's decode gate stayed full for longer than the wait allowed (503, Retry-After)."""
+
+
+def header_pixels(data: bytes) -> int:
+    """Return the pixel count an encoded image's header claims; 0 when it cannot be read (its decode says why)."""
+    try:
+        image = open_checked(data, max_pixels=sys.maxsize)
+    except ImgclfError:
+        return 0
+    width, height = image.size
+    image.close()
+    return width * height
+
+
+class DecodeGate:
+    """A weighted semaphore on the pixels being decoded in one worker."""
+
+    def __init__(self, capacity: int, wait_seconds: float, gauge=None):
+        self.capacity = int(capacity)  # 0 = no gate
+        self.wait_seconds = float(wait_seconds)
+        self.in_use = 0  # pixels being decoded now
+        self._gauge = gauge
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Hold ``pixels`` (at most the capacity: a larger image runs alone) while the block runs.
+
+        Raises:
+            DecodeBusy: the gate had no room for ``wait_seconds``.
+        """
+        weight = min(int(pixels), self.capacity)
+        if weight <= 0:
+            yield
+            return
+        deadline = time.monotonic() + self.wait_seconds
+        with self._cond:
+            while self.in_use and self.in_use + weight > self.capacity:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DecodeBusy(f"the server is decoding other large images; {pixels:,} pixels waited "
+                                     f"{self.wait_seconds:g} s for room: try again")
+                self._cond.wait(remaining)
+            self.in_use += weight
+            self._show()
+        try:
+            yield
+        finally:
+            if weight >= TRIM_PIXELS:
+                release_freed_memory()
+            with self._cond:
+                self.in_use -= weight
+                self._show()
+                self._cond.notify_all()
+
+    def _show(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set(self.in_use)
+
+
+class Budget:
+    """One worker's limits: pixels per request and the decode gate."""
+
+    def __init__(self, max_request_pixels: int, gate: DecodeGate):
+        self.max_request_pixels = int(max_request_pixels)  # 0 = no limit
+        self.gate = gate
+
+    def check(self, pixels: list[int]) -> None:
+        """Raise PayloadTooLarge (413) when the images' pixels sum to more than the request budget."""
+        total = sum(pixels)
+        if self.max_request_pixels and total > self.max_request_pixels:
+            raise PayloadTooLarge(f"the request's {len(pixels)} image(s) decode to {total:,} pixels; at most "
+                                  f"{self.max_request_pixels:,} are allowed per request")
+
+
+def init_app(app: Flask) -> Budget:
+    """Create the app's budget from its config (and a gauge of the gate in its metrics); return it."""
+    config = current_config(app)
+    metrics = current_metrics(app)
+    gauge = Gauge("imgclf_decode_pixels_in_flight", "Image pixels being decoded now (the decode gate's use).",
+                  multiprocess_mode="livesum", registry=metrics.registry)
+    budget = Budget(config.max_request_pixels,
+                    DecodeGate(config.max_decode_pixels_in_flight, config.decode_wait_seconds, gauge))
+    app.extensions[EXTENSION] = budget
+    return budget
+
+
+def current_budget(app: Flask | None = None) -> Budget:
+    """Return the budget of ``app`` (by default the app handling this request)."""
+    return (app or current_app).extensions[EXTENSION]
+
+
+@contextlib.contextmanager
+def admit(images: list[bytes]) -> Iterator[None]:
+    """Check a request's encoded images against its budget (413), then hold the decode gate while the block runs.
+
+    Raises:
+        PayloadTooLarge: the images' headers claim more pixels than a request may decode.
+        DecodeBusy: no room in the gate within the wait allowed (503).
+    """
+    budget = current_budget()
+    per_image = int(current_config().max_pixels)
+    # An image over the per-image limit counts 0 here: its own check refuses it from its header, with its message.
+    pixels = [p if p <= per_image else 0 for p in map(header_pixels, images)]
+    budget.check(pixels)
+    with budget.gate.hold(max(pixels, default=0)):
+        yield
+
+
+def instance_pictures(items: list) -> list[bytes]:
+    """Return the encoded images of TF Serving instances ``{"b64": ...}`` (others, and bad base64, are skipped)."""
+    return [data for item in items if isinstance(item, dict) and set(item) == {B64_FIELD}
+            if (data := _b64_or_none(item[B64_FIELD]))]
+
+
+def tensor_pictures(inputs: list) -> list[bytes]:
+    """Return the encoded images of v2 BYTES input tensors: binary elements or base64 strings (bad ones skipped)."""
+    found = []
+    for tensor in inputs:
+        if getattr(tensor, "datatype", None) != "BYTES" or not isinstance(tensor.values, list):
+            continue
+        for value in tensor.values:
+            data = value if isinstance(value, bytes) else _b64_or_none(value)
+            if data:
+                found.append(data)
+    return found
+
+
+def _b64_or_none(value) -> bytes | None:
+    """Return the bytes of a base64 string, or None (the decode of that instance will say what is wrong)."""
+    try:
+        return decode_b64(value)
+    except ImgclfError:
+        return None

@@ -1,0 +1,371 @@
+"""The front: an asyncio HTTP/1.1 server that reads whole requests under deadlines, then hands them to gunicorn.
+
+gunicorn's gthread workers hold a thread for every connection whose request they are still reading, so a
+few dozen clients that send a header one byte every two seconds (or a body at 10 bytes/s, or nothing)
+take every thread and the service answers nobody. The front accepts on the public port instead: a slow
+client costs it one coroutine and a few kB, and only complete requests reach gunicorn (over a private
+unix socket, :mod:`imgclf.service.front.upstream`). Parsing is h11's (strict: no obs-fold, one
+Content-Length, no Content-Length beside chunked, bounded header and chunk-size lines).
+
+The limits, each an ``IMGCLF_*`` variable (:class:`FrontSettings`):
+
+* the request head must be complete within ``IMGCLF_HEADER_TIMEOUT`` seconds of the connection's
+  opening (or of the first byte of a keep-alive request), else 408 (or a silent close if nothing came);
+* the body within ``IMGCLF_BODY_TIMEOUT`` seconds, and at ``IMGCLF_MIN_BODY_RATE`` bytes/s at least on
+  average once it has been arriving for ``BODY_RATE_GRACE_S`` seconds, else 408;
+* a keep-alive connection idle for ``IMGCLF_KEEPALIVE_TIMEOUT`` seconds is closed;
+* at most ``IMGCLF_MAX_CONNECTIONS`` open connections (beyond, an idle keep-alive one is closed to make
+  room, else the new one gets a 503) and, if set,
+  ``IMGCLF_MAX_CLIENT_CONNECTIONS`` from one client address (429 beyond);
+* a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
+  body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit) is a 413 as soon as its Content-Length
+  or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
+* the bodies held at once (being read, or waiting for gunicorn) reserve at most
+  ``IMGCLF_MAX_BUFFERED_BYTES`` in all (256 MiB), so the front's memory is bounded: a body that would pass
+  it is a 503 with ``Retry-After``;
+* the answer must be taken by the client within ``IMGCLF_BODY_TIMEOUT`` seconds, else the connection is
+  dropped (gunicorn is done with it long before: the answer is buffered here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+
+from imgclf.core import settings
+from imgclf.service.front.upstream import Answer, Upstream, UpstreamError
+
+log = logging.getLogger("imgclf.front")
+access_log = logging.getLogger("imgclf.front.access")
+
+READ_CHUNK = 64 * 1024
+MAX_HEADER_FIELDS = 100
+BODY_RATE_GRACE_S = 5.0
+LINGER_S = 0.5  # after an error answer, what the client still sends is read (and dropped) this long at most
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # ServiceConfig.max_upload_bytes (tests check they agree)
+SERVER = b"imgclf"
+# Hop-by-hop headers (RFC 9110 7.6.1) and the framing the front sets itself; never forwarded either way.
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+              b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length"}
+FORWARDED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}  # set by the front only
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """The front's limits, from ``IMGCLF_*`` variables (defaults below; the README's table says the same)."""
+
+    enabled: bool = True  # IMGCLF_FRONT: 0 = gunicorn straight on the port (behind a proxy of your own)
+    header_timeout: float = 10.0  # IMGCLF_HEADER_TIMEOUT: seconds for a whole request head
+    body_timeout: float = 60.0  # IMGCLF_BODY_TIMEOUT: seconds for a whole body, and for taking the answer
+    min_body_rate: int = 1024  # IMGCLF_MIN_BODY_RATE: bytes/s on average after the grace (0: no minimum)
+    keepalive_timeout: float = 5.0  # IMGCLF_KEEPALIVE_TIMEOUT: seconds a connection may idle between requests
+    max_connections: int = 1000  # IMGCLF_MAX_CONNECTIONS: open client connections at most
+    max_client_connections: int = 0  # IMGCLF_MAX_CLIENT_CONNECTIONS: per client address (0: no limit)
+    max_header_bytes: int = 16 * 1024  # IMGCLF_MAX_HEADER_BYTES: request line and header fields together
+    max_body_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # IMGCLF_MAX_UPLOAD_BYTES (the service's own limit)
+    max_buffered_bytes: int = 256 * 1024 * 1024  # IMGCLF_MAX_BUFFERED_BYTES: request bodies held at once, in all
+    body_rate_grace: float = BODY_RATE_GRACE_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FrontSettings:
+        """Read the settings from ``env`` (default: the process environment); raise UsageError on a bad one."""
+        d = cls()
+        return cls(
+            enabled=settings.env_bool("IMGCLF_FRONT", d.enabled, env=env),
+            header_timeout=settings.env_float("IMGCLF_HEADER_TIMEOUT", d.header_timeout, 0.1, 3600, env=env),
+            body_timeout=settings.env_float("IMGCLF_BODY_TIMEOUT", d.body_timeout, 0.1, 3600, env=env),
+            min_body_rate=settings.env_int("IMGCLF_MIN_BODY_RATE", d.min_body_rate, 0, env=env),
+            keepalive_timeout=settings.env_float("IMGCLF_KEEPALIVE_TIMEOUT", d.keepalive_timeout, 0, 3600, env=env),
+            max_connections=settings.env_int("IMGCLF_MAX_CONNECTIONS", d.max_connections, 1, env=env),
+            max_client_connections=settings.env_int("IMGCLF_MAX_CLIENT_CONNECTIONS", d.max_client_connections, 0,
+                                                    env=env),
+            max_header_bytes=settings.env_int("IMGCLF_MAX_HEADER_BYTES", d.max_header_bytes, 1024, 1 << 20, env=env),
+            max_body_bytes=settings.env_int("IMGCLF_MAX_UPLOAD_BYTES", d.max_body_bytes, 1, env=env),
+            max_buffered_bytes=settings.env_int("IMGCLF_MAX_BUFFERED_BYTES", d.max_buffered_bytes, 1, env=env),
+        )
+
+
+class Refused(Exception):
+    """The request cannot go on: answer ``status`` with ``message`` (if anything was received) and close."""
+
+    def __init__(self, status: int, message: str, answer: bool = True, retry_after: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.answer = status, answer
+        self.extra = (("Retry-After", "1"),) if retry_after else ()
+
+
+def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """Return a whole HTTP/1.1 answer (JSON ``{"error": message}``, Connection: close), for any parser state."""
+    body = json.dumps({"error": message}).encode()
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
+            f"Content-Length: {len(body)}", "Connection: close", "Server: imgclf",
+            "X-Content-Type-Options: nosniff", "Cache-Control: no-store", *(f"{k}: {v}" for k, v in extra)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def head_size(request: h11.Request) -> int:
+    """Return the bytes of ``request``'s head as sent (request line, fields, line ends)."""
+    return len(request.method) + len(request.target) + 12 + sum(len(k) + len(v) + 4 for k, v in request.headers)
+
+
+def pending_chunk_bytes(http: h11.Connection) -> int:
+    """Return how many bytes the chunk being read still declares (h11 keeps it privately; 0 if unknown)."""
+    return getattr(getattr(http, "_reader", None), "_bytes_in_chunk", 0) or 0
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close after an error answer and drop what the client still sends, briefly.
+
+    Closing a socket with unread bytes in it makes the kernel send a reset, which can destroy the answer
+    before the client reads it; reading on for ``LINGER_S`` lets the client see the 4xx.
+    """
+    deadline = time.monotonic() + LINGER_S
+    try:
+        await asyncio.wait_for(writer.drain(), LINGER_S)
+        if writer.can_write_eof():
+            writer.write_eof()
+        while (left := deadline - time.monotonic()) > 0:
+            if not await asyncio.wait_for(reader.read(READ_CHUNK), left):
+                return
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+
+
+class Front:
+    """Accept client connections, read requests under the limits, forward them through ``upstream``."""
+
+    def __init__(self, limits: FrontSettings, upstream: Upstream, access: bool = False) -> None:
+        self.limits, self.upstream, self.access = limits, upstream, access
+        self.connections: set[asyncio.Task] = set()
+        self.per_client: dict[str, int] = {}
+        self.busy = 0  # connections with a request being forwarded or answered
+        self.buffered = 0  # bytes reserved by the bodies being read or forwarded
+        self.closing = False
+        self.stats = {"accepted": 0, "refused": 0, "timed_out": 0, "bad": 0, "forwarded": 0}
+        self._idle_writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection until it closes, idles out, breaks a limit or the front stops."""
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) else "-"
+        task = asyncio.current_task()
+        self.connections.add(task)
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        try:
+            if len(self.connections) > self.limits.max_connections and self._idle_writers:
+                self._idle_writers.pop().close()  # an idle keep-alive connection makes room for a new one
+            elif len(self.connections) > self.limits.max_connections:
+                self.stats["refused"] += 1
+                writer.write(error_bytes(503, "too many connections; retry later", (("Retry-After", "1"),)))
+                await linger(reader, writer)
+                return
+            if self.limits.max_client_connections and self.per_client[client] > self.limits.max_client_connections:
+                self.stats["refused"] += 1
+                writer.write(error_bytes(429, "too many connections from this address; retry later",
+                                         (("Retry-After", "1"),)))
+                await linger(reader, writer)
+                return
+            self.stats["accepted"] += 1
+            await self._serve(reader, writer, client)
+        except Refused as e:
+            self.stats["timed_out" if e.status == 408 else "bad"] += 1
+            log.debug("%s: %s %s", client, e.status, e)
+            if e.answer:
+                writer.write(error_bytes(e.status, str(e), e.extra))
+                await linger(reader, writer)
+        except (TimeoutError, ConnectionError):
+            pass  # the client went away, or would not take its answer
+        except Exception:  # a bug of the front: say so, answer this client, keep serving the others
+            log.exception("front: unexpected error serving %s", client)
+            writer.write(error_bytes(502, "the front failed on this request"))
+        finally:
+            self.connections.discard(task)
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
+            self._idle_writers.discard(writer)
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        first = True
+        while not self.closing:
+            request = await self._read_head(http, reader, writer, first)
+            if request is None:
+                return
+            first = False
+            started = time.monotonic()
+            self.busy += 1  # a graceful stop waits for it from here on
+            reserved = [0]  # bytes of IMGCLF_MAX_BUFFERED_BYTES this request's body holds
+            try:
+                body = await self._read_body(http, reader, writer, request, reserved)
+                answer = await self._forward(request, body, client)
+                closing = self.closing or http.their_state is h11.MUST_CLOSE
+                writer.write(self._answer_bytes(http, request, answer, closing))
+                await asyncio.wait_for(writer.drain(), self.limits.body_timeout)
+            finally:
+                self.busy -= 1
+                self.buffered -= reserved[0]
+            if self.access:
+                self._log_access(client, request, answer, started)
+            if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                return
+            http.start_next_cycle()
+
+    async def _receive(self, http: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> bool:
+        """Read once, within ``timeout`` seconds, into ``http``; return False on timeout."""
+        if timeout <= 0:
+            return False
+        try:
+            data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+        except TimeoutError:
+            return False
+        http.receive_data(data)  # b"" = the client closed its side
+        return True
+
+    async def _read_head(self, http: h11.Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, first: bool) -> h11.Request | None:
+        """Return the next request's head, or None when the client closed or idled out between requests."""
+        limits = self.limits
+        deadline = None
+        if first:
+            deadline = time.monotonic() + limits.header_timeout
+        else:  # keep-alive: idle until a first byte, then the header deadline runs
+            self._idle_writers.add(writer)
+            if not http.trailing_data[0] and not await self._receive(http, reader, limits.keepalive_timeout):
+                return None
+            self._idle_writers.discard(writer)
+            deadline = time.monotonic() + limits.header_timeout
+        received = bool(http.trailing_data[0]) or not first
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as e:
+                if e.error_status_hint == 431:
+                    raise Refused(431, f"request head over {limits.max_header_bytes} bytes") from None
+                raise Refused(e.error_status_hint, f"malformed request: {e}") from None
+            if isinstance(event, h11.Request):
+                if len(event.headers) > MAX_HEADER_FIELDS:
+                    raise Refused(431, f"more than {MAX_HEADER_FIELDS} header fields")
+                if head_size(event) > limits.max_header_bytes:
+                    raise Refused(431, f"request head over {limits.max_header_bytes} bytes")
+                names = {name for name, _ in event.headers}  # h11 gives them in lower case
+                if b"content-length" in names and b"transfer-encoding" in names:  # RFC 9112 6.1: smuggling
+                    raise Refused(400, "malformed request: both Content-Length and Transfer-Encoding")
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if not await self._receive(http, reader, deadline - time.monotonic()):
+                raise Refused(408, f"request head not received within {limits.header_timeout:g} s",
+                              answer=received or bool(http.trailing_data[0]))
+            received = True
+
+    async def _read_body(self, http: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         request: h11.Request, reserved: list[int]) -> bytes:
+        """Return the whole body of ``request``, or raise Refused when it breaks a limit.
+
+        The body's bytes are reserved in ``reserved`` (against ``IMGCLF_MAX_BUFFERED_BYTES``, all bodies together)
+        before they arrive: the whole Content-Length at once, a chunked body as its chunk-size lines declare.
+        """
+        limits = self.limits
+
+        def reserve(total: int) -> None:
+            extra = total - reserved[0]
+            if extra > 0:
+                if self.buffered + extra > limits.max_buffered_bytes:
+                    raise Refused(503, "too many uploads at once; retry later", retry_after=True)
+                self.buffered += extra
+                reserved[0] = total
+
+        length = dict(request.headers).get(b"content-length")
+        if length is not None and int(length) > limits.max_body_bytes:
+            raise Refused(413, f"request body of {int(length)} bytes is over the limit of {limits.max_body_bytes}")
+        reserve(int(length or 0))
+        if http.they_are_waiting_for_100_continue:
+            writer.write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
+        started = time.monotonic()
+        deadline = started + limits.body_timeout
+        parts, size = [], 0
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as e:
+                raise Refused(e.error_status_hint, f"malformed request body: {e}") from None
+            if isinstance(event, h11.Data):
+                parts.append(bytes(event.data))
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionResetError("client closed mid-body")
+            if size + pending_chunk_bytes(http) > limits.max_body_bytes:
+                raise Refused(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+            reserve(size + pending_chunk_bytes(http))
+            if event is not h11.NEED_DATA:
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                raise Refused(408, f"request body not received within {limits.body_timeout:g} s")
+            elapsed = now - started
+            if limits.min_body_rate and elapsed > limits.body_rate_grace \
+                    and size < limits.min_body_rate * (elapsed - limits.body_rate_grace):
+                raise Refused(408, f"request body arriving slower than {limits.min_body_rate} bytes/s")
+            # wake up in time for whichever limit comes first
+            wait = deadline - now
+            if limits.min_body_rate:
+                wait = min(wait, max(0.05, limits.body_rate_grace + size / limits.min_body_rate - elapsed + 0.01))
+            if not await self._receive(http, reader, wait) and time.monotonic() >= deadline:
+                raise Refused(408, f"request body not received within {limits.body_timeout:g} s")
+
+    async def _forward(self, request: h11.Request, body: bytes, client: str) -> Answer:
+        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | FORWARDED]
+        headers += [(b"Host", b"imgclf")] if not any(k.lower() == b"host" for k, _ in headers) else []
+        headers += [(b"Content-Length", str(len(body)).encode()), (b"X-Forwarded-For", client.encode()),
+                    (b"X-Real-IP", client.encode()), (b"X-Forwarded-Proto", b"http")]
+        upstream_request = h11.Request(method=request.method, target=request.target, headers=headers)
+        self.stats["forwarded"] += 1
+        try:
+            return await self.upstream.forward(upstream_request, body)
+        except UpstreamError as e:
+            starting = isinstance(e.__cause__, (FileNotFoundError, ConnectionRefusedError))  # not listening yet
+            log.log(logging.DEBUG if starting else logging.WARNING, "gunicorn did not answer %s %s: %s",
+                    request.method.decode(), request.target.decode(), e)
+            message = b'{"error": "the service is not answering; retry later"}'
+            return Answer(503, b"Service Unavailable", [(b"Content-Type", b"application/json"),
+                                                        (b"Retry-After", b"1")], message)
+
+    def _answer_bytes(self, http: h11.Connection, request: h11.Request, answer: Answer, closing: bool) -> bytes:
+        headers = [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP | {b"server"}]
+        headers.append((b"Server", SERVER))
+        if request.method != b"HEAD" and answer.status not in (204, 304):
+            headers.append((b"Content-Length", str(len(answer.body)).encode()))
+        if closing:
+            headers.append((b"Connection", b"close"))
+        data = http.send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason))
+        if request.method != b"HEAD" and answer.body:
+            data += http.send(h11.Data(data=answer.body))
+        return data + http.send(h11.EndOfMessage())
+
+    def _log_access(self, client: str, request: h11.Request, answer: Answer, started: float) -> None:
+        headers = dict(request.headers)
+        access_log.info('%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" %.1fms', client,
+                        time.strftime("%d/%b/%Y:%H:%M:%S %z"), request.method.decode(), request.target.decode(),
+                        request.http_version.decode(), answer.status, len(answer.body),
+                        headers.get(b"referer", b"-").decode("latin-1"),
+                        headers.get(b"user-agent", b"-").decode("latin-1"), (time.monotonic() - started) * 1e3)
+
+    def close_idle(self) -> None:
+        """Stop reusing connections and close those that idle between requests (a graceful stop)."""
+        self.closing = True
+        for writer in list(self._idle_writers):
+            writer.close()

@@ -1,0 +1,1 @@
+"""Which model versions a worker serves: plan, version policy, states, labels, polling."""

@@ -1,0 +1,506 @@
+"""The models a worker serves: several versions per model, each with its life cycle, kept in step with the disk.
+
+At start the registry loads, for every model, the versions its version policy
+selects (:mod:`imgclf.service.lifecycle.policy`: the newest by default; a model
+config file, :mod:`imgclf.service.lifecycle.config_file`, names the models and
+their policies and labels), each as the :class:`~imgclf.service.servables.base.Servable`
+of its kind, warmed up; only then does it report ready. Loading runs in a
+background thread by default, so the worker answers ``/healthz`` at once and
+``/readyz`` with 503 until it is done. A model request that arrives meanwhile
+gets 503 (Retry-After), or, once :meth:`ModelRegistry.hold_requests` was called
+(gunicorn's first-start workers), waits a bounded time for loading to finish.
+Listeners (:meth:`ModelRegistry.on_state`) hear every state change:
+gunicorn_conf records it for the other workers' ``/readyz``.
+
+Then, every ``IMGCLF_POLL_SECONDS`` (0: never), a poller thread compares the
+repository with what is loaded (:meth:`ModelRegistry.sync`): a newly published
+version is loaded and warmed up beside the serving one (requests never wait for
+it), and becomes the model's default once every ready worker of the server has
+it AVAILABLE (:class:`~imgclf.service.lifecycle.versions.SharedDefaults`); a version the
+policy no longer selects (removed, or superseded) is unloaded once it is not the
+default and its requests in flight have finished. A version that fails to load
+ends in state END with its error in its status and never becomes the default.
+
+The registry is a Flask extension: :func:`init_app` creates it for an app (with
+that app's config and metrics) and :func:`current_registry` returns it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask, current_app, g, has_request_context
+
+from imgclf.core.devices import configure_tensorflow
+from imgclf.core.errors import ImgclfError, ModelNotFound
+from imgclf.core.model_kind import ModelKind
+from imgclf.core.precision import resolve_precision
+from imgclf.service.app_settings import current_config
+from imgclf.service.dataplane.errors import NotReady
+from imgclf.service.dataplane.in_flight import InFlight
+from imgclf.service.dataplane.metrics import Metrics, current_metrics
+from imgclf.service.lifecycle.plan import ModelPlan, check_plan, plan_models
+from imgclf.service.lifecycle.versions import AVAILABLE, END, LOADING, UNLOADING, ServedVersion, SharedDefaults, agreed
+from imgclf.service.servables.base import LoadContext, Servable
+from imgclf.service.servables.loader import load_servable
+from imgclf.service.server import worker_states
+from imgclf.service.settings import ServiceConfig
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "imgclf.registry"  # gunicorn_conf finds the registry here to hold a worker back until it is ready
+PENDING_POLL_S = 0.25  # while a loaded version waits for the other workers, look again this often
+PENDING_AT_MOST_S = 120.0  # ... for so long (a worker that failed to load it never will have it)
+UNLOAD_WAIT_S = 60.0  # an unloading version waits at most this long for its requests in flight
+_HELD = "imgclf_held_versions"  # flask.g: the versions this request holds
+
+
+def apply_precision(requested: str) -> str:
+    """Resolve ``requested`` for this process's device and turn on the matching rewrite for this process.
+
+    bf16 (CPU): oneDNN's bfloat16 rewrite; fp16 (GPU of compute capability >= 7.0):
+    grappler's auto mixed precision, which makes float16 (TensorFlow has no bf16
+    rewrite for GPUs; see :mod:`imgclf.core.precision`). The rewrite is a
+    process-wide grappler option that applies to every graph the process runs
+    afterwards, the loaded SavedModels included; a worker serves in one precision.
+    """
+    precision = resolve_precision(requested)
+    option = {"bf16": "auto_mixed_precision_onednn_bfloat16", "fp16": "auto_mixed_precision"}.get(precision)
+    if option:
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({option: True})
+    log.info("serving precision: %s (requested %s)", precision, requested)
+    return precision
+
+
+Loader = Callable[[Path, str, int, LoadContext], Servable]
+
+
+class ModelRegistry:
+    """Loads, holds, swaps and unloads the served model versions of one worker."""
+
+    def __init__(self, config: ServiceConfig, metrics: Metrics | None = None, expected=None,
+                 loader: Loader | None = None, shared: SharedDefaults | None = None):
+        self.config = config
+        self.versions: dict[str, dict[int, ServedVersion]] = {}  # name -> version -> its life in this worker
+        self.plans: dict[str, ModelPlan] = {}
+        self.state = "loading"  # loading | ready | failed
+        self.error = ""
+        self.precision = ""  # fp32 | bf16 | fp16, resolved when loading
+        self.metrics = metrics  # this app's metrics: batches and load times are recorded there
+        self.shared = shared  # the defaults agreed with the other workers (set when loading starts)
+        self.pending = False  # a loaded version waits for the other workers before it becomes the default
+        self._pending_since = 0.0  # monotonic time it began waiting
+        self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
+        self._loader = loader or load_servable
+        self._thread: threading.Thread | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sync_lock = threading.Lock()  # one sync at a time (the poller, a test)
+        self._done = threading.Event()  # set when loading has ended, ready or failed
+        self._lock = threading.Lock()  # orders state changes, listeners, and version hand-outs
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._hold_seconds = 0.0  # how long a model request waits for loading (see hold_requests)
+        self._hold_at_most = 0  # how many model requests may wait at once (0: none, 503 at once)
+        self.waiting = 0  # model requests waiting for loading now
+
+    @property
+    def ready(self) -> bool:
+        """Return whether every model is loaded and warmed up."""
+        return self.state == "ready"
+
+    @property
+    def models(self) -> dict[str, Servable]:
+        """Return the default version's servable of every model that has one, by name."""
+        found = {}
+        for name in sorted(self.versions):
+            entry = self._default_entry(name)
+            if entry is not None:
+                found[name] = entry.servable
+        return found
+
+    def start(self) -> None:
+        """Load the models, in a background thread when configured; then poll the repository if configured."""
+        if self.config.load_in_background:
+            self._thread = threading.Thread(target=self.load_all, name="model-loader", daemon=True)
+            self._thread.start()
+        else:
+            self.load_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for loading to finish; return whether the registry is ready."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.ready
+
+    def on_state(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(state, error)`` now and after every change of the state (from the loading thread)."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(self.state, self.error)
+
+    def hold_requests(self, seconds: float, at_most: int) -> None:
+        """Make up to ``at_most`` model requests at a time wait up to ``seconds`` for loading instead of a 503.
+
+        The bound on waiting requests keeps request threads free for ``/healthz`` and ``/readyz`` (a request
+        over it gets the 503 at once); ``at_most`` 0 or ``seconds`` 0 turns waiting off.
+        """
+        self._hold_seconds, self._hold_at_most = seconds, at_most if seconds > 0 else 0
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        with self._lock:
+            self.state, self.error = state, error
+            self._done.set()
+            for listener in self._listeners:
+                try:
+                    listener(state, error)
+                except Exception:  # a listener that fails must not turn a loaded worker into a failed one
+                    log.exception("model state listener failed")
+
+    def _wait_for_loading(self) -> None:
+        """Wait (bounded, see :meth:`hold_requests`) while loading; return at once otherwise."""
+        if self.state != "loading" or not self._hold_at_most:  # the usual case, without the lock
+            return
+        with self._lock:
+            if self.state != "loading" or self.waiting >= self._hold_at_most:
+                return
+            self.waiting += 1
+        try:
+            self._done.wait(self._hold_seconds)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    # --- loading, polling, unloading -----------------------------------------------------------------------------
+
+    def load_all(self) -> None:
+        """Load and warm up what every model's policy selects; set the state; start the poller."""
+        try:
+            # First of all: GPU memory growth/limit, IMGCLF_DEVICE checked (the error lists the devices).
+            configure_tensorflow()
+            self.precision = apply_precision(self.config.precision)
+            if self.shared is None:
+                self.shared = SharedDefaults(worker_states.server_folder())
+            self.plans = plan_models(self.config)
+            check_plan(self.config, self.plans)
+            self.sync()
+            for name in sorted(self.plans):
+                if self._default_entry(name) is None:
+                    raise ModelNotFound(self._why_none(name))
+            if not self.versions:
+                log.warning("model repository %s holds no model; nothing to serve", self.config.model_repository)
+            self._set_state("ready")
+        except (ImgclfError, ValueError, OSError) as exc:
+            log.error("loading models failed: %s", exc)
+            self._set_state("failed", str(exc))
+            return
+        except Exception as exc:
+            log.exception("loading models failed")
+            self._set_state("failed", f"{type(exc).__name__}: {exc}")
+            return
+        if self.config.poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
+            self._poller.start()
+
+    def _why_none(self, name: str) -> str:
+        """Say why model ``name`` has no available version after loading."""
+        failed = [e for _, e in sorted(self.versions.get(name, {}).items(), reverse=True) if e.failed]
+        return failed[0].error_message if failed else self.plans[name].why_none(name)
+
+    def sync(self) -> None:
+        """Bring the loaded versions in line with the disk and the policies (one poll of the repository)."""
+        with self._sync_lock:
+            if not self.config.model_config_file:
+                self.plans = plan_models(self.config, self.plans)  # models published since start are served too
+            selected = {name: plan.selected() for name, plan in sorted(self.plans.items())}
+            for name in list(self.versions):
+                if name not in selected:
+                    selected[name] = []  # a model gone from the repository: unload all of it
+            waiting = []  # START: found on disk, to be loaded (one at a time, the newest first: it is awaited)
+            with self._lock:
+                for name, versions in selected.items():
+                    entries = self.versions.setdefault(name, {})
+                    for version in sorted(versions, reverse=True):
+                        entry = entries.get(version)
+                        if entry is None or (entry.state == END and not entry.failed):
+                            entries[version] = ServedVersion(name, version)
+                            waiting.append(entries[version])
+            for entry in waiting:
+                self._load(entry)
+            self._publish()
+            pending = False
+            for name, versions in selected.items():
+                pending |= self._agree(name, versions)
+            for name, versions in selected.items():
+                self._retire(name, set(versions))
+            self._publish()
+            if pending and not self.pending:
+                self._pending_since = time.monotonic()
+            self.pending = pending
+
+    def _load(self, entry: ServedVersion) -> None:
+        """Load ``entry``'s version as the servable of its kind and warm it up; record the outcome."""
+        name, version = entry.name, entry.version
+        entry.state = LOADING
+        started = time.perf_counter()
+        try:
+            context = LoadContext(self.config, on_batch=self.metrics.batch_observer if self.metrics else None,
+                                  expected=self._expected)
+            served = self._loader(self.plans[name].model_dir / str(version), name, version, context)
+            try:
+                served.warm_up()
+            except BaseException:
+                served.close()
+                raise
+        except Exception as exc:  # a version that fails is reported, never served; the others carry on
+            entry.fail(exc)
+            log.error("model %s version %d failed to load: %s", name, version, entry.error_message)
+            return
+        served.load_seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe_load(name, served.load_seconds)
+        with self._lock:
+            entry.servable, entry.state = served, AVAILABLE
+        log.info("model %s version %d (%s) ready in %.1f s", name, version, served.kind.value, served.load_seconds)
+
+    def _agree(self, name: str, selected: list[int]) -> bool:
+        """Make the newest selected version every ready worker has the default; return whether one still waits."""
+        entries = self.versions.get(name, {})
+        local = {v for v in selected if v in entries and entries[v].available}
+        current = self.shared.default(name)
+        if not selected:
+            if current is not None:
+                self.shared.commit(name, None)
+            return False
+        target = agreed(name, local, self.shared.peers())
+        if target is not None and target != current:
+            self.shared.commit(name, target)
+            current = target
+        return bool(local) and max(local) != current
+
+    def _retire(self, name: str, selected: set[int]) -> None:
+        """Unload the available versions of ``name`` that are neither selected nor the default; forget stale ends."""
+        entries = self.versions.get(name, {})
+        default = self._default_entry(name) if selected else None  # a model gone from disk goes entirely
+        on_disk = set(self.plans[name].on_disk()) if name in self.plans else set()
+        for version, entry in sorted(entries.items()):
+            if entry.available and version not in selected and entry is not default:
+                self._unload(entry)
+            if entry.state == END and version not in on_disk:
+                with self._lock:
+                    del entries[version]
+        if not entries:
+            with self._lock:
+                self.versions.pop(name, None)
+
+    def _unload(self, entry: ServedVersion) -> None:
+        """Stop handing ``entry`` out, wait for its requests in flight, close it and free its memory."""
+        with self._lock:
+            entry.state = UNLOADING
+        deadline = time.monotonic() + UNLOAD_WAIT_S
+        while entry.users and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if entry.users:
+            log.warning("model %s version %d: %d requests still running after %.0f s; unloading anyway",
+                        entry.name, entry.version, entry.users, UNLOAD_WAIT_S)
+        served, entry.servable = entry.servable, None
+        if served is not None:
+            served.close()
+        del served
+        gc.collect()  # TensorFlow's loaded functions sit in reference cycles: free them now, not some time
+        entry.state = END
+        log.info("model %s version %d unloaded", entry.name, entry.version)
+
+    def _publish(self) -> None:
+        """Tell the other workers which versions this one has available and which is its default."""
+        if self.shared is None:
+            return
+        models = {}
+        for name, entries in sorted(self.versions.items()):
+            default = self._default_entry(name)
+            models[name] = {"available": sorted(v for v, e in entries.items() if e.available),
+                            "default": default.version if default else None,
+                            "states": {str(v): e.state for v, e in sorted(entries.items())}}
+        self.shared.publish(models)
+
+    def _poll_forever(self) -> None:
+        while True:
+            wait = self.config.poll_seconds
+            if self.pending and time.monotonic() - self._pending_since < PENDING_AT_MOST_S:
+                wait = min(wait, PENDING_POLL_S)
+            if self._stop.wait(wait):
+                return
+            try:
+                self.sync()
+            except Exception:  # a damaged repository must not stop the polling, nor what is served
+                log.exception("polling the model repository %s failed", self.config.model_repository)
+
+    # --- lookups ---------------------------------------------------------------------------------------------------
+
+    def _default_entry(self, name: str) -> ServedVersion | None:
+        """Return the entry of the default version of ``name``: the agreed one, else the newest available."""
+        entries = self.versions.get(name) or {}
+        agreed_version = self.shared.default(name) if self.shared is not None else None
+        entry = entries.get(agreed_version) if agreed_version is not None else None
+        if entry is not None and entry.available:
+            return entry
+        available = [e for _, e in sorted(list(entries.items())) if e.available]  # list(): the poller adds some
+        return available[-1] if available else None
+
+    def default_version(self, name: str) -> int:
+        """Return the default version of model ``name`` (what a route's version 0 means).
+
+        Raises:
+            NotReady, ModelNotFound: as :meth:`get`.
+        """
+        return self.get(name, hold=False).version
+
+    def _check_ready(self) -> None:
+        self._wait_for_loading()
+        if not self.ready:
+            raise NotReady("models are still loading" if self.state == "loading"
+                           else f"models failed to load: {self.error}")
+
+    def _entries(self, name: str) -> dict[int, ServedVersion]:
+        entries = self.versions.get(name)
+        if not entries:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
+        return entries
+
+    def get(self, name: str | None = None, version: int | None = None, hold: bool = True) -> Servable:
+        """Return a served model version (the default model when ``name`` is empty, its default version when
+        ``version`` is None); inside a request, the version stays loaded until the request ends.
+
+        Raises:
+            NotReady: models are still loading (after the wait of :meth:`hold_requests`), or loading failed.
+            ModelNotFound: no such model, or that version is not available.
+        """
+        self._check_ready()
+        if not name:
+            name = self.default_name()
+        entries = self._entries(name)
+        with self._lock:
+            if version is None:
+                entry = self._default_entry(name)
+            else:
+                entry = entries.get(int(version))
+            if entry is None or not entry.available:
+                raise ModelNotFound(self._not_available(name, version, entry))
+            if hold:
+                self._hold(entry)
+            return entry.servable
+
+    def _not_available(self, name: str, version: int | None, entry: ServedVersion | None) -> str:
+        served = ", ".join(str(v) for v, e in sorted(self.versions.get(name, {}).items()) if e.available) or "none"
+        if version is None:
+            return f"model {name!r} has no available version"
+        state = f" (it is {entry.state})" if entry is not None else ""
+        return f"model {name!r} version {version} is not served{state}; available versions: {served}"
+
+    def label_version(self, name: str, label: str) -> int:
+        """Return the version label ``label`` of model ``name`` points at.
+
+        Raises:
+            NotReady: as :meth:`get`.
+            ModelNotFound: no such model, or it has no such label.
+        """
+        self._check_ready()
+        self._entries(name)
+        labels = self.plans[name].labels if name in self.plans else {}
+        if label not in labels:
+            known = ", ".join(sorted(labels)) or "none"
+            raise ModelNotFound(f"Unrecognized servable version label: {label!r} of model {name!r}; "
+                                f"its labels: {known}")
+        return labels[label]
+
+    def get_label(self, name: str, label: str) -> Servable:
+        """Return the version label ``label`` of ``name`` points at; it must be AVAILABLE (404 saying so if not)."""
+        version = self.label_version(name, label)
+        try:
+            return self.get(name, version)
+        except ModelNotFound as exc:
+            raise ModelNotFound(f"label {label!r} of model {name!r} points at version {version}, which is not "
+                                f"available: {exc}") from None
+
+    def status(self, name: str, version: int | None = None) -> list[dict]:
+        """Return TF Serving's ``model_version_status`` of ``name``: every version it knows, or one, newest first.
+
+        Raises:
+            NotReady: as :meth:`get`.
+            ModelNotFound: no such model, or it never had that version.
+        """
+        self._check_ready()
+        entries = self._entries(name)
+        with self._lock:
+            if version is None:
+                return [e.status() for _, e in sorted(entries.items(), reverse=True)]
+            entry = entries.get(int(version))
+            if entry is None:
+                known = ", ".join(str(v) for v in sorted(entries, reverse=True))
+                raise ModelNotFound(f"model {name!r} version {version} is not served; versions it has: {known}")
+            return [entry.status()]
+
+    def available_versions(self, name: str) -> list[int]:
+        """Return the versions of ``name`` this worker can serve now, oldest first."""
+        return sorted(v for v, e in self.versions.get(name, {}).items() if e.available)
+
+    def _hold(self, entry: ServedVersion) -> None:
+        """Count ``entry`` as used by the current request until it ends (under the lock)."""
+        if has_request_context():
+            entry.users += 1
+            g.setdefault(_HELD, []).append(entry)
+
+    def release_request(self) -> None:
+        """Release the versions the current request held (teardown)."""
+        held = g.pop(_HELD, None) if has_request_context() else None
+        if held:
+            with self._lock:
+                for entry in held:
+                    entry.users -= 1
+
+    def default_name(self) -> str:
+        """Return the default model's name: the config's, else the first image classifier by name, else the first."""
+        if self.config.default_model:
+            return self.config.default_model
+        models = self.models
+        if not models:
+            raise ModelNotFound(f"no model is served: {self.config.model_repository} holds none")
+        images = [name for name, served in models.items() if served.kind is ModelKind.IMAGE_CLASSIFIER]
+        return (images or sorted(models))[0]
+
+    def close(self) -> None:
+        """Stop polling and the batchers."""
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(timeout=30)
+        for entries in list(self.versions.values()):
+            for entry in list(entries.values()):
+                if entry.servable is not None:
+                    entry.servable.close()
+        if self.shared is not None:
+            self.shared.withdraw()
+
+
+def init_app(app: Flask) -> ModelRegistry:
+    """Create the app's registry (its config, its metrics), count its prediction requests in flight; return it.
+
+    Loading starts with :meth:`ModelRegistry.start`, once the app is complete.
+    """
+    in_flight = InFlight()
+    registry = ModelRegistry(current_config(app), current_metrics(app), expected=in_flight.count)
+    in_flight.init_app(app, lambda: registry.default_name() if registry.ready else None)
+    app.teardown_request(lambda exc: registry.release_request())
+    app.extensions[EXTENSION] = registry
+    return registry
+
+
+def current_registry(app: Flask | None = None) -> ModelRegistry:
+    """Return the model registry of ``app`` (by default the app handling this request)."""
+    return (app or current_app).extensions[EXTENSION]

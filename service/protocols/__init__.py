@@ -1,0 +1,1 @@
+"""The wire protocols over the data plane: each translates its format to and from it, nothing more."""

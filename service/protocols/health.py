@@ -1,0 +1,41 @@
+"""Liveness and readiness.
+
+``/healthz`` answers as long as the process does, also while models load.
+``/readyz`` is 200 only when this worker has loaded and warmed up its models
+and, under gunicorn, so has every other worker that takes connections (their
+states are files in the server's folder, :mod:`imgclf.service.server.worker_states`):
+after a 200, a model request gets its model whichever worker takes it.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.server import worker_states
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Answer 200 while the process is alive."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Answer 200 when every worker's models are loaded and warmed up, 503 before (or when loading failed)."""
+    registry = current_registry()
+    models = {name: served.version for name, served in registry.models.items()}
+    readiness = worker_states.server_readiness(registry.state, registry.error)
+    body = {"status": readiness.status, "models": models, "precision": registry.precision}
+    if readiness.workers is not None:
+        body["workers"] = readiness.workers
+    if readiness.error:
+        body["error"] = readiness.error
+    response = jsonify(body)
+    if not readiness.ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+    return response

@@ -1,0 +1,72 @@
+"""POST /predict: the top-k labels of one image, optionally with the image annotated.
+
+The image comes as multipart field "image", a raw image body, or JSON
+``{"b64": ...}``; ``model``, ``top_k`` and ``annotate`` come from the query
+string, else from the JSON body's (or the multipart form's) fields: the query
+string wins when both name one. With ``Accept: image/jpeg`` the answer is the
+annotated JPEG itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from flask import Blueprint, Response, jsonify, request
+
+from imgclf.service.app_settings import current_config
+from imgclf.service.dataplane.annotate import annotate_to_jpeg
+from imgclf.service.dataplane.budget import admit
+from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.protocols.predict.request import (
+    image_from_request,
+    parse_bool,
+    parse_top_k,
+    request_param,
+    requested_model,
+)
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict")
+def predict():
+    """Answer the top-k labels of the posted image (JSON), or the annotated image (JPEG)."""
+    started = time.perf_counter()
+    config = current_config()
+    served = current_registry().get(requested_model(request))
+    served.check_image_input()
+    data = image_from_request(request)
+    k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
+    as_jpeg = _wants_jpeg()
+    annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
+
+    decoding = time.perf_counter()
+    with admit([data]):  # 413 over the request's pixel budget; waits for the worker's decode gate
+        rgb, inputs = served.decode_image(data)
+    decoded = time.perf_counter()
+    outputs = served.predict(inputs[None])
+    predicted = time.perf_counter()
+    best = served.top_k(outputs, k)[0]
+    jpeg = annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], config.font or None) if annotate else None
+
+    if as_jpeg:
+        response = Response(jpeg, mimetype="image/jpeg")
+    else:
+        body = {"model": served.name, "version": served.version, "predictions": best,
+                "timing_ms": {"decode": _ms(decoded - decoding), "predict": _ms(predicted - decoded),
+                              "total": _ms(time.perf_counter() - started)}}
+        if jpeg is not None:
+            body["annotated_image"] = base64.b64encode(jpeg).decode("ascii")
+        response = jsonify(body)
+    response.vary.add("Accept")  # the same URL answers JSON or JPEG: caches must key on Accept
+    return response
+
+
+def _wants_jpeg() -> bool:
+    """Return whether the client prefers image/jpeg to JSON (``*/*`` and no Accept mean JSON)."""
+    return request.accept_mimetypes.best_match(["application/json", "image/jpeg"]) == "image/jpeg"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)

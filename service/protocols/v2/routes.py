@@ -1,0 +1,113 @@
+"""The Open Inference Protocol (KServe v2) over REST: health, server and model metadata, readiness, infer.
+
+The protocol KServe, Triton, Seldon MLServer and OpenVINO Model Server speak,
+so their clients (``tritonclient.http``, the ``kserve`` SDK) work against
+imgclf. Bodies follow the protocol's REST spec, binary tensor data extension
+included (:mod:`imgclf.service.protocols.v2.tensors`); what each model takes and answers
+comes from its servable (:mod:`imgclf.service.protocols.v2.model`). Errors are the
+protocol's ``{"error": "..."}`` with the service's usual statuses. Model names
+from URLs are only ever looked up in the registry, never joined into paths.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+
+from flask import Blueprint, Response, jsonify, request
+
+from imgclf.service.app_settings import current_config
+from imgclf.service.dataplane.budget import admit, tensor_pictures
+from imgclf.service.dataplane.errors import BadRequest, NotReady
+from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.protocols.v2 import model as v2_model
+from imgclf.service.protocols.v2.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_response, parse_request
+from imgclf.service.servables.base import Servable
+from imgclf.service.server import worker_states
+
+bp = Blueprint("v2", __name__)
+
+SERVER_NAME = "imgclf"
+EXTENSIONS = ["binary_tensor_data"]
+_VERSION = re.compile(r"[0-9]{1,18}")  # an int64, as the TF Serving routes parse it
+
+
+def _served(name: str, version: str | None = None) -> Servable:
+    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version).
+
+    Version 0 means the default version, as OpenVINO Model Server's clients send it.
+    """
+    if version is not None and not _VERSION.fullmatch(version):
+        raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
+    return current_registry().get(name, int(version or 0) or None)
+
+
+# --- server ---------------------------------------------------------------------------------------------------------
+
+
+@bp.get("/v2")
+def server_metadata():
+    """Answer the server metadata: name, version and the protocol extensions supported."""
+    try:
+        version = metadata.version("imgclf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a plain checkout
+        version = "0"
+    return jsonify(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
+
+
+@bp.get("/v2/health/live")
+def live():
+    """Answer 200 while the process is alive, loading included."""
+    return jsonify(live=True)
+
+
+@bp.get("/v2/health/ready")
+def ready():
+    """Answer 200 when every worker has its models loaded and warmed up (as /readyz), else 503 saying why."""
+    registry = current_registry()
+    readiness = worker_states.server_readiness(registry.state, registry.error)
+    if not readiness.ready:
+        raise NotReady("models are still loading" if readiness.status == "loading" and not readiness.error
+                       else readiness.error or f"models are {readiness.status}")
+    return jsonify(ready=True)
+
+
+# --- models ---------------------------------------------------------------------------------------------------------
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    """Answer the model metadata: versions, platform, inputs and outputs with datatype and shape."""
+    served = _served(name, version)
+    body = v2_model.model_metadata(served)
+    if version is None:  # the model's metadata lists every version this worker serves
+        body["versions"] = [str(v) for v in current_registry().available_versions(served.name)] or body["versions"]
+    return jsonify(body)
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    """Answer 200 when the model (version) is loaded and serving; 404 unknown, 503 still loading."""
+    served = _served(name, version)
+    return jsonify(name=served.name, ready=True)
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    """Predict an inference request: JSON tensors, or JSON then binary tensor data."""
+    served = _served(name, version)
+    parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
+    with admit(tensor_pictures(parsed.inputs)):  # 413 over the request's pixel budget, before any decoding
+        signature, batch = v2_model.decode_inputs(served, parsed.inputs, int(current_config().max_instances))
+    outputs = served.predict(batch, signature)
+    tensors = v2_model.encode_outputs(served, signature, outputs, parsed.outputs, parsed.binary_output)
+    header = {"model_name": served.name, "model_version": str(served.version)}
+    if parsed.id is not None:
+        header["id"] = parsed.id
+    body, json_length = encode_response(header, tensors)
+    if json_length is None:
+        return Response(body, status=200, mimetype="application/json")
+    return Response(body, status=200, mimetype=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(json_length)})

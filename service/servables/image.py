@@ -1,0 +1,138 @@
+"""The image classifier as a servable: pictures (or bottleneck vectors) in, labels out, batched per worker.
+
+Pictures are decoded in Python exactly as training decoded them (EXIF applied),
+then predicted through the SavedModel's images signature in batches gathered
+from concurrent requests (:mod:`imgclf.service.dataplane.batching`) — or, for a model
+served on OpenVINO (``IMGCLF_BACKEND``, :mod:`imgclf.training.serving_backend`),
+through its OpenVINO featurizer and the head. Signature ``bottleneck`` takes
+featurizer vectors.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgclf.core import export_names as names
+from imgclf.core.model_kind import ModelKind
+from imgclf.service.dataplane.errors import BadRequest
+from imgclf.service.servables.base import METHOD_NAME, LoadContext, Servable, describe, tensor_def
+from imgclf.training.classifier import LoadedModel, load_model
+
+
+class ImageClassifierServable(Servable):
+    """An exported image classifier (Inception-v3 bottlenecks + a dense head)."""
+
+    kind = ModelKind.IMAGE_CLASSIFIER
+    signatures = (names.SERVING_SIGNATURE, names.BOTTLENECK_SIGNATURE)
+
+    def __init__(self, name: str, version: int, model: LoadedModel, context: LoadContext):
+        super().__init__(name, version, model.labels, model.card)
+        self.model = model
+        self.batcher = context.batcher(name, model.predict_inputs, lanes=model.batch_lanes)
+
+    @classmethod
+    def load(cls, path: Path, name: str, version: int, context: LoadContext) -> ImageClassifierServable:
+        """Load an image classifier's version directory and start its batcher."""
+        model = load_model(path, max_pixels=context.config.max_pixels,
+                           allow_unsafe_ops=context.config.allow_unsafe_ops, backend=context.config.backend)
+        return cls(name, version, model, context)
+
+    def warm_up(self) -> None:
+        """Decode small pictures as requests are decoded, and predict one through the batcher.
+
+        A request's first decode traces the decode functions (0.26 s here, seconds on a loaded machine, for
+        every request that arrives meanwhile); its first model call optimises the graph and picks kernels.
+        Warmed: a JPEG and a PNG, and with ``--decode fast`` a JPEG large enough to be DCT-scaled.
+        """
+        size = int(self.card["featurizer"]["contract"]["input_size"])
+        pictures = [_blank_picture("JPEG", (48, 32)), _blank_picture("PNG", (48, 32))]
+        if self.model.decode_mode == "fast":
+            pictures.append(_blank_picture("JPEG", (4 * size, 4 * size)))
+        inputs = [self.decode_image(picture)[1] for picture in pictures]
+        self.batcher.submit(inputs[0][None])
+
+    def signature_defs(self) -> dict:
+        """Describe the serving (image bytes) and bottleneck signatures."""
+        outputs = {names.PROBABILITIES_KEY: tensor_def("float32", [-1, len(self.labels)]),
+                   names.CLASSES_KEY: tensor_def("int64", [-1]),
+                   names.LABELS_KEY: tensor_def("string", [-1])}
+        return {
+            names.SERVING_SIGNATURE: {"inputs": {names.IMAGE_BYTES_KEY: tensor_def("string", [-1])},
+                                      "outputs": outputs, "method_name": METHOD_NAME},
+            names.BOTTLENECK_SIGNATURE: {"inputs": {names.BOTTLENECK_KEY: tensor_def("float32",
+                                                                                    [-1, self.model.bottleneck_dim])},
+                                         "outputs": outputs, "method_name": METHOD_NAME},
+        }
+
+    def check_signature(self, signature: str | None) -> str:
+        """Return the signature a request names (None: serving_default), or raise BadRequest."""
+        signature = signature or names.SERVING_SIGNATURE
+        if signature not in self.signatures:
+            raise BadRequest(f"unknown signature_name {signature!r}; this model serves {', '.join(self.signatures)}")
+        return signature
+
+    def input_key(self, signature: str) -> str:
+        """Return "image_bytes" (serving) or "bottleneck"."""
+        return names.IMAGE_BYTES_KEY if signature == names.SERVING_SIGNATURE else names.BOTTLENECK_KEY
+
+    def decode_image(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and validate one encoded image; return (uint8 RGB, network input [S, S, 3])."""
+        return self.model.preprocess(data)
+
+    def decode_instance(self, item, index: int, signature: str) -> np.ndarray:
+        """Return the network input of one ``{"b64": ...}`` image instance."""
+        if not isinstance(item, dict) or set(item) != {"b64"}:
+            raise BadRequest(f'instance {index} must be {{"b64": "<base64 image>"}} or '
+                             f'{{"{names.IMAGE_BYTES_KEY}": {{"b64": "<base64 image>"}}}}; received {describe(item)}')
+        return self.decode_b64_instance(item, index)
+
+    def decode_batch(self, items: list, signature: str) -> np.ndarray:
+        """Return network inputs [N, S, S, 3] (serving) or bottleneck rows [N, D] (bottleneck)."""
+        if signature == names.SERVING_SIGNATURE:
+            return super().decode_batch(items, signature)
+        return _bottlenecks(items, self.model.bottleneck_dim)
+
+    def predict(self, batch: np.ndarray, signature: str = names.SERVING_SIGNATURE) -> dict[str, list]:
+        """Return probabilities, classes (the argmax) and labels of network inputs or bottleneck rows."""
+        if signature == names.SERVING_SIGNATURE:
+            probabilities = self.batcher.submit(np.asarray(batch, dtype=np.float32))
+        else:
+            probabilities = self.model.predict_bottlenecks(batch)
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        classes = np.argmax(probabilities, axis=1)  # as the SavedModel's tf.argmax: the first of equal maxima
+        return {names.PROBABILITIES_KEY: probabilities.tolist(), names.CLASSES_KEY: classes.tolist(),
+                names.LABELS_KEY: [self.labels[c] for c in classes]}
+
+
+def _bottlenecks(items: list, dim: int) -> np.ndarray:
+    """Return bottleneck rows [N, dim] as float32, refusing non-numbers and non-finite values."""
+    rows = []
+    for index, row in enumerate(items):
+        if not isinstance(row, list) or len(row) != dim:
+            raise BadRequest(f"instance {index} must be a list of {dim} numbers; received {describe(row)}")
+        if not set(map(type, row)) <= {int, float}:  # no strings, booleans or nested lists
+            raise BadRequest(f"instance {index} must hold only numbers; received "
+                             f"{sorted(t.__name__ for t in set(map(type, row)) - {int, float})}")
+        rows.append(row)
+    try:
+        vectors = np.asarray(rows, dtype=np.float64)
+    except OverflowError as exc:  # an integer beyond float range
+        raise BadRequest(f"bottleneck values must be finite float32 numbers: {exc}") from exc
+    with np.errstate(over="ignore"):
+        vectors = vectors.astype(np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise BadRequest(f"bottleneck values must be finite float32 numbers (no NaN or Infinity); "
+                         f"instance {int(np.argmax(bad))} is not")
+    return vectors
+
+
+def _blank_picture(kind: str, size: tuple[int, int]) -> bytes:
+    """Return a grey picture of ``size`` encoded as ``kind`` (a Pillow format name)."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 128)).save(out, kind)
+    return out.getvalue()

@@ -1,0 +1,1 @@
+"""gunicorn: its configuration, the worker-state files its master and workers share."""

@@ -1,0 +1,243 @@
+"""gunicorn settings for ``gunicorn -c python:imgclf.service.server.gunicorn_conf "imgclf.service:create_app()"``.
+
+Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them from its options):
+
+    IMGCLF_BIND              127.0.0.1:8000  address; the container sets 0.0.0.0:8000 (behind the front,
+                                             `imgclf serve` binds gunicorn to a private unix socket)
+    IMGCLF_WORKERS           2               worker processes, each loading its own models
+    IMGCLF_THREADS           8               request threads per worker (gthread)
+    IMGCLF_TIMEOUT           120             seconds a silent worker lives (covers model loading)
+    IMGCLF_GRACEFUL_TIMEOUT  30              seconds in-flight requests get after SIGTERM
+    IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service (debug ... critical)
+    IMGCLF_ACCESS_LOG        0               1: one access-log line per request on stdout
+    IMGCLF_MALLOC_TRIM_SECONDS  1            a worker hands freed heap memory back to the system this
+                                             often (glibc's malloc_trim; 0: never)
+
+They are read by :class:`imgclf.service.cli.serve.ServerSettings` (through
+:mod:`imgclf.core.settings`, standard library only): a malformed one
+(``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``) stops gunicorn before it starts;
+`imgclf serve` checks them first and says so in one line.
+
+Why two workers by default: a worker that dies (or restarts) leaves another one
+answering while it reloads its models. Each model call already spreads over
+every core, so on a small machine more workers add memory rather than
+throughput; for the most throughput there, run one (``bench/serve.py
+--workers N`` measures it). Requests of a worker that arrive together share one
+model call (``imgclf.service.dataplane.batching``), so with one image per request a batch holds
+at most ``IMGCLF_THREADS`` images.
+
+No ``preload_app``: TensorFlow must never be imported in the master, because
+its thread pools do not survive ``fork``. Each worker imports the app and loads
+the models itself.
+
+Readiness holds across workers (:mod:`imgclf.service.server.worker_states`): the
+master makes a per-server folder where each worker's state (loading, held,
+ready, failed) is a small file, and ``/readyz`` answers 200 only when every
+worker that takes connections has loaded its models, so after a 200 no model
+request gets a 503, whichever worker takes it. A worker that replaces one that
+died (killed, out of memory), and every new worker of a reload (SIGHUP), starts
+accepting connections only once its models are loaded: the other workers take
+every request meanwhile (during a reload, connections wait in the listen
+backlog until the first new worker is ready), so clients lose only the requests
+that were in flight on a dead one. The workers of the first start accept at
+once, so that ``/healthz`` answers while they load; ``/readyz`` says 503 until
+all of them are ready, and a model request that reaches one of them meanwhile
+waits for its models (at most ``REQUEST_WAIT_S`` seconds, and at most
+``IMGCLF_THREADS - 1`` such requests at a time, so a thread stays free for the
+probes) instead of getting a 503. A lone worker (``IMGCLF_WORKERS=1``) has
+nobody to wait for: it accepts at once and answers 503 (Retry-After) while it
+loads, also when it is replaced.
+
+Memory: glibc keeps the heap memory a worker frees for reuse, but buffers of
+varying sizes (decoded photos, TensorFlow's tensors, failed decodes of broken
+JPEGs in particular) leave it scattered, so a worker's RSS climbs by hundreds
+of MB under load before glibc gives some back. Each worker calls
+``malloc_trim`` every ``IMGCLF_MALLOC_TRIM_SECONDS`` from a thread of its own:
+RSS stays flat for about 2 % more CPU time (a fixed mmap threshold, the other
+cure, costs 15 %); ``bench/soak.py`` measures the RSS.
+
+Prometheus: the master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before the first worker forks (or empties the one given), so every worker's
+metrics land there and ``/metrics`` merges them; a dead worker's live gauges
+are removed, and the directory is removed on exit when this file made it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+
+def keep_working_folder_off_sys_path() -> None:
+    """Remove the working folder from sys.path: a user's imgclf.py (or models.py) there must not shadow ours.
+
+    gunicorn puts its working folder first on sys.path before it reads this file and again after;
+    this runs at the top of this file (for its own imports) and in every worker before it imports the app.
+    """
+    here = os.path.realpath(os.getcwd())
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here]
+
+
+keep_working_folder_off_sys_path()
+
+from imgclf.service.cli.serve import ServerSettings  # noqa: E402
+from imgclf.service.server import worker_states  # noqa: E402 - after the working folder left sys.path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REQUEST_WAIT_S = 30.0  # how long a model request waits for a first-start worker's models (then 503)
+
+_server = ServerSettings.from_env()
+wsgi_app = "imgclf.service:create_app()"
+bind = [_server.bind]
+worker_class = "gthread"
+workers = _server.workers
+threads = _server.threads
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
+_trim_seconds = _server.malloc_trim_seconds
+# Behind the front (imgclf.service.front.main binds gunicorn to its private unix socket), or any proxy on
+# the same host: one request per connection, and a worker accepts one only while it has a free thread.
+# Requests then wait in the socket's backlog for whichever worker frees a thread first, where pooled
+# keep-alive connections stayed with the worker that had accepted them (14 of 16 on one worker, measured).
+# Straight on a TCP port, gunicorn's defaults stay (keep-alive 2 s, 1000 connections a worker).
+_behind_proxy = _server.bind.startswith("unix:")
+keepalive = 0 if _behind_proxy else 2
+worker_connections = _server.threads if _behind_proxy else 1000
+preload_app = False  # TensorFlow and fork do not mix: each worker loads its own
+proc_name = "imgclf"
+# gunicorn >= 25.1 opens a control socket at one per-user path ($HOME/.gunicorn/gunicorn.ctl), where a
+# second server on the machine would clash with the first; signals do the same job. (Older versions
+# ignore the name.)
+control_socket_disable = True
+# The heartbeat file is touched every second; tmpfs keeps a slow or overlay /tmp from stalling workers.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+loglevel = _server.log_level
+_access = _server.access_log
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "generic": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"},
+        "access": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "propagate": True},
+        # A dict config turns gunicorn's access log on; the level is what keeps it quiet by default.
+        "gunicorn.access": {"level": "INFO" if _access else "WARNING", "handlers": ["access"], "propagate": False},
+        "tensorflow": {"level": "WARNING"},
+        "absl": {"level": "WARNING"},
+        "h5py": {"level": "WARNING"},
+        "PIL": {"level": "WARNING"},
+    },
+}
+
+_made_dirs: list[str] = []
+
+
+def on_starting(server) -> None:
+    """Give the workers an empty metrics directory before the first one forks."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow info lines
+    directory = os.environ.get(MULTIPROC_ENV, "").strip()
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):  # values of an earlier run would add up
+            os.remove(stale)
+    else:
+        directory = tempfile.mkdtemp(prefix="imgclf-metrics-")
+        _made_dirs.append(directory)
+        os.environ[MULTIPROC_ENV] = directory
+    server.log.info("prometheus multiprocess directory: %s", directory)
+    _made_dirs.append(str(worker_states.make_folder()))
+
+
+def pre_fork(server, worker) -> None:
+    """Count the worker before it exists: the others' /readyz waits for it unless it is held back."""
+    folder = worker_states.server_folder()
+    if folder is not None:  # on_starting made it
+        held = worker_states.held_back(worker.age, worker.cfg.workers)
+        worker_states.record(folder, worker.age, worker_states.HELD if held else worker_states.LOADING)
+
+
+def when_ready(server) -> None:
+    """Warn if TensorFlow got into the master: forked workers would inherit broken thread pools."""
+    if "tensorflow" in sys.modules:
+        server.log.warning("tensorflow is imported in the gunicorn master; workers must load it themselves")
+
+
+def post_fork(server, worker) -> None:
+    """Keep the working folder off sys.path; start the worker's malloc_trim thread (glibc only; see "Memory")."""
+    keep_working_folder_off_sys_path()  # gunicorn's second chdir put it back; the app is imported next
+    if not _trim_seconds or platform.libc_ver()[0] != "glibc":
+        return
+    trim = ctypes.CDLL(None).malloc_trim
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(_trim_seconds)
+            trim(0)
+
+    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
+
+
+def post_worker_init(worker) -> None:
+    """Record the worker's state for the others' /readyz; hold a replacement back until its models are loaded.
+
+    Workers 1..N of the first start accept at once (their model requests wait for loading, bounded); a
+    later one (:func:`~imgclf.service.server.worker_states.held_back`) waits here, so it takes no connection
+    while it loads: the live workers answer, where it would answer 503. The heartbeat goes on meanwhile,
+    so the master does not take the wait for a hang. A worker whose loading failed accepts, to say why on
+    /readyz. With a single worker there is nobody else to answer: it accepts at once and says 503
+    (Retry-After) while it loads.
+    """
+    registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.registry")
+    folder = worker_states.server_folder()
+    if registry is None:  # not the imgclf app (or wrapped): nothing to wait for, nothing to report
+        if folder is not None:
+            worker_states.forget(folder, worker.age)
+        return
+    held = worker_states.held_back(worker.age, worker.cfg.workers)
+    if folder is not None:
+        def record(state: str, error: str) -> None:
+            loading = worker_states.HELD if held else worker_states.LOADING
+            worker_states.record(folder, worker.age, loading if state == "loading" else state, worker.pid, error)
+
+        registry.on_state(record)
+    if not held:
+        if worker.cfg.workers >= 2:
+            registry.hold_requests(REQUEST_WAIT_S, at_most=worker.cfg.threads - 1)
+        return
+    started = time.monotonic()
+    while worker.alive and registry.state == "loading":
+        worker.notify()
+        registry.wait(1.0)
+    worker.log.info("replacement worker %s: models %s after %.1f s; accepting connections", worker.pid,
+                    registry.state, time.monotonic() - started)
+
+
+def child_exit(server, worker) -> None:
+    """Forget the state of a worker that exited; drop its live gauges (its counters stay: they still count)."""
+    from prometheus_client import multiprocess
+
+    folder = worker_states.server_folder()
+    if folder is not None:
+        worker_states.forget(folder, worker.age)
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics and worker-state directories this file made."""
+    for directory in _made_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
