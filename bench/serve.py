@@ -114,7 +114,7 @@ def model_rates(graph: Path, version_dir: Path, jpeg: bytes, seconds: float, pre
     """Measure the featurizer and the served model on their own, in this process, before any server runs."""
     from imgclf.core.precision import resolve_precision
     from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
-    from imgclf.service.lifecycle.registry import apply_precision
+    from imgclf.service.servables.runtime import apply_precision
     from imgclf.training.classifier import load_model
 
     rates = {}

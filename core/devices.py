@@ -3,7 +3,7 @@
 :func:`configure_tensorflow` must run before the process builds its first
 graph, session or eager tensor: GPU memory options can only be set before
 TensorFlow initialises its devices. :mod:`imgclf.featurizer.graph.load` calls it before
-every session it creates and :mod:`imgclf.service.lifecycle.registry` before loading models;
+every session it creates and :mod:`imgclf.service.servables.runtime` before loading models;
 calling it again is free and returns the same :class:`DeviceSettings`.
 
 Three ``IMGCLF_*`` variables (read here, by the featurizer and by the service):

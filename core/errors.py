@@ -1,8 +1,8 @@
 """The exception tree shared by every part of imgclf, and the exit status of each error.
 
-Each error carries a message that says what was received. The service maps the
-classes to HTTP statuses (:mod:`imgclf.service.dataplane.errors`); the command line maps
-them to exit statuses here, with :func:`exit_status`.
+Each error carries a message that says what was received. The service's protocols
+map the classes to their statuses (HTTP: :mod:`imgclf.service.protocols.rest`); the
+command line maps them to exit statuses here, with :func:`exit_status`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,25 @@ class ModelNotFound(ImgclfError, LookupError):
 
 class TrainingDiverged(ImgclfError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+# --- what a request to the service can be refused with (each protocol maps them to its own statuses) -----------
+
+
+class BadRequest(ImgclfError):
+    """Malformed input: missing field, bad JSON, wrong shape, bad parameter (HTTP 400)."""
+
+
+class PayloadTooLarge(ImgclfError):
+    """A body or a request over a size limit (HTTP 413)."""
+
+
+class UnsupportedMediaType(ImgclfError):
+    """A content type the route does not take (HTTP 415)."""
+
+
+class NotReady(ImgclfError):
+    """Models are still loading or warming up, or the worker is busy (HTTP 503, retry later)."""
 
 
 # TensorFlow's own errors about files and memory (tf.errors.*, raised by its C++ file system, e.g. a

@@ -3,8 +3,9 @@
 ``create_app()`` builds a fresh app each time: defaults, then ``IMGCLF_*``
 environment variables, then the caller's overrides. Each resource is an
 extension with one accessor: the config (:func:`~imgclf.service.app_settings.current_config`),
-the metrics (:func:`~imgclf.service.dataplane.metrics.current_metrics`) and the model
-registry (:func:`~imgclf.service.lifecycle.registry.current_registry`). Models load once
+the metrics (:func:`~imgclf.service.dataplane.metrics.current_metrics`), the version
+manager (:func:`~imgclf.service.lifecycle.extension.current_models`) and the data plane
+over it (:func:`~imgclf.service.dataplane.extension.current_plane`). Models load once
 per worker, here (never at import, never in the gunicorn master).
 """
 
@@ -16,12 +17,11 @@ from flask import Flask
 
 from imgclf.service import app_settings as app_config
 from imgclf.service.access import auth, cross_site, redact, security_headers
-from imgclf.service.dataplane import budget, metrics
-from imgclf.service.dataplane.errors import register_error_handlers
-from imgclf.service.lifecycle import registry
+from imgclf.service.dataplane import extension as dataplane
+from imgclf.service.dataplane import metrics
 from imgclf.service.protocols import health as routes_health
 from imgclf.service.protocols.predict import routes as routes_predict
-from imgclf.service.protocols.predict.request import read_streamed_body
+from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
 from imgclf.service.protocols.v2 import routes as routes_v2
 from imgclf.service.settings import ServiceConfig
@@ -41,7 +41,6 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     app.json.sort_keys = False
     app_config.init_app(app, config)
     metrics.init_app(app)
-    budget.init_app(app)  # per-request pixel budget and the worker's decode gate
     # Hostile clients (issue 15), before any hook that reads a body: 403 for browser pages of other origins
     # (CORS for allowed ones), then API keys and rate limits when configured; security headers and no server
     # paths on every answer.
@@ -49,13 +48,14 @@ def create_app(config: ServiceConfig | dict | None = None) -> Flask:
     auth.init_app(app)
     security_headers.init_app(app)
     redact.init_app(app)
-    # Chunked bodies are read before anything else reads them (the in-flight count reads a body's "model"):
+    # Chunked bodies are read before anything else reads them:
     # 413 over the limit, 400 when malformed (werkzeug would silently cut one at the limit), as a body with a
     # Content-Length gets.
     app.before_request(read_streamed_body)
-    models = registry.init_app(app)
+    # The data plane: the version manager (models load per worker), budgets, in-flight counts.
+    plane = dataplane.init_app(app)
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    models.start()
+    plane.models.start()
     return app

@@ -60,7 +60,7 @@ class ServiceConfig:
     rate_limit: str = ""  # per key and worker, e.g. "10/s", "600/min" ("" = none); needs api_keys_file
     rate_burst: int = 0  # requests a key may send at once (0 = the rate's count: "600/min" -> 600)
     cors_origins: str = ""  # other origins whose browser pages may call the API: "https://a.example,..." or "*"
-    # Model lifecycle (imgclf.service.lifecycle.registry): look for new and removed versions this often (0: never; as TF
+    # Model lifecycle (imgclf.service.lifecycle.manager): look for new and removed versions this often (0: never; as TF
     # Serving's file_system_poll_wait_seconds); which versions to serve: latest, latest:N, all, specific:1,3;
     # or a model config file (TF Serving's model_config_list text format) naming the models, their policies
     # and labels (only the models it lists are served; IMGCLF_VERSION_POLICY and IMGCLF_MODEL_VERSIONS

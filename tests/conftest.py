@@ -62,7 +62,7 @@ def _mixed_precision_stays_in_its_test():
     """Turn grappler's process-wide mixed-precision rewrites off after each test.
 
     A registry that serves in bf16 (precision "auto" on a CPU with AMX, as a ServiceConfig built without
-    IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.lifecycle.registry
+    IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.servables.runtime
     .apply_precision); without this, the fp32 references of whichever tests run next in that worker
     would be compared against bf16 numbers.
     """

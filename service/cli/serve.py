@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # The settings file by path, and -P: neither Python nor the config import may resolve `imgclf` through
 # the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
-CONF = str(Path(__file__).with_name("gunicorn_conf.py"))
+CONF = str(Path(__file__).resolve().parents[1] / "server" / "gunicorn_conf.py")  # gunicorn -c takes a file
 APP = "imgclf.service:create_app()"
 FRONT = "imgclf.service.front.main"
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept

@@ -14,8 +14,8 @@ decoded. Two limits, beside the per-image pixel limit and the instance limit:
   Small requests fit beside a large one and are not queued behind it; a
   decode that waits longer than ``IMGCLF_DECODE_WAIT_SECONDS`` answers 503.
 
-The routes gather a request's encoded images (:func:`instance_pictures`,
-:func:`tensor_pictures`) and decode them inside :func:`admit`.
+The data plane (:mod:`imgclf.service.dataplane.plane`) decodes a request's
+encoded images inside :meth:`Budget.admit`, whatever protocol brought them.
 """
 
 from __future__ import annotations
@@ -27,17 +27,12 @@ import threading
 import time
 from collections.abc import Iterator
 
-from flask import Flask, current_app
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, NotReady, PayloadTooLarge
 from imgclf.featurizer.images.decode import open_checked
-from imgclf.service.app_settings import current_config
-from imgclf.service.dataplane.errors import NotReady, PayloadTooLarge
-from imgclf.service.dataplane.metrics import current_metrics
-from imgclf.service.protocols.predict.request import B64_FIELD, decode_b64
+from imgclf.service.settings import ServiceConfig
 
-EXTENSION = "imgclf.budget"
 # After a decode of this many pixels the freed heap goes back to the system at once: Pillow decodes in 16 MB
 # blocks, which glibc keeps in each thread's arena, so without it every thread that decoded a large image
 # would hold its ~11 bytes per pixel until the worker's periodic malloc_trim (and the gate would bound
@@ -123,11 +118,22 @@ class DecodeGate:
 
 
 class Budget:
-    """One worker's limits: pixels per request and the decode gate."""
+    """One worker's limits: pixels per image and per request, and the decode gate."""
 
-    def __init__(self, max_request_pixels: int, gate: DecodeGate):
+    def __init__(self, max_request_pixels: int, gate: DecodeGate, max_pixels: int = sys.maxsize):
         self.max_request_pixels = int(max_request_pixels)  # 0 = no limit
+        self.max_pixels = int(max_pixels)  # per image: an image over it is refused by its own check
         self.gate = gate
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig, registry: CollectorRegistry | None) -> Budget:
+        """Return the budget ``config`` sets, with a gauge of the gate's use in ``registry`` (None: unregistered,
+        as metrics are in multiprocess mode)."""
+        gauge = Gauge("imgclf_decode_pixels_in_flight", "Image pixels being decoded now (the decode gate's use).",
+                      multiprocess_mode="livesum", registry=registry)
+        return cls(config.max_request_pixels,
+                   DecodeGate(config.max_decode_pixels_in_flight, config.decode_wait_seconds, gauge),
+                   config.max_pixels)
 
     def check(self, pixels: list[int]) -> None:
         """Raise PayloadTooLarge (413) when the images' pixels sum to more than the request budget."""
@@ -136,63 +142,19 @@ class Budget:
             raise PayloadTooLarge(f"the request's {len(pixels)} image(s) decode to {total:,} pixels; at most "
                                   f"{self.max_request_pixels:,} are allowed per request")
 
+    @contextlib.contextmanager
+    def admit(self, images: list[bytes]) -> Iterator[None]:
+        """Check a request's encoded images against the budget (413), then hold the decode gate while the block runs.
 
-def init_app(app: Flask) -> Budget:
-    """Create the app's budget from its config (and a gauge of the gate in its metrics); return it."""
-    config = current_config(app)
-    metrics = current_metrics(app)
-    gauge = Gauge("imgclf_decode_pixels_in_flight", "Image pixels being decoded now (the decode gate's use).",
-                  multiprocess_mode="livesum", registry=metrics.registry)
-    budget = Budget(config.max_request_pixels,
-                    DecodeGate(config.max_decode_pixels_in_flight, config.decode_wait_seconds, gauge))
-    app.extensions[EXTENSION] = budget
-    return budget
-
-
-def current_budget(app: Flask | None = None) -> Budget:
-    """Return the budget of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]
-
-
-@contextlib.contextmanager
-def admit(images: list[bytes]) -> Iterator[None]:
-    """Check a request's encoded images against its budget (413), then hold the decode gate while the block runs.
-
-    Raises:
-        PayloadTooLarge: the images' headers claim more pixels than a request may decode.
-        DecodeBusy: no room in the gate within the wait allowed (503).
-    """
-    budget = current_budget()
-    per_image = int(current_config().max_pixels)
-    # An image over the per-image limit counts 0 here: its own check refuses it from its header, with its message.
-    pixels = [p if p <= per_image else 0 for p in map(header_pixels, images)]
-    budget.check(pixels)
-    with budget.gate.hold(max(pixels, default=0)):
-        yield
-
-
-def instance_pictures(items: list) -> list[bytes]:
-    """Return the encoded images of TF Serving instances ``{"b64": ...}`` (others, and bad base64, are skipped)."""
-    return [data for item in items if isinstance(item, dict) and set(item) == {B64_FIELD}
-            if (data := _b64_or_none(item[B64_FIELD]))]
-
-
-def tensor_pictures(inputs: list) -> list[bytes]:
-    """Return the encoded images of v2 BYTES input tensors: binary elements or base64 strings (bad ones skipped)."""
-    found = []
-    for tensor in inputs:
-        if getattr(tensor, "datatype", None) != "BYTES" or not isinstance(tensor.values, list):
-            continue
-        for value in tensor.values:
-            data = value if isinstance(value, bytes) else _b64_or_none(value)
-            if data:
-                found.append(data)
-    return found
-
-
-def _b64_or_none(value) -> bytes | None:
-    """Return the bytes of a base64 string, or None (the decode of that instance will say what is wrong)."""
-    try:
-        return decode_b64(value)
-    except ImgclfError:
-        return None
+        Raises:
+            PayloadTooLarge: the images' headers claim more pixels than a request may decode.
+            DecodeBusy: no room in the gate within the wait allowed (503).
+        """
+        if not images:
+            yield
+            return
+        # An image over the per-image limit counts 0 here: its own check refuses it from its header, with its message.
+        pixels = [p if p <= self.max_pixels else 0 for p in map(header_pixels, images)]
+        self.check(pixels)
+        with self.gate.hold(max(pixels, default=0)):
+            yield

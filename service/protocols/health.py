@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.server import worker_states
 
 bp = Blueprint("health", __name__)
@@ -26,10 +26,10 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Answer 200 when every worker's models are loaded and warmed up, 503 before (or when loading failed)."""
-    registry = current_registry()
-    models = {name: served.version for name, served in registry.models.items()}
-    readiness = worker_states.server_readiness(registry.state, registry.error)
-    body = {"status": readiness.status, "models": models, "precision": registry.precision}
+    manager = current_models()
+    models = {name: served.version for name, served in manager.models.items()}
+    readiness = worker_states.server_readiness(manager.state, manager.error)
+    body = {"status": readiness.status, "models": models, "precision": manager.precision}
     if readiness.workers is not None:
         body["workers"] = readiness.workers
     if readiness.error:

@@ -2,7 +2,7 @@
 
 Pictures are decoded in Python exactly as training decoded them (EXIF applied),
 then predicted through the SavedModel's images signature in batches gathered
-from concurrent requests (:mod:`imgclf.service.dataplane.batching`) — or, for a model
+from concurrent requests (:mod:`imgclf.service.servables.batching`) — or, for a model
 served on OpenVINO (``IMGCLF_BACKEND``, :mod:`imgclf.training.serving_backend`),
 through its OpenVINO featurizer and the head. Signature ``bottleneck`` takes
 featurizer vectors.
@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from imgclf.core import export_names as names
+from imgclf.core.errors import BadRequest
 from imgclf.core.model_kind import ModelKind
-from imgclf.service.dataplane.errors import BadRequest
-from imgclf.service.servables.base import METHOD_NAME, LoadContext, Servable, describe, tensor_def
+from imgclf.core.values import describe
+from imgclf.service.servables.base import STRING, LoadContext, Servable, Signature, TensorSpec
 from imgclf.training.classifier import LoadedModel, load_model
 
 
@@ -27,8 +28,6 @@ class ImageClassifierServable(Servable):
     """An exported image classifier (Inception-v3 bottlenecks + a dense head)."""
 
     kind = ModelKind.IMAGE_CLASSIFIER
-    signatures = (names.SERVING_SIGNATURE, names.BOTTLENECK_SIGNATURE)
-
     def __init__(self, name: str, version: int, model: LoadedModel, context: LoadContext):
         super().__init__(name, version, model.labels, model.card)
         self.model = model
@@ -52,66 +51,55 @@ class ImageClassifierServable(Servable):
         pictures = [_blank_picture("JPEG", (48, 32)), _blank_picture("PNG", (48, 32))]
         if self.model.decode_mode == "fast":
             pictures.append(_blank_picture("JPEG", (4 * size, 4 * size)))
-        inputs = [self.decode_image(picture)[1] for picture in pictures]
+        inputs = [self.decode_picture(picture)[1] for picture in pictures]
         self.batcher.submit(inputs[0][None])
 
-    def signature_defs(self) -> dict:
-        """Describe the serving (image bytes) and bottleneck signatures."""
-        outputs = {names.PROBABILITIES_KEY: tensor_def("float32", [-1, len(self.labels)]),
-                   names.CLASSES_KEY: tensor_def("int64", [-1]),
-                   names.LABELS_KEY: tensor_def("string", [-1])}
-        return {
-            names.SERVING_SIGNATURE: {"inputs": {names.IMAGE_BYTES_KEY: tensor_def("string", [-1])},
-                                      "outputs": outputs, "method_name": METHOD_NAME},
-            names.BOTTLENECK_SIGNATURE: {"inputs": {names.BOTTLENECK_KEY: tensor_def("float32",
-                                                                                    [-1, self.model.bottleneck_dim])},
-                                         "outputs": outputs, "method_name": METHOD_NAME},
-        }
+    def make_signatures(self) -> dict[str, Signature]:
+        """Return the serving (image bytes) and bottleneck signatures; both answer probabilities, classes, labels."""
+        outputs = (TensorSpec(names.PROBABILITIES_KEY, "float32", (-1, len(self.labels))),
+                   TensorSpec(names.CLASSES_KEY, "int64", (-1,)), TensorSpec(names.LABELS_KEY, STRING, (-1,)))
+        pictures = TensorSpec(names.IMAGE_BYTES_KEY, STRING, (-1,))
+        bottlenecks = TensorSpec(names.BOTTLENECK_KEY, "float32", (-1, self.model.bottleneck_dim))
+        return {names.SERVING_SIGNATURE: Signature(names.SERVING_SIGNATURE, pictures, outputs),
+                names.BOTTLENECK_SIGNATURE: Signature(names.BOTTLENECK_SIGNATURE, bottlenecks, outputs)}
 
-    def check_signature(self, signature: str | None) -> str:
-        """Return the signature a request names (None: serving_default), or raise BadRequest."""
-        signature = signature or names.SERVING_SIGNATURE
-        if signature not in self.signatures:
-            raise BadRequest(f"unknown signature_name {signature!r}; this model serves {', '.join(self.signatures)}")
-        return signature
-
-    def input_key(self, signature: str) -> str:
-        """Return "image_bytes" (serving) or "bottleneck"."""
-        return names.IMAGE_BYTES_KEY if signature == names.SERVING_SIGNATURE else names.BOTTLENECK_KEY
-
-    def decode_image(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def decode_picture(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Decode and validate one encoded image; return (uint8 RGB, network input [S, S, 3])."""
         return self.model.preprocess(data)
 
-    def decode_instance(self, item, index: int, signature: str) -> np.ndarray:
-        """Return the network input of one ``{"b64": ...}`` image instance."""
-        if not isinstance(item, dict) or set(item) != {"b64"}:
-            raise BadRequest(f'instance {index} must be {{"b64": "<base64 image>"}} or '
-                             f'{{"{names.IMAGE_BYTES_KEY}": {{"b64": "<base64 image>"}}}}; received {describe(item)}')
-        return self.decode_b64_instance(item, index)
+    def decode_instance(self, value, index: int, signature: Signature) -> np.ndarray:
+        """Return the network input of one encoded image (serving), or check one bottleneck row (bottleneck)."""
+        if signature.takes_pictures:
+            if not isinstance(value, bytes):
+                raise BadRequest(f'instance {index} must be {{"b64": "<base64 image>"}} or '
+                                 f'{{"{names.IMAGE_BYTES_KEY}": {{"b64": "<base64 image>"}}}}; '
+                                 f"received {describe(value)}")
+            return self.picture_input(value, index)
+        return _bottlenecks([value], self.model.bottleneck_dim, index)[0]
 
-    def decode_batch(self, items: list, signature: str) -> np.ndarray:
+    def decode_batch(self, values: list, signature: Signature) -> np.ndarray:
         """Return network inputs [N, S, S, 3] (serving) or bottleneck rows [N, D] (bottleneck)."""
-        if signature == names.SERVING_SIGNATURE:
-            return super().decode_batch(items, signature)
-        return _bottlenecks(items, self.model.bottleneck_dim)
+        if signature.takes_pictures:
+            return super().decode_batch(values, signature)
+        return _bottlenecks(values, self.model.bottleneck_dim)
 
-    def predict(self, batch: np.ndarray, signature: str = names.SERVING_SIGNATURE) -> dict[str, list]:
+    def predict(self, batch: np.ndarray, signature: Signature) -> dict[str, np.ndarray]:
         """Return probabilities, classes (the argmax) and labels of network inputs or bottleneck rows."""
-        if signature == names.SERVING_SIGNATURE:
+        if signature.takes_pictures:
             probabilities = self.batcher.submit(np.asarray(batch, dtype=np.float32))
         else:
             probabilities = self.model.predict_bottlenecks(batch)
         probabilities = np.asarray(probabilities, dtype=np.float32)
         classes = np.argmax(probabilities, axis=1)  # as the SavedModel's tf.argmax: the first of equal maxima
-        return {names.PROBABILITIES_KEY: probabilities.tolist(), names.CLASSES_KEY: classes.tolist(),
-                names.LABELS_KEY: [self.labels[c] for c in classes]}
+        return {names.PROBABILITIES_KEY: probabilities, names.CLASSES_KEY: classes.astype(np.int64),
+                names.LABELS_KEY: np.array([self.labels[c] for c in classes], dtype=object)}
 
 
-def _bottlenecks(items: list, dim: int) -> np.ndarray:
-    """Return bottleneck rows [N, dim] as float32, refusing non-numbers and non-finite values."""
+def _bottlenecks(items: list, dim: int, first: int = 0) -> np.ndarray:
+    """Return bottleneck rows [N, dim] as float32, refusing non-numbers and non-finite values (``first``: the
+    first row's instance number, for messages)."""
     rows = []
-    for index, row in enumerate(items):
+    for index, row in enumerate(items, first):
         if not isinstance(row, list) or len(row) != dim:
             raise BadRequest(f"instance {index} must be a list of {dim} numbers; received {describe(row)}")
         if not set(map(type, row)) <= {int, float}:  # no strings, booleans or nested lists
@@ -127,7 +115,7 @@ def _bottlenecks(items: list, dim: int) -> np.ndarray:
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         raise BadRequest(f"bottleneck values must be finite float32 numbers (no NaN or Infinity); "
-                         f"instance {int(np.argmax(bad))} is not")
+                         f"instance {first + int(np.argmax(bad))} is not")
     return vectors
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core import export_names as names
+from imgclf.core.errors import BadRequest
 from imgclf.core.model_kind import ModelKind
+from imgclf.core.values import describe, is_number
 from imgclf.featurizer.images.decode import decode_rgb
 from imgclf.models import signature as sig
 from imgclf.models.digit_image import to_mnist
 from imgclf.models.serving import SecondaryModel, load_secondary
-from imgclf.service.dataplane.errors import BadRequest
-from imgclf.service.servables.base import LoadContext, Servable, card_signature_def, describe, is_number
+from imgclf.service.servables.base import LoadContext, Servable, Signature, card_signature
 
 
 class SecondaryServable(Servable):
@@ -34,13 +35,9 @@ class SecondaryServable(Servable):
         """Load a secondary model's version directory."""
         return cls(name, version, load_secondary(path, allow_unsafe_ops=context.config.allow_unsafe_ops), context)
 
-    def signature_defs(self) -> dict:
-        """Describe the one signature, from the model card."""
-        return {names.SERVING_SIGNATURE: card_signature_def(self.card)}
-
-    def input_key(self, signature: str) -> str:
-        """Return the signature's input key: "images" or "x"."""
-        return self.model.input_key
+    def make_signatures(self) -> dict[str, Signature]:
+        """Return the one signature, as the model card describes it."""
+        return {names.SERVING_SIGNATURE: card_signature(self.card)}
 
 
 class DigitClassifierServable(SecondaryServable):
@@ -65,25 +62,25 @@ class DigitClassifierServable(SecondaryServable):
         """Predict one blank digit."""
         self.model.predict(np.zeros((1, sig.IMAGE_SIZE, sig.IMAGE_SIZE), np.float32))
 
-    def decode_image(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def decode_picture(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Decode and validate one encoded picture; return (uint8 RGB, MNIST-style input [28, 28])."""
         rgb = decode_rgb(bytes(data), self.max_pixels)
         return rgb, to_mnist(rgb)
 
-    def decode_instance(self, item, index: int, signature: str) -> np.ndarray:
-        """Return one MNIST-style input [28, 28] in [0, 1]: from a 28×28 array (0-1 or 0-255) or a b64 picture."""
-        if isinstance(item, dict):
-            if set(item) != {"b64"}:
-                raise BadRequest(f'instance {index} must be a 28x28 array or {{"b64": "<base64 image>"}}; '
-                                 f"received {describe(item)}")
-            return self.decode_b64_instance(item, index)
-        return _digit_array(item, index)
+    def decode_instance(self, value, index: int, signature: Signature) -> np.ndarray:
+        """Return one MNIST-style input [28, 28] in [0, 1]: from a 28×28 array (0-1 or 0-255) or a picture (bytes)."""
+        if isinstance(value, bytes):
+            return self.picture_input(value, index)
+        if isinstance(value, dict):
+            raise BadRequest(f'instance {index} must be a 28x28 array or {{"b64": "<base64 image>"}}; '
+                             f"received {describe(value)}")
+        return _digit_array(value, index)
 
-    def predict(self, batch: np.ndarray, signature: str = names.SERVING_SIGNATURE) -> dict[str, list]:
+    def predict(self, batch: np.ndarray, signature: Signature) -> dict[str, np.ndarray]:
         """Return probabilities [N, 10] and classes [N] of digits [N, 28, 28] in [0, 1]."""
         outputs = self.model.predict(np.asarray(batch, dtype=np.float32))
-        return {sig.PROBABILITIES_KEY: np.asarray(outputs[sig.PROBABILITIES_KEY], dtype=np.float32).tolist(),
-                sig.CLASSES_KEY: np.asarray(outputs[sig.CLASSES_KEY]).reshape(-1).astype(int).tolist()}
+        return {sig.PROBABILITIES_KEY: np.asarray(outputs[sig.PROBABILITIES_KEY], dtype=np.float32),
+                sig.CLASSES_KEY: np.asarray(outputs[sig.CLASSES_KEY]).reshape(-1).astype(np.int64)}
 
 
 class RegressionServable(SecondaryServable):
@@ -100,12 +97,16 @@ class RegressionServable(SecondaryServable):
         """Predict x = 0."""
         self.model.predict(np.zeros((1, 1), np.float32))
 
-    def check_image_input(self) -> None:
-        """Refuse pictures: a regression takes numbers, on the TF Serving route."""
-        raise BadRequest(f"model {self.name!r} is a regression model (x in, y out), not an image classifier; "
-                         f'send {{"instances": [[x], ...]}} to /v1/models/{self.name}:predict')
+    @property
+    def takes_pictures(self) -> bool:
+        """Return False: a regression takes numbers."""
+        return False
 
-    def decode_instance(self, item, index: int, signature: str) -> np.ndarray:
+    def decode_picture(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Refuse a picture: a regression takes numbers."""
+        raise BadRequest(f"model {self.name!r} is a regression model (x in, y out), not an image classifier")
+
+    def decode_instance(self, item, index: int, signature: Signature) -> np.ndarray:
         """Return one x as [x] (float64; :meth:`decode_batch` checks it fits float32): a number or [number]."""
         if isinstance(item, list) and len(item) == 1:
             item = item[0]
@@ -116,7 +117,7 @@ class RegressionServable(SecondaryServable):
         except OverflowError as exc:  # an integer beyond float range
             raise BadRequest(f"instance {index}: x must be a finite float32 number; received a huge integer") from exc
 
-    def decode_batch(self, items: list, signature: str) -> np.ndarray:
+    def decode_batch(self, items: list, signature: Signature) -> np.ndarray:
         """Return x [N, 1] as float32, refusing values float32 cannot hold."""
         x = super().decode_batch(items, signature)
         with np.errstate(over="ignore"):
@@ -126,10 +127,10 @@ class RegressionServable(SecondaryServable):
                              "is not")
         return x32
 
-    def predict(self, batch: np.ndarray, signature: str = names.SERVING_SIGNATURE) -> dict[str, list]:
+    def predict(self, batch: np.ndarray, signature: Signature) -> dict[str, np.ndarray]:
         """Return y [N, 1] for x [N, 1] (raw units)."""
         y = self.model.predict(np.asarray(batch, dtype=np.float32))[sig.Y_KEY]
-        return {sig.Y_KEY: np.asarray(y, dtype=np.float32).reshape(-1, 1).tolist()}
+        return {sig.Y_KEY: np.asarray(y, dtype=np.float32).reshape(-1, 1)}
 
 
 def _digit_array(item, index: int) -> np.ndarray:

@@ -23,7 +23,7 @@ answering while it reloads its models. Each model call already spreads over
 every core, so on a small machine more workers add memory rather than
 throughput; for the most throughput there, run one (``bench/serve.py
 --workers N`` measures it). Requests of a worker that arrive together share one
-model call (``imgclf.service.dataplane.batching``), so with one image per request a batch holds
+model call (``imgclf.service.servables.batching``), so with one image per request a batch holds
 at most ``IMGCLF_THREADS`` images.
 
 No ``preload_app``: TensorFlow must never be imported in the master, because
@@ -202,7 +202,7 @@ def post_worker_init(worker) -> None:
     /readyz. With a single worker there is nobody else to answer: it accepts at once and says 503
     (Retry-After) while it loads.
     """
-    registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.registry")
+    registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.models")
     folder = worker_states.server_folder()
     if registry is None:  # not the imgclf app (or wrapped): nothing to wait for, nothing to report
         if folder is not None:

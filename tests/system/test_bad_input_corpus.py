@@ -104,7 +104,7 @@ def reference(model_repo):
 def app(model_repo, repo_snapshot):
     app = create_app({"model_repository": model_repo, "load_in_background": False, **SERVICE_CONFIG})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")

@@ -186,13 +186,13 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_server_keeps_the_p
     version, label, score = predict(client, jpeg)
     assert (version, label) == reference[:2] and score == pytest.approx(reference[2], abs=1e-6), seen
     # One poll of the repository brings in the newest complete version and nothing from the work directories.
-    running.extensions["imgclf.registry"].sync()
+    running.extensions["imgclf.models"].sync()
     assert predict(client, jpeg)[0] == max(list_versions(repo, "shapes")), seen
     fresh = create_app({"model_repository": repo, "load_in_background": False, "poll_seconds": 0})
     assert fresh.test_client().get("/readyz").status_code == 200
     assert predict(fresh.test_client(), jpeg)[0] == max(list_versions(repo, "shapes")), seen
     for app in (running, fresh):
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
     # The next export publishes the next version; leftovers untouched for an hour are removed, younger
     # ones (maybe another export's, running now) stay.

@@ -54,7 +54,7 @@ def reference(repo):
     """The same repository served in this process: the answers the SDK must get."""
     app = create_app({"model_repository": repo, "load_in_background": False, "max_instances": 8})
     yield app.test_client()
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")

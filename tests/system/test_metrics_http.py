@@ -32,7 +32,7 @@ def app(model_repo):
         return {"number": number}
 
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_requests_are_counted_by_rule_method_and_status(app):
@@ -61,7 +61,7 @@ def test_requests_are_counted_by_rule_method_and_status(app):
 
 def test_batches_and_load_time_are_recorded_per_model(app):
     client = app.test_client()
-    served = app.extensions["imgclf.registry"].get("shapes")
+    served = app.extensions["imgclf.models"].get("shapes")
     before = scrape(client)
     assert value(before, "imgclf_batch_size_count", model="shapes") == 1  # the warm-up call
     assert value(before, "imgclf_model_load_seconds", model="shapes") > 0

@@ -30,7 +30,7 @@ def app(model_repo):
     app = create_app({"model_repository": model_repo, "load_in_background": False,
                       "max_instances": MAX_INSTANCES})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_the_fuzzed_document_is_the_served_one(app):

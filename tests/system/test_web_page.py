@@ -59,7 +59,7 @@ def repo(model_repo, legacy_graph_path, tmp_path_factory):
 def app(repo):
     app = create_app({"model_repository": repo, "load_in_background": False})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @contextlib.contextmanager
@@ -318,7 +318,7 @@ def secondary_app(secondary_repo, model_repo, tmp_path_factory):
     shutil.copytree(model_repo / "shapes", combined / "shapes")
     app = create_app({"model_repository": combined, "load_in_background": False})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")
@@ -582,7 +582,7 @@ def keyed_url(repo, tmp_path_factory):
         with serving(app) as url:
             yield url
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_the_page_asks_for_a_key_and_sends_it(page, keyed_url, model_repo):

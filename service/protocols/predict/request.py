@@ -1,90 +1,27 @@
-"""Read what a request sends: the image (multipart, raw body or JSON base64) and its parameters.
+"""Read what a POST /predict request sends: the image (multipart, raw body or JSON base64) and its parameters.
 
-Shared by the routes so every one of them refuses bad input with the same
-clear messages: which fields were received, what the base64 looked like,
-which range ``top_k`` must be in.
+Bad input is refused with clear messages: which fields were received, what the
+base64 looked like, which range ``top_k`` must be in.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import re
 
-from flask import Request, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Request
 
-from imgclf.service.dataplane.errors import BadRequest, UnsupportedMediaType
+from imgclf.core.errors import BadRequest, UnsupportedMediaType
+from imgclf.core.values import json_type, short
+from imgclf.service.protocols.rest import B64_FIELD, decode_b64
 
 IMAGE_FIELD = "image"  # the multipart field that carries the file
-B64_FIELD = "b64"  # the JSON field that carries the base64-encoded image
 MODEL_FIELD = "model"  # the parameter (query, JSON or form field) that names the model
 ACCEPTED = ('multipart/form-data (field "image"), application/json ({"b64": ...}), '
             "image/* or application/octet-stream")
-_DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)  # what a browser's FileReader gives
-_WHITESPACE = re.compile(r"\s+")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")  # bounded: int() of a huge digit string raises
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 _JSON_CACHE = "imgclf.json_body"  # request.environ key: the body is parsed once per request
-_READ_SIZE = 64 * 1024  # bytes per read of a chunked body
-
-
-def read_streamed_body() -> None:
-    """Read a body sent without Content-Length (chunked) before any view does: 413 over the limit, 400 if malformed.
-
-    Registered with ``app.before_request``. Werkzeug cuts such a body at
-    ``MAX_CONTENT_LENGTH`` without a word (a view would see a truncated image or
-    JSON and blame the client's data), and a malformed chunk raises the server's
-    own parse error in the view (a 500). Read here once, the body then reaches
-    every view as if it had come with a Content-Length.
-
-    Raises:
-        RequestEntityTooLarge: the body is longer than ``MAX_CONTENT_LENGTH``.
-        BadRequest: the server cannot read the body (bad chunk size, missing terminator, disconnect).
-    """
-    environ = request.environ
-    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or "wsgi.input_terminated" not in environ:
-        return  # no body, a Content-Length body (werkzeug checks it), or one the server cannot delimit (ignored)
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    stream = environ["wsgi.input"]
-    body = bytearray()
-    try:
-        while chunk := stream.read(_READ_SIZE if limit is None else min(_READ_SIZE, limit + 1 - len(body))):
-            body += chunk
-            if limit is not None and len(body) > limit:
-                raise RequestEntityTooLarge()
-    except RequestEntityTooLarge:
-        raise
-    except Exception as exc:
-        raise BadRequest(f"cannot read the request body: {type(exc).__name__}: {exc}") from exc
-    environ["wsgi.input"] = io.BytesIO(bytes(body))
-    environ["CONTENT_LENGTH"] = str(len(body))
-    environ.pop("HTTP_TRANSFER_ENCODING", None)
-
-
-def decode_b64(value: str) -> bytes:
-    """Return the bytes of a base64 string (standard or URL-safe alphabet, padding optional).
-
-    Whitespace (MIME line breaks) and a ``data:...;base64,`` prefix are allowed.
-
-    Raises:
-        BadRequest: not a string, empty, or not base64; the message shows what was received.
-    """
-    if not isinstance(value, str):
-        raise BadRequest(f"b64 must be a string of base64; received {_json_type(value)}")
-    text = _WHITESPACE.sub("", _DATA_URL.sub("", value.strip(), count=1))
-    if not text:
-        raise BadRequest("b64 is empty: expected the base64-encoded image")
-    if "-" in text or "_" in text:  # URL-safe alphabet (TF Serving's clients send either)
-        text = text.replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4) if len(text) % 4 != 1 else ""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"b64 is not valid base64 ({exc}); received {len(value)} characters "
-                         f"starting {value[:24]!r}") from exc
 
 
 def json_object(request: Request) -> dict:
@@ -105,7 +42,7 @@ def json_object(request: Request) -> dict:
         raise BadRequest(f"malformed JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest(f"the JSON body must be an object like {{\"{B64_FIELD}\": ...}}; "
-                         f"received {_json_type(body)}")
+                         f"received {json_type(body)}")
     request.environ[_JSON_CACHE] = body
     return body
 
@@ -167,7 +104,7 @@ def requested_model(request: Request) -> str | None:
     """
     value = request_param(request, MODEL_FIELD)
     if value is not None and not isinstance(value, str):
-        raise BadRequest(f'"{MODEL_FIELD}" must be a string naming a served model; received {_short(value)}')
+        raise BadRequest(f'"{MODEL_FIELD}" must be a string naming a served model; received {short(value)}')
     return value or None
 
 
@@ -190,7 +127,7 @@ def parse_top_k(value, n_labels: int, default: int) -> int:
     else:
         k = None
     if k is None or not 1 <= k <= n_labels:
-        raise BadRequest(f"top_k must be an integer between 1 and {n_labels}; received {_short(value)}")
+        raise BadRequest(f"top_k must be an integer between 1 and {n_labels}; received {short(value)}")
     return k
 
 
@@ -216,18 +153,3 @@ def _names(names) -> str:
     """Return the first few received field names, for an error message."""
     names = [str(name)[:40] for name in names]
     return (", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")) or "none"
-
-
-def _short(value) -> str:
-    """Return the repr of a received value, cut so a huge one cannot flood the message."""
-    if isinstance(value, int) and abs(value) >= 10**30:  # JSON allows 4300 digits
-        return f"an integer of {len(str(abs(value)))} digits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _json_type(value) -> str:
-    """Name a JSON value's type as a client would say it."""
-    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-             int: "a number", float: "a number"}
-    return kinds.get(type(value), type(value).__name__)

@@ -14,10 +14,13 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
+from imgclf.core import export_names as names
+from imgclf.core.errors import BadRequest
 from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.annotate import annotate_to_jpeg
-from imgclf.service.dataplane.budget import admit
-from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.dataplane.extension import current_plane
+from imgclf.service.dataplane.plane import InferenceRequest
+from imgclf.service.dataplane.postprocess import top_k
 from imgclf.service.protocols.predict.request import (
     image_from_request,
     parse_bool,
@@ -34,27 +37,26 @@ def predict():
     """Answer the top-k labels of the posted image (JSON), or the annotated image (JPEG)."""
     started = time.perf_counter()
     config = current_config()
-    served = current_registry().get(requested_model(request))
-    served.check_image_input()
-    data = image_from_request(request)
-    k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
-    as_jpeg = _wants_jpeg()
-    annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
-
-    decoding = time.perf_counter()
-    with admit([data]):  # 413 over the request's pixel budget; waits for the worker's decode gate
-        rgb, inputs = served.decode_image(data)
-    decoded = time.perf_counter()
-    outputs = served.predict(inputs[None])
-    predicted = time.perf_counter()
-    best = served.top_k(outputs, k)[0]
-    jpeg = annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], config.font or None) if annotate else None
+    plane = current_plane()
+    with plane.model(requested_model(request)) as served:
+        if not served.takes_pictures:
+            raise BadRequest(f"model {served.name!r} is a regression model (x in, y out), not an image classifier; "
+                             f'send {{"instances": [[x], ...]}} to /v1/models/{served.name}:predict')
+        data = image_from_request(request)
+        k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
+        as_jpeg = _wants_jpeg()
+        annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
+        answer = plane.infer(served, InferenceRequest([data], keep_pictures=True))
+    best = top_k(answer.outputs[names.PROBABILITIES_KEY][0], served.labels, k)
+    jpeg = None
+    if annotate:
+        jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], config.font or None)
 
     if as_jpeg:
         response = Response(jpeg, mimetype="image/jpeg")
     else:
         body = {"model": served.name, "version": served.version, "predictions": best,
-                "timing_ms": {"decode": _ms(decoded - decoding), "predict": _ms(predicted - decoded),
+                "timing_ms": {"decode": _ms(answer.seconds["decode"]), "predict": _ms(answer.seconds["predict"]),
                               "total": _ms(time.perf_counter() - started)}}
         if jpeg is not None:
             body["annotated_image"] = base64.b64encode(jpeg).decode("ascii")

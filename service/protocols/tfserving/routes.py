@@ -3,10 +3,10 @@
 Request and response bodies follow TF Serving's REST API (row format
 ``{"instances": [...]}`` and columnar format ``{"inputs": ...}``, binary
 values as ``{"b64": ...}``), so a TF Serving client works against imgclf
-unchanged. The routes only translate HTTP: each instance is decoded, the
-batch predicted and the outputs formatted by the model's
-:class:`~imgclf.service.servables.base.Servable`. Model names from URLs are only
-ever looked up in the registry, never joined into paths.
+unchanged. The routes only translate: the body into the data plane's
+instances and its outputs into rows or columns (:mod:`imgclf.service.protocols.tfserving.codec`).
+Model names from URLs are only ever looked up in the version manager, never
+joined into paths.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import re
 from flask import Blueprint, jsonify, request
 from werkzeug.routing import BaseConverter
 
+from imgclf.core.errors import BadRequest
 from imgclf.service.app_settings import current_config
-from imgclf.service.dataplane.budget import admit, instance_pictures
-from imgclf.service.dataplane.errors import BadRequest
-from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.dataplane.extension import current_plane
+from imgclf.service.dataplane.plane import InferenceRequest
+from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.openapi import document
+from imgclf.service.protocols.tfserving import codec
 from imgclf.service.protocols.tfserving.ovms_json import with_json_names
-from imgclf.service.servables.base import Servable, describe
+from imgclf.service.servables.base import Servable
 
 bp = Blueprint("tfserving", __name__)
 
@@ -55,8 +57,8 @@ def _served(name: str, version: str | None = None, label: str | None = None) -> 
     Version 0 means the default version, as OpenVINO Model Server's clients send it.
     """
     if label is not None:
-        return current_registry().get_label(name, label)
-    return current_registry().get(name, _version(version) or None)
+        return current_models().get_label(name, label)
+    return current_models().get(name, _version(version) or None)
 
 
 # --- status, metadata, list -------------------------------------------------------------------------------------
@@ -68,14 +70,14 @@ def _served(name: str, version: str | None = None, label: str | None = None) -> 
 def model_status(name: str, version: str | None = None, label: str | None = None):
     """Answer TF Serving's model status: every version of the model with its state, or the one named (version 0:
     the default version); with KServe v1's ``name`` and ``ready`` (a version of it is AVAILABLE) beside it."""
-    registry = current_registry()
+    models = current_models()
     if label is not None:
-        number = registry.label_version(name, label)
+        number = models.label_version(name, label)
     else:
         number = _version(version)
         if number == 0:
-            number = registry.default_version(name)
-    statuses = registry.status(name, number)
+            number = models.default_version(name)
+    statuses = models.status(name, number)
     ready = any(status["state"] == "AVAILABLE" for status in statuses)
     return jsonify(name=name, ready=ready, model_version_status=statuses)
 
@@ -88,7 +90,7 @@ def model_metadata(name: str, version: str | None = None, label: str | None = No
     served = _served(name, version, label)
     body = {
         "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
-        "metadata": {"signature_def": {"signature_def": served.signature_defs()}},
+        "metadata": {"signature_def": {"signature_def": codec.signature_defs(served)}},
         "labels": served.labels,
         "model_card": served.card,
     }
@@ -100,12 +102,12 @@ def model_metadata(name: str, version: str | None = None, label: str | None = No
 @bp.get("/v1/models")
 def list_models():
     """List the served models with their default version, every available version, and labels."""
-    registry = current_registry()
-    if not registry.ready:
-        registry.get()  # raises NotReady with the reason
+    models = current_models()
+    if not models.ready:
+        models.get()  # raises NotReady with the reason
     return jsonify(models=[{"name": s.name, "version": s.version, "labels": s.labels, "kind": s.kind.value,
-                            "versions": registry.available_versions(s.name)}
-                           for _, s in sorted(registry.models.items())])
+                            "versions": models.available_versions(s.name)}
+                           for _, s in sorted(models.models.items())])
 
 
 # --- predict ------------------------------------------------------------------------------------------------------
@@ -116,20 +118,18 @@ def list_models():
 @bp.post("/v1/models/<segment:name>/labels/<segment:label>:predict")
 def predict(name: str, version: str | None = None, label: str | None = None):
     """Predict a TF Serving request: row format answers ``predictions``, columnar format ``outputs``."""
-    served = _served(name, version, label)
-    body = _json_body()
-    signature = served.check_signature(body.get("signature_name"))
-    if ("instances" in body) == ("inputs" in body):
-        raise BadRequest('the request must hold exactly one of "instances" (row format) or "inputs" '
-                         f"(columnar format); received keys {sorted(body)}")
-    row_format = "instances" in body
-    items = _items(body["instances"] if row_format else body["inputs"], served.input_key(signature), row_format)
-    with admit(instance_pictures(items)):  # 413 over the request's pixel budget, before any decoding
-        batch = served.decode_batch(items, signature)
-    outputs = served.predict(batch, signature)
-    if row_format:
-        return jsonify(predictions=served.rows(outputs))
-    return jsonify(outputs=served.columns(outputs))
+    plane = current_plane()
+    number = _version(version) or None
+    with plane.model(name, number, label) as served:
+        body = _json_body()
+        signature = served.signature(body.get("signature_name"))
+        items, where = codec.instances(body, signature)
+        plane.check_count(len(items), where)  # before any picture is read
+        inference = InferenceRequest(codec.pictures_decoded(items, served), signature.name, where=where)
+        outputs = plane.infer(served, inference).outputs
+    if "instances" in body:
+        return jsonify(predictions=codec.rows(outputs))
+    return jsonify(outputs=codec.columns(outputs))
 
 
 def _json_body() -> dict:
@@ -145,29 +145,12 @@ def _json_body() -> dict:
     return body
 
 
-def _items(value, input_key: str, row_format: bool) -> list:
-    """Return the per-instance values of ``instances`` or ``inputs``, unwrapping the named-input forms."""
-    where = "instances" if row_format else "inputs"
-    if not row_format and isinstance(value, dict):  # columnar, named: {"image_bytes": [...]}
-        if set(value) != {input_key}:
-            raise BadRequest(f'"inputs" must name the one input {input_key!r}; received {sorted(value)}')
-        value = value[input_key]
-    if not isinstance(value, list) or not value:
-        raise BadRequest(f'"{where}" must be a non-empty list; received {describe(value)}')
-    limit = int(current_config().max_instances)
-    if len(value) > limit:
-        raise BadRequest(f'"{where}" holds {len(value)} items; at most {limit} are allowed per request')
-    if row_format:  # row format, named: [{"image_bytes": {"b64": ...}}, ...]
-        value = [item[input_key] if isinstance(item, dict) and set(item) == {input_key} else item for item in value]
-    return value
-
-
 # --- the API description ------------------------------------------------------------------------------------------
 
 
 @bp.get("/openapi.json")
 def openapi_json():
     """Answer the OpenAPI 3 description of the whole service."""
-    registry = current_registry()
-    return jsonify(document(sorted(registry.models) if registry.ready else [],
+    models = current_models()
+    return jsonify(document(sorted(models.models) if models.ready else [],
                             max_instances=int(current_config().max_instances)))

@@ -1,12 +1,13 @@
 """A servable as the Open Inference Protocol (KServe v2) sees it: named input and output tensors.
 
-Everything is derived from the servable's own signature defs (TF Serving's
-shape), so each kind of model speaks v2 without a line of its own: an image
-classifier takes ``image_bytes`` (BYTES, one encoded image per batch entry) or
-``bottleneck`` (FP32 [N, D]), a digit classifier ``images`` (FP32 [N, 28, 28]),
-the regression ``x`` (FP32 [N, 1]). The input a request names picks the
-signature; the servable decodes and checks the values as it does for the TF
-Serving route, so both routes refuse the same inputs with the same messages.
+Everything is derived from the servable's own signatures, so each kind of
+model speaks v2 without a line of its own: an image classifier takes
+``image_bytes`` (BYTES, one encoded image per batch entry) or ``bottleneck``
+(FP32 [N, D]), a digit classifier ``images`` (FP32 [N, 28, 28]), the
+regression ``x`` (FP32 [N, 1]). The input a request names picks the
+signature; the data plane decodes and checks the values as it does for the
+other protocols, so every protocol refuses the same inputs with the same
+messages.
 """
 
 from __future__ import annotations
@@ -15,24 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgclf.core.errors import InvalidImage
-from imgclf.service.dataplane.errors import BadRequest
-from imgclf.service.protocols.predict.request import decode_b64
-from imgclf.service.protocols.v2.tensors import (
-    FROM_TF_DTYPE,
-    NUMPY_DTYPES,
-    InputTensor,
-    RequestedOutput,
-    elements,
-    nest,
-)
-from imgclf.service.servables.base import Servable
+from imgclf.core.errors import BadRequest, InvalidImage
+from imgclf.service.dataplane.plane import DataPlane, InferenceRequest
+from imgclf.service.protocols.rest import decode_b64
+from imgclf.service.protocols.v2.tensors import NUMPY_DTYPES, InputTensor, RequestedOutput, elements, nest
+from imgclf.service.servables.base import Servable, TensorSpec
 
 PLATFORM = "tensorflow_savedmodel"  # what every export is; Triton's name for it
+DATATYPES = {"float32": "FP32", "int64": "INT64", "string": "BYTES"}  # the servables' dtypes -> v2 datatypes
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class V2Spec:
     """One input or output as v2 metadata describes it (-1: any size)."""
 
     name: str
@@ -45,24 +40,25 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-def _specs(served: Servable, side: str) -> dict[str, TensorSpec]:
-    """Return the inputs or outputs (``side``) of every signature of ``served``, by name (first signature wins)."""
-    specs: dict[str, TensorSpec] = {}
-    for signature, definition in served.signature_defs().items():
-        for name, info in definition[side].items():
-            shape = tuple(int(d["size"]) for d in info["tensor_shape"]["dim"])
-            specs.setdefault(name, TensorSpec(name, FROM_TF_DTYPE.get(info["dtype"], "FP32"), shape, signature))
+def _spec(spec: TensorSpec, signature: str) -> V2Spec:
+    return V2Spec(spec.name, DATATYPES.get(spec.dtype, "FP32"), spec.shape, signature)
+
+
+def input_specs(served: Servable) -> dict[str, V2Spec]:
+    """Return the inputs ``served`` takes over v2, by name (first signature wins); a request sends one of them."""
+    specs: dict[str, V2Spec] = {}
+    for name, signature in served.signatures().items():
+        specs.setdefault(signature.input.name, _spec(signature.input, name))
     return specs
 
 
-def input_specs(served: Servable) -> dict[str, TensorSpec]:
-    """Return the inputs ``served`` takes over v2, by name; a request sends exactly one of them."""
-    return _specs(served, "inputs")
-
-
-def output_specs(served: Servable) -> dict[str, TensorSpec]:
-    """Return the outputs ``served`` answers over v2, by name."""
-    return _specs(served, "outputs")
+def output_specs(served: Servable) -> dict[str, V2Spec]:
+    """Return the outputs ``served`` answers over v2, by name (first signature wins)."""
+    specs: dict[str, V2Spec] = {}
+    for name, signature in served.signatures().items():
+        for output in signature.outputs:
+            specs.setdefault(output.name, _spec(output, name))
+    return specs
 
 
 def model_metadata(served: Servable) -> dict:
@@ -72,13 +68,13 @@ def model_metadata(served: Servable) -> dict:
             "outputs": [spec.metadata() for spec in output_specs(served).values()]}
 
 
-def decode_inputs(served: Servable, inputs: list[InputTensor], max_instances: int) -> tuple[str, np.ndarray]:
-    """Return the signature a request's one input names and its decoded batch.
+def inference_request(plane: DataPlane, served: Servable, inputs: list[InputTensor],
+                      requested: list[RequestedOutput] | None) -> InferenceRequest:
+    """Return the data plane's request for a v2 request's one input, checked before any element is read.
 
     Raises:
         BadRequest: not exactly one input, an input the model does not take, a wrong datatype or shape,
-            a batch over ``max_instances``, or values the servable refuses (the message names the instance).
-        InvalidImage and its kinds (400, 413, 415): an image that cannot be served.
+            a batch over the instance limit, or a BYTES element that is not base64 (naming the instance).
     """
     specs = input_specs(served)
     expected = ", ".join(f"{s.name} ({s.datatype})" for s in specs.values())
@@ -94,51 +90,43 @@ def decode_inputs(served: Servable, inputs: list[InputTensor], max_instances: in
     if not tensor.shape or tensor.shape[0] < 1:
         raise BadRequest(f"input {spec.name!r}: the shape's first dimension is the batch and must be at least 1; "
                          f"received shape {tensor.shape}")
-    count = tensor.shape[0]
-    if count > max_instances:
-        raise BadRequest(f"input {spec.name!r} holds a batch of {count}; at most {max_instances} are allowed "
-                         "per request")
+    where = f"input {spec.name!r}"
+    plane.check_count(tensor.shape[0], where)  # before a single element is looked at
     per_entry = elements(spec.shape[1:])  # negative when a dimension is free
     if per_entry >= 0 and elements(tensor.shape[1:]) != per_entry:
         raise BadRequest(f"input {spec.name!r} takes {per_entry} element(s) per batch entry "
                          f"(shape {list(spec.shape)}, -1: the batch); received shape {tensor.shape}")
     if spec.datatype == "BYTES":
-        return spec.signature, np.stack([_image(served, value, index) for index, value in enumerate(tensor.values)])
-    values = tensor.values.tolist() if isinstance(tensor.values, np.ndarray) else tensor.values
-    return spec.signature, served.decode_batch(nest(values, tensor.shape), spec.signature)
+        instances = [_picture(value, index) for index, value in enumerate(tensor.values)]
+    else:
+        values = tensor.values.tolist() if isinstance(tensor.values, np.ndarray) else tensor.values
+        instances = nest(values, tensor.shape)
+    outputs = [item.name for item in requested] if requested is not None else None
+    return InferenceRequest(instances, spec.signature, outputs, where)
 
 
-def _image(served: Servable, value, index: int) -> np.ndarray:
-    """Return the model input of one BYTES element: raw image bytes (binary data) or a base64 string (JSON)."""
+def _picture(value, index: int) -> bytes:
+    """Return the bytes of one BYTES element: raw image bytes (binary data) or a base64 string (JSON)."""
     try:
         if isinstance(value, str):
-            value = decode_b64(value)
-        elif not isinstance(value, bytes):
+            return decode_b64(value)
+        if not isinstance(value, bytes):
             raise BadRequest(f"a BYTES element in JSON must be a string of base64; received {type(value).__name__}")
-        return served.decode_image(value)[1]
+        return value
     except (BadRequest, InvalidImage) as exc:  # same error class (same status), naming the instance
         raise type(exc)(f"instance {index}: {exc}") from exc
 
 
-def encode_outputs(served: Servable, signature: str, outputs: dict[str, list],
-                   requested: list[RequestedOutput] | None, binary: bool) -> list[tuple[str, str, object, bool]]:
-    """Return (name, datatype, values, binary) of the outputs a request asked for (all when ``requested`` is None).
-
-    Raises:
-        BadRequest: a requested output the model does not answer.
-    """
+def encode_outputs(served: Servable, outputs: dict[str, np.ndarray], requested: list[RequestedOutput] | None,
+                   binary: bool) -> list[tuple[str, str, object, bool]]:
+    """Return (name, datatype, values, binary) of each output the data plane answered, in its order."""
     specs = output_specs(served)
-    wanted = requested if requested is not None else [RequestedOutput(name) for name in outputs]
-    for item in wanted:
-        if item.name not in outputs:
-            raise BadRequest(f"model {served.name!r} has no output {item.name[:60]!r}; its outputs: "
-                             f"{', '.join(outputs)}")
+    flags = {item.name: item.binary for item in requested or ()}
     encoded = []
-    for item in wanted:
-        spec = specs.get(item.name)
+    for name, values in outputs.items():
+        spec = specs.get(name)
         datatype = spec.datatype if spec is not None else "FP32"
-        values = outputs[item.name]
-        if datatype != "BYTES":
-            values = np.asarray(values, NUMPY_DTYPES[datatype])
-        encoded.append((item.name, datatype, values, binary if item.binary is None else item.binary))
+        values = values.tolist() if datatype == "BYTES" else np.asarray(values, NUMPY_DTYPES[datatype])
+        flag = flags.get(name)
+        encoded.append((name, datatype, values, binary if flag is None else flag))
     return encoded

@@ -16,10 +16,9 @@ from importlib import metadata
 
 from flask import Blueprint, Response, jsonify, request
 
-from imgclf.service.app_settings import current_config
-from imgclf.service.dataplane.budget import admit, tensor_pictures
-from imgclf.service.dataplane.errors import BadRequest, NotReady
-from imgclf.service.lifecycle.registry import current_registry
+from imgclf.core.errors import BadRequest, NotReady
+from imgclf.service.dataplane.extension import current_plane
+from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.v2 import model as v2_model
 from imgclf.service.protocols.v2.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_response, parse_request
 from imgclf.service.servables.base import Servable
@@ -32,14 +31,17 @@ EXTENSIONS = ["binary_tensor_data"]
 _VERSION = re.compile(r"[0-9]{1,18}")  # an int64, as the TF Serving routes parse it
 
 
-def _served(name: str, version: str | None = None) -> Servable:
-    """Return the served model for URL segments ``name`` and ``version`` (400 for a non-integer version).
-
-    Version 0 means the default version, as OpenVINO Model Server's clients send it.
-    """
+def _version(version: str | None) -> int | None:
+    """Return a URL's version segment as an integer, None for none or 0 (the default version, as OpenVINO Model
+    Server's clients send it); 400 for a non-integer."""
     if version is not None and not _VERSION.fullmatch(version):
         raise BadRequest(f"model version must be a non-negative integer (at most 18 digits); received {version!r}")
-    return current_registry().get(name, int(version or 0) or None)
+    return int(version or 0) or None
+
+
+def _served(name: str, version: str | None = None) -> Servable:
+    """Return the served model for URL segments ``name`` and ``version``."""
+    return current_models().get(name, _version(version))
 
 
 # --- server ---------------------------------------------------------------------------------------------------------
@@ -64,8 +66,8 @@ def live():
 @bp.get("/v2/health/ready")
 def ready():
     """Answer 200 when every worker has its models loaded and warmed up (as /readyz), else 503 saying why."""
-    registry = current_registry()
-    readiness = worker_states.server_readiness(registry.state, registry.error)
+    models = current_models()
+    readiness = worker_states.server_readiness(models.state, models.error)
     if not readiness.ready:
         raise NotReady("models are still loading" if readiness.status == "loading" and not readiness.error
                        else readiness.error or f"models are {readiness.status}")
@@ -82,7 +84,7 @@ def model_metadata(name: str, version: str | None = None):
     served = _served(name, version)
     body = v2_model.model_metadata(served)
     if version is None:  # the model's metadata lists every version this worker serves
-        body["versions"] = [str(v) for v in current_registry().available_versions(served.name)] or body["versions"]
+        body["versions"] = [str(v) for v in current_models().available_versions(served.name)] or body["versions"]
     return jsonify(body)
 
 
@@ -98,12 +100,12 @@ def model_ready(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     """Predict an inference request: JSON tensors, or JSON then binary tensor data."""
-    served = _served(name, version)
-    parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
-    with admit(tensor_pictures(parsed.inputs)):  # 413 over the request's pixel budget, before any decoding
-        signature, batch = v2_model.decode_inputs(served, parsed.inputs, int(current_config().max_instances))
-    outputs = served.predict(batch, signature)
-    tensors = v2_model.encode_outputs(served, signature, outputs, parsed.outputs, parsed.binary_output)
+    plane = current_plane()
+    with plane.model(name, _version(version)) as served:
+        parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
+        inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs)
+        outputs = plane.infer(served, inference).outputs
+    tensors = v2_model.encode_outputs(served, outputs, parsed.outputs, parsed.binary_output)
     header = {"model_name": served.name, "model_version": str(served.version)}
     if parsed.id is not None:
         header["id"] = parsed.id

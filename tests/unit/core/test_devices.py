@@ -189,7 +189,7 @@ def test_without_a_gpu_fp16_is_refused(fake_gpus):
 
 
 def test_apply_precision_turns_on_the_gpu_rewrite(fake_gpus, monkeypatch):
-    from imgclf.service.lifecycle.registry import apply_precision
+    from imgclf.service.servables.runtime import apply_precision
 
     switched = []
     monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", switched.append)  # process-wide otherwise

@@ -372,7 +372,7 @@ def test_the_service_does_not_become_ready_with_an_unsafe_model(unsafe_saved_mod
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "failed" and REFUSED in body["error"] and "WriteFile (function" in body["error"]
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_a_text_saved_model_is_checked_too_and_a_missing_one_is_an_error(unsafe_saved_models, tmp_path):

@@ -32,7 +32,7 @@ def repo(secondary_repo, model_repo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(repo):
     app = create_app({"model_repository": repo, "load_in_background": False, "max_instances": MAX_INSTANCES})
-    assert app.extensions["imgclf.registry"].ready, app.extensions["imgclf.registry"].error
+    assert app.extensions["imgclf.models"].ready, app.extensions["imgclf.models"].error
     return app.test_client()
 
 

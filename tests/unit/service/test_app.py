@@ -13,7 +13,7 @@ import pytest
 from imgclf.core.errors import UsageError
 from imgclf.service import create_app
 from imgclf.service.cli.serve import ServerSettings
-from imgclf.service.dataplane.batching import Batcher
+from imgclf.service.servables.batching import Batcher
 from imgclf.service.settings import ServiceConfig
 
 
@@ -21,7 +21,7 @@ from imgclf.service.settings import ServiceConfig
 def app(model_repo):
     app = create_app({"model_repository": model_repo, "load_in_background": False})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_config_reads_env_then_overrides(tmp_path):
@@ -158,9 +158,9 @@ def test_readyz_is_503_until_models_are_loaded(model_repo, monkeypatch):
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["status"] == "loading"
     release.set()
-    assert app.extensions["imgclf.registry"].wait(60)
+    assert app.extensions["imgclf.models"].wait(60)
     assert client.get("/readyz").status_code == 200
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture
@@ -180,14 +180,14 @@ def loading_app(model_repo, monkeypatch):
     app.release = release
     yield app
     release.set()
-    app.extensions["imgclf.registry"].wait(60)
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].wait(60)
+    app.extensions["imgclf.models"].close()
 
 
 def test_held_model_requests_wait_for_loading_while_probes_answer(loading_app):
     from tests.support.images import jpeg
 
-    registry = loading_app.extensions["imgclf.registry"]
+    registry = loading_app.extensions["imgclf.models"]
     registry.hold_requests(30, at_most=1)
     client = loading_app.test_client()
     answers = {}
@@ -209,7 +209,7 @@ def test_held_model_requests_wait_for_loading_while_probes_answer(loading_app):
 
 
 def test_a_held_request_waits_only_so_long(loading_app):
-    registry = loading_app.extensions["imgclf.registry"]
+    registry = loading_app.extensions["imgclf.models"]
     registry.hold_requests(0.2, at_most=4)
     response = loading_app.test_client().get("/v1/models/shapes")  # loading never ends meanwhile
     assert response.status_code == 503 and registry.state == "loading"
@@ -217,7 +217,7 @@ def test_a_held_request_waits_only_so_long(loading_app):
 
 def test_state_listeners_hear_the_state_now_and_when_loading_ends(loading_app):
     heard = []
-    registry = loading_app.extensions["imgclf.registry"]
+    registry = loading_app.extensions["imgclf.models"]
     registry.on_state(lambda state, error: heard.append((state, error)))
     loading_app.release.set()
     assert registry.wait(60)
@@ -279,7 +279,7 @@ def test_a_default_model_that_is_served_is_the_default(model_repo):
         response = app.test_client().post("/predict", data=jpeg(1), content_type="image/jpeg")
         assert response.status_code == 200 and response.get_json()["model"] == "shapes"
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_batcher_gathers_concurrent_requests_and_splits_results():
@@ -354,12 +354,11 @@ def test_batcher_waits_for_every_request_in_flight():
 
 def test_app_counts_prediction_requests_in_flight_by_model(app):
     """A model's batcher waits for that model's requests only: others (or unknown names) never join it."""
-    from imgclf.service.dataplane.in_flight import InFlight
+    from imgclf.service.dataplane.extension import current_plane
     from tests.support import images
 
-    assert "predict.predict" in InFlight.PREDICT_ENDPOINTS and "tfserving.predict" in InFlight.PREDICT_ENDPOINTS
     client = app.test_client()
-    batcher = app.extensions["imgclf.registry"].models["shapes"].batcher
+    batcher = app.extensions["imgclf.models"].models["shapes"].batcher
     original, gate, seen = batcher.run, threading.Event(), []
 
     def held(batch):
@@ -387,9 +386,7 @@ def test_app_counts_prediction_requests_in_flight_by_model(app):
     assert answers == [200] and batcher.expected() == 0
     client.post("/predict?model=shapes", data=b"not an image", content_type="image/jpeg")  # errors leave too
     assert batcher.expected() == 0
-    in_flight = app.extensions["imgclf.registry"]._expected  # the app's counter, by model name
-    with app.test_request_context("/v1/models/lenet5:predict", method="POST"):
-        app.preprocess_request()  # a request for another model is in flight...
-        assert in_flight("lenet5") == 1 and batcher.expected() == 0  # ...and shapes' batcher does not wait for it
-        app.do_teardown_request()
-    assert in_flight("lenet5") == 0
+    plane = current_plane(app)
+    with plane.in_flight.counting("lenet5"):  # a request for another model is in flight...
+        assert plane.in_flight.count("lenet5") == 1 and batcher.expected() == 0  # ...shapes' batcher ignores it
+    assert plane.in_flight.count("lenet5") == 0

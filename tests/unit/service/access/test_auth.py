@@ -24,7 +24,7 @@ def app(keys_file, tmp_path_factory):
     app = create_app({"model_repository": tmp_path_factory.mktemp("empty"), "load_in_background": False,
                       "api_keys_file": str(keys_file), "metrics_keys": "prom"})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture()
@@ -83,7 +83,7 @@ def test_without_a_keys_file_nothing_needs_a_key(tmp_path):
         assert client.get("/v1/models").status_code == 200 and client.get("/metrics").status_code == 200
         assert "imgclf_api_key_requests" not in client.get("/metrics").get_data(as_text=True)
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_rate_limit_per_key_answers_429_with_retry_after(keys_file, tmp_path):
@@ -99,7 +99,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(keys_file, tmp_path):
         assert client.get("/v1/models", headers=web).status_code == 200  # another key has its own bucket
         assert client.get("/healthz").status_code == 200  # probes are not limited
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_a_refused_request_has_its_body_left_unread(client):

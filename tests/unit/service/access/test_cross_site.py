@@ -16,7 +16,7 @@ def app(tmp_path_factory):
     app = create_app({"model_repository": tmp_path_factory.mktemp("empty"), "load_in_background": False,
                       "cors_origins": ALLOWED + ", http://localhost:3000"})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture()
@@ -81,4 +81,4 @@ def test_any_origin(tmp_path):
         response = app.test_client().get("/v1/models", headers={"Origin": EVIL, "Sec-Fetch-Site": "cross-site"})
         assert response.status_code == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()

@@ -40,13 +40,13 @@ def broken(model_repo, tmp_path_factory):
     shutil.copytree(model_repo / "shapes", repo / "shapes")
     app = create_app({"model_repository": repo, "load_in_background": False, "model_versions": {"shapes": 7}})
     yield app, repo
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_failed_loading_shows_no_path_in_readyz_or_503s(broken):
     app, repo = broken
     client = app.test_client()
-    assert str(repo) in app.extensions["imgclf.registry"].error  # the log and the registry keep it
+    assert str(repo) in app.extensions["imgclf.models"].error  # the log and the registry keep it
     for path in ("/readyz", "/v2/health/ready", "/v1/models", "/v1/models/shapes/metadata"):
         response = client.get(path)
         assert response.status_code == 503, path
@@ -65,4 +65,4 @@ def test_model_metadata_card_shows_file_names_not_paths(model_repo):
         assert body["model_card"]["featurizer"]["graph"] == "legacy_inception.pb"
         assert body["model_card"]["featurizer"]["contract"]["jpeg_input"] == "DecodeJpeg/contents:0"
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()

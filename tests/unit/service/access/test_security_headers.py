@@ -9,7 +9,7 @@ from imgclf.service import create_app
 def client(tmp_path_factory):
     app = create_app({"model_repository": tmp_path_factory.mktemp("empty"), "load_in_background": False})
     yield app.test_client()
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.mark.parametrize("method, path, status", [

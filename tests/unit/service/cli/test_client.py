@@ -23,7 +23,7 @@ def server_url(model_repo):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(10)
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")
@@ -145,4 +145,4 @@ def test_the_api_key_comes_from_the_environment(model_repo, files, tmp_path, cap
     finally:
         server.shutdown()
         thread.join(10)
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()

@@ -13,8 +13,8 @@ from PIL import Image, ImageFile
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.service import create_app
-from imgclf.service.dataplane import budget
 from imgclf.service.dataplane.budget import DecodeBusy, DecodeGate, header_pixels
+from imgclf.service.dataplane.extension import current_plane
 
 MAX_REQUEST_PIXELS = 1_000_000
 
@@ -32,16 +32,16 @@ def app(model_repo):
                       "max_request_pixels": MAX_REQUEST_PIXELS, "max_decode_pixels_in_flight": 2_000_000,
                       "decode_wait_seconds": 0.3})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture()
 def decodes(app, monkeypatch):
     """Count the images the served model decodes."""
-    served = app.extensions["imgclf.registry"].get("shapes")
+    served = app.extensions["imgclf.models"].get("shapes")
     calls = []
-    original = served.decode_image
-    monkeypatch.setattr(served, "decode_image", lambda data: calls.append(len(data)) or original(data))
+    original = served.decode_picture
+    monkeypatch.setattr(served, "decode_picture", lambda data: calls.append(len(data)) or original(data))
     return calls
 
 
@@ -139,7 +139,7 @@ def test_an_image_over_the_per_image_limit_keeps_its_own_message(app, decodes):
 
 
 def test_a_full_gate_answers_503_with_retry_after(app):
-    gate = budget.current_budget(app).gate
+    gate = current_plane(app).budget.gate
     client = app.test_client()
     image = png(900, 900)
     started = time.monotonic()
@@ -152,7 +152,7 @@ def test_a_full_gate_answers_503_with_retry_after(app):
 
 
 def test_gate_use_is_a_metric(app):
-    gate = budget.current_budget(app).gate
+    gate = current_plane(app).budget.gate
 
     def in_flight() -> float:
         text = app.test_client().get("/metrics").get_data(as_text=True)

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.service import create_app
 from imgclf.service.dataplane.metrics import current_metrics
-from imgclf.service.lifecycle.registry import current_registry
+from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.servables import image as servable_image
 from tests.support.images import jpeg
 
@@ -41,11 +41,11 @@ def test_two_apps_in_one_process_keep_their_metrics_apart(model_repo, monkeypatc
     second = create_app({"model_repository": model_repo, "batch_max_size": 7})
     release.set()
     try:
-        assert current_registry(first).wait(60) and current_registry(second).wait(60)
+        assert current_models(first).wait(60) and current_models(second).wait(60)
         assert current_metrics(first) is not current_metrics(second)
         before_first, before_second = scrape(first), scrape(second)
         for samples, app in ((before_first, first), (before_second, second)):
-            assert samples[LOAD] == current_registry(app).models["shapes"].load_seconds > 0
+            assert samples[LOAD] == current_models(app).models["shapes"].load_seconds > 0
             assert samples[BATCHES] == 1  # its own warm-up, nobody else's
         assert (before_first[MAX_SIZE], before_second[MAX_SIZE]) == (5, 7)
 
@@ -60,5 +60,5 @@ def test_two_apps_in_one_process_keep_their_metrics_apart(model_repo, monkeypatc
     finally:
         release.set()
         for app in (first, second):
-            current_registry(app).wait(60)
-            current_registry(app).close()
+            current_models(app).wait(60)
+            current_models(app).close()

@@ -17,14 +17,14 @@ from imgclf.service.protocols.openapi import document
 def app(model_repo):
     app = create_app({"model_repository": model_repo, "load_in_background": False, "max_instances": 4})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")
 def loading_app(tmp_path_factory):
     """An app whose registry says it is still loading: every model route answers 503."""
     app = create_app({"model_repository": tmp_path_factory.mktemp("empty"), "load_in_background": False})
-    app.extensions["imgclf.registry"].state = "loading"
+    app.extensions["imgclf.models"].state = "loading"
     return app
 
 

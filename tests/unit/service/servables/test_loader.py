@@ -10,15 +10,16 @@ import shutil
 import numpy as np
 import pytest
 
-from imgclf.core.errors import ModelNotFound
+from imgclf.core.errors import BadRequest, ModelNotFound
 from imgclf.core.model_kind import ModelKind, kind_of
 from imgclf.core.repository import read_card
 from imgclf.featurizer.images import decode as image_io
-from imgclf.service.dataplane.errors import BadRequest
+from imgclf.service.dataplane import plane
 from imgclf.service.protocols import health as routes_health
 from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
-from imgclf.service.servables.base import LoadContext, Servable, card_signature_def
+from imgclf.service.protocols.v2 import routes as routes_v2
+from imgclf.service.servables.base import LoadContext, Servable, TensorSpec, card_signature
 from imgclf.service.servables.loader import SERVABLES, load_servable
 from imgclf.service.servables.secondary import DigitClassifierServable, RegressionServable
 from imgclf.service.settings import ServiceConfig
@@ -65,7 +66,7 @@ def test_warm_up_traces_every_decode_function_a_first_request_would(repo, monkey
         assert traced, "warm-up traced no decode function"
         photos = [jpeg(41), jpeg(42, (2500, 2400)), encode(photo_like(43, (64, 48)), "PNG")]
         for photo in photos:  # a small photo, a phone-size one (DCT-scaled in fast mode), a PNG
-            served.decode_image(photo)
+            served.decode_picture(photo)
         assert image_io._FUSED == traced, f"requests traced {sorted(set(image_io._FUSED) - set(traced))}"
     finally:
         served.close()
@@ -80,42 +81,32 @@ def test_a_card_of_an_unknown_kind_is_refused_naming_it(tmp_path):
         load_servable(version, "chat", 1, LoadContext(ServiceConfig()))
 
 
-def test_rows_and_columns_follow_tf_serving():
-    two = {"probabilities": [[0.25, 0.75], [1.0, 0.0]], "classes": [1, 0]}
-    assert Servable.rows(two) == [{"probabilities": [0.25, 0.75], "classes": 1},
-                                  {"probabilities": [1.0, 0.0], "classes": 0}]
-    assert Servable.columns(two) == two
-    one = {"y": [[1.5], [-2.0]]}  # one output: its values, without the name
-    assert Servable.rows(one) == Servable.columns(one) == [[1.5], [-2.0]]
-
-
 def test_a_regression_takes_no_pictures_and_a_digit_classifier_does(repo):
     context = LoadContext(ServiceConfig())
     quadratic = RegressionServable.load(repo / "quadratic" / "1", "quadratic", 1, context)
+    assert not quadratic.takes_pictures
     with pytest.raises(BadRequest, match="regression model"):
-        quadratic.check_image_input()
-    with pytest.raises(BadRequest, match="regression model"):
-        quadratic.decode_image(b"anything")
+        quadratic.decode_picture(b"anything")
     digits = DigitClassifierServable.load(repo / "lenet5" / "1", "lenet5", 1, context)
-    digits.check_image_input()
+    assert digits.takes_pictures
     picture = np.zeros((40, 30, 3), np.uint8)
     picture[10:30, 12:18] = 255  # a white stroke on black: a "1"
-    rgb, x = digits.decode_image(encode(picture, "PNG"))
+    rgb, x = digits.decode_picture(encode(picture, "PNG"))
     assert rgb.shape == (40, 30, 3) and x.shape == (28, 28) and 0 <= x.min() and x.max() <= 1
 
 
-def test_a_card_signature_becomes_tf_serving_metadata():
+def test_a_card_signature_names_its_one_input_and_its_outputs():
     card = {"signature": {"inputs": {"x": {"dtype": "float32", "shape": [-1, 1]}},
                           "outputs": {"classes": {"dtype": "int64", "shape": [-1]}}}}
-    defs = card_signature_def(card)
-    assert defs["inputs"]["x"] == {"dtype": "DT_FLOAT", "tensor_shape": {
-        "dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False}}
-    assert defs["outputs"]["classes"]["dtype"] == "DT_INT64"
+    signature = card_signature(card)
+    assert signature.name == "serving_default" and not signature.takes_pictures
+    assert signature.input == TensorSpec("x", "float32", (-1, 1))
+    assert signature.outputs == (TensorSpec("classes", "int64", (-1,)),)
 
 
-@pytest.mark.parametrize("module", [routes_health, routes_predict, routes_tfserving, routes_web])
+@pytest.mark.parametrize("module", [routes_health, routes_predict, routes_tfserving, routes_v2, routes_web, plane])
 def test_routes_do_not_branch_on_the_model_kind(module):
-    """Routes translate HTTP; what a kind takes and answers is its servable's (no ``.kind`` in a test)."""
+    """Routes translate HTTP and the data plane is neutral; what a kind takes and answers is its servable's."""
     tree = parse_source(inspect.getsource(module))
     tests = [node.test for node in ast.walk(tree) if isinstance(node, (ast.If, ast.IfExp, ast.While))]
     tests += [node for node in ast.walk(tree) if isinstance(node, ast.Compare)]

@@ -91,7 +91,7 @@ class FakeWorker:
     def __init__(self, age: int, registry: FakeRegistry, workers: int = 2, threads: int = 4):
         self.age, self.pid, self.alive, self.notified = age, 1000 + age, True, 0
         self.cfg = SimpleNamespace(workers=workers, threads=threads)
-        self.wsgi = SimpleNamespace(extensions={"imgclf.registry": registry})
+        self.wsgi = SimpleNamespace(extensions={"imgclf.models": registry})
         self.log = SimpleNamespace(info=lambda *args: None)
         self.registry = registry
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf.core.errors import BadRequest
 from imgclf.service import create_app
-from imgclf.service.dataplane.errors import BadRequest
 from imgclf.service.protocols.predict.request import decode_b64, parse_bool, parse_top_k
 from tests.support.images import encode, jpeg, photo_like
 
@@ -21,7 +21,7 @@ LABELS = ["bubbles", "checkers", "stripes", "sunsets"]
 def app(model_repo):
     app = create_app({"model_repository": model_repo, "load_in_background": False})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture()
@@ -182,7 +182,7 @@ def twin_app(model_repo, tmp_path_factory):
     shutil.copytree(model_repo / "shapes", repo / "twin")
     app = create_app({"model_repository": repo, "load_in_background": False})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def _post_naming(client, form: str, data: bytes, model: str | None, query: str = ""):
@@ -211,13 +211,20 @@ def test_the_query_model_wins_over_the_body_field(twin_app, images, form):
     assert _post_naming(client, form, images["stripes"], "shapes", "model=twin").get_json()["model"] == "twin"
 
 
-def test_a_body_model_field_counts_the_request_in_flight_for_that_model(twin_app):
-    in_flight = twin_app.extensions["imgclf.registry"]._expected
-    with twin_app.test_request_context("/predict", method="POST", json={"b64": "AAAA", "model": "twin"}):
-        twin_app.preprocess_request()
-        assert (in_flight("twin"), in_flight("shapes")) == (1, 0)
-        twin_app.do_teardown_request()
-    assert in_flight("twin") == 0
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_a_body_model_field_counts_the_request_in_flight_for_that_model(twin_app, images, form, monkeypatch):
+    from imgclf.service.dataplane.extension import current_plane
+
+    plane = current_plane(twin_app)
+    seen, infer = [], plane.infer
+
+    def spy(served, request):
+        seen.append((plane.in_flight.count("twin"), plane.in_flight.count("shapes")))
+        return infer(served, request)
+
+    monkeypatch.setattr(plane, "infer", spy)
+    assert _post_naming(twin_app.test_client(), form, images["stripes"], "twin").status_code == 200
+    assert seen == [(1, 0)] and plane.in_flight.count("twin") == 0
 
 
 def test_get_is_405(client):
@@ -243,8 +250,8 @@ def test_503_while_the_models_load(model_repo, images, monkeypatch):
         assert response.headers["Retry-After"] == "1"
     finally:
         release.set()
-        app.extensions["imgclf.registry"].wait(60)
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].wait(60)
+        app.extensions["imgclf.models"].close()
 
 
 @pytest.mark.parametrize("value, expected", [

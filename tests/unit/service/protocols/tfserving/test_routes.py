@@ -26,7 +26,7 @@ def app(model_repo):
     app = create_app({"model_repository": model_repo, "load_in_background": False, "max_instances": MAX_INSTANCES,
                       "max_pixels": MAX_PIXELS})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_405_says_which_methods(client):
 
 def test_not_ready_is_503(tmp_path):
     app = create_app({"model_repository": tmp_path, "load_in_background": False})
-    app.extensions["imgclf.registry"].state = "loading"
+    app.extensions["imgclf.models"].state = "loading"
     client = app.test_client()
     for response in (client.get("/v1/models"), client.get("/v1/models/shapes"),
                      client.post("/v1/models/shapes:predict", json={"instances": [GOOD]})):
@@ -255,7 +255,7 @@ def two_versions(model_repo, tmp_path_factory):
     shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "2")
     app = create_app({"model_repository": repo, "load_in_background": False})
     yield app.test_client()
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_version_0_is_the_default_version(two_versions, reference, images):

@@ -43,7 +43,7 @@ def app(repo):
     app = create_app({"model_repository": repo, "load_in_background": False, "max_instances": MAX_INSTANCES,
                       "max_pixels": MAX_PIXELS, "max_upload_bytes": 2_000_000})
     yield app
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_server_metadata_and_health(client):
 
 def test_a_loading_service_is_live_but_not_ready(tmp_path):
     app = create_app({"model_repository": tmp_path, "load_in_background": False})
-    app.extensions["imgclf.registry"].state = "loading"
+    app.extensions["imgclf.models"].state = "loading"
     client = app.test_client()
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/readyz").status_code == 503
@@ -193,7 +193,7 @@ def two_versions(secondary_repo, tmp_path_factory):
     shutil.copytree(secondary_repo / "quadratic" / "1", repo / "quadratic" / "2")
     app = create_app({"model_repository": repo, "load_in_background": False})
     yield app.test_client()
-    app.extensions["imgclf.registry"].close()
+    app.extensions["imgclf.models"].close()
 
 
 def test_version_0_is_the_default_version(two_versions):
@@ -473,12 +473,14 @@ def test_405_says_which_methods(client):
 
 
 def test_infer_is_counted_in_flight_and_batched(app, client, images, monkeypatch):
-    registry = app.extensions["imgclf.registry"]
-    served = registry.get("shapes")
+    from imgclf.service.dataplane.extension import current_plane
+
+    in_flight = current_plane(app).in_flight
+    served = app.extensions["imgclf.models"].get("shapes")
     seen, predict = [], served.predict
 
-    def spy(batch, signature="serving_default"):
-        seen.append(registry._expected("shapes"))  # this worker's in-flight count, read by the batcher
+    def spy(batch, signature):
+        seen.append(in_flight.count("shapes"))  # this worker's in-flight count, read by the batcher
         return predict(batch, signature)
 
     monkeypatch.setattr(served, "predict", spy)
@@ -487,7 +489,7 @@ def test_infer_is_counted_in_flight_and_batched(app, client, images, monkeypatch
     monkeypatch.setattr(before, "submit", lambda batch, submit=before.submit: calls.append(len(batch)) or submit(batch))
     response = infer(client, "shapes", image_input([b64(images[0]), b64(images[1])]))
     assert response.status_code == 200
-    assert seen == [1] and calls == [2] and registry._expected("shapes") == 0
+    assert seen == [1] and calls == [2] and in_flight.count("shapes") == 0
 
 
 def test_metrics_count_v2_routes_by_rule(client):

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from imgclf.service.dataplane.batching import _STOP, Batcher
+from imgclf.service.servables.batching import _STOP, Batcher
 
 
 def _concurrency_probe(window: float):

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flask import Flask
 
 from imgclf.core import export_names as names
-from imgclf.core.errors import ModelNotFound
+from imgclf.core.errors import ModelNotFound, NotReady
 from imgclf.core.model_kind import ModelKind
 from imgclf.service import create_app
-from imgclf.service.dataplane.errors import NotReady
-from imgclf.service.lifecycle.registry import ModelRegistry
+from imgclf.service.lifecycle.manager import VersionManager
 from imgclf.service.lifecycle.versions import SharedDefaults
 from imgclf.service.servables.base import Servable
 from imgclf.service.server import worker_states
@@ -43,16 +41,16 @@ class FakeServable(Servable):
     def warm_up(self):
         pass
 
-    def signature_defs(self):
+    def make_signatures(self):
         return {}
 
-    def input_key(self, signature):
-        return "x"
+    def decode_picture(self, data):
+        return np.zeros((1, 1, 3), np.uint8), np.zeros(1)
 
     def decode_instance(self, item, index, signature):
         return np.zeros(1)
 
-    def predict(self, batch, signature=names.SERVING_SIGNATURE):
+    def predict(self, batch, signature=None):
         return {"v": [self.version] * len(batch)}
 
     def close(self):
@@ -69,16 +67,16 @@ def add_version(repo: Path, name: str, version: int, broken: bool = False) -> Pa
     return path
 
 
-def registry_for(repo: Path, folder: Path | None = None, pid: int | None = None, **settings) -> ModelRegistry:
+def registry_for(repo: Path, folder: Path | None = None, pid: int | None = None, **settings) -> VersionManager:
     settings.setdefault("poll_seconds", 0)
     settings.setdefault("precision", "fp32")  # "auto" would be bf16 on AMX, switched on for the whole process
     config = ServiceConfig.from_env({}, model_repository=repo, load_in_background=False, **settings)
-    registry = ModelRegistry(config, loader=FakeServable.load, shared=SharedDefaults(folder, pid))
+    registry = VersionManager(config, loader=FakeServable.load, shared=SharedDefaults(folder, pid))
     registry.start()
     return registry
 
 
-def states(registry: ModelRegistry, name: str = "m") -> dict[int, str]:
+def states(registry: VersionManager, name: str = "m") -> dict[int, str]:
     return {int(s["version"]): s["state"] for s in registry.status(name)}
 
 
@@ -168,22 +166,19 @@ def test_an_unloading_version_waits_for_its_requests_in_flight(tmp_path):
     add_version(tmp_path, "m", 1)
     registry = registry_for(tmp_path)
     FakeServable.closed.clear()
-    app = Flask(__name__)
-    context = app.test_request_context()
-    context.push()
-    held = registry.get("m")  # a request holds version 1
+    lease = registry.lease("m")
+    held = lease.__enter__()  # a request holds version 1
     add_version(tmp_path, "m", 2)
     syncing = threading.Thread(target=registry.sync)
     syncing.start()
     deadline = time.monotonic() + 10
     while states(registry).get(1) != "UNLOADING" and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert states(registry) == {2: "AVAILABLE", 1: "UNLOADING"} and registry.get("m", hold=False).version == 2
+    assert states(registry) == {2: "AVAILABLE", 1: "UNLOADING"} and registry.get("m").version == 2
     time.sleep(0.2)
     assert syncing.is_alive() and ("m", 1) not in FakeServable.closed  # still held: not closed
     assert held.predict(np.zeros((1, 1)))["v"] == [1]  # the held version still answers
-    registry.release_request()
-    context.pop()
+    lease.__exit__(None, None, None)  # the request ends
     syncing.join(10)
     assert not syncing.is_alive() and states(registry) == {2: "AVAILABLE", 1: "END"}
 
@@ -236,7 +231,7 @@ def test_the_poller_loads_new_versions_by_itself(tmp_path):
         time.sleep(0.02)
     assert sorted(registry.models) == ["m"]
     registry.close()
-    assert not registry._poller.is_alive()
+    assert not registry._poller._thread.is_alive()
 
 
 def test_labels_from_a_config_file(tmp_path):
@@ -311,7 +306,7 @@ def test_real_versions_labels_and_routes(two_versions, tmp_path, model_repo):
         listed = client.get("/v1/models").get_json()["models"]
         assert [(m["name"], m["version"], m["versions"]) for m in listed] == [("shapes", 2, [1, 2])]
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_a_real_version_published_while_serving_is_swapped_in_and_the_old_one_freed(two_versions):
@@ -321,7 +316,7 @@ def test_a_real_version_published_while_serving_is_swapped_in_and_the_old_one_fr
     shutil.rmtree(two_versions / "shapes" / "2")
     app = create_app({"model_repository": two_versions, "load_in_background": False, "poll_seconds": 0})
     client = app.test_client()
-    registry = app.extensions["imgclf.registry"]
+    registry = app.extensions["imgclf.models"]
     try:
         old = weakref.ref(registry.versions["shapes"][1].servable)
         assert publish_copy(two_versions, two_versions / "shapes" / "1").name == "2"
@@ -343,7 +338,7 @@ def test_a_real_version_that_fails_to_load_is_reported_and_the_working_one_keeps
     try:
         (two_versions / "shapes" / ".later" / names.SAVED_MODEL_FILE).write_bytes(b"not a SavedModel")
         (two_versions / "shapes" / ".later").rename(broken_dir)  # published while version 1 serves
-        app.extensions["imgclf.registry"].sync()
+        app.extensions["imgclf.models"].sync()
         assert client.get("/readyz").status_code == 200
         (broken, working) = client.get("/v1/models/shapes").get_json()["model_version_status"]
         assert (broken["version"], broken["state"], broken["status"]["error_code"]) == ("2", "END", "INVALID_ARGUMENT")
@@ -354,7 +349,7 @@ def test_a_real_version_that_fails_to_load_is_reported_and_the_working_one_keeps
         failed = client.get("/v1/models/shapes/versions/2/metadata")
         assert failed.status_code == 404 and "version 2 is not served (it is END)" in failed.get_json()["error"]
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()
 
 
 def test_v2_model_metadata_lists_every_served_version(two_versions):
@@ -366,4 +361,4 @@ def test_v2_model_metadata_lists_every_served_version(two_versions):
         assert client.get("/v2/models/shapes/versions/1").get_json()["versions"] == ["1"]
         assert client.get("/v2/models/shapes/versions/1/ready").get_json() == {"name": "shapes", "ready": True}
     finally:
-        app.extensions["imgclf.registry"].close()
+        app.extensions["imgclf.models"].close()

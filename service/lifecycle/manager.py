@@ -1,4 +1,4 @@
-"""The models a worker serves: several versions per model, each with its life cycle, kept in step with the disk.
+"""The version manager: the models a worker serves, several versions each, kept in step with the disk.
 
 At start the registry loads, for every model, the versions its version policy
 selects (:mod:`imgclf.service.lifecycle.policy`: the newest by default; a model
@@ -7,13 +7,13 @@ their policies and labels), each as the :class:`~imgclf.service.servables.base.S
 of its kind, warmed up; only then does it report ready. Loading runs in a
 background thread by default, so the worker answers ``/healthz`` at once and
 ``/readyz`` with 503 until it is done. A model request that arrives meanwhile
-gets 503 (Retry-After), or, once :meth:`ModelRegistry.hold_requests` was called
+gets 503 (Retry-After), or, once :meth:`VersionManager.hold_requests` was called
 (gunicorn's first-start workers), waits a bounded time for loading to finish.
-Listeners (:meth:`ModelRegistry.on_state`) hear every state change:
+Listeners (:meth:`VersionManager.on_state`) hear every state change:
 gunicorn_conf records it for the other workers' ``/readyz``.
 
 Then, every ``IMGCLF_POLL_SECONDS`` (0: never), a poller thread compares the
-repository with what is loaded (:meth:`ModelRegistry.sync`): a newly published
+repository with what is loaded (:meth:`VersionManager.sync`): a newly published
 version is loaded and warmed up beside the serving one (requests never wait for
 it), and becomes the model's default once every ready worker of the server has
 it AVAILABLE (:class:`~imgclf.service.lifecycle.versions.SharedDefaults`); a version the
@@ -21,71 +21,54 @@ policy no longer selects (removed, or superseded) is unloaded once it is not the
 default and its requests in flight have finished. A version that fails to load
 ends in state END with its error in its status and never becomes the default.
 
-The registry is a Flask extension: :func:`init_app` creates it for an app (with
-that app's config and metrics) and :func:`current_registry` returns it.
+Requests take a version with :meth:`VersionManager.lease` and give it back when
+they end, so an unloading version waits for them. Nothing here knows HTTP: the
+Flask binding is :mod:`imgclf.service.lifecycle.extension`, the poller thread
+:mod:`imgclf.service.lifecycle.poller`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
-from flask import Flask, current_app, g, has_request_context
-
-from imgclf.core.devices import configure_tensorflow
-from imgclf.core.errors import ImgclfError, ModelNotFound
+from imgclf.core.errors import ImgclfError, ModelNotFound, NotReady
 from imgclf.core.model_kind import ModelKind
-from imgclf.core.precision import resolve_precision
-from imgclf.service.app_settings import current_config
-from imgclf.service.dataplane.errors import NotReady
-from imgclf.service.dataplane.in_flight import InFlight
-from imgclf.service.dataplane.metrics import Metrics, current_metrics
 from imgclf.service.lifecycle.plan import ModelPlan, check_plan, plan_models
+from imgclf.service.lifecycle.poller import Poller
 from imgclf.service.lifecycle.versions import AVAILABLE, END, LOADING, UNLOADING, ServedVersion, SharedDefaults, agreed
 from imgclf.service.servables.base import LoadContext, Servable
 from imgclf.service.servables.loader import load_servable
+from imgclf.service.servables.runtime import prepare_tensorflow
 from imgclf.service.server import worker_states
 from imgclf.service.settings import ServiceConfig
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "imgclf.registry"  # gunicorn_conf finds the registry here to hold a worker back until it is ready
-PENDING_POLL_S = 0.25  # while a loaded version waits for the other workers, look again this often
-PENDING_AT_MOST_S = 120.0  # ... for so long (a worker that failed to load it never will have it)
 UNLOAD_WAIT_S = 60.0  # an unloading version waits at most this long for its requests in flight
-_HELD = "imgclf_held_versions"  # flask.g: the versions this request holds
 
 
-def apply_precision(requested: str) -> str:
-    """Resolve ``requested`` for this process's device and turn on the matching rewrite for this process.
+class Observer(Protocol):
+    """What the manager reports to: load times, and a per-model callback for the batches its batcher runs."""
 
-    bf16 (CPU): oneDNN's bfloat16 rewrite; fp16 (GPU of compute capability >= 7.0):
-    grappler's auto mixed precision, which makes float16 (TensorFlow has no bf16
-    rewrite for GPUs; see :mod:`imgclf.core.precision`). The rewrite is a
-    process-wide grappler option that applies to every graph the process runs
-    afterwards, the loaded SavedModels included; a worker serves in one precision.
-    """
-    precision = resolve_precision(requested)
-    option = {"bf16": "auto_mixed_precision_onednn_bfloat16", "fp16": "auto_mixed_precision"}.get(precision)
-    if option:
-        import tensorflow as tf
+    def observe_load(self, model: str, seconds: float) -> None: ...
 
-        tf.config.optimizer.set_experimental_options({option: True})
-    log.info("serving precision: %s (requested %s)", precision, requested)
-    return precision
+    def batch_observer(self, model: str) -> Callable[[int, float], None]: ...
 
 
 Loader = Callable[[Path, str, int, LoadContext], Servable]
 
 
-class ModelRegistry:
+class VersionManager:
     """Loads, holds, swaps and unloads the served model versions of one worker."""
 
-    def __init__(self, config: ServiceConfig, metrics: Metrics | None = None, expected=None,
+    def __init__(self, config: ServiceConfig, metrics: Observer | None = None, expected=None,
                  loader: Loader | None = None, shared: SharedDefaults | None = None):
         self.config = config
         self.versions: dict[str, dict[int, ServedVersion]] = {}  # name -> version -> its life in this worker
@@ -96,12 +79,11 @@ class ModelRegistry:
         self.metrics = metrics  # this app's metrics: batches and load times are recorded there
         self.shared = shared  # the defaults agreed with the other workers (set when loading starts)
         self.pending = False  # a loaded version waits for the other workers before it becomes the default
-        self._pending_since = 0.0  # monotonic time it began waiting
+        self.pending_since = 0.0  # monotonic time it began waiting
         self._expected = expected  # (model name) -> its prediction requests in flight in this worker, for its batcher
         self._loader = loader or load_servable
         self._thread: threading.Thread | None = None
-        self._poller: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._poller: Poller | None = None
         self._sync_lock = threading.Lock()  # one sync at a time (the poller, a test)
         self._done = threading.Event()  # set when loading has ended, ready or failed
         self._lock = threading.Lock()  # orders state changes, listeners, and version hand-outs
@@ -183,8 +165,7 @@ class ModelRegistry:
         """Load and warm up what every model's policy selects; set the state; start the poller."""
         try:
             # First of all: GPU memory growth/limit, IMGCLF_DEVICE checked (the error lists the devices).
-            configure_tensorflow()
-            self.precision = apply_precision(self.config.precision)
+            self.precision = prepare_tensorflow(self.config.precision)
             if self.shared is None:
                 self.shared = SharedDefaults(worker_states.server_folder())
             self.plans = plan_models(self.config)
@@ -205,7 +186,7 @@ class ModelRegistry:
             self._set_state("failed", f"{type(exc).__name__}: {exc}")
             return
         if self.config.poll_seconds > 0:
-            self._poller = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
+            self._poller = Poller(self, self.config.poll_seconds, self.config.model_repository)
             self._poller.start()
 
     def _why_none(self, name: str) -> str:
@@ -241,7 +222,7 @@ class ModelRegistry:
                 self._retire(name, set(versions))
             self._publish()
             if pending and not self.pending:
-                self._pending_since = time.monotonic()
+                self.pending_since = time.monotonic()
             self.pending = pending
 
     def _load(self, entry: ServedVersion) -> None:
@@ -329,18 +310,6 @@ class ModelRegistry:
                             "states": {str(v): e.state for v, e in sorted(entries.items())}}
         self.shared.publish(models)
 
-    def _poll_forever(self) -> None:
-        while True:
-            wait = self.config.poll_seconds
-            if self.pending and time.monotonic() - self._pending_since < PENDING_AT_MOST_S:
-                wait = min(wait, PENDING_POLL_S)
-            if self._stop.wait(wait):
-                return
-            try:
-                self.sync()
-            except Exception:  # a damaged repository must not stop the polling, nor what is served
-                log.exception("polling the model repository %s failed", self.config.model_repository)
-
     # --- lookups ---------------------------------------------------------------------------------------------------
 
     def _default_entry(self, name: str) -> ServedVersion | None:
@@ -359,7 +328,7 @@ class ModelRegistry:
         Raises:
             NotReady, ModelNotFound: as :meth:`get`.
         """
-        return self.get(name, hold=False).version
+        return self.get(name).version
 
     def _check_ready(self) -> None:
         self._wait_for_loading()
@@ -374,28 +343,46 @@ class ModelRegistry:
             raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
         return entries
 
-    def get(self, name: str | None = None, version: int | None = None, hold: bool = True) -> Servable:
+    def get(self, name: str | None = None, version: int | None = None) -> Servable:
         """Return a served model version (the default model when ``name`` is empty, its default version when
-        ``version`` is None); inside a request, the version stays loaded until the request ends.
+        ``version`` is None), without holding it: for metadata. A prediction holds it with :meth:`lease`.
 
         Raises:
             NotReady: models are still loading (after the wait of :meth:`hold_requests`), or loading failed.
             ModelNotFound: no such model, or that version is not available.
         """
+        return self._find(name, version).servable
+
+    @contextlib.contextmanager
+    def lease(self, name: str | None = None, version: int | None = None, label: str | None = None
+              ) -> Iterator[Servable]:
+        """Hold a served model version (as :meth:`get`; or the version ``label`` points at) while the block runs.
+
+        A version the policy drops meanwhile is unloaded only once every lease on it has ended.
+
+        Raises:
+            NotReady, ModelNotFound: as :meth:`get` and :meth:`get_label`.
+        """
+        entry = self._find_label(name, label, hold=True) if label is not None else self._find(name, version, hold=True)
+        try:
+            yield entry.servable
+        finally:
+            with self._lock:
+                entry.users -= 1
+
+    def _find(self, name: str | None, version: int | None, hold: bool = False) -> ServedVersion:
+        """Return the entry :meth:`get` describes, counting a user on it when ``hold``."""
         self._check_ready()
         if not name:
             name = self.default_name()
         entries = self._entries(name)
         with self._lock:
-            if version is None:
-                entry = self._default_entry(name)
-            else:
-                entry = entries.get(int(version))
+            entry = self._default_entry(name) if version is None else entries.get(int(version))
             if entry is None or not entry.available:
                 raise ModelNotFound(self._not_available(name, version, entry))
             if hold:
-                self._hold(entry)
-            return entry.servable
+                entry.users += 1
+            return entry
 
     def _not_available(self, name: str, version: int | None, entry: ServedVersion | None) -> str:
         served = ", ".join(str(v) for v, e in sorted(self.versions.get(name, {}).items()) if e.available) or "none"
@@ -422,9 +409,12 @@ class ModelRegistry:
 
     def get_label(self, name: str, label: str) -> Servable:
         """Return the version label ``label`` of ``name`` points at; it must be AVAILABLE (404 saying so if not)."""
-        version = self.label_version(name, label)
+        return self._find_label(name, label).servable
+
+    def _find_label(self, name: str | None, label: str, hold: bool = False) -> ServedVersion:
+        version = self.label_version(name or self.default_name(), label)
         try:
-            return self.get(name, version)
+            return self._find(name, version, hold)
         except ModelNotFound as exc:
             raise ModelNotFound(f"label {label!r} of model {name!r} points at version {version}, which is not "
                                 f"available: {exc}") from None
@@ -451,20 +441,6 @@ class ModelRegistry:
         """Return the versions of ``name`` this worker can serve now, oldest first."""
         return sorted(v for v, e in self.versions.get(name, {}).items() if e.available)
 
-    def _hold(self, entry: ServedVersion) -> None:
-        """Count ``entry`` as used by the current request until it ends (under the lock)."""
-        if has_request_context():
-            entry.users += 1
-            g.setdefault(_HELD, []).append(entry)
-
-    def release_request(self) -> None:
-        """Release the versions the current request held (teardown)."""
-        held = g.pop(_HELD, None) if has_request_context() else None
-        if held:
-            with self._lock:
-                for entry in held:
-                    entry.users -= 1
-
     def default_name(self) -> str:
         """Return the default model's name: the config's, else the first image classifier by name, else the first."""
         if self.config.default_model:
@@ -477,30 +453,11 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Stop polling and the batchers."""
-        self._stop.set()
-        if self._poller is not None and self._poller is not threading.current_thread():
-            self._poller.join(timeout=30)
+        if self._poller is not None:
+            self._poller.stop()
         for entries in list(self.versions.values()):
             for entry in list(entries.values()):
                 if entry.servable is not None:
                     entry.servable.close()
         if self.shared is not None:
             self.shared.withdraw()
-
-
-def init_app(app: Flask) -> ModelRegistry:
-    """Create the app's registry (its config, its metrics), count its prediction requests in flight; return it.
-
-    Loading starts with :meth:`ModelRegistry.start`, once the app is complete.
-    """
-    in_flight = InFlight()
-    registry = ModelRegistry(current_config(app), current_metrics(app), expected=in_flight.count)
-    in_flight.init_app(app, lambda: registry.default_name() if registry.ready else None)
-    app.teardown_request(lambda exc: registry.release_request())
-    app.extensions[EXTENSION] = registry
-    return registry
-
-
-def current_registry(app: Flask | None = None) -> ModelRegistry:
-    """Return the model registry of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]

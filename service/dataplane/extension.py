@@ -1,0 +1,30 @@
+"""The data plane as a Flask extension: :func:`init_app` builds it for an app, :func:`current_plane` returns it."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from imgclf.service.app_settings import current_config
+from imgclf.service.dataplane.budget import Budget
+from imgclf.service.dataplane.in_flight import InFlight
+from imgclf.service.dataplane.metrics import current_metrics
+from imgclf.service.dataplane.plane import DataPlane
+from imgclf.service.lifecycle import extension as lifecycle
+
+EXTENSION = "imgclf.dataplane"
+
+
+def init_app(app: Flask) -> DataPlane:
+    """Create the app's data plane over its version manager (created here too), budget and in-flight count."""
+    config = current_config(app)
+    metrics = current_metrics(app)
+    in_flight = InFlight()
+    models = lifecycle.init_app(app, metrics, expected=in_flight.count)
+    plane = DataPlane(models, Budget.from_config(config, metrics.registry), in_flight, config.max_instances)
+    app.extensions[EXTENSION] = plane
+    return plane
+
+
+def current_plane(app: Flask | None = None) -> DataPlane:
+    """Return the data plane of ``app`` (by default the app handling this request)."""
+    return (app or current_app).extensions[EXTENSION]

@@ -1,0 +1,127 @@
+"""The data plane: one protocol-neutral call from a request's instances to a model's named outputs.
+
+Every protocol (``/predict``, TF Serving REST, the Open Inference Protocol)
+translates its wire format into an :class:`InferenceRequest` and formats the
+:class:`InferenceResponse`; what every prediction needs hangs here, once:
+
+* readiness and the version lifecycle: the model version is leased from the
+  :class:`~imgclf.service.lifecycle.manager.VersionManager` (503 while loading,
+  404 unknown) and stays loaded until the call ends;
+* in-flight counting, by model (a batcher stops waiting once every request in
+  flight has joined it);
+* the instance limit, then the pixel budgets (:class:`~imgclf.service.dataplane.budget.Budget`),
+  checked on the encoded pictures' headers before any decoding;
+* decoding by the servable, then prediction through its batcher;
+* output selection, with one message for an output the model does not have.
+
+Nothing here knows HTTP or JSON: an instance is ``bytes`` (one encoded
+picture) or numbers (nested lists); outputs are numpy arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgclf.core.errors import BadRequest
+from imgclf.service.dataplane.budget import Budget
+from imgclf.service.dataplane.in_flight import InFlight
+from imgclf.service.lifecycle.manager import VersionManager
+from imgclf.service.servables.base import Servable, Signature
+
+
+@dataclass
+class InferenceRequest:
+    """A prediction request, whatever protocol brought it."""
+
+    instances: list  # one entry per batch row: bytes (an encoded picture) or numbers (nested lists, an array)
+    signature: str | None = None  # None: serving_default
+    outputs: list[str] | None = None  # the outputs to answer, in this order (None: every output)
+    where: str = "the request"  # how the protocol names the instances in messages ('"instances"', "input 'x'")
+    keep_pictures: bool = False  # every instance is a picture; answer the decoded RGB images too (annotation)
+
+
+@dataclass
+class InferenceResponse:
+    """What a model answered: named outputs (one row per instance), and how long each stage took."""
+
+    model: str
+    version: int
+    signature: Signature
+    outputs: dict[str, np.ndarray]
+    pictures: list[np.ndarray] | None = None  # uint8 RGB per instance, when the request kept them
+    seconds: dict[str, float] = field(default_factory=dict)  # decode, predict
+
+
+class DataPlane:
+    """One worker's prediction path over its served models."""
+
+    def __init__(self, models: VersionManager, budget: Budget, in_flight: InFlight, max_instances: int):
+        self.models, self.budget, self.in_flight = models, budget, in_flight
+        self.max_instances = int(max_instances)
+
+    @contextlib.contextmanager
+    def model(self, name: str | None = None, version: int | None = None, label: str | None = None
+              ) -> Iterator[Servable]:
+        """Lease a served model version for one prediction and count it in flight while the block runs.
+
+        ``name`` None or "": the default model; ``version`` None: its default version; ``label``: the version
+        the label points at.
+
+        Raises:
+            NotReady: models are loading, or failed to load (503).
+            ModelNotFound: no such model, version or label (404).
+        """
+        with self.models.lease(name, version, label) as served, self.in_flight.counting(served.name):
+            yield served
+
+    def infer(self, served: Servable, request: InferenceRequest) -> InferenceResponse:
+        """Decode the request's instances within the budgets, predict them, and return the outputs it asked for.
+
+        Raises:
+            BadRequest: no instances, too many, an unknown signature or output, or values the model refuses
+                (the message names the instance).
+            PayloadTooLarge: the pictures' headers claim more pixels than a request may decode (413).
+            InvalidImage and its kinds (400, 413, 415): a picture that cannot be served.
+            DecodeBusy: the worker's decode gate stayed full (503).
+        """
+        signature = served.signature(request.signature)
+        self.check_count(len(request.instances), request.where)
+        wanted = self._wanted(served, signature, request.outputs)
+        started = time.perf_counter()
+        pictures = [value for value in request.instances if isinstance(value, bytes)]
+        with self.budget.admit(pictures):
+            if request.keep_pictures:
+                decoded = [served.decode_picture(value) for value in request.instances]
+                rgb, batch = [d[0] for d in decoded], np.stack([d[1] for d in decoded])
+            else:
+                rgb, batch = None, served.decode_batch(request.instances, signature)
+        decoded_at = time.perf_counter()
+        outputs = served.predict(batch, signature)
+        predicted_at = time.perf_counter()
+        if wanted is not None:
+            outputs = {key: outputs[key] for key in wanted}
+        return InferenceResponse(served.name, served.version, signature, outputs, rgb,
+                                 {"decode": decoded_at - started, "predict": predicted_at - decoded_at})
+
+    def check_count(self, count: int, where: str) -> None:
+        """Raise BadRequest unless 1 <= ``count`` <= the instance limit (before anything is read or decoded)."""
+        if count < 1:
+            raise BadRequest(f"{where} holds no instance; send at least one")
+        if count > self.max_instances:
+            raise BadRequest(f"{where} holds {count} items; at most {self.max_instances} are allowed per request")
+
+    @staticmethod
+    def _wanted(served: Servable, signature: Signature, requested: list[str] | None) -> list[str] | None:
+        """Return the output names to answer, checked against the signature's outputs (None: every output)."""
+        names = [spec.name for spec in signature.outputs]
+        if requested is None:
+            return None
+        for name in requested:
+            if name not in names:
+                raise BadRequest(f"model {served.name!r} has no output {name[:60]!r}; its outputs: {', '.join(names)}")
+        return list(requested)

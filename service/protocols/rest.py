@@ -1,0 +1,144 @@
+"""What the REST protocols share: request bodies read whole, base64 values, and errors answered as JSON.
+
+Every error becomes ``{"error": "<message>"}`` with its status, in one place:
+the typed errors of :mod:`imgclf.core.errors` (400, 404, 413, 415, 503 with
+Retry-After) and werkzeug's own (404 and 405 for unknown routes and methods,
+413 for a body over the upload limit). Anything else is a bug: 500, logged,
+and the worker lives on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import re
+
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from imgclf.core.errors import (
+    BadRequest,
+    ImageTooLarge,
+    ImgclfError,
+    InvalidImage,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedImageType,
+    UnsupportedMediaType,
+)
+from imgclf.core.values import json_type
+
+log = logging.getLogger(__name__)
+
+B64_FIELD = "b64"  # the JSON field that carries base64-encoded bytes ({"b64": ...}), as TF Serving's REST API
+_DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)  # what a browser's FileReader gives
+_WHITESPACE = re.compile(r"\s+")
+_READ_SIZE = 64 * 1024  # bytes per read of a chunked body
+
+
+def decode_b64(value: str) -> bytes:
+    """Return the bytes of a base64 string (standard or URL-safe alphabet, padding optional).
+
+    Whitespace (MIME line breaks) and a ``data:...;base64,`` prefix are allowed.
+
+    Raises:
+        BadRequest: not a string, empty, or not base64; the message shows what was received.
+    """
+    if not isinstance(value, str):
+        raise BadRequest(f"b64 must be a string of base64; received {json_type(value)}")
+    text = _WHITESPACE.sub("", _DATA_URL.sub("", value.strip(), count=1))
+    if not text:
+        raise BadRequest("b64 is empty: expected the base64-encoded image")
+    if "-" in text or "_" in text:  # URL-safe alphabet (TF Serving's clients send either)
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4) if len(text) % 4 != 1 else ""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"b64 is not valid base64 ({exc}); received {len(value)} characters "
+                         f"starting {value[:24]!r}") from exc
+
+
+def read_streamed_body() -> None:
+    """Read a body sent without Content-Length (chunked) before any view does: 413 over the limit, 400 if malformed.
+
+    Registered with ``app.before_request``. Werkzeug cuts such a body at
+    ``MAX_CONTENT_LENGTH`` without a word (a view would see a truncated image or
+    JSON and blame the client's data), and a malformed chunk raises the server's
+    own parse error in the view (a 500). Read here once, the body then reaches
+    every view as if it had come with a Content-Length.
+
+    Raises:
+        RequestEntityTooLarge: the body is longer than ``MAX_CONTENT_LENGTH``.
+        BadRequest: the server cannot read the body (bad chunk size, missing terminator, disconnect).
+    """
+    environ = request.environ
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or "wsgi.input_terminated" not in environ:
+        return  # no body, a Content-Length body (werkzeug checks it), or one the server cannot delimit (ignored)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    try:
+        while chunk := stream.read(_READ_SIZE if limit is None else min(_READ_SIZE, limit + 1 - len(body))):
+            body += chunk
+            if limit is not None and len(body) > limit:
+                raise RequestEntityTooLarge()
+    except RequestEntityTooLarge:
+        raise
+    except Exception as exc:
+        raise BadRequest(f"cannot read the request body: {type(exc).__name__}: {exc}") from exc
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+STATUS = (  # most specific first
+    (UnsupportedImageType, 415),
+    (ImageTooLarge, 413),
+    (InvalidImage, 400),
+    (ModelNotFound, 404),
+    (BadRequest, 400),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (NotReady, 503),
+)
+
+
+def status_of(exc: Exception) -> int:
+    """Return the HTTP status for an imgclf error (500 for anything unexpected)."""
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error as ``{"error": "<message>"}`` with the right status."""
+
+    @app.errorhandler(ImgclfError)
+    def imgclf_error(exc: ImgclfError):
+        status = status_of(exc)
+        response = jsonify(error=str(exc))
+        if status == 503:
+            response.headers["Retry-After"] = "1"
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"request body is over the limit of {limit} bytes" if limit else message
+        response = jsonify(error=message)
+        response.status_code = exc.code or 500
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # a bug: say so without leaking internals, keep the worker alive
+        log.exception("unhandled error")
+        return jsonify(error=f"internal error ({type(exc).__name__}); see the server log"), 500
