@@ -7,9 +7,8 @@ client generator or a fuzzer (schemathesis) can hold the app to it.
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from imgclf.core import export_names as names
+from imgclf.core.version import package_version
 from imgclf.service.protocols.v2 import openapi as v2_openapi
 
 OPENAPI_VERSION = "3.0.3"
@@ -265,10 +264,6 @@ def _tfserving_paths(name_param: dict, version_param: dict) -> dict:
 
 def document(model_names: list[str] | None = None, max_instances: int = 256) -> dict:
     """Return the OpenAPI document; ``model_names`` (the served ones) become the examples of model names."""
-    try:
-        version = metadata.version("imgclf")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a plain checkout
-        version = "0"
     example_name = (model_names or ["flowers"])[0]
     name_param = {"name": "name", "in": "path", "required": True, "description": "model name",
                   "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}, "example": example_name}
@@ -286,7 +281,7 @@ def document(model_names: list[str] | None = None, max_instances: int = 256) -> 
     ]
     return {
         "openapi": OPENAPI_VERSION,
-        "info": {"title": "imgclf", "version": version,
+        "info": {"title": "imgclf", "version": package_version(),
                  "description": "Image classification with Inception-v3 bottlenecks and a trained head. "
                                 "Every error answers {\"error\": \"<message>\"}."},
         "tags": [{"name": "imgclf"}, {"name": "tensorflow-serving",

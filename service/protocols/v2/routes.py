@@ -12,10 +12,10 @@ from URLs are only ever looked up in the registry, never joined into paths.
 from __future__ import annotations
 
 import re
-from importlib import metadata
 
 from flask import Blueprint, Response, jsonify, request
 
+from imgclf.core.version import package_version
 from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.budget import admit, tensor_pictures
 from imgclf.service.dataplane.errors import BadRequest, NotReady
@@ -48,11 +48,7 @@ def _served(name: str, version: str | None = None) -> Servable:
 @bp.get("/v2")
 def server_metadata():
     """Answer the server metadata: name, version and the protocol extensions supported."""
-    try:
-        version = metadata.version("imgclf")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a plain checkout
-        version = "0"
-    return jsonify(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
+    return jsonify(name=SERVER_NAME, version=package_version(), extensions=EXTENSIONS)
 
 
 @bp.get("/v2/health/live")
