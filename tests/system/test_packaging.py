@@ -70,6 +70,9 @@ def test_the_wheel_installs_only_imgclf_at_the_top_level(wheel):
     for package in ("core", "featurizer", "training", "models", "service"):
         assert f"imgclf/{package}/__init__.py" in files
     assert any(name.startswith("imgclf/service/web/") and name.endswith(".html") for name in files)
+    # Each protocol's OpenAPI schemas are package data (pyproject's package-data), read when /openapi.json answers.
+    schemas = [path.relative_to(ROOT).as_posix() for path in (ROOT / "service" / "protocols").rglob("*.yaml")]
+    assert len(schemas) >= 4 and all(f"imgclf/{path}" in files for path in schemas), schemas
     assert not any(name.startswith("imgclf/tests/") or "/tests/" in name for name in files)
 
 

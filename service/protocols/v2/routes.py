@@ -12,11 +12,11 @@ from URLs are only ever looked up in the registry, never joined into paths.
 from __future__ import annotations
 
 import re
-from importlib import metadata
 
 from flask import Blueprint, Response, jsonify, request
 
 from imgclf.core.errors import BadRequest, NotReady
+from imgclf.core.version import package_version
 from imgclf.service.dataplane.extension import current_plane
 from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.v2 import model as v2_model
@@ -50,11 +50,7 @@ def _served(name: str, version: str | None = None) -> Servable:
 @bp.get("/v2")
 def server_metadata():
     """Answer the server metadata: name, version and the protocol extensions supported."""
-    try:
-        version = metadata.version("imgclf")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a plain checkout
-        version = "0"
-    return jsonify(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
+    return jsonify(name=SERVER_NAME, version=package_version(), extensions=EXTENSIONS)
 
 
 @bp.get("/v2/health/live")

@@ -10,6 +10,7 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
 from imgclf.service import create_app
+from imgclf.service.protocols import openapi
 from imgclf.service.protocols.openapi import document
 
 
@@ -67,6 +68,12 @@ def test_the_served_document_is_valid_openapi(spec, app):
     assert spec == document(["shapes"], max_instances=4)
     name = spec["paths"]["/v1/models/{name}:predict"]["parameters"][0]
     assert name["example"] == "shapes"  # a served model, so examples reach a real one
+
+
+def test_two_parts_may_not_describe_the_same_path(monkeypatch):
+    monkeypatch.setattr(openapi, "PARTS", openapi.PARTS + openapi.PARTS[:1])
+    with pytest.raises(ValueError, match="the path '/predict'"):
+        document()
 
 
 def test_the_document_of_a_loading_app_is_valid_too(loading_app):
