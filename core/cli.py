@@ -1,10 +1,11 @@
-"""The `imgclf` command line: one dispatcher over each package's subcommands, and one runner.
+"""The command-line machinery every `imgclf` command shares: the parser with subcommands, and one runner.
 
 Each package registers its subcommands from a small ``cli`` module that imports
 only argparse-level things, so ``imgclf --help`` stays fast and ``imgclf
 featurize`` never imports Flask; a handler imports the heavy parts it needs when
-it runs. The dispatcher knows those modules by name only (:data:`COMMAND_MODULES`):
-the layers below the service stay free of it.
+it runs. Which modules those are is said by the top layer, which knows every
+package (:mod:`imgclf.service.cli.main`, the ``imgclf`` entry point): nothing
+here names a package above core.
 
 :func:`run_command` runs a parsed command and maps its errors to one line on
 stderr and an exit status (:func:`imgclf.core.errors.exit_status`).
@@ -13,19 +14,15 @@ stderr and an exit status (:func:`imgclf.core.errors.exit_status`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import ModuleType
 
 from imgclf.core.errors import EXIT_INTERRUPTED, exit_status, is_tf_user_error
 
-# Modules with a ``register(subparsers)`` function, in the order their commands are listed in --help.
-COMMAND_MODULES = ("imgclf.service.cli.demo", "imgclf.featurizer.cli", "imgclf.training.cli",
-                   "imgclf.training.models_cli", "imgclf.service.cli.predict", "imgclf.service.cli.serve",
-                   "imgclf.service.access.api_keys")
 NOISY_LOGGERS = ("tensorflow", "absl", "h5py", "PIL")
 
 
@@ -34,16 +31,16 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the `imgclf` argument parser with every package's subcommands."""
+def build_parser(modules: Iterable[ModuleType]) -> argparse.ArgumentParser:
+    """Return the `imgclf` argument parser with the subcommands each of ``modules`` registers, in that order."""
     parser = argparse.ArgumentParser(
         prog="imgclf",
         description="Transfer-learning image classifier: Inception-v3 bottlenecks, a small dense head, "
                     "an HTTP API.")
     add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+    for module in modules:
+        module.register(sub)
     return parser
 
 
@@ -84,12 +81,3 @@ def _message(exc: BaseException) -> str:
         text = re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
         return f"{type(exc).__name__}: {text}"
     return str(exc) or type(exc).__name__
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the `imgclf` command line; return the exit status."""
-    return run_command(build_parser(), argv, lambda args: f"imgclf {args.command}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

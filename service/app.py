@@ -3,7 +3,7 @@
 ``create_app()`` builds a fresh app each time: defaults, then ``IMGCLF_*``
 environment variables, then the caller's overrides. Each resource is an
 extension with one accessor: the config (:func:`~imgclf.service.app_settings.current_config`),
-the metrics (:func:`~imgclf.service.dataplane.metrics.current_metrics`), the version
+the metrics (:func:`~imgclf.service.metrics.current_metrics`), the version
 manager (:func:`~imgclf.service.lifecycle.extension.current_models`) and the data plane
 over it (:func:`~imgclf.service.dataplane.extension.current_plane`). Models load once
 per worker, here (never at import, never in the gunicorn master).
@@ -16,9 +16,9 @@ import logging
 from flask import Flask
 
 from imgclf.service import app_settings as app_config
+from imgclf.service import metrics
 from imgclf.service.access import auth, cross_site, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
-from imgclf.service.dataplane import metrics
 from imgclf.service.protocols import health as routes_health
 from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers

@@ -27,7 +27,7 @@ from imgclf.service.access.api_keys import match
 from imgclf.service.access.rate_limit import TokenBuckets, retry_after
 from imgclf.service.access.settings import AccessSettings
 from imgclf.service.app_settings import current_config
-from imgclf.service.dataplane.metrics import current_metrics
+from imgclf.service.metrics import current_metrics
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from flask import Flask, current_app
 from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.budget import Budget
 from imgclf.service.dataplane.in_flight import InFlight
-from imgclf.service.dataplane.metrics import current_metrics
 from imgclf.service.dataplane.plane import DataPlane
 from imgclf.service.lifecycle import extension as lifecycle
+from imgclf.service.metrics import current_metrics
 
 EXTENSION = "imgclf.dataplane"
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness.
+"""The routes every protocol shares: liveness, readiness, and the API description.
 
 ``/healthz`` answers as long as the process does, also while models load.
 ``/readyz`` is 200 only when this worker has loaded and warmed up its models
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from imgclf.service.app_settings import current_config
 from imgclf.service.lifecycle.extension import current_models
+from imgclf.service.protocols.openapi import document
 from imgclf.service.server import worker_states
 
 bp = Blueprint("health", __name__)
@@ -39,3 +41,11 @@ def readyz():
         response.status_code = 503
         response.headers["Retry-After"] = "1"
     return response
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """Answer the OpenAPI 3 description of the whole service."""
+    models = current_models()
+    return jsonify(document(sorted(models.models) if models.ready else [],
+                            max_instances=int(current_config().max_instances)))

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.core.errors import ImageTooLarge
 from imgclf.featurizer.images.decode import decode_to_input
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.service import create_app
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.cli.main import main
 from imgclf.training.classifier import load_model
 from tests.support.bad_inputs import (
     FEATURIZE,

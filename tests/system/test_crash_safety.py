@@ -57,7 +57,7 @@ def integrity(path: Path) -> str:
 
 
 def train_command(image_dir: Path, graph: Path, cache: Path, repo: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "imgclf.core.cli", "train", str(image_dir), "--graph", str(graph), "--cache",
+    return [sys.executable, "-m", "imgclf.service.cli.main", "train", str(image_dir), "--graph", str(graph), "--cache",
             str(cache), "--model-dir", str(repo), "--name", name, "--precision", "fp32", "--quiet",
             "--batch-size", "2", "--decode-threads", "1"]
 

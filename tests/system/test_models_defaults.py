@@ -12,7 +12,7 @@ import json
 import pytest
 
 from imgclf.core import export_names as names
-from imgclf.core.cli import main
+from imgclf.service.cli.main import main
 from tests.support.small_digits import write_small_digits_npz
 
 pytest.importorskip("sklearn", reason="the small digits set comes from scikit-learn's bundled data")

@@ -97,7 +97,7 @@ def light_venv(wheel, tmp_path_factory) -> Path:
 CHECK_IMPORTS = textwrap.dedent("""
     import importlib.util, json, sys
     import imgclf.service
-    import imgclf.core.cli as cli
+    import imgclf.service.cli.main as cli
     parser = cli.build_parser()
     commands = sorted(parser._subparsers._group_actions[0].choices)
     print(json.dumps({

@@ -2,7 +2,7 @@
 
 One cluster for the module: `ray start --head` plus a second node joining it (`ray start --address`),
 2 logical CPUs each, 80 MB object stores; an S3-compatible server (moto, in this process) holds images
-and datasets. Drivers run in this process (imgclf.core.cli.main) or, to be SIGKILLed, in a subprocess.
+and datasets. Drivers run in this process (imgclf.service.cli.main.main) or, to be SIGKILLed, in a subprocess.
 """
 
 import json
@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.jobs import ray_engine
 from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
 from imgclf.featurizer.store.object_store import open_location
+from imgclf.service.cli.main import main
 from tests.support import images
 from tests.support.ray_cluster import RayCluster
 from tests.support.s3_server import s3_server, upload_folder
@@ -196,7 +196,7 @@ def test_a_sigkilled_actor_is_restarted_and_every_image_is_featurized_once(clust
 def test_a_sigkilled_driver_resumes_from_its_shards_and_duplicates_nothing(cluster, many_photos,
                                                                            legacy_graph_path, tmp_path):
     dest, report = tmp_path / "ds", tmp_path / "r.json"
-    command = [sys.executable, "-m", "imgclf.core.cli", "featurize", str(many_photos), "--graph",
+    command = [sys.executable, "-m", "imgclf.service.cli.main", "featurize", str(many_photos), "--graph",
                str(legacy_graph_path), "--precision", "fp32", "--quiet", "--output-dataset", str(dest),
                "--engine", "ray", "--ray-address", cluster.address, "--batch-size", "2", "--shard-rows", "2"]
     driver = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -17,8 +17,8 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from imgclf.core.cli import main
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.cli.main import main
 from tests.support.processes import children_of, free_port
 
 READY_WITHIN_S = 90

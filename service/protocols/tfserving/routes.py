@@ -18,11 +18,9 @@ from flask import Blueprint, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from imgclf.core.errors import BadRequest
-from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.extension import current_plane
 from imgclf.service.dataplane.plane import InferenceRequest
 from imgclf.service.lifecycle.extension import current_models
-from imgclf.service.protocols.openapi import document
 from imgclf.service.protocols.tfserving import codec
 from imgclf.service.protocols.tfserving.ovms_json import with_json_names
 from imgclf.service.servables.base import Servable
@@ -143,14 +141,3 @@ def _json_body() -> dict:
     if "signature_name" in body and not isinstance(body["signature_name"], str):
         raise BadRequest(f"signature_name must be a string; received {body['signature_name']!r}")
     return body
-
-
-# --- the API description ------------------------------------------------------------------------------------------
-
-
-@bp.get("/openapi.json")
-def openapi_json():
-    """Answer the OpenAPI 3 description of the whole service."""
-    models = current_models()
-    return jsonify(document(sorted(models.models) if models.ready else [],
-                            max_instances=int(current_config().max_instances)))

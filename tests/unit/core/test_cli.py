@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.core.cli import build_parser, main, run_command
+from imgclf.core.cli import run_command
 from imgclf.core.errors import TrainingDiverged, UsageError
 from imgclf.featurizer.images.demo import write_demo_images
+from imgclf.service.cli.main import build_parser, main
 from tests.support import images
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -94,7 +95,7 @@ def _train_args(image_dir, graph, tmp_path, *extra, model_dir=None):
 
 def _cli_subprocess(args, cwd):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "imgclf.core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "imgclf.service.cli.main", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

@@ -12,7 +12,6 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
 from imgclf.core import export_names as names
 from imgclf.core import op_policy
-from imgclf.core.cli import main
 from imgclf.core.errors import GraphError, UnsafeGraph, UsageError
 from imgclf.core.op_policy import (
     ALLOWED_OPS,
@@ -23,6 +22,7 @@ from imgclf.core.op_policy import (
     read_saved_model_proto,
     unsafe_ops_in_graph_def,
 )
+from imgclf.service.cli.main import main
 from tests.support import images
 
 REFUSED = "contains ops outside imgclf's inference allow-list"
@@ -293,8 +293,8 @@ def test_featurize_refuses_an_unsafe_graph_and_runs_it_with_the_opt_in(unsafe_gr
 
 
 def test_train_takes_the_opt_in():
-    from imgclf.core.cli import build_parser
     from imgclf.featurizer.cli import featurizer_config_from_args
+    from imgclf.service.cli.main import build_parser
 
     argv = ["train", "photos", "--graph", "g.pb", "--cache", "c.sqlite", "--model-dir", "m", "--name", "n"]
     assert not featurizer_config_from_args(build_parser().parse_args(argv)).allow_unsafe_ops

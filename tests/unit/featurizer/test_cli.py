@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.images.demo import write_demo_images
+from imgclf.service.cli.main import main
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 # featurize main, then report which heavy web modules got imported on the way.
 _FEATURIZE_WITHOUT_FLASK = """
 import json, sys
-from imgclf.core.cli import build_parser, main
+from imgclf.service.cli.main import build_parser, main
 build_parser().format_help()
 featurize = build_parser()._subparsers._group_actions[0].choices["featurize"]
 featurize.format_help()

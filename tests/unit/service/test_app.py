@@ -121,8 +121,8 @@ def test_gunicorn_conf_refuses_an_access_log_of_2():
     ("IMGCLF_HEADER_TIMEOUT", "soon", "IMGCLF_HEADER_TIMEOUT='soon' is not a valid float"),  # the front's
 ])
 def test_serve_checks_the_settings_before_it_execs_gunicorn(model_repo, monkeypatch, capsys, name, value, message):
-    from imgclf.core.cli import main
     from imgclf.service.cli import serve as serve_cli
+    from imgclf.service.cli.main import main
 
     calls = []
     monkeypatch.setattr(serve_cli.os, "execve", lambda *a: calls.append(a))

@@ -103,7 +103,7 @@ def one_device_weights(tmp_path_factory, mnist_file):
 
 
 def _command(repo: Path, mnist_file: Path, weights: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "imgclf.core.cli", "models", "train",
+    return [sys.executable, "-m", "imgclf.service.cli.main", "models", "train",
             "mnist-mlp", "--model-dir", str(repo), "--data", str(mnist_file),
             "--quiet", "--save-weights", str(weights), *[f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()],
             *extra]

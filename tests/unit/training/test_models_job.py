@@ -267,7 +267,7 @@ def test_rerun_exports_the_same_weights_and_longer_runs_continue(quadratic_run, 
 
 
 def _train_command(repo: Path) -> list[str]:
-    return [sys.executable, "-m", "imgclf.core.cli", "models", "train",
+    return [sys.executable, "-m", "imgclf.service.cli.main", "models", "train",
             "quadratic", "--model-dir", str(repo), "--quiet",
             *[f"--{k.replace('_', '-')}={v}" for k, v in QUADRATIC_SETTINGS.items()]]
 
@@ -310,7 +310,7 @@ def test_sigkilled_run_resumes_from_its_checkpoint(quadratic_run, tmp_path):
 
 
 def test_cli_is_registered_and_reports_errors(tmp_path, monkeypatch, capsys):
-    from imgclf.core.cli import build_parser, main
+    from imgclf.service.cli.main import build_parser, main
 
     monkeypatch.setenv("IMGCLF_MODEL_REPOSITORY", str(tmp_path / "env_repo"))
     args = build_parser().parse_args(["models", "train", "lenet5", "--strategy", "mirrored", "--cpu-devices", "2"])

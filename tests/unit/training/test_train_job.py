@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.images.demo import write_demo_images
 from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
+from imgclf.service.cli.main import main
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.train_job import TrainJob, run_train
 from tests.support import images

@@ -54,7 +54,7 @@ def test_a_bucket_source_follows_the_same_rules(tmp_path, s3_env, monkeypatch):
 
 
 def _featurize(source, graph, dest):
-    from imgclf.core.cli import main
+    from imgclf.service.cli.main import main
 
     return main(["featurize", str(source), "--graph", str(graph), "--precision", "fp32", "--quiet",
                  "--output-dataset", str(dest)])

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.service.cli.main import main
 from tests.support import images
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -146,8 +146,8 @@ def test_sigkill_loses_nothing_committed_and_the_rerun_finishes(tmp_path, legacy
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(images.jpeg(i, (96, 72), quality=80))
     cache = tmp_path / "c.sqlite"
-    command = [sys.executable, "-m", "imgclf.core.cli", "featurize", str(data), "--graph", str(legacy_graph_path),
-               "--cache", str(cache), "--precision", "fp32", "--quiet", "--batch-size", "4"]
+    command = [sys.executable, "-m", "imgclf.service.cli.main", "featurize", str(data), "--graph",
+               str(legacy_graph_path), "--cache", str(cache), "--precision", "fp32", "--quiet", "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     points = sorted(random.Random(seed).sample(range(1, total - 40), 3))  # committed rows to wait for
     seen = f"seed {seed}, SIGKILL at {points} committed rows"

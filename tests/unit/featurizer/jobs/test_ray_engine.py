@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.sources import open_image_source
 from imgclf.featurizer.jobs.ray_engine import KNOWN, OK, GraphActor, RayOptions, _preprocess, check_address
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
 from imgclf.featurizer.store.object_store import open_location
+from imgclf.service.cli.main import main
 from tests.support import images
 from tests.support.processes import free_port
 

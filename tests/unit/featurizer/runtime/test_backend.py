@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.core.errors import UsageError
 from imgclf.featurizer.runtime import backend
 from imgclf.featurizer.runtime.backend import INSTALL_HINT, check_backend_precision, require_openvino, resolve_backend
+from imgclf.service.cli.main import main
 
 
 @dataclass

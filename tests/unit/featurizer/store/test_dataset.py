@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.featurizer.store.dataset import (
     FeatureDatasetWriter,
@@ -18,6 +17,7 @@ from imgclf.featurizer.store.dataset import (
     shard_names,
 )
 from imgclf.featurizer.store.object_store import open_location
+from imgclf.service.cli.main import main
 from tests.support import images
 
 DIM = 8

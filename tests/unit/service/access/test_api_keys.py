@@ -5,9 +5,9 @@ import stat
 
 import pytest
 
-from imgclf.core.cli import main
 from imgclf.core.errors import UsageError
 from imgclf.service.access import api_keys
+from imgclf.service.cli.main import main
 from imgclf.service.settings import ServiceConfig
 
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-from imgclf.core.cli import main
 from imgclf.service import create_app
 from imgclf.service.cli.client import PredictClient, ServiceError, predict_endpoint
+from imgclf.service.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 
-from imgclf.core.cli import main
 from imgclf.featurizer.images.demo import DEMO_CLASSES, make_demo_image, write_demo_images
 from imgclf.service.cli import demo
+from imgclf.service.cli.main import main
 
 
 def test_demo_images_are_seeded_and_classes_differ_visibly(tmp_path):

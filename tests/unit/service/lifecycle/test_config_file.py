@@ -149,8 +149,8 @@ def test_the_service_config_checks_the_file_and_refuses_two_sources_of_versions(
 
 def test_serve_checks_the_model_config_file_before_it_execs_gunicorn(tmp_path, monkeypatch, capsys):
     from imgclf.core import export_names
-    from imgclf.core.cli import main
     from imgclf.service.cli import serve as serve_cli
+    from imgclf.service.cli.main import main
 
     model_repo = tmp_path / "models"
     for required in export_names.REQUIRED_FILES:  # a version as `imgclf serve` looks for one (never loaded here)

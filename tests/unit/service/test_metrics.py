@@ -7,8 +7,8 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.service import create_app
-from imgclf.service.dataplane.metrics import current_metrics
 from imgclf.service.lifecycle.extension import current_models
+from imgclf.service.metrics import current_metrics
 from imgclf.service.servables import image as servable_image
 from tests.support.images import jpeg
 
