@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_WITHIN_S = 1800
 # bench.serve: the header line of the batching-ON table, then one row per level:
 # conc sent errors req/s p50 p95 p99 img/call cpu-ms
-_SERVE_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.nan]+)\s+([\d.nan]+)$")
+_SERVE_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)" + r"\s+([\d.]+)" * 4 + r"\s+([\d.na]+)" * 2 + "$")
 _FEATURIZE_ROW = re.compile(r"^\(b\) batched pipeline, fp32\s+([\d.]+) img/s")
 
 
