@@ -15,58 +15,16 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.core import settings
 from imgclf.core.errors import UsageError
+from imgclf.service.front.settings import FrontSettings
+from imgclf.service.server.launch import gunicorn_argv
+from imgclf.service.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-# The settings file by path, and -P: neither Python nor the config import may resolve `imgclf` through
-# the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
-CONF = str(Path(__file__).with_name("gunicorn_conf.py"))
-APP = "imgclf.service:create_app()"
 FRONT = "imgclf.service.front.main"
-LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """gunicorn's settings, from ``IMGCLF_*`` variables (the table in :mod:`imgclf.service.server.gunicorn_conf`).
-
-    Read here, not in the config file, so that `imgclf serve` can check them before it execs gunicorn
-    (whose config-file errors are a traceback); this module stays as light as the gunicorn master needs.
-    """
-
-    bind: str = "127.0.0.1:8000"
-    workers: int = 2
-    threads: int = 8
-    timeout: int = 120
-    graceful_timeout: int = 30
-    log_level: str = "info"
-    access_log: bool = False
-    malloc_trim_seconds: int = 1
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
-        """Read the settings from ``env`` (default: the process environment); unset or empty = the default.
-
-        Raises:
-            UsageError: a variable is malformed or out of range (``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``).
-        """
-        d = cls()
-        return cls(
-            bind=settings.env_str("IMGCLF_BIND", d.bind, env=env),
-            workers=settings.env_int("IMGCLF_WORKERS", d.workers, minimum=1, env=env),
-            threads=settings.env_int("IMGCLF_THREADS", d.threads, minimum=1, env=env),
-            timeout=settings.env_int("IMGCLF_TIMEOUT", d.timeout, minimum=1, env=env),
-            graceful_timeout=settings.env_int("IMGCLF_GRACEFUL_TIMEOUT", d.graceful_timeout, minimum=0, env=env),
-            log_level=settings.env_choice("IMGCLF_LOG_LEVEL", LOG_LEVELS, d.log_level, env=env),
-            access_log=settings.env_bool("IMGCLF_ACCESS_LOG", d.access_log, env=env),
-            malloc_trim_seconds=settings.env_int("IMGCLF_MALLOC_TRIM_SECONDS", d.malloc_trim_seconds, minimum=0,
-                                                 env=env),
-        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,11 +59,6 @@ def add_server_options(p: argparse._ActionsContainer) -> None:
                         "(default: $IMGCLF_THREADS or 8)")
 
 
-def gunicorn_argv() -> list[str]:
-    """Return the command line that runs gunicorn with this package's settings, in this interpreter."""
-    return [sys.executable, "-P", "-m", "gunicorn", "-c", CONF, APP]
-
-
 def front_argv() -> list[str]:
     """Return the command line that runs the front (which starts gunicorn itself), in this interpreter."""
     return [sys.executable, "-P", "-m", FRONT]
@@ -113,8 +66,6 @@ def front_argv() -> list[str]:
 
 def serve_argv(env: Mapping[str, str] | None = None) -> list[str]:
     """Return what `imgclf serve` execs: the front, or gunicorn alone when ``IMGCLF_FRONT=0``."""
-    from imgclf.service.front.proxy import FrontSettings
-
     return front_argv() if FrontSettings.from_env(env).enabled else gunicorn_argv()
 
 
@@ -137,7 +88,6 @@ def check_settings(env: Mapping[str, str]) -> ServerSettings:
     """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
     from imgclf.core.devices import DeviceSettings
     from imgclf.service.front.main import parse_bind
-    from imgclf.service.front.proxy import FrontSettings
     from imgclf.service.settings import ServiceConfig
 
     server = ServerSettings.from_env(env)

@@ -30,7 +30,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from imgclf.service.cli.serve import front_argv, serve_argv
-from imgclf.service.front.proxy import FrontSettings
+from imgclf.service.front.settings import FrontSettings
 from imgclf.service.settings import ENV_PREFIX, ServiceConfig
 from tests.support.processes import free_port
 

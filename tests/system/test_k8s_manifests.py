@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from imgclf.service import create_app
-from imgclf.service.cli.serve import ServerSettings
+from imgclf.service.server.settings import ServerSettings
 from imgclf.service.settings import ServiceConfig
 from tests.system.test_container import DOCKERFILE, image_env, known_settings, only, parse_dockerfile
 

@@ -12,8 +12,8 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.service import create_app
-from imgclf.service.cli.serve import ServerSettings
 from imgclf.service.dataplane.batching import Batcher
+from imgclf.service.server.settings import ServerSettings
 from imgclf.service.settings import ServiceConfig
 
 
