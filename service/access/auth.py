@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from prometheus_client import Counter
 
 from imgclf.service.access.api_keys import match
@@ -116,7 +116,3 @@ def init_app(app: Flask) -> Auth:
                  if settings.rate else "")
     return auth
 
-
-def current_auth(app: Flask | None = None) -> Auth:
-    """Return the Auth of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from imgclf.service.access.settings import ANY_ORIGIN, AccessSettings
 from imgclf.service.app_settings import current_config
@@ -97,7 +97,3 @@ def init_app(app: Flask) -> CrossSite:
     app.after_request(cross_site.add_headers)
     return cross_site
 
-
-def current_cross_site(app: Flask | None = None) -> CrossSite:
-    """Return the cross-site check of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]
