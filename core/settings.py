@@ -192,7 +192,8 @@ class SettingInfo(NamedTuple):
 
 
 def setting(default: Any, help: str, *, env: str | None = None, minimum: Any = None, maximum: Any = None,
-            choices: Sequence[str] | None = None, parse: Callable[[str, str], Any] | None = None) -> Any:
+            choices: Sequence[str] | None = None, parse: Callable[[str, str], Any] | None = None,
+            secret: bool = False) -> Any:
     """Return a dataclass field for one setting: its default, its one-line help, and how its variable is read.
 
     Args:
@@ -202,18 +203,22 @@ def setting(default: Any, help: str, *, env: str | None = None, minimum: Any = N
         minimum, maximum: bounds of a number, checked on every value given (never on the default).
         choices: the accepted words of a string (any case in the environment).
         parse: ``parse(variable, raw) -> value`` where the annotation alone does not say how to read it.
+        secret: keep the value out of the section's repr (and so out of logs).
     """
     if not help.strip() or "\n" in help:
         raise ValueError(f"a setting's help is one line; received {help!r}")
     metadata = {"help": help, "env": env, "minimum": minimum, "maximum": maximum,
                 "choices": tuple(choices) if choices else None, "parse": parse}
     if isinstance(default, (dict, list, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=lambda: type(default)(default), repr=not secret, metadata=metadata)
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 def parsed(default: Any = None) -> Any:
     """Return a dataclass field for a value :meth:`Section.from_values` parses from settings (a file's content)."""
+    if isinstance(default, (dict, list, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), repr=False, compare=False,
+                                 metadata={"parsed": True})
     return dataclasses.field(default=default, repr=False, compare=False, metadata={"parsed": True})
 
 
@@ -287,6 +292,18 @@ def read_values(cls: type, env: Env | None = None, overrides: Mapping[str, Any] 
             for key, value in values.items()}
 
 
+def read_setting(cls: type, name: str, env: Env | None = None) -> Any:
+    """Return setting ``name`` of section ``cls``: its variable in ``env``, checked, else its default.
+
+    For a command that needs one value before the whole section (whose other settings may name files).
+    """
+    f = next(f for f in dataclasses.fields(cls) if f.name == name and is_setting(f))
+    raw = raw_value(env_name(f), env)
+    if raw is None:
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return check_setting(f, parser(f)(env_name(f), raw))
+
+
 def describe(cls: type, section: str = "") -> Iterator[SettingInfo]:
     """Yield every setting of section ``cls``: name, variable, type, default and help, in field order."""
     for f in dataclasses.fields(cls):
@@ -327,6 +344,6 @@ __all__ = [
     "ENV_CPU_DEVICES", "ENV_FONT", "ENV_HOME", "ENV_MODEL_REPOSITORY", "FALSE_WORDS", "PREFIX", "TRUE_WORDS",
     "Section", "SettingInfo", "check_range", "check_setting", "describe", "env_bool", "env_choice", "env_float",
     "env_int", "env_name", "env_path", "env_str", "env_versions", "is_setting", "parse_bool", "parse_choice",
-    "parse_float", "parse_int", "parse_path", "parse_versions", "parsed", "parser", "raw_value", "read_values",
-    "setting", "type_name",
+    "parse_float", "parse_int", "parse_path", "parse_versions", "parsed", "parser", "raw_value", "read_setting",
+    "read_values", "setting", "type_name",
 ]

@@ -1,11 +1,14 @@
-"""The Flask app factory: configuration, per-worker model loading, routes, error handling.
+"""The Flask app factory: settings, per-worker model loading, routes, error handling.
 
-``create_app()`` builds a fresh app each time: defaults, then ``IMGCLF_*``
-environment variables, then the caller's overrides. Each resource is an
-extension with one accessor: the config (:func:`~imgclf.service.app_settings.current_config`),
-the metrics (:func:`~imgclf.service.dataplane.metrics.current_metrics`) and the model
-registry (:func:`~imgclf.service.lifecycle.registry.current_registry`). Models load once
-per worker, here (never at import, never in the gunicorn master).
+``create_app()`` builds a fresh app each time from the settings tree
+(:class:`~imgclf.service.settings.Settings`: defaults, then ``IMGCLF_*`` environment
+variables, then the caller's overrides), read once, and hands each part its section.
+Each resource is an extension with one accessor: the settings
+(:func:`~imgclf.service.app_settings.current_settings`, and the serving section,
+:func:`~imgclf.service.app_settings.current_config`), the metrics
+(:func:`~imgclf.service.dataplane.metrics.current_metrics`) and the model registry
+(:func:`~imgclf.service.lifecycle.registry.current_registry`). Models load once per
+worker, here (never at import, never in the gunicorn master).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 
 from flask import Flask
 
-from imgclf.service import app_settings as app_config
+from imgclf.core import devices
+from imgclf.service import app_settings
 from imgclf.service.access import auth, cross_site, redact, security_headers
 from imgclf.service.dataplane import budget, metrics
 from imgclf.service.dataplane.errors import register_error_handlers
@@ -24,7 +28,7 @@ from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.predict.request import read_streamed_body
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
 from imgclf.service.protocols.v2 import routes as routes_v2
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import Settings
 from imgclf.service.web import routes as routes_web
 
 log = logging.getLogger(__name__)
@@ -32,23 +36,28 @@ log = logging.getLogger(__name__)
 BLUEPRINTS = (routes_health.bp, routes_predict.bp, routes_tfserving.bp, routes_v2.bp, routes_web.bp)
 
 
-def create_app(config: ServiceConfig | dict | None = None) -> Flask:
-    """Return a new app; ``config`` is a ServiceConfig or a dict of overrides of the environment's settings."""
-    if not isinstance(config, ServiceConfig):
-        config = ServiceConfig.from_env(**(config or {}))
+def create_app(settings: Settings | dict | None = None) -> Flask:
+    """Return a new app; ``settings`` is a settings tree, or overrides of the environment's by field name.
+
+    ``create_app({"model_repository": repo, "poll_seconds": 0})``: each name is a field of one section
+    of :class:`~imgclf.service.settings.Settings`.
+    """
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(**(settings or {}))
     app = Flask(__name__, static_folder=None)
     app.json.ensure_ascii = False  # labels in any script, as they are
     app.json.sort_keys = False
-    app_config.init_app(app, config)
+    app_settings.init_app(app, settings)  # the serving section: current_config(), read by the parts below
+    devices.use_settings(settings.device)  # applied when the registry first configures TensorFlow
     metrics.init_app(app)
     budget.init_app(app)  # per-request pixel budget and the worker's decode gate
     # Hostile clients (issue 15), before any hook that reads a body: 403 for browser pages of other origins
     # (CORS for allowed ones), then API keys and rate limits when configured; security headers and no server
     # paths on every answer.
-    cross_site.init_app(app)
-    auth.init_app(app)
+    cross_site.init_app(app, settings.access)
+    auth.init_app(app, settings.access)
     security_headers.init_app(app)
-    redact.init_app(app)
+    redact.init_app(app, settings.serving.model_repository)
     # Chunked bodies are read before anything else reads them (the in-flight count reads a body's "model"):
     # 413 over the limit, 400 when malformed (werkzeug would silently cut one at the limit), as a body with a
     # Content-Length gets.

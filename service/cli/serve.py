@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from imgclf.core.errors import UsageError
+from imgclf.core.settings import read_setting
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.server.launch import gunicorn_argv
 from imgclf.service.server.settings import ServerSettings
+from imgclf.service.settings import ServingSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
                                    "fall back to IMGCLF_* variables, then to the defaults shown.")
     p.add_argument("--model-dir", type=Path, default=None,
-                   help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
+                   help=f"model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or "
+                        f"./{ServingSettings.model_repository})")
     add_server_options(p)
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load models whose graphs hold ops outside the inference allow-list (file, process, "
@@ -50,13 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_server_options(p: argparse._ActionsContainer) -> None:
     """Add --bind, --workers and --threads (shared with `imgclf demo --serve`)."""
+    d = ServerSettings()  # the defaults, stated once
     p.add_argument("--bind", default=None, metavar="HOST:PORT",
-                   help="address to listen on (default: $IMGCLF_BIND or 127.0.0.1:8000; 0.0.0.0:8000 in a container)")
+                   help=f"address to listen on (default: $IMGCLF_BIND or {d.bind}; 0.0.0.0:8000 in a container)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes, each loading the models (default: $IMGCLF_WORKERS or 2)")
+                   help=f"worker processes, each loading the models (default: $IMGCLF_WORKERS or {d.workers})")
     p.add_argument("--threads", type=int, default=None,
-                   help="request threads per worker; concurrent requests share model calls "
-                        "(default: $IMGCLF_THREADS or 8)")
+                   help=f"request threads per worker; concurrent requests share model calls "
+                        f"(default: $IMGCLF_THREADS or {d.threads})")
 
 
 def front_argv() -> list[str]:
@@ -84,25 +88,22 @@ def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = No
     return env
 
 
-def check_settings(env: Mapping[str, str]) -> ServerSettings:
-    """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
-    from imgclf.core.devices import DeviceSettings
-    from imgclf.service.front.main import parse_bind
-    from imgclf.service.settings import ServiceConfig
+def check_settings(env: Mapping[str, str]) -> Settings:
+    """Return the settings tree of ``env``; raise UsageError if a variable gunicorn, the front or a worker reads is bad.
 
-    server = ServerSettings.from_env(env)
-    if FrontSettings.from_env(env).enabled:
-        parse_bind(server.bind)
-    ServiceConfig.from_env(env)
-    DeviceSettings.from_env(env)  # only reads: whether the device exists is checked by each worker
-    return server
+    The workers read the tree again, each in its own process: whether the device exists is theirs to check.
+    """
+    from imgclf.service.front.main import parse_bind
+
+    settings = Settings.from_env(env)
+    if settings.front.enabled:
+        parse_bind(settings.server.bind)
+    return settings
 
 
 def default_model_dir() -> Path:
-    """Return the repository served when --model-dir is not given."""
-    from imgclf.service.settings import ServiceConfig
-
-    return ServiceConfig.from_env().model_repository
+    """Return the repository served when --model-dir is not given (``IMGCLF_MODEL_REPOSITORY``, else ./models)."""
+    return read_setting(ServingSettings, "model_repository")
 
 
 def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
@@ -114,9 +115,9 @@ def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None 
             or workers it would be a traceback, or workers that fail to boot one after the other).
     """
     env = serve_env(model_dir, bind, workers, threads)
-    server = check_settings(env)
-    argv = serve_argv(env)
-    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{server.bind}/ (Ctrl-C to stop)", flush=True)
+    settings = check_settings(env)
+    argv = front_argv() if settings.front.enabled else gunicorn_argv()
+    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{settings.server.bind}/ (Ctrl-C to stop)", flush=True)
     sys.stderr.flush()  # exec discards whatever is still buffered
     os.execve(argv[0], argv, env)
 
@@ -136,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
     if args.allow_unsafe_ops:
-        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' ServiceConfig reads it
+        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' settings read it
     if args.model_config_file:  # checked (line by line) with the other settings before gunicorn starts
         os.environ["IMGCLF_MODEL_CONFIG_FILE"] = str(args.model_config_file.expanduser().absolute())
     exec_gunicorn(model_dir, args.bind, args.workers, args.threads)

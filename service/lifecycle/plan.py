@@ -14,7 +14,6 @@ from pathlib import Path
 
 from imgclf.core.errors import ModelNotFound
 from imgclf.core.repository import integer_dirs, is_complete, list_models
-from imgclf.service.lifecycle.config_file import read_model_config
 from imgclf.service.lifecycle.policy import SPECIFIC, VersionPolicy, parse_policy, policies_for
 from imgclf.service.settings import ServiceConfig
 
@@ -46,15 +45,11 @@ class ModelPlan:
 
 
 def plan_models(config: ServiceConfig, old: dict[str, ModelPlan] | None = None) -> dict[str, ModelPlan]:
-    """Return the models to serve, by name: the config file's, else every model of the repository.
-
-    Raises:
-        ConfigFileError: the model config file is not valid (naming its line).
-    """
+    """Return the models to serve, by name: the config file's (read with the settings), else the repository's."""
     repo = config.model_repository
     if config.model_config_file:
         return {m.name: ModelPlan(m.model_dir(repo), m.policy, dict(m.labels))
-                for m in read_model_config(Path(config.model_config_file).expanduser())}
+                for m in config.model_config}  # read once, by the settings
     available = list_models(repo) if repo.is_dir() else {}
     policies = policies_for(sorted(available), parse_policy(config.version_policy), config.model_versions)
     old = old or {}
