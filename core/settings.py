@@ -341,7 +341,7 @@ def _one_of(choices: Sequence[str]) -> str:
 
 
 __all__ = [
-    "ENV_CPU_DEVICES", "ENV_FONT", "ENV_HOME", "ENV_MODEL_REPOSITORY", "FALSE_WORDS", "PREFIX", "TRUE_WORDS",
+    "ENV_CPU_DEVICES", "ENV_FONT", "ENV_HOME", "ENV_MODEL_REPOSITORY", "Env", "FALSE_WORDS", "PREFIX", "TRUE_WORDS",
     "Section", "SettingInfo", "check_range", "check_setting", "describe", "env_bool", "env_choice", "env_float",
     "env_int", "env_name", "env_path", "env_str", "env_versions", "is_setting", "parse_bool", "parse_choice",
     "parse_float", "parse_int", "parse_path", "parse_versions", "parsed", "parser", "raw_value", "read_setting",

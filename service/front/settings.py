@@ -18,8 +18,8 @@ BODY_RATE_GRACE_S = 5.0  # a body's average rate is checked once it has been arr
 class FrontSettings(Section):
     """The front's limits; each field is the variable ``IMGCLF_<FIELD>`` (``enabled``: ``IMGCLF_FRONT``)."""
 
-    enabled: bool = setting(True, "0: no front, gunicorn straight on the port (behind a proxy of your own)",
-                            env="IMGCLF_FRONT")
+    enabled: bool = setting(True, "the front takes the port, gunicorn behind it (0: gunicorn straight on the port, "
+                                  "behind a proxy of your own)", env="IMGCLF_FRONT")
     header_timeout: float = setting(10.0, "seconds for a whole request head, else 408", minimum=0.1, maximum=3600)
     body_timeout: float = setting(60.0, "seconds for a whole body, and for taking the answer", minimum=0.1,
                                   maximum=3600)
