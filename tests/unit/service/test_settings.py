@@ -30,7 +30,7 @@ BAD_STRINGS = {
     "IMGCLF_PRECISION": "fp8",
     "IMGCLF_BACKEND": "onnx",
     "IMGCLF_VERSION_POLICY": "sometimes",
-    "IMGCLF_MODEL_CONFIG_FILE": "/no/such/models.config",
+    "IMGCLF_MODEL_CONFIG_FILE": "/no/such/serving.conf",
     "IMGCLF_API_KEYS_FILE": "/no/such/keys",
     "IMGCLF_METRICS_KEYS": "prometheus",  # names keys, but there is no keys file
     "IMGCLF_RATE_LIMIT": "5/fortnight",
@@ -141,7 +141,7 @@ def test_the_model_config_file_is_read_once(tmp_path, monkeypatch):
     from imgclf.service.lifecycle.plan import plan_models
 
     (tmp_path / "flowers" / "1").mkdir(parents=True)
-    path = tmp_path / "models.config"
+    path = tmp_path / "serving.conf"
     path.write_text('model_config_list { config { name: "flowers" base_path: "flowers" } }\n')
     reads = []
     real = service_settings.read_model_config
