@@ -6,7 +6,8 @@ TensorFlow initialises its devices. :mod:`imgclf.featurizer.graph.load` calls it
 every session it creates and :mod:`imgclf.service.servables.runtime` before loading models;
 calling it again is free and returns the same :class:`DeviceSettings`.
 
-Three ``IMGCLF_*`` variables (read here, by the featurizer and by the service):
+The ``IMGCLF_*`` variables of :class:`DeviceSettings` (read here, by the featurizer and by the service,
+whose settings tree hands its device section over with :func:`use_settings`):
 
 * ``IMGCLF_GPU_MEMORY_LIMIT_MB`` — unset: *memory growth* on every visible GPU,
   so a process takes GPU memory as it needs it and several gunicorn workers
@@ -23,6 +24,8 @@ Three ``IMGCLF_*`` variables (read here, by the featurizer and by the service):
   of the featurizer's v1 sessions, and of eager ops and ``tf.function`` s
   (the served SavedModels) — those only when this runs before TensorFlow's
   first op, as it does in the service and the CLI.
+* ``IMGCLF_CPU_DEVICES=N`` — the secondary models' ``tf.distribute`` setup
+  splits the CPU into N logical devices (:mod:`imgclf.training.distribute`).
 
 TensorFlow itself is imported lazily, so importing this module stays cheap.
 """
@@ -34,11 +37,11 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imgclf.core import tf_private
 from imgclf.core.errors import UsageError
-from imgclf.core.settings import env_bool, env_int, env_str
+from imgclf.core.settings import ENV_CPU_DEVICES, Env, Section, env_str, parsed, read_values, setting
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +56,38 @@ class DeviceError(UsageError):
     """A device setting is malformed, names a device this process lacks, or came too late (exit status 2)."""
 
 
+def _parse_device(name: str, raw: str) -> str:
+    return canonical_device(raw)
+
+
 @dataclass(frozen=True)
-class DeviceSettings:
+class DeviceSettings(Section):
     """The device settings of this process (see the module docstring)."""
 
-    device: str = ""  # canonical "/device:GPU:0" or "/device:CPU:0"; "" = TensorFlow's own placement
-    gpu_memory_limit_mb: int = 0  # 0 = memory growth; else a hard cap per GPU, in MiB
-    log_device_placement: bool = False
-    device_spec: str = field(default="", compare=False)  # IMGCLF_DEVICE as written, for messages
+    device: str = setting("", "pin the featurizer and served models to /gpu:N or /cpu:0 (unset: TensorFlow's "
+                              "placement, the first GPU, else the CPU)", env=ENV_DEVICE, parse=_parse_device)
+    gpu_memory_limit_mb: int = setting(0, "cap each process at this many MiB per GPU (unset: memory growth, "
+                                          "taken as needed)", minimum=1)
+    log_device_placement: bool = setting(False, "print the device of every op on stdout")
+    cpu_devices: int = setting(0, "split the CPU into this many logical devices for the secondary models' "
+                                  "tf.distribute setup (unset: not split)", env=ENV_CPU_DEVICES, minimum=1)
+    device_spec: str = parsed("")  # IMGCLF_DEVICE as written, for messages
 
     @classmethod
-    def from_env(cls, env=None) -> DeviceSettings:
-        """Read and check the ``IMGCLF_*`` device variables of ``env`` (default: the process environment)."""
+    def from_env(cls, env: Env | None = None, **overrides) -> DeviceSettings:
+        """Read and check the ``IMGCLF_*`` device variables of ``env`` (default: the process environment).
+
+        Raises:
+            DeviceError: a variable is malformed (the settings' own message).
+        """
         try:
-            raw_device = env_str(ENV_DEVICE, env=env)
-            device = canonical_device(raw_device) if raw_device else ""
-            # 0 = memory growth, the default; a limit, once set, is a positive number of MiB.
-            limit = env_int(ENV_GPU_MEMORY_LIMIT_MB, 0, minimum=1, env=env)
-            log_placement = env_bool(ENV_LOG_DEVICE_PLACEMENT, default=False, env=env)
+            values = read_values(cls, env, overrides)
         except DeviceError:
             raise
         except UsageError as exc:  # the settings' own message, as the device error callers catch
             raise DeviceError(str(exc)) from None
-        return cls(device=device, gpu_memory_limit_mb=limit, log_device_placement=log_placement,
-                   device_spec=raw_device)
+        values.setdefault("device_spec", env_str(ENV_DEVICE, env=env))
+        return cls(**values)
 
     @property
     def device_type(self) -> str:
@@ -120,13 +131,25 @@ def canonical_device(spec: str) -> str:
 
 _lock = threading.Lock()
 _settings: DeviceSettings | None = None
+_handed: DeviceSettings | None = None  # what use_settings() gave, for the first configure_tensorflow()
+
+
+def use_settings(settings: DeviceSettings) -> None:
+    """Hand this process's device settings over, read once (the service's settings tree reads them).
+
+    The first :func:`configure_tensorflow` applies them instead of reading the environment
+    again; once TensorFlow is configured this changes nothing.
+    """
+    global _handed
+    _handed = settings
 
 
 def configure_tensorflow(env=None) -> DeviceSettings:
     """Apply the device settings to this process once, before TensorFlow initialises its devices; return them.
 
-    Later calls return the settings of the first successful one (``env`` is then
-    ignored). A call that fails (unknown device, bad variable) leaves the process
+    The settings are those of ``env`` when given, else those :func:`use_settings` handed
+    over, else the process environment's. Later calls return the settings of the first
+    successful one (``env`` is then ignored). A call that fails (unknown device, bad variable) leaves the process
     unconfigured, so the next call fails the same way.
 
     Raises:
@@ -140,7 +163,7 @@ def configure_tensorflow(env=None) -> DeviceSettings:
     with _lock:
         if _settings is not None:
             return _settings
-        settings = DeviceSettings.from_env(env)
+        settings = DeviceSettings.from_env(env) if env is not None or _handed is None else _handed
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")  # does not initialise the devices
@@ -258,17 +281,17 @@ def reset_for_tests() -> None:
 
     Placement logging is switched off again; GPU memory options, once applied, stay.
     """
-    global _settings
+    global _settings, _handed
     with _lock:
         if _settings is not None and _settings.log_device_placement:
             import tensorflow as tf
 
             tf.debugging.set_log_device_placement(False)
-        _settings = None
+        _settings = _handed = None
 
 
 __all__ = [
     "ComputeTarget", "DeviceError", "DeviceSettings", "ENV_DEVICE", "ENV_GPU_MEMORY_LIMIT_MB",
     "ENV_LOG_DEVICE_PLACEMENT", "available_devices", "canonical_device", "compute_target",
-    "configure_tensorflow", "device_scope", "reset_for_tests", "session_gpu_options", "settings",
+    "configure_tensorflow", "device_scope", "reset_for_tests", "session_gpu_options", "settings", "use_settings",
 ]

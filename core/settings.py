@@ -1,4 +1,4 @@
-"""The one reader of ``IMGCLF_*`` environment variables, with typed parsers and one boolean parser.
+"""The one reader of ``IMGCLF_*`` environment variables: typed parsers, and typed sections of settings.
 
 Every ``IMGCLF_*`` read in imgclf goes through this module, so each kind of value
 is spelled the same way everywhere:
@@ -11,39 +11,27 @@ is spelled the same way everywhere:
 * a bad value raises :class:`imgclf.core.errors.UsageError` (exit status 2) naming
   the variable, the value received and what is accepted.
 
+Settings are declared, not read by hand: a *section* is a dataclass deriving from
+:class:`Section` whose fields are made by :func:`setting` (a default, a one-line
+help, bounds or choices). Its variable is ``IMGCLF_<FIELD NAME>`` unless the field
+states another (``env=``); :meth:`Section.from_env` reads and checks them all, and
+:func:`describe` lists them (name, variable, type, default, help) for the
+configuration reference. The sections: :class:`imgclf.core.devices.DeviceSettings`,
+:class:`imgclf.core.paths.PathSettings`, and the service's tree
+(:mod:`imgclf.service.settings`), which composes its own with these.
+
 It imports only the standard library (and :mod:`imgclf.core.errors`): the gunicorn
-master reads its settings through it and must stay free of TensorFlow and Flask.
-
-The variables and who reads them (the README's configuration table is the user's list):
-
-    IMGCLF_HOME                 path      core.paths: downloads, MNIST, demo files
-    IMGCLF_DEVICE               str       core.devices (parsed there: /gpu:N, /cpu:0)
-    IMGCLF_GPU_MEMORY_LIMIT_MB  int >= 1  core.devices (unset: memory growth)
-    IMGCLF_LOG_DEVICE_PLACEMENT bool      core.devices
-    IMGCLF_ALLOW_UNSAFE_OPS     bool      core.op_policy, service.config
-    IMGCLF_FONT                 str       service.config, service.annotate, training.metrics
-    IMGCLF_MODEL_REPOSITORY     path      service.config, `imgclf models train`
-    IMGCLF_CPU_DEVICES          int >= 1  the secondary models' tf.distribute setup
-    IMGCLF_MODEL_VERSIONS       name=int,...  service.config
-    IMGCLF_API_KEY              str       `imgclf predict --url`: the key it sends (Authorization: Bearer)
-    IMGCLF_POLL_SECONDS         float 0..86400  service.config (model lifecycle; 0: no polling)
-    IMGCLF_VERSION_POLICY       latest[:N] | all | specific:V,...  service.config (service.version_policy)
-    IMGCLF_MODEL_CONFIG_FILE    str (a file)  service.config (service.model_config_file)
-    IMGCLF_BACKEND              choice    service.config (card|tensorflow|openvino|auto; training.serving_backend)
-    IMGCLF_<FIELD>              by type   the other fields of service.config.ServiceConfig
-    IMGCLF_BIND, _WORKERS, _THREADS, _TIMEOUT, _GRACEFUL_TIMEOUT, _LOG_LEVEL, _ACCESS_LOG,
-    _MALLOC_TRIM_SECONDS                  service.serve_cli.ServerSettings (gunicorn)
-    IMGCLF_FRONT, _HEADER_TIMEOUT, _BODY_TIMEOUT, _MIN_BODY_RATE, _KEEPALIVE_TIMEOUT, _MAX_CONNECTIONS,
-    _MAX_CLIENT_CONNECTIONS, _MAX_HEADER_BYTES, _MAX_BUFFERED_BYTES (and _MAX_UPLOAD_BYTES)
-                                          service.front.FrontSettings
+master and the front read their sections through it and must stay free of
+TensorFlow, Flask and numpy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from imgclf.core.errors import UsageError
 
@@ -58,6 +46,7 @@ FALSE_WORDS = ("0", "false", "no", "off")
 
 Env = Mapping[str, str]
 T = TypeVar("T")
+S = TypeVar("S", bound="Section")
 
 
 # --- parsers: one raw string (already stripped, not empty) -> a typed value -------------------------------
@@ -189,13 +178,172 @@ def env_versions(name: str, env: Env | None = None) -> dict[str, int]:
     return {} if raw is None else parse_versions(name, raw)
 
 
+# --- sections: dataclasses of settings, one variable per field --------------------------------------------
+
+class SettingInfo(NamedTuple):
+    """One setting as the configuration reference lists it."""
+
+    section: str  # the tree's name of its section ("serving", "front", ...); "" for a lone section
+    name: str  # the field's name
+    env: str  # its variable
+    type: str  # as annotated: "int", "bool", "Path", ...
+    default: Any  # the value when the variable is unset or empty
+    help: str  # one line
+
+
+def setting(default: Any, help: str, *, env: str | None = None, minimum: Any = None, maximum: Any = None,
+            choices: Sequence[str] | None = None, parse: Callable[[str, str], Any] | None = None,
+            secret: bool = False) -> Any:
+    """Return a dataclass field for one setting: its default, its one-line help, and how its variable is read.
+
+    Args:
+        default: the value when the variable is unset or empty (a dict, list or set is copied per instance).
+        help: one line for the configuration reference.
+        env: the variable, where it is not ``IMGCLF_<FIELD NAME>``.
+        minimum, maximum: bounds of a number, checked on every value given (never on the default).
+        choices: the accepted words of a string (any case in the environment).
+        parse: ``parse(variable, raw) -> value`` where the annotation alone does not say how to read it.
+        secret: keep the value out of the section's repr (and so out of logs).
+    """
+    if not help.strip() or "\n" in help:
+        raise ValueError(f"a setting's help is one line; received {help!r}")
+    metadata = {"help": help, "env": env, "minimum": minimum, "maximum": maximum,
+                "choices": tuple(choices) if choices else None, "parse": parse}
+    if isinstance(default, (dict, list, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), repr=not secret, metadata=metadata)
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+
+
+def parsed(default: Any = None) -> Any:
+    """Return a dataclass field for a value :meth:`Section.from_values` parses from settings (a file's content)."""
+    if isinstance(default, (dict, list, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), repr=False, compare=False,
+                                 metadata={"parsed": True})
+    return dataclasses.field(default=default, repr=False, compare=False, metadata={"parsed": True})
+
+
+def is_setting(f: dataclasses.Field) -> bool:
+    """Return whether field ``f`` is a setting (made by :func:`setting`), not a parsed or internal value."""
+    return "help" in f.metadata
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """Return the variable of setting ``f``: the one it states, else ``IMGCLF_<FIELD NAME>``."""
+    return f.metadata.get("env") or PREFIX + f.name.upper()
+
+
+def type_name(f: dataclasses.Field) -> str:
+    """Return the type of field ``f`` as annotated ("int", "Path", "dict[str, int]")."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def _as_str(name: str, raw: str) -> str:
+    return raw
+
+
+# Annotated type -> the parser of its variable; other types name theirs (``setting(parse=...)``).
+_TYPE_PARSERS = {"str": _as_str, "bool": parse_bool, "int": parse_int, "float": parse_float, "Path": parse_path}
+
+
+def parser(f: dataclasses.Field) -> Callable[[str, str], Any]:
+    """Return ``parse(variable, raw)`` of setting ``f``: its own, its choices', else its type's."""
+    meta = f.metadata
+    if meta["parse"] is not None:
+        return meta["parse"]
+    if meta["choices"]:
+        return lambda name, raw: parse_choice(name, raw, meta["choices"])
+    try:
+        return _TYPE_PARSERS[type_name(f)]
+    except KeyError:
+        raise TypeError(f"setting {f.name!r} of type {type_name(f)} needs parse=") from None
+
+
+def check_setting(f: dataclasses.Field, value: Any) -> Any:
+    """Return ``value`` given for setting ``f`` (a number as its type); raise UsageError if out of bounds or choices."""
+    meta, name = f.metadata, env_name(f)
+    kind = type_name(f)
+    if kind in ("int", "float") and not isinstance(value, bool):
+        value = int(value) if kind == "int" else float(value)
+    if meta["minimum"] is not None or meta["maximum"] is not None:
+        check_range(name, value, meta["minimum"], meta["maximum"])
+    if meta["choices"] and value not in meta["choices"]:
+        raise UsageError(f"{name} must be {_one_of(meta['choices'])}; received {value!r}")
+    return value
+
+
+def read_values(cls: type, env: Env | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the values of section ``cls`` that are given: its variables in ``env``, then ``overrides``, checked.
+
+    Raises:
+        UsageError: a variable or override is malformed or out of bounds (naming the variable).
+        TypeError: an override names no field of ``cls``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(overrides or ()) - set(fields))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(map(repr, unknown))}")
+    values = {}
+    for f in fields.values():
+        raw = raw_value(env_name(f), env) if is_setting(f) else None
+        if raw is not None:
+            values[f.name] = parser(f)(env_name(f), raw)
+    values.update(overrides or {})
+    return {key: check_setting(fields[key], value) if is_setting(fields[key]) else value
+            for key, value in values.items()}
+
+
+def read_setting(cls: type, name: str, env: Env | None = None) -> Any:
+    """Return setting ``name`` of section ``cls``: its variable in ``env``, checked, else its default.
+
+    For a command that needs one value before the whole section (whose other settings may name files).
+    """
+    f = next(f for f in dataclasses.fields(cls) if f.name == name and is_setting(f))
+    raw = raw_value(env_name(f), env)
+    if raw is None:
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return check_setting(f, parser(f)(env_name(f), raw))
+
+
+def describe(cls: type, section: str = "") -> Iterator[SettingInfo]:
+    """Yield every setting of section ``cls``: name, variable, type, default and help, in field order."""
+    for f in dataclasses.fields(cls):
+        if is_setting(f):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            yield SettingInfo(section, f.name, env_name(f), type_name(f), default, f.metadata["help"])
+
+
+class Section:
+    """Base of a dataclass of settings: :meth:`from_env` reads and checks its variables.
+
+    A section that checks settings together, or parses what they name (a file) once, overrides
+    :meth:`from_values`.
+    """
+
+    @classmethod
+    def from_env(cls: type[S], env: Env | None = None, **overrides: Any) -> S:
+        """Return the section: defaults, then its variables in ``env`` (default: os.environ), then ``overrides``.
+
+        Raises:
+            UsageError: a value is malformed, out of range or at odds with another (naming the variable).
+            TypeError: an override names no field of this section.
+        """
+        return cls.from_values(read_values(cls, env, overrides))
+
+    @classmethod
+    def from_values(cls: type[S], values: dict[str, Any]) -> S:
+        """Return the section of checked ``values`` (field name -> value; the others take their defaults)."""
+        return cls(**values)
+
+
 def _one_of(choices: Sequence[str]) -> str:
     quoted = [repr(c) for c in choices]
     return quoted[0] if len(quoted) == 1 else f"one of {', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 __all__ = [
-    "ENV_CPU_DEVICES", "ENV_FONT", "ENV_HOME", "ENV_MODEL_REPOSITORY", "FALSE_WORDS", "PREFIX", "TRUE_WORDS",
-    "check_range", "env_bool", "env_choice", "env_float", "env_int", "env_path", "env_str", "env_versions",
-    "parse_bool", "parse_choice", "parse_float", "parse_int", "parse_path", "parse_versions", "raw_value",
+    "ENV_CPU_DEVICES", "ENV_FONT", "ENV_HOME", "ENV_MODEL_REPOSITORY", "Env", "FALSE_WORDS", "PREFIX", "TRUE_WORDS",
+    "Section", "SettingInfo", "check_range", "check_setting", "describe", "env_bool", "env_choice", "env_float",
+    "env_int", "env_name", "env_path", "env_str", "env_versions", "is_setting", "parse_bool", "parse_choice",
+    "parse_float", "parse_int", "parse_path", "parse_versions", "parsed", "parser", "raw_value", "read_setting",
+    "read_values", "setting", "type_name",
 ]

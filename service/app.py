@@ -1,12 +1,15 @@
-"""The Flask app factory: configuration, per-worker model loading, routes, error handling.
+"""The Flask app factory: settings, per-worker model loading, routes, error handling.
 
-``create_app()`` builds a fresh app each time: defaults, then ``IMGCLF_*``
-environment variables, then the caller's overrides. Each resource is an
-extension with one accessor: the config (:func:`~imgclf.service.app_settings.current_config`),
-the metrics (:func:`~imgclf.service.metrics.current_metrics`), the version
-manager (:func:`~imgclf.service.lifecycle.extension.current_models`) and the data plane
-over it (:func:`~imgclf.service.dataplane.extension.current_plane`). Models load once
-per worker, here (never at import, never in the gunicorn master).
+``create_app()`` builds a fresh app each time from the settings tree
+(:class:`~imgclf.service.settings.Settings`: defaults, then ``IMGCLF_*`` environment
+variables, then the caller's overrides), read once, and hands each part its section.
+Each resource is an extension with one accessor: the settings
+(:func:`~imgclf.service.app_settings.current_settings`, and the serving section,
+:func:`~imgclf.service.app_settings.current_config`), the metrics
+(:func:`~imgclf.service.metrics.current_metrics`), the version manager
+(:func:`~imgclf.service.lifecycle.extension.current_models`) and the data plane over it
+(:func:`~imgclf.service.dataplane.extension.current_plane`). Models load once per
+worker, here (never at import, never in the gunicorn master).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import logging
 
 from flask import Flask
 
-from imgclf.service import app_settings as app_config
-from imgclf.service import metrics
+from imgclf.core import devices
+from imgclf.service import app_settings, metrics
 from imgclf.service.access import auth, cross_site, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
 from imgclf.service.protocols import health as routes_health
@@ -24,7 +27,7 @@ from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
 from imgclf.service.protocols.v2 import routes as routes_v2
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import Settings
 from imgclf.service.web import routes as routes_web
 
 log = logging.getLogger(__name__)
@@ -32,28 +35,33 @@ log = logging.getLogger(__name__)
 BLUEPRINTS = (routes_health.bp, routes_predict.bp, routes_tfserving.bp, routes_v2.bp, routes_web.bp)
 
 
-def create_app(config: ServiceConfig | dict | None = None) -> Flask:
-    """Return a new app; ``config`` is a ServiceConfig or a dict of overrides of the environment's settings."""
-    if not isinstance(config, ServiceConfig):
-        config = ServiceConfig.from_env(**(config or {}))
+def create_app(settings: Settings | dict | None = None) -> Flask:
+    """Return a new app; ``settings`` is a settings tree, or overrides of the environment's by field name.
+
+    ``create_app({"model_repository": repo, "poll_seconds": 0})``: each name is a field of one section
+    of :class:`~imgclf.service.settings.Settings`.
+    """
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env(**(settings or {}))
     app = Flask(__name__, static_folder=None)
     app.json.ensure_ascii = False  # labels in any script, as they are
     app.json.sort_keys = False
-    app_config.init_app(app, config)
-    metrics.init_app(app)
+    app_settings.init_app(app, settings)  # the serving section: current_config(), read by the parts below
+    devices.use_settings(settings.device)  # applied when the version manager first configures TensorFlow
+    metrics.init_app(app, settings.serving)
     # Hostile clients (issue 15), before any hook that reads a body: 403 for browser pages of other origins
     # (CORS for allowed ones), then API keys and rate limits when configured; security headers and no server
     # paths on every answer.
-    cross_site.init_app(app)
-    auth.init_app(app)
+    cross_site.init_app(app, settings.access)
+    auth.init_app(app, settings.access)
     security_headers.init_app(app)
-    redact.init_app(app)
+    redact.init_app(app, settings.serving.model_repository)
     # Chunked bodies are read before anything else reads them:
     # 413 over the limit, 400 when malformed (werkzeug would silently cut one at the limit), as a body with a
     # Content-Length gets.
     app.before_request(read_streamed_body)
     # The data plane: the version manager (models load per worker), budgets, in-flight counts.
-    plane = dataplane.init_app(app)
+    plane = dataplane.init_app(app, settings.serving)
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

@@ -1,20 +1,29 @@
-"""The app's configuration as a Flask extension: :func:`init_app` stores it, :func:`current_config` reads it."""
+"""The settings tree as a Flask extension: :func:`init_app` stores it, :func:`current_settings` reads it.
+
+:func:`current_config` returns the serving section, the one the data plane, the servables
+and the life cycle read (its fields keep the names the settings always had).
+"""
 
 from __future__ import annotations
 
 from flask import Flask, current_app
 
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings, Settings
 
 EXTENSION = "imgclf.config"
 
 
-def init_app(app: Flask, config: ServiceConfig) -> None:
-    """Attach ``config`` to ``app`` and apply the settings Flask itself enforces (the upload limit)."""
-    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
-    app.extensions[EXTENSION] = config
+def init_app(app: Flask, settings: Settings) -> None:
+    """Attach ``settings`` to ``app`` and apply the setting Flask itself enforces (the upload limit)."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_upload_bytes
+    app.extensions[EXTENSION] = settings
 
 
-def current_config(app: Flask | None = None) -> ServiceConfig:
-    """Return the configuration of ``app`` (by default the app handling this request)."""
+def current_settings(app: Flask | None = None) -> Settings:
+    """Return the settings tree of ``app`` (by default the app handling this request)."""
     return (app or current_app).extensions[EXTENSION]
+
+
+def current_config(app: Flask | None = None) -> ServingSettings:
+    """Return the serving section of ``app``'s settings (by default the app handling this request)."""
+    return current_settings(app).serving

@@ -20,13 +20,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from imgclf.service.app_settings import current_config
+if TYPE_CHECKING:
+    from imgclf.service.settings import ServingSettings
+
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +109,11 @@ class Metrics:
         self.model_load_seconds.labels(model).set(seconds)
 
 
-def init_app(app: Flask) -> Metrics:
-    """Create the app's own metrics, install the request hooks and the /metrics route; return the metrics.
+def init_app(app: Flask, config: ServingSettings) -> Metrics:
+    """Create the app's own metrics (the batching settings of ``config`` as gauges), install the request hooks
+    and the /metrics route; return the metrics.
 
-    The metrics belong to this app alone (its ``extensions``): the model registry
+    The metrics belong to this app alone (its ``extensions``): the version manager
     takes its callbacks from :func:`current_metrics` of its own app, so two apps in
     one process (tests) never record into each other's metrics.
     """
@@ -117,7 +121,6 @@ def init_app(app: Flask) -> Metrics:
     metrics = Metrics.create(multiprocess)
     log.debug("metrics: %s", f"merged from {os.environ['PROMETHEUS_MULTIPROC_DIR']}" if multiprocess
               else "this process only")
-    config = current_config(app)
     metrics.batch_max_size.set(config.batch_max_size)
     metrics.batch_max_wait_seconds.set(config.batch_max_wait_ms / 1000.0)
     app.extensions[EXTENSION] = metrics

@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(config, items):
 def _mixed_precision_stays_in_its_test():
     """Turn grappler's process-wide mixed-precision rewrites off after each test.
 
-    A registry that serves in bf16 (precision "auto" on a CPU with AMX, as a ServiceConfig built without
+    A registry that serves in bf16 (precision "auto" on a CPU with AMX, as a ServingSettings built without
     IMGCLF_PRECISION resolves) switches the rewrite on for the whole process (imgclf.service.servables.runtime
     .apply_precision); without this, the fp32 references of whichever tests run next in that worker
     would be compared against bf16 numbers.

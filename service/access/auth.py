@@ -11,7 +11,8 @@ before anything reads the request's body. Requests are counted per key name in
 ``IMGCLF_RATE_LIMIT`` each key has a token bucket per worker: 429 and
 ``Retry-After`` when it is empty.
 
-The keys file is read when the app is made: under gunicorn, ``kill -HUP`` of the
+The keys file is read with the settings, when the app is made
+(:class:`~imgclf.service.access.settings.AccessSettings`): under gunicorn, ``kill -HUP`` of the
 master starts new workers, which read it again (the old ones finish their
 requests and stop).
 """
@@ -20,13 +21,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from prometheus_client import Counter
 
 from imgclf.service.access.api_keys import match
 from imgclf.service.access.rate_limit import TokenBuckets, retry_after
 from imgclf.service.access.settings import AccessSettings
-from imgclf.service.app_settings import current_config
 from imgclf.service.metrics import current_metrics
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Auth:
 
     def in_scope(self, name: str, endpoint: str | None) -> bool:
         """Return whether key ``name`` opens ``endpoint``: /metrics keys open /metrics only, when there are any."""
-        metrics_keys = self.settings.metrics_keys
+        metrics_keys = self.settings.metrics_key_names
         if not metrics_keys:
             return True
         return (name in metrics_keys) == (endpoint == METRICS_ENDPOINT)
@@ -99,9 +99,8 @@ class Auth:
         return response
 
 
-def init_app(app: Flask) -> Auth:
-    """Read the access settings of the app's config; when keys are required, install the hooks; return the Auth."""
-    settings = AccessSettings.from_config(current_config(app))
+def init_app(app: Flask, settings: AccessSettings) -> Auth:
+    """Keep the access section's keys and rate; when keys are required, install the hooks; return the Auth."""
     counter = None
     if settings.keys_required:
         counter = Counter("imgclf_api_key_requests", "Requests by API key name (never the key) and status.",
@@ -116,7 +115,3 @@ def init_app(app: Flask) -> Auth:
                  if settings.rate else "")
     return auth
 
-
-def current_auth(app: Flask | None = None) -> Auth:
-    """Return the Auth of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from imgclf.service.access.settings import ANY_ORIGIN, AccessSettings
-from imgclf.service.app_settings import current_config
 
 EXTENSION = "imgclf.cross_site"
 PAGE_ENDPOINTS = frozenset({"web.index", "web.static"})  # a link from another site may open the page
@@ -89,15 +88,11 @@ class CrossSite:
         return response  # add_headers adds Allow-Origin
 
 
-def init_app(app: Flask) -> CrossSite:
-    """Install the cross-site check (before every other request hook) and the CORS headers; return it."""
-    cross_site = CrossSite(AccessSettings.from_config(current_config(app)).origins)
+def init_app(app: Flask, settings: AccessSettings) -> CrossSite:
+    """Install the cross-site check of the access section's origins (before every other hook) and CORS headers."""
+    cross_site = CrossSite(settings.origins)
     app.extensions[EXTENSION] = cross_site
     app.before_request(cross_site.check)
     app.after_request(cross_site.add_headers)
     return cross_site
 
-
-def current_cross_site(app: Flask | None = None) -> CrossSite:
-    """Return the cross-site check of ``app`` (by default the app handling this request)."""
-    return (app or current_app).extensions[EXTENSION]

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from flask import Flask, Response, current_app, request
 
-from imgclf.service.app_settings import current_config
-
 REPOSITORY = "<model repository>"
 # Endpoints whose 200 answers may hold paths too (readiness errors, model cards).
 PATH_BEARING = frozenset({"health.readyz", "v2.ready", "tfserving.model_metadata"})
@@ -56,8 +54,8 @@ def repository_roots(repository: Path) -> tuple[str, ...]:
                         reverse=True))
 
 
-def scrub(response: Response) -> Response:
-    """Redact the JSON of an error, readiness or metadata answer (an after_request hook)."""
+def scrub(response: Response, repository: Path) -> Response:
+    """Redact the JSON of an error, readiness or metadata answer (an after_request hook), naming ``repository``."""
     if response.direct_passthrough or not response.is_json:
         return response
     if response.status_code < 400 and request.endpoint not in PATH_BEARING:
@@ -65,11 +63,12 @@ def scrub(response: Response) -> Response:
     body = response.get_json(silent=True)
     if body is None:
         return response
-    roots = repository_roots(Path(current_config().model_repository))
+    roots = repository_roots(repository)
     response.set_data(current_app.json.dumps(redact_json(body, roots)) + "\n")
     return response
 
 
-def init_app(app: Flask) -> None:
-    """Install the redaction hook."""
-    app.after_request(scrub)
+def init_app(app: Flask, model_repository: Path) -> None:
+    """Install the redaction hook; ``model_repository`` (the serving section's) becomes ``<model repository>``."""
+    repository = Path(model_repository)
+    app.after_request(lambda response: scrub(response, repository))

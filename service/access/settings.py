@@ -1,17 +1,21 @@
-"""The access-control settings, parsed and checked once: API keys, /metrics keys, rate limit, allowed origins.
+"""The access-control section of the settings: API keys, /metrics keys, rate limit, allowed origins.
 
-:meth:`AccessSettings.from_config` reads the keys file; ``ServiceConfig.validate``
-calls it, so a bad file or setting is one clear error when the service starts
-(``imgclf serve`` checks before gunicorn starts), and the app's hooks
-(:mod:`imgclf.service.access.auth`, :mod:`imgclf.service.access.cross_site`) use the result.
+:meth:`AccessSettings.from_env` reads the variables and the keys file once, and keeps
+what they say parsed (:attr:`~AccessSettings.keys`, :attr:`~AccessSettings.rate`, ...):
+a bad file or setting is one clear error when the service starts (``imgclf serve``
+checks before gunicorn starts), and the app's hooks (:mod:`imgclf.service.access.auth`,
+:mod:`imgclf.service.access.cross_site`) are handed the result. No Flask here: the
+settings tree (:mod:`imgclf.service.settings`) imports it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from imgclf.core.errors import UsageError
+from imgclf.core.settings import Section, parsed, setting
 from imgclf.service.access.api_keys import read_keys_file
 from imgclf.service.access.rate_limit import Rate, parse_rate
 
@@ -20,38 +24,50 @@ _ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
-class AccessSettings:
-    """Who may call the service."""
+class AccessSettings(Section):
+    """Who may call the service: the settings as given, and what they name, parsed once."""
 
-    keys: dict  # {name: sha256 hex}; empty: no key is needed
-    metrics_keys: frozenset  # names of the keys that alone may read /metrics; empty: any key
-    rate: Rate | None  # per key and worker; None: no limit
-    origins: frozenset  # browser origins allowed besides the service's own; {"*"}: any
+    api_keys_file: str = setting("", "keys file (name:sha256:<hex> lines, `imgclf api-key NAME`): every route "
+                                     "but the probes and the page needs a key (unset: no keys)")
+    metrics_keys: str = setting("", "names of keys of the keys file that alone may read /metrics, and nothing "
+                                    "else (unset: any key)")
+    rate_limit: str = setting("", "per key and worker, e.g. 10/s, 600/min, 1000/hour: 429 with Retry-After "
+                                  "over it (unset: none); needs the keys file")
+    rate_burst: int = setting(0, "requests a key may send at once (0: the rate's count, 600/min -> 600)",
+                              minimum=0)
+    cors_origins: str = setting("", "other origins whose browser pages may call the API: "
+                                    "https://a.example,... or * (unset: none)")
+    keys: dict = parsed({})  # {name: sha256 hex} of the keys file; empty: no key is needed
+    metrics_key_names: frozenset = parsed(frozenset())  # the keys that alone may read /metrics; empty: any key
+    rate: Rate | None = parsed(None)  # per key and worker; None: no limit
+    origins: frozenset = parsed(frozenset())  # browser origins allowed besides the service's own; {"*"}: any
 
     @property
     def keys_required(self) -> bool:
         return bool(self.keys)
 
     @classmethod
-    def from_config(cls, config) -> AccessSettings:
-        """Return the settings of a ServiceConfig (the keys file read now).
+    def from_values(cls, values: dict[str, Any]) -> AccessSettings:
+        """Return the settings with the keys file read and the rest parsed.
 
         Raises:
             UsageError: an unreadable or malformed keys file, a /metrics key name not in it, a rate limit
                 without keys or malformed, a malformed origin.
         """
-        keys = read_keys_file(config.api_keys_file) if config.api_keys_file else {}
-        metrics_keys = frozenset(name.strip() for name in config.metrics_keys.split(",") if name.strip())
+        given = cls(**values)
+        keys = read_keys_file(given.api_keys_file) if given.api_keys_file else {}
+        metrics_keys = frozenset(name.strip() for name in given.metrics_keys.split(",") if name.strip())
         if metrics_keys and not keys:
             raise UsageError("IMGCLF_METRICS_KEYS names keys but IMGCLF_API_KEYS_FILE is not set")
         unknown = sorted(metrics_keys - set(keys))
         if unknown:
             raise UsageError(f"IMGCLF_METRICS_KEYS names {', '.join(map(repr, unknown))}, not in the keys file; "
                              f"its keys: {', '.join(sorted(keys))}")
-        rate = parse_rate(config.rate_limit, config.rate_burst)
+        rate = parse_rate(given.rate_limit, given.rate_burst)
         if rate is not None and not keys:
             raise UsageError("IMGCLF_RATE_LIMIT is per API key: set IMGCLF_API_KEYS_FILE too")
-        return cls(keys, metrics_keys, rate, parse_origins(config.cors_origins))
+        return replace(given, keys=keys, metrics_key_names=metrics_keys, rate=rate,
+                       origins=parse_origins(given.cors_origins))
 
 
 def parse_origins(raw: str) -> frozenset:

@@ -7,13 +7,13 @@ import json
 import logging
 from pathlib import Path
 
-from imgclf.core import settings
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.repository import resolve, validate_name
 from imgclf.featurizer.images.decode import DEFAULT_MAX_PIXELS
 from imgclf.service.cli.client import ImageRefused, PredictClient
 from imgclf.service.dataplane.annotate import annotate_to_jpeg, font_paths
 from imgclf.service.dataplane.postprocess import top_k
+from imgclf.service.settings import ClientSettings
 from imgclf.training.serving_backend import SERVING_BACKENDS
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def predict_remote(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
     client = PredictClient(args.url, args.model, args.timeout,
-                           api_key=settings.env_str("IMGCLF_API_KEY"))  # not an argument: ps shows those
+                           api_key=ClientSettings.from_env().api_key)  # not an argument: ps shows those
     failures: list[tuple[str, str]] = []
     done = 0
     try:

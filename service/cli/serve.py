@@ -15,58 +15,18 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.core import settings
 from imgclf.core.errors import UsageError
+from imgclf.core.settings import read_setting
+from imgclf.service.front.settings import FrontSettings
+from imgclf.service.server.launch import gunicorn_argv
+from imgclf.service.server.settings import ServerSettings
+from imgclf.service.settings import ServingSettings, Settings
 
 log = logging.getLogger(__name__)
 
-# The settings file by path, and -P: neither Python nor the config import may resolve `imgclf` through
-# the working folder, where a user's own imgclf.py (or models.py, service.py) may lie.
-CONF = str(Path(__file__).resolve().parents[1] / "server" / "gunicorn_conf.py")  # gunicorn -c takes a file
-APP = "imgclf.service:create_app()"
 FRONT = "imgclf.service.front.main"
-LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """gunicorn's settings, from ``IMGCLF_*`` variables (the table in :mod:`imgclf.service.server.gunicorn_conf`).
-
-    Read here, not in the config file, so that `imgclf serve` can check them before it execs gunicorn
-    (whose config-file errors are a traceback); this module stays as light as the gunicorn master needs.
-    """
-
-    bind: str = "127.0.0.1:8000"
-    workers: int = 2
-    threads: int = 8
-    timeout: int = 120
-    graceful_timeout: int = 30
-    log_level: str = "info"
-    access_log: bool = False
-    malloc_trim_seconds: int = 1
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
-        """Read the settings from ``env`` (default: the process environment); unset or empty = the default.
-
-        Raises:
-            UsageError: a variable is malformed or out of range (``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``).
-        """
-        d = cls()
-        return cls(
-            bind=settings.env_str("IMGCLF_BIND", d.bind, env=env),
-            workers=settings.env_int("IMGCLF_WORKERS", d.workers, minimum=1, env=env),
-            threads=settings.env_int("IMGCLF_THREADS", d.threads, minimum=1, env=env),
-            timeout=settings.env_int("IMGCLF_TIMEOUT", d.timeout, minimum=1, env=env),
-            graceful_timeout=settings.env_int("IMGCLF_GRACEFUL_TIMEOUT", d.graceful_timeout, minimum=0, env=env),
-            log_level=settings.env_choice("IMGCLF_LOG_LEVEL", LOG_LEVELS, d.log_level, env=env),
-            access_log=settings.env_bool("IMGCLF_ACCESS_LOG", d.access_log, env=env),
-            malloc_trim_seconds=settings.env_int("IMGCLF_MALLOC_TRIM_SECONDS", d.malloc_trim_seconds, minimum=0,
-                                                 env=env),
-        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
                                    "fall back to IMGCLF_* variables, then to the defaults shown.")
     p.add_argument("--model-dir", type=Path, default=None,
-                   help="model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or ./models)")
+                   help=f"model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or "
+                        f"./{ServingSettings.model_repository})")
     add_server_options(p)
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load models whose graphs hold ops outside the inference allow-list (file, process, "
@@ -92,18 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_server_options(p: argparse._ActionsContainer) -> None:
     """Add --bind, --workers and --threads (shared with `imgclf demo --serve`)."""
+    d = ServerSettings()  # the defaults, stated once
     p.add_argument("--bind", default=None, metavar="HOST:PORT",
-                   help="address to listen on (default: $IMGCLF_BIND or 127.0.0.1:8000; 0.0.0.0:8000 in a container)")
+                   help=f"address to listen on (default: $IMGCLF_BIND or {d.bind}; 0.0.0.0:8000 in a container)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes, each loading the models (default: $IMGCLF_WORKERS or 2)")
+                   help=f"worker processes, each loading the models (default: $IMGCLF_WORKERS or {d.workers})")
     p.add_argument("--threads", type=int, default=None,
-                   help="request threads per worker; concurrent requests share model calls "
-                        "(default: $IMGCLF_THREADS or 8)")
-
-
-def gunicorn_argv() -> list[str]:
-    """Return the command line that runs gunicorn with this package's settings, in this interpreter."""
-    return [sys.executable, "-P", "-m", "gunicorn", "-c", CONF, APP]
+                   help=f"request threads per worker; concurrent requests share model calls "
+                        f"(default: $IMGCLF_THREADS or {d.threads})")
 
 
 def front_argv() -> list[str]:
@@ -113,8 +70,6 @@ def front_argv() -> list[str]:
 
 def serve_argv(env: Mapping[str, str] | None = None) -> list[str]:
     """Return what `imgclf serve` execs: the front, or gunicorn alone when ``IMGCLF_FRONT=0``."""
-    from imgclf.service.front.proxy import FrontSettings
-
     return front_argv() if FrontSettings.from_env(env).enabled else gunicorn_argv()
 
 
@@ -133,26 +88,22 @@ def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = No
     return env
 
 
-def check_settings(env: Mapping[str, str]) -> ServerSettings:
-    """Return gunicorn's settings from ``env``; raise UsageError if a variable gunicorn or its workers read is bad."""
-    from imgclf.core.devices import DeviceSettings
-    from imgclf.service.front.main import parse_bind
-    from imgclf.service.front.proxy import FrontSettings
-    from imgclf.service.settings import ServiceConfig
+def check_settings(env: Mapping[str, str]) -> Settings:
+    """Return the settings tree of ``env``; raise UsageError if a variable gunicorn, the front or a worker reads is bad.
 
-    server = ServerSettings.from_env(env)
-    if FrontSettings.from_env(env).enabled:
-        parse_bind(server.bind)
-    ServiceConfig.from_env(env)
-    DeviceSettings.from_env(env)  # only reads: whether the device exists is checked by each worker
-    return server
+    The workers read the tree again, each in its own process: whether the device exists is theirs to check.
+    """
+    from imgclf.service.front.main import parse_bind
+
+    settings = Settings.from_env(env)
+    if settings.front.enabled:
+        parse_bind(settings.server.bind)
+    return settings
 
 
 def default_model_dir() -> Path:
-    """Return the repository served when --model-dir is not given."""
-    from imgclf.service.settings import ServiceConfig
-
-    return ServiceConfig.from_env().model_repository
+    """Return the repository served when --model-dir is not given (``IMGCLF_MODEL_REPOSITORY``, else ./models)."""
+    return read_setting(ServingSettings, "model_repository")
 
 
 def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
@@ -164,9 +115,9 @@ def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None 
             or workers it would be a traceback, or workers that fail to boot one after the other).
     """
     env = serve_env(model_dir, bind, workers, threads)
-    server = check_settings(env)
-    argv = serve_argv(env)
-    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{server.bind}/ (Ctrl-C to stop)", flush=True)
+    settings = check_settings(env)
+    argv = front_argv() if settings.front.enabled else gunicorn_argv()
+    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{settings.server.bind}/ (Ctrl-C to stop)", flush=True)
     sys.stderr.flush()  # exec discards whatever is still buffered
     os.execve(argv[0], argv, env)
 
@@ -186,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
     if args.allow_unsafe_ops:
-        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' ServiceConfig reads it
+        os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' settings read it
     if args.model_config_file:  # checked (line by line) with the other settings before gunicorn starts
         os.environ["IMGCLF_MODEL_CONFIG_FILE"] = str(args.model_config_file.expanduser().absolute())
     exec_gunicorn(model_dir, args.bind, args.workers, args.threads)

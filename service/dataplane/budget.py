@@ -26,12 +26,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from imgclf.core.errors import ImgclfError, NotReady, PayloadTooLarge
 from imgclf.featurizer.images.decode import open_checked
-from imgclf.service.settings import ServiceConfig
+
+if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
+    from imgclf.service.settings import ServingSettings
 
 # After a decode of this many pixels the freed heap goes back to the system at once: Pillow decodes in 16 MB
 # blocks, which glibc keeps in each thread's arena, so without it every thread that decoded a large image
@@ -126,7 +129,7 @@ class Budget:
         self.gate = gate
 
     @classmethod
-    def from_config(cls, config: ServiceConfig, registry: CollectorRegistry | None) -> Budget:
+    def from_config(cls, config: ServingSettings, registry: CollectorRegistry | None) -> Budget:
         """Return the budget ``config`` sets, with a gauge of the gate's use in ``registry`` (None: unregistered,
         as metrics are in multiprocess mode)."""
         gauge = Gauge("imgclf_decode_pixels_in_flight", "Image pixels being decoded now (the decode gate's use).",

@@ -32,9 +32,11 @@ import tempfile
 import time
 
 from imgclf.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
-from imgclf.service.cli.serve import ServerSettings, gunicorn_argv
-from imgclf.service.front.proxy import READ_CHUNK, Front, FrontSettings
+from imgclf.service.front.proxy import READ_CHUNK, Front
+from imgclf.service.front.settings import FrontSettings
 from imgclf.service.front.upstream import Upstream
+from imgclf.service.server.launch import gunicorn_argv
+from imgclf.service.server.settings import ServerSettings
 
 log = logging.getLogger("imgclf.front")
 PR_SET_PDEATHSIG = 1
@@ -96,7 +98,7 @@ async def serve(server: ServerSettings, limits: FrontSettings, argv: list[str] |
     folder = socket_folder()
     socket_path = os.path.join(folder, SOCKET_NAME)
     upstream = Upstream(socket_path, server.workers * server.threads, timeout=max(server.timeout, 30))
-    front = Front(limits, upstream, access=server.access_log)
+    front = Front(limits, upstream, server)
     address = parse_bind(server.bind)
     try:
         if isinstance(address, str):
@@ -154,7 +156,11 @@ def _wait(child: subprocess.Popen, timeout: float) -> int:
 
 
 def main() -> int:
-    """Read the settings, then run the front and gunicorn; a bad setting is one line and exit status 2."""
+    """Read the settings, then run the front and gunicorn; a bad setting is one line and exit status 2.
+
+    The front reads its own sections of the settings tree only (the server's and its own): the keys file,
+    the model config file and the workers' settings are gunicorn's workers' to read.
+    """
     try:
         server, limits = ServerSettings.from_env(), FrontSettings.from_env()
         parse_bind(server.bind)

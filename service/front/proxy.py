@@ -7,7 +7,7 @@ client costs it one coroutine and a few kB, and only complete requests reach gun
 unix socket, :mod:`imgclf.service.front.upstream`). Parsing is h11's (strict: no obs-fold, one
 Content-Length, no Content-Length beside chunked, bounded header and chunk-size lines).
 
-The limits, each an ``IMGCLF_*`` variable (:class:`FrontSettings`):
+The limits, each an ``IMGCLF_*`` variable (:class:`~imgclf.service.front.settings.FrontSettings`):
 
 * the request head must be complete within ``IMGCLF_HEADER_TIMEOUT`` seconds of the connection's
   opening (or of the first byte of a keep-alive request), else 408 (or a silent close if nothing came);
@@ -18,8 +18,8 @@ The limits, each an ``IMGCLF_*`` variable (:class:`FrontSettings`):
   room, else the new one gets a 503) and, if set,
   ``IMGCLF_MAX_CLIENT_CONNECTIONS`` from one client address (429 beyond);
 * a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
-  body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit) is a 413 as soon as its Content-Length
-  or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
+  body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit, a server setting) is a 413 as soon as its
+  Content-Length or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
 * the bodies held at once (being read, or waiting for gunicorn) reserve at most
   ``IMGCLF_MAX_BUFFERED_BYTES`` in all (256 MiB), so the front's memory is bounded: a body that would pass
   it is a 503 with ``Retry-After``;
@@ -33,63 +33,25 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
 
-from imgclf.core import settings
+from imgclf.service.front.settings import FrontSettings
 from imgclf.service.front.upstream import Answer, Upstream, UpstreamError
+from imgclf.service.server.settings import ServerSettings
 
 log = logging.getLogger("imgclf.front")
 access_log = logging.getLogger("imgclf.front.access")
 
 READ_CHUNK = 64 * 1024
 MAX_HEADER_FIELDS = 100
-BODY_RATE_GRACE_S = 5.0
 LINGER_S = 0.5  # after an error answer, what the client still sends is read (and dropped) this long at most
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # ServiceConfig.max_upload_bytes (tests check they agree)
 SERVER = b"imgclf"
 # Hop-by-hop headers (RFC 9110 7.6.1) and the framing the front sets itself; never forwarded either way.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
               b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length"}
 FORWARDED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}  # set by the front only
-
-
-@dataclass(frozen=True)
-class FrontSettings:
-    """The front's limits, from ``IMGCLF_*`` variables (defaults below; the README's table says the same)."""
-
-    enabled: bool = True  # IMGCLF_FRONT: 0 = gunicorn straight on the port (behind a proxy of your own)
-    header_timeout: float = 10.0  # IMGCLF_HEADER_TIMEOUT: seconds for a whole request head
-    body_timeout: float = 60.0  # IMGCLF_BODY_TIMEOUT: seconds for a whole body, and for taking the answer
-    min_body_rate: int = 1024  # IMGCLF_MIN_BODY_RATE: bytes/s on average after the grace (0: no minimum)
-    keepalive_timeout: float = 5.0  # IMGCLF_KEEPALIVE_TIMEOUT: seconds a connection may idle between requests
-    max_connections: int = 1000  # IMGCLF_MAX_CONNECTIONS: open client connections at most
-    max_client_connections: int = 0  # IMGCLF_MAX_CLIENT_CONNECTIONS: per client address (0: no limit)
-    max_header_bytes: int = 16 * 1024  # IMGCLF_MAX_HEADER_BYTES: request line and header fields together
-    max_body_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # IMGCLF_MAX_UPLOAD_BYTES (the service's own limit)
-    max_buffered_bytes: int = 256 * 1024 * 1024  # IMGCLF_MAX_BUFFERED_BYTES: request bodies held at once, in all
-    body_rate_grace: float = BODY_RATE_GRACE_S
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> FrontSettings:
-        """Read the settings from ``env`` (default: the process environment); raise UsageError on a bad one."""
-        d = cls()
-        return cls(
-            enabled=settings.env_bool("IMGCLF_FRONT", d.enabled, env=env),
-            header_timeout=settings.env_float("IMGCLF_HEADER_TIMEOUT", d.header_timeout, 0.1, 3600, env=env),
-            body_timeout=settings.env_float("IMGCLF_BODY_TIMEOUT", d.body_timeout, 0.1, 3600, env=env),
-            min_body_rate=settings.env_int("IMGCLF_MIN_BODY_RATE", d.min_body_rate, 0, env=env),
-            keepalive_timeout=settings.env_float("IMGCLF_KEEPALIVE_TIMEOUT", d.keepalive_timeout, 0, 3600, env=env),
-            max_connections=settings.env_int("IMGCLF_MAX_CONNECTIONS", d.max_connections, 1, env=env),
-            max_client_connections=settings.env_int("IMGCLF_MAX_CLIENT_CONNECTIONS", d.max_client_connections, 0,
-                                                    env=env),
-            max_header_bytes=settings.env_int("IMGCLF_MAX_HEADER_BYTES", d.max_header_bytes, 1024, 1 << 20, env=env),
-            max_body_bytes=settings.env_int("IMGCLF_MAX_UPLOAD_BYTES", d.max_body_bytes, 1, env=env),
-            max_buffered_bytes=settings.env_int("IMGCLF_MAX_BUFFERED_BYTES", d.max_buffered_bytes, 1, env=env),
-        )
 
 
 class Refused(Exception):
@@ -139,10 +101,14 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 class Front:
-    """Accept client connections, read requests under the limits, forward them through ``upstream``."""
+    """Accept client connections, read requests under the limits, forward them through ``upstream``.
 
-    def __init__(self, limits: FrontSettings, upstream: Upstream, access: bool = False) -> None:
-        self.limits, self.upstream, self.access = limits, upstream, access
+    ``server`` gives the upload limit and whether to write the access log.
+    """
+
+    def __init__(self, limits: FrontSettings, upstream: Upstream, server: ServerSettings = ServerSettings()) -> None:
+        self.limits, self.upstream = limits, upstream
+        self.access, self.max_body_bytes = server.access_log, server.max_upload_bytes
         self.connections: set[asyncio.Task] = set()
         self.per_client: dict[str, int] = {}
         self.busy = 0  # connections with a request being forwarded or answered
@@ -288,8 +254,8 @@ class Front:
                 reserved[0] = total
 
         length = dict(request.headers).get(b"content-length")
-        if length is not None and int(length) > limits.max_body_bytes:
-            raise Refused(413, f"request body of {int(length)} bytes is over the limit of {limits.max_body_bytes}")
+        if length is not None and int(length) > self.max_body_bytes:
+            raise Refused(413, f"request body of {int(length)} bytes is over the limit of {self.max_body_bytes}")
         reserve(int(length or 0))
         if http.they_are_waiting_for_100_continue:
             writer.write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -308,8 +274,8 @@ class Front:
                 return b"".join(parts)
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("client closed mid-body")
-            if size + pending_chunk_bytes(http) > limits.max_body_bytes:
-                raise Refused(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+            if size + pending_chunk_bytes(http) > self.max_body_bytes:
+                raise Refused(413, f"request body over the limit of {self.max_body_bytes} bytes")
             reserve(size + pending_chunk_bytes(http))
             if event is not h11.NEED_DATA:
                 continue

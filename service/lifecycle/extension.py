@@ -6,23 +6,26 @@ gunicorn's hooks find it under :data:`EXTENSION` to hold a worker back until its
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
-from imgclf.service.app_settings import current_config
 from imgclf.service.lifecycle.manager import Observer, VersionManager
+
+if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
+    from imgclf.service.settings import ServingSettings
 
 EXTENSION = "imgclf.models"
 
 
-def init_app(app: Flask, metrics: Observer | None = None, expected: Callable[[str], int] | None = None
-             ) -> VersionManager:
-    """Create the app's version manager (its config; ``metrics``: where load times and batches go;
-    ``expected``: requests in flight by model).
+def init_app(app: Flask, config: ServingSettings, metrics: Observer | None = None,
+             expected: Callable[[str], int] | None = None) -> VersionManager:
+    """Create the app's version manager (``metrics``: where load times and batches go; ``expected``: requests
+    in flight by model).
 
     Loading starts with :meth:`VersionManager.start`, once the app is complete.
     """
-    manager = VersionManager(current_config(app), metrics, expected=expected)
+    manager = VersionManager(config, metrics, expected=expected)
     app.extensions[EXTENSION] = manager
     return manager
 

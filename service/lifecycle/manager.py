@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from imgclf.core.errors import ImgclfError, ModelNotFound, NotReady
 from imgclf.core.model_kind import ModelKind
@@ -47,7 +47,9 @@ from imgclf.service.servables.base import LoadContext, Servable
 from imgclf.service.servables.loader import load_servable
 from imgclf.service.servables.runtime import prepare_tensorflow
 from imgclf.service.server import worker_states
-from imgclf.service.settings import ServiceConfig
+
+if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
+    from imgclf.service.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ Loader = Callable[[Path, str, int, LoadContext], Servable]
 class VersionManager:
     """Loads, holds, swaps and unloads the served model versions of one worker."""
 
-    def __init__(self, config: ServiceConfig, metrics: Observer | None = None, expected=None,
+    def __init__(self, config: ServingSettings, metrics: Observer | None = None, expected=None,
                  loader: Loader | None = None, shared: SharedDefaults | None = None):
         self.config = config
         self.versions: dict[str, dict[int, ServedVersion]] = {}  # name -> version -> its life in this worker

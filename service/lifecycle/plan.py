@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.core.errors import ModelNotFound
 from imgclf.core.repository import integer_dirs, is_complete, list_models
-from imgclf.service.lifecycle.config_file import read_model_config
 from imgclf.service.lifecycle.policy import SPECIFIC, VersionPolicy, parse_policy, policies_for
-from imgclf.service.settings import ServiceConfig
+
+if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
+    from imgclf.service.settings import ServingSettings
 
 
 @dataclass
@@ -45,23 +47,19 @@ class ModelPlan:
         return f"model {name!r} has no complete version in {self.model_dir}"
 
 
-def plan_models(config: ServiceConfig, old: dict[str, ModelPlan] | None = None) -> dict[str, ModelPlan]:
-    """Return the models to serve, by name: the config file's, else every model of the repository.
-
-    Raises:
-        ConfigFileError: the model config file is not valid (naming its line).
-    """
+def plan_models(config: ServingSettings, old: dict[str, ModelPlan] | None = None) -> dict[str, ModelPlan]:
+    """Return the models to serve, by name: the config file's (read with the settings), else the repository's."""
     repo = config.model_repository
     if config.model_config_file:
         return {m.name: ModelPlan(m.model_dir(repo), m.policy, dict(m.labels))
-                for m in read_model_config(Path(config.model_config_file).expanduser())}
+                for m in config.model_config}  # read once, by the settings
     available = list_models(repo) if repo.is_dir() else {}
     policies = policies_for(sorted(available), parse_policy(config.version_policy), config.model_versions)
     old = old or {}
     return {name: old.get(name) or ModelPlan(repo / name, policy) for name, policy in policies.items()}
 
 
-def check_plan(config: ServiceConfig, plans: dict[str, ModelPlan]) -> None:
+def check_plan(config: ServingSettings, plans: dict[str, ModelPlan]) -> None:
     """Refuse pinned versions of models that are not there, and a default model that is not served.
 
     Raises:

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from imgclf.core import export_names as names
 from imgclf.core.errors import BadRequest, InvalidImage
 from imgclf.core.model_kind import ModelKind
 from imgclf.service.servables.batching import Batcher
-from imgclf.service.settings import ServiceConfig
+
+if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
+    from imgclf.service.settings import ServingSettings
 
 STRING = "string"  # the dtype of encoded pictures and labels (bytes in, str out)
 
@@ -68,7 +70,7 @@ def card_signature(card: dict) -> Signature:
 class LoadContext:
     """What a servable needs from its worker to load: the config and the metrics/in-flight callbacks."""
 
-    config: ServiceConfig
+    config: ServingSettings
     on_batch: Callable[[str], Callable[[int, float], None]] | None = None  # (model) -> callback(images, seconds)
     expected: Callable[[str], int] | None = None  # (model) -> its prediction requests in flight in this worker
 

@@ -1,22 +1,13 @@
 """gunicorn settings for ``gunicorn -c python:imgclf.service.server.gunicorn_conf "imgclf.service:create_app()"``.
 
-Every setting comes from an ``IMGCLF_*`` variable (``imgclf serve`` sets them from its options):
-
-    IMGCLF_BIND              127.0.0.1:8000  address; the container sets 0.0.0.0:8000 (behind the front,
-                                             `imgclf serve` binds gunicorn to a private unix socket)
-    IMGCLF_WORKERS           2               worker processes, each loading its own models
-    IMGCLF_THREADS           8               request threads per worker (gthread)
-    IMGCLF_TIMEOUT           120             seconds a silent worker lives (covers model loading)
-    IMGCLF_GRACEFUL_TIMEOUT  30              seconds in-flight requests get after SIGTERM
-    IMGCLF_LOG_LEVEL         info            log level of gunicorn and the service (debug ... critical)
-    IMGCLF_ACCESS_LOG        0               1: one access-log line per request on stdout
-    IMGCLF_MALLOC_TRIM_SECONDS  1            a worker hands freed heap memory back to the system this
-                                             often (glibc's malloc_trim; 0: never)
-
-They are read by :class:`imgclf.service.cli.serve.ServerSettings` (through
-:mod:`imgclf.core.settings`, standard library only): a malformed one
-(``IMGCLF_ACCESS_LOG=2``, ``IMGCLF_WORKERS=0``) stops gunicorn before it starts;
-`imgclf serve` checks them first and says so in one line.
+Every setting comes from the server section of the settings tree,
+:class:`imgclf.service.server.settings.ServerSettings` (``IMGCLF_BIND``, ``IMGCLF_WORKERS``,
+``IMGCLF_THREADS``, ``IMGCLF_TIMEOUT``, ``IMGCLF_GRACEFUL_TIMEOUT``, ``IMGCLF_LOG_LEVEL``,
+``IMGCLF_ACCESS_LOG``, ``IMGCLF_MALLOC_TRIM_SECONDS``: each field's default and help are there;
+``imgclf serve`` sets the first three from its options). It is read through
+:mod:`imgclf.core.settings`, standard library only: a malformed one (``IMGCLF_ACCESS_LOG=2``,
+``IMGCLF_WORKERS=0``) stops gunicorn before it starts; `imgclf serve` checks them first and says so
+in one line. Behind the front, `imgclf serve` binds gunicorn to a private unix socket.
 
 Why two workers by default: a worker that dies (or restarts) leaves another one
 answering while it reloads its models. Each model call already spreads over
@@ -87,8 +78,8 @@ def keep_working_folder_off_sys_path() -> None:
 
 keep_working_folder_off_sys_path()
 
-from imgclf.service.cli.serve import ServerSettings  # noqa: E402
 from imgclf.service.server import worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.server.settings import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUEST_WAIT_S = 30.0  # how long a model request waits for a first-start worker's models (then 503)

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from imgclf.service import create_app
-from imgclf.service.cli.serve import ServerSettings
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.server.settings import ServerSettings
+from imgclf.service.settings import Settings
 from tests.system.test_container import DOCKERFILE, image_env, known_settings, only, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,8 +267,7 @@ def test_every_imgclf_variable_is_a_setting_and_parses(container, dockerfile):
     unknown = {k for k in env if k.startswith("IMGCLF_")} - known_settings()
     assert not unknown, f"the Deployment sets variables imgclf does not read: {sorted(unknown)}"
     merged = {**image_env(dockerfile), **env}
-    ServiceConfig.from_env(merged)  # raises UsageError on a malformed value
-    ServerSettings.from_env(merged)
+    Settings.from_env(merged)  # raises UsageError on a malformed value, in any section
 
 
 def test_the_pod_is_non_root_with_a_read_only_root_and_a_writable_tmp(deployment, container, dockerfile):

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.service.cli import serve as serve_cli
 from imgclf.service.cli.main import main
+from imgclf.service.server import launch
 from tests.support.processes import children_of, free_port
 
 READY_WITHIN_S = 90
@@ -177,7 +178,7 @@ def test_serve_execs_the_front_or_gunicorn_with_the_options_as_environment(model
     assert main(["serve", "--model-dir", str(model_repo), "--bind", "0.0.0.0:9000", "--workers", "3"]) == 0
     (path, argv, env), = calls
     assert path == sys.executable
-    conf = str(Path(serve_cli.__file__).with_name("gunicorn_conf.py"))
+    conf = str(Path(launch.__file__).with_name("gunicorn_conf.py"))
     if front:  # IMGCLF_FRONT=0: gunicorn alone on the address
         assert argv == [sys.executable, "-P", "-m", "gunicorn", "-c", conf, "imgclf.service:create_app()"]
     else:  # the front, which starts that same gunicorn command behind it

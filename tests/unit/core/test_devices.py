@@ -90,6 +90,24 @@ def test_a_memory_limit_replaces_growth_on_every_gpu(fake_gpus, device_env):
     assert fake.growth == {}
 
 
+def test_settings_handed_over_are_applied_instead_of_the_environment(fake_gpus, device_env):
+    fake = fake_gpus((8, 6))
+    device_env(IMGCLF_GPU_MEMORY_LIMIT_MB="4096")  # what the environment says now...
+    devices.use_settings(devices.DeviceSettings(gpu_memory_limit_mb=2048))  # ...the service's tree read before
+    assert configure_tensorflow().gpu_memory_limit_mb == 2048
+    assert fake.logical == {"/physical_device:GPU:0": [2048]}
+    assert configure_tensorflow({"IMGCLF_GPU_MEMORY_LIMIT_MB": "1024"}).gpu_memory_limit_mb == 2048  # first wins
+
+
+def test_device_settings_are_a_section_of_the_tree():
+    env = {"IMGCLF_DEVICE": "GPU", "IMGCLF_CPU_DEVICES": "4", "IMGCLF_LOG_DEVICE_PLACEMENT": "on"}
+    settings = devices.DeviceSettings.from_env(env)
+    assert (settings.device, settings.device_spec, settings.cpu_devices, settings.log_device_placement) == (
+        "/device:GPU:0", "GPU", 4, True)
+    with pytest.raises(DeviceError, match="IMGCLF_CPU_DEVICES must be at least 1; received 0"):
+        devices.DeviceSettings.from_env({"IMGCLF_CPU_DEVICES": "0"})
+
+
 def test_memory_settings_that_come_too_late(fake_gpus, device_env, caplog):
     late = RuntimeError("Physical devices cannot be modified after being initialized")
     fake_gpus((8, 6), fail_with=late)

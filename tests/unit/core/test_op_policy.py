@@ -361,11 +361,11 @@ def test_predict_refuses_an_unsafe_model(unsafe_saved_models, model_repo, tmp_pa
 def test_the_service_does_not_become_ready_with_an_unsafe_model(unsafe_saved_models, model_repo, tmp_path,
                                                                 monkeypatch):
     from imgclf.service import create_app
-    from imgclf.service.settings import ServiceConfig
+    from imgclf.service.settings import ServingSettings
 
     monkeypatch.delenv(op_policy.ENV_ALLOW_UNSAFE_OPS, raising=False)
-    assert not ServiceConfig.from_env({}).allow_unsafe_ops
-    assert ServiceConfig.from_env({op_policy.ENV_ALLOW_UNSAFE_OPS: "1"}).allow_unsafe_ops
+    assert not ServingSettings.from_env({}).allow_unsafe_ops
+    assert ServingSettings.from_env({op_policy.ENV_ALLOW_UNSAFE_OPS: "1"}).allow_unsafe_ops
     _version_dir(unsafe_saved_models["writes"], model_repo, tmp_path / "repo")
     app = create_app({"model_repository": tmp_path / "repo", "load_in_background": False})
     response = app.test_client().get("/readyz")

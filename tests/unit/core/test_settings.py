@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,64 @@ def test_bad_version_mappings_name_the_bad_item(raw, item):
     with pytest.raises(UsageError, match=rf"IMGCLF_MODEL_VERSIONS={raw!r} is not a list of name=version pairs "
                                          rf"\(e.g. flowers=3,pets=1\); {item!r} is not one"):
         settings.env_versions("IMGCLF_MODEL_VERSIONS", env={"IMGCLF_MODEL_VERSIONS": raw})
+
+
+@dataclass(frozen=True)
+class Knobs(settings.Section):
+    """A section of every kind of setting, for the tests below."""
+
+    size: int = settings.setting(3, "how many", minimum=1, maximum=9)
+    rate: float = settings.setting(0.5, "how fast", minimum=0)
+    loud: bool = settings.setting(False, "whether to shout")
+    level: str = settings.setting("info", "how much to say", choices=("debug", "info"))
+    where: Path = settings.setting(Path("here"), "where to look")
+    pins: dict = settings.setting({}, "pinned versions", env="IMGCLF_PINS", parse=settings.parse_versions)
+    zero_default: int = settings.setting(0, "unset: off; set: at least 1", minimum=1)
+    internal: float = 1.0  # not a setting: no variable
+
+
+def test_a_section_reads_each_variable_by_its_type():
+    env = {"IMGCLF_SIZE": "4", "IMGCLF_RATE": " 2.5", "IMGCLF_LOUD": "yes", "IMGCLF_LEVEL": "DEBUG",
+           "IMGCLF_WHERE": "~/x", "IMGCLF_PINS": "a=2", "IMGCLF_INTERNAL": "7"}
+    knobs = Knobs.from_env(env)
+    assert knobs == Knobs(4, 2.5, True, "debug", Path.home() / "x", {"a": 2})
+    assert Knobs.from_env({}) == Knobs() and Knobs.from_env({}, size=5).size == 5
+    assert Knobs().pins is not Knobs().pins  # a mutable default is copied
+
+
+@pytest.mark.parametrize("env, overrides, message", [
+    ({"IMGCLF_SIZE": "x"}, {}, "IMGCLF_SIZE='x' is not a valid int"),
+    ({"IMGCLF_SIZE": "10"}, {}, "IMGCLF_SIZE must be between 1 and 9; received 10"),
+    ({}, {"size": 0}, "IMGCLF_SIZE must be between 1 and 9; received 0"),  # overrides are checked too
+    ({"IMGCLF_RATE": "-1"}, {}, "IMGCLF_RATE must be at least 0; received -1.0"),
+    ({"IMGCLF_LOUD": "2"}, {}, "IMGCLF_LOUD='2' is not a yes or a no"),
+    ({"IMGCLF_LEVEL": "loud"}, {}, "IMGCLF_LEVEL must be one of 'debug' or 'info'; received 'loud'"),
+    ({}, {"level": "loud"}, "IMGCLF_LEVEL must be one of 'debug' or 'info'; received 'loud'"),
+    ({"IMGCLF_PINS": "a"}, {}, "IMGCLF_PINS='a' is not a list of name=version pairs"),
+    ({"IMGCLF_ZERO_DEFAULT": "0"}, {}, "IMGCLF_ZERO_DEFAULT must be at least 1; received 0"),
+])
+def test_a_bad_value_is_one_error_naming_the_variable(env, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        Knobs.from_env(env, **overrides)
+
+
+def test_the_default_is_not_checked_and_an_unknown_override_is_a_type_error():
+    assert Knobs.from_env({}).zero_default == 0
+    with pytest.raises(TypeError, match="Knobs has no setting 'sise'"):
+        Knobs.from_env({}, sise=3)
+
+
+def test_describe_lists_every_setting_with_its_variable_type_default_and_help():
+    listed = list(settings.describe(Knobs, "knobs"))
+    assert [s.name for s in listed] == ["size", "rate", "loud", "level", "where", "pins", "zero_default"]
+    assert listed[0] == settings.SettingInfo("knobs", "size", "IMGCLF_SIZE", "int", 3, "how many")
+    assert (listed[5].env, listed[5].type, listed[5].default) == ("IMGCLF_PINS", "dict", {})
+
+
+@pytest.mark.parametrize("help_text", ["", "two\nlines"])
+def test_a_setting_has_one_line_of_help(help_text):
+    with pytest.raises(ValueError, match="one line"):
+        settings.setting(1, help_text)
 
 
 def test_imgclf_home_goes_through_the_reader(monkeypatch, tmp_path):

@@ -12,9 +12,9 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.service import create_app
-from imgclf.service.cli.serve import ServerSettings
 from imgclf.service.servables.batching import Batcher
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.server.settings import ServerSettings
+from imgclf.service.settings import ServingSettings
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def app(model_repo):
 def test_config_reads_env_then_overrides(tmp_path):
     env = {"IMGCLF_TOP_K": "3", "IMGCLF_BATCHING": "off", "IMGCLF_MODEL_VERSIONS": "a=2, b=5",
            "IMGCLF_MODEL_REPOSITORY": str(tmp_path), "IMGCLF_BATCH_MAX_WAIT_MS": "2.5"}
-    config = ServiceConfig.from_env(env, top_k=4)
+    config = ServingSettings.from_env(env, top_k=4)
     assert (config.top_k, config.batching, config.model_versions) == (4, False, {"a": 2, "b": 5})
     assert config.model_repository == tmp_path and config.batch_max_wait_ms == 2.5
 
@@ -46,7 +46,7 @@ def test_config_reads_env_then_overrides(tmp_path):
 ])
 def test_bad_settings_are_named(env, message):
     with pytest.raises(UsageError, match=message):
-        ServiceConfig.from_env(env)
+        ServingSettings.from_env(env)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -54,20 +54,20 @@ def test_bad_settings_are_named(env, message):
     ("0", False), ("false", False), ("NO", False), (" off", False),
 ])
 def test_booleans_take_each_accepted_spelling(raw, expected):
-    assert ServiceConfig.from_env({"IMGCLF_BATCHING": raw}).batching is expected
+    assert ServingSettings.from_env({"IMGCLF_BATCHING": raw}).batching is expected
 
 
 def test_empty_or_blank_variables_mean_the_default():
-    defaults = ServiceConfig()
+    defaults = ServingSettings()
     env = {"IMGCLF_BATCHING": "", "IMGCLF_TOP_K": "  ", "IMGCLF_MODEL_VERSIONS": "", "IMGCLF_DEFAULT_MODEL": " "}
-    config = ServiceConfig.from_env(env)
+    config = ServingSettings.from_env(env)
     assert (config.batching, config.top_k, config.model_versions, config.default_model) == (
         defaults.batching, defaults.top_k, defaults.model_versions, defaults.default_model)
 
 
 def test_overrides_are_checked_like_the_environment():
     with pytest.raises(UsageError, match="IMGCLF_TOP_K must be at least 1; received 0"):
-        ServiceConfig.from_env({}, top_k=0)
+        ServingSettings.from_env({}, top_k=0)
 
 
 def test_server_settings_defaults_and_environment():

@@ -95,9 +95,9 @@ def test_the_service_serves_it_on_openvino_and_reports_a_model_it_cannot(int8_re
 
 
 def test_imgclf_backend_is_checked(monkeypatch):
-    from imgclf.service.settings import ServiceConfig
+    from imgclf.service.settings import ServingSettings
 
-    assert ServiceConfig.from_env({}).backend == "card"
-    assert ServiceConfig.from_env({"IMGCLF_BACKEND": "openvino"}).backend == "openvino"
+    assert ServingSettings.from_env({}).backend == "card"
+    assert ServingSettings.from_env({"IMGCLF_BACKEND": "openvino"}).backend == "openvino"
     with pytest.raises(UsageError, match="IMGCLF_BACKEND must be one of card, tensorflow, openvino, auto"):
-        ServiceConfig.from_env({"IMGCLF_BACKEND": "onnx"})
+        ServingSettings.from_env({"IMGCLF_BACKEND": "onnx"})

@@ -8,7 +8,7 @@ import pytest
 from imgclf.core.errors import UsageError
 from imgclf.service.access import api_keys
 from imgclf.service.cli.main import main
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import Settings
 
 
 def test_line_holds_the_sha256_of_the_key_never_the_key():
@@ -39,10 +39,10 @@ def test_malformed_lines_are_named_without_showing_them(text, message):
 
 def test_a_bad_keys_file_is_one_error_at_start(tmp_path):
     with pytest.raises(UsageError, match="cannot be read: No such file or directory"):
-        ServiceConfig.from_env({"IMGCLF_API_KEYS_FILE": str(tmp_path / "missing")})
+        Settings.from_env({"IMGCLF_API_KEYS_FILE": str(tmp_path / "missing")})
     (tmp_path / "empty").write_text("# nothing yet\n")
     with pytest.raises(UsageError, match="holds no key: add one with `imgclf api-key NAME`"):
-        ServiceConfig.from_env({"IMGCLF_API_KEYS_FILE": str(tmp_path / "empty")})
+        Settings.from_env({"IMGCLF_API_KEYS_FILE": str(tmp_path / "empty")})
 
 
 def test_cli_prints_the_line_and_the_key_once(capsys):

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from imgclf.core.errors import UsageError
-from imgclf.service.cli.serve import ServerSettings, front_argv, gunicorn_argv, serve_argv
+from imgclf.service.cli.serve import front_argv, gunicorn_argv, serve_argv
 from imgclf.service.front import main as front_main
-from imgclf.service.front.proxy import FrontSettings
+from imgclf.service.front.settings import FrontSettings
+from imgclf.service.server.settings import ServerSettings
 from tests.support.processes import free_port
 
 FAKE = [sys.executable, str(Path(__file__).resolve().parents[3] / "support" / "fake_upstream.py")]
@@ -95,8 +96,8 @@ def _front_process(port: int, tmp_path: Path) -> subprocess.Popen:
         "import asyncio, sys\n"
         "from dataclasses import replace\n"
         "from imgclf.service.front import main as front_main\n"
-        "from imgclf.service.front.proxy import FrontSettings\n"
-        "from imgclf.service.cli.serve import ServerSettings\n"
+        "from imgclf.service.front.settings import FrontSettings\n"
+        "from imgclf.service.server.settings import ServerSettings\n"
         f"server = replace(ServerSettings(), bind='127.0.0.1:{port}', workers=1, threads=2, graceful_timeout=5)\n"
         f"sys.exit(asyncio.run(front_main.serve(server, FrontSettings(), argv={FAKE!r})))\n"
     )

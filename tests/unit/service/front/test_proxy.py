@@ -11,13 +11,15 @@ import h11
 import pytest
 
 from imgclf.core.errors import UsageError
-from imgclf.service.front.proxy import DEFAULT_MAX_UPLOAD_BYTES, Front, FrontSettings, error_bytes, pending_chunk_bytes
+from imgclf.service.front.proxy import Front, error_bytes, pending_chunk_bytes
+from imgclf.service.front.settings import FrontSettings
 from imgclf.service.front.upstream import Upstream
+from imgclf.service.server.settings import ServerSettings
 from tests.support.fake_upstream import Echo
 
 LIMITS = FrontSettings(header_timeout=0.5, body_timeout=2.0, min_body_rate=100, keepalive_timeout=0.4,
-                       max_connections=20, max_client_connections=0, max_header_bytes=2048, max_body_bytes=1000,
-                       body_rate_grace=0.3)
+                       max_connections=20, max_client_connections=0, max_header_bytes=2048, body_rate_grace=0.3)
+SERVER = ServerSettings(max_upload_bytes=1000)  # the upload limit the front enforces is the service's own
 
 
 async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True):
@@ -26,7 +28,7 @@ async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True):
     path = str(tmp_path / "up.sock")
     if upstream_up:
         await asyncio.start_unix_server(echo.handle, path)
-    front = Front(limits, Upstream(path, 4, timeout=5))
+    front = Front(limits, Upstream(path, 4, timeout=5), SERVER)
     server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
     return front, server.sockets[0].getsockname()[1], echo
 
@@ -295,11 +297,10 @@ def test_bad_settings_are_named(env, message):
         FrontSettings.from_env(env)
 
 
-def test_the_body_limit_is_the_services_own():
-    from imgclf.service.settings import ServiceConfig
-
-    assert DEFAULT_MAX_UPLOAD_BYTES == ServiceConfig().max_upload_bytes
-    assert FrontSettings.from_env({"IMGCLF_MAX_UPLOAD_BYTES": "77"}).max_body_bytes == 77
+def test_the_body_limit_is_the_services_own(tmp_path):
+    upstream = Upstream(str(tmp_path / "up.sock"), 4, timeout=5)
+    assert Front(LIMITS, upstream).max_body_bytes == ServerSettings().max_upload_bytes == 20 * 1024 * 1024
+    assert Front(LIMITS, upstream, ServerSettings.from_env({"IMGCLF_MAX_UPLOAD_BYTES": "77"})).max_body_bytes == 77
 
 
 
@@ -308,7 +309,7 @@ def test_the_access_log_names_the_real_client(tmp_path, caplog):
         echo = Echo()
         path = str(tmp_path / "up.sock")
         await asyncio.start_unix_server(echo.handle, path)
-        front = Front(LIMITS, Upstream(path, 4, timeout=5), access=True)
+        front = Front(LIMITS, Upstream(path, 4, timeout=5), replace(SERVER, access_log=True))
         server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
         return await exchange(server.sockets[0].getsockname()[1],
                               b"GET /v1/models/x?y=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: probe/1\r\n"

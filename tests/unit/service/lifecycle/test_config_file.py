@@ -7,7 +7,7 @@ import pytest
 from imgclf.core.errors import UsageError
 from imgclf.service.lifecycle.config_file import ConfigFileError, ModelConfig, parse_model_config, read_model_config
 from imgclf.service.lifecycle.policy import ALL, LATEST, SPECIFIC, VersionPolicy
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings
 
 # As TF Serving's documentation writes one (single quotes, a colon before a message, comments).
 TF_SERVING_EXAMPLE = """
@@ -137,14 +137,14 @@ def test_reading_a_file(tmp_path):
 def test_the_service_config_checks_the_file_and_refuses_two_sources_of_versions(tmp_path):
     path = tmp_path / "serving.conf"
     path.write_text("model_config_list { config { name: 'a' } }", encoding="utf-8")
-    assert ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)}).model_config_file == str(path)
+    assert ServingSettings.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)}).model_config_file == str(path)
     path.write_text("model_config_list { config { name: 'a' }", encoding="utf-8")
     with pytest.raises(UsageError, match=r"serving.conf:1: unexpected end of file"):
-        ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)})
+        ServingSettings.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path)})
     path.write_text("model_config_list { config { name: 'a' } }", encoding="utf-8")
     for extra in ({"IMGCLF_VERSION_POLICY": "all"}, {"IMGCLF_MODEL_VERSIONS": "a=1"}):
         with pytest.raises(UsageError, match="leave IMGCLF_VERSION_POLICY and IMGCLF_MODEL_VERSIONS unset"):
-            ServiceConfig.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path), **extra})
+            ServingSettings.from_env({"IMGCLF_MODEL_CONFIG_FILE": str(path), **extra})
 
 
 def test_serve_checks_the_model_config_file_before_it_execs_gunicorn(tmp_path, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from imgclf.service.lifecycle.manager import VersionManager
 from imgclf.service.lifecycle.versions import SharedDefaults
 from imgclf.service.servables.base import Servable
 from imgclf.service.server import worker_states
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings
 from tests.support.versions import publish_copy
 
 
@@ -70,7 +70,7 @@ def add_version(repo: Path, name: str, version: int, broken: bool = False) -> Pa
 def registry_for(repo: Path, folder: Path | None = None, pid: int | None = None, **settings) -> VersionManager:
     settings.setdefault("poll_seconds", 0)
     settings.setdefault("precision", "fp32")  # "auto" would be bf16 on AMX, switched on for the whole process
-    config = ServiceConfig.from_env({}, model_repository=repo, load_in_background=False, **settings)
+    config = ServingSettings.from_env({}, model_repository=repo, load_in_background=False, **settings)
     registry = VersionManager(config, loader=FakeServable.load, shared=SharedDefaults(folder, pid))
     registry.start()
     return registry

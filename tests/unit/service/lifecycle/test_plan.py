@@ -8,7 +8,7 @@ from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound
 from imgclf.service.lifecycle.plan import ModelPlan, check_plan, plan_models
 from imgclf.service.lifecycle.policy import ALL, LATEST, SPECIFIC, VersionPolicy
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings
 
 
 def add_version(repo: Path, name: str, version: int, complete: bool = True) -> None:
@@ -18,8 +18,8 @@ def add_version(repo: Path, name: str, version: int, complete: bool = True) -> N
         (path / required).write_text("{}")
 
 
-def config(repo: Path, **settings) -> ServiceConfig:
-    return ServiceConfig.from_env({}, model_repository=repo, **settings)
+def config(repo: Path, **settings) -> ServingSettings:
+    return ServingSettings.from_env({}, model_repository=repo, **settings)
 
 
 def test_every_model_of_the_repository_with_the_policy_and_the_pins(tmp_path):

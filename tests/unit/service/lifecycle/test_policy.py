@@ -4,7 +4,7 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.service.lifecycle.policy import ALL, LATEST, SPECIFIC, VersionPolicy, parse_policy, policies_for
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings
 
 
 @pytest.mark.parametrize("raw, policy", [
@@ -58,10 +58,10 @@ def test_pinned_versions_are_specific_policies():
 
 
 def test_the_service_config_checks_the_policy_and_the_poll_interval():
-    config = ServiceConfig.from_env({"IMGCLF_VERSION_POLICY": "latest:2", "IMGCLF_POLL_SECONDS": "0"})
+    config = ServingSettings.from_env({"IMGCLF_VERSION_POLICY": "latest:2", "IMGCLF_POLL_SECONDS": "0"})
     assert (config.version_policy, config.poll_seconds) == ("latest:2", 0.0)
-    assert ServiceConfig.from_env({}).poll_seconds == 30.0
+    assert ServingSettings.from_env({}).poll_seconds == 30.0
     with pytest.raises(UsageError, match="IMGCLF_VERSION_POLICY='sometimes' is not a version policy"):
-        ServiceConfig.from_env({"IMGCLF_VERSION_POLICY": "sometimes"})
+        ServingSettings.from_env({"IMGCLF_VERSION_POLICY": "sometimes"})
     with pytest.raises(UsageError, match="IMGCLF_POLL_SECONDS must be between 0 and 86400; received -1.0"):
-        ServiceConfig.from_env({"IMGCLF_POLL_SECONDS": "-1"})
+        ServingSettings.from_env({"IMGCLF_POLL_SECONDS": "-1"})

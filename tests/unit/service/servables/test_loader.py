@@ -22,7 +22,7 @@ from imgclf.service.protocols.v2 import routes as routes_v2
 from imgclf.service.servables.base import LoadContext, Servable, TensorSpec, card_signature
 from imgclf.service.servables.loader import SERVABLES, load_servable
 from imgclf.service.servables.secondary import DigitClassifierServable, RegressionServable
-from imgclf.service.settings import ServiceConfig
+from imgclf.service.settings import ServingSettings
 from imgclf.service.web import routes as routes_web
 from tests.support.images import encode, jpeg, photo_like
 from tests.support.source_ast import parse_source
@@ -46,7 +46,7 @@ def test_every_kind_has_one_servable_class_of_that_kind():
 @pytest.mark.parametrize("name", ["shapes", "quadratic", "mnist-mlp", "lenet5"])
 def test_the_loader_picks_the_class_of_the_cards_kind(repo, name):
     path = repo / name / "1"
-    served = load_servable(path, name, 1, LoadContext(ServiceConfig(batching=False)))
+    served = load_servable(path, name, 1, LoadContext(ServingSettings(batching=False)))
     try:
         assert type(served) is SERVABLES[kind_of(read_card(path))]
         assert (served.name, served.version, served.card) == (name, 1, read_card(path))
@@ -58,7 +58,7 @@ def test_the_loader_picks_the_class_of_the_cards_kind(repo, name):
 @pytest.mark.parametrize("decode", ["exact", "fast"])
 def test_warm_up_traces_every_decode_function_a_first_request_would(repo, monkeypatch, decode):
     monkeypatch.setattr(image_io, "_FUSED", {})  # nothing traced yet, as in a fresh worker
-    served = load_servable(repo / "shapes" / "1", "shapes", 1, LoadContext(ServiceConfig(batching=False)))
+    served = load_servable(repo / "shapes" / "1", "shapes", 1, LoadContext(ServingSettings(batching=False)))
     try:
         monkeypatch.setitem(served.model.card["featurizer"]["contract"], "decode", decode)
         served.warm_up()
@@ -78,11 +78,11 @@ def test_a_card_of_an_unknown_kind_is_refused_naming_it(tmp_path):
     (version / "saved_model.pb").write_bytes(b"")
     (version / "model_card.json").write_text(json.dumps({"kind": "llm", "labels": []}))
     with pytest.raises(ModelNotFound, match="model card kind 'llm' is not one imgclf serves"):
-        load_servable(version, "chat", 1, LoadContext(ServiceConfig()))
+        load_servable(version, "chat", 1, LoadContext(ServingSettings()))
 
 
 def test_a_regression_takes_no_pictures_and_a_digit_classifier_does(repo):
-    context = LoadContext(ServiceConfig())
+    context = LoadContext(ServingSettings())
     quadratic = RegressionServable.load(repo / "quadratic" / "1", "quadratic", 1, context)
     assert not quadratic.takes_pictures
     with pytest.raises(BadRequest, match="regression model"):

@@ -1,0 +1,34 @@
+"""The HTTP server's settings: gunicorn's (bind, workers, threads, timeouts, logs) and the upload limit.
+
+Read by gunicorn's master (:mod:`imgclf.service.server.gunicorn_conf`), by the front
+(:mod:`imgclf.service.front.main`) and checked by `imgclf serve` before it execs either
+(gunicorn's own config-file errors are a traceback). Standard library only, through
+:mod:`imgclf.core.settings`: the gunicorn master must stay free of TensorFlow, Flask and numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgclf.core.settings import Section, setting
+
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")  # what gunicorn and logging accept
+
+
+@dataclass(frozen=True)
+class ServerSettings(Section):
+    """How the service listens and runs its workers; each field is the variable ``IMGCLF_<FIELD>``."""
+
+    bind: str = setting("127.0.0.1:8000", "address to listen on, HOST:PORT or unix:PATH (the container: "
+                                          "0.0.0.0:8000)")
+    workers: int = setting(2, "worker processes, each loading its own models", minimum=1)
+    threads: int = setting(8, "request threads per worker (gthread); concurrent requests share model calls",
+                           minimum=1)
+    timeout: int = setting(120, "seconds a silent worker lives (covers model loading)", minimum=1)
+    graceful_timeout: int = setting(30, "seconds in-flight requests get after SIGTERM", minimum=0)
+    log_level: str = setting("info", "log level of gunicorn, the front and the service", choices=LOG_LEVELS)
+    access_log: bool = setting(False, "one access-log line per request on stdout")
+    malloc_trim_seconds: int = setting(1, "a worker hands freed heap memory back to the system this often "
+                                          "(glibc's malloc_trim; 0: never)", minimum=0)
+    max_upload_bytes: int = setting(20 * 1024 * 1024, "request bodies above this get 413 (from the front before "
+                                                      "they arrive, else from the app)", minimum=1)
