@@ -47,6 +47,7 @@ from imgclf.service.servables.base import LoadContext, Servable
 from imgclf.service.servables.loader import load_servable
 from imgclf.service.servables.runtime import prepare_tensorflow
 from imgclf.service.server import worker_states
+from imgclf.service.server.worker_states import State
 
 if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
     from imgclf.service.settings import ServingSettings
@@ -75,7 +76,7 @@ class VersionManager:
         self.config = config
         self.versions: dict[str, dict[int, ServedVersion]] = {}  # name -> version -> its life in this worker
         self.plans: dict[str, ModelPlan] = {}
-        self.state = "loading"  # loading | ready | failed
+        self.state = State.LOADING  # LOADING, READY or FAILED (HELD is the gunicorn hook's)
         self.error = ""
         self.precision = ""  # fp32 | bf16 | fp16, resolved when loading
         self.metrics = metrics  # this app's metrics: batches and load times are recorded there
@@ -97,7 +98,7 @@ class VersionManager:
     @property
     def ready(self) -> bool:
         """Return whether every model is loaded and warmed up."""
-        return self.state == "ready"
+        return self.state == State.READY
 
     @property
     def models(self) -> dict[str, Servable]:
@@ -137,7 +138,7 @@ class VersionManager:
         """
         self._hold_seconds, self._hold_at_most = seconds, at_most if seconds > 0 else 0
 
-    def _set_state(self, state: str, error: str = "") -> None:
+    def _set_state(self, state: State, error: str = "") -> None:
         with self._lock:
             self.state, self.error = state, error
             self._done.set()
@@ -149,10 +150,10 @@ class VersionManager:
 
     def _wait_for_loading(self) -> None:
         """Wait (bounded, see :meth:`hold_requests`) while loading; return at once otherwise."""
-        if self.state != "loading" or not self._hold_at_most:  # the usual case, without the lock
+        if self.state != State.LOADING or not self._hold_at_most:  # the usual case, without the lock
             return
         with self._lock:
-            if self.state != "loading" or self.waiting >= self._hold_at_most:
+            if self.state != State.LOADING or self.waiting >= self._hold_at_most:
                 return
             self.waiting += 1
         try:
@@ -178,14 +179,14 @@ class VersionManager:
                     raise ModelNotFound(self._why_none(name))
             if not self.versions:
                 log.warning("model repository %s holds no model; nothing to serve", self.config.model_repository)
-            self._set_state("ready")
+            self._set_state(State.READY)
         except (ImgclfError, ValueError, OSError) as exc:
             log.error("loading models failed: %s", exc)
-            self._set_state("failed", str(exc))
+            self._set_state(State.FAILED, str(exc))
             return
         except Exception as exc:
             log.exception("loading models failed")
-            self._set_state("failed", f"{type(exc).__name__}: {exc}")
+            self._set_state(State.FAILED, f"{type(exc).__name__}: {exc}")
             return
         if self.config.poll_seconds > 0:
             self._poller = Poller(self, self.config.poll_seconds, self.config.model_repository)
@@ -335,7 +336,7 @@ class VersionManager:
     def _check_ready(self) -> None:
         self._wait_for_loading()
         if not self.ready:
-            raise NotReady("models are still loading" if self.state == "loading"
+            raise NotReady("models are still loading" if self.state == State.LOADING
                            else f"models failed to load: {self.error}")
 
     def _entries(self, name: str) -> dict[int, ServedVersion]:

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from imgclf.core.atomic import write_json_atomic
@@ -37,8 +38,20 @@ from imgclf.service.server import worker_states
 
 log = logging.getLogger(__name__)
 
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-STATES = (START, LOADING, AVAILABLE, UNLOADING, END)
+
+
+class VersionState(StrEnum):
+    """TF Serving's states of one model version (its GetModelStatus names), written as their plain values."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+START, LOADING, AVAILABLE, UNLOADING, END = VersionState
+STATES = tuple(VersionState)
 
 
 def error_code(exc: BaseException) -> str:
@@ -60,7 +73,7 @@ class ServedVersion:
 
     name: str
     version: int
-    state: str = START
+    state: VersionState = START
     error_code: str = "OK"
     error_message: str = ""
     servable: Servable | None = None

@@ -193,29 +193,30 @@ def post_worker_init(worker) -> None:
     /readyz. With a single worker there is nobody else to answer: it accepts at once and says 503
     (Retry-After) while it loads.
     """
-    registry = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.models")
+    models = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.models")  # the version manager
     folder = worker_states.server_folder()
-    if registry is None:  # not the imgclf app (or wrapped): nothing to wait for, nothing to report
+    if models is None:  # not the imgclf app (or wrapped): nothing to wait for, nothing to report
         if folder is not None:
             worker_states.forget(folder, worker.age)
         return
     held = worker_states.held_back(worker.age, worker.cfg.workers)
     if folder is not None:
-        def record(state: str, error: str) -> None:
+        def record(state: worker_states.State, error: str) -> None:
             loading = worker_states.HELD if held else worker_states.LOADING
-            worker_states.record(folder, worker.age, loading if state == "loading" else state, worker.pid, error)
+            worker_states.record(folder, worker.age, loading if state == worker_states.LOADING else state, worker.pid,
+                                 error)
 
-        registry.on_state(record)
+        models.on_state(record)
     if not held:
         if worker.cfg.workers >= 2:
-            registry.hold_requests(REQUEST_WAIT_S, at_most=worker.cfg.threads - 1)
+            models.hold_requests(REQUEST_WAIT_S, at_most=worker.cfg.threads - 1)
         return
     started = time.monotonic()
-    while worker.alive and registry.state == "loading":
+    while worker.alive and models.state == worker_states.LOADING:
         worker.notify()
-        registry.wait(1.0)
+        models.wait(1.0)
     worker.log.info("replacement worker %s: models %s after %.1f s; accepting connections", worker.pid,
-                    registry.state, time.monotonic() - started)
+                    models.state, time.monotonic() - started)
 
 
 def child_exit(server, worker) -> None:

@@ -34,23 +34,38 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from imgclf.core.atomic import write_json_atomic
 
 ENV = "IMGCLF_WORKER_STATE_DIR"  # set by the gunicorn master for its workers; unset: no server (a test client)
 
-LOADING, HELD, READY, FAILED = "loading", "held", "ready", "failed"
-STATES = (LOADING, HELD, READY, FAILED)
+
+
+class State(StrEnum):
+    """A worker's state: the one vocabulary of the state files, the gunicorn hooks, the version manager and /readyz.
+
+    A ``StrEnum``: it is written to the files and JSON answers as its plain value ("loading", ...).
+    """
+
+    LOADING = "loading"  # takes connections, models not loaded yet (a worker of the first start)
+    HELD = "held"  # loading, but takes no connection before its models are loaded (a replacement)
+    READY = "ready"  # models loaded and warmed up
+    FAILED = "failed"  # loading failed; the worker takes connections and says why
+
+
+LOADING, HELD, READY, FAILED = State.LOADING, State.HELD, State.READY, State.FAILED
+STATES = tuple(State)
 
 
 @dataclass(frozen=True)
-class WorkerState:
+class WorkerEntry:
     """One worker's entry: its gunicorn age, its pid (0 before the fork), its state and error."""
 
     age: int
     pid: int
-    state: str
+    state: State | str  # a State, or what an unknown writer left (counted as unable to answer)
     error: str = ""
 
 
@@ -87,7 +102,7 @@ def _path(folder: Path, age: int) -> Path:
     return folder / f"worker-{age}.json"
 
 
-def record(folder: Path, age: int, state: str, pid: int = 0, error: str = "") -> None:
+def record(folder: Path, age: int, state: State, pid: int = 0, error: str = "") -> None:
     """Write the state of the worker of age ``age`` (atomically: a reader sees the old state or the new one)."""
     if state not in STATES:
         raise ValueError(f"worker state must be one of {', '.join(STATES)}; received {state!r}")
@@ -102,7 +117,7 @@ def forget(folder: Path, age: int) -> None:
         pass
 
 
-def read_all(folder: Path) -> list[WorkerState]:
+def read_all(folder: Path) -> list[WorkerEntry]:
     """Return the entries of every worker the master has not reaped yet, oldest first."""
     states = []
     for path in folder.glob("worker-*.json"):
@@ -112,17 +127,18 @@ def read_all(folder: Path) -> list[WorkerState]:
             continue
         except (OSError, ValueError) as exc:  # not ours, or damaged: count it as a worker that cannot answer
             data = {"age": 0, "pid": 0, "state": FAILED, "error": f"unreadable state file {path.name}: {exc}"}
-        states.append(WorkerState(int(data.get("age", 0)), int(data.get("pid", 0)), str(data.get("state")),
-                                  str(data.get("error", ""))))
+        state = str(data.get("state"))
+        states.append(WorkerEntry(int(data.get("age", 0)), int(data.get("pid", 0)),
+                                  State(state) if state in STATES else state, str(data.get("error", ""))))
     return sorted(states, key=lambda s: s.age)
 
 
-def unready(states: list[WorkerState]) -> list[WorkerState]:
+def unready(states: list[WorkerEntry]) -> list[WorkerEntry]:
     """Return the workers that take connections but cannot answer a model request (loading, or failed)."""
     return [s for s in states if s.state not in (READY, HELD)]
 
 
-def counts(states: list[WorkerState]) -> dict[str, int]:
+def counts(states: list[WorkerEntry]) -> dict[str, int]:
     """Return how many workers are in each state, every state named."""
     return {state: sum(1 for s in states if s.state == state) for state in STATES}
 

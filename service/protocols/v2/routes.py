@@ -65,7 +65,7 @@ def ready():
     models = current_models()
     readiness = worker_states.server_readiness(models.state, models.error)
     if not readiness.ready:
-        raise NotReady("models are still loading" if readiness.status == "loading" and not readiness.error
+        raise NotReady("models are still loading" if readiness.status == worker_states.LOADING and not readiness.error
                        else readiness.error or f"models are {readiness.status}")
     return jsonify(ready=True)
 

@@ -30,8 +30,8 @@ def test_states_are_recorded_read_back_and_forgotten(tmp_path):
     worker_states.record(tmp_path, 3, "held", pid=13)
     worker_states.record(tmp_path, 2, "failed", pid=12, error="bad op")  # replaces the earlier state
     states = worker_states.read_all(tmp_path)
-    assert states == [worker_states.WorkerState(1, 11, "ready"), worker_states.WorkerState(2, 12, "failed", "bad op"),
-                      worker_states.WorkerState(3, 13, "held")]
+    assert states == [worker_states.WorkerEntry(1, 11, "ready"), worker_states.WorkerEntry(2, 12, "failed", "bad op"),
+                      worker_states.WorkerEntry(3, 13, "held")]
     assert worker_states.unready(states) == [states[1]]
     assert worker_states.counts(states) == {"loading": 0, "held": 1, "ready": 1, "failed": 1}
     worker_states.forget(tmp_path, 2)
