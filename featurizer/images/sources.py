@@ -47,10 +47,6 @@ class ImageSource:
         entries = [ImageEntry(image.rel_path, image.label, root / image.rel_path) for image in self.images]
         return ImageDirectory(root, self.label_names, entries, list(self.skipped), self.ignored)
 
-    def fs_path(self, rel_path: str) -> str:
-        """Return the path of one image inside the location's filesystem (for pyarrow and Ray Data readers)."""
-        return self.location.path(rel_path)
-
 
 def open_image_source(source: str | os.PathLike) -> ImageSource:
     """List the labelled images of ``source`` (a folder or ``s3://``/``gs://`` URI).

@@ -42,7 +42,6 @@ FORMAT = "imgclf-feature-dataset/1"
 DATASET_FILE = "dataset.json"
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
 DEFAULT_SHARD_ROWS = 1024  # ~8 MB of features per shard at 2048-d
-COLUMNS = ("path", "label", "label_name", "image_sha256", "featurizer_sha256", "precision", "features")
 
 
 @dataclass(frozen=True)
@@ -145,12 +144,6 @@ def read_rows(location: Location, identity: FeaturizerIdentity, with_features: b
     features = np.stack([latest[p][2] for p in ordered]).astype(np.float32) if with_features and ordered \
         else np.zeros((0, identity.dim), np.float32)
     return FeatureTable(ordered, [latest[p][0] for p in ordered], [latest[p][1] for p in ordered], features)
-
-
-def dataset_identities(location: Location) -> list[FeaturizerIdentity]:
-    """Return the identities DEST's manifest lists."""
-    manifest = read_manifest(location)
-    return [FeaturizerIdentity.from_description(entry["featurizer"]) for entry in manifest["featurizers"].values()]
 
 
 class FeatureDatasetWriter:

@@ -47,7 +47,7 @@ def test_a_bucket_source_follows_the_same_rules(tmp_path, s3_env, monkeypatch):
     assert [(i.rel_path, i.label) for i in source.images] == [(i.rel_path, i.label) for i in local.images]
     assert source.ignored == 4  # the hidden file, the hidden folder's file, the text file, the loose file
     assert source.read("cats/sub/b.PNG") == (root / "cats" / "sub" / "b.PNG").read_bytes()
-    assert source.fs_path("dogs/c.jpeg") == "source-bucket/photos/dogs/c.jpeg"
+    assert source.location.path("dogs/c.jpeg") == "source-bucket/photos/dogs/c.jpeg"
     s3_client(s3_env).put_object(Bucket="source-bucket", Key="flat/a.jpg", Body=b"x")
     with pytest.raises(ValueError, match="has no class sub-folder with images"):
         open_image_source("s3://source-bucket/flat")
