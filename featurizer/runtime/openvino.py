@@ -238,9 +238,7 @@ class OpenVINOGraph:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]; safe from any thread."""
-        size = self.contract.input_size
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        self.contract.check_images(images)
         if self.compiled is None:
             raise GraphError("this OpenVINO featurizer is closed")
         images = np.ascontiguousarray(images, dtype=np.float32)
