@@ -138,8 +138,8 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
 
     source = open_image_source(job.image_dir)  # errors before any work: not a class layout, unreachable store
     dest = open_location(job.output_dataset, create=True)
-    directory = source.as_directory()
-    log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
+    directory = source
+    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
     featurizer = Featurizer(job.featurizer)
     try:
         identity = FeaturizerIdentity.from_description(featurizer.describe())
@@ -147,7 +147,7 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
         cache = DatasetCache(writer)
         items = [WorkItem(image.rel_path, cache.reader(image.rel_path, source.label_names[image.label],
                                                        partial(source.read, image.rel_path)))
-                 for image in source.images]
+                 for image in source.entries]
         result = extract(featurizer, items, cache, batch_size=job.batch_size,  # type: ignore[arg-type]
                          decode_threads=job.decode_threads, progress=job.progress)
         skipped = source.skipped + result.failures

@@ -231,7 +231,7 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
     check_address(options.address)  # before listing: a dead cluster is the cheapest thing to report
     source = open_image_source(job.image_dir)
     dest = open_location(job.output_dataset, create=True)
-    log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
+    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
     _connect(ray, options.address)
     _quiet_ray_data_console()
     try:
@@ -253,17 +253,17 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     identity = FeaturizerIdentity.from_description(description)
     writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
     known = np.array(sorted(sha.encode() for sha in writer.known_shas), dtype="S64")
-    label_of = {image.rel_path: source.label_names[image.label] for image in source.images}
-    result = ExtractResult(keys=[None] * len(source.images))
-    index_of = {image.rel_path: i for i, image in enumerate(source.images)}
+    label_of = {image.rel_path: source.label_names[image.label] for image in source.entries}
+    result = ExtractResult(keys=[None] * len(source.entries))
+    index_of = {image.rel_path: i for i, image in enumerate(source.entries)}
     copies: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     first_batch = None  # (seconds from the start, rows): Ray's start-up, the graph loads included
-    if source.images:
+    if source.entries:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
-        ds = ray.data.from_items([{"rel_path": image.rel_path} for image in source.images],
-                                 override_num_blocks=max(1, min(len(source.images) // job.batch_size, 4096)))
+        ds = ray.data.from_items([{"rel_path": image.rel_path} for image in source.entries],
+                                 override_num_blocks=max(1, min(len(source.entries) // job.batch_size, 4096)))
         ds = ds.map_batches(_preprocess, batch_size=job.batch_size, batch_format="numpy",
                             fn_kwargs={"location": source.location, "contract": contract,
                                        "max_pixels": job.featurizer.max_pixels, "known_ref": ray.put(known)},
@@ -297,7 +297,7 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     skipped = source.skipped + sorted(result.failures)
     writer.flush(skipped)
     result.seconds = time.perf_counter() - started
-    return FeaturizeSummary(source.as_directory(), result, description, skipped,
+    return FeaturizeSummary(source, result, description, skipped,
                             source=source.location.uri if is_uri(job.image_dir) else None,
                             dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
                                      "shards": writer.shards, "folder": identity.folder, "engine": "ray",

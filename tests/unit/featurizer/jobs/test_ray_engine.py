@@ -88,7 +88,7 @@ def test_unreadable_files_are_skipped_with_the_local_engines_reason(featurizer, 
     root = _folder(tmp_path / "src", {"cats/a.jpg": photos[0], "cats/gone.jpg": photos[1], "dogs/b.jpg": photos[2]})
     (root / "dogs" / "link.jpg").symlink_to(root / "dogs" / "missing.jpg")  # broken, pointing inside the folder
     source = open_image_source(root)
-    rels = [image.rel_path for image in source.images]
+    rels = [image.rel_path for image in source.entries]
     assert rels == ["cats/a.jpg", "cats/gone.jpg", "dogs/b.jpg", "dogs/link.jpg"]  # both listed
     (root / "cats" / "gone.jpg").unlink()  # deleted between the listing and the read
     out = _preprocess(_batch(rels), location=source.location, contract=featurizer.contract, max_pixels=10**7,
