@@ -94,9 +94,9 @@ def build_dataset_from_features(dest: str, featurizer: Featurizer, split: SplitC
     The label ids are the sorted class names of the rows; the split is the same
     stable hash of each relative path. Nothing reads images or a SQLite cache.
     """
-    from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features
+    from imgclf.featurizer.store.dataset import load_features
 
-    table, entry = load_features(dest, FeaturizerIdentity.from_description(featurizer.describe()))
+    table, entry = load_features(dest, featurizer.identity)
     label_names = sorted(set(table.label_names))
     ids = {name: i for i, name in enumerate(label_names)}
     root = Path(str(dest))

@@ -17,6 +17,7 @@ from imgclf.core.atomic import atomic_file, write_json_atomic
 from imgclf.featurizer.images.folders import ImageDirectory, scan_image_dir
 from imgclf.featurizer.jobs.pipeline import ExtractResult, WorkItem, extract
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.identity import FeaturizerIdentity
 from imgclf.featurizer.store.cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class FeaturizeSummary:
 
     directory: ImageDirectory
     extract: ExtractResult
-    featurizer: dict
+    featurizer: FeaturizerIdentity
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     source: str | None = None  # SOURCE as given, when it is no local folder (an object-store URI)
     dataset: dict | None = None  # output_dataset: where, rows, shards written
@@ -73,13 +74,14 @@ class FeaturizeSummary:
             # the fraction of the time the graph ran, and the seconds it waited for decoding threads
             "model_busy": round(self.extract.model_busy, 3),
             "decode_wait_seconds": round(self.extract.wait_seconds, 3),
-            "featurizer": self.featurizer,
+            "featurizer": self.featurizer.describe(),
             **({"dataset": self.dataset} if self.dataset is not None else {}),
         }
 
     def format(self) -> str:
         """Return a human-readable summary."""
         d = self.to_dict()
+        described = self.featurizer.description
         counts = {name: 0 for name in self.directory.label_names}
         for entry, key in zip(self.directory.entries, self.extract.keys):
             if key is not None:
@@ -88,9 +90,8 @@ class FeaturizeSummary:
             f"featurized {d['featurized']} of {d['images']} images in {d['seconds']:.1f} s "
             f"({d['from_cache']} from cache, {d['computed']} computed"
             + (f", {d['images_per_second']:.1f} img/s" if d["computed"] else "") + ")",
-            f"featurizer: {self.featurizer.get('backend', 'tensorflow')} {self.featurizer['precision']}, "
-            f"{self.featurizer['dim']}-d, "
-            f"graph sha256 {self.featurizer['graph_sha256'][:12]}",
+            f"featurizer: {described.get('backend', 'tensorflow')} {self.featurizer.precision}, "
+            f"{self.featurizer.dim}-d, graph sha256 {described['graph_sha256'][:12]}",
             "classes:",
             *(f"  {label:>3}  {name:<24} {counts[name]:>6} images"
               for label, name in enumerate(self.directory.label_names)),
@@ -119,7 +120,7 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
         with FeatureCache(job.cache) as cache:
             result = extract(featurizer, items, cache, batch_size=job.batch_size,
                              decode_threads=job.decode_threads, progress=job.progress)
-            summary = FeaturizeSummary(directory, result, featurizer.describe(),
+            summary = FeaturizeSummary(directory, result, featurizer.identity,
                                        directory.skipped + result.failures)
             if job.output is not None and summary.featurized:
                 write_npz(job.output, directory, result, cache, featurizer.fingerprint)
@@ -133,7 +134,7 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
 def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
     """The local engine writing a feature dataset: the dataset is the cache (resume by image sha256)."""
     from imgclf.featurizer.images.sources import open_image_source
-    from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter, FeaturizerIdentity
+    from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter
     from imgclf.featurizer.store.object_store import is_uri, open_location
 
     source = open_image_source(job.image_dir)  # errors before any work: not a class layout, unreachable store
@@ -142,7 +143,7 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
     log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
     featurizer = Featurizer(job.featurizer)
     try:
-        identity = FeaturizerIdentity.from_description(featurizer.describe())
+        identity = featurizer.identity
         writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
         cache = DatasetCache(writer)
         items = [WorkItem(image.rel_path, cache.reader(image.rel_path, source.label_names[image.label],
@@ -152,7 +153,7 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
                          decode_threads=job.decode_threads, progress=job.progress)
         skipped = source.skipped + result.failures
         cache.finish(skipped)
-        summary = FeaturizeSummary(directory, result, featurizer.describe(), skipped,
+        summary = FeaturizeSummary(directory, result, identity, skipped,
                                    source=source.location.uri if is_uri(job.image_dir) else None,
                                    dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
                                             "shards": writer.shards, "folder": identity.folder})

@@ -106,8 +106,9 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; received {batch_size!r}")
-    fingerprint = featurizer.fingerprint
-    cache.register_featurizer(fingerprint, featurizer.describe())
+    identity = featurizer.identity
+    fingerprint = identity.fingerprint
+    cache.register_featurizer(fingerprint, identity.description)
     known = cache.keys(fingerprint)
     result = ExtractResult(keys=[None] * len(items))
     threads = decode_threads or default_decode_threads()

@@ -47,7 +47,8 @@ from imgclf.featurizer.images.sources import ImageSource, open_image_source
 from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary
 from imgclf.featurizer.jobs.pipeline import ExtractResult, _run_batch, read_failure
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
-from imgclf.featurizer.store.dataset import FeatureDatasetWriter, FeaturizerIdentity
+from imgclf.featurizer.runtime.identity import FeaturizerIdentity
+from imgclf.featurizer.store.dataset import FeatureDatasetWriter
 from imgclf.featurizer.store.object_store import Location, is_uri, open_location, require
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,11 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def _describe(config: FeaturizerConfig) -> tuple[dict, object]:
-    """Load the graph where the actors will run it; return its description and contract."""
+def _describe(config: FeaturizerConfig) -> tuple[FeaturizerIdentity, object]:
+    """Load the graph where the actors will run it; return its identity and contract."""
     featurizer = Featurizer(config)
     try:
-        return featurizer.describe(), featurizer.contract
+        return featurizer.identity, featurizer.contract
     finally:
         featurizer.close()
 
@@ -203,7 +204,7 @@ class GraphActor:
     def __init__(self, config: FeaturizerConfig, fingerprint: str):
         self.featurizer = Featurizer(config)
         if self.featurizer.fingerprint != fingerprint:  # a node that resolves precision (or anything) otherwise
-            raise GraphError(f"this node's featurizer is {self.featurizer.describe()['precision']} "
+            raise GraphError(f"this node's featurizer is {self.featurizer.identity.precision} "
                              f"{self.featurizer.fingerprint[:12]}, the job's is {fingerprint[:12]}: "
                              f"give --precision explicitly on a mixed cluster")
         self.size = self.featurizer.contract.input_size
@@ -247,10 +248,9 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     started = time.perf_counter()
     resources = {"num_cpus": options.cpus_per_actor, "num_gpus": options.gpus_per_actor}
     if job.featurizer.precision == "auto":  # resolved where the actors run (a GPU node: fp16), not here
-        description, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
+        identity, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
     else:  # nothing node-dependent: the driver computes the identity; each actor checks it has the same
-        description, contract = _describe(job.featurizer)
-    identity = FeaturizerIdentity.from_description(description)
+        identity, contract = _describe(job.featurizer)
     writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
     known = np.array(sorted(sha.encode() for sha in writer.known_shas), dtype="S64")
     label_of = {image.rel_path: source.label_names[image.label] for image in source.entries}
@@ -297,7 +297,7 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     skipped = source.skipped + sorted(result.failures)
     writer.flush(skipped)
     result.seconds = time.perf_counter() - started
-    return FeaturizeSummary(source, result, description, skipped,
+    return FeaturizeSummary(source, result, identity, skipped,
                             source=source.location.uri if is_uri(job.image_dir) else None,
                             dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
                                      "shards": writer.shards, "folder": identity.folder, "engine": "ray",

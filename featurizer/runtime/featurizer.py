@@ -1,15 +1,16 @@
 """The featurizer: encoded images in, bottleneck vectors out, in batches.
 
 :class:`Featurizer` owns one loaded graph (see :mod:`imgclf.featurizer.graph.load`), its
-precision and the preprocessing that must match the graph. Its fingerprint —
-graph sha256, bottleneck tensor, precision, preprocessing, decode mode — keys the
-feature cache, so vectors of different graphs, precisions or decodings never mix.
+precision and the preprocessing that must match the graph. Its identity
+(:mod:`imgclf.featurizer.runtime.identity`), made once when it loads, has the
+fingerprint — graph sha256, bottleneck tensor, precision, preprocessing, decode
+mode — that keys the feature cache, so vectors of different graphs, precisions
+or decodings never mix.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from imgclf.featurizer.images.decode import (
 )
 from imgclf.featurizer.runtime.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
 from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+from imgclf.featurizer.runtime.identity import FeaturizerIdentity, fingerprint_of
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,7 @@ class Featurizer:
             self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
                                          allow_unsafe_ops=config.allow_unsafe_ops)
         self.dim = self.graph.dim
-        self.fingerprint = hashlib.sha256(
-            json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()
+        self.identity = self._identity()  # computed once: the cache, datasets, reports and model card take it
         report = self.graph.rewrite_report
         if report is not None and (report.folded_batch_norms or report.rewritten_batch_norms
                                    or report.rewritten_concats):
@@ -128,13 +129,23 @@ class Featurizer:
             parts["calibration_sha256"] = self.calibration.sha256
         return parts
 
-    def describe(self) -> dict:
-        """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
-        described = {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
+    def _identity(self) -> FeaturizerIdentity:
+        """Return the fingerprint of the key parts and the description (what is shown too), made once."""
+        parts = self._key_parts()
+        described = {**parts, "fingerprint": fingerprint_of(parts), "dim": self.dim,
                      "graph": str(self.config.graph), "contract": self.contract.describe(), "backend": self.backend}
         if self.backend == "openvino":
             described["openvino"] = self.graph.describe()
-        return described
+        return FeaturizerIdentity.from_description(described)
+
+    @property
+    def fingerprint(self) -> str:
+        """Return the sha256 that keys this featurizer's vectors (:attr:`identity`'s)."""
+        return self.identity.fingerprint
+
+    def describe(self) -> dict:
+        """Return what this featurizer is, JSON-ready (a copy of :attr:`identity`'s description)."""
+        return self.identity.describe()
 
     @property
     def min_batch(self) -> int:

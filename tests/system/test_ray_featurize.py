@@ -20,7 +20,8 @@ import pytest
 
 from imgclf.core.cli import main
 from imgclf.featurizer.jobs import ray_engine
-from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
+from imgclf.featurizer.runtime.identity import FeaturizerIdentity
+from imgclf.featurizer.store.dataset import load_features, read_manifest
 from imgclf.featurizer.store.object_store import open_location
 from tests.support import images
 from tests.support.ray_cluster import RayCluster

@@ -60,7 +60,8 @@ def _featurize(source, graph, dest):
 
 
 def test_the_local_engine_reads_a_bucket_as_it_reads_the_folder(tmp_path, s3_env, monkeypatch, legacy_graph_path):
-    from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
+    from imgclf.featurizer.runtime.identity import FeaturizerIdentity
+    from imgclf.featurizer.store.dataset import load_features, read_manifest
     from imgclf.featurizer.store.object_store import open_location
 
     for name, value in s3_env.items():
