@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from imgclf.featurizer.jobs.pipeline import ExtractResult, WorkItem, extract
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.featurizer.runtime.identity import FeaturizerIdentity
 from imgclf.featurizer.store.cache import FeatureCache
+
+if TYPE_CHECKING:  # the feature-dataset modules load only for jobs that write one
+    from imgclf.featurizer.images.sources import ImageSource
+    from imgclf.featurizer.store.dataset import FeatureDatasetWriter
+    from imgclf.featurizer.store.object_store import Location
 
 log = logging.getLogger(__name__)
 
@@ -115,34 +121,21 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
     directory = scan_image_dir(job.image_dir)
     items = [WorkItem(entry.rel_path, entry.path.read_bytes) for entry in directory.entries]
     log.info("%d images in %d classes under %s", len(items), len(directory.label_names), directory.root)
-    featurizer = Featurizer(job.featurizer)
-    try:
-        with FeatureCache(job.cache) as cache:
-            result = extract(featurizer, items, cache, batch_size=job.batch_size,
-                             decode_threads=job.decode_threads, progress=job.progress)
-            summary = FeaturizeSummary(directory, result, featurizer.identity,
-                                       directory.skipped + result.failures)
-            if job.output is not None and summary.featurized:
-                write_npz(job.output, directory, result, cache, featurizer.fingerprint)
-    finally:
-        featurizer.close()
-    if job.report is not None:
-        write_json_atomic(job.report, summary.to_dict())
-    return summary
+    with Featurizer(job.featurizer) as featurizer, FeatureCache(job.cache) as cache:
+        result = extract(featurizer, items, cache, batch_size=job.batch_size,
+                         decode_threads=job.decode_threads, progress=job.progress)
+        summary = FeaturizeSummary(directory, result, featurizer.identity, directory.skipped + result.failures)
+        if job.output is not None and summary.featurized:
+            write_npz(job.output, directory, result, cache, featurizer.fingerprint)
+    return finish(job, summary)
 
 
 def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
     """The local engine writing a feature dataset: the dataset is the cache (resume by image sha256)."""
-    from imgclf.featurizer.images.sources import open_image_source
     from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter
-    from imgclf.featurizer.store.object_store import is_uri, open_location
 
-    source = open_image_source(job.image_dir)  # errors before any work: not a class layout, unreachable store
-    dest = open_location(job.output_dataset, create=True)
-    directory = source
-    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
-    featurizer = Featurizer(job.featurizer)
-    try:
+    source, dest = open_source(job)
+    with Featurizer(job.featurizer) as featurizer:
         identity = featurizer.identity
         writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
         cache = DatasetCache(writer)
@@ -153,14 +146,39 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
                          decode_threads=job.decode_threads, progress=job.progress)
         skipped = source.skipped + result.failures
         cache.finish(skipped)
-        summary = FeaturizeSummary(directory, result, identity, skipped,
-                                   source=source.location.uri if is_uri(job.image_dir) else None,
-                                   dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
-                                            "shards": writer.shards, "folder": identity.folder})
+        summary = dataset_summary(job, source, result, identity, skipped, writer)
         if job.output is not None and summary.featurized:
-            write_npz(job.output, directory, result, cache, featurizer.fingerprint)  # type: ignore[arg-type]
-    finally:
-        featurizer.close()
+            write_npz(job.output, source, result, cache, featurizer.fingerprint)  # type: ignore[arg-type]
+    return finish(job, summary)
+
+
+def open_source(job: FeaturizeJob) -> tuple[ImageSource, Location]:
+    """List SOURCE and open DEST of a job writing a feature dataset.
+
+    Raises before any work: SOURCE is no class layout, or a store does not answer.
+    """
+    from imgclf.featurizer.images.sources import open_image_source
+    from imgclf.featurizer.store.object_store import open_location
+
+    source = open_image_source(job.image_dir)
+    dest = open_location(job.output_dataset, create=True)
+    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
+    return source, dest
+
+
+def dataset_summary(job: FeaturizeJob, source: ImageSource, result: ExtractResult, identity: FeaturizerIdentity,
+                    skipped: list[tuple[str, str]], writer: FeatureDatasetWriter, **engine) -> FeaturizeSummary:
+    """Return the summary of a job that wrote a feature dataset (``engine``: more of the dataset's report)."""
+    from imgclf.featurizer.store.object_store import is_uri
+
+    return FeaturizeSummary(source, result, identity, skipped,
+                            source=source.location.uri if is_uri(job.image_dir) else None,
+                            dataset={"dest": writer.location.uri, "rows": writer.rows, "written": writer.written,
+                                     "shards": writer.shards, "folder": identity.folder, **engine})
+
+
+def finish(job: FeaturizeJob, summary: FeaturizeSummary) -> FeaturizeSummary:
+    """Write the job's JSON report when it asks for one; return ``summary``."""
     if job.report is not None:
         write_json_atomic(job.report, summary.to_dict())
     return summary

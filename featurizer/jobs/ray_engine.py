@@ -40,16 +40,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgclf.core.atomic import write_json_atomic
 from imgclf.core.errors import GraphError, ImgclfError, UsageError
 from imgclf.featurizer.images.decode import decode_to_input
-from imgclf.featurizer.images.sources import ImageSource, open_image_source
-from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary
+from imgclf.featurizer.images.sources import ImageSource
+from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary, dataset_summary, finish, open_source
 from imgclf.featurizer.jobs.pipeline import ExtractResult, _run_batch, read_failure
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
 from imgclf.featurizer.runtime.identity import FeaturizerIdentity
 from imgclf.featurizer.store.dataset import FeatureDatasetWriter
-from imgclf.featurizer.store.object_store import Location, is_uri, open_location, require
+from imgclf.featurizer.store.object_store import Location, require
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +134,8 @@ def _quiet_ray_data_console() -> None:
 
 def _describe(config: FeaturizerConfig) -> tuple[FeaturizerIdentity, object]:
     """Load the graph where the actors will run it; return its identity and contract."""
-    featurizer = Featurizer(config)
-    try:
+    with Featurizer(config) as featurizer:
         return featurizer.identity, featurizer.contract
-    finally:
-        featurizer.close()
 
 
 # Resources of a decode task: one CPU and the memory of a batch of decoded photos. They differ from the
@@ -230,18 +226,14 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
     if job.output_dataset is None:
         raise UsageError("--engine ray writes a feature dataset: give --output-dataset DEST")
     check_address(options.address)  # before listing: a dead cluster is the cheapest thing to report
-    source = open_image_source(job.image_dir)
-    dest = open_location(job.output_dataset, create=True)
-    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
+    source, dest = open_source(job)
     _connect(ray, options.address)
     _quiet_ray_data_console()
     try:
         summary = _run(ray, job, options, source, dest)
     finally:
         ray.shutdown()
-    if job.report is not None:
-        write_json_atomic(job.report, summary.to_dict())
-    return summary
+    return finish(job, summary)
 
 
 def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest) -> FeaturizeSummary:
@@ -297,10 +289,6 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     skipped = source.skipped + sorted(result.failures)
     writer.flush(skipped)
     result.seconds = time.perf_counter() - started
-    return FeaturizeSummary(source, result, identity, skipped,
-                            source=source.location.uri if is_uri(job.image_dir) else None,
-                            dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
-                                     "shards": writer.shards, "folder": identity.folder, "engine": "ray",
-                                     "pool": options.describe(),
-                                     "first_batch_seconds": round(first_batch[0], 3) if first_batch else None,
-                                     "first_batch_rows": first_batch[1] if first_batch else 0})
+    return dataset_summary(job, source, result, identity, skipped, writer, engine="ray", pool=options.describe(),
+                           first_batch_seconds=round(first_batch[0], 3) if first_batch else None,
+                           first_batch_rows=first_batch[1] if first_batch else 0)

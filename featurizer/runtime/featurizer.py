@@ -200,6 +200,12 @@ class Featurizer:
         """Release the TensorFlow session or the OpenVINO compiled model."""
         self.graph.close()
 
+    def __enter__(self) -> Featurizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def decode_key(decode: str) -> dict:
     """Return the fingerprint part of a decode mode: none for "exact" (keys made before it existed stay valid)."""
