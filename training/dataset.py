@@ -48,12 +48,15 @@ class Dataset:
         return {name: len(arrays.labels) for name, arrays in self.splits.items()}
 
 
-def build_dataset(image_dir: Path, featurizer: Featurizer, cache: FeatureCache, split: SplitConfig = SplitConfig(),
-                  augment: AugmentConfig = AugmentConfig(), batch_size: int = 32, decode_threads: int = 0,
-                  progress: bool | None = None) -> Dataset:
-    """Scan, split (checking the split before any work), featurize and gather the arrays."""
+def build_dataset(images: Path | ImageDirectory, featurizer: Featurizer, cache: FeatureCache,
+                  split: SplitConfig = SplitConfig(), augment: AugmentConfig = AugmentConfig(), batch_size: int = 32,
+                  decode_threads: int = 0, progress: bool | None = None) -> Dataset:
+    """Scan, split (checking the split before any work), featurize and gather the arrays.
+
+    ``images`` is a labelled image folder, or its scan (:func:`scan_image_dir`) when the caller made one.
+    """
     augment.validate()
-    directory = scan_image_dir(image_dir)
+    directory = images if isinstance(images, ImageDirectory) else scan_image_dir(images)
     sets = split_entries(directory, split)  # raises before any featurizing when a class is too small
     variants = augment.variants()
     items: list[WorkItem] = []

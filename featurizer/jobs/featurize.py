@@ -17,7 +17,7 @@ import numpy as np
 from imgclf.core.atomic import atomic_file, write_json_atomic
 from imgclf.featurizer.images.folders import ImageDirectory, scan_image_dir
 from imgclf.featurizer.jobs.pipeline import ExtractResult, WorkItem, extract
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.runtime.identity import FeaturizerIdentity
 from imgclf.featurizer.store.cache import FeatureCache
 
@@ -121,7 +121,8 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
     directory = scan_image_dir(job.image_dir)
     items = [WorkItem(entry.rel_path, entry.path.read_bytes) for entry in directory.entries]
     log.info("%d images in %d classes under %s", len(items), len(directory.label_names), directory.root)
-    with Featurizer(job.featurizer) as featurizer, FeatureCache(job.cache) as cache:
+    with Featurizer(job.featurizer, calibration_for(job.featurizer, directory)) as featurizer, \
+            FeatureCache(job.cache) as cache:
         result = extract(featurizer, items, cache, batch_size=job.batch_size,
                          decode_threads=job.decode_threads, progress=job.progress)
         summary = FeaturizeSummary(directory, result, featurizer.identity, directory.skipped + result.failures)
@@ -135,7 +136,7 @@ def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
     from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter
 
     source, dest = open_source(job)
-    with Featurizer(job.featurizer) as featurizer:
+    with Featurizer(job.featurizer, calibration_for(job.featurizer, source)) as featurizer:
         identity = featurizer.identity
         writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
         cache = DatasetCache(writer)

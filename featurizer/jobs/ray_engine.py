@@ -25,7 +25,9 @@ path. A killed driver keeps every shard it wrote; the rerun skips those images.
 With ``--precision auto`` the identity (fingerprint, resolved precision) is
 computed by one task with the actors' resources, so it resolves as it will on
 their nodes; an explicit precision is resolved by the driver. Every actor checks
-that its own featurizer has the job's fingerprint.
+that its own featurizer has the job's fingerprint. For int8 the driver chooses
+and reads the calibration images from its listing of SOURCE and hands them to
+the actors with the config: no node reads a folder for them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from imgclf.featurizer.images.decode import decode_to_input
 from imgclf.featurizer.images.sources import ImageSource
 from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary, dataset_summary, finish, open_source
 from imgclf.featurizer.jobs.pipeline import ExtractResult, _run_batch, read_failure
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
+from imgclf.featurizer.runtime.calibration import Calibration
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for, sha256_bytes
 from imgclf.featurizer.runtime.identity import FeaturizerIdentity
 from imgclf.featurizer.store.dataset import FeatureDatasetWriter
 from imgclf.featurizer.store.object_store import Location, require
@@ -132,9 +135,9 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def _describe(config: FeaturizerConfig) -> tuple[FeaturizerIdentity, object]:
+def _describe(config: FeaturizerConfig, calibration: Calibration | None) -> tuple[FeaturizerIdentity, object]:
     """Load the graph where the actors will run it; return its identity and contract."""
-    with Featurizer(config) as featurizer:
+    with Featurizer(config, calibration) as featurizer:
         return featurizer.identity, featurizer.contract
 
 
@@ -197,8 +200,8 @@ def _preprocess(batch: dict, *, location: Location, contract, max_pixels: int, k
 class GraphActor:
     """Ray actor: loads the graph once, then runs preprocessed batches through it."""
 
-    def __init__(self, config: FeaturizerConfig, fingerprint: str):
-        self.featurizer = Featurizer(config)
+    def __init__(self, config: FeaturizerConfig, fingerprint: str, calibration: Calibration | None = None):
+        self.featurizer = Featurizer(config, calibration)
         if self.featurizer.fingerprint != fingerprint:  # a node that resolves precision (or anything) otherwise
             raise GraphError(f"this node's featurizer is {self.featurizer.identity.precision} "
                              f"{self.featurizer.fingerprint[:12]}, the job's is {fingerprint[:12]}: "
@@ -239,10 +242,11 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
 def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest) -> FeaturizeSummary:
     started = time.perf_counter()
     resources = {"num_cpus": options.cpus_per_actor, "num_gpus": options.gpus_per_actor}
+    calibration = calibration_for(job.featurizer, source)  # int8: chosen and read here, shipped to the actors
     if job.featurizer.precision == "auto":  # resolved where the actors run (a GPU node: fp16), not here
-        identity, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
+        identity, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer, calibration))
     else:  # nothing node-dependent: the driver computes the identity; each actor checks it has the same
-        identity, contract = _describe(job.featurizer)
+        identity, contract = _describe(job.featurizer, calibration)
     writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
     known = np.array(sorted(sha.encode() for sha in writer.known_shas), dtype="S64")
     label_of = {image.rel_path: source.label_names[image.label] for image in source.entries}
@@ -261,7 +265,8 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
                                        "max_pixels": job.featurizer.max_pixels, "known_ref": ray.put(known)},
                             **DECODE_TASK_RESOURCES)
         ds = ds.map_batches(GraphActor, batch_size=job.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"config": job.featurizer, "fingerprint": identity.fingerprint},
+                            fn_constructor_kwargs={"config": job.featurizer, "fingerprint": identity.fingerprint,
+                                                   "calibration": calibration},
                             compute=options.compute(ray), **resources)
         for batch in ds.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
             if first_batch is None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,8 +32,11 @@ from imgclf.featurizer.images.decode import (
     resize_bilinear,
 )
 from imgclf.featurizer.runtime.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
-from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES, Calibration, choose_calibration
 from imgclf.featurizer.runtime.identity import FeaturizerIdentity, fingerprint_of
+
+if TYPE_CHECKING:
+    from imgclf.featurizer.images.folders import ImageDirectory
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +58,24 @@ class FeaturizerConfig:
     # it changes what may load, not what the graph computes.
     allow_unsafe_ops: bool = False
     backend: str = DEFAULT_BACKEND  # tensorflow | openvino | auto (imgclf.featurizer.runtime.backend)
-    # int8 (OpenVINO): calibrate on this many images of calibration_dir (imgclf.featurizer.runtime.calibration).
+    # int8 (OpenVINO): calibrate on this many images of the folder being featurized (calibration_for).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
-    calibration_dir: Path | None = None  # the labelled folder being featurized; int8 needs it
     openvino_cache: Path | None = None  # converted/compiled OpenVINO models (None = $IMGCLF_HOME/openvino)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Return whether this featurizer calibrates on images: int8 (TensorFlow refuses int8 when it loads)."""
+        return self.precision == "int8" and self.backend != "tensorflow"
 
 
 class Featurizer:
     """A loaded graph that turns images into bottleneck vectors."""
 
-    def __init__(self, config: FeaturizerConfig):
-        """Load ``config.graph``.
+    def __init__(self, config: FeaturizerConfig, calibration: Calibration | None = None):
+        """Load ``config.graph``; int8 quantizes on ``calibration`` (see :func:`calibration_for`), else it is unused.
 
         Raises:
+            UsageError: int8 without ``calibration``.
             GraphError: the graph cannot be read or lacks the contract's tensors.
             UnsafeGraph: it holds ops outside the inference allow-list and
                 ``config.allow_unsafe_ops`` is not set.
@@ -75,9 +85,9 @@ class Featurizer:
         self.contract = contract_from_graph(graph_def, config.contract)
         self.backend = resolve_backend(config.backend)
         check_backend_precision(self.backend, config.precision)
-        self.calibration = None
+        self.calibration: Calibration | None = None  # int8's; part of the fingerprint
         if self.backend == "openvino":
-            self.graph = self._openvino_graph(graph_def)
+            self.graph = self._openvino_graph(graph_def, calibration)
             self.precision = self.graph.precision
         else:
             self.precision = resolve_precision(config.precision)
@@ -91,9 +101,8 @@ class Featurizer:
             log.info("rewrote legacy ops: %d batch norms folded, %d rewritten, %d Concat -> ConcatV2",
                      report.folded_batch_norms, report.rewritten_batch_norms, report.rewritten_concats)
 
-    def _openvino_graph(self, graph_def):
-        """Convert the graph for OpenVINO (cached on disk), calibrating on the image folder for int8."""
-        from imgclf.featurizer.runtime.calibration import calibration_from_dir
+    def _openvino_graph(self, graph_def, calibration: Calibration | None):
+        """Convert the graph for OpenVINO (cached on disk), quantizing on ``calibration`` for int8."""
         from imgclf.featurizer.runtime.openvino import OpenVINOGraph, resolve_openvino_precision
 
         config = self.config
@@ -103,14 +112,13 @@ class Featurizer:
             check_graph_def(graph_def)
         precision = resolve_openvino_precision(config.precision)
         if precision == "int8":
-            if config.calibration_dir is None:
+            if calibration is None:
                 raise UsageError("int8 precision calibrates on the images being featurized; this featurizer "
-                                 "was given no image folder (FeaturizerConfig.calibration_dir)")
-            self.calibration = calibration_from_dir(config.calibration_dir, config.calibration_images,
-                                                    self.preprocess, PREPROCESSING)
+                                 "was given none (Featurizer(config, calibration_for(config, images)))")
+            self.calibration = calibration
         return OpenVINOGraph.from_graph_def(graph_def, self.graph_sha256, self.contract, precision,
                                             threads=config.threads.intra_op, cache_dir=config.openvino_cache,
-                                            calibration=self.calibration)
+                                            calibration=self.calibration, preprocess=self.preprocess)
 
     def _key_parts(self) -> dict:
         return {**self._backend_key_parts(),
@@ -205,6 +213,21 @@ class Featurizer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def calibration_for(config: FeaturizerConfig, images: ImageDirectory | str | os.PathLike) -> Calibration | None:
+    """Return the int8 calibration ``config`` needs, chosen from the folder being featurized, or None.
+
+    Args:
+        images: the caller's scan or listing of the folder (a job has one), or the folder itself,
+            scanned here only when ``config`` needs a calibration. The featurizer never reads a folder.
+    """
+    from imgclf.featurizer.images.folders import ImageDirectory, scan_image_dir
+
+    if not config.needs_calibration:
+        return None
+    directory = images if isinstance(images, ImageDirectory) else scan_image_dir(images)
+    return choose_calibration(directory, config.calibration_images, PREPROCESSING)
 
 
 def decode_key(decode: str) -> dict:

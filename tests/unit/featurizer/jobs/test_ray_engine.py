@@ -62,6 +62,29 @@ def test_decode_task_and_actor_compute_what_the_featurizer_computes(featurizer, 
     actor.featurizer.close()
 
 
+def test_an_int8_actor_quantizes_on_the_calibration_the_driver_hands_it(legacy_graph_path, tmp_path):
+    """The actors get the driver's calibration (pickled, as Ray ships it) and never read SOURCE for it."""
+    import pickle
+    import shutil
+
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import calibration_for
+
+    pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
+    root = write_demo_images(tmp_path / "src", per_class=3)
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=6,
+                              openvino_cache=tmp_path / "ov")
+    calibration = calibration_for(config, open_image_source(root))
+    with Featurizer(config, calibration) as driver:
+        fingerprint = driver.fingerprint
+    shutil.rmtree(root)
+    actor = GraphActor(config, fingerprint, pickle.loads(pickle.dumps(calibration)))
+    try:
+        assert actor.featurizer.identity.description["calibration_sha256"] == calibration.sha256
+    finally:
+        actor.featurizer.close()
+
+
 def test_decode_tasks_decode_as_the_job_says(legacy_graph_path, tmp_path):
     """--decode fast reaches the Ray decode tasks: they compute what the fast featurizer does, not exact."""
     photo = images.jpeg(7, (1600, 1300))  # 1/2 DCT scaling keeps both sides >= 2 x 299 (800 x 650)
