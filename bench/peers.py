@@ -68,7 +68,7 @@ from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.graph.load import SingleImageGraph, ThreadConfig, load_graph, usable_cpus
 from imgclf.featurizer.images.folders import scan_image_dir
 from imgclf.featurizer.jobs.pipeline import WorkItem, extract
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
 
 GFLOP_PER_IMAGE = 11.5  # Inception-v3 at 299×299: ~5.7 G multiply-adds
@@ -98,11 +98,11 @@ def make_phone_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def featurizer_config(graph: Path, precision: str, decode: str = "exact", backend: str = "tensorflow",
-                      calibration: Path | None = None) -> FeaturizerConfig:
-    """Return a featurizer config; int8 calibrates on (up to the default number of) ``calibration``'s images."""
+def featurizer_config(graph: Path, precision: str, decode: str = "exact", backend: str = "tensorflow"
+                      ) -> FeaturizerConfig:
+    """Return a featurizer config (int8 calibrates on the images :func:`end_to_end` is given to calibrate on)."""
     return FeaturizerConfig(graph, contract=DEFAULT_CONTRACT.with_overrides(decode=decode), precision=precision,
-                            backend=backend, calibration_dir=calibration)
+                            backend=backend)
 
 
 def best_of_backend(backend: str, precision: str) -> tuple[str, str]:
@@ -133,9 +133,12 @@ def fidelity(features: np.ndarray, reference: np.ndarray) -> str:
     return f"cos min {c.min():.5f} mean {c.mean():.5f}"
 
 
-def end_to_end(config: FeaturizerConfig, folder: Path, label: str) -> dict:
-    """Featurize every image of ``folder`` (one class sub-folder) into a fresh cache; return rates and features."""
-    featurizer = Featurizer(config)
+def end_to_end(config: FeaturizerConfig, folder: Path, label: str, calibration: Path | None = None) -> dict:
+    """Featurize every image of ``folder`` (one class sub-folder) into a fresh cache; return rates and features.
+
+    int8 calibrates on (up to the default number of) ``calibration``'s images.
+    """
+    featurizer = Featurizer(config, calibration_for(config, calibration) if calibration else None)
     directory = scan_image_dir(folder)
     items = [WorkItem(entry.rel_path, entry.path.read_bytes) for entry in directory.entries]
     inputs = np.stack([featurizer.preprocess(items[i % len(items)].read()) for i in range(BATCH)])
@@ -503,15 +506,15 @@ def measure_round(index: int, args, graph: Path, backend: str, best: str, ours_l
     print(f"round {index + 1} of {args.rounds}:", flush=True)
     m: dict = {}
     for key, config, folder, label in (
-            ("ours", featurizer_config(graph, best, "exact", backend, small_dir), small_dir, f"{ours_label}, 500x375"),
-            ("phone_fast", featurizer_config(graph, best, "fast", backend, small_dir), phone_dir,
+            ("ours", featurizer_config(graph, best, "exact", backend), small_dir, f"{ours_label}, 500x375"),
+            ("phone_fast", featurizer_config(graph, best, "fast", backend), phone_dir,
              f"{ours_label}, 12 MP, --decode fast"),
-            ("phone_exact", featurizer_config(graph, best, "exact", backend, small_dir), phone_dir,
+            ("phone_exact", featurizer_config(graph, best, "exact", backend), phone_dir,
              f"{ours_label}, 12 MP, --decode exact"),
             ("fp32", featurizer_config(graph, "fp32"), small_dir, "tensorflow fp32, 500x375"),
-            ("same_jpeg", featurizer_config(graph, best, "exact", backend, small_dir), same_dir,
+            ("same_jpeg", featurizer_config(graph, best, "exact", backend), same_dir,
              f"{ours_label}, one 500x375 JPEG x {BATCH * 4}")):
-        m[key] = end_to_end(config, folder, label)
+        m[key] = end_to_end(config, folder, label, calibration=small_dir)  # int8: every one on the small photos
     featurizer = Featurizer(featurizer_config(graph, "fp32", "fast"))  # fast decodes the 500x375 photos as exact
     try:
         inputs = np.stack([featurizer.preprocess(path.read_bytes()) for path in small])

@@ -79,7 +79,7 @@ def train_model(graph: Path, model_dir: Path, backend: str = "tensorflow", preci
         return resolve(model_dir / MODEL_NAME)
     print("training the benchmark model (once) ...", flush=True)
     images = write_demo_images(OUT / "serve-images", per_class=8)
-    featurizer = FeaturizerConfig(graph, precision=precision, backend=backend, calibration_dir=images)
+    featurizer = FeaturizerConfig(graph, precision=precision, backend=backend)  # int8: run_train calibrates on images
     outcome = run_train(TrainJob(image_dir=images, featurizer=featurizer,
                                  cache=OUT / "serve-features.sqlite", model_dir=model_dir, name=MODEL_NAME,
                                  progress=False))

@@ -75,7 +75,7 @@ def featurizer_config_from_args(args: argparse.Namespace):
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
                             max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops,
                             backend=args.backend, calibration_images=args.calibration_images,
-                            calibration_dir=getattr(args, "image_dir", None), openvino_cache=args.openvino_cache)
+                            openvino_cache=args.openvino_cache)
 
 
 def check_decode_threads(value: int) -> int:

@@ -48,12 +48,15 @@ class Dataset:
         return {name: len(arrays.labels) for name, arrays in self.splits.items()}
 
 
-def build_dataset(image_dir: Path, featurizer: Featurizer, cache: FeatureCache, split: SplitConfig = SplitConfig(),
-                  augment: AugmentConfig = AugmentConfig(), batch_size: int = 32, decode_threads: int = 0,
-                  progress: bool | None = None) -> Dataset:
-    """Scan, split (checking the split before any work), featurize and gather the arrays."""
+def build_dataset(images: Path | ImageDirectory, featurizer: Featurizer, cache: FeatureCache,
+                  split: SplitConfig = SplitConfig(), augment: AugmentConfig = AugmentConfig(), batch_size: int = 32,
+                  decode_threads: int = 0, progress: bool | None = None) -> Dataset:
+    """Scan, split (checking the split before any work), featurize and gather the arrays.
+
+    ``images`` is a labelled image folder, or its scan (:func:`scan_image_dir`) when the caller made one.
+    """
     augment.validate()
-    directory = scan_image_dir(image_dir)
+    directory = images if isinstance(images, ImageDirectory) else scan_image_dir(images)
     sets = split_entries(directory, split)  # raises before any featurizing when a class is too small
     variants = augment.variants()
     items: list[WorkItem] = []
@@ -94,9 +97,9 @@ def build_dataset_from_features(dest: str, featurizer: Featurizer, split: SplitC
     The label ids are the sorted class names of the rows; the split is the same
     stable hash of each relative path. Nothing reads images or a SQLite cache.
     """
-    from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features
+    from imgclf.featurizer.store.dataset import load_features
 
-    table, entry = load_features(dest, FeaturizerIdentity.from_description(featurizer.describe()))
+    table, entry = load_features(dest, featurizer.identity)
     label_names = sorted(set(table.label_names))
     ids = {name: i for i, name in enumerate(label_names)}
     root = Path(str(dest))

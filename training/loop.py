@@ -257,9 +257,44 @@ def fit(build: Callable[[], keras.Model], train: Examples, cfg: TrainConfig, obj
     cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
     role = role or WorkerRole()
-    forward = forward or (lambda model: model)
     replicas = strategy.num_replicas_in_sync
-    n = len(train)
+    per_epoch = _checked_steps_per_epoch(len(train), cfg, replicas)
+    net = _Network.build(build, cfg, strategy, per_epoch)
+    train_steps = _make_train_steps((forward or (lambda model: model))(net.model), objective, net.optimizer,
+                                    strategy, train, net.averager)
+    checkpoint = tf.train.Checkpoint(model=net.model, optimizer=net.optimizer, epoch=net.epoch_counter,
+                                     ema=net.shadows)
+    write_dir = None
+    if checkpoint_dir is not None:
+        write_dir = Path(checkpoint_dir) if role.is_chief else Path(tempfile.mkdtemp(
+            prefix=f"imgclf-{role.task_type}{role.task_id}-checkpoints-"))
+    try:
+        start_epoch = _resume(checkpoint, checkpoint_dir, net, cfg, strategy, role)
+        manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=2) if write_dir else None
+        iterator = iter(strategy.experimental_distribute_dataset(
+            batch_indices(len(train), cfg, start_epoch, train.draw)))
+        run = _Run(cfg, validate is not None)
+        if start_epoch == cfg.epochs:
+            log.info("checkpoint %s is at the last epoch (%d); nothing left to train", checkpoint_dir, start_epoch)
+        epochs = _Epochs(net, train_steps, per_epoch, cfg, objective, validate, run, manager, writers, on_epoch)
+        epochs.train(iterator, start_epoch, progress)
+        if run.best_weights is not None:
+            net.evaluated.set_weights(run.best_weights)
+        elif not run.history:
+            net.evaluate_current()
+    finally:
+        if write_dir is not None and not role.is_chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+    history = run.history
+    return FitResult(model=net.evaluated, history=history, steps=_value(net.optimizer.iterations), epochs=cfg.epochs,
+                     resumed_from_epoch=start_epoch, seconds=time.perf_counter() - started, replicas=replicas,
+                     checkpoint=run.checkpoint if role.is_chief else None,
+                     best_epoch=run.best_epoch or (history[-1]["epoch"] if history else start_epoch),
+                     stopped_early=run.stopped_early)
+
+
+def _checked_steps_per_epoch(n: int, cfg: TrainConfig, replicas: int) -> int:
+    """Return the updates per epoch, or raise UsageError when the global batch cannot be split or filled."""
     if cfg.batch_size % replicas:
         raise UsageError(f"batch_size {cfg.batch_size} must be a multiple of the {replicas} replicas, so each "
                          f"gets an equal share of every global batch")
@@ -268,94 +303,126 @@ def fit(build: Callable[[], keras.Model], train: Examples, cfg: TrainConfig, obj
     per_epoch = steps_per_epoch(n, cfg)
     if per_epoch == 0:
         raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)")
+    return per_epoch
 
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        model = build()
-        schedule = learning_rate_schedule(cfg, per_epoch)
-        optimizer = make_optimizer(cfg, schedule)
-        optimizer.build(model.trainable_variables)  # no variables may be created inside the graph loop
-        epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch",
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        averager = WeightAverager(model.trainable_variables, cfg.ema_decay) if cfg.ema_decay else None
-    evaluated = build()
-    train_steps = _make_train_steps(forward(model), objective, optimizer, strategy, train, averager)
 
-    shadows = averager.shadows if averager else []
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_counter, ema=shadows)
-    write_dir = None
-    if checkpoint_dir is not None:
-        write_dir = Path(checkpoint_dir) if role.is_chief else Path(tempfile.mkdtemp(
-            prefix=f"imgclf-{role.task_type}{role.task_id}-checkpoints-"))
-    try:
-        start_epoch = 0
-        if checkpoint_dir is not None:
-            start_epoch = _restore(checkpoint, Path(checkpoint_dir), epoch_counter, optimizer)
-            if role.num_workers > 1:
-                _check_same_start(strategy, start_epoch, checkpoint_dir)
-            if start_epoch > cfg.epochs:
-                raise ValueError(f"the checkpoint in {str(checkpoint_dir)!r} is at epoch {start_epoch}, beyond "
-                                 f"--epochs {cfg.epochs}; pass a larger --epochs or another --checkpoint-dir")
-        manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=2) if write_dir else None
-        iterator = iter(strategy.experimental_distribute_dataset(
-            batch_indices(n, cfg, start_epoch, train.draw)))
-        run = _Run(cfg, validate is not None)
-        if start_epoch == cfg.epochs:
-            log.info("checkpoint %s is at the last epoch (%d); nothing left to train", checkpoint_dir, start_epoch)
+@dataclass
+class _Network:
+    """The network being trained with its optimizer and moving averages, and the plain copy that is evaluated."""
+
+    model: keras.Model  # built under the strategy's scope
+    evaluated: keras.Model  # plain (undistributed): receives the weights (or averages) after each epoch
+    schedule: keras.optimizers.schedules.LearningRateSchedule
+    optimizer: keras.optimizers.Optimizer
+    epoch_counter: tf.Variable  # the last epoch trained (checkpointed)
+    averager: WeightAverager | None
+
+    @classmethod
+    def build(cls, build: Callable[[], keras.Model], cfg: TrainConfig, strategy: tf.distribute.Strategy,
+              per_epoch: int) -> _Network:
+        """Seed, then create the variables: the network's, the optimizer's (all before the graph loop), the copy's."""
+        keras.utils.set_random_seed(cfg.seed)
+        with strategy.scope():
+            model = build()
+            schedule = learning_rate_schedule(cfg, per_epoch)
+            optimizer = make_optimizer(cfg, schedule)
+            optimizer.build(model.trainable_variables)  # no variables may be created inside the graph loop
+            epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            averager = WeightAverager(model.trainable_variables, cfg.ema_decay) if cfg.ema_decay else None
+        return cls(model, build(), schedule, optimizer, epoch_counter, averager)
+
+    @property
+    def shadows(self) -> list:
+        """Return the moving averages of the weights ([] without them)."""
+        return self.averager.shadows if self.averager else []
+
+    def evaluate_current(self) -> None:
+        """Copy the kept weights (their moving averages, with EMA) into the evaluated network."""
+        _copy_weights(self.evaluated, self.shadows or self.model.trainable_variables)
+
+
+def _resume(checkpoint: tf.train.Checkpoint, checkpoint_dir: Path | None, net: _Network, cfg: TrainConfig,
+            strategy, role: WorkerRole) -> int:
+    """Restore the newest checkpoint of ``checkpoint_dir`` if any; return the epoch to continue from (0 = fresh)."""
+    if checkpoint_dir is None:
+        return 0
+    start_epoch = _restore(checkpoint, Path(checkpoint_dir), net.epoch_counter, net.optimizer)
+    if role.num_workers > 1:
+        _check_same_start(strategy, start_epoch, checkpoint_dir)
+    if start_epoch > cfg.epochs:
+        raise ValueError(f"the checkpoint in {str(checkpoint_dir)!r} is at epoch {start_epoch}, beyond "
+                         f"--epochs {cfg.epochs}; pass a larger --epochs or another --checkpoint-dir")
+    return start_epoch
+
+
+class _Epochs:
+    """The epochs of one fit: train, evaluate, record, checkpoint and report each, until the end or a stop."""
+
+    def __init__(self, net: _Network, train_steps, per_epoch: int, cfg: TrainConfig, objective: Objective,
+                 validate: Callable[[keras.Model], dict] | None, run: _Run,
+                 manager: tf.train.CheckpointManager | None, writers: RunWriters | None,
+                 on_epoch: Callable[[dict], None] | None):
+        self.net, self.train_steps, self.per_epoch, self.cfg = net, train_steps, per_epoch, cfg
+        self.objective, self.validate, self.run = objective, validate, run
+        self.manager, self.writers, self.on_epoch = manager, writers, on_epoch
+
+    def train(self, iterator, start_epoch: int, progress: bool | None) -> None:
+        """Train epochs ``start_epoch + 1`` … ``cfg.epochs``, with a bar when ``progress`` says so."""
+        cfg, run = self.cfg, self.run
         show = _show_progress(progress)
         with logging_redirect_tqdm() if show else contextlib.nullcontext(), \
                 tqdm(range(start_epoch + 1, cfg.epochs + 1), desc="train", unit="epoch", disable=not show,
                      dynamic_ncols=True, leave=False) as bar:
             for epoch in bar:
-                epoch_started = time.perf_counter()
-                loss_sum, metric_sum, count = (float(v) for v in train_steps(iterator, tf.constant(per_epoch)))
-                loss = loss_sum / count
-                if not math.isfinite(loss):
-                    if run.best_weights is not None:
-                        log.warning("epoch %d: training loss is %s; stopping and keeping epoch %d "
-                                    "(lower learning_rate?)", epoch, loss, run.best_epoch)
-                        run.stopped_early = True
-                        break
-                    raise TrainingDiverged(
-                        f"epoch {epoch}: the training loss is {loss}; training diverged (learning_rate "
-                        f"{cfg.learning_rate}, optimizer {cfg.optimizer!r}); try a lower learning_rate "
-                        f"(--learning-rate)")
-                epoch_counter.assign(epoch)
-                _copy_weights(evaluated, shadows or model.trainable_variables)
-                steps = _value(optimizer.iterations)
-                row = {"epoch": epoch, "epochs": cfg.epochs, "steps": steps, "train_loss": loss,
-                       f"train_{objective.metric}": objective.summarize(metric_sum / count)}
-                if validate is not None:
-                    row.update({f"val_{k}": v for k, v in validate(evaluated).items()})
-                row["learning_rate"] = float(schedule(steps - 1))  # the epoch's last update (0-based steps)
-                row["seconds"] = round(time.perf_counter() - epoch_started, 3)
-                improved = run.record(row, evaluated)
-                if writers:
-                    writers.epoch(row)
-                if manager and (epoch % cfg.checkpoint_epochs == 0 or epoch == cfg.epochs):
-                    run.checkpoint = manager.save(checkpoint_number=epoch)  # every worker takes part
-                bar.set_postfix(loss=f"{loss:.4f}")
+                trained = self.epoch(iterator, epoch)
+                if trained is None:
+                    break
+                row, improved = trained
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                 log.info("epoch %d/%d: %s%s", epoch, cfg.epochs, _figures(row), " (best)" if improved else "")
-                if on_epoch is not None:
-                    on_epoch(row)
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
                 if run.patience_ran_out() and epoch < cfg.epochs:
                     log.info("early stop: no lower validation loss for %d epochs; best epoch %d (val_loss %.4f)",
                              run.waited, run.best_epoch, run.best_loss)
                     run.stopped_early = True
                     break
-        if run.best_weights is not None:
-            evaluated.set_weights(run.best_weights)
-        elif not run.history:
-            _copy_weights(evaluated, shadows or model.trainable_variables)
-    finally:
-        if write_dir is not None and not role.is_chief:
-            shutil.rmtree(write_dir, ignore_errors=True)
-    history = run.history
-    return FitResult(model=evaluated, history=history, steps=_value(optimizer.iterations), epochs=cfg.epochs,
-                     resumed_from_epoch=start_epoch, seconds=time.perf_counter() - started, replicas=replicas,
-                     checkpoint=run.checkpoint if role.is_chief else None,
-                     best_epoch=run.best_epoch or (history[-1]["epoch"] if history else start_epoch),
-                     stopped_early=run.stopped_early)
+
+    def epoch(self, iterator, epoch: int) -> tuple[dict, bool] | None:
+        """Train one epoch; return its recorded row and whether it is the best yet.
+
+        None when the loss diverged and the weights of an earlier epoch are kept.
+        """
+        cfg, net, run = self.cfg, self.net, self.run
+        epoch_started = time.perf_counter()
+        loss_sum, metric_sum, count = (float(v) for v in self.train_steps(iterator, tf.constant(self.per_epoch)))
+        loss = loss_sum / count
+        if not math.isfinite(loss):
+            if run.best_weights is not None:
+                log.warning("epoch %d: training loss is %s; stopping and keeping epoch %d "
+                            "(lower learning_rate?)", epoch, loss, run.best_epoch)
+                run.stopped_early = True
+                return None
+            raise TrainingDiverged(
+                f"epoch {epoch}: the training loss is {loss}; training diverged (learning_rate "
+                f"{cfg.learning_rate}, optimizer {cfg.optimizer!r}); try a lower learning_rate "
+                f"(--learning-rate)")
+        net.epoch_counter.assign(epoch)
+        net.evaluate_current()
+        steps = _value(net.optimizer.iterations)
+        row = {"epoch": epoch, "epochs": cfg.epochs, "steps": steps, "train_loss": loss,
+               f"train_{self.objective.metric}": self.objective.summarize(metric_sum / count)}
+        if self.validate is not None:
+            row.update({f"val_{k}": v for k, v in self.validate(net.evaluated).items()})
+        row["learning_rate"] = float(net.schedule(steps - 1))  # the epoch's last update (0-based steps)
+        row["seconds"] = round(time.perf_counter() - epoch_started, 3)
+        improved = run.record(row, net.evaluated)
+        if self.writers:
+            self.writers.epoch(row)
+        if self.manager and (epoch % cfg.checkpoint_epochs == 0 or epoch == cfg.epochs):
+            run.checkpoint = self.manager.save(checkpoint_number=epoch)  # every worker takes part
+        return row, improved
 
 
 class _Run:

@@ -62,7 +62,7 @@ def preprocessing(featurizer: Featurizer) -> dict:
             "transparent GIF pixels decode black, not white",
             "CMYK/YCCK JPEG colours may differ by up to 2/255",
         ],
-        "python_featurizer_preprocessing": featurizer.describe()["preprocessing"],
+        "python_featurizer_preprocessing": featurizer.identity.description["preprocessing"],
     }
 
 
@@ -108,7 +108,7 @@ def build_card(name: str, version: int, labels: list[str], featurizer: Featurize
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "labels": list(labels),
         "num_classes": len(labels),
-        "featurizer": featurizer.describe(),
+        "featurizer": featurizer.identity.describe(),
         "training_features_precision": featurizer.precision,
         "serving_precision": "fp32",
         "preprocessing": preprocessing(featurizer),

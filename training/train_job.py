@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.core.errors import UsageError
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.images.folders import scan_image_dir
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
 from imgclf.training.config import HeadConfig, TrainConfig
@@ -83,13 +84,15 @@ def run_train(job: TrainJob) -> TrainOutcome:
         raise UsageError("train from IMAGE_DIR (with --cache) or from --features DEST, one of the two")
     if job.features is None and job.cache is None:
         raise UsageError("training from IMAGE_DIR needs --cache (a SQLite feature cache)")
-    featurizer = Featurizer(job.featurizer)
-    try:
-        if job.features is not None:
+    # The folder is scanned once, here: the int8 calibration is chosen from this scan, then featurized.
+    directory = scan_image_dir(job.image_dir) if job.features is None else None
+    calibration = calibration_for(job.featurizer, directory) if directory is not None else None
+    with Featurizer(job.featurizer, calibration) as featurizer:
+        if directory is None:
             dataset = build_dataset_from_features(job.features, featurizer, job.split)
         else:
             with FeatureCache(job.cache) as cache:
-                dataset = build_dataset(job.image_dir, featurizer, cache, job.split, job.augment,
+                dataset = build_dataset(directory, featurizer, cache, job.split, job.augment,
                                         batch_size=job.batch_size, decode_threads=job.decode_threads,
                                         progress=job.progress)
         sizes = dataset.sizes()
@@ -121,6 +124,4 @@ def run_train(job: TrainJob) -> TrainOutcome:
                         "validation_loss": min((h["val_loss"] for h in result.history), default=None)},
         }
         version_dir = export_model(job.model_dir, job.name, result.model, featurizer, dataset.label_names, card)
-    finally:
-        featurizer.close()
     return TrainOutcome(version_dir, dataset, metrics.to_dict(), metrics.format_table(), result.history)

@@ -53,6 +53,12 @@ class GraphContract:
         """Return a copy with the non-None fields of ``names`` replaced."""
         return replace(self, **{k: v for k, v in names.items() if v is not None})
 
+    def check_images(self, images) -> None:
+        """Raise ValueError unless ``images`` (an array) is a batch of network inputs [N, S, S, 3]."""
+        size = self.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+
     def describe(self) -> dict:
         """Return the contract as a JSON-ready dict (for model cards and caches)."""
         return {

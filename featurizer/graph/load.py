@@ -249,9 +249,7 @@ class BottleneckGraph:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]."""
-        size = self.contract.input_size
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        self.contract.check_images(images)
         images = images.astype(np.float32, copy=False)
         step = self.micro_batch or len(images)
         slices = [images[i:i + step] for i in range(0, len(images), step)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,18 +24,42 @@ class ImageEntry:
 
     rel_path: str  # path relative to the image folder, with "/" separators
     label: int  # index into ImageDirectory.label_names
-    path: Path  # absolute path
+    path: Path  # absolute path (below a bucket prefix: the URI's, for reports; read with ImageSource.read)
 
 
 @dataclass
 class ImageDirectory:
-    """The result of scanning an image folder."""
+    """The labelled images of an image folder: class names (the label ids), image files, what was passed over."""
 
     root: Path
     label_names: list[str]
-    entries: list[ImageEntry]
+    entries: list[ImageEntry]  # sorted by relative path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     ignored: int = 0  # hidden and non-image files, loose files at the top level
+
+    def read(self, rel_path: str) -> bytes:
+        """Return the encoded bytes of one image (``rel_path`` as in its entry)."""
+        return (self.root / rel_path).read_bytes()
+
+
+def labelled_entries(root: Path, per_class: Mapping[str, list[str]], where: str, expected: str
+                     ) -> tuple[list[str], list[ImageEntry]]:
+    """Return the label names (the sorted class names) and the entries, sorted by relative path, of ``per_class``.
+
+    Args:
+        per_class: class name → relative paths of its images.
+        where: the folder as the error names it; ``expected``: its root in the example layout.
+
+    Raises:
+        ValueError: no class holds an image.
+    """
+    if not per_class:
+        raise ValueError(f"{where} has no class sub-folder with images "
+                         f"(expected {expected}/<class>/<image>{'|'.join(IMAGE_EXTENSIONS)})")
+    label_names = sorted(per_class)
+    entries = [ImageEntry(rel, label, root / rel) for label, name in enumerate(label_names) for rel in per_class[name]]
+    entries.sort(key=lambda e: e.rel_path)
+    return label_names, entries
 
 
 def _is_hidden(name: str) -> bool:
@@ -62,7 +87,7 @@ def scan_image_dir(root: str | os.PathLike) -> ImageDirectory:
     root_real = Path(os.path.realpath(root))
     skipped: list[tuple[str, str]] = []
     ignored = 0
-    per_class: dict[str, list[Path]] = {}
+    per_class: dict[str, list[str]] = {}
 
     for child in sorted(root.iterdir(), key=lambda p: p.name):
         rel = child.name
@@ -79,17 +104,11 @@ def scan_image_dir(root: str | os.PathLike) -> ImageDirectory:
         skipped.extend(child_skipped)
         ignored += child_ignored
         if files:
-            per_class[child.name] = files
+            per_class[child.name] = [path.relative_to(root).as_posix() for path in files]
         elif not child_skipped:
             log.warning("class folder %r holds no images; it gets no label", rel)
 
-    if not per_class:
-        raise ValueError(f"image folder {str(root)!r} has no class sub-folder with images "
-                         f"(expected {root}/<class>/<image>{'|'.join(IMAGE_EXTENSIONS)})")
-    label_names = sorted(per_class)
-    entries = [ImageEntry(path.relative_to(root).as_posix(), label, path)
-               for label, name in enumerate(label_names) for path in per_class[name]]
-    entries.sort(key=lambda e: e.rel_path)
+    label_names, entries = labelled_entries(root, per_class, f"image folder {str(root)!r}", str(root))
     return ImageDirectory(root, label_names, entries, skipped, ignored)
 
 

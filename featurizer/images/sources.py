@@ -15,41 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.featurizer.images.decode import IMAGE_EXTENSIONS
-from imgclf.featurizer.images.folders import ImageDirectory, ImageEntry, scan_image_dir
+from imgclf.featurizer.images.folders import ImageDirectory, labelled_entries, scan_image_dir
 from imgclf.featurizer.store.object_store import Location, is_uri, open_location
 
 
-@dataclass(frozen=True)
-class SourceImage:
-    """One labelled image of a SOURCE."""
-
-    rel_path: str  # "<class>/<...>/<file>", "/"-separated
-    label: int  # index into ImageSource.label_names
-
-
 @dataclass
-class ImageSource:
-    """The images of a SOURCE and how to read them."""
+class ImageSource(ImageDirectory):
+    """An :class:`ImageDirectory` read through a :class:`Location`: a local folder or a bucket prefix.
 
-    location: Location
-    label_names: list[str]
-    images: list[SourceImage]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
-    ignored: int = 0  # hidden and non-image files, loose files at the top level
+    Below a bucket prefix, ``root`` and the entries' ``path`` are the URI's (for reports); :meth:`read` reads.
+    """
+
+    location: Location = field(kw_only=True)
 
     def read(self, rel_path: str) -> bytes:
         """Return the encoded bytes of one image."""
         return self.location.read_bytes(rel_path)
-
-    def as_directory(self) -> ImageDirectory:
-        """Return the listing as an :class:`ImageDirectory` (for reports; a URI's entries have relative paths)."""
-        root = Path(self.location.root) if not self.location.remote else Path(self.location.uri)
-        entries = [ImageEntry(image.rel_path, image.label, root / image.rel_path) for image in self.images]
-        return ImageDirectory(root, self.label_names, entries, list(self.skipped), self.ignored)
-
-    def fs_path(self, rel_path: str) -> str:
-        """Return the path of one image inside the location's filesystem (for pyarrow and Ray Data readers)."""
-        return self.location.path(rel_path)
 
 
 def open_image_source(source: str | os.PathLike) -> ImageSource:
@@ -61,10 +42,8 @@ def open_image_source(source: str | os.PathLike) -> ImageSource:
     """
     if not is_uri(source):
         directory = scan_image_dir(source)
-        location = open_location(directory.root)
-        return ImageSource(location, directory.label_names,
-                           [SourceImage(e.rel_path, e.label) for e in directory.entries],
-                           directory.skipped, directory.ignored)
+        return ImageSource(directory.root, directory.label_names, directory.entries, directory.skipped,
+                           directory.ignored, location=open_location(directory.root))
     location = open_location(source)
     per_class: dict[str, list[str]] = {}
     ignored = 0
@@ -75,10 +54,6 @@ def open_image_source(source: str | os.PathLike) -> ImageSource:
             ignored += 1
             continue
         per_class.setdefault(parts[0], []).append(rel)
-    if not per_class:
-        raise ValueError(f"{str(source)!r} has no class sub-folder with images "
-                         f"(expected {str(source).rstrip('/')}/<class>/<image>{'|'.join(IMAGE_EXTENSIONS)})")
-    label_names = sorted(per_class)
-    images = sorted((SourceImage(rel, label) for label, name in enumerate(label_names) for rel in per_class[name]),
-                    key=lambda image: image.rel_path)
-    return ImageSource(location, label_names, images, [], ignored)
+    root = Path(location.uri)
+    label_names, entries = labelled_entries(root, per_class, repr(str(source)), str(source).rstrip("/"))
+    return ImageSource(root, label_names, entries, [], ignored, location=location)

@@ -10,14 +10,21 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.core.atomic import atomic_file, write_json_atomic
 from imgclf.featurizer.images.folders import ImageDirectory, scan_image_dir
 from imgclf.featurizer.jobs.pipeline import ExtractResult, WorkItem, extract
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
+from imgclf.featurizer.store.identity import FeaturizerIdentity
+
+if TYPE_CHECKING:  # the feature-dataset modules load only for jobs that write one
+    from imgclf.featurizer.images.sources import ImageSource
+    from imgclf.featurizer.store.dataset import FeatureDatasetWriter
+    from imgclf.featurizer.store.object_store import Location
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ class FeaturizeSummary:
 
     directory: ImageDirectory
     extract: ExtractResult
-    featurizer: dict
+    featurizer: FeaturizerIdentity
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     source: str | None = None  # SOURCE as given, when it is no local folder (an object-store URI)
     dataset: dict | None = None  # output_dataset: where, rows, shards written
@@ -73,13 +80,14 @@ class FeaturizeSummary:
             # the fraction of the time the graph ran, and the seconds it waited for decoding threads
             "model_busy": round(self.extract.model_busy, 3),
             "decode_wait_seconds": round(self.extract.wait_seconds, 3),
-            "featurizer": self.featurizer,
+            "featurizer": self.featurizer.describe(),
             **({"dataset": self.dataset} if self.dataset is not None else {}),
         }
 
     def format(self) -> str:
         """Return a human-readable summary."""
         d = self.to_dict()
+        described = self.featurizer.description
         counts = {name: 0 for name in self.directory.label_names}
         for entry, key in zip(self.directory.entries, self.extract.keys):
             if key is not None:
@@ -88,9 +96,8 @@ class FeaturizeSummary:
             f"featurized {d['featurized']} of {d['images']} images in {d['seconds']:.1f} s "
             f"({d['from_cache']} from cache, {d['computed']} computed"
             + (f", {d['images_per_second']:.1f} img/s" if d["computed"] else "") + ")",
-            f"featurizer: {self.featurizer.get('backend', 'tensorflow')} {self.featurizer['precision']}, "
-            f"{self.featurizer['dim']}-d, "
-            f"graph sha256 {self.featurizer['graph_sha256'][:12]}",
+            f"featurizer: {described.get('backend', 'tensorflow')} {self.featurizer.precision}, "
+            f"{self.featurizer.dim}-d, graph sha256 {described['graph_sha256'][:12]}",
             "classes:",
             *(f"  {label:>3}  {name:<24} {counts[name]:>6} images"
               for label, name in enumerate(self.directory.label_names)),
@@ -114,52 +121,65 @@ def run_featurize(job: FeaturizeJob) -> FeaturizeSummary:
     directory = scan_image_dir(job.image_dir)
     items = [WorkItem(entry.rel_path, entry.path.read_bytes) for entry in directory.entries]
     log.info("%d images in %d classes under %s", len(items), len(directory.label_names), directory.root)
-    featurizer = Featurizer(job.featurizer)
-    try:
-        with FeatureCache(job.cache) as cache:
-            result = extract(featurizer, items, cache, batch_size=job.batch_size,
-                             decode_threads=job.decode_threads, progress=job.progress)
-            summary = FeaturizeSummary(directory, result, featurizer.describe(),
-                                       directory.skipped + result.failures)
-            if job.output is not None and summary.featurized:
-                write_npz(job.output, directory, result, cache, featurizer.fingerprint)
-    finally:
-        featurizer.close()
-    if job.report is not None:
-        write_json_atomic(job.report, summary.to_dict())
-    return summary
+    with Featurizer(job.featurizer, calibration_for(job.featurizer, directory)) as featurizer, \
+            FeatureCache(job.cache) as cache:
+        result = extract(featurizer, items, cache, batch_size=job.batch_size,
+                         decode_threads=job.decode_threads, progress=job.progress)
+        summary = FeaturizeSummary(directory, result, featurizer.identity, directory.skipped + result.failures)
+        if job.output is not None and summary.featurized:
+            write_npz(job.output, directory, result, cache, featurizer.fingerprint)
+    return finish(job, summary)
 
 
 def _run_into_dataset(job: FeaturizeJob) -> FeaturizeSummary:
     """The local engine writing a feature dataset: the dataset is the cache (resume by image sha256)."""
-    from imgclf.featurizer.images.sources import open_image_source
-    from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter, FeaturizerIdentity
-    from imgclf.featurizer.store.object_store import is_uri, open_location
+    from imgclf.featurizer.store.dataset import DatasetCache, FeatureDatasetWriter
 
-    source = open_image_source(job.image_dir)  # errors before any work: not a class layout, unreachable store
-    dest = open_location(job.output_dataset, create=True)
-    directory = source.as_directory()
-    log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
-    featurizer = Featurizer(job.featurizer)
-    try:
-        identity = FeaturizerIdentity.from_description(featurizer.describe())
+    source, dest = open_source(job)
+    with Featurizer(job.featurizer, calibration_for(job.featurizer, source)) as featurizer:
+        identity = featurizer.identity
         writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
         cache = DatasetCache(writer)
         items = [WorkItem(image.rel_path, cache.reader(image.rel_path, source.label_names[image.label],
                                                        partial(source.read, image.rel_path)))
-                 for image in source.images]
+                 for image in source.entries]
         result = extract(featurizer, items, cache, batch_size=job.batch_size,  # type: ignore[arg-type]
                          decode_threads=job.decode_threads, progress=job.progress)
         skipped = source.skipped + result.failures
         cache.finish(skipped)
-        summary = FeaturizeSummary(directory, result, featurizer.describe(), skipped,
-                                   source=source.location.uri if is_uri(job.image_dir) else None,
-                                   dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
-                                            "shards": writer.shards, "folder": identity.folder})
+        summary = dataset_summary(job, source, result, identity, skipped, writer)
         if job.output is not None and summary.featurized:
-            write_npz(job.output, directory, result, cache, featurizer.fingerprint)  # type: ignore[arg-type]
-    finally:
-        featurizer.close()
+            write_npz(job.output, source, result, cache, featurizer.fingerprint)  # type: ignore[arg-type]
+    return finish(job, summary)
+
+
+def open_source(job: FeaturizeJob) -> tuple[ImageSource, Location]:
+    """List SOURCE and open DEST of a job writing a feature dataset.
+
+    Raises before any work: SOURCE is no class layout, or a store does not answer.
+    """
+    from imgclf.featurizer.images.sources import open_image_source
+    from imgclf.featurizer.store.object_store import open_location
+
+    source = open_image_source(job.image_dir)
+    dest = open_location(job.output_dataset, create=True)
+    log.info("%d images in %d classes under %s", len(source.entries), len(source.label_names), source.location.uri)
+    return source, dest
+
+
+def dataset_summary(job: FeaturizeJob, source: ImageSource, result: ExtractResult, identity: FeaturizerIdentity,
+                    skipped: list[tuple[str, str]], writer: FeatureDatasetWriter, **engine) -> FeaturizeSummary:
+    """Return the summary of a job that wrote a feature dataset (``engine``: more of the dataset's report)."""
+    from imgclf.featurizer.store.object_store import is_uri
+
+    return FeaturizeSummary(source, result, identity, skipped,
+                            source=source.location.uri if is_uri(job.image_dir) else None,
+                            dataset={"dest": writer.location.uri, "rows": writer.rows, "written": writer.written,
+                                     "shards": writer.shards, "folder": identity.folder, **engine})
+
+
+def finish(job: FeaturizeJob, summary: FeaturizeSummary) -> FeaturizeSummary:
+    """Write the job's JSON report when it asks for one; return ``summary``."""
     if job.report is not None:
         write_json_atomic(job.report, summary.to_dict())
     return summary

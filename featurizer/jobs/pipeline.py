@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgclf.core.errors import GraphError, ImgclfError
-from imgclf.featurizer.runtime.featurizer import Featurizer, default_decode_threads, sha256_bytes
+from imgclf.featurizer.runtime.featurizer import Featurizer, default_decode_threads
 from imgclf.featurizer.store.cache import FeatureCache
+from imgclf.featurizer.store.identity import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -106,94 +107,112 @@ def extract(featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCac
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; received {batch_size!r}")
-    fingerprint = featurizer.fingerprint
-    cache.register_featurizer(fingerprint, featurizer.describe())
-    known = cache.keys(fingerprint)
-    result = ExtractResult(keys=[None] * len(items))
+    run = _Extraction(featurizer, items, cache, batch_size)
     threads = decode_threads or default_decode_threads()
-    max_in_flight = 2 * batch_size + 2 * threads
-    # The fewest decoded images worth a graph run before a whole batch is there (0: whole batches only):
-    # when the next image is still decoding, the graph runs these instead of waiting (a job's first batch,
-    # a folder of fewer images than a batch, decoding slower than the graph).
-    early = min(getattr(featurizer, "min_batch", 0), batch_size)
-    pending: dict[str, tuple[np.ndarray, list[int]]] = {}  # key → (network input, indices of the items)
     started = time.perf_counter()
+    bar = _progress_bar(len(items), progress, desc)
+    # Not a `with` block: leaving it would wait for every queued decode, even on Ctrl-C.
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    try:
+        run.decode_and_run(pool, 2 * batch_size + 2 * threads, bar)
+        run.flush()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # only the decodes already running are waited for
+        bar.close()
+        run.result.seconds = time.perf_counter() - started
+    return run.result
 
-    def prepare(item: WorkItem) -> tuple[str, np.ndarray | None]:
+
+class _Extraction:
+    """One :func:`extract` run: decoded inputs wait in ``pending`` for a graph batch; ``result`` counts."""
+
+    def __init__(self, featurizer: Featurizer, items: Sequence[WorkItem], cache: FeatureCache, batch_size: int):
+        self.featurizer, self.items, self.cache, self.batch_size = featurizer, items, cache, batch_size
+        identity = featurizer.identity
+        self.fingerprint = identity.fingerprint
+        cache.register_featurizer(self.fingerprint, identity.description)
+        self.known = cache.keys(self.fingerprint)
+        self.result = ExtractResult(keys=[None] * len(items))
+        # The fewest decoded images worth a graph run before a whole batch is there (0: whole batches only):
+        # when the next image is still decoding, the graph runs these instead of waiting (a job's first batch,
+        # a folder of fewer images than a batch, decoding slower than the graph).
+        self.early = min(getattr(featurizer, "min_batch", 0), batch_size)
+        self.pending: dict[str, tuple[np.ndarray, list[int]]] = {}  # key → (network input, indices of the items)
+
+    def prepare(self, item: WorkItem) -> tuple[str, np.ndarray | None]:
+        """Read, hash and (unless cached) decode one item, in a decoding thread; return (key, input or None)."""
         data = item.read()
         key = cache_key(sha256_bytes(data), item.variant)
-        if key in known:
+        if key in self.known:
             return key, None
         if item.distort is None:
-            return key, featurizer.preprocess(data)
-        rgb = item.distort(featurizer.decode(data), np.random.default_rng(int(key[:16], 16)))
-        return key, featurizer.to_input(rgb)
+            return key, self.featurizer.preprocess(data)
+        rgb = item.distort(self.featurizer.decode(data), np.random.default_rng(int(key[:16], 16)))
+        return key, self.featurizer.to_input(rgb)
 
-    def flush() -> None:
-        if not pending:
+    def decode_and_run(self, pool: ThreadPoolExecutor, max_in_flight: int, bar) -> None:
+        """Decode the items in ``pool``, up to ``max_in_flight`` ahead, taking each in order as it is done."""
+        items, result = self.items, self.result
+        in_flight: deque[tuple[int, Future]] = deque()
+        next_index = 0
+        while next_index < len(items) or in_flight:
+            while next_index < len(items) and len(in_flight) < max_in_flight:
+                in_flight.append((next_index, pool.submit(self.prepare, items[next_index])))
+                next_index += 1
+            index, future = in_flight.popleft()
+            if not future.done() and self.early and len(self.pending) >= self.early:
+                self.flush()  # the graph would wait for this decode: give it what is decoded already
+            if not future.done():
+                waited = time.perf_counter()
+                wait([future])
+                result.wait_seconds += time.perf_counter() - waited
+            self.take(index, future)
+            bar.update(1)
+            bar.set_postfix(cached=result.cached, new=result.computed, bad=len(result.failures), refresh=False)
+
+    def take(self, index: int, future: Future) -> None:
+        """Record a decoded item: its failure, a vector already known, or an input for the next batch."""
+        result, name = self.result, self.items[index].name
+        try:
+            key, array = future.result()
+        except ImgclfError as exc:
+            result.failures.append((name, str(exc)))
+        except OSError as exc:
+            result.failures.append((name, read_failure(exc)))
+        except Exception as exc:
+            log.debug("unexpected failure on %s", name, exc_info=True)
+            result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
+        else:
+            result.keys[index] = key
+            if array is None or key in self.known:  # cached, or the same bytes seen earlier in this run
+                result.cached += 1
+            elif key in self.pending:  # the same bytes twice in one batch: compute once
+                self.pending[key][1].append(index)
+            else:
+                self.pending[key] = (array, [index])
+                if len(self.pending) >= self.batch_size:
+                    self.flush()
+
+    def flush(self) -> None:
+        """Run the graph on the pending inputs and commit their vectors to the cache."""
+        if not self.pending:
             return
+        result = self.result
         model_started = time.perf_counter()
-        vectors, errors = _run_batch(featurizer, {key: array for key, (array, _) in pending.items()})
+        vectors, errors = _run_batch(self.featurizer, {key: array for key, (array, _) in self.pending.items()})
         result.model_seconds += time.perf_counter() - model_started
         if vectors:
-            cache.put_many(fingerprint, vectors)
-            known.update(vectors)
-        for key, (_, indices) in pending.items():
+            self.cache.put_many(self.fingerprint, vectors)
+            self.known.update(vectors)
+        for key, (_, indices) in self.pending.items():
             if key in vectors:
                 result.computed += 1
                 result.cached += len(indices) - 1  # the same bytes again in this batch
                 continue
             for index in indices:
                 result.keys[index] = None
-                result.failures.append((items[index].name, errors[key]))
-        pending.clear()
-
-    bar = _progress_bar(len(items), progress, desc)
-    # Not a `with` block: leaving it would wait for every queued decode, even on Ctrl-C.
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-    try:
-        in_flight: deque[tuple[int, Future]] = deque()
-        next_index = 0
-        while next_index < len(items) or in_flight:
-            while next_index < len(items) and len(in_flight) < max_in_flight:
-                in_flight.append((next_index, pool.submit(prepare, items[next_index])))
-                next_index += 1
-            index, future = in_flight.popleft()
-            name = items[index].name
-            if not future.done() and early and len(pending) >= early:
-                flush()  # the graph would wait for this decode: give it what is decoded already
-            if not future.done():
-                waited = time.perf_counter()
-                wait([future])
-                result.wait_seconds += time.perf_counter() - waited
-            try:
-                key, array = future.result()
-            except ImgclfError as exc:
-                result.failures.append((name, str(exc)))
-            except OSError as exc:
-                result.failures.append((name, read_failure(exc)))
-            except Exception as exc:
-                log.debug("unexpected failure on %s", name, exc_info=True)
-                result.failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
-            else:
-                result.keys[index] = key
-                if array is None or key in known:  # cached, or the same bytes seen earlier in this run
-                    result.cached += 1
-                elif key in pending:  # the same bytes twice in one batch: compute once
-                    pending[key][1].append(index)
-                else:
-                    pending[key] = (array, [index])
-                    if len(pending) >= batch_size:
-                        flush()
-            bar.update(1)
-            bar.set_postfix(cached=result.cached, new=result.computed, bad=len(result.failures),
-                            refresh=False)
-        flush()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # only the decodes already running are waited for
-        bar.close()
-        result.seconds = time.perf_counter() - started
-    return result
+                result.failures.append((self.items[index].name, errors[key]))
+        self.pending.clear()
 
 
 def _run_batch(featurizer: Featurizer, inputs: dict[str, np.ndarray]

@@ -25,7 +25,9 @@ path. A killed driver keeps every shard it wrote; the rerun skips those images.
 With ``--precision auto`` the identity (fingerprint, resolved precision) is
 computed by one task with the actors' resources, so it resolves as it will on
 their nodes; an explicit precision is resolved by the driver. Every actor checks
-that its own featurizer has the job's fingerprint.
+that its own featurizer has the job's fingerprint. For int8 the driver chooses
+and reads the calibration images from its listing of SOURCE and hands them to
+the actors with the config: no node reads a folder for them.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgclf.core.atomic import write_json_atomic
 from imgclf.core.errors import GraphError, ImgclfError, UsageError
 from imgclf.featurizer.images.decode import decode_to_input
-from imgclf.featurizer.images.sources import ImageSource, open_image_source
-from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary
+from imgclf.featurizer.images.sources import ImageSource
+from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary, dataset_summary, finish, open_source
 from imgclf.featurizer.jobs.pipeline import ExtractResult, _run_batch, read_failure
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
-from imgclf.featurizer.store.dataset import FeatureDatasetWriter, FeaturizerIdentity
-from imgclf.featurizer.store.object_store import Location, is_uri, open_location, require
+from imgclf.featurizer.runtime.calibration import Calibration
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
+from imgclf.featurizer.store.dataset import FeatureDatasetWriter
+from imgclf.featurizer.store.identity import FeaturizerIdentity, sha256_bytes
+from imgclf.featurizer.store.object_store import Location, require
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +135,10 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def _describe(config: FeaturizerConfig) -> tuple[dict, object]:
-    """Load the graph where the actors will run it; return its description and contract."""
-    featurizer = Featurizer(config)
-    try:
-        return featurizer.describe(), featurizer.contract
-    finally:
-        featurizer.close()
+def _describe(config: FeaturizerConfig, calibration: Calibration | None) -> tuple[FeaturizerIdentity, object]:
+    """Load the graph where the actors will run it; return its identity and contract."""
+    with Featurizer(config, calibration) as featurizer:
+        return featurizer.identity, featurizer.contract
 
 
 # Resources of a decode task: one CPU and the memory of a batch of decoded photos. They differ from the
@@ -200,10 +200,10 @@ def _preprocess(batch: dict, *, location: Location, contract, max_pixels: int, k
 class GraphActor:
     """Ray actor: loads the graph once, then runs preprocessed batches through it."""
 
-    def __init__(self, config: FeaturizerConfig, fingerprint: str):
-        self.featurizer = Featurizer(config)
+    def __init__(self, config: FeaturizerConfig, fingerprint: str, calibration: Calibration | None = None):
+        self.featurizer = Featurizer(config, calibration)
         if self.featurizer.fingerprint != fingerprint:  # a node that resolves precision (or anything) otherwise
-            raise GraphError(f"this node's featurizer is {self.featurizer.describe()['precision']} "
+            raise GraphError(f"this node's featurizer is {self.featurizer.identity.precision} "
                              f"{self.featurizer.fingerprint[:12]}, the job's is {fingerprint[:12]}: "
                              f"give --precision explicitly on a mixed cluster")
         self.size = self.featurizer.contract.input_size
@@ -229,47 +229,44 @@ def run_featurize_ray(job: FeaturizeJob, options: RayOptions) -> FeaturizeSummar
     if job.output_dataset is None:
         raise UsageError("--engine ray writes a feature dataset: give --output-dataset DEST")
     check_address(options.address)  # before listing: a dead cluster is the cheapest thing to report
-    source = open_image_source(job.image_dir)
-    dest = open_location(job.output_dataset, create=True)
-    log.info("%d images in %d classes under %s", len(source.images), len(source.label_names), source.location.uri)
+    source, dest = open_source(job)
     _connect(ray, options.address)
     _quiet_ray_data_console()
     try:
         summary = _run(ray, job, options, source, dest)
     finally:
         ray.shutdown()
-    if job.report is not None:
-        write_json_atomic(job.report, summary.to_dict())
-    return summary
+    return finish(job, summary)
 
 
 def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest) -> FeaturizeSummary:
     started = time.perf_counter()
     resources = {"num_cpus": options.cpus_per_actor, "num_gpus": options.gpus_per_actor}
+    calibration = calibration_for(job.featurizer, source)  # int8: chosen and read here, shipped to the actors
     if job.featurizer.precision == "auto":  # resolved where the actors run (a GPU node: fp16), not here
-        description, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer))
+        identity, contract = ray.get(ray.remote(**resources)(_describe).remote(job.featurizer, calibration))
     else:  # nothing node-dependent: the driver computes the identity; each actor checks it has the same
-        description, contract = _describe(job.featurizer)
-    identity = FeaturizerIdentity.from_description(description)
+        identity, contract = _describe(job.featurizer, calibration)
     writer = FeatureDatasetWriter(dest, identity, source.label_names, source.location.uri, job.shard_rows)
     known = np.array(sorted(sha.encode() for sha in writer.known_shas), dtype="S64")
-    label_of = {image.rel_path: source.label_names[image.label] for image in source.images}
-    result = ExtractResult(keys=[None] * len(source.images))
-    index_of = {image.rel_path: i for i, image in enumerate(source.images)}
+    label_of = {image.rel_path: source.label_names[image.label] for image in source.entries}
+    result = ExtractResult(keys=[None] * len(source.entries))
+    index_of = {image.rel_path: i for i, image in enumerate(source.entries)}
     copies: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     first_batch = None  # (seconds from the start, rows): Ray's start-up, the graph loads included
-    if source.images:
+    if source.entries:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
-        ds = ray.data.from_items([{"rel_path": image.rel_path} for image in source.images],
-                                 override_num_blocks=max(1, min(len(source.images) // job.batch_size, 4096)))
+        ds = ray.data.from_items([{"rel_path": image.rel_path} for image in source.entries],
+                                 override_num_blocks=max(1, min(len(source.entries) // job.batch_size, 4096)))
         ds = ds.map_batches(_preprocess, batch_size=job.batch_size, batch_format="numpy",
                             fn_kwargs={"location": source.location, "contract": contract,
                                        "max_pixels": job.featurizer.max_pixels, "known_ref": ray.put(known)},
                             **DECODE_TASK_RESOURCES)
         ds = ds.map_batches(GraphActor, batch_size=job.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"config": job.featurizer, "fingerprint": identity.fingerprint},
+                            fn_constructor_kwargs={"config": job.featurizer, "fingerprint": identity.fingerprint,
+                                                   "calibration": calibration},
                             compute=options.compute(ray), **resources)
         for batch in ds.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
             if first_batch is None:
@@ -297,10 +294,6 @@ def _run(ray, job: FeaturizeJob, options: RayOptions, source: ImageSource, dest)
     skipped = source.skipped + sorted(result.failures)
     writer.flush(skipped)
     result.seconds = time.perf_counter() - started
-    return FeaturizeSummary(source.as_directory(), result, description, skipped,
-                            source=source.location.uri if is_uri(job.image_dir) else None,
-                            dataset={"dest": dest.uri, "rows": writer.rows, "written": writer.written,
-                                     "shards": writer.shards, "folder": identity.folder, "engine": "ray",
-                                     "pool": options.describe(),
-                                     "first_batch_seconds": round(first_batch[0], 3) if first_batch else None,
-                                     "first_batch_rows": first_batch[1] if first_batch else 0})
+    return dataset_summary(job, source, result, identity, skipped, writer, engine="ray", pool=options.describe(),
+                           first_batch_seconds=round(first_batch[0], 3) if first_batch else None,
+                           first_batch_rows=first_batch[1] if first_batch else 0)

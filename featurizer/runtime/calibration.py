@@ -13,6 +13,11 @@ sha256s (sorted) and the preprocessing: the same pictures under other names
 are the same calibration; one changed picture is another. It is part of the
 int8 featurizer's fingerprint (so features of different calibrations never
 mix) and recorded in the model card.
+
+The job that featurizes or trains on the folder chooses the calibration from
+its own scan of it (:func:`imgclf.featurizer.runtime.featurizer.calibration_for`)
+and hands it to the featurizer: the identity needs the images' bytes, so they
+are read up front; they are decoded only when a quantized model is not cached.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.core.errors import ImgclfError, UsageError
+
+if TYPE_CHECKING:
+    from imgclf.featurizer.images.folders import ImageDirectory
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +44,35 @@ SELECTION = "the N images with the smallest sha256 of their relative path"
 
 @dataclass
 class Calibration:
-    """Encoded calibration images and how to preprocess them; inputs are decoded only when quantizing."""
+    """Encoded calibration images and their identity; they are decoded only when a model is quantized.
+
+    Made by whoever holds the image folder (:func:`choose_calibration`) and handed to the
+    featurizer, which never reads a folder itself.
+    """
 
     names: list[str]  # relative paths, in selection order
     images: list[bytes]  # encoded images
-    preprocess: Callable[[bytes], np.ndarray]  # encoded image -> network input [S, S, 3]
     preprocessing: str  # names the preprocessing (part of the identity)
     requested: int  # N asked for (the folder may hold fewer)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): unreadable or undecodable
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """Return the calibration's identity (see the module docstring)."""
+        """Return the calibration's identity (see the module docstring); hashed once."""
         digest = hashlib.sha256(f"{self.preprocessing}\n".encode())
         for image_sha in sorted(hashlib.sha256(data).hexdigest() for data in self.images):
             digest.update(f"{image_sha}\n".encode())
         return digest.hexdigest()
 
-    def inputs(self) -> list[np.ndarray]:
-        """Return the network inputs [S, S, 3] of the images that decode; the others are added to ``skipped``."""
+    def inputs(self, preprocess: Callable[[bytes], np.ndarray]) -> list[np.ndarray]:
+        """Return the network inputs [S, S, 3] (``preprocess`` of each image) of the images that decode.
+
+        The others are added to ``skipped``.
+        """
         arrays = []
         for name, data in zip(self.names, self.images):
             try:
-                arrays.append(self.preprocess(data))
+                arrays.append(preprocess(data))
             except ImgclfError as exc:
                 self.skipped.append((name, str(exc)))
         if not arrays:
@@ -79,29 +94,24 @@ def choose(names: Sequence[str], n: int) -> list[int]:
     return order[:n]
 
 
-def calibration_from_dir(image_dir: str | Path, n: int, preprocess: Callable[[bytes], np.ndarray],
-                         preprocessing: str) -> Calibration:
-    """Choose and read ``n`` calibration images of a labelled image folder (one sub-folder per class).
+def choose_calibration(images: ImageDirectory, n: int, preprocessing: str) -> Calibration:
+    """Choose and read ``n`` calibration images of a labelled image folder, scanned or listed by the caller.
 
     Raises:
-        UsageError: ``n`` is below 1, or the folder holds no readable image.
-        ValueError: the folder is missing or has no class folder with images.
+        UsageError: ``n`` is below 1, or none of the chosen images can be read.
     """
-    from imgclf.featurizer.images.folders import scan_image_dir
-
     if n < 1:
         raise UsageError(f"--calibration-images must be at least 1; received {n}")
-    directory = scan_image_dir(image_dir)
-    entries = directory.entries
-    names, images, skipped = [], [], []
+    entries = images.entries
+    names, data, skipped = [], [], []
     for index in choose([e.rel_path for e in entries], n):
-        entry = entries[index]
+        rel_path = entries[index].rel_path
         try:
-            images.append(entry.path.read_bytes())
-            names.append(entry.rel_path)
+            data.append(images.read(rel_path))
+            names.append(rel_path)
         except OSError as exc:
-            skipped.append((entry.rel_path, f"cannot read file: {exc.strerror or exc}"))
-    if not images:
-        raise UsageError(f"int8 calibration: no readable image in {str(image_dir)!r}")
-    log.info("int8 calibration: %d image(s) of %s", len(images), directory.root)
-    return Calibration(names, images, preprocess, preprocessing, n, skipped)
+            skipped.append((rel_path, f"cannot read file: {exc.strerror or exc}"))
+    if not data:
+        raise UsageError(f"int8 calibration: no readable image in {str(images.root)!r}")
+    log.info("int8 calibration: %d image(s) of %s", len(data), images.root)
+    return Calibration(names, data, preprocessing, n, skipped)

@@ -1,18 +1,20 @@
 """The featurizer: encoded images in, bottleneck vectors out, in batches.
 
 :class:`Featurizer` owns one loaded graph (see :mod:`imgclf.featurizer.graph.load`), its
-precision and the preprocessing that must match the graph. Its fingerprint —
-graph sha256, bottleneck tensor, precision, preprocessing, decode mode — keys the
-feature cache, so vectors of different graphs, precisions or decodings never mix.
+precision and the preprocessing that must match the graph. Its identity
+(:mod:`imgclf.featurizer.store.identity`), made once when it loads, has the
+fingerprint — graph sha256, bottleneck tensor, precision, preprocessing, decode
+mode — that keys the feature cache, so vectors of different graphs, precisions
+or decodings never mix.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +31,11 @@ from imgclf.featurizer.images.decode import (
     resize_bilinear,
 )
 from imgclf.featurizer.runtime.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
-from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES, Calibration, choose_calibration
+from imgclf.featurizer.store.identity import FeaturizerIdentity, fingerprint_of
+
+if TYPE_CHECKING:
+    from imgclf.featurizer.images.folders import ImageDirectory
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +57,24 @@ class FeaturizerConfig:
     # it changes what may load, not what the graph computes.
     allow_unsafe_ops: bool = False
     backend: str = DEFAULT_BACKEND  # tensorflow | openvino | auto (imgclf.featurizer.runtime.backend)
-    # int8 (OpenVINO): calibrate on this many images of calibration_dir (imgclf.featurizer.runtime.calibration).
+    # int8 (OpenVINO): calibrate on this many images of the folder being featurized (calibration_for).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
-    calibration_dir: Path | None = None  # the labelled folder being featurized; int8 needs it
     openvino_cache: Path | None = None  # converted/compiled OpenVINO models (None = $IMGCLF_HOME/openvino)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Return whether this featurizer calibrates on images: int8 (TensorFlow refuses int8 when it loads)."""
+        return self.precision == "int8" and self.backend != "tensorflow"
 
 
 class Featurizer:
     """A loaded graph that turns images into bottleneck vectors."""
 
-    def __init__(self, config: FeaturizerConfig):
-        """Load ``config.graph``.
+    def __init__(self, config: FeaturizerConfig, calibration: Calibration | None = None):
+        """Load ``config.graph``; int8 quantizes on ``calibration`` (see :func:`calibration_for`), else it is unused.
 
         Raises:
+            UsageError: int8 without ``calibration``.
             GraphError: the graph cannot be read or lacks the contract's tensors.
             UnsafeGraph: it holds ops outside the inference allow-list and
                 ``config.allow_unsafe_ops`` is not set.
@@ -73,26 +84,24 @@ class Featurizer:
         self.contract = contract_from_graph(graph_def, config.contract)
         self.backend = resolve_backend(config.backend)
         check_backend_precision(self.backend, config.precision)
-        self.calibration = None
+        self.calibration: Calibration | None = None  # int8's; part of the fingerprint
         if self.backend == "openvino":
-            self.graph = self._openvino_graph(graph_def)
+            self.graph = self._openvino_graph(graph_def, calibration)
             self.precision = self.graph.precision
         else:
             self.precision = resolve_precision(config.precision)
             self.graph = BottleneckGraph(graph_def, self.contract, self.precision, config.threads,
                                          allow_unsafe_ops=config.allow_unsafe_ops)
         self.dim = self.graph.dim
-        self.fingerprint = hashlib.sha256(
-            json.dumps(self._key_parts(), sort_keys=True).encode()).hexdigest()
+        self.identity = self._identity()  # computed once: the cache, datasets, reports and model card take it
         report = self.graph.rewrite_report
         if report is not None and (report.folded_batch_norms or report.rewritten_batch_norms
                                    or report.rewritten_concats):
             log.info("rewrote legacy ops: %d batch norms folded, %d rewritten, %d Concat -> ConcatV2",
                      report.folded_batch_norms, report.rewritten_batch_norms, report.rewritten_concats)
 
-    def _openvino_graph(self, graph_def):
-        """Convert the graph for OpenVINO (cached on disk), calibrating on the image folder for int8."""
-        from imgclf.featurizer.runtime.calibration import calibration_from_dir
+    def _openvino_graph(self, graph_def, calibration: Calibration | None):
+        """Convert the graph for OpenVINO (cached on disk), quantizing on ``calibration`` for int8."""
         from imgclf.featurizer.runtime.openvino import OpenVINOGraph, resolve_openvino_precision
 
         config = self.config
@@ -102,14 +111,13 @@ class Featurizer:
             check_graph_def(graph_def)
         precision = resolve_openvino_precision(config.precision)
         if precision == "int8":
-            if config.calibration_dir is None:
+            if calibration is None:
                 raise UsageError("int8 precision calibrates on the images being featurized; this featurizer "
-                                 "was given no image folder (FeaturizerConfig.calibration_dir)")
-            self.calibration = calibration_from_dir(config.calibration_dir, config.calibration_images,
-                                                    self.preprocess, PREPROCESSING)
+                                 "was given none (Featurizer(config, calibration_for(config, images)))")
+            self.calibration = calibration
         return OpenVINOGraph.from_graph_def(graph_def, self.graph_sha256, self.contract, precision,
                                             threads=config.threads.intra_op, cache_dir=config.openvino_cache,
-                                            calibration=self.calibration)
+                                            calibration=self.calibration, preprocess=self.preprocess)
 
     def _key_parts(self) -> dict:
         return {**self._backend_key_parts(),
@@ -128,13 +136,23 @@ class Featurizer:
             parts["calibration_sha256"] = self.calibration.sha256
         return parts
 
-    def describe(self) -> dict:
-        """Return what this featurizer is, JSON-ready (for caches, reports, model cards)."""
-        described = {**self._key_parts(), "fingerprint": self.fingerprint, "dim": self.dim,
+    def _identity(self) -> FeaturizerIdentity:
+        """Return the fingerprint of the key parts and the description (what is shown too), made once."""
+        parts = self._key_parts()
+        described = {**parts, "fingerprint": fingerprint_of(parts), "dim": self.dim,
                      "graph": str(self.config.graph), "contract": self.contract.describe(), "backend": self.backend}
         if self.backend == "openvino":
             described["openvino"] = self.graph.describe()
-        return described
+        return FeaturizerIdentity.from_description(described)
+
+    @property
+    def fingerprint(self) -> str:
+        """Return the sha256 that keys this featurizer's vectors (:attr:`identity`'s)."""
+        return self.identity.fingerprint
+
+    def describe(self) -> dict:
+        """Return what this featurizer is, JSON-ready (a copy of :attr:`identity`'s description)."""
+        return self.identity.describe()
 
     @property
     def min_batch(self) -> int:
@@ -189,15 +207,31 @@ class Featurizer:
         """Release the TensorFlow session or the OpenVINO compiled model."""
         self.graph.close()
 
+    def __enter__(self) -> Featurizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def calibration_for(config: FeaturizerConfig, images: ImageDirectory | str | os.PathLike) -> Calibration | None:
+    """Return the int8 calibration ``config`` needs, chosen from the folder being featurized, or None.
+
+    Args:
+        images: the caller's scan or listing of the folder (a job has one), or the folder itself,
+            scanned here only when ``config`` needs a calibration. The featurizer never reads a folder.
+    """
+    from imgclf.featurizer.images.folders import ImageDirectory, scan_image_dir
+
+    if not config.needs_calibration:
+        return None
+    directory = images if isinstance(images, ImageDirectory) else scan_image_dir(images)
+    return choose_calibration(directory, config.calibration_images, PREPROCESSING)
+
 
 def decode_key(decode: str) -> dict:
     """Return the fingerprint part of a decode mode: none for "exact" (keys made before it existed stay valid)."""
     return {} if check_decode(decode) == "exact" else {"decode": decode}
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Return the hex sha256 of ``data`` (the image part of a cache key)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def default_decode_threads() -> int:

@@ -45,6 +45,7 @@ import queue
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,7 @@ class OpenVINOGraph:
     @classmethod
     def from_graph_def(cls, graph_def, graph_sha256: str, contract: GraphContract = DEFAULT_CONTRACT,
                        precision: str = "fp32", *, threads: int = 0, cache_dir: Path | None = None,
-                       calibration=None) -> OpenVINOGraph:
+                       calibration=None, preprocess: Callable[[bytes], np.ndarray] | None = None) -> OpenVINOGraph:
         """Convert (or take from the cache) and compile a frozen featurizer GraphDef as it was loaded.
 
         Args:
@@ -180,11 +181,13 @@ class OpenVINOGraph:
             precision: fp32, bf16 or int8 (resolved; see :func:`resolve_openvino_precision`).
             threads: inference threads (0 = OpenVINO picks: all usable cores).
             calibration: a :class:`~imgclf.featurizer.runtime.calibration.Calibration`; required for int8.
+            preprocess: encoded image → network input [S, S, 3], for the calibration images; required for
+                int8 (used only when the quantized model is not in the cache).
         """
         from imgclf.featurizer.graph.load import inference_graph_def
 
         ov = require_openvino()
-        if precision == "int8" and calibration is None:
+        if precision == "int8" and (calibration is None or preprocess is None):
             raise UsageError("int8 precision needs calibration images (the featurized folder; "
                              "--calibration-images N)")
         version = ov.get_version()
@@ -196,7 +199,7 @@ class OpenVINOGraph:
         report = None
         if not _complete(ir_dir):
             graph, report = inference_graph_def(graph_def, contract)
-            _build_ir(ov, graph, precision, calibration, ir_dir, parts)
+            _build_ir(ov, graph, precision, calibration, preprocess, ir_dir, parts)
         else:
             log.info("OpenVINO model from the cache: %s", ir_dir)
         info = {"openvino_version": version, "ir_key": key, "int8_recipe": recipe,
@@ -238,9 +241,7 @@ class OpenVINOGraph:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return float32 bottlenecks [N, D] for normalised float32 images [N, S, S, 3]; safe from any thread."""
-        size = self.contract.input_size
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"images must be [N, {size}, {size}, 3]; received shape {images.shape}")
+        self.contract.check_images(images)
         if self.compiled is None:
             raise GraphError("this OpenVINO featurizer is closed")
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -347,7 +348,7 @@ def _compile(ov, xml: Path, precision: str, threads: int, cache: Path | None, ba
     return compiled
 
 
-def _build_ir(ov, graph_def, precision: str, calibration, ir_dir: Path, parts: dict) -> None:
+def _build_ir(ov, graph_def, precision: str, calibration, preprocess, ir_dir: Path, parts: dict) -> None:
     """Convert (and for int8 quantize) ``graph_def``; write IR + meta into ``ir_dir`` atomically."""
     started = time.perf_counter()
     try:
@@ -361,7 +362,7 @@ def _build_ir(ov, graph_def, precision: str, calibration, ir_dir: Path, parts: d
     log.info("OpenVINO converted the graph in %.1f s", time.perf_counter() - started)
     meta = {"key": parts, "created": time.time()}
     if precision == "int8":
-        model, meta["calibration"] = _quantize(model, calibration, parts.get("int8_recipe", "vnni"))
+        model, meta["calibration"] = _quantize(model, calibration, preprocess, parts.get("int8_recipe", "vnni"))
     ir_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{ir_dir.name[:16]}-", dir=ir_dir.parent))
     try:
@@ -380,12 +381,12 @@ def _build_ir(ov, graph_def, precision: str, calibration, ir_dir: Path, parts: d
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _quantize(model, calibration, recipe: str = "vnni") -> tuple[object, dict]:
+def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[object, dict]:
     """Return ``model`` quantized to int8 by NNCF on the calibration images (``recipe``: :data:`INT8_RECIPES`)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    inputs = calibration.inputs()
+    inputs = calibration.inputs(preprocess)
     started = time.perf_counter()
     log.info("int8: quantizing with NNCF on %d calibration image(s)", len(inputs))
     dataset = nncf.Dataset(inputs, lambda array: array[None])

@@ -30,10 +30,11 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from imgclf.featurizer.store.identity import FeaturizerIdentity
 from imgclf.featurizer.store.object_store import Location, open_location, require
 
 log = logging.getLogger(__name__)
@@ -42,42 +43,6 @@ FORMAT = "imgclf-feature-dataset/1"
 DATASET_FILE = "dataset.json"
 SHARD_PREFIX, SHARD_SUFFIX = "part-", ".parquet"
 DEFAULT_SHARD_ROWS = 1024  # ~8 MB of features per shard at 2048-d
-COLUMNS = ("path", "label", "label_name", "image_sha256", "featurizer_sha256", "precision", "features")
-
-
-@dataclass(frozen=True)
-class FeaturizerIdentity:
-    """What made a vector: the one key deciding which rows may mix (mirrors the feature cache's key).
-
-    ``parts`` is the featurizer's own description (``Featurizer.describe()``): whatever
-    its fingerprint hashes (graph, tensors, precision, preprocessing, and fields such as a
-    backend or a decoder as they are added there) rides along without a change here.
-    """
-
-    fingerprint: str  # sha256 over the parts; the feature cache's featurizer key
-    precision: str  # fp32 | bf16 | fp16, resolved
-    dim: int  # length of the vectors
-    parts: Mapping = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def from_description(cls, description: Mapping) -> FeaturizerIdentity:
-        """Return the identity of a featurizer from its ``describe()``."""
-        parts = {k: v for k, v in description.items() if k != "graph"}  # a local path is no identity
-        return cls(str(description["fingerprint"]), str(description["precision"]), int(description["dim"]), parts)
-
-    @property
-    def folder(self) -> str:
-        """Return the sub-folder of DEST that holds this identity's shards."""
-        return f"featurizer-{self.fingerprint[:16]}"
-
-    def to_dict(self) -> dict:
-        """Return the identity JSON-ready."""
-        return {**self.parts, "fingerprint": self.fingerprint, "precision": self.precision, "dim": self.dim}
-
-    def summary(self) -> str:
-        """Return a short human description."""
-        graph = str(self.parts.get("graph_sha256", "?"))[:12]
-        return f"{self.precision}, {self.dim}-d, graph sha256 {graph}, fingerprint {self.fingerprint[:12]}"
 
 
 @dataclass
@@ -145,12 +110,6 @@ def read_rows(location: Location, identity: FeaturizerIdentity, with_features: b
     features = np.stack([latest[p][2] for p in ordered]).astype(np.float32) if with_features and ordered \
         else np.zeros((0, identity.dim), np.float32)
     return FeatureTable(ordered, [latest[p][0] for p in ordered], [latest[p][1] for p in ordered], features)
-
-
-def dataset_identities(location: Location) -> list[FeaturizerIdentity]:
-    """Return the identities DEST's manifest lists."""
-    manifest = read_manifest(location)
-    return [FeaturizerIdentity.from_description(entry["featurizer"]) for entry in manifest["featurizers"].values()]
 
 
 class FeatureDatasetWriter:
@@ -312,7 +271,7 @@ class DatasetCache:
 
     def reader(self, path: str, label_name: str, read):
         """Return a ``read()`` for the pipeline that records which path the bytes it returns belong to."""
-        from imgclf.featurizer.runtime.featurizer import sha256_bytes
+        from imgclf.featurizer.store.identity import sha256_bytes
 
         def read_and_note() -> bytes:
             data = read()

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imgclf.featurizer.jobs import ray_engine
-from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
+from imgclf.featurizer.images import sources
+from imgclf.featurizer.store.dataset import load_features, read_manifest
+from imgclf.featurizer.store.identity import FeaturizerIdentity
 from imgclf.featurizer.store.object_store import open_location
 from imgclf.service.cli.main import main
 from tests.support import images
@@ -113,12 +114,12 @@ def test_s3_to_s3_on_the_cluster_equals_the_local_engine_and_trains_the_same_mod
 
     def list_then_delete(source):
         listed = real_listing(source)
-        assert "cats/vanishing.jpg" in [image.rel_path for image in listed.images]
+        assert "cats/vanishing.jpg" in [image.rel_path for image in listed.entries]
         listed.location.delete("cats/vanishing.jpg")
         return listed
 
-    real_listing = ray_engine.open_image_source
-    monkeypatch.setattr(ray_engine, "open_image_source", list_then_delete)
+    real_listing = sources.open_image_source
+    monkeypatch.setattr(sources, "open_image_source", list_then_delete)
     report = tmp_path / "report.json"
     assert _featurize("s3://ray-images/photos/", legacy_graph_path, "s3://ray-features/run1", "--engine", "ray",
                       "--ray-address", cluster.address, "--actors", "2", "--batch-size", "4", "--shard-rows", "5",

@@ -23,8 +23,8 @@ def int8_repo(tmp_path_factory, legacy_graph_path):
 
     root = tmp_path_factory.mktemp("int8_repo")
     images = write_demo_images(root / "images", per_class=8)
-    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_dir=images,
-                              calibration_images=16, openvino_cache=root / "ov")
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=16,
+                              openvino_cache=root / "ov")
     outcome = run_train(TrainJob(image_dir=images, featurizer=config, cache=root / "features.sqlite",
                                  model_dir=root / "models", name="shapes-int8", progress=False))
     return outcome.version_dir, config, images
@@ -43,14 +43,14 @@ def test_an_openvino_export_carries_its_ir_and_says_so(int8_repo):
 
 def test_served_on_openvino_it_predicts_as_its_training_features_say(int8_repo):
     """The card's backend serves the very IR training used: same features, so the head sees what it learned on."""
-    from imgclf.featurizer.runtime.featurizer import Featurizer
+    from imgclf.featurizer.runtime.featurizer import Featurizer, calibration_for
 
     version_dir, config, images = int8_repo
     model = load_model(version_dir)
     assert model.backend == "openvino" and model.featurizer_graph.precision == "int8"
     files = sorted(images.rglob("*.jpg"))[:6]
     inputs = np.stack([model.preprocess(f.read_bytes())[1] for f in files])
-    featurizer = Featurizer(config)  # the training featurizer, from its cache
+    featurizer = Featurizer(config, calibration_for(config, images))  # the training featurizer, from its cache
     try:
         expected = model.predict_bottlenecks(featurizer.run(inputs))
     finally:

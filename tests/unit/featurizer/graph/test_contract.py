@@ -1,5 +1,8 @@
 """The 2015 tensor names live in one module; this test pins them."""
 
+import numpy as np
+import pytest
+
 from imgclf.featurizer.graph import contract
 
 
@@ -19,3 +22,10 @@ def test_overrides_keep_unset_fields():
     assert custom.image_input == "Mul:0"
     assert contract.node_name("pool_3/_reshape:0") == "pool_3/_reshape"
     assert contract.node_name("^ctrl") == "ctrl"
+
+
+@pytest.mark.parametrize("shape", [(299, 299, 3), (2, 299, 299), (2, 224, 224, 3), (2, 299, 299, 1)])
+def test_a_batch_of_the_wrong_shape_is_refused(shape):
+    with pytest.raises(ValueError, match=r"images must be \[N, 299, 299, 3\]; received shape"):
+        contract.DEFAULT_CONTRACT.check_images(np.zeros(shape, np.float32))
+    contract.DEFAULT_CONTRACT.check_images(np.zeros((2, 299, 299, 3), np.float32))

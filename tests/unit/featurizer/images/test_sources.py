@@ -31,9 +31,8 @@ def test_a_local_source_is_the_image_directory(tmp_path):
     root = _folder(tmp_path / "photos")
     source, directory = open_image_source(root), scan_image_dir(root)
     assert source.label_names == directory.label_names == ["cats", "dogs"]
-    assert [(i.rel_path, i.label) for i in source.images] == [(e.rel_path, e.label) for e in directory.entries]
-    assert source.read("dogs/c.jpeg") == (root / "dogs" / "c.jpeg").read_bytes()
-    assert source.as_directory().entries[0].path == directory.entries[0].path
+    assert source.entries == directory.entries and source.root == directory.root
+    assert source.read("dogs/c.jpeg") == directory.read("dogs/c.jpeg") == (root / "dogs" / "c.jpeg").read_bytes()
 
 
 def test_a_bucket_source_follows_the_same_rules(tmp_path, s3_env, monkeypatch):
@@ -44,10 +43,10 @@ def test_a_bucket_source_follows_the_same_rules(tmp_path, s3_env, monkeypatch):
     source = open_image_source("s3://source-bucket/photos/")
     local = open_image_source(root)
     assert source.label_names == local.label_names
-    assert [(i.rel_path, i.label) for i in source.images] == [(i.rel_path, i.label) for i in local.images]
+    assert [(i.rel_path, i.label) for i in source.entries] == [(i.rel_path, i.label) for i in local.entries]
     assert source.ignored == 4  # the hidden file, the hidden folder's file, the text file, the loose file
     assert source.read("cats/sub/b.PNG") == (root / "cats" / "sub" / "b.PNG").read_bytes()
-    assert source.fs_path("dogs/c.jpeg") == "source-bucket/photos/dogs/c.jpeg"
+    assert source.location.path("dogs/c.jpeg") == "source-bucket/photos/dogs/c.jpeg"
     s3_client(s3_env).put_object(Bucket="source-bucket", Key="flat/a.jpg", Body=b"x")
     with pytest.raises(ValueError, match="has no class sub-folder with images"):
         open_image_source("s3://source-bucket/flat")
@@ -61,7 +60,8 @@ def _featurize(source, graph, dest):
 
 
 def test_the_local_engine_reads_a_bucket_as_it_reads_the_folder(tmp_path, s3_env, monkeypatch, legacy_graph_path):
-    from imgclf.featurizer.store.dataset import FeaturizerIdentity, load_features, read_manifest
+    from imgclf.featurizer.store.dataset import load_features, read_manifest
+    from imgclf.featurizer.store.identity import FeaturizerIdentity
     from imgclf.featurizer.store.object_store import open_location
 
     for name, value in s3_env.items():

@@ -8,19 +8,18 @@ import pytest
 from imgclf.core.errors import GraphError
 from imgclf.featurizer.jobs.pipeline import NON_FINITE, WorkItem, extract
 from imgclf.featurizer.store.cache import FeatureCache
+from imgclf.featurizer.store.identity import FeaturizerIdentity
 
 
 class StandInFeaturizer:
     """Image bytes [v, ...] → vector [v, v, v, v]; the graph fails on values in ``fail`` and gives NaN for ``nan``."""
 
-    fingerprint = "stand-in"
+    identity = FeaturizerIdentity("stand-in", "fp32", 4, {"stand_in": True})
+    fingerprint = identity.fingerprint
 
     def __init__(self, fail=(), nan=(), error=RuntimeError):
         self.fail, self.nan, self.error = set(fail), set(nan), error
         self.batches = []
-
-    def describe(self) -> dict:
-        return {"stand_in": True}
 
     def decode(self, data: bytes) -> np.ndarray:
         return np.full((2, 2, 3), data[0], np.uint8)

@@ -14,7 +14,8 @@ import pytest
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.sources import open_image_source
 from imgclf.featurizer.jobs.ray_engine import KNOWN, OK, GraphActor, RayOptions, _preprocess, check_address
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, sha256_bytes
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.store.identity import sha256_bytes
 from imgclf.featurizer.store.object_store import open_location
 from imgclf.service.cli.main import main
 from tests.support import images
@@ -62,6 +63,29 @@ def test_decode_task_and_actor_compute_what_the_featurizer_computes(featurizer, 
     actor.featurizer.close()
 
 
+def test_an_int8_actor_quantizes_on_the_calibration_the_driver_hands_it(legacy_graph_path, tmp_path):
+    """The actors get the driver's calibration (pickled, as Ray ships it) and never read SOURCE for it."""
+    import pickle
+    import shutil
+
+    from imgclf.featurizer.images.demo import write_demo_images
+    from imgclf.featurizer.runtime.featurizer import calibration_for
+
+    pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
+    root = write_demo_images(tmp_path / "src", per_class=3)
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=6,
+                              openvino_cache=tmp_path / "ov")
+    calibration = calibration_for(config, open_image_source(root))
+    with Featurizer(config, calibration) as driver:
+        fingerprint = driver.fingerprint
+    shutil.rmtree(root)
+    actor = GraphActor(config, fingerprint, pickle.loads(pickle.dumps(calibration)))
+    try:
+        assert actor.featurizer.identity.description["calibration_sha256"] == calibration.sha256
+    finally:
+        actor.featurizer.close()
+
+
 def test_decode_tasks_decode_as_the_job_says(legacy_graph_path, tmp_path):
     """--decode fast reaches the Ray decode tasks: they compute what the fast featurizer does, not exact."""
     photo = images.jpeg(7, (1600, 1300))  # 1/2 DCT scaling keeps both sides >= 2 x 299 (800 x 650)
@@ -88,7 +112,7 @@ def test_unreadable_files_are_skipped_with_the_local_engines_reason(featurizer, 
     root = _folder(tmp_path / "src", {"cats/a.jpg": photos[0], "cats/gone.jpg": photos[1], "dogs/b.jpg": photos[2]})
     (root / "dogs" / "link.jpg").symlink_to(root / "dogs" / "missing.jpg")  # broken, pointing inside the folder
     source = open_image_source(root)
-    rels = [image.rel_path for image in source.images]
+    rels = [image.rel_path for image in source.entries]
     assert rels == ["cats/a.jpg", "cats/gone.jpg", "dogs/b.jpg", "dogs/link.jpg"]  # both listed
     (root / "cats" / "gone.jpg").unlink()  # deleted between the listing and the read
     out = _preprocess(_batch(rels), location=source.location, contract=featurizer.contract, max_pixels=10**7,

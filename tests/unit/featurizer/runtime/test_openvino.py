@@ -1,5 +1,6 @@
 """The OpenVINO backend against TensorFlow fp32: fidelity per precision, the IR cache, fingerprints, int8 heads."""
 
+import shutil
 import threading
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ pytest.importorskip("nncf", reason="the imgclf[openvino] extra (NNCF) is not ins
 from imgclf.core.errors import GraphError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.demo import write_demo_images
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.runtime.openvino import OpenVINOGraph, native_bf16
 from tests.support import images
 
@@ -40,8 +41,9 @@ def ov_cache(tmp_path_factory):
 
 
 def _openvino(graph, precision, cache, calibration_dir=None, calibration_images=64):
-    return Featurizer(FeaturizerConfig(graph, precision=precision, backend="openvino", openvino_cache=cache,
-                                       calibration_dir=calibration_dir, calibration_images=calibration_images))
+    config = FeaturizerConfig(graph, precision=precision, backend="openvino", openvino_cache=cache,
+                              calibration_images=calibration_images)
+    return Featurizer(config, calibration_for(config, calibration_dir) if calibration_dir else None)
 
 
 def _inputs(featurizer, demo_dir):
@@ -218,6 +220,19 @@ def test_int8_calibration_is_reproducible_cached_and_keyed(legacy_graph_path, de
     finally:
         for featurizer in (a, b, c):
             featurizer.close()
+
+
+def test_the_featurizer_quantizes_on_the_calibration_it_is_handed_and_never_reads_the_folder(
+        legacy_graph_path, tmp_path):
+    root = write_demo_images(tmp_path / "images", per_class=4, seed=5)
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=8,
+                              openvino_cache=tmp_path / "ov")
+    calibration = calibration_for(config, root)
+    shutil.rmtree(root)  # gone: the constructor must not look for it
+    with Featurizer(config, calibration) as featurizer:
+        assert featurizer.calibration is calibration
+        assert featurizer.describe()["calibration_sha256"] == calibration.sha256
+        assert featurizer.describe()["openvino"]["calibration"]["images"] == 8
 
 
 def test_fingerprints_key_on_backend_and_precision(legacy_graph_path, tmp_path):

@@ -10,12 +10,12 @@ import pytest
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
 from imgclf.featurizer.store.dataset import (
     FeatureDatasetWriter,
-    FeaturizerIdentity,
     load_features,
     read_manifest,
     read_rows,
     shard_names,
 )
+from imgclf.featurizer.store.identity import FeaturizerIdentity
 from imgclf.featurizer.store.object_store import open_location
 from imgclf.service.cli.main import main
 from tests.support import images
@@ -123,7 +123,7 @@ def test_local_engine_writes_the_dataset_and_a_rerun_computes_only_what_is_new(t
     assert _featurize(data, legacy_graph_path, dest, "--shard-rows", "4", "--report", str(report),
                       "--output", str(tmp_path / "f.npz")) == 0
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
-    identity = FeaturizerIdentity.from_description(featurizer.describe())
+    identity = featurizer.identity
     table, entry = load_features(dest, identity)
     assert table.paths == [f"cats/cats_{i}.jpg" for i in range(3)] + [f"dogs/dogs_{i}.jpg" for i in range(3)]
     assert table.label_names == ["cats"] * 3 + ["dogs"] * 3
