@@ -66,7 +66,7 @@ def test_batches_and_load_time_are_recorded_per_model(app):
     assert value(before, "imgclf_batch_size_count", model="shapes") == 1  # the warm-up call
     assert value(before, "imgclf_model_load_seconds", model="shapes") > 0
     size = int(served.model.card["featurizer"]["contract"]["input_size"])
-    served.predict(np.zeros((3, size, size, 3), np.float32))
+    served.predict(np.zeros((3, size, size, 3), np.float32), served.signature())
     after = scrape(client)
     assert value(after, "imgclf_batch_size_count", model="shapes") == 2
     assert value(after, "imgclf_batch_size_sum", model="shapes") == 1 + 3
