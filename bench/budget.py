@@ -34,6 +34,7 @@ import requests
 from PIL import Image
 
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.server import launch
 from tests.support.images import jpeg
 from tests.support.processes import children_of, free_port
 
@@ -79,7 +80,7 @@ def start(repo: Path, extra: dict, tmp: Path) -> tuple[subprocess.Popen, str, in
     env.update(TMPDIR=str(tmp), IMGCLF_BATCH_MAX_WAIT_MS="2", IMGCLF_TIMEOUT="300", **extra)
     tmp.mkdir(parents=True, exist_ok=True)
     log = open(tmp / "gunicorn.log", "wb")
-    process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(launch.gunicorn_argv(), env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -44,6 +44,7 @@ import requests
 from PIL import Image
 
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.server import launch
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,7 +262,7 @@ class Server:
         if not front:
             env["IMGCLF_MAX_REQUEST_PIXELS"] = "0"  # the budget off, where the setting exists
         self.log = log
-        argv = serve_cli.front_argv() if front else serve_cli.gunicorn_argv()
+        argv = serve_cli.front_argv() if front else launch.gunicorn_argv()
         with open(log, "wb") as out:
             self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)

@@ -44,6 +44,7 @@ import requests
 from PIL import Image
 
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.server import launch
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ class Server:
         env["IMGCLF_PRECISION"] = precision
         self.log = log
         with open(log, "wb") as out:
-            self.process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, stdout=out,
+            self.process = subprocess.Popen(launch.gunicorn_argv(), env=env, stdout=out,
                                             stderr=subprocess.STDOUT)
 
     def wait_ready(self, workers: int) -> None:

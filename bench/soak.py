@@ -47,6 +47,7 @@ import numpy as np
 import requests
 
 from imgclf.service.cli import serve as serve_cli
+from imgclf.service.server import launch
 from tests.support.processes import children_of, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the conf makes a fresh one, under TMPDIR
         env.update(TMPDIR=str(self.tmp), IMGCLF_PRECISION="fp32", **(extra_env or {}))
         with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(serve_cli.gunicorn_argv(), env=env, cwd=self.tmp, stdout=out,
+            self.process = subprocess.Popen(launch.gunicorn_argv(), env=env, cwd=self.tmp, stdout=out,
                                             stderr=subprocess.STDOUT)
 
     def log_tail(self, chars: int = 4000) -> str:
