@@ -356,6 +356,17 @@ def service(graph: Path, jpeg: bytes, backend: str, precision: str, concurrency:
 
 
 def main() -> None:
+    args = parse_args()
+    setup = prepare(args)
+    ours_label = f"{setup['backend']} {setup['best']}"
+    runs = [measure_round(r, args, setup["graph"], setup["backend"], setup["best"], ours_label, setup["small"],
+                          setup["phones"], setup["small_dir"], setup["phone_dir"], setup["same_dir"], setup["jpeg"],
+                          setup["keras_policy"]) for r in range(args.rounds)]
+    report(args, runs, ours_label, setup)
+
+
+def parse_args() -> argparse.Namespace:
+    """Return the command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=320, help="~500x375 photos (default: %(default)s)")
     parser.add_argument("--phone-images", type=int, default=96,
@@ -375,8 +386,11 @@ def main() -> None:
                              "minutes) (default: %(default)s)")
     parser.add_argument("--batching-off", action="store_true", help="also serve with batching off (the ratio)")
     parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Build the graph and the image sets, print the machine and its compute limit; return what a round needs."""
     OUT.mkdir(parents=True, exist_ok=True)
     graph = build_graph(args.graph or GRAPH)
     # One class sub-folder each (what `imgclf featurize` reads); a rerun with other counts starts afresh.
@@ -413,10 +427,15 @@ def main() -> None:
     print(f"{len(small)} photos ~500x375, {len(phones)} phone JPEGs 4000x3000, graph {graph.name}, batch {BATCH}; "
           f"imgclf: {backend} {best}", flush=True)
 
-    ours_label = f"{backend} {best}"
-    runs = [measure_round(r, args, graph, backend, best, ours_label, small, phones, small_dir, phone_dir, same_dir,
-                          jpeg, keras_policy) for r in range(args.rounds)]
+    return {"graph": graph, "small": small, "phones": phones, "small_dir": small_dir, "phone_dir": phone_dir,
+            "same_dir": same_dir, "jpeg": jpeg, "backend": backend, "best": best, "keras_policy": keras_policy,
+            "float_precision": float_precision, "float_peak": float_peak, "int8_peak": int8_peak}
 
+
+def report(args: argparse.Namespace, runs: list[dict], ours_label: str, setup: dict) -> None:
+    """Print every rate and ratio: the median of the rounds beside each round's value, then the fidelity."""
+    best, keras_policy = setup["best"], setup["keras_policy"]
+    float_precision, float_peak, int8_peak = setup["float_precision"], setup["float_peak"], setup["int8_peak"]
     # The phone photos' ceiling: with every core busy, a 12-MP image costs what a 500x375 one does
     # (cores / its end-to-end rate) plus the extra CPU of decoding it (measured on one thread in the same round).
     for run in runs:
