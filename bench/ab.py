@@ -51,7 +51,8 @@ def serve_figures(output: str, concurrency: int) -> dict[str, float]:
         match = _SERVE_ROW.match(line)
         if match and int(match.group(1)) == concurrency:
             return {"req/s": float(match.group(4)), "p50 ms": float(match.group(5)), "p99 ms": float(match.group(7)),
-                    "errors": float(match.group(3)), "cpu ms/req": float(match.group(9))}
+                    "errors": float(match.group(3)), "img/call": float(match.group(8)),
+                    "cpu ms/req": float(match.group(9))}
     raise ValueError(f"no batching-ON row for concurrency {concurrency} in:\n{output[-2000:]}")
 
 

@@ -38,6 +38,8 @@ def predict():
     started = time.perf_counter()
     config = current_config()
     plane = current_plane()
+    # The whole request runs inside the lease: the version stays loaded and the request counts in flight (a
+    # batch gathering now waits for it) until its answer is made.
     with plane.model(requested_model(request)) as served:
         if not served.takes_pictures:
             raise BadRequest(f"model {served.name!r} is a regression model (x in, y out), not an image classifier; "
@@ -47,11 +49,15 @@ def predict():
         as_jpeg = _wants_jpeg()
         annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
         answer = plane.infer(served, InferenceRequest([data], keep_pictures=True))
+        return _answer(served, answer, k, annotate, as_jpeg, started)
+
+
+def _answer(served, answer, k: int, annotate: bool, as_jpeg: bool, started: float) -> Response:
+    """Return the top-k labels (JSON, with the annotated image if asked) or the annotated JPEG itself."""
     best = top_k(answer.outputs[names.PROBABILITIES_KEY][0], served.labels, k)
     jpeg = None
     if annotate:
-        jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], config.font or None)
-
+        jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], current_config().font or None)
     if as_jpeg:
         response = Response(jpeg, mimetype="image/jpeg")
     else:

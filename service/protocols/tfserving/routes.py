@@ -125,9 +125,9 @@ def predict(name: str, version: str | None = None, label: str | None = None):
         plane.check_count(len(items), where)  # before any picture is read
         inference = InferenceRequest(codec.pictures_decoded(items, served), signature.name, where=where)
         outputs = plane.infer(served, inference).outputs
-    if "instances" in body:
-        return jsonify(predictions=codec.rows(outputs))
-    return jsonify(outputs=codec.columns(outputs))
+        if "instances" in body:  # answered inside the lease: the request counts in flight until then
+            return jsonify(predictions=codec.rows(outputs))
+        return jsonify(outputs=codec.columns(outputs))
 
 
 def _json_body() -> dict:

@@ -101,11 +101,12 @@ def infer(name: str, version: str | None = None):
         parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
         inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs)
         outputs = plane.infer(served, inference).outputs
-    tensors = v2_model.encode_outputs(served, outputs, parsed.outputs, parsed.binary_output)
-    header = {"model_name": served.name, "model_version": str(served.version)}
-    if parsed.id is not None:
-        header["id"] = parsed.id
-    body, json_length = encode_response(header, tensors)
+        # Answered inside the lease: the request counts in flight until its answer is made.
+        tensors = v2_model.encode_outputs(served, outputs, parsed.outputs, parsed.binary_output)
+        header = {"model_name": served.name, "model_version": str(served.version)}
+        if parsed.id is not None:
+            header["id"] = parsed.id
+        body, json_length = encode_response(header, tensors)
     if json_length is None:
         return Response(body, status=200, mimetype="application/json")
     return Response(body, status=200, mimetype=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(json_length)})
