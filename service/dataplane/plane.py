@@ -97,7 +97,8 @@ class DataPlane:
         with self.budget.admit(pictures):
             if request.keep_pictures:
                 decoded = [served.decode_picture(value) for value in request.instances]
-                rgb, batch = [d[0] for d in decoded], np.stack([d[1] for d in decoded])
+                rgb = [d[0] for d in decoded]
+                batch = decoded[0][1][None] if len(decoded) == 1 else np.stack([d[1] for d in decoded])  # no copy
             else:
                 rgb, batch = None, served.decode_batch(request.instances, signature)
         decoded_at = time.perf_counter()
