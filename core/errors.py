@@ -10,6 +10,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed: bad data, a missing file, a diverged training, a download that failed
 EXIT_USAGE = 2  # bad arguments or settings (argparse exits with it too)
+# `imgclf train`: the candidate failed the publish gate (training.gate); it is kept under NAME/rejected/<time>/,
+# no version is published. Its own status, so a pipeline can tell "not good enough" from "broken".
+EXIT_REJECTED = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
@@ -53,6 +56,19 @@ class TrainingDiverged(ImgclfError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class CandidateRejected(ImgclfError):
+    """A trained candidate failed the publish gate and was not published (exit status 3).
+
+    ``report`` is the gate's report (:class:`imgclf.training.gate.GateReport`), ``kept_at`` the
+    directory the candidate was kept in (``NAME/rejected/<UTC time>/``), ``outcome`` the training
+    job's result, each None when not known.
+    """
+
+    def __init__(self, message: str, report=None, kept_at=None, outcome=None):
+        super().__init__(message)
+        self.report, self.kept_at, self.outcome = report, kept_at, outcome
+
+
 # --- what a request to the service can be refused with (each protocol maps them to its own statuses) -----------
 
 
@@ -83,15 +99,17 @@ TF_USER_ERRORS = ("PermissionDeniedError", "NotFoundError", "AlreadyExistsError"
 def exit_status(exc: BaseException) -> int | None:
     """Return the command-line exit status for ``exc``, or None for an error that is a bug (a traceback).
 
-    Bad arguments and settings give 2; every other error a user can act on — imgclf's own, a bad value
-    in the data (ValueError), a file that is missing or cannot be read or written (OSError, and
-    TensorFlow's file-system and out-of-memory errors), arithmetic that failed (FloatingPointError,
-    ZeroDivisionError) — gives 1; Ctrl-C gives 130.
+    Bad arguments and settings give 2; a candidate the publish gate rejected gives 3; every other error
+    a user can act on — imgclf's own, a bad value in the data (ValueError), a file that is missing or
+    cannot be read or written (OSError, and TensorFlow's file-system and out-of-memory errors),
+    arithmetic that failed (FloatingPointError, ZeroDivisionError) — gives 1; Ctrl-C gives 130.
     """
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, UsageError):
         return EXIT_USAGE
+    if isinstance(exc, CandidateRejected):
+        return EXIT_REJECTED
     if isinstance(exc, (ImgclfError, ValueError, OSError, ArithmeticError)) or is_tf_user_error(exc):
         return EXIT_FAILED
     return None

@@ -19,6 +19,10 @@ OPENVINO_FEATURIZER_FILE = "openvino/featurizer.xml"
 # A version directory is complete (servable) when it holds these; the rename makes both appear at once.
 REQUIRED_FILES = (SAVED_MODEL_FILE, MODEL_CARD_FILE)
 TEMP_PREFIX = ".export-"  # hidden work directory inside REPO/NAME; TF Serving skips non-integer names
+# A candidate the publish gate rejected is kept in REPO/NAME/rejected/<UTC time>/ (not an integer: no server
+# lists it), with its model card and the gate's report.
+REJECTED_DIR = "rejected"
+GATE_REPORT_FILE = "gate.json"
 
 # SavedModel signatures and their input and output keys.
 SERVING_SIGNATURE = "serving_default"  # encoded image bytes → outputs

@@ -2,7 +2,8 @@
 
 Names, versions and model cards: find models and versions, resolve what a user
 typed ("REPO/NAME" for the newest version, "REPO/NAME/VERSION" for one), read a
-version's model card, and publish a new version atomically. Only complete
+version's model card, and publish a new version atomically (or keep a candidate
+the publish gate rejected where no server looks). Only complete
 versions count: a version directory appears by one rename once everything in it
 is written (:func:`publish_version`), and hidden work directories are never
 listed. Loading a version to predict with it is its kind's business
@@ -149,16 +150,59 @@ def publish_version(repo: str | Path, name: str, write: Callable[[Path], dict]) 
     Raises:
         ValueError: ``name`` is not a safe model name.
     """
-    validate_name(name)
-    model_dir = Path(repo) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_work_dirs(model_dir)
+    model_dir = _model_dir(repo, name)
     work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
     try:
         return _publish(work, model_dir, write(work))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def keep_rejected(repo: str | Path, name: str, write: Callable[[Path], dict]) -> Path:
+    """Write a candidate the publish gate rejected to ``REPO/NAME/rejected/<UTC time>/``; return that directory.
+
+    The same care as :func:`publish_version` (a hidden work directory, synced, then one rename), but
+    the name is a timestamp, never an integer: no server lists it and the next version number is not
+    taken. ``write(work)`` returns the model card, written as it is.
+
+    Raises:
+        ValueError: ``name`` is not a safe model name.
+    """
+    model_dir = _model_dir(repo, name)
+    rejected = model_dir / names.REJECTED_DIR
+    rejected.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=names.TEMP_PREFIX, dir=model_dir))
+    try:
+        write_json_atomic(work / names.MODEL_CARD_FILE, write(work))
+        _finish_tree(work)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for attempt in range(_MAX_PUBLISH_ATTEMPTS):  # two rejections in one second: -1, -2, ...
+            target = rejected / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+            if target.exists():  # rename would replace an empty directory
+                continue
+            try:
+                os.rename(work, target)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            _sync_dir(rejected)
+            _sync_dir(model_dir)
+            return target
+        raise RuntimeError(f"could not find a free name in {str(rejected)!r}")  # pragma: no cover
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _model_dir(repo: str | Path, name: str) -> Path:
+    """Return ``REPO/NAME`` (created), after removing the work directories of killed exports from it."""
+    validate_name(name)
+    model_dir = Path(repo) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_dirs(model_dir)
+    return model_dir
 
 
 def remove_stale_work_dirs(model_dir: Path, older_than: float = STALE_WORK_DIR_SECONDS) -> list[Path]:

@@ -100,18 +100,22 @@ def full_graph_path(tmp_path_factory):
 def model_repo(tmp_path_factory, legacy_graph_path):
     """A model repository with one trained image classifier, "shapes" version 1 (tiny legacy graph).
 
-    Trained on the demo image set (bubbles, checkers, stripes, sunsets; 8 per class).
+    Trained on the demo image set (bubbles, checkers, stripes, sunsets; 8 per class), published with
+    ``--publish always``: a test split of 5 cannot pass the publish gate's binomial test (5 of 5 against
+    2 of 5 is p = 0.0102), and these tests are about serving it, not about its quality.
     Returns the repository path; images live in ``<repo>/../images``.
     """
     from imgclf.featurizer.images.demo import write_demo_images
     from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
+    from imgclf.training.gate import GateConfig
     from imgclf.training.train_job import TrainJob, run_train
 
     root = tmp_path_factory.mktemp("model_repo")
     images = write_demo_images(root / "images", per_class=8)
     repo = root / "models"
     run_train(TrainJob(image_dir=images, featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"),
-                       cache=root / "features.sqlite", model_dir=repo, name="shapes", progress=False))
+                       cache=root / "features.sqlite", model_dir=repo, name="shapes", progress=False,
+                       gate=GateConfig(publish="always")))
     return repo
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgclf.core.errors import UsageError
+from imgclf.core.errors import CandidateRejected, UsageError, exit_status
 from imgclf.featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
 
 
@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="featurize, split, train a dense head, evaluate and export a new model version",
         description="Featurize IMAGE_DIR/<class>/ (reusing the cache), split it by a stable hash of each "
                     "path, train a dense head on the bottlenecks, print test metrics and export "
-                    "MODEL_DIR/NAME/<next version>/.")
+                    "MODEL_DIR/NAME/<next version>/ when the candidate passes the publish gate (else keep it "
+                    "in MODEL_DIR/NAME/rejected/<UTC time>/ and exit 3).")
     p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR", nargs="?",
                    help="folder with one sub-folder per class (or --features instead)")
     add_featurizer_options(p)
@@ -73,6 +74,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--class-balance", choices=("weights", "sampling", "none"), default=train.class_balance,
                    help="how class imbalance is handled (default: %(default)s)")
     g.add_argument("--seed", type=int, default=train.seed, help="default: %(default)s")
+
+    from imgclf.training.gate import DEFAULT_MAX_REGRESSION, PUBLISH_MODES, SIGNIFICANCE
+
+    g = p.add_argument_group(
+        "publish gate", f"a candidate is published only when, on its test split, it beats the majority class "
+                        f"(one-sided binomial test, p < {SIGNIFICANCE:g}), meets --min-accuracy and loses at most "
+                        f"--max-regression against the current version; else it is kept in "
+                        f"MODEL_DIR/NAME/rejected/<UTC time>/ and the run exits 3")
+    g.add_argument("--publish", choices=PUBLISH_MODES, default="gated",
+                   help="always = publish even a candidate that fails the gate (default: %(default)s)")
+    g.add_argument("--min-accuracy", type=float, default=None, metavar="A",
+                   help="test accuracy the candidate must reach, 0-1 (default: no such check)")
+    g.add_argument("--max-regression", type=float, default=DEFAULT_MAX_REGRESSION, metavar="D",
+                   help="test accuracy (0-1) the candidate may lose against the current default version, "
+                        "compared when it has the same labels and featurizer (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
 
@@ -80,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf train`."""
     from imgclf.training.augment import AugmentConfig
     from imgclf.training.config import HeadConfig, TrainConfig
+    from imgclf.training.gate import GateConfig
     from imgclf.training.split import SplitConfig
     from imgclf.training.train_job import TrainJob, run_train
 
@@ -106,8 +123,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                           momentum=args.momentum, batch_size=args.train_batch_size, epochs=args.epochs,
                           patience=args.patience, ema_decay=args.ema_decay, class_balance=args.class_balance,
                           seed=args.seed),
+        gate=_checked(GateConfig(publish=args.publish, min_accuracy=args.min_accuracy,
+                                 max_regression=args.max_regression)),
     )
-    outcome = run_train(job)
+    try:
+        outcome = run_train(job)
+    except CandidateRejected as rejected:
+        if rejected.outcome is None or rejected.report is None:
+            raise
+        _print_outcome(rejected.outcome)
+        print(rejected.report.reason())
+        print(rejected.report.format_table())
+        print(f"kept {rejected.kept_at}; not published (--publish always publishes a candidate anyway)")
+        return exit_status(rejected)
+    _print_outcome(outcome)
+    if outcome.gate is not None:
+        print(outcome.gate.reason())
+        print(outcome.gate.format_table())
+    print(f"exported {outcome.version_dir}")
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    """Print the split, the skipped files and the test metrics of a training run."""
     sizes = outcome.dataset.sizes()
     print(f"split: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test vectors")
     if outcome.dataset.skipped:
@@ -115,8 +153,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path, reason in outcome.dataset.skipped:
             print(f"  {path}: {reason}")
     print(outcome.table)
-    print(f"exported {outcome.version_dir}")
-    return 0
 
 
 def _checked(config):

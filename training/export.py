@@ -13,6 +13,10 @@
   of current ops only (see :mod:`imgclf.training.frozen_graphs`).
 * ``labels.txt`` and ``model_card.json`` (see :mod:`imgclf.training.model_card`).
 
+A candidate the publish gate rejected (:mod:`imgclf.training.gate`) is written the
+same way, with the gate's report as ``gate.json``, but renamed to
+``REPO/NAME/rejected/<UTC time>/``, which no server lists.
+
 Everything is written into a hidden work directory inside REPO/NAME, synced,
 then renamed to the next integer: a server never sees half a version, and a
 crash leaves at most a hidden directory that nothing lists. The next export
@@ -22,6 +26,7 @@ may be another export's, running now).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,7 +35,7 @@ import tensorflow as tf
 
 from imgclf.core import export_names as names
 from imgclf.core.atomic import atomic_file
-from imgclf.core.repository import publish_version, validate_name
+from imgclf.core.repository import keep_rejected, publish_version, validate_name
 from imgclf.featurizer.graph.load import file_sha256
 from imgclf.featurizer.runtime.featurizer import Featurizer
 from imgclf.training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, label_names: list[str],
-                 card: dict) -> Path:
+                 card: dict, rejected_by: dict | None = None) -> Path:
     """Export ``head`` on top of ``featurizer`` as the next version of model ``name`` in ``repo``.
 
     Args:
@@ -50,9 +55,11 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
         label_names: C labels, in class-id order.
         card: the caller's part of the model card, JSON-ready, e.g. ``{"training": config,
             "metrics": ..., "splits": {"train": n, ...}}``; the export adds the rest.
+        rejected_by: the publish gate's report (JSON-ready) on a candidate it rejected: the export
+            goes to ``repo/name/rejected/<UTC time>/`` with the report as ``gate.json``, not to a version.
 
     Returns:
-        The new version directory.
+        The new version directory (or the rejected candidate's directory).
     """
     validate_name(name)
     labels = check_labels(label_names)
@@ -73,8 +80,14 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
             featurizer.graph.save_ir(work / ir.parent, ir.stem)
             listed += [ir.as_posix(), ir.with_suffix(".bin").as_posix()]
         files = {f: {"bytes": (work / f).stat().st_size, "sha256": file_sha256(work / f)} for f in listed}
+        if rejected_by is not None:
+            _write(work / names.GATE_REPORT_FILE, json.dumps(rejected_by, indent=2, allow_nan=False).encode())
         return build_card(name, 0, labels, featurizer, caller, files)
 
+    if rejected_by is not None:
+        kept = keep_rejected(repo, name, write)
+        log.info("kept the rejected candidate of %s at %s (not published)", name, kept)
+        return kept
     version_dir = publish_version(repo, name, write)
     log.info("exported %s version %s (%d classes) to %s", name, version_dir.name, len(labels), version_dir)
     return version_dir

@@ -43,7 +43,7 @@ class TrainResult:
     # (the moving average when EMA is on); learning_rate, the rate of the epoch's last update.
     history: list[dict]
     best_epoch: int  # 1-based epoch whose weights the model holds
-    stopped_early: bool  # True when patience (or a diverged loss) ended training before epochs
+    stopped_early: bool  # True when patience ended training before epochs
     seconds: float  # wall time of the whole fit
     steps: int  # optimizer updates made
     val_metrics: Metrics | None = None  # the returned model scored on the validation set

@@ -117,7 +117,7 @@ class FitResult:
     replicas: int = 1  # strategy.num_replicas_in_sync
     checkpoint: str | None = None  # the last checkpoint written (chief), else None
     best_epoch: int = 0  # with early stopping: the 1-based epoch whose weights the model holds; else the last
-    stopped_early: bool = False  # True when patience (or a diverged loss) ended training before cfg.epochs
+    stopped_early: bool = False  # True when patience ended training before cfg.epochs
 
     @property
     def final(self) -> dict:
@@ -251,7 +251,8 @@ def fit(build: Callable[[], keras.Model], train: Examples, cfg: TrainConfig, obj
     Raises:
         UsageError: the global batch does not split across the replicas or exceeds the training set.
         ValueError: a checkpoint that does not fit, or workers that resumed from different epochs.
-        TrainingDiverged: the loss became NaN or infinite with no earlier weights worth keeping.
+        TrainingDiverged: the loss became NaN or infinite (at any epoch: a run that diverged is not
+            trusted, even with an earlier epoch's weights in hand; nothing is returned to export).
     """
     started = time.perf_counter()
     cfg.validate()
@@ -375,10 +376,7 @@ class _Epochs:
                 tqdm(range(start_epoch + 1, cfg.epochs + 1), desc="train", unit="epoch", disable=not show,
                      dynamic_ncols=True, leave=False) as bar:
             for epoch in bar:
-                trained = self.epoch(iterator, epoch)
-                if trained is None:
-                    break
-                row, improved = trained
+                row, improved = self.epoch(iterator, epoch)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                 log.info("epoch %d/%d: %s%s", epoch, cfg.epochs, _figures(row), " (best)" if improved else "")
                 if self.on_epoch is not None:
@@ -389,25 +387,23 @@ class _Epochs:
                     run.stopped_early = True
                     break
 
-    def epoch(self, iterator, epoch: int) -> tuple[dict, bool] | None:
+    def epoch(self, iterator, epoch: int) -> tuple[dict, bool]:
         """Train one epoch; return its recorded row and whether it is the best yet.
 
-        None when the loss diverged and the weights of an earlier epoch are kept.
+        Raises:
+            TrainingDiverged: the epoch's training loss is NaN or infinite.
         """
         cfg, net, run = self.cfg, self.net, self.run
         epoch_started = time.perf_counter()
         loss_sum, metric_sum, count = (float(v) for v in self.train_steps(iterator, tf.constant(self.per_epoch)))
         loss = loss_sum / count
         if not math.isfinite(loss):
-            if run.best_weights is not None:
-                log.warning("epoch %d: training loss is %s; stopping and keeping epoch %d "
-                            "(lower learning_rate?)", epoch, loss, run.best_epoch)
-                run.stopped_early = True
-                return None
+            # Stopping and keeping an earlier epoch would export weights from a run that blew up, which
+            # usually sit at chance (issue 23): fail the run, export nothing.
             raise TrainingDiverged(
                 f"epoch {epoch}: the training loss is {loss}; training diverged (learning_rate "
-                f"{cfg.learning_rate}, optimizer {cfg.optimizer!r}); try a lower learning_rate "
-                f"(--learning-rate)")
+                f"{cfg.learning_rate}, optimizer {cfg.optimizer!r}); nothing is exported; try a lower "
+                f"learning_rate (--learning-rate)")
         net.epoch_counter.assign(epoch)
         net.evaluate_current()
         steps = _value(net.optimizer.iterations)

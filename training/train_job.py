@@ -1,8 +1,12 @@
-"""`imgclf train`: featurize what is not cached, split, train the head, evaluate, export a version.
+"""`imgclf train`: featurize what is not cached, split, train the head, evaluate, gate, export a version.
 
 Everything that can be checked before work is checked first (split sizes,
 class counts, settings); then the expensive steps run in order, each showing
-progress, and the export is written atomically as a new integer version.
+progress. The publish gate (:mod:`imgclf.training.gate`) judges the candidate on
+the test split against the majority class and the current default version; a
+candidate that passes is written atomically as a new integer version, one that
+fails is kept under ``NAME/rejected/<UTC time>/`` and the job raises
+:class:`~imgclf.core.errors.CandidateRejected` (exit status 3).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.core.errors import UsageError
+from imgclf.core.errors import CandidateRejected, ModelNotFound, UsageError
 from imgclf.featurizer.images.folders import scan_image_dir
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.dataset import Dataset, build_dataset, build_dataset_from_features
+from imgclf.training.gate import CurrentVersion, GateConfig, GateReport, judge
 from imgclf.training.split import SplitConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class TrainJob:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)  # what a candidate must pass to be published
     logdir: Path | None = None  # TensorBoard run directory (default: model_dir/name/runs/<UTC time>)
     batch_size: int = 32  # images per featurizer batch
     decode_threads: int = 0  # 0 = one per usable CPU
@@ -53,11 +59,12 @@ class TrainJob:
 class TrainOutcome:
     """What a training job produced."""
 
-    version_dir: Path
+    version_dir: Path  # the published version (a rejected candidate: where it is kept)
     dataset: Dataset
     metrics: dict
     table: str
     history: list[dict]
+    gate: GateReport | None = None  # the publish gate's report
 
 
 def default_logdir(model_dir: Path, name: str) -> Path:
@@ -66,7 +73,13 @@ def default_logdir(model_dir: Path, name: str) -> Path:
 
 
 def run_train(job: TrainJob) -> TrainOutcome:
-    """Run the whole training job and return where the new version is."""
+    """Run the whole training job and return where the new version is.
+
+    Raises:
+        CandidateRejected: the candidate failed the publish gate (and ``job.gate.publish`` is "gated");
+            it is kept under ``NAME/rejected/<UTC time>/``; the exception carries the report and the outcome.
+        TrainingDiverged: the training loss became NaN or infinite; nothing is written.
+    """
     from imgclf.core.repository import validate_name
     from imgclf.training.export import export_model
     from imgclf.training.fit_head import train_head
@@ -77,6 +90,7 @@ def run_train(job: TrainJob) -> TrainOutcome:
     job.augment.validate()
     job.head.validate()
     job.train.validate()
+    job.gate.validate()
     if job.features is not None and job.augment.copies:
         raise UsageError("augmentation distorts images: --augment cannot be used with --features "
                          "(train from IMAGE_DIR for distorted copies)")
@@ -123,5 +137,51 @@ def run_train(job: TrainJob) -> TrainOutcome:
             "metrics": {"test": metrics.to_dict(),
                         "validation_loss": min((h["val_loss"] for h in result.history), default=None)},
         }
-        version_dir = export_model(job.model_dir, job.name, result.model, featurizer, dataset.label_names, card)
-    return TrainOutcome(version_dir, dataset, metrics.to_dict(), metrics.format_table(), result.history)
+        current = compare_with_current(job.model_dir, job.name, featurizer.fingerprint, dataset.label_names,
+                                       test.features)
+        report = judge(job.gate, test.labels, np.argmax(probabilities, axis=1), dataset.label_names, current)
+        card["gate"] = report.to_dict()
+        log.info("%s", report.reason())
+        version_dir = export_model(job.model_dir, job.name, result.model, featurizer, dataset.label_names, card,
+                                   rejected_by=None if report.published else card["gate"])
+    outcome = TrainOutcome(version_dir, dataset, metrics.to_dict(), metrics.format_table(), result.history, report)
+    if not report.published:
+        raise CandidateRejected(report.reason(), report=report, kept_at=version_dir, outcome=outcome)
+    return outcome
+
+
+def compare_with_current(model_dir: Path, name: str, fingerprint: str, label_names: list[str],
+                         features: np.ndarray) -> CurrentVersion:
+    """Return the model's current default version (its newest) with its answers on ``features``.
+
+    The version is loaded as the service loads it and its head is run on the candidate's test
+    bottlenecks (the SavedModel's bottleneck signature). When it cannot be compared (other labels,
+    another featurizer, unreadable) the answers are None and ``skipped`` says why.
+    """
+    from imgclf.core.repository import list_versions, read_card
+    from imgclf.training.classifier import load_model
+
+    versions = list_versions(model_dir, name)
+    if not versions:
+        return CurrentVersion()
+    version = versions[-1]
+    path = Path(model_dir) / name / str(version)
+    try:
+        card = read_card(path)
+    except ModelNotFound as exc:
+        return CurrentVersion(version, skipped=f"unreadable: {exc}")
+    if card.get("labels") != list(label_names):
+        return CurrentVersion(version, skipped=f"other labels ({card.get('labels')!r}; the candidate has "
+                                                f"{list(label_names)!r})")
+    described = card.get("featurizer")
+    theirs = described.get("fingerprint") if isinstance(described, dict) else None
+    if theirs != fingerprint:
+        return CurrentVersion(version, skipped=f"another featurizer (fingerprint {str(theirs)[:12]}, the candidate's "
+                                                f"{fingerprint[:12]}): its bottlenecks are not these")
+    try:
+        model = load_model(path)
+        predicted = np.argmax(model.predict_bottlenecks(features), axis=1)
+    except Exception as exc:  # an old version that cannot run must not fail the new run: the report says why
+        log.warning("version %d of %s cannot be evaluated for the publish gate: %s", version, name, exc)
+        return CurrentVersion(version, skipped=f"cannot be evaluated ({type(exc).__name__}: {exc})")
+    return CurrentVersion(version, predicted=predicted)

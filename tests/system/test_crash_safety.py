@@ -26,6 +26,7 @@ from imgclf.core import repository
 from imgclf.core.repository import integer_dirs, is_complete, list_models, list_versions, resolve
 from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 from imgclf.service import create_app
+from imgclf.training.gate import GateConfig
 from imgclf.training.train_job import TrainJob, run_train
 from tests.support import images
 
@@ -59,7 +60,8 @@ def integrity(path: Path) -> str:
 def train_command(image_dir: Path, graph: Path, cache: Path, repo: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "imgclf.service.cli.main", "train", str(image_dir), "--graph", str(graph), "--cache",
             str(cache), "--model-dir", str(repo), "--name", name, "--precision", "fp32", "--quiet",
-            "--batch-size", "2", "--decode-threads", "1"]
+            "--batch-size", "2", "--decode-threads", "1",
+            "--publish", "always"]  # random photos: nothing to learn, and these runs are about crashes
 
 
 def run_and_kill(command: list[str], trigger, delay: float, log: Path) -> bool:
@@ -116,7 +118,8 @@ def test_train_killed_while_featurizing_keeps_every_committed_feature(tmp_path, 
         assert list_models(repo) == {} and not integer_dirs(repo / "pets"), seen
         committed = now
     outcome = run_train(TrainJob(image_dir=data, featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"),
-                                 cache=cache, model_dir=repo, name="pets", batch_size=2, progress=False))
+                                 cache=cache, model_dir=repo, name="pets", batch_size=2, progress=False,
+                                 gate=GateConfig(publish="always")))
     final = cache_rows(cache)
     assert len(final) == total and all(final[key] == blob for key, blob in committed.items()), seen
     assert outcome.dataset.extract.cached == len(committed), seen  # the rerun computed only the rest
@@ -202,7 +205,8 @@ def test_an_export_killed_mid_write_leaves_no_version_and_the_server_keeps_the_p
         os.utime(path, (time.time() - 2 * repository.STALE_WORK_DIR_SECONDS,) * 2, follow_symlinks=False)
     newest = max(list_versions(repo, "shapes"))
     outcome = run_train(TrainJob(image_dir=image_dir, featurizer=FeaturizerConfig(legacy_graph_path, precision="fp32"),
-                                 cache=cache, model_dir=repo, name="shapes", batch_size=2, progress=False))
+                                 cache=cache, model_dir=repo, name="shapes", batch_size=2, progress=False,
+                                 gate=GateConfig(publish="always")))
     assert outcome.version_dir == model_dir / str(newest + 1) and is_complete(outcome.version_dir), seen
     assert work_dirs(model_dir) == set(leftovers[1:]), seen
 

@@ -109,7 +109,8 @@ def _assert_one_error_line(done, status, start):
 
 def test_a_diverging_train_prints_one_error_line_and_exits_1(image_dir, legacy_graph_path, tmp_path):
     # 1e38 overflows float32 weights at the first step: no epoch ever has a finite validation loss.
-    # (1e30 is not enough on these features: epoch 1 stays finite and the run stops at epoch 2 with it.)
+    # (1e30 keeps epoch 1 finite on these features and diverges at epoch 2: that fails the run too, see
+    # tests/unit/training/test_train_job.py.)
     done = _cli_subprocess(_train_args(image_dir, legacy_graph_path, tmp_path, "--learning-rate", "1e38"), tmp_path)
     _assert_one_error_line(done, 1, "imgclf train: error: ")
     assert "training diverged" in done.stderr and "--learning-rate" in done.stderr
@@ -174,6 +175,9 @@ def test_a_corrupt_cache_exits_1(image_dir, legacy_graph_path, tmp_path, capsys)
     (["--train-percent", "90"], "sum to 100"),
     (["--decode-threads", "-1"], "--decode-threads must be 0"),
     (["--epochs", "0"], "epochs"),
+    (["--min-accuracy", "1.5"], "--min-accuracy must be a number between 0 and 1; received 1.5"),
+    (["--min-accuracy", "-0.1"], "--min-accuracy must be"),
+    (["--max-regression", "nan"], "--max-regression must be a number between 0 and 1; received nan"),
 ])
 def test_a_bad_argument_exits_2(image_dir, legacy_graph_path, tmp_path, capsys, extra, message):
     args = _train_args(image_dir, legacy_graph_path, tmp_path, *extra)

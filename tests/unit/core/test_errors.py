@@ -10,7 +10,9 @@ from imgclf.core.devices import DeviceError
 from imgclf.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_REJECTED,
     EXIT_USAGE,
+    CandidateRejected,
     DownloadError,
     GraphError,
     ImgclfError,
@@ -27,6 +29,7 @@ from imgclf.core.errors import (
     (UsageError("--epochs must be at least 1"), EXIT_USAGE),
     (DeviceError("IMGCLF_DEVICE='/tpu:0' is not a device"), EXIT_USAGE),  # a setting
     (TrainingDiverged("diverged"), EXIT_FAILED),
+    (CandidateRejected("candidate rejected by the publish gate"), EXIT_REJECTED),
     (FloatingPointError("nan"), EXIT_FAILED),
     (ZeroDivisionError(), EXIT_FAILED),
     (ValueError("the split has too few images of class b"), EXIT_FAILED),  # a data fault, not an argument
@@ -44,7 +47,7 @@ def test_exit_status_table(exc, status):
 
 
 def test_exit_statuses_are_those_the_readme_names():
-    assert (errors.EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    assert (errors.EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
 
 
 def test_the_tree_keeps_the_builtin_bases_callers_catch():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import time
@@ -18,6 +19,8 @@ from imgclf.core.atomic import current_umask
 from imgclf.core.errors import ModelNotFound, UsageError
 from imgclf.core.repository import (
     STALE_WORK_DIR_SECONDS,
+    integer_dirs,
+    keep_rejected,
     list_models,
     list_versions,
     publish_version,
@@ -280,3 +283,46 @@ def test_list_versions_refuses_unsafe_names(repo, name):
 @pytest.mark.parametrize("name", ["flowers", "my-model_2.1", "A", "7"])
 def test_safe_names_are_accepted(name):
     assert validate_name(name) == name
+
+
+# --- a candidate the publish gate rejected: kept, written as carefully, never a version ----------------------
+
+def test_a_rejected_candidate_is_kept_under_a_timestamp_where_no_server_looks(tmp_path):
+    from imgclf.service.lifecycle.plan import ModelPlan
+
+    publish_version(tmp_path, "flowers", writer())
+    seen = []
+    kept = keep_rejected(tmp_path, "flowers", writer(b"rejected", card={"name": "flowers", "version": 0}, seen=seen))
+    work, listing_while_writing = seen[0]
+    assert work.parent == tmp_path / "flowers" and work.name.startswith(names.TEMP_PREFIX) and not work.exists()
+    assert kept.parent == tmp_path / "flowers" / names.REJECTED_DIR
+    assert re.fullmatch(r"\d{8}T\d{6}Z", kept.name), kept.name
+    assert (kept / names.SAVED_MODEL_FILE).read_bytes() == b"rejected"
+    assert json.loads((kept / names.MODEL_CARD_FILE).read_text()) == {"name": "flowers", "version": 0}
+    umask = current_umask()
+    assert all(stat.S_IMODE(p.stat().st_mode) == ((0o777 if p.is_dir() else 0o666) & ~umask)
+               for p in [kept, *kept.rglob("*")])
+    # Neither the repository's listings nor the service's plan see it, and it takes no version number.
+    assert list_versions(tmp_path, "flowers") == [1] and list_models(tmp_path) == {"flowers": [1]}
+    assert set(integer_dirs(tmp_path / "flowers")) == {1}
+    assert ModelPlan(tmp_path / "flowers").on_disk() == [1]
+    assert resolve(tmp_path / "flowers") == tmp_path / "flowers" / "1"
+    assert publish_version(tmp_path, "flowers", writer()) == tmp_path / "flowers" / "2"
+
+
+def test_two_rejections_in_one_second_keep_both(tmp_path, monkeypatch):
+    monkeypatch.setattr(repository.time, "gmtime", lambda *_: time.struct_time((2026, 12, 7, 14, 0, 0, 0, 341, 0)))
+    first = keep_rejected(tmp_path, "flowers", writer(b"one"))
+    second = keep_rejected(tmp_path, "flowers", writer(b"two"))
+    assert (first.name, second.name) == ("20261207T140000Z", "20261207T140000Z-1")
+    assert (second / names.SAVED_MODEL_FILE).read_bytes() == b"two"
+
+
+def test_a_failed_rejected_write_leaves_nothing(tmp_path):
+    def failing(work: Path) -> dict:
+        (work / names.SAVED_MODEL_FILE).write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        keep_rejected(tmp_path, "flowers", failing)
+    assert work_dirs(tmp_path / "flowers") == [] and list((tmp_path / "flowers" / names.REJECTED_DIR).iterdir()) == []

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from imgclf.core.errors import TrainingDiverged
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.fit_head import predict_probabilities, train_head
 from imgclf.training.loop import learning_rate_schedule
@@ -273,16 +274,16 @@ def test_bad_train_config_raises(field, value):
         train_head(_X, _Y, _X, _Y, 3, train_config=TrainConfig(**{field: value}))
 
 
-def test_diverging_training_stops_and_says_so(caplog):
+def test_diverging_training_fails_even_with_a_finite_epoch_behind_it():
     task = Clusters(seed=12, num_classes=2, dim=4, separation=1.0)
     (x, y), (xv, yv) = task.sample(40), task.sample(10)
     x = x * 1e20
-    # one update per epoch: epoch 1 is still finite, epoch 2 is not → stop, keep epoch 1
+    # one update per epoch: epoch 1 is still finite, epoch 2 is not → the run fails (issue 23: keeping
+    # epoch 1 exported a chance-level head), nothing is returned to export
     raw = HeadConfig(standardize=False)  # standardizing would tame these inputs
-    result = train_head(x, y, xv, yv, 2, raw, TrainConfig(learning_rate=1e3))
-    assert result.stopped_early and result.best_epoch == 1 and len(result.history) == 1
-    assert "training loss is nan" in caplog.text
-    # ten updates per epoch: nothing finite to keep
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: the training loss is (nan|inf).*nothing is exported"):
+        train_head(x, y, xv, yv, 2, raw, TrainConfig(learning_rate=1e3))
+    # ten updates per epoch: diverges in epoch 1
     with pytest.raises(FloatingPointError, match="lower learning_rate"):
         train_head(x, y, xv, yv, 2, raw, TrainConfig(learning_rate=1e3, batch_size=4))
 

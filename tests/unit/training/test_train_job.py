@@ -1,9 +1,13 @@
 """`imgclf train` and `imgclf predict` end to end on generated images and the tiny 2015-style graph."""
 
 import json
+import re
+import shutil
 
+import numpy as np
 import pytest
 
+from imgclf.core.repository import list_versions
 from imgclf.featurizer.images.demo import write_demo_images
 from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 from imgclf.service.cli.main import main
@@ -14,13 +18,18 @@ from tests.support import images
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, legacy_graph_path):
-    """Train once on the demo image set; return (image dir, repository, stdout)."""
+    """Train once on the demo image set; return (image dir, repository, stdout, arguments).
+
+    10 photos a class leave 5 test photos, too few for the publish gate to ever pass (see GATE_PER_CLASS
+    below); these tests are about the export, prediction and feature datasets, so they publish always.
+    """
     root = tmp_path_factory.mktemp("train")
     data = write_demo_images(root / "images", per_class=10)
     (data / "stripes" / "broken.jpg").write_text("not an image")
     repo = root / "models"
     args = ["train", str(data), "--graph", str(legacy_graph_path), "--cache", str(root / "c.sqlite"),
-            "--model-dir", str(repo), "--name", "demo", "--precision", "fp32", "--quiet", "--seed", "1"]
+            "--model-dir", str(repo), "--name", "demo", "--precision", "fp32", "--quiet", "--seed", "1",
+            "--publish", "always"]
     import contextlib
     import io
 
@@ -42,6 +51,7 @@ def test_train_exports_a_self_describing_version(trained):
     assert 0.0 <= test_metrics["accuracy"] <= 1.0 and len(test_metrics["per_class"]) == 4
     assert "stripes/broken.jpg" in out and "exported" in out and "precision" in out.lower()
     assert (repo / "demo" / "runs").is_dir()  # TensorBoard logs under the run directory
+    assert card["gate"]["publish"] == "always" and card["gate"]["published"]
 
 
 def test_a_second_run_makes_version_two_from_the_cache(trained, capsys):
@@ -153,3 +163,94 @@ def test_train_from_a_feature_dataset_exports_the_model_the_images_give(trained,
 def test_bad_features_arguments_are_usage_errors(tmp_path, extra, message, capsys):
     code = main(["train", "--graph", "g.pb", "--model-dir", str(tmp_path / "m"), "--name", "x", *extra])
     assert code == 2 and message in capsys.readouterr().err
+
+
+# --- the publish gate, end to end ------------------------------------------------------------------------------
+
+# 24 demo photos a class split into 13 test photos, 6 of them sunsets: the gate asks for 11 of 13 right
+# (p < 0.01 against always answering "sunsets"). The 10-a-class set above (5 test photos, 2 of a class) cannot
+# pass it at all: 5 of 5 is p = 0.0102; its fixture publishes with --publish always.
+GATE_PER_CLASS = 24
+
+
+@pytest.fixture(scope="module")
+def gate_data(tmp_path_factory, legacy_graph_path):
+    """(demo photos, the same photos under shuffled labels, the shared feature cache)."""
+    root = tmp_path_factory.mktemp("gate")
+    data = write_demo_images(root / "images", per_class=GATE_PER_CLASS)
+    photos = sorted(data.glob("*/*.jpg"))
+    labels = [p.parent.name for p in photos]
+    shuffled = root / "shuffled"
+    for photo, label in zip(photos, np.random.default_rng(7).permutation(labels)):
+        (shuffled / label).mkdir(parents=True, exist_ok=True)
+        (shuffled / label / photo.name).write_bytes(photo.read_bytes())  # same bytes: the cache serves them
+    return data, shuffled, root / "c.sqlite"
+
+
+def _gate_args(images, graph, cache, repo, *extra):
+    return ["train", str(images), "--graph", str(graph), "--cache", str(cache), "--model-dir", str(repo),
+            "--name", "demo", "--precision", "fp32", "--quiet", "--seed", "1", *extra]
+
+
+def test_the_gate_publishes_a_good_run_and_keeps_a_shuffled_one_aside(gate_data, legacy_graph_path, tmp_path,
+                                                                       capsys):
+    data, shuffled, cache = gate_data
+    repo = tmp_path / "models"
+    assert main(_gate_args(data, legacy_graph_path, cache, repo)) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    card = json.loads((repo / "demo" / "1" / "model_card.json").read_text())
+    gate = card["gate"]
+    assert gate["passed"] and gate["published"] and gate["binomial_test"]["p_value"] < 0.01, gate
+    assert gate["candidate"]["accuracy"] == card["metrics"]["test"]["accuracy"]
+    assert gate["baseline"]["rate"] == 6 / 13 and gate["current_version"]["version"] is None
+    assert "candidate passed the publish gate" in out and "publish gate on the test split" in out
+
+    # The same photos under shuffled labels: chance on the test split. Rejected, kept aside, exit 3.
+    assert main(_gate_args(shuffled, legacy_graph_path, cache, repo)) == 3
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    reason = next(i for i, line in enumerate(lines) if line.startswith("candidate rejected by the publish gate: "))
+    assert lines[reason + 1].startswith("publish gate on the test split"), out
+    assert "beats majority class" in out and "current (version 1)" in out
+    assert list_versions(repo, "demo") == [1] and not (repo / "demo" / "2").exists()
+    kept = sorted((repo / "demo" / "rejected").iterdir())
+    assert len(kept) == 1 and re.fullmatch(r"\d{8}T\d{6}Z", kept[0].name), kept
+    assert f"kept {kept[0]}" in out
+    report = json.loads((kept[0] / "gate.json").read_text())
+    assert not report["passed"] and not report["published"] and report["checks"][0]["status"] == "fail"
+    assert report["current_version"]["version"] == 1 and report["current_version"]["accuracy"] is not None
+    rejected_card = json.loads((kept[0] / "model_card.json").read_text())
+    assert rejected_card["gate"] == report and (kept[0] / "saved_model.pb").is_file()
+    assert [p.name for p in (repo / "demo").iterdir() if p.name.startswith(".")] == []  # no work dir left
+
+    # --publish always overrides the gate: version 2, its card says it failed.
+    assert main(_gate_args(shuffled, legacy_graph_path, cache, repo, "--publish", "always")) == 0
+    out = capsys.readouterr().out
+    assert "published anyway (--publish always)" in out
+    assert list_versions(repo, "demo") == [1, 2]
+    card = json.loads((repo / "demo" / "2" / "model_card.json").read_text())
+    assert card["gate"]["published"] and not card["gate"]["passed"] and card["gate"]["publish"] == "always"
+
+
+def test_a_diverged_run_exits_1_and_writes_nothing(gate_data, legacy_graph_path, tmp_path, capsys):
+    data, _, cache = gate_data
+    repo = tmp_path / "models"
+    assert main(_gate_args(data, legacy_graph_path, cache, repo, "--learning-rate", "1e30")) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "nothing is exported" in err
+    assert not any(repo.rglob("saved_model.pb")) and not (repo / "demo" / "rejected").exists()
+    assert list_versions(repo, "demo") == []
+
+
+def test_a_version_with_other_labels_is_not_compared(gate_data, legacy_graph_path, tmp_path, capsys):
+    data, _, cache = gate_data
+    repo = tmp_path / "models"
+    fewer = tmp_path / "three"
+    for label in ("bubbles", "checkers", "stripes"):
+        shutil.copytree(data / label, fewer / label)
+    assert main(_gate_args(fewer, legacy_graph_path, cache, repo, "--publish", "always")) == 0
+    assert main(_gate_args(data, legacy_graph_path, cache, repo)) == 0
+    card = json.loads((repo / "demo" / "2" / "model_card.json").read_text())
+    current = card["gate"]["current_version"]
+    assert current["version"] == 1 and current["accuracy"] is None and "other labels" in current["skipped"]
+    assert card["gate"]["checks"][2]["status"] == "skipped"
