@@ -23,6 +23,12 @@ TEMP_PREFIX = ".export-"  # hidden work directory inside REPO/NAME; TF Serving s
 # lists it), with its model card and the gate's report.
 REJECTED_DIR = "rejected"
 GATE_REPORT_FILE = "gate.json"
+# Image classifiers: the calibration temperature and the unfamiliar-input detector (method, threshold) the
+# head graphs were built with, checked against its sha256 in the card when a version loads; the statistics
+# arrays of detectors that have any; the reliability diagram of the calibration.
+CALIBRATION_FILE = "calibration.json"
+UNFAMILIAR_STATISTICS_FILE = "unfamiliar.npz"
+RELIABILITY_DIAGRAM_FILE = "reliability.png"
 
 # SavedModel signatures and their input and output keys.
 SERVING_SIGNATURE = "serving_default"  # encoded image bytes → outputs
@@ -35,12 +41,18 @@ IMAGES_KEY = "images"  # tf.float32 [None, S, S, 3], (x - mean) / std
 PROBABILITIES_KEY = "probabilities"  # tf.float32 [None, C]
 CLASSES_KEY = "classes"  # tf.int64 [None]: top-1 class id
 LABELS_KEY = "labels"  # tf.string [None]: top-1 label
-OUTPUT_KEYS = (PROBABILITIES_KEY, CLASSES_KEY, LABELS_KEY)
+UNFAMILIAR_SCORE_KEY = "unfamiliar_score"  # tf.float32 [None]: higher = less like the training images
+UNFAMILIAR_KEY = "unfamiliar"  # tf.bool [None]: unfamiliar_score above the export's threshold
+OUTPUT_KEYS = (PROBABILITIES_KEY, CLASSES_KEY, LABELS_KEY, UNFAMILIAR_KEY, UNFAMILIAR_SCORE_KEY)
 
 # Tensor names of the frozen graphs, as the 2016 retraining tutorial named them.
 HEAD_INPUT = "input/BottleneckInputPlaceholder:0"  # float32 [None, D]
-HEAD_OUTPUT = "final_result:0"  # float32 [None, C]
+HEAD_OUTPUT = "final_result:0"  # float32 [None, C]: calibrated probabilities
+HEAD_UNFAMILIAR_SCORE = "unfamiliar_score:0"  # float32 [None]
+HEAD_UNFAMILIAR = "unfamiliar:0"  # bool [None]
+HEAD_OUTPUTS = (HEAD_OUTPUT, HEAD_UNFAMILIAR_SCORE, HEAD_UNFAMILIAR)
 # Scalar string of encoded image bytes: the 2015 graph's own input name (imgclf.featurizer.graph.contract.JPEG_INPUT,
 # pinned equal by a test), so the end-to-end graph is fed as the tutorial's retrained graphs were.
 END_TO_END_INPUT = "DecodeJpeg/contents:0"
 END_TO_END_OUTPUT = "final_result:0"  # float32 [1, C]
+END_TO_END_OUTPUTS = HEAD_OUTPUTS  # the same three names: [1, C], [1], [1]

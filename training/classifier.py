@@ -27,6 +27,7 @@ from imgclf.featurizer.images.decode import (
     open_checked,
     resize_bilinear,
 )
+from imgclf.training.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class LoadedModel:
     # bottleneck signature (the head); None = the SavedModel's images signature, all on TensorFlow.
     featurizer_graph: object = field(default=None, repr=False)
     backend: str = "tensorflow"  # what runs the featurizer: tensorflow | openvino
+    # The unfamiliar-input detector the export's head carries (method, threshold, validation scores), and
+    # its calibration temperature, read from calibration.json (checked against the card when loading).
+    detector: Detector = field(default_factory=Detector)
+    temperature: float = 1.0
 
     def _on_device(self):
         """Return the device scope of this model's calls (thread-local: entered by the calling thread)."""
@@ -142,15 +147,19 @@ class LoadedModel:
 
     def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Return probabilities [N, C] for network inputs [N, S, S, 3], through the images signature."""
+        return self.infer_inputs(inputs)[names.PROBABILITIES_KEY]
+
+    def infer_inputs(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Return probabilities [N, C] and unfamiliar scores [N] (float32) for network inputs [N, S, S, 3]."""
         import tensorflow as tf
 
         if self.featurizer_graph is not None:
-            return self.predict_bottlenecks(self.featurizer_graph.run(np.asarray(inputs, dtype=np.float32)))
+            return self.infer_bottlenecks(self.featurizer_graph.run(np.asarray(inputs, dtype=np.float32)))
 
         signature = self._saved_model.signatures[names.IMAGES_SIGNATURE]
         with self._on_device():
             out = signature(**{names.IMAGES_KEY: tf.constant(np.asarray(inputs, dtype=np.float32))})
-        return out[names.PROBABILITIES_KEY].numpy()
+        return _head_outputs(out)
 
     @property
     def _contract(self) -> dict:
@@ -163,6 +172,10 @@ class LoadedModel:
 
     def predict_bottlenecks(self, vectors: np.ndarray) -> np.ndarray:
         """Return probabilities [N, C] for bottleneck vectors [N, D], through the bottleneck signature."""
+        return self.infer_bottlenecks(vectors)[names.PROBABILITIES_KEY]
+
+    def infer_bottlenecks(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """Return probabilities [N, C] and unfamiliar scores [N] (float32) for bottleneck vectors [N, D]."""
         import tensorflow as tf
 
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -172,7 +185,58 @@ class LoadedModel:
         signature = self._saved_model.signatures[names.BOTTLENECK_SIGNATURE]
         with self._on_device():
             out = signature(**{names.BOTTLENECK_KEY: tf.constant(vectors)})
-        return out[names.PROBABILITIES_KEY].numpy()
+        return _head_outputs(out)
+
+
+def _head_outputs(out: dict) -> dict[str, np.ndarray]:
+    """Return the probabilities and unfamiliar scores of a signature's outputs as float32 numpy arrays."""
+    return {key: np.asarray(out[key].numpy(), dtype=np.float32)
+            for key in (names.PROBABILITIES_KEY, names.UNFAMILIAR_SCORE_KEY)}
+
+
+def read_statistics(version_dir: Path, card: dict) -> tuple[float, Detector]:
+    """Return the temperature and the unfamiliar-input detector an export's head was built with.
+
+    They are read from ``calibration.json`` (and ``unfamiliar.npz`` for detectors with statistics), each
+    checked against its size and sha256 in the card, so that a version is never served with its
+    calibration or its unfamiliar-input threshold silently missing.
+
+    Raises:
+        ValueError: a file is missing, differs from the card, or does not parse (TF Serving's status:
+            INVALID_ARGUMENT); the message names the file and the way out.
+    """
+    import json
+
+    from imgclf.featurizer.graph.load import file_sha256
+
+    listed = card.get("files") if isinstance(card.get("files"), dict) else {}
+    retrain = "retrain the model with imgclf train, which writes them"
+    if names.CALIBRATION_FILE not in listed:
+        raise ValueError(f"{names.CALIBRATION_FILE} is not in the model card: the export has no calibration or "
+                         f"unfamiliar-input statistics (made before imgclf wrote them?); {retrain}")
+
+    def checked(file: str) -> Path:
+        path = Path(version_dir) / file
+        entry = listed.get(file)
+        if not path.is_file():
+            raise ValueError(f"{file} is missing from the export; {retrain}")
+        if not isinstance(entry, dict) or entry.get("sha256") != file_sha256(path):
+            raise ValueError(f"{file} differs from the sha256 its model card lists (corrupt or edited); {retrain}")
+        return path
+
+    try:
+        statistics = json.loads(checked(names.CALIBRATION_FILE).read_text(encoding="utf-8"))
+        temperature = statistics["temperature"]
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < 1e6:
+            raise ValueError(f"the temperature must be a number > 0; received {temperature!r}")
+        entry = statistics["unfamiliar"]
+        arrays = None
+        if names.UNFAMILIAR_STATISTICS_FILE in listed:
+            with np.load(checked(names.UNFAMILIAR_STATISTICS_FILE), allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        return float(temperature), Detector.from_dict(entry, arrays)
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{names.CALIBRATION_FILE} cannot be read ({type(exc).__name__}: {exc}); {retrain}") from exc
 
 
 def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -197,15 +261,20 @@ def load_model(version_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
             or it holds another kind of model.
         UnsafeGraph: the SavedModel holds ops outside the allow-list (names them) and unsafe ops are not allowed.
         GraphError: saved_model.pb cannot be parsed.
-        ValueError: its labels.txt and model card disagree, or IMGCLF_ALLOW_UNSAFE_OPS is not a yes or a no.
+        ValueError: its labels.txt and model card disagree, its calibration or unfamiliar-input statistics are
+            missing or corrupt (:func:`read_statistics`), or IMGCLF_ALLOW_UNSAFE_OPS is not a yes or a no.
     """
     loaded = load_version(version_dir, device=device, allow_unsafe_ops=allow_unsafe_ops, labels_required=True)
     if loaded.kind is not ModelKind.IMAGE_CLASSIFIER:
         raise ModelNotFound(f"{str(loaded.path)!r} holds a {loaded.kind.value} model, not an image classifier")
     from imgclf.training.serving_backend import choose_backend, load_openvino_featurizer
 
+    try:
+        temperature, detector = read_statistics(loaded.path, loaded.card)
+    except ValueError as exc:
+        raise ValueError(f"{str(loaded.path)!r}: {exc}") from exc
     chosen = choose_backend(loaded.path, loaded.card, backend)
     featurizer_graph = load_openvino_featurizer(loaded.path, loaded.card) if chosen == "openvino" else None
     return LoadedModel(path=loaded.path, name=loaded.name, version=loaded.version, labels=loaded.labels,
                        card=loaded.card, max_pixels=max_pixels, _saved_model=loaded.saved_model, device=loaded.device,
-                       featurizer_graph=featurizer_graph, backend=chosen)
+                       featurizer_graph=featurizer_graph, backend=chosen, detector=detector, temperature=temperature)

@@ -153,6 +153,14 @@ def _print_outcome(outcome) -> None:
         for path, reason in outcome.dataset.skipped:
             print(f"  {path}: {reason}")
     print(outcome.table)
+    if outcome.calibration is not None:
+        from imgclf.training.calibration import format_table
+
+        print(format_table(outcome.calibration))
+    if outcome.unfamiliar is not None:
+        from imgclf.training.unfamiliar_report import format_table
+
+        print(format_table(outcome.unfamiliar))
 
 
 def _checked(config):

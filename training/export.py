@@ -8,9 +8,19 @@
   ``probabilities`` [None, C], ``classes`` (int64 top-1 id) and ``labels``
   (string top-1 label). Preprocessing, featurizer and head are all inside, in
   float32, so ``tensorflow_model_server`` serves it as it is.
+  Signatures also return ``unfamiliar_score`` (float32 [None]) and
+  ``unfamiliar`` (bool [None]). The probabilities are calibrated (the head's
+  temperature is inside) and computed in float64 up to the softmax, so no
+  runtime's mixed-precision rewrite reaches them (:mod:`imgclf.training.head_graph`).
 * ``head.pb``: the frozen head; ``end_to_end.pb``: featurizer + head for one
   encoded image, named as the 2016 retraining tutorial named its graph, made
-  of current ops only (see :mod:`imgclf.training.frozen_graphs`).
+  of current ops only (see :mod:`imgclf.training.frozen_graphs`); both answer
+  ``final_result`` (calibrated probabilities), ``unfamiliar_score`` and ``unfamiliar``.
+* ``calibration.json``: the temperature and the unfamiliar-input detector (method,
+  threshold, the validation scores the threshold came from), listed with its
+  sha256 in the card and checked when a version loads; ``unfamiliar.npz``, the
+  detector's statistics when it has any; ``reliability.png``, the reliability
+  diagram, when training drew one.
 * ``labels.txt`` and ``model_card.json`` (see :mod:`imgclf.training.model_card`).
 
 A candidate the publish gate rejected (:mod:`imgclf.training.gate`) is written the
@@ -38,7 +48,9 @@ from imgclf.core.atomic import atomic_file
 from imgclf.core.repository import keep_rejected, publish_version, validate_name
 from imgclf.featurizer.graph.load import file_sha256
 from imgclf.featurizer.runtime.featurizer import Featurizer
-from imgclf.training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, freeze_head, graph_function
+from imgclf.training.detector import Detector
+from imgclf.training.frozen_graphs import end_to_end_graph_def, featurizer_graph_def, graph_function
+from imgclf.training.head_graph import HeadWeights, TrustedHead
 from imgclf.training.model_card import build_card, check_caller_card
 from imgclf.training.serving_preprocess import batch_to_input
 
@@ -47,16 +59,22 @@ log = logging.getLogger(__name__)
 
 
 def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, label_names: list[str],
-                 card: dict, rejected_by: dict | None = None) -> Path:
+                 card: dict, rejected_by: dict | None = None, *, calibration: dict | None = None,
+                 unfamiliar: dict | None = None, reliability_png: bytes | None = None) -> Path:
     """Export ``head`` on top of ``featurizer`` as the next version of model ``name`` in ``repo``.
 
     Args:
-        head: Keras model, float32 [None, D] bottlenecks → probabilities [None, C] (softmax inside).
+        head: a :class:`~imgclf.training.head_graph.TrustedHead` (the head's weights, its temperature and its
+            unfamiliar-input detector), or a Keras model, float32 [None, D] bottlenecks → probabilities
+            [None, C] (softmax inside), exported uncalibrated with a detector that flags nothing (logged).
         label_names: C labels, in class-id order.
         card: the caller's part of the model card, JSON-ready, e.g. ``{"training": config,
             "metrics": ..., "splits": {"train": n, ...}}``; the export adds the rest.
         rejected_by: the publish gate's report (JSON-ready) on a candidate it rejected: the export
             goes to ``repo/name/rejected/<UTC time>/`` with the report as ``gate.json``, not to a version.
+        calibration, unfamiliar: the card's figures of the calibration (NLL and ECE before and after) and of
+            the detector (AUROC, false-positive rates), JSON-ready; the export adds what it computes with.
+        reliability_png: the reliability diagram, written beside the card.
 
     Returns:
         The new version directory (or the rejected candidate's directory).
@@ -64,17 +82,24 @@ def export_model(repo: str | Path, name: str, head, featurizer: Featurizer, labe
     validate_name(name)
     labels = check_labels(label_names)
     caller = check_caller_card(card)
-    check_head(head, featurizer.dim, len(labels))
+    trusted = trusted_head(head, featurizer.dim, len(labels))
+    caller = {**caller, "calibration": {**(calibration or {}), **calibration_entry(trusted)},
+              "unfamiliar": {**(unfamiliar or {}), **{key: value for key, value in trusted.detector.to_dict().items()
+                                                       if key != "validation_scores"}}}
 
     def write(work: Path) -> dict:
         featurizer_def = featurizer_graph_def(featurizer)
-        head_def = freeze_head(head, featurizer.dim)
+        head_def = trusted.graph_def()
         write_saved_model(work, featurizer, featurizer_def, head_def, labels)
         _write(work / names.HEAD_GRAPH_FILE, head_def.SerializeToString())
         _write(work / names.END_TO_END_GRAPH_FILE,
                end_to_end_graph_def(featurizer, featurizer_def, head_def).SerializeToString())
         _write(work / names.LABELS_FILE, "".join(f"{label}\n" for label in labels).encode("utf-8"))
-        listed = [names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE]
+        listed = [names.HEAD_GRAPH_FILE, names.END_TO_END_GRAPH_FILE, names.LABELS_FILE,
+                  *write_statistics(work, trusted)]
+        if reliability_png is not None:
+            _write(work / names.RELIABILITY_DIAGRAM_FILE, reliability_png)
+            listed.append(names.RELIABILITY_DIAGRAM_FILE)
         if featurizer.backend == "openvino":  # the IR its features came from (int8: quantized on its images)
             ir = Path(names.OPENVINO_FEATURIZER_FILE)
             featurizer.graph.save_ir(work / ir.parent, ir.stem)
@@ -107,6 +132,38 @@ def check_labels(label_names) -> list[str]:
     return labels
 
 
+def trusted_head(head, dim: int, num_classes: int) -> TrustedHead:
+    """Return ``head`` as a :class:`TrustedHead` after checking it maps [N, dim] to [N, num_classes]."""
+    if isinstance(head, TrustedHead):
+        if (head.weights.dim, head.weights.num_classes) != (dim, num_classes):
+            raise ValueError(f"head must map [N, {dim}] to [N, {num_classes}]; received "
+                             f"[N, {head.weights.dim}] to [N, {head.weights.num_classes}]")
+        if not (np.isfinite(head.temperature) and head.temperature > 0):
+            raise ValueError(f"the temperature must be a finite number > 0; received {head.temperature}")
+        return head
+    check_head(head, dim, num_classes)
+    log.warning("exporting a head without calibration or an unfamiliar-input threshold: its probabilities are "
+                "the softmax's own and no input is flagged unfamiliar (imgclf train fits both)")
+    return TrustedHead(HeadWeights.from_keras(head), 1.0, Detector())
+
+
+def calibration_entry(trusted: TrustedHead) -> dict:
+    """Return what the card's ``calibration`` entry says of the exported head itself."""
+    return {"temperature": float(trusted.temperature), "head_precision": "float64 inside the graph, float32 answers"}
+
+
+def write_statistics(work: Path, trusted: TrustedHead) -> list[str]:
+    """Write ``calibration.json`` (and the detector's ``unfamiliar.npz``); return the files written."""
+    written = [names.CALIBRATION_FILE]
+    statistics = {"temperature": float(trusted.temperature), "unfamiliar": trusted.detector.to_dict()}
+    if trusted.detector.arrays:
+        with atomic_file(work / names.UNFAMILIAR_STATISTICS_FILE) as fh:
+            np.savez(fh, **trusted.detector.arrays)
+        written.append(names.UNFAMILIAR_STATISTICS_FILE)
+    _write(work / names.CALIBRATION_FILE, json.dumps(statistics, indent=2, allow_nan=False).encode())
+    return written
+
+
 def check_head(head, dim: int, num_classes: int) -> None:
     """Check that ``head`` maps [N, dim] to probabilities [N, num_classes]."""
     probe = np.random.default_rng(0).normal(size=(2, dim)).astype(np.float32)
@@ -131,13 +188,14 @@ class _ServingModel(tf.Module):
         self._dim = featurizer.dim
         self._labels = list(labels)
         self._featurize = graph_function(featurizer_def, contract.image_input, contract.bottleneck)
-        self._classify = graph_function(head_def, names.HEAD_INPUT, names.HEAD_OUTPUT)
+        self._classify = graph_function(head_def, names.HEAD_INPUT, list(names.HEAD_OUTPUTS))
 
     def _outputs(self, vectors: tf.Tensor) -> dict:
-        probabilities = self._classify(vectors)
+        probabilities, score, unfamiliar = self._classify(vectors)
         classes = tf.argmax(probabilities, axis=1, output_type=tf.int64)
         labels = tf.gather(tf.constant(self._labels, tf.string), classes)
-        return {names.PROBABILITIES_KEY: probabilities, names.CLASSES_KEY: classes, names.LABELS_KEY: labels}
+        return {names.PROBABILITIES_KEY: probabilities, names.CLASSES_KEY: classes, names.LABELS_KEY: labels,
+                names.UNFAMILIAR_KEY: unfamiliar, names.UNFAMILIAR_SCORE_KEY: score}
 
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict:
         images = batch_to_input(image_bytes, self._contract)

@@ -1,4 +1,6 @@
-"""Build the frozen GraphDefs of an export: the head, the featurizer body, featurizer + head end to end.
+"""Build the frozen GraphDefs of an export: the featurizer body, and featurizer + head end to end.
+
+The head's own graph is built from its weights by :mod:`imgclf.training.head_graph`.
 
 Every graph here is made of current ops only and carries the running
 TensorFlow's producer version. The 2015 Inception graph's deprecated ops were
@@ -15,7 +17,6 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from imgclf.core import export_names as names
-from imgclf.core import tf_private
 from imgclf.core.errors import GraphError
 from imgclf.featurizer.graph.contract import node_name
 from imgclf.featurizer.graph.legacy_ops import deprecated_ops
@@ -35,25 +36,10 @@ def featurizer_graph_def(featurizer: Featurizer) -> graph_pb2.GraphDef:
     return graph_def
 
 
-def freeze_head(head, dim: int) -> graph_pb2.GraphDef:
-    """Freeze a Keras head (float32 [None, dim] → probabilities) into a GraphDef with the tutorial's names."""
-    spec = tf.TensorSpec([None, dim], tf.float32, name="bottleneck")
-    function = tf.function(lambda x: tf.cast(head(x, training=False), tf.float32)).get_concrete_function(spec)
-    frozen = tf_private.convert_variables_to_constants(function)
-    frozen_def = frozen.graph.as_graph_def()
-    graph = tf.Graph()
-    with graph.as_default():
-        vectors = tf.compat.v1.placeholder(tf.float32, [None, dim], name=node_name(names.HEAD_INPUT))
-        (probabilities,) = tf.graph_util.import_graph_def(
-            frozen_def, input_map={frozen.inputs[0].name: vectors},
-            return_elements=[frozen.outputs[0].name], name="head")
-        tf.identity(probabilities, name=node_name(names.HEAD_OUTPUT))
-    return _current(graph, names.HEAD_OUTPUT)
-
-
 def end_to_end_graph_def(featurizer: Featurizer, featurizer_def: graph_pb2.GraphDef,
                          head_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
-    """Return one graph: encoded image bytes (scalar string) → probabilities [1, C]."""
+    """Return one graph: encoded image bytes (scalar string) → the head's outputs (probabilities [1, C],
+    unfamiliar_score [1], unfamiliar [1]), under the head graph's names."""
     contract = featurizer.contract
     graph = tf.Graph()
     with graph.as_default():
@@ -64,28 +50,32 @@ def end_to_end_graph_def(featurizer: Featurizer, featurizer_def: graph_pb2.Graph
             featurizer_def, input_map={contract.image_input: image},
             return_elements=[contract.bottleneck], name="featurizer")
         vector = tf.reshape(bottleneck, [1, featurizer.dim], name="bottleneck")
-        (probabilities,) = tf.graph_util.import_graph_def(
-            head_def, input_map={names.HEAD_INPUT: vector}, return_elements=[names.HEAD_OUTPUT], name="head")
-        tf.identity(probabilities, name=node_name(names.END_TO_END_OUTPUT))
-    return _current(graph, names.END_TO_END_OUTPUT)
+        outputs = tf.graph_util.import_graph_def(
+            head_def, input_map={names.HEAD_INPUT: vector}, return_elements=list(names.HEAD_OUTPUTS), name="head")
+        for output, name in zip(outputs, names.END_TO_END_OUTPUTS):
+            tf.identity(output, name=node_name(name))
+    return current_graph_def(graph, names.END_TO_END_OUTPUTS)
 
 
-def _current(graph: tf.Graph, output: str) -> graph_pb2.GraphDef:
-    """Return what ``output`` needs of ``graph``, checked to hold no deprecated op."""
-    graph_def = keep_ancestors(drop_pure_control_edges(graph.as_graph_def()), output)
+def current_graph_def(graph: tf.Graph, outputs) -> graph_pb2.GraphDef:
+    """Return what ``outputs`` (tensor names) need of ``graph``, checked to hold no deprecated op."""
+    graph_def = keep_ancestors(drop_pure_control_edges(graph.as_graph_def()), outputs)
     old = deprecated_ops(graph_def, tf.version.GRAPH_DEF_VERSION)
     if old:  # pragma: no cover - every input graph was checked; this guards future edits
         raise GraphError(f"exported graph holds deprecated ops {sorted(old)}")
     return graph_def
 
 
-def graph_function(graph_def: graph_pb2.GraphDef, feed: str, fetch: str):
+def graph_function(graph_def: graph_pb2.GraphDef, feed: str, fetch):
     """Return a concrete function ``feed → fetch`` over a frozen GraphDef (wrap_function, then prune).
+
+    ``fetch`` is one tensor name (the function returns that tensor) or a list of them (a list).
 
     Pruning re-creates the ops in a current-version function graph, which is
     exactly what fails with the 2015 graph's old ops; the graphs given here
     have none.
     """
     wrapped = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-    return wrapped.prune(feeds=wrapped.graph.get_tensor_by_name(feed),
-                         fetches=wrapped.graph.get_tensor_by_name(fetch))
+    tensor = wrapped.graph.get_tensor_by_name
+    fetches = tensor(fetch) if isinstance(fetch, str) else [tensor(name) for name in fetch]
+    return wrapped.prune(feeds=tensor(feed), fetches=fetches)

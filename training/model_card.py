@@ -17,11 +17,13 @@ from imgclf.featurizer.runtime.featurizer import Featurizer
 from imgclf.training.serving_preprocess import dct_method
 
 # Keys export_model writes itself; a caller's card may not set them.
-GENERATED_KEYS = ("format", "name", "version", "created_utc", "labels", "num_classes", "featurizer",
-                  "training_features_precision", "serving_precision", "preprocessing", "input_contract",
-                  "files", "library_versions")
+GENERATED_KEYS = ("calibration", "unfamiliar", "format", "name", "version", "created_utc", "labels",
+                  "num_classes", "featurizer", "training_features_precision", "serving_precision",
+                  "preprocessing", "input_contract", "files", "library_versions")
 # What the caller is expected to pass (each a JSON-ready dict); other keys are kept as given.
 CALLER_KEYS = ("training", "metrics", "splits")
+# What the export adds to the caller's card from the head it exports (figures may come from the caller).
+HEAD_KEYS = ("calibration", "unfamiliar")
 
 
 def check_caller_card(card: dict) -> dict:
@@ -72,6 +74,10 @@ def input_contract(dim: int, num_classes: int, size: int) -> dict:
         names.PROBABILITIES_KEY: {"dtype": "float32", "shape": [-1, num_classes]},
         names.CLASSES_KEY: {"dtype": "int64", "shape": [-1], "meaning": "top-1 class id"},
         names.LABELS_KEY: {"dtype": "string", "shape": [-1], "meaning": "top-1 label"},
+        names.UNFAMILIAR_KEY: {"dtype": "bool", "shape": [-1],
+                               "meaning": "unfamiliar_score above the export's threshold (see the card's unfamiliar)"},
+        names.UNFAMILIAR_SCORE_KEY: {"dtype": "float32", "shape": [-1],
+                                     "meaning": "higher = less like the training images (the energy score)"},
     }
     return {
         "saved_model": {
@@ -91,10 +97,13 @@ def input_contract(dim: int, num_classes: int, size: int) -> dict:
                 "outputs": outputs},
         },
         names.HEAD_GRAPH_FILE: {"input": names.HEAD_INPUT, "input_shape": [-1, dim],
-                                "output": names.HEAD_OUTPUT, "output_shape": [-1, num_classes]},
+                                "output": names.HEAD_OUTPUT, "output_shape": [-1, num_classes],
+                                "unfamiliar_score": names.HEAD_UNFAMILIAR_SCORE, "unfamiliar": names.HEAD_UNFAMILIAR},
         names.END_TO_END_GRAPH_FILE: {"input": names.END_TO_END_INPUT, "input_shape": [],
                                       "input_meaning": "one encoded image (scalar string)",
-                                      "output": names.END_TO_END_OUTPUT, "output_shape": [1, num_classes]},
+                                      "output": names.END_TO_END_OUTPUT, "output_shape": [1, num_classes],
+                                      "unfamiliar_score": names.HEAD_UNFAMILIAR_SCORE,
+                                      "unfamiliar": names.HEAD_UNFAMILIAR},
     }
 
 

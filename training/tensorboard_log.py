@@ -45,6 +45,30 @@ def write_image(tag: str, rgb: np.ndarray, step: int, description: str = "") -> 
                      metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE, description))
 
 
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Return uint8 RGB [H, W, 3] encoded as PNG."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def write_tensorboard_image(logdir: Path | None, tag: str, rgb: np.ndarray, description: str = "") -> None:
+    """Write one image summary (step 0) under ``logdir/validation`` (nothing when ``logdir`` is None)."""
+    if logdir is None:
+        return
+    writer = tf.summary.create_file_writer(str(Path(logdir) / "validation"))
+    try:
+        with writer.as_default():
+            write_image(tag, rgb, 0, description)
+    finally:
+        writer.flush()
+        writer.close()
+
+
 class RunWriters:
     """TensorBoard summary writers for the train and validation curves of one run (step = epoch).
 

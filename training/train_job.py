@@ -19,15 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.core import export_names as names
 from imgclf.core.errors import CandidateRejected, ModelNotFound, UsageError
 from imgclf.featurizer.images.folders import scan_image_dir
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
+from imgclf.training.calibration import METHODS as CALIBRATION_METHODS
+from imgclf.training.calibration import Calibration, calibrate, reliability_diagram, softmax
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.dataset import Dataset, build_dataset, build_dataset_from_features
+from imgclf.training.detector import fit_detector
 from imgclf.training.gate import CurrentVersion, GateConfig, GateReport, judge
+from imgclf.training.head_graph import HeadWeights, TrustedHead
 from imgclf.training.split import SplitConfig
+from imgclf.training.unfamiliar_report import generated_sets, left_out_figures
+from imgclf.training.unfamiliar_report import report as unfamiliar_report
+
+UNFAMILIAR_METHOD = "energy"  # see imgclf.training.unfamiliar for the measurements behind the choice
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,9 @@ class TrainJob:
     # A feature dataset (folder or s3://, gs:// URI) written by `imgclf featurize --output-dataset`, instead
     # of image_dir and cache: its rows of this featurizer are split and trained on, no image is read.
     features: str | None = None
+    calibration: str = "temperature"  # temperature scaling fitted on the validation split, or "none"
+    # Classes left out of training, one shadow head each, to measure the unfamiliar-input detector (0 = none).
+    left_out_classes: int = 3
 
 
 @dataclass
@@ -65,6 +77,8 @@ class TrainOutcome:
     table: str
     history: list[dict]
     gate: GateReport | None = None  # the publish gate's report
+    calibration: dict | None = None  # the card's calibration entry (NLL and ECE before and after)
+    unfamiliar: dict | None = None  # the card's unfamiliar-input entry (threshold, AUROC, FPR per set)
 
 
 def default_logdir(model_dir: Path, name: str) -> Path:
@@ -91,6 +105,10 @@ def run_train(job: TrainJob) -> TrainOutcome:
     job.head.validate()
     job.train.validate()
     job.gate.validate()
+    if job.calibration not in CALIBRATION_METHODS:
+        raise UsageError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; received {job.calibration!r}")
+    if isinstance(job.left_out_classes, bool) or not isinstance(job.left_out_classes, int) or job.left_out_classes < 0:
+        raise UsageError(f"left_out_classes must be an integer >= 0; received {job.left_out_classes!r}")
     if job.features is not None and job.augment.copies:
         raise UsageError("augmentation distorts images: --augment cannot be used with --features "
                          "(train from IMAGE_DIR for distorted copies)")
@@ -116,8 +134,9 @@ def run_train(job: TrainJob) -> TrainOutcome:
         result = train_head(train.features, train.labels, val.features, val.labels, len(dataset.label_names),
                             job.head, job.train, logdir=logdir, label_names=dataset.label_names,
                             progress=job.progress)
-        probabilities = np.asarray(result.model.predict(test.features, verbose=0)) if len(test.labels) else \
-            np.zeros((0, len(dataset.label_names)), np.float32)
+        trusted, calibration, diagram = calibrated_head(job, result.model, val, test, logdir)
+        unfamiliar = measure_detector(job, trusted, featurizer, dataset)
+        probabilities = trusted.outputs(test.features)[names.PROBABILITIES_KEY]
         metrics = evaluate(probabilities, test.labels, dataset.label_names)
         card = {
             "training": {
@@ -141,13 +160,62 @@ def run_train(job: TrainJob) -> TrainOutcome:
                                        test.features)
         report = judge(job.gate, test.labels, np.argmax(probabilities, axis=1), dataset.label_names, current)
         card["gate"] = report.to_dict()
+        card["metrics"]["test"]["probabilities"] = "calibrated" if calibration.method != "none" else "uncalibrated"
         log.info("%s", report.reason())
-        version_dir = export_model(job.model_dir, job.name, result.model, featurizer, dataset.label_names, card,
-                                   rejected_by=None if report.published else card["gate"])
-    outcome = TrainOutcome(version_dir, dataset, metrics.to_dict(), metrics.format_table(), result.history, report)
+        version_dir = export_model(job.model_dir, job.name, trusted, featurizer, dataset.label_names, card,
+                                   rejected_by=None if report.published else card["gate"],
+                                   calibration=calibration.to_dict(), unfamiliar=unfamiliar, reliability_png=diagram)
+    unfamiliar = {**unfamiliar, **{k: v for k, v in trusted.detector.to_dict().items() if k != "validation_scores"}}
+    outcome = TrainOutcome(version_dir, dataset, metrics.to_dict(), metrics.format_table(), result.history, report,
+                           calibration=calibration.to_dict(), unfamiliar=unfamiliar)
     if not report.published:
         raise CandidateRejected(report.reason(), report=report, kept_at=version_dir, outcome=outcome)
     return outcome
+
+
+def calibrated_head(job: TrainJob, model, val, test, logdir: Path) -> tuple[TrustedHead, Calibration, bytes]:
+    """Return the head to export (weights, temperature, detector), its calibration and the reliability diagram.
+
+    The temperature is fitted on the validation split's logits (:mod:`imgclf.training.calibration`); the
+    unfamiliar-input threshold is set at 95% TPR on the same split. The diagram (PNG) shows the test split
+    (the validation split when the test split is empty), before and after; it is logged to TensorBoard too.
+    """
+    from imgclf.training.tensorboard_log import encode_png, write_tensorboard_image
+
+    weights = HeadWeights.from_keras(model)
+    val_logits, test_logits = weights.logits(val.features), weights.logits(test.features)
+    calibration = calibrate(job.calibration, val_logits, val.labels, test_logits, test.labels)
+    log.info("%s", calibration.format_table())
+    detector = fit_detector(UNFAMILIAR_METHOD, val.features, val_logits)
+    shown, logits, labels = ("test", test_logits, test.labels) if len(test.labels) else \
+        ("validation", val_logits, val.labels)
+    calibration.diagram = {"file": names.RELIABILITY_DIAGRAM_FILE, "split": shown, "images": int(len(labels))}
+    rgb = reliability_diagram(softmax(logits), softmax(logits, calibration.temperature), labels,
+                              f"{job.name}: {shown} split, {len(labels)} images; after = temperature "
+                              f"{calibration.temperature:.3g}")
+    write_tensorboard_image(logdir, "reliability_diagram", rgb,
+                            f"reliability on the {shown} split before and after calibration")
+    return TrustedHead(weights, calibration.temperature, detector), calibration, encode_png(rgb)
+
+
+def measure_detector(job: TrainJob, trusted: TrustedHead, featurizer: Featurizer, dataset: Dataset) -> dict:
+    """Return the unfamiliar-input detector's figures for the card (see :mod:`imgclf.training.unfamiliar_report`)."""
+    from imgclf.training.fit_head import train_head
+
+    train, val, test = (dataset.splits[name] for name in ("train", "validation", "test"))
+    held_out = test if len(test.labels) else val
+    logits = trusted.weights.logits
+
+    def fit_shadow(x_train, y_train, x_val, y_val, num_classes):
+        shadow = train_head(x_train, y_train, x_val, y_val, num_classes, job.head, job.train, progress=False)
+        return HeadWeights.from_keras(shadow.model).logits
+
+    left_out = left_out_figures(dataset.label_names, (train.features, train.labels), (val.features, val.labels),
+                                (held_out.features, held_out.labels), fit_shadow, trusted.detector.method,
+                                job.left_out_classes) if job.left_out_classes else {}
+    figures = unfamiliar_report(trusted.detector, logits, held_out.features, generated_sets(featurizer), left_out)
+    figures["familiar_split"] = "test" if len(test.labels) else "validation"
+    return figures
 
 
 def compare_with_current(model_dir: Path, name: str, fingerprint: str, label_names: list[str],

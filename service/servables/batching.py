@@ -34,7 +34,10 @@ _STOP = object()
 
 
 class Batcher:
-    """Run ``run(batch) -> outputs`` on batches gathered from concurrent :meth:`submit` calls."""
+    """Run ``run(batch) -> outputs`` on batches gathered from concurrent :meth:`submit` calls.
+
+    ``outputs`` is an array or a dict of arrays, each with one row per input row.
+    """
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_size: int = 32, max_wait: float = 0.005,
                  enabled: bool = True, on_batch: Callable[[int, float], None] | None = None, name: str = "model",
@@ -141,8 +144,11 @@ class Batcher:
             return
         start = 0
         for inputs, future in pending:
-            future.set_result(outputs[start:start + len(inputs)])
-            start += len(inputs)
+            end = start + len(inputs)
+            # One array, or a dict of arrays that share their first axis (e.g. probabilities and scores).
+            future.set_result({key: value[start:end] for key, value in outputs.items()}
+                              if isinstance(outputs, dict) else outputs[start:end])
+            start = end
 
     def close(self) -> None:
         """Stop the batching threads after the batches already queued; fail whatever is left after them."""

@@ -31,7 +31,9 @@ class ImageClassifierServable(Servable):
     def __init__(self, name: str, version: int, model: LoadedModel, context: LoadContext):
         super().__init__(name, version, model.labels, model.card)
         self.model = model
-        self.batcher = context.batcher(name, model.predict_inputs, lanes=model.batch_lanes)
+        self.batcher = context.batcher(name, model.infer_inputs, lanes=model.batch_lanes)
+        # Scores above it are flagged unfamiliar: the export's threshold, unless the service sets another.
+        self.unfamiliar_threshold = model.detector.threshold
 
     @classmethod
     def load(cls, path: Path, name: str, version: int, context: LoadContext) -> ImageClassifierServable:
@@ -55,9 +57,12 @@ class ImageClassifierServable(Servable):
         self.batcher.submit(inputs[0][None])
 
     def make_signatures(self) -> dict[str, Signature]:
-        """Return the serving (image bytes) and bottleneck signatures; both answer probabilities, classes, labels."""
+        """Return the serving (image bytes) and bottleneck signatures; both answer probabilities, classes, labels,
+        whether each input is unfamiliar and its unfamiliar score."""
         outputs = (TensorSpec(names.PROBABILITIES_KEY, "float32", (-1, len(self.labels))),
-                   TensorSpec(names.CLASSES_KEY, "int64", (-1,)), TensorSpec(names.LABELS_KEY, STRING, (-1,)))
+                   TensorSpec(names.CLASSES_KEY, "int64", (-1,)), TensorSpec(names.LABELS_KEY, STRING, (-1,)),
+                   TensorSpec(names.UNFAMILIAR_KEY, "bool", (-1,)),
+                   TensorSpec(names.UNFAMILIAR_SCORE_KEY, "float32", (-1,)))
         pictures = TensorSpec(names.IMAGE_BYTES_KEY, STRING, (-1,))
         bottlenecks = TensorSpec(names.BOTTLENECK_KEY, "float32", (-1, self.model.bottleneck_dim))
         return {names.SERVING_SIGNATURE: Signature(names.SERVING_SIGNATURE, pictures, outputs),
@@ -84,15 +89,19 @@ class ImageClassifierServable(Servable):
         return _bottlenecks(values, self.model.bottleneck_dim)
 
     def predict(self, batch: np.ndarray, signature: Signature) -> dict[str, np.ndarray]:
-        """Return probabilities, classes (the argmax) and labels of network inputs or bottleneck rows."""
+        """Return probabilities, classes (the argmax), labels, unfamiliar flags and scores of network inputs or
+        bottleneck rows (flags: scores above :attr:`unfamiliar_threshold`)."""
         if signature.takes_pictures:
-            probabilities = self.batcher.submit(np.asarray(batch, dtype=np.float32))
+            out = self.batcher.submit(np.asarray(batch, dtype=np.float32))
         else:
-            probabilities = self.model.predict_bottlenecks(batch)
-        probabilities = np.asarray(probabilities, dtype=np.float32)
+            out = self.model.infer_bottlenecks(batch)
+        probabilities = np.asarray(out[names.PROBABILITIES_KEY], dtype=np.float32)
+        scores = np.asarray(out[names.UNFAMILIAR_SCORE_KEY], dtype=np.float32)
         classes = np.argmax(probabilities, axis=1)  # as the SavedModel's tf.argmax: the first of equal maxima
         return {names.PROBABILITIES_KEY: probabilities, names.CLASSES_KEY: classes.astype(np.int64),
-                names.LABELS_KEY: np.array([self.labels[c] for c in classes], dtype=object)}
+                names.LABELS_KEY: np.array([self.labels[c] for c in classes], dtype=object),
+                names.UNFAMILIAR_KEY: scores > np.float32(self.unfamiliar_threshold),
+                names.UNFAMILIAR_SCORE_KEY: scores}
 
 
 def _bottlenecks(items: list, dim: int, first: int = 0) -> np.ndarray:

@@ -17,7 +17,7 @@ from imgclf.service.protocols.rest import B64_FIELD, decode_b64
 from imgclf.service.servables.base import Servable, Signature, TensorSpec
 
 METHOD_NAME = "tensorflow/serving/predict"
-DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "string": "DT_STRING"}  # TF Serving's dtype names
+DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "bool": "DT_BOOL", "string": "DT_STRING"}  # TF Serving's dtype names
 
 
 def tensor_def(spec: TensorSpec) -> dict:

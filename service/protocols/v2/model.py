@@ -23,7 +23,7 @@ from imgclf.service.protocols.v2.tensors import NUMPY_DTYPES, InputTensor, Reque
 from imgclf.service.servables.base import Servable, TensorSpec
 
 PLATFORM = "tensorflow_savedmodel"  # what every export is; Triton's name for it
-DATATYPES = {"float32": "FP32", "int64": "INT64", "string": "BYTES"}  # the servables' dtypes -> v2 datatypes
+DATATYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}  # the servables' dtypes -> v2 datatypes
 
 
 @dataclass(frozen=True)

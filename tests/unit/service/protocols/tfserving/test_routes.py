@@ -57,7 +57,7 @@ def expected(reference, images: list[bytes]) -> np.ndarray:
 def check_rows(predictions: list[dict], probabilities: np.ndarray, labels: list[str]) -> None:
     assert len(predictions) == len(probabilities)
     for row, p in zip(predictions, probabilities):
-        assert set(row) == {"probabilities", "classes", "labels"}
+        assert set(row) == {"probabilities", "classes", "labels", "unfamiliar", "unfamiliar_score"}
         np.testing.assert_allclose(row["probabilities"], p, rtol=1e-5, atol=1e-6)
         assert row["classes"] == int(np.argmax(p)) and row["labels"] == labels[int(np.argmax(p))]
 
@@ -131,7 +131,8 @@ def test_metadata_describes_signatures(client, reference):
         assert [d["size"] for d in bottleneck] == ["-1", str(reference.bottleneck_dim)]
         outputs = defs["bottleneck"]["outputs"]
         assert {k: v["dtype"] for k, v in outputs.items()} == {"probabilities": "DT_FLOAT", "classes": "DT_INT64",
-                                                               "labels": "DT_STRING"}
+                                                               "labels": "DT_STRING", "unfamiliar": "DT_BOOL",
+                                                               "unfamiliar_score": "DT_FLOAT"}
         assert [d["size"] for d in outputs["probabilities"]["tensor_shape"]["dim"]] == ["-1", "4"]
         assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
         # OpenVINO Model Server's spelling beside it (ovmsclient reads only that; see test_ovms_json)
