@@ -13,7 +13,13 @@ from pathlib import Path
 from imgclf.core.errors import UsageError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.decode import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
-from imgclf.featurizer.runtime.backend import BACKENDS, DEFAULT_BACKEND, FEATURIZER_PRECISIONS, INSTALL_HINT
+from imgclf.featurizer.runtime.backend import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    FEATURIZER_PRECISIONS,
+    INSTALL_HINT,
+    requested_backend,
+)
 from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
 
 
@@ -23,19 +29,21 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--graph", type=Path, required=True,
                        help="frozen Inception-v3 GraphDef (.pb): the real tensorflow_inception_graph.pb "
                             "(imgclf fetch-inception) or one from imgclf export-inception")
-    group.add_argument("--precision", choices=FEATURIZER_PRECISIONS, default="auto",
+    group.add_argument("--precision", choices=FEATURIZER_PRECISIONS, default=None,
                        help="auto = fp16 on a GPU of compute capability >= 7.0, bf16 on a CPU with "
-                            "AMX/AVX512_BF16, else fp32; int8 (OpenVINO only) quantizes the graph, calibrated "
-                            "on the folder's own images (default: %(default)s)")
+                            "AMX/AVX512_BF16, else fp32; int8 (OpenVINO only: alone, it implies --backend "
+                            "openvino) quantizes the graph, calibrated on the folder's own images (default: auto; "
+                            "train --features: the precision the dataset holds)")
     group.add_argument("--decode", choices=DECODE_MODES, default=DEFAULT_DECODE,
                        help="exact = decode every pixel; fast = let the JPEG decoder scale large photos down by "
                             "DCT (1/2, 1/4, 1/8, keeping both sides >= 2x the network input) before the same "
                             "resize: phone photos decode several times faster; recorded in the model card and "
                             "served the same way (default: %(default)s)")
-    group.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+    group.add_argument("--backend", choices=BACKENDS, default=None,
                        help="runtime of the graph: tensorflow, openvino (needs " + INSTALL_HINT.replace("%", "%%")
                             + "), or auto = OpenVINO on an x86 CPU when installed, else TensorFlow "
-                            "(default: %(default)s)")
+                            f"(default: {DEFAULT_BACKEND}; openvino with --precision int8; train --features: the "
+                            "backend the dataset holds)")
     group.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                        help="int8: calibrate on this many images of the folder (default: %(default)s)")
     group.add_argument("--openvino-cache", type=Path,
@@ -57,8 +65,16 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
                             "process or network ops); a graph is a program: only for graphs you trust")
 
 
-def featurizer_config_from_args(args: argparse.Namespace):
-    """Build a FeaturizerConfig from the options of :func:`add_featurizer_options`."""
+def featurizer_config_from_args(args: argparse.Namespace, precision: str | None = None, backend: str | None = None):
+    """Build a FeaturizerConfig from the options of :func:`add_featurizer_options`.
+
+    ``precision`` and ``backend`` stand for flags that were not given (``train --features`` passes what the
+    dataset holds); a flag given wins. Without either: precision auto, and the backend int8 implies or
+    the default one.
+
+    Raises:
+        UsageError: a value out of range, or ``--precision int8 --backend tensorflow``.
+    """
     from imgclf.featurizer.graph.load import ThreadConfig
     from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 
@@ -71,10 +87,12 @@ def featurizer_config_from_args(args: argparse.Namespace):
         raise UsageError(f"--calibration-images must be at least 1; received {args.calibration_images}")
     contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor,
                                                decode=getattr(args, "decode", None))
-    return FeaturizerConfig(graph=args.graph, contract=contract, precision=args.precision,
+    precision = args.precision or precision or "auto"
+    backend = requested_backend(precision, args.backend or backend)
+    return FeaturizerConfig(graph=args.graph, contract=contract, precision=precision,
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
                             max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops,
-                            backend=args.backend, calibration_images=args.calibration_images,
+                            backend=backend, calibration_images=args.calibration_images,
                             openvino_cache=args.openvino_cache)
 
 

@@ -67,9 +67,10 @@ class ModelSpec:
 
 # What every secondary model changes in the loop's defaults (which suit the classifier head): the
 # decay period counts epochs and decays smoothly, SGD is the curriculum's plain gradient descent, each
-# run trains all its epochs and keeps the last weights, and every step splits evenly across replicas.
+# run trains all its epochs and keeps the last weights, every step splits evenly across replicas, and no
+# calibration follows (temperature scaling is the image classifier head's).
 SECONDARY_TRAINING = {"decay_epochs": 1.0, "staircase": False, "momentum": 0.0, "patience": None,
-                      "class_balance": "none", "drop_remainder": True}
+                      "class_balance": "none", "drop_remainder": True, "calibration": "none"}
 
 
 def _training(**changes) -> dict:

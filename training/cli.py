@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, help="SQLite feature cache (created when missing); required with IMAGE_DIR")
     p.add_argument("--features", metavar="DEST",
                    help="train from a feature dataset (folder or s3://, gs:// URI) written by imgclf featurize "
-                        "--output-dataset with the same --graph and --precision, instead of IMAGE_DIR and --cache")
+                        "--output-dataset with the same --graph, instead of IMAGE_DIR and --cache; --precision "
+                        "and --backend, when not given, are the ones DEST holds for that graph")
     p.add_argument("--model-dir", type=Path, required=True, help="model repository (TensorFlow Serving layout)")
     p.add_argument("--name", required=True, help="model name: letters, digits, '-', '_', '.'")
     p.add_argument("--logdir", type=Path, help="TensorBoard run directory (default: MODEL_DIR/NAME/runs/<time>)")
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--random-saturation", type=float, default=10.0, help="percent (default: %(default)s)")
     g.add_argument("--no-flip", action="store_true", help="do not mirror copies left-right")
 
-    from imgclf.training.config import HeadConfig, TrainConfig
+    from imgclf.training.config import CALIBRATIONS, HeadConfig, TrainConfig
 
     head, train = HeadConfig(), TrainConfig()
     g = p.add_argument_group("head")
@@ -74,6 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--class-balance", choices=("weights", "sampling", "none"), default=train.class_balance,
                    help="how class imbalance is handled (default: %(default)s)")
     g.add_argument("--seed", type=int, default=train.seed, help="default: %(default)s")
+
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calibration", choices=CALIBRATIONS, default=train.calibration,
+                   help="temperature = temperature scaling of the head's logits, fitted on the validation split "
+                        "after training; none = the softmax as trained (default: %(default)s)")
 
     from imgclf.training.gate import DEFAULT_MAX_REGRESSION, PUBLISH_MODES, SIGNIFICANCE
 
@@ -110,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("augmentation distorts images: --augment cannot be used with --features "
                          "(train from IMAGE_DIR for distorted copies)")
     job = TrainJob(
-        image_dir=args.image_dir, features=args.features, featurizer=featurizer_config_from_args(args),
+        image_dir=args.image_dir, features=args.features, featurizer=_featurizer_config(args),
         cache=args.cache,
         model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
         decode_threads=check_decode_threads(args.decode_threads), progress=False if args.quiet else None,
@@ -122,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           decay_rate=args.decay_rate, staircase=not args.no_staircase, optimizer=args.optimizer,
                           momentum=args.momentum, batch_size=args.train_batch_size, epochs=args.epochs,
                           patience=args.patience, ema_decay=args.ema_decay, class_balance=args.class_balance,
-                          seed=args.seed),
+                          seed=args.seed, calibration=args.calibration),
         gate=_checked(GateConfig(publish=args.publish, min_accuracy=args.min_accuracy,
                                  max_regression=args.max_regression)),
     )
@@ -142,6 +148,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(outcome.gate.format_table())
     print(f"exported {outcome.version_dir}")
     return 0
+
+
+def _featurizer_config(args: argparse.Namespace):
+    """Return the FeaturizerConfig of the flags; with --features, DEST's precision and backend fill the ones not given.
+
+    Raises:
+        UsageError: DEST holds this graph's features in several precisions or backends the flags leave open,
+            a flag contradicts DEST, or DEST holds int8 features (their calibration images are not in it).
+    """
+    if args.features is None:
+        return featurizer_config_from_args(args)
+    from imgclf.featurizer.graph.load import file_sha256
+    from imgclf.featurizer.store.held_featurizers import choose_featurizer, held_featurizers
+
+    precision, backend = choose_featurizer(held_featurizers(args.features), file_sha256(args.graph),
+                                           args.precision, args.backend, args.features)
+    config = featurizer_config_from_args(args, precision, backend)
+    if config.precision == "int8":
+        raise UsageError(f"int8 features cannot be trained on from --features {args.features!r}: OpenVINO "
+                         "quantized the graph on the featurize run's own images, which a feature dataset does not "
+                         "hold, so the featurizer cannot be rebuilt for the export; train from IMAGE_DIR with "
+                         "--cache and --precision int8, or featurize DEST in fp32 or bf16")
+    return config
 
 
 def _print_outcome(outcome) -> None:

@@ -41,6 +41,9 @@ class HeadConfig:
 
 OPTIMIZERS = ("sgd", "adam")
 CLASS_BALANCE = ("weights", "sampling", "none")
+# How the head's probabilities are calibrated after training: temperature scaling (Guo et al. 2017) fitted by
+# NLL on the validation split, or none.
+CALIBRATIONS = ("temperature", "none")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class TrainConfig:
     validation_size: int | None = None  # digits: the last N of x_train validate (None = the loader's
     #                                     default, 0 = none)
     checkpoint_epochs: int = 1  # save a checkpoint every this many epochs, and after the last
+    calibration: str = "temperature"  # the head's calibration after training (CALIBRATIONS): "temperature"
+    #                                   (fitted on the validation split) or "none" (the secondary models' spec)
 
     def validate(self) -> None:
         """Raise UsageError when a field is out of range, saying what was received."""
@@ -93,6 +98,8 @@ class TrainConfig:
         if self.class_balance not in CLASS_BALANCE:
             raise UsageError(f"class_balance must be one of {CLASS_BALANCE}; "
                              f"received {self.class_balance!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise UsageError(f"calibration must be one of {CALIBRATIONS}; received {self.calibration!r}")
 
 
 def train_config(model: str, **overrides) -> TrainConfig:

@@ -80,8 +80,9 @@ def settings_key(model: str, net, train: TrainConfig, data: Data) -> str:
     """Return a short hash of everything that determines the trained weights (names the checkpoint dir)."""
     settings = {"model": model, "net": config_dict(net),
                 # Not epochs: batch order and learning rate depend on the epoch alone, so a longer run
-                # continues a shorter one's checkpoint exactly.
-                "train": {k: v for k, v in config_dict(train).items() if k not in ("epochs", "checkpoint_epochs")},
+                # continues a shorter one's checkpoint exactly. Not calibration: it follows training.
+                "train": {k: v for k, v in config_dict(train).items()
+                          if k not in ("epochs", "checkpoint_epochs", "calibration")},
                 "data": data.source}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -36,14 +36,34 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def require_openvino():
-    """Import and return the ``openvino`` module, or raise UsageError saying how to install it."""
+def require_openvino(wanted_by: str = "--backend openvino (IMGCLF_BACKEND=openvino)"):
+    """Import and return the ``openvino`` module, or raise UsageError saying how to install it.
+
+    Args:
+        wanted_by: what asked for OpenVINO, as the error names it.
+    """
     try:
         import openvino
     except ImportError as exc:
-        raise UsageError(f"--backend openvino (IMGCLF_BACKEND=openvino) needs OpenVINO, which is not installed "
-                         f"({exc}): {INSTALL_HINT}") from None
+        raise UsageError(f"{wanted_by} needs OpenVINO, which is not installed ({exc}): {INSTALL_HINT}") from None
     return openvino
+
+
+def requested_backend(precision: str, backend: str | None) -> str:
+    """Return the backend to ask for: ``backend`` as given, else OpenVINO for int8 and :data:`DEFAULT_BACKEND`.
+
+    int8 is OpenVINO's post-training quantization, so ``--precision int8`` alone implies ``--backend openvino``.
+
+    Raises:
+        UsageError: ``--precision int8`` with ``--backend tensorflow``.
+    """
+    if backend is None:
+        return "openvino" if precision == "int8" else DEFAULT_BACKEND
+    if precision == "int8" and backend == "tensorflow":
+        raise UsageError("--precision int8 runs on OpenVINO only (its post-training quantization), not on "
+                         "--backend tensorflow: leave --backend out (int8 implies openvino) or use fp32/bf16 "
+                         "on TensorFlow")
+    return backend
 
 
 def is_x86() -> bool:
@@ -51,16 +71,18 @@ def is_x86() -> bool:
     return platform.machine().lower() in X86_MACHINES
 
 
-def resolve_backend(requested: str, target=None) -> str:
+def resolve_backend(requested: str, target=None, precision: str | None = None) -> str:
     """Return ``"tensorflow"`` or ``"openvino"`` for ``requested`` in :data:`BACKENDS`.
 
-    ``auto``: OpenVINO when the work runs on a CPU (``target``, by default the
-    pinned or first visible device, :func:`imgclf.core.devices.compute_target`),
-    the CPU is x86 and OpenVINO is installed; TensorFlow otherwise (on a GPU,
-    TensorFlow's fp16 path is what the device does best).
+    ``auto``: OpenVINO for ``precision`` int8 (only OpenVINO runs it), or when the
+    work runs on a CPU (``target``, by default the pinned or first visible device,
+    :func:`imgclf.core.devices.compute_target`), the CPU is x86 and OpenVINO is
+    installed; TensorFlow otherwise (on a GPU, TensorFlow's fp16 path is what
+    the device does best).
 
     Raises:
-        UsageError: ``requested`` is not a backend, or is ``openvino`` without OpenVINO installed.
+        UsageError: ``requested`` is not a backend, or is ``openvino`` (or ``auto`` for int8) without
+            OpenVINO installed.
     """
     if requested not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}; received {requested!r}")
@@ -69,6 +91,10 @@ def resolve_backend(requested: str, target=None) -> str:
         return "openvino"
     if requested == "tensorflow":
         return "tensorflow"
+    if precision == "int8":
+        require_openvino("--precision int8 (OpenVINO's post-training quantization)")
+        log.info("backend auto -> openvino (int8 runs only there)")
+        return "openvino"
     if target is None:
         from imgclf.core.devices import compute_target
 

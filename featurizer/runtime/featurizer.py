@@ -82,7 +82,7 @@ class Featurizer:
         self.config = config
         graph_def, self.graph_sha256 = load_graph(config.graph, allow_unsafe_ops=config.allow_unsafe_ops)
         self.contract = contract_from_graph(graph_def, config.contract)
-        self.backend = resolve_backend(config.backend)
+        self.backend = resolve_backend(config.backend, precision=config.precision)
         check_backend_precision(self.backend, config.precision)
         self.calibration: Calibration | None = None  # int8's; part of the fingerprint
         if self.backend == "openvino":

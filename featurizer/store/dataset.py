@@ -244,7 +244,7 @@ def load_features(dest: str | os.PathLike, identity: FeaturizerIdentity) -> tupl
         held = "; ".join(FeaturizerIdentity.from_description(e["featurizer"]).summary()
                          for e in manifest["featurizers"].values()) or "none"
         raise ValueError(f"{str(dest)!r} holds no features of this featurizer ({identity.summary()}); "
-                         f"it holds: {held}. Use the same --graph and --precision as the featurize run")
+                         f"it holds: {held}. Use the --graph, --precision, --backend and --decode of the featurize run")
     table = read_rows(location, identity)
     if not table.paths:
         raise ValueError(f"{str(dest)!r} lists featurizer {identity.fingerprint[:12]} but holds no shard of it")

@@ -68,7 +68,10 @@ class FeaturizerIdentity:
     def summary(self) -> str:
         """Return a short human description."""
         graph = str(self.description.get("graph_sha256", "?"))[:12]
-        return f"{self.precision}, {self.dim}-d, graph sha256 {graph}, fingerprint {self.fingerprint[:12]}"
+        backend = self.description.get("backend") or "tensorflow"  # descriptions from before backends: TensorFlow
+        decode = f", decode {self.description['decode']}" if self.description.get("decode") else ""
+        return (f"{self.precision} on {backend}{decode}, {self.dim}-d, graph sha256 {graph}, "
+                f"fingerprint {self.fingerprint[:12]}")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -177,7 +177,10 @@ def test_a_corrupt_cache_exits_1(image_dir, legacy_graph_path, tmp_path, capsys)
     (["--epochs", "0"], "epochs"),
     (["--min-accuracy", "1.5"], "--min-accuracy must be a number between 0 and 1; received 1.5"),
     (["--min-accuracy", "-0.1"], "--min-accuracy must be"),
+    (["--min-accuracy", "nan"], "--min-accuracy must be a number between 0 and 1; received nan"),
     (["--max-regression", "nan"], "--max-regression must be a number between 0 and 1; received nan"),
+    (["--max-regression", "1.01"], "--max-regression must be a number between 0 and 1; received 1.01"),
+    (["--max-regression", "inf"], "--max-regression must be a number between 0 and 1; received inf"),
 ])
 def test_a_bad_argument_exits_2(image_dir, legacy_graph_path, tmp_path, capsys, extra, message):
     args = _train_args(image_dir, legacy_graph_path, tmp_path, *extra)
@@ -187,3 +190,4 @@ def test_a_bad_argument_exits_2(image_dir, legacy_graph_path, tmp_path, capsys, 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgclf train: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "models").exists() and not (tmp_path / "c.sqlite").exists()  # nothing was written

@@ -51,7 +51,7 @@ def test_featurize_on_openvino_int8_reports_backend_and_calibration_and_resumes(
     pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
     images = write_demo_images(tmp_path / "images", per_class=3)
     command = ["featurize", str(images), "--graph", str(legacy_graph_path), "--cache", str(tmp_path / "c.sqlite"),
-               "--backend", "openvino", "--precision", "int8", "--calibration-images", "8",
+               "--precision", "int8", "--calibration-images", "8",  # no --backend: int8 implies openvino
                "--openvino-cache", str(tmp_path / "ov"), "--quiet", "--report", str(tmp_path / "r.json")]
     assert main(command) == 0
     assert "featurizer: openvino int8" in capsys.readouterr().out
@@ -59,7 +59,17 @@ def test_featurize_on_openvino_int8_reports_backend_and_calibration_and_resumes(
     described = report["featurizer"]
     assert (described["backend"], described["precision"], report["computed"]) == ("openvino", "int8", 12)
     assert described["openvino"]["calibration"]["images"] == 8
-    assert main(command) == 0  # the same calibration again: same fingerprint, every vector from the cache
+    # --backend openvino said outright, the same calibration again: same fingerprint, every vector from the cache
+    assert main([*command, "--backend", "openvino"]) == 0
     again = json.loads((tmp_path / "r.json").read_text())
     assert (again["from_cache"], again["computed"]) == (12, 0)
     assert again["featurizer"]["fingerprint"] == described["fingerprint"]
+
+
+def test_int8_on_tensorflow_is_one_line_and_exit_2_before_any_work(tmp_path, legacy_graph_path, capsys):
+    images = write_demo_images(tmp_path / "images", per_class=1)
+    assert main(["featurize", str(images), "--graph", str(legacy_graph_path), "--cache", str(tmp_path / "c.sqlite"),
+                 "--precision", "int8", "--backend", "tensorflow", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgclf featurize: error: --precision int8 runs on OpenVINO only") and err.count("\n") == 1
+    assert not (tmp_path / "c.sqlite").exists()

@@ -267,7 +267,7 @@ def test_label_names_must_cover_every_class():
     ("epochs", 0), ("patience", -1), ("decay_steps", 0), ("learning_rate", -0.1),
     ("learning_rate", float("nan")), ("decay_rate", 0.0), ("decay_rate", 1.5),
     ("momentum", 1.0), ("ema_decay", 1.0), ("ema_decay", 0.0), ("min_delta", -1.0),
-    ("seed", -1), ("batch_size", 2.5),
+    ("seed", -1), ("batch_size", 2.5), ("calibration", "platt"), ("calibration", None),
 ])
 def test_bad_train_config_raises(field, value):
     with pytest.raises(ValueError, match=f"{field} must .*received {value!r}"):

@@ -7,6 +7,7 @@ are loaded back in a fresh process, and a run killed with SIGKILL is resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,10 +21,11 @@ import pytest
 
 from imgclf.core import export_names as names
 from imgclf.core.errors import ModelNotFound
+from imgclf.models.config import spec_for
 from imgclf.models.data import X_RANGE, quadratic
 from imgclf.models.serving import is_secondary, load_secondary
 from imgclf.training.config import train_config
-from imgclf.training.models_job import ModelsTrainJob, run_models_train
+from imgclf.training.models_job import ModelsTrainJob, load_data, run_models_train, settings_key
 from tests.support.mnist_data import write_mnist_npz
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -343,3 +345,13 @@ def test_a_secondary_export_removes_work_dirs_left_by_killed_exports(tmp_path):
         os.utime(path, (hours_ago, hours_ago))
     outcome = run_models_train(ModelsTrainJob("quadratic", tmp_path, train_config("quadratic", epochs=2)))
     assert not stale.exists() and outcome.version_dir == tmp_path / "quadratic" / "1"
+
+
+def test_secondary_models_are_not_calibrated_and_their_checkpoint_key_ignores_calibration():
+    config = train_config("quadratic")
+    assert config.calibration == "none"  # the card records what was done: temperature scaling is the head's
+    net, data = spec_for("quadratic").net, load_data("quadratic", None, None)
+    key = settings_key("quadratic", net, config, data)
+    # Calibration follows training: checkpoints made before the field existed still resume.
+    assert settings_key("quadratic", net, dataclasses.replace(config, calibration="temperature"), data) == key
+    assert settings_key("quadratic", net, dataclasses.replace(config, seed=1), data) != key

@@ -52,6 +52,7 @@ def test_train_exports_a_self_describing_version(trained):
     assert "stripes/broken.jpg" in out and "exported" in out and "precision" in out.lower()
     assert (repo / "demo" / "runs").is_dir()  # TensorBoard logs under the run directory
     assert card["gate"]["publish"] == "always" and card["gate"]["published"]
+    assert card["training"]["optimizer"]["calibration"] == "temperature"  # --calibration's default, recorded
 
 
 def test_a_second_run_makes_version_two_from_the_cache(trained, capsys):
@@ -153,6 +154,21 @@ def test_train_from_a_feature_dataset_exports_the_model_the_images_give(trained,
     for got, want in zip(_predictions(repo / "from-features" / "1", files, capsys), expected):
         assert got.keys() == want.keys()
         assert all(abs(got[k] - want[k]) < 1e-5 for k in want)  # same split, same vectors, same seed
+
+
+def test_train_from_features_takes_the_backend_and_precision_the_dataset_holds(trained, tmp_path):
+    pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
+    data, _, _, args = trained
+    graph, ov = args[args.index("--graph") + 1], str(tmp_path / "ov")
+    dest, repo = tmp_path / "features", tmp_path / "models"
+    assert main(["featurize", str(data), "--graph", graph, "--backend", "openvino", "--precision", "fp32",
+                 "--openvino-cache", ov, "--output-dataset", str(dest), "--quiet"]) == 0
+    # Neither --precision nor --backend: the defaults (TensorFlow, auto) would find no rows of theirs in DEST.
+    assert main(["train", "--features", str(dest), "--graph", graph, "--openvino-cache", ov, "--model-dir", str(repo),
+                 "--name", "ov", "--quiet", "--seed", "1", "--publish", "always"]) == 0
+    card = json.loads((repo / "ov" / "1" / "model_card.json").read_text())
+    assert (card["featurizer"]["backend"], card["featurizer"]["precision"]) == ("openvino", "fp32")
+    assert list(json.loads((dest / "dataset.json").read_text())["featurizers"]) == [card["featurizer"]["fingerprint"]]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -7,7 +7,13 @@ import pytest
 
 from imgclf.core.errors import UsageError
 from imgclf.featurizer.runtime import backend
-from imgclf.featurizer.runtime.backend import INSTALL_HINT, check_backend_precision, require_openvino, resolve_backend
+from imgclf.featurizer.runtime.backend import (
+    INSTALL_HINT,
+    check_backend_precision,
+    requested_backend,
+    require_openvino,
+    resolve_backend,
+)
 from imgclf.service.cli.main import main
 
 
@@ -29,6 +35,33 @@ def test_auto_picks_openvino_only_on_x86_cpus_with_the_extra(monkeypatch, kind, 
     monkeypatch.setattr(backend, "is_x86", lambda: x86)
     monkeypatch.setattr(backend, "openvino_installed", lambda: installed)
     assert resolve_backend("auto", _Target(kind)) == expected
+
+
+def test_auto_is_openvino_for_int8_wherever_it_runs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", object())  # installed, as far as require_openvino sees
+    monkeypatch.setattr(backend, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backend, "is_x86", lambda: False)
+    assert resolve_backend("auto", _Target("gpu"), precision="int8") == "openvino"  # fp32 on a GPU: TensorFlow
+    assert resolve_backend("auto", _Target("gpu"), precision="fp32") == "tensorflow"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(UsageError, match=r"^--precision int8 \(OpenVINO's post-training quantization\) needs "
+                                         r"OpenVINO, which is not installed"):
+        resolve_backend("auto", _Target("cpu"), precision="int8")
+
+
+@pytest.mark.parametrize("precision, given, expected", [
+    ("int8", None, "openvino"),  # int8 alone implies OpenVINO
+    ("int8", "auto", "auto"), ("int8", "openvino", "openvino"),
+    ("auto", None, "tensorflow"), ("fp32", None, "tensorflow"), ("bf16", "openvino", "openvino"),
+])
+def test_the_backend_a_precision_implies_when_none_is_given(precision, given, expected):
+    assert requested_backend(precision, given) == expected
+
+
+def test_int8_on_tensorflow_is_refused_in_one_line():
+    with pytest.raises(UsageError) as info:
+        requested_backend("int8", "tensorflow")
+    assert str(info.value).startswith("--precision int8 runs on OpenVINO only") and "\n" not in str(info.value)
 
 
 def test_explicit_backends_and_a_bad_name(monkeypatch):

@@ -24,6 +24,16 @@ def test_the_local_graph_path_is_shown_but_no_identity():
     assert here.description["contract"]["decode"] == "exact"
 
 
+def test_the_summary_names_precision_backend_and_decode():
+    described = {"graph_sha256": "a" * 64, "fingerprint": "f" * 64, "precision": "fp32", "dim": 8}
+    assert FeaturizerIdentity.from_description(described).summary() == (  # before backends: TensorFlow
+        "fp32 on tensorflow, 8-d, graph sha256 aaaaaaaaaaaa, fingerprint ffffffffffff")
+    openvino = FeaturizerIdentity.from_description({**described, "precision": "int8", "backend": "openvino",
+                                                    "decode": "fast"})
+    assert openvino.summary() == ("int8 on openvino, decode fast, 8-d, graph sha256 aaaaaaaaaaaa, "
+                                  "fingerprint ffffffffffff")
+
+
 def test_a_featurizer_makes_its_identity_once_at_load(legacy_graph_path, monkeypatch):
     featurizer = Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32"))
     try:
