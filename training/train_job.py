@@ -25,7 +25,6 @@ from imgclf.featurizer.images.folders import scan_image_dir
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.cache import FeatureCache
 from imgclf.training.augment import AugmentConfig
-from imgclf.training.calibration import METHODS as CALIBRATION_METHODS
 from imgclf.training.calibration import Calibration, calibrate, reliability_diagram, softmax
 from imgclf.training.config import HeadConfig, TrainConfig
 from imgclf.training.dataset import Dataset, build_dataset, build_dataset_from_features
@@ -62,7 +61,6 @@ class TrainJob:
     # A feature dataset (folder or s3://, gs:// URI) written by `imgclf featurize --output-dataset`, instead
     # of image_dir and cache: its rows of this featurizer are split and trained on, no image is read.
     features: str | None = None
-    calibration: str = "temperature"  # temperature scaling fitted on the validation split, or "none"
     # Classes left out of training, one shadow head each, to measure the unfamiliar-input detector (0 = none).
     left_out_classes: int = 3
 
@@ -105,8 +103,6 @@ def run_train(job: TrainJob) -> TrainOutcome:
     job.head.validate()
     job.train.validate()
     job.gate.validate()
-    if job.calibration not in CALIBRATION_METHODS:
-        raise UsageError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; received {job.calibration!r}")
     if isinstance(job.left_out_classes, bool) or not isinstance(job.left_out_classes, int) or job.left_out_classes < 0:
         raise UsageError(f"left_out_classes must be an integer >= 0; received {job.left_out_classes!r}")
     if job.features is not None and job.augment.copies:
@@ -118,8 +114,8 @@ def run_train(job: TrainJob) -> TrainOutcome:
         raise UsageError("training from IMAGE_DIR needs --cache (a SQLite feature cache)")
     # The folder is scanned once, here: the int8 calibration is chosen from this scan, then featurized.
     directory = scan_image_dir(job.image_dir) if job.features is None else None
-    calibration = calibration_for(job.featurizer, directory) if directory is not None else None
-    with Featurizer(job.featurizer, calibration) as featurizer:
+    int8_calibration = calibration_for(job.featurizer, directory) if directory is not None else None
+    with Featurizer(job.featurizer, int8_calibration) as featurizer:
         if directory is None:
             dataset = build_dataset_from_features(job.features, featurizer, job.split)
         else:
@@ -184,7 +180,7 @@ def calibrated_head(job: TrainJob, model, val, test, logdir: Path) -> tuple[Trus
 
     weights = HeadWeights.from_keras(model)
     val_logits, test_logits = weights.logits(val.features), weights.logits(test.features)
-    calibration = calibrate(job.calibration, val_logits, val.labels, test_logits, test.labels)
+    calibration = calibrate(job.train.calibration, val_logits, val.labels, test_logits, test.labels)
     log.info("%s", calibration.format_table())
     detector = fit_detector(UNFAMILIAR_METHOD, val.features, val_logits)
     shown, logits, labels = ("test", test_logits, test.labels) if len(test.labels) else \
