@@ -270,3 +270,54 @@ def test_a_version_with_other_labels_is_not_compared(gate_data, legacy_graph_pat
     current = card["gate"]["current_version"]
     assert current["version"] == 1 and current["accuracy"] is None and "other labels" in current["skipped"]
     assert card["gate"]["checks"][2]["status"] == "skipped"
+
+
+def test_the_version_carries_its_calibration_and_unfamiliar_input_detector(trained):
+    from imgclf.training.calibration import ECE_BINS
+    from imgclf.training.classifier import load_model
+
+    _, repo, out, _ = trained
+    version = repo / "demo" / "1"
+    card = json.loads((version / "model_card.json").read_text())
+    calibration, unfamiliar = card["calibration"], card["unfamiliar"]
+    assert calibration["bins"] == ECE_BINS and set(calibration["validation"]) >= {"nll_before", "ece_after"}
+    # 10 photos a class leave a validation split below the fit's minimum: said, not failed
+    assert (calibration["method"], calibration["temperature"]) == ("none", 1.0) and "fewer than" in calibration["note"]
+    assert calibration["reliability_diagram"]["split"] == "test"
+    assert (version / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"calibration.json", "reliability.png"} <= set(card["files"])
+    statistics = json.loads((version / "calibration.json").read_text())
+    assert statistics["unfamiliar"]["threshold"] == unfamiliar["threshold"] and unfamiliar["method"] == "energy"
+    assert set(unfamiliar["sets"]) == {"noise", "flat", "textures"}
+    for row in unfamiliar["sets"].values():
+        assert row["images"] == 24 and 0 <= row["auroc"] <= 1 and 0 <= row["fpr_at_95_tpr"] <= 1
+    assert 1 <= len(unfamiliar["left_out_classes"]) <= 3  # 4 classes: shadow heads without up to 3 of them
+    assert "calibration: none" in out and "unfamiliar inputs (energy" in out and "left out:" in out
+    model = load_model(version)
+    assert (model.temperature, model.detector.threshold) == (1.0, pytest.approx(unfamiliar["threshold"]))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete", "calibration.json is missing"),
+    ("edit", "differs from the sha256"),
+    ("unlist", "not in the model card"),
+])
+def test_missing_or_corrupt_statistics_fail_the_load_with_invalid_argument(trained, tmp_path, damage, message):
+    from imgclf.service.lifecycle.versions import error_code
+    from imgclf.training.classifier import load_model
+
+    _, repo, _, _ = trained
+    version = shutil.copytree(repo / "demo" / "1", tmp_path / "demo" / "1")
+    statistics = version / "calibration.json"
+    if damage == "delete":
+        statistics.unlink()
+    elif damage == "edit":
+        statistics.write_text(statistics.read_text().replace('"temperature": 1.0', '"temperature": 0.5'))
+    else:
+        card = json.loads((version / "model_card.json").read_text())
+        del card["files"]["calibration.json"]
+        (version / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=message) as raised:
+        load_model(version)
+    assert error_code(raised.value) == "INVALID_ARGUMENT"
+    assert str(tmp_path) not in str(raised.value).split(":", 1)[1]  # the path leads; the reason names no path
