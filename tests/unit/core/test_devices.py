@@ -262,7 +262,7 @@ def test_model_calls_run_under_the_pinned_device():
     class Signature:
         def __call__(self, **inputs):
             seen.append(context.context().device_name)
-            return {"probabilities": tf.zeros((1, 2))}
+            return {"probabilities": tf.zeros((1, 2)), "unfamiliar_score": tf.zeros((1,))}
 
     card = {"featurizer": {"dim": 4, "contract": {"input_size": 3, "input_mean": 128.0, "input_std": 128.0}}}
     saved = type("Saved", (), {"signatures": {"images": Signature(), "bottleneck": Signature()}})()

@@ -326,7 +326,7 @@ def _version_dir(saved_model: Path, model_repo: Path, repo: Path) -> Path:
     """Return REPO/shapes/1 holding ``saved_model`` with a real export's model card and labels."""
     version = repo / "shapes" / "1"
     shutil.copytree(saved_model, version)
-    for name in (names.MODEL_CARD_FILE, names.LABELS_FILE):
+    for name in (names.MODEL_CARD_FILE, names.LABELS_FILE, names.CALIBRATION_FILE):
         shutil.copy(model_repo / "shapes" / "1" / name, version / name)
     return version
 
