@@ -57,7 +57,11 @@ def test_served_on_openvino_it_predicts_as_its_training_features_say(int8_repo):
         expected = model.predict_bottlenecks(featurizer.run(inputs))
     finally:
         featurizer.close()
-    np.testing.assert_allclose(model.predict_inputs(inputs), expected, atol=1e-5)
+    served = model.infer_inputs(inputs)
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+    # int8 backbone, float64 head: the probabilities sum to 1 up to float32 rounding; every image has a score
+    assert np.abs(served["probabilities"].sum(axis=1, dtype=np.float64) - 1).max() < 1e-6
+    assert served["unfamiliar_score"].shape == (len(files),) and np.isfinite(served["unfamiliar_score"]).all()
     on_tf = load_model(version_dir, backend="tensorflow")  # allowed, with a warning: close, not equal
     assert on_tf.backend == "tensorflow" and on_tf.featurizer_graph is None
     assert np.abs(on_tf.predict_inputs(inputs) - expected).max() < 0.1
