@@ -1,15 +1,22 @@
-# make serve - set up .venv, build the demo model on its built-in demo set (once), serve it on :8000
+# make serve - set up .venv with the core only (imgclf[cpu]), build the demo model on its built-in demo set
+#              (once), serve it on :8000
 # make demo  - the same without serving: featurize, train, export, predict new pictures
-# make test  - set up .venv, run make lint, then the whole test suite (system tests included)
+# make test  - set up .venv with every extra, run make lint, then the whole test suite (system tests included)
 # make test-fast - set up .venv and run the unit tests only (pytest -n auto --dist loadfile -m "not system" tests/unit)
-# make lint  - ruff and the import-linter layer contracts (pyproject.toml)
+# make lint  - ruff, the import-linter layer contracts (pyproject.toml) and mkdocs build --strict (broken links fail)
+# make docs  - build the docs site into site/ (mkdocs-material; the CLI, configuration and HTTP references are
+#              generated from the code by docs/hooks/reference.py)
 # make bench - set up .venv and run the featurizer, service, soak and peers benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The demo needs only the core and TensorFlow; the tests, benchmarks and docs need every extra.
+CORE_STAMP := $(VENV)/.imgclf-core-installed
 STAMP := $(VENV)/.imgclf-installed
+# mkdocs-material's banner about its successor says nothing about this build
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install serve demo test test-fast lint bench clean fonts browser
+.PHONY: install serve demo test test-fast lint docs bench clean fonts browser
 
 # Fonts for annotated images (CJK labels need one with those glyphs). Installed only when
 # running as root with apt-get and the font is missing; otherwise the CJK test says why it skips.
@@ -30,23 +37,31 @@ browser:
 			>/dev/null 2>&1 || echo "note: could not install chromium; the web page tests will skip"; \
 	fi
 
-$(STAMP): pyproject.toml
+$(CORE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=77"
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray,openvino]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu]'
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray,openvino,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(CORE_STAMP)
 	$(BIN)/imgclf demo --serve
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(BIN)/imgclf demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mkdocs build --strict --quiet
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 test: lint fonts browser
 	@# xdist's default distribution: --dist loadfile would run schemathesis's per-operation items (one node id) once
@@ -62,4 +77,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.peers
 
 clean:
-	rm -rf $(VENV) bench/out .pytest_cache
+	rm -rf $(VENV) bench/out .pytest_cache site
