@@ -18,6 +18,7 @@ retried once on a fresh connection. A failure after the answer began, or on a fr
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass
 
@@ -42,40 +43,75 @@ class Answer:
 
 
 class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    """One connection to gunicorn, on a non-blocking socket (not a stream: a failed write must not end the reads)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.http = h11.Connection(h11.CLIENT)
         self.idle_since = time.monotonic()
 
     def close(self) -> None:
-        self.writer.close()
+        self.sock.close()
 
-    async def exchange(self, request: h11.Request, body: bytes, timeout: float) -> tuple[Answer, bool]:
-        """Send one request and read its answer; return it and whether the connection can be reused."""
-        data = self.http.send(request) + self.http.send(h11.Data(data=body)) + self.http.send(h11.EndOfMessage())
-        self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), timeout)
-        head, parts = None, []
+    def closed_by_peer(self) -> bool:
+        """Return whether gunicorn has closed its side (or sent something unasked) while this one was idle."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; a byte: an answer nobody asked for
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    async def exchange(self, request: h11.Request, body: bytes | bytearray, timeout: float) -> tuple[Answer, bool]:
+        """Send one request and read its answer; return it and whether the connection can be reused.
+
+        The body is written while the answer is read: gunicorn may answer before it has read the body (an
+        unknown model, 401, 405, 415, ...) and close the socket, and that answer is what the client gets,
+        not the broken pipe of the write. Once the answer is whole, whatever is left unwritten is dropped
+        (and the connection with it).
+        """
+        pieces = self.http.send_with_data_passthrough(request) + \
+            self.http.send_with_data_passthrough(h11.Data(data=body)) + \
+            self.http.send_with_data_passthrough(h11.EndOfMessage())
+        sending = asyncio.ensure_future(self._send(pieces, timeout))
+        sent = False
+        try:
+            answer = await self._read_answer(timeout)
+        finally:
+            if sending.done():  # a failed write is no failure once the answer came (and is retrieved here)
+                sent = not sending.cancelled() and sending.exception() is None
+            else:
+                sending.cancel()
+        reusable = sent and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
+        if reusable:
+            self.http.start_next_cycle()
+            self.idle_since = time.monotonic()
+        return answer, reusable
+
+    async def _send(self, pieces: list, timeout: float) -> None:
+        """Write ``pieces`` (the body's bytes as they are: no copy is made)."""
+        loop = asyncio.get_running_loop()
+        for piece in pieces:
+            await asyncio.wait_for(loop.sock_sendall(self.sock, piece), timeout)
+
+    async def _read_answer(self, timeout: float) -> Answer:
+        head, body = None, bytearray()
         while True:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
-                chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                chunk = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, READ_CHUNK), timeout)
                 if not chunk and head is None:
                     raise ConnectionResetError("gunicorn closed the connection before answering")
                 self.http.receive_data(chunk)
             elif isinstance(event, h11.Response):
                 head = event
             elif isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                break
+                return Answer(head.status_code, bytes(head.reason), list(head.headers), bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("gunicorn closed the connection mid-answer")
-        reusable = self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
-        if reusable:
-            self.http.start_next_cycle()
-            self.idle_since = time.monotonic()
-        return Answer(head.status_code, bytes(head.reason), list(head.headers), b"".join(parts)), reusable
 
 
 class Upstream:
@@ -88,19 +124,25 @@ class Upstream:
         self._idle: list[_Connection] = []
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_CHUNK)
-        return _Connection(reader, writer)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return _Connection(sock)
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < POOL_IDLE_S and not connection.reader.at_eof():
+            if now - connection.idle_since < POOL_IDLE_S and not connection.closed_by_peer():
                 return connection
             connection.close()
         return None
 
-    async def forward(self, request: h11.Request, body: bytes) -> Answer:
+    async def forward(self, request: h11.Request, body: bytes | bytearray) -> Answer:
         """Return gunicorn's answer to ``request`` with ``body`` (already framed by Content-Length).
 
         Raises:

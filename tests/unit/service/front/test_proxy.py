@@ -22,15 +22,15 @@ LIMITS = FrontSettings(header_timeout=0.5, body_timeout=2.0, min_body_rate=100, 
 SERVER = ServerSettings(max_upload_bytes=1000)  # the upload limit the front enforces is the service's own
 
 
-async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True):
+async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True, server=SERVER):
     """Start the fake gunicorn (unless not ``upstream_up``) and the front on 127.0.0.1; return (front, port, echo)."""
     echo = echo or Echo()
     path = str(tmp_path / "up.sock")
     if upstream_up:
         await asyncio.start_unix_server(echo.handle, path)
-    front = Front(limits, Upstream(path, 4, timeout=5), SERVER)
-    server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
-    return front, server.sockets[0].getsockname()[1], echo
+    front = Front(limits, Upstream(path, 4, timeout=5), server)
+    listener = await asyncio.start_server(front.handle, "127.0.0.1", 0)
+    return front, listener.sockets[0].getsockname()[1], echo
 
 
 async def exchange(port, data: bytes, read_until_close=True, timeout=5.0) -> tuple[bytes, float]:
@@ -369,3 +369,41 @@ def test_an_idle_keep_alive_connection_makes_room_for_a_new_one(tmp_path):
     out, closed = run(go())
     assert status_of(out) == 200 and body_of(out)["target"] == "/new"
     assert sorted(closed) == [False, True]  # one idle connection was closed for it, the other lives
+
+
+class EarlyAnswer:
+    """A gunicorn that answers ``status`` as soon as it has the request head and closes, the body unread."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = json.dumps({"error": f"early {self.status}"}).encode()
+        writer.write(b"HTTP/1.1 %d Early\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (self.status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("status", [404, 401, 415])
+def test_an_answer_sent_before_the_body_was_read_reaches_the_client(tmp_path, status):
+    size = 5_000_000  # far over the socket's buffers: gunicorn closes while the front is still writing
+
+    async def go():
+        front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10),
+                                     EarlyAnswer(status), server=replace(SERVER, max_upload_bytes=size))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/models/nobody:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"x" * size)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")  # the connection lives on
+        again = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return head, body, again, front
+
+    head, body, again, front = run(go())
+    assert status_of(head) == status and json.loads(body) == {"error": f"early {status}"}
+    assert b"retry-after" not in head.lower() and status_of(again) == status and front.buffered == 0
