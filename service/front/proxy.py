@@ -14,9 +14,11 @@ The limits, each an ``IMGCLF_*`` variable (:class:`~imgclf.service.front.setting
 * the body within ``IMGCLF_BODY_TIMEOUT`` seconds, and at ``IMGCLF_MIN_BODY_RATE`` bytes/s at least on
   average once it has been arriving for ``BODY_RATE_GRACE_S`` seconds, else 408;
 * a keep-alive connection idle for ``IMGCLF_KEEPALIVE_TIMEOUT`` seconds is closed;
-* at most ``IMGCLF_MAX_CONNECTIONS`` open connections (beyond, an idle keep-alive one is closed to make
-  room, else the new one gets a 503) and, if set,
-  ``IMGCLF_MAX_CLIENT_CONNECTIONS`` from one client address (429 beyond);
+* at most ``IMGCLF_MAX_CLIENT_CONNECTIONS`` open connections from one client address (by default a
+  quarter of the total, at least 32; 429 beyond) and ``IMGCLF_MAX_CONNECTIONS`` in all: beyond, the
+  connection that has waited longest without a request (one that has sent nothing yet, or a keep-alive
+  one between requests) is closed to make room, and only if every connection has a request in hand
+  does the new one get a 503;
 * a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
   body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit, a server setting) is a 413 as soon as its
   Content-Length or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
@@ -38,6 +40,7 @@ from http import HTTPStatus
 import h11
 
 from imgclf.service.front.settings import FrontSettings
+from imgclf.service.front.slots import Slots
 from imgclf.service.front.upstream import Answer, Upstream, UpstreamError
 from imgclf.service.server.settings import ServerSettings
 
@@ -110,12 +113,11 @@ class Front:
         self.limits, self.upstream = limits, upstream
         self.access, self.max_body_bytes = server.access_log, server.max_upload_bytes
         self.connections: set[asyncio.Task] = set()
-        self.per_client: dict[str, int] = {}
+        self.slots = Slots(limits.max_connections, limits.client_limit)
         self.busy = 0  # connections with a request being forwarded or answered
         self.buffered = 0  # bytes reserved by the bodies being read or forwarded
         self.closing = False
         self.stats = {"accepted": 0, "refused": 0, "timed_out": 0, "bad": 0, "forwarded": 0}
-        self._idle_writers: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection until it closes, idles out, breaks a limit or the front stops."""
@@ -123,23 +125,15 @@ class Front:
         client = peer[0] if isinstance(peer, tuple) else "-"
         task = asyncio.current_task()
         self.connections.add(task)
-        self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
-            if len(self.connections) > self.limits.max_connections and self._idle_writers:
-                self._idle_writers.pop().close()  # an idle keep-alive connection makes room for a new one
-            elif len(self.connections) > self.limits.max_connections:
-                self.stats["refused"] += 1
-                writer.write(error_bytes(503, "too many connections; retry later", (("Retry-After", "1"),)))
+            if not self._take_slot(client, writer):
                 await linger(reader, writer)
                 return
-            if self.limits.max_client_connections and self.per_client[client] > self.limits.max_client_connections:
-                self.stats["refused"] += 1
-                writer.write(error_bytes(429, "too many connections from this address; retry later",
-                                         (("Retry-After", "1"),)))
-                await linger(reader, writer)
-                return
-            self.stats["accepted"] += 1
-            await self._serve(reader, writer, client)
+            try:
+                self.stats["accepted"] += 1
+                await self._serve(reader, writer, client)
+            finally:
+                self.slots.release(writer)
         except Refused as e:
             self.stats["timed_out" if e.status == 408 else "bad"] += 1
             log.debug("%s: %s %s", client, e.status, e)
@@ -153,14 +147,19 @@ class Front:
             writer.write(error_bytes(502, "the front failed on this request"))
         finally:
             self.connections.discard(task)
-            self.per_client[client] -= 1
-            if not self.per_client[client]:
-                del self.per_client[client]
-            self._idle_writers.discard(writer)
             try:
                 writer.close()
             except Exception:
                 pass
+
+    def _take_slot(self, client: str, writer: asyncio.StreamWriter) -> bool:
+        """Give a new connection a slot (:class:`~imgclf.service.front.slots.Slots`), or write its refusal."""
+        status = self.slots.take(client, writer)
+        if status:
+            self.stats["refused"] += 1
+            message = "too many connections from this address" if status == 429 else "too many connections"
+            writer.write(error_bytes(status, message + "; retry later", (("Retry-After", "1"),)))
+        return not status
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
@@ -204,13 +203,13 @@ class Front:
         """Return the next request's head, or None when the client closed or idled out between requests."""
         limits = self.limits
         deadline = None
-        if first:
+        if first:  # a new connection waits (without a request: it can be evicted) until its first byte
             deadline = time.monotonic() + limits.header_timeout
         else:  # keep-alive: idle until a first byte, then the header deadline runs
-            self._idle_writers.add(writer)
+            self.slots.waiting(writer, idle=True)
             if not http.trailing_data[0] and not await self._receive(http, reader, limits.keepalive_timeout):
                 return None
-            self._idle_writers.discard(writer)
+            self.slots.working(writer)
             deadline = time.monotonic() + limits.header_timeout
         received = bool(http.trailing_data[0]) or not first
         while True:
@@ -235,6 +234,7 @@ class Front:
                 raise Refused(408, f"request head not received within {limits.header_timeout:g} s",
                               answer=received or bool(http.trailing_data[0]))
             received = True
+            self.slots.working(writer)  # request bytes in hand: never closed to make room
 
     async def _read_body(self, http: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          request: h11.Request, reserved: list[int]) -> bytes:
@@ -333,5 +333,5 @@ class Front:
     def close_idle(self) -> None:
         """Stop reusing connections and close those that idle between requests (a graceful stop)."""
         self.closing = True
-        for writer in list(self._idle_writers):
+        for writer in self.slots.idle():
             writer.close()

@@ -234,6 +234,8 @@ def test_connections_over_the_limits_are_refused(tmp_path):
     async def go(limits):
         front, port, echo = await start(tmp_path, limits)
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in held:  # each has a request in hand (its head half sent): none can be evicted
+            writer.write(b"GET / HTTP/1.1\r\n")
         await asyncio.sleep(0.05)
         out, _ = await exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         for _, writer in held:
@@ -407,3 +409,58 @@ def test_an_answer_sent_before_the_body_was_read_reaches_the_client(tmp_path, st
     head, body, again, front = run(go())
     assert status_of(head) == status and json.loads(body) == {"error": f"early {status}"}
     assert b"retry-after" not in head.lower() and status_of(again) == status and front.buffered == 0
+
+
+def test_a_client_holding_every_slot_with_silent_connections_locks_nobody_out(tmp_path):
+    limits = replace(LIMITS, max_connections=20, header_timeout=0.3)  # 20 slots, all of them for one address
+
+    async def go():
+        front, port, echo = await start(tmp_path, limits)
+        stop = asyncio.Event()
+
+        async def hog():  # 30 connections that send nothing, each reopened as soon as the front closes it
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    await asyncio.wait_for(reader.read(), 2)
+                    writer.close()
+                except (OSError, TimeoutError):
+                    await asyncio.sleep(0.01)
+
+        hogs = [asyncio.ensure_future(hog()) for _ in range(30)]
+        await asyncio.sleep(0.3)
+        answers = [(await exchange(port, b"GET /%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % i))[0]
+                   for i in range(20)]
+        stop.set()
+        await asyncio.wait(hogs, timeout=3)
+        return answers, front
+
+    answers, front = run(go())
+    assert [status_of(a) for a in answers] == [200] * 20 and front.slots.evicted >= 20
+
+
+def test_one_address_holds_a_quarter_of_the_slots_by_default(tmp_path):
+    limits = replace(LIMITS, max_connections=200, max_client_connections=0)
+
+    async def go():
+        front, port, echo = await start(tmp_path, limits)
+        held = []
+        for _ in range(60):  # every one has a request in hand: none makes room for a later one
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+            held[-1][1].write(b"GET / HTTP/1.1\r\n")
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), 3) for reader, _ in held[50:]))
+        for _, writer in held:
+            writer.close()
+        return answers, front.slots.open
+
+    answers, still_open = run(go())
+    assert {status_of(a) for a in answers} == {429} and still_open == 50  # 200 // 4; the other 150 for the rest
+
+
+@pytest.mark.parametrize("total, per_client, limit", [
+    (1000, 0, 250), (200, 0, 50), (100, 0, 32), (10, 0, 10), (1000, 7, 7), (1000, 1000, 1000)])
+def test_the_per_address_limit(total, per_client, limit):
+    assert FrontSettings(max_connections=total, max_client_connections=per_client).client_limit == limit
+    assert FrontSettings().client_limit == 250
