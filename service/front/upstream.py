@@ -74,26 +74,26 @@ class _Connection:
         pieces = self.http.send_with_data_passthrough(request) + \
             self.http.send_with_data_passthrough(h11.Data(data=body)) + \
             self.http.send_with_data_passthrough(h11.EndOfMessage())
-        sending = asyncio.ensure_future(self._send(pieces, timeout))
-        sent = False
+        sending = asyncio.ensure_future(self._send(pieces))  # no deadline of its own: the reads' covers it
         try:
             answer = await self._read_answer(timeout)
         finally:
-            if sending.done():  # a failed write is no failure once the answer came (and is retrieved here)
-                sent = not sending.cancelled() and sending.exception() is None
-            else:
-                sending.cancel()
+            finished = sending.done()
+            sending.cancel()
+            await asyncio.wait([sending])  # ended before the socket is closed
+            failed = not sending.cancelled() and sending.exception() is not None  # no failure once answered
+            sent = finished and not failed
         reusable = sent and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
         if reusable:
             self.http.start_next_cycle()
             self.idle_since = time.monotonic()
         return answer, reusable
 
-    async def _send(self, pieces: list, timeout: float) -> None:
+    async def _send(self, pieces: list) -> None:
         """Write ``pieces`` (the body's bytes as they are: no copy is made)."""
         loop = asyncio.get_running_loop()
         for piece in pieces:
-            await asyncio.wait_for(loop.sock_sendall(self.sock, piece), timeout)
+            await loop.sock_sendall(self.sock, piece)
 
     async def _read_answer(self, timeout: float) -> Answer:
         head, body = None, bytearray()
