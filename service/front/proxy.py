@@ -237,7 +237,7 @@ class Front:
             self.slots.working(writer)  # request bytes in hand: never closed to make room
 
     async def _read_body(self, http: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         request: h11.Request, reserved: list[int]) -> bytes:
+                         request: h11.Request, reserved: list[int]) -> bytearray:
         """Return the whole body of ``request``, or raise Refused when it breaks a limit.
 
         The body's bytes are reserved in ``reserved`` (against ``IMGCLF_MAX_BUFFERED_BYTES``, all bodies together)
@@ -261,19 +261,19 @@ class Front:
             writer.write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
         started = time.monotonic()
         deadline = started + limits.body_timeout
-        parts, size = [], 0
+        body = bytearray()  # grown in place: a list of chunks joined at the end held the body twice
         while True:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as e:
                 raise Refused(e.error_status_hint, f"malformed request body: {e}") from None
             if isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
-                size += len(event.data)
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
+                return body
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("client closed mid-body")
+            size = len(body)
             if size + pending_chunk_bytes(http) > self.max_body_bytes:
                 raise Refused(413, f"request body over the limit of {self.max_body_bytes} bytes")
             reserve(size + pending_chunk_bytes(http))
@@ -293,7 +293,7 @@ class Front:
             if not await self._receive(http, reader, wait) and time.monotonic() >= deadline:
                 raise Refused(408, f"request body not received within {limits.body_timeout:g} s")
 
-    async def _forward(self, request: h11.Request, body: bytes, client: str) -> Answer:
+    async def _forward(self, request: h11.Request, body: bytearray, client: str) -> Answer:
         headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | FORWARDED]
         headers += [(b"Host", b"imgclf")] if not any(k.lower() == b"host" for k, _ in headers) else []
         headers += [(b"Content-Length", str(len(body)).encode()), (b"X-Forwarded-For", client.encode()),

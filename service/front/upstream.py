@@ -42,6 +42,49 @@ class Answer:
     body: bytes
 
 
+class _Sender:
+    """Write ``pieces`` to a non-blocking socket from the event loop's writer callback, as the socket takes them.
+
+    Not a task: stopping it cancels nothing and keeps no exception (a cancelled or failed task keeps its
+    traceback, whose frames hold the body, in a reference cycle that only the garbage collector breaks).
+    The bytes are sent as they are, without a copy.
+    """
+
+    def __init__(self, sock: socket.socket, pieces: list) -> None:
+        self.sock, self.views = sock, [memoryview(piece) for piece in pieces if len(piece)]
+        self.failed = False
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._loop.add_writer(self._fd, self._write)
+
+    @property
+    def sent(self) -> bool:
+        """Return whether every byte was written."""
+        return not self.failed and not self.views
+
+    def _write(self) -> None:
+        try:
+            while self.views:
+                n = self.sock.send(self.views[0])
+                if n < len(self.views[0]):
+                    self.views[0] = self.views[0][n:]
+                    return  # the socket is full: called again once it takes more
+                self.views.pop(0)
+        except BlockingIOError:
+            return
+        except OSError:  # gunicorn closed its side: its answer (an early one) may still be there to read
+            self.failed = True
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop writing (done, failed, or the answer came first); drop what is left."""
+        if self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+            self._fd = -1
+        if self.views:  # what is left is dropped: not all was sent
+            self.views, self.failed = [], True
+
+
 class _Connection:
     """One connection to gunicorn, on a non-blocking socket (not a stream: a failed write must not end the reads)."""
 
@@ -74,26 +117,16 @@ class _Connection:
         pieces = self.http.send_with_data_passthrough(request) + \
             self.http.send_with_data_passthrough(h11.Data(data=body)) + \
             self.http.send_with_data_passthrough(h11.EndOfMessage())
-        sending = asyncio.ensure_future(self._send(pieces))  # no deadline of its own: the reads' covers it
+        sending = _Sender(self.sock, pieces)
         try:
             answer = await self._read_answer(timeout)
         finally:
-            finished = sending.done()
-            sending.cancel()
-            await asyncio.wait([sending])  # ended before the socket is closed
-            failed = not sending.cancelled() and sending.exception() is not None  # no failure once answered
-            sent = finished and not failed
-        reusable = sent and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
+            sending.stop()
+        reusable = sending.sent and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
         if reusable:
             self.http.start_next_cycle()
             self.idle_since = time.monotonic()
         return answer, reusable
-
-    async def _send(self, pieces: list) -> None:
-        """Write ``pieces`` (the body's bytes as they are: no copy is made)."""
-        loop = asyncio.get_running_loop()
-        for piece in pieces:
-            await loop.sock_sendall(self.sock, piece)
 
     async def _read_answer(self, timeout: float) -> Answer:
         head, body = None, bytearray()
