@@ -15,10 +15,9 @@ The limits, each an ``IMGCLF_*`` variable (:class:`~imgclf.service.front.setting
   average once it has been arriving for ``BODY_RATE_GRACE_S`` seconds, else 408;
 * a keep-alive connection idle for ``IMGCLF_KEEPALIVE_TIMEOUT`` seconds is closed;
 * at most ``IMGCLF_MAX_CLIENT_CONNECTIONS`` open connections from one client address (by default a
-  quarter of the total, at least 32; 429 beyond) and ``IMGCLF_MAX_CONNECTIONS`` in all: beyond, the
-  connection that has waited longest without a request (one that has sent nothing yet, or a keep-alive
-  one between requests) is closed to make room, and only if every connection has a request in hand
-  does the new one get a 503;
+  quarter of the total, at least 32; 429 beyond) and ``IMGCLF_MAX_CONNECTIONS`` in all: beyond, a
+  connection holding no request makes room (the longest-idle keep-alive one, else the longest-silent
+  new one of the address holding the most; :mod:`imgclf.service.front.slots`), else 503;
 * a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
   body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit, a server setting) is a 413 as soon as its
   Content-Length or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
@@ -206,7 +205,7 @@ class Front:
         if first:  # a new connection waits (without a request: it can be evicted) until its first byte
             deadline = time.monotonic() + limits.header_timeout
         else:  # keep-alive: idle until a first byte, then the header deadline runs
-            self.slots.waiting(writer, idle=True)
+            self.slots.idle(writer)
             if not http.trailing_data[0] and not await self._receive(http, reader, limits.keepalive_timeout):
                 return None
             self.slots.working(writer)
@@ -333,5 +332,5 @@ class Front:
     def close_idle(self) -> None:
         """Stop reusing connections and close those that idle between requests (a graceful stop)."""
         self.closing = True
-        for writer in self.slots.idle():
+        for writer in self.slots.idle_connections():
             writer.close()

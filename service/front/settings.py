@@ -32,8 +32,8 @@ class FrontSettings(Section):
                                        "minimum)", minimum=0)
     keepalive_timeout: float = setting(5.0, "seconds a connection may idle between requests", minimum=0,
                                        maximum=3600)
-    max_connections: int = setting(1000, "open client connections at most (beyond: the longest-waiting one that "
-                                         "holds no request is closed, else 503)", minimum=1)
+    max_connections: int = setting(1000, "open client connections at most (beyond: one holding no request makes "
+                                         "room, else 503)", minimum=1)
     max_client_connections: int = setting(0, "open connections from one client address at most, 429 beyond (0: "
                                              "a quarter of IMGCLF_MAX_CONNECTIONS, at least 32)", minimum=0)
     max_header_bytes: int = setting(16 * 1024, "request line and header fields together, 431 beyond",

@@ -1,13 +1,19 @@
-"""The front's connection slots: at most so many in all and per client address, and who makes room for whom.
+"""The front's connection slots: at most so many per client address and in all, and who makes room for whom.
 
-A connection holds a slot from its acceptance to its close. When a new one would pass a limit (its
-address's, ``client_limit``, or the total, ``max_connections``), the connection that has waited longest
-without a request is closed to make room: a new one that has sent nothing yet, or a keep-alive one
-between requests (of the same address when the address is at its limit, of any address when the total
-is). Only when none waits is the new connection refused (429 at the address's limit, 503 at the total).
-So a client holding hundreds of silent connections open, and reopening them as they time out, cannot
-lock the others out: it loses its own oldest ones first, and a connection with a request in hand is never
-closed for a new one.
+A connection holds a slot from its acceptance to its close.
+
+* One address holds at most ``client_limit`` slots (by default a quarter of the total): beyond, its new
+  connection is refused (429). It takes four addresses at their limit to fill the total.
+* When every slot is taken, a new connection gets one by closing another that holds no request: the
+  keep-alive connection idle longest (its client just reconnects for its next request), else the
+  longest-waiting connection that has sent nothing yet of the address holding the most slots, if that
+  address holds at least two more than the newcomer's (a fair share: a client reconnecting what was
+  closed cannot close another of the hog's, and those of another, in an endless chain). Only when no
+  such connection exists is the new one refused (503). A connection with request bytes in hand is
+  never closed for a new one.
+
+So a client holding hundreds of silent connections, and reopening them as they time out, leaves the
+others served: it keeps at most its share of slots, and loses its oldest ones to newcomers.
 """
 
 from __future__ import annotations
@@ -20,17 +26,17 @@ class Closable(Protocol):
 
 
 class Slots:
-    """Count the connections per address and in all; keep the waiting ones in the order they began to wait."""
+    """Count the connections per address and in all; keep those holding no request in the order they began to wait."""
 
     def __init__(self, max_connections: int, client_limit: int) -> None:
         self.max_connections, self.client_limit = max_connections, client_limit
         self.per_client: dict[str, int] = {}
         self.evicted = 0
         self._holders: dict[Closable, str] = {}  # connection -> its client address
-        # Waiting connections, longest-waiting first (dicts keep insertion order): in all, and per address.
-        # The value says whether it is a keep-alive connection between requests (else: new, nothing sent).
-        self._waiting: dict[Closable, bool] = {}
-        self._waiting_of: dict[str, dict[Closable, None]] = {}
+        # Longest-waiting first (dicts keep insertion order): keep-alive connections between requests, and
+        # new connections that have sent nothing yet, per address.
+        self._idle: dict[Closable, None] = {}
+        self._silent_of: dict[str, dict[Closable, None]] = {}
 
     @property
     def open(self) -> int:
@@ -38,15 +44,14 @@ class Slots:
         return len(self._holders)
 
     def take(self, client: str, connection: Closable) -> int:
-        """Give ``connection`` from ``client`` a slot (it starts waiting) and return 0, or the refusal's status."""
-        at_limit = self.client_limit < self.max_connections and self.per_client.get(client, 0) >= self.client_limit
-        if at_limit and not self._evict(self._waiting_of.get(client)):
+        """Give ``connection`` from ``client`` a slot (it is silent until :meth:`working`) and return 0, or 429/503."""
+        if self.client_limit < self.max_connections and self.per_client.get(client, 0) >= self.client_limit:
             return 429
-        if self.open >= self.max_connections and not self._evict(self._waiting):
+        if self.open >= self.max_connections and not self._make_room(client):
             return 503
         self._holders[connection] = client
         self.per_client[client] = self.per_client.get(client, 0) + 1
-        self.waiting(connection, idle=False)
+        self._silent_of.setdefault(client, {})[connection] = None
         return 0
 
     def release(self, connection: Closable) -> None:
@@ -59,32 +64,36 @@ class Slots:
         if not self.per_client[client]:
             del self.per_client[client]
 
-    def waiting(self, connection: Closable, idle: bool) -> None:
-        """Mark ``connection`` as holding no request (``idle``: between keep-alive requests) from now on."""
-        client = self._holders.get(connection)
-        if client is not None:
-            self._waiting[connection] = idle
-            self._waiting_of.setdefault(client, {})[connection] = None
+    def idle(self, connection: Closable) -> None:
+        """Mark ``connection`` as a keep-alive connection between requests (it can make room) from now on."""
+        if connection in self._holders:
+            self._idle[connection] = None
 
     def working(self, connection: Closable) -> None:
         """Mark ``connection`` as having request bytes in hand: it is not closed to make room."""
-        if self._waiting.pop(connection, None) is not None:
-            client = self._holders[connection]
-            of_client = self._waiting_of[client]
-            del of_client[connection]
-            if not of_client:
-                del self._waiting_of[client]
+        self._idle.pop(connection, None)
+        client = self._holders.get(connection)
+        silent = self._silent_of.get(client)
+        if silent is not None and connection in silent:
+            del silent[connection]
+            if not silent:
+                del self._silent_of[client]
 
-    def idle(self) -> list[Closable]:
+    def idle_connections(self) -> list[Closable]:
         """Return the keep-alive connections between requests."""
-        return [connection for connection, idle in self._waiting.items() if idle]
+        return list(self._idle)
 
-    def _evict(self, waiting: dict | None) -> bool:
-        """Close the longest-waiting connection of ``waiting`` and free its slot; return False if there is none."""
-        if not waiting:
+    def _make_room(self, client: str) -> bool:
+        """Close the connection that makes room for one more from ``client``; return False if none may."""
+        if self._idle:
+            return self._evict(next(iter(self._idle)))
+        biggest = max(self._silent_of, key=self.per_client.__getitem__, default=None)
+        if biggest is None or self.per_client[biggest] < self.per_client.get(client, 0) + 2:
             return False
-        oldest = next(iter(waiting))
-        self.release(oldest)
-        oldest.close()  # its task sees the close while it waits, and ends
+        return self._evict(next(iter(self._silent_of[biggest])))
+
+    def _evict(self, connection: Closable) -> bool:
+        self.release(connection)
+        connection.close()  # its task sees the close while it waits, and ends
         self.evicted += 1
         return True
