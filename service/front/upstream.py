@@ -1,8 +1,9 @@
 """The front's side towards gunicorn: HTTP/1.1 connections over a private unix socket, kept alive if it lets them.
 
 A request reaches this module only once the front has read all of it, so gunicorn's threads never wait
-for a client: each exchange writes the whole request at once and reads the whole answer (gunicorn answers
-over a local socket, fast). At most ``max_connections`` exchanges run at a time (``IMGCLF_WORKERS`` ×
+for a client: each exchange writes the whole request and reads the whole answer at the same time (gunicorn
+answers over a local socket, fast, and sometimes before it has read the body: that answer is the one
+the client gets). At most ``max_connections`` exchanges run at a time (``IMGCLF_WORKERS`` ×
 ``IMGCLF_THREADS``: one per gunicorn thread); the others wait here, in the front, where waiting costs a
 coroutine and not a thread.
 
