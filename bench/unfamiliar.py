@@ -330,7 +330,8 @@ def report(label: str, run: dict, batch_size: int) -> None:
               f"{many / feat[f'batch_{batch_size}']:>9.2%}{r['fit_seconds']:>8.2f}{r['nbytes']:>12,}")
     if run["few_images"]:
         counts = list(run["few_images"])
-        print("Few training images per class: AUROC (all sets) / unfamiliar rate on unseen digits, per count:")
+        print("Few training images per class: AUROC (all sets) / unfamiliar rate on unseen digits, per count "
+              "(ViM keeps min(--vim-dim, half the training rows) dimensions):")
         print(f"{'detector':28}" + "".join(f"{f'n={n}':>16}" for n in counts))
         print(f"{'(head accuracy, unseen)':28}" + "".join(
             f"{run['few_images'][n]['unseen_accuracy']:>16.3f}" for n in counts))
@@ -340,7 +341,7 @@ def report(label: str, run: dict, batch_size: int) -> None:
                 d = run["few_images"][n]["detectors"]
                 key = next((k for k in d if k.split(" dim=")[0] == name.split(" dim=")[0]), None)
                 cells.append(f"{d[key]['auroc_all']:>9.3f} {d[key]['rates']['unseen']:>5.2f} " if key else f"{'-':>16}")
-            print(f"{name:28}" + "".join(cells))
+            print(f"{name.split(' dim=')[0]:28}" + "".join(cells))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -394,7 +395,8 @@ def main(argv=None) -> None:
           + ", ".join(f"{name} {len(v)}" for name, v in images.items()), flush=True)
     runs = {label: run_graph(label, graph, images, labels, args) for label, graph in graphs.items()}
     print("\nAll graphs have seeded random weights: the figures show each method on these features, "
-          "not on ImageNet-trained ones.")
+          f"not on ImageNet-trained ones. Load average at the end: {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (timings on a busy machine are noisy; compare within a run).")
     for label, run in runs.items():
         report(label, run, args.batch_size)
     args.json.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
