@@ -19,9 +19,21 @@ In every phase a probe sends normal POST /predict requests (a 5 KB JPEG) from 4 
 ``--phase-seconds``, each with a 5 s timeout (a hang counts as an error at 5 s, it does not stall the run).
 Prints one table: probe requests, errors, p50/p99 latency (errors count at their elapsed time), the
 workers' peak RSS, and after/before ratios. The last phase leaves the servers busy for minutes, so each
-server is killed after it. The whole run takes about 3 minutes; not a test, no assertions.
+server is killed after it.
 
-    python -m bench.hostile [--phase-seconds 12]
+Then the front's scenarios (issue 27), against a fresh `imgclf serve`, each with the probe before, during
+and after one attack, and the front's RSS (at the end of each phase, and its peak):
+
+* **connection hog**: 1000 connections that send nothing, from 127.0.0.2-5 (250 each, the default
+  per-address limit; together every slot), each reopened as soon as the front closes it (after 0.5 s
+  when refused);
+* **large bodies to a 404**: 4 closed-loop clients POSTing 5 MB to ``/v1/models/nobody:predict`` (gunicorn
+  answers 404 before reading the body), with the count of each status they got.
+
+The whole run takes about 5 minutes (``--front-only``: the front's scenarios alone, about 2); not a test,
+no assertions.
+
+    python -m bench.hostile [--phase-seconds 12] [--front-only]
 """
 
 from __future__ import annotations
@@ -342,13 +354,158 @@ def run_case(model_dir: Path, front: bool, jpeg: bytes, body: bytes, seconds: fl
     return rows
 
 
+
+
+
+# --- The front's scenarios (issue 27): one attack each, normal requests before, during and after it ---------
+
+HOG_CONNECTIONS = 1000
+HOG_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(2, 6))  # 250 each: the default per-address limit, all 1000 slots
+HOG_RETRY_S = 0.5  # after a 429/503 the hog waits this long; after a silent close it reopens at once
+BIG_BODY_BYTES = 5_000_000
+BIG_BODY_CLIENTS = 4
+
+
+def connection_hog(port: int, counts: dict, stop: threading.Event) -> None:
+    """Hold HOG_CONNECTIONS connections that send nothing, from HOG_ADDRESSES; reopen each one the server closes."""
+    async def one(address: str) -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+            except OSError:
+                counts["connect errors"] += 1
+                await asyncio.sleep(HOG_RETRY_S)
+                continue
+            counts["held"] += 1
+            try:
+                answer = await reader.read(64)  # until the server refuses (an answer) or closes it (nothing)
+            except OSError:
+                answer = b""
+            finally:
+                counts["held"] -= 1
+                writer.close()
+            counts["refused" if answer else "closed"] += 1
+            if answer:
+                await asyncio.sleep(HOG_RETRY_S)
+
+    async def hold() -> None:
+        tasks = [asyncio.ensure_future(one(HOG_ADDRESSES[i % len(HOG_ADDRESSES)])) for i in range(HOG_CONNECTIONS)]
+        while not stop.is_set():
+            counts["most held"] = max(counts["most held"], counts["held"])
+            await asyncio.sleep(0.1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)
+
+    asyncio.run(hold())
+
+
+def big_bodies_to_404(url: str, counts: dict, stop: threading.Event) -> None:
+    """Run BIG_BODY_CLIENTS closed-loop clients POSTing BIG_BODY_BYTES to a model that does not exist."""
+    body = b"x" * BIG_BODY_BYTES
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                status = requests.post(f"{url}/v1/models/nobody:predict", data=body, timeout=30,
+                                       headers={"Content-Type": "application/json"}).status_code
+            except requests.RequestException as e:
+                status = type(e).__name__
+            counts[status] = counts.get(status, 0) + 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(BIG_BODY_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(35)
+
+
+def rss_mb(pid: int) -> float:
+    """Return the RSS of process ``pid`` in MB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_of(pid: int, out: list[float], stop: threading.Event) -> None:
+    """Record the largest RSS (MB) of process ``pid`` until stopped."""
+    while not stop.wait(0.1):
+        out[0] = max(out[0], rss_mb(pid))
+
+
+FRONT_SCENARIOS = {
+    f"connection hog: {HOG_CONNECTIONS} silent connections from {len(HOG_ADDRESSES)} addresses, reopened":
+        lambda server, counts: Background(connection_hog, server.port, counts),
+    f"{BIG_BODY_CLIENTS} clients sending {BIG_BODY_BYTES / 1e6:.0f} MB bodies to an unknown model (404)":
+        lambda server, counts: Background(big_bodies_to_404, server.url, counts),
+}
+
+
+def run_front_scenarios(model_dir: Path, jpeg: bytes, seconds: float) -> list[tuple]:
+    """Run each of FRONT_SCENARIOS against `imgclf serve`; return rows (scenario, phase, probe row, RSS, counts)."""
+    server = Server(model_dir, True, OUT / "hostile-front-scenarios.log")
+    rows = []
+    try:
+        server.wait_ready()
+        probe(server.url, jpeg, 2.0)  # warm the workers
+        print(f"  the front's RSS at rest: {rss_mb(server.process.pid):.0f} MB", flush=True)
+        for scenario, start_attack in FRONT_SCENARIOS.items():
+            counts: dict = {"held": 0, "most held": 0, "refused": 0, "closed": 0, "connect errors": 0}
+            for phase in ("before", "during", "after"):
+                peak = [0.0]
+                watch = Background(peak_of, server.process.pid, peak)
+                attack = start_attack(server, counts) if phase == "during" else None
+                if attack is not None:
+                    time.sleep(3.0)  # the connections are open, the bodies on their way
+                result = probe(server.url, jpeg, seconds)
+                if attack is not None:
+                    attack.end()
+                    time.sleep(2.0)  # the server closes what the attack left
+                watch.end()
+                shown = {k: v for k, v in counts.items() if v and k != "held"} if phase == "during" else {}
+                rows.append((scenario, phase, result.row(), rss_mb(server.process.pid), peak[0], shown))
+                sent, errors, p50, p99 = result.row()
+                note = f" (first error: {result.first_error})" if result.first_error else ""
+                print(f"  {scenario[:40]:<40} {phase:<6} {sent:>5} sent {errors:>4} errors  p50 {p50:8.1f} ms  "
+                      f"p99 {p99:8.1f} ms  front RSS {rows[-1][3]:5.0f} MB (peak {peak[0]:5.0f}){note} {shown or ''}",
+                      flush=True)
+    finally:
+        server.kill()
+    return rows
+
+
+def report_front_scenarios(rows: list[tuple]) -> None:
+    """Print the front's scenarios as one table, each phase's p50 and p99 also as a ratio to its "before"."""
+    print("\n| scenario | phase | sent / errors | p50 ms | p99 ms | p50, p99 / before | front RSS MB (end, peak) "
+          "| the attack's requests |")
+    print("|---|---|---|---|---|---|---|---|")
+    before = {}
+    for scenario, phase, (sent, errors, p50, p99), rss, peak, counts in rows:
+        before.setdefault(scenario, (p50, p99))
+        b50, b99 = before[scenario]
+        outcome = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        print(f"| {scenario} | {phase} | {sent} / {errors} | {p50:.0f} | {p99:.0f} | {p50 / b50:.2f}, {p99 / b99:.2f} "
+              f"| {rss:.0f}, {peak:.0f} | {outcome} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phase-seconds", type=float, default=12.0, help="how long the probe runs in each phase")
+    parser.add_argument("--front-only", action="store_true", help="run only the front's scenarios (connection "
+                                                                  "hog, large bodies to an unknown model)")
     args = parser.parse_args()
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
     model_dir = train_model(OUT / "hostile-models")
+    if args.front_only:
+        report_front_scenarios(run_front_scenarios(model_dir, small_jpeg(), args.phase_seconds))
+        print(f"whole run {time.monotonic() - started:.0f} s")
+        return
     jpeg, body = small_jpeg(), amplification_body()
     print(f"{os.cpu_count()} cores; model {MODEL} (tiny graph); probe: {PROBE_CLIENTS} clients, POST /predict "
           f"{len(jpeg) / 1000:.0f} KB JPEG, {PROBE_TIMEOUT_S:g} s timeout, {args.phase_seconds:g} s per phase; "
@@ -367,7 +524,9 @@ def main() -> None:
     print(f"\nthe front's CPU per request in the flood: {cpu[0]:.2f} ms beside the workers' {cpu[1]:.2f} ms "
           f"({cpu[0] / cpu[1]:.1%}); before, the workers' {results[False]['cpu'][1]:.2f} ms")
     print(f"the front's overhead with no attack: p50 {base_a[2] / base_b[2]:.2f}x, p99 {base_a[3] / base_b[3]:.2f}x "
-          f"(after / before); whole run {time.monotonic() - started:.0f} s")
+          f"(after / before)")
+    report_front_scenarios(run_front_scenarios(model_dir, jpeg, args.phase_seconds))
+    print(f"whole run {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

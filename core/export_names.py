@@ -24,10 +24,9 @@ TEMP_PREFIX = ".export-"  # hidden work directory inside REPO/NAME; TF Serving s
 REJECTED_DIR = "rejected"
 GATE_REPORT_FILE = "gate.json"
 # Image classifiers: the calibration temperature and the unfamiliar-input detector (method, threshold) the
-# head graphs were built with, checked against its sha256 in the card when a version loads; the statistics
-# arrays of detectors that have any; the reliability diagram of the calibration.
+# head graphs were built with, checked against its sha256 in the card when a version loads; the reliability
+# diagram of the calibration.
 CALIBRATION_FILE = "calibration.json"
-UNFAMILIAR_STATISTICS_FILE = "unfamiliar.npz"
 RELIABILITY_DIAGRAM_FILE = "reliability.png"
 
 # SavedModel signatures and their input and output keys.

@@ -197,9 +197,9 @@ def _head_outputs(out: dict) -> dict[str, np.ndarray]:
 def read_statistics(version_dir: Path, card: dict) -> tuple[float, Detector]:
     """Return the temperature and the unfamiliar-input detector an export's head was built with.
 
-    They are read from ``calibration.json`` (and ``unfamiliar.npz`` for detectors with statistics), each
-    checked against its size and sha256 in the card, so that a version is never served with its
-    calibration or its unfamiliar-input threshold silently missing.
+    They are read from ``calibration.json``, checked against its sha256 in the card, so that a version is
+    never served with its calibration or its unfamiliar-input threshold silently missing. (The detector's
+    statistics themselves are constants of the exported head graph, which computes the scores.)
 
     Raises:
         ValueError: a file is missing, differs from the card, or does not parse (TF Serving's status:
@@ -230,11 +230,7 @@ def read_statistics(version_dir: Path, card: dict) -> tuple[float, Detector]:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < 1e6:
             raise ValueError(f"the temperature must be a number > 0; received {temperature!r}")
         entry = statistics["unfamiliar"]
-        arrays = None
-        if names.UNFAMILIAR_STATISTICS_FILE in listed:
-            with np.load(checked(names.UNFAMILIAR_STATISTICS_FILE), allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        return float(temperature), Detector.from_dict(entry, arrays)
+        return float(temperature), Detector.from_dict(entry)
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ValueError(f"{names.CALIBRATION_FILE} cannot be read ({type(exc).__name__}: {exc}); {retrain}") from exc
 

@@ -18,8 +18,8 @@
   ``final_result`` (calibrated probabilities), ``unfamiliar_score`` and ``unfamiliar``.
 * ``calibration.json``: the temperature and the unfamiliar-input detector (method,
   threshold, the validation scores the threshold came from), listed with its
-  sha256 in the card and checked when a version loads; ``unfamiliar.npz``, the
-  detector's statistics when it has any; ``reliability.png``, the reliability
+  sha256 in the card and checked when a version loads (the detector's statistics
+  are constants of the head graphs); ``reliability.png``, the reliability
   diagram, when training drew one.
 * ``labels.txt`` and ``model_card.json`` (see :mod:`imgclf.training.model_card`).
 
@@ -153,15 +153,11 @@ def calibration_entry(trusted: TrustedHead) -> dict:
 
 
 def write_statistics(work: Path, trusted: TrustedHead) -> list[str]:
-    """Write ``calibration.json`` (and the detector's ``unfamiliar.npz``); return the files written."""
-    written = [names.CALIBRATION_FILE]
+    """Write ``calibration.json`` (the temperature; the detector's method, threshold and validation scores; its
+    statistics are constants of the head graph); return the files written."""
     statistics = {"temperature": float(trusted.temperature), "unfamiliar": trusted.detector.to_dict()}
-    if trusted.detector.arrays:
-        with atomic_file(work / names.UNFAMILIAR_STATISTICS_FILE) as fh:
-            np.savez(fh, **trusted.detector.arrays)
-        written.append(names.UNFAMILIAR_STATISTICS_FILE)
     _write(work / names.CALIBRATION_FILE, json.dumps(statistics, indent=2, allow_nan=False).encode())
-    return written
+    return [names.CALIBRATION_FILE]
 
 
 def check_head(head, dim: int, num_classes: int) -> None:

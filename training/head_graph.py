@@ -111,8 +111,9 @@ class TrustedHead:
 
         features = np.asarray(features, dtype=np.float64)
         logits = self.weights.logits(features)
+        scores = self.detector.score(features, logits) if self.detector.fitted else np.zeros(len(features))
         return {names.PROBABILITIES_KEY: softmax(logits, self.temperature).astype(np.float32),
-                names.UNFAMILIAR_SCORE_KEY: self.detector.score(features, logits).astype(np.float32)}
+                names.UNFAMILIAR_SCORE_KEY: scores.astype(np.float32)}
 
     def graph_def(self):
         """Return the frozen head: ``input/BottleneckInputPlaceholder`` float32 [None, D] → ``final_result``

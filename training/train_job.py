@@ -35,7 +35,7 @@ from imgclf.training.split import SplitConfig
 from imgclf.training.unfamiliar_report import generated_sets, left_out_figures
 from imgclf.training.unfamiliar_report import report as unfamiliar_report
 
-UNFAMILIAR_METHOD = "energy"  # see imgclf.training.unfamiliar for the measurements behind the choice
+UNFAMILIAR_METHOD = "mahalanobis"  # see imgclf.training.detector for the measurements behind the choice
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class TrainJob:
     # A feature dataset (folder or s3://, gs:// URI) written by `imgclf featurize --output-dataset`, instead
     # of image_dir and cache: its rows of this featurizer are split and trained on, no image is read.
     features: str | None = None
-    # Classes left out of training, one shadow head each, to measure the unfamiliar-input detector (0 = none).
+    # Classes left out of the detector's fit, one at a time, to measure it on unseen kinds of things (0 = none).
     left_out_classes: int = 3
 
 
@@ -130,7 +130,7 @@ def run_train(job: TrainJob) -> TrainOutcome:
         result = train_head(train.features, train.labels, val.features, val.labels, len(dataset.label_names),
                             job.head, job.train, logdir=logdir, label_names=dataset.label_names,
                             progress=job.progress)
-        trusted, calibration, diagram = calibrated_head(job, result.model, val, test, logdir)
+        trusted, calibration, diagram = calibrated_head(job, result.model, train, val, test, logdir)
         unfamiliar = measure_detector(job, trusted, featurizer, dataset)
         probabilities = trusted.outputs(test.features)[names.PROBABILITIES_KEY]
         metrics = evaluate(probabilities, test.labels, dataset.label_names)
@@ -169,7 +169,7 @@ def run_train(job: TrainJob) -> TrainOutcome:
     return outcome
 
 
-def calibrated_head(job: TrainJob, model, val, test, logdir: Path) -> tuple[TrustedHead, Calibration, bytes]:
+def calibrated_head(job: TrainJob, model, train, val, test, logdir: Path) -> tuple[TrustedHead, Calibration, bytes]:
     """Return the head to export (weights, temperature, detector), its calibration and the reliability diagram.
 
     The temperature is fitted on the validation split's logits (:mod:`imgclf.training.calibration`); the
@@ -182,7 +182,7 @@ def calibrated_head(job: TrainJob, model, val, test, logdir: Path) -> tuple[Trus
     val_logits, test_logits = weights.logits(val.features), weights.logits(test.features)
     calibration = calibrate(job.train.calibration, val_logits, val.labels, test_logits, test.labels)
     log.info("%s", calibration.format_table())
-    detector = fit_detector(UNFAMILIAR_METHOD, val.features, val_logits)
+    detector = fit_detector(UNFAMILIAR_METHOD, train.features, train.labels, val.features)
     shown, logits, labels = ("test", test_logits, test.labels) if len(test.labels) else \
         ("validation", val_logits, val.labels)
     calibration.diagram = {"file": names.RELIABILITY_DIAGRAM_FILE, "split": shown, "images": int(len(labels))}
@@ -196,20 +196,12 @@ def calibrated_head(job: TrainJob, model, val, test, logdir: Path) -> tuple[Trus
 
 def measure_detector(job: TrainJob, trusted: TrustedHead, featurizer: Featurizer, dataset: Dataset) -> dict:
     """Return the unfamiliar-input detector's figures for the card (see :mod:`imgclf.training.unfamiliar_report`)."""
-    from imgclf.training.fit_head import train_head
-
     train, val, test = (dataset.splits[name] for name in ("train", "validation", "test"))
     held_out = test if len(test.labels) else val
-    logits = trusted.weights.logits
-
-    def fit_shadow(x_train, y_train, x_val, y_val, num_classes):
-        shadow = train_head(x_train, y_train, x_val, y_val, num_classes, job.head, job.train, progress=False)
-        return HeadWeights.from_keras(shadow.model).logits
-
     left_out = left_out_figures(dataset.label_names, (train.features, train.labels), (val.features, val.labels),
-                                (held_out.features, held_out.labels), fit_shadow, trusted.detector.method,
+                                (held_out.features, held_out.labels), trusted.detector.method,
                                 job.left_out_classes) if job.left_out_classes else {}
-    figures = unfamiliar_report(trusted.detector, logits, held_out.features, generated_sets(featurizer), left_out)
+    figures = unfamiliar_report(trusted.detector, held_out.features, generated_sets(featurizer), left_out)
     figures["familiar_split"] = "test" if len(test.labels) else "validation"
     return figures
 

@@ -5,11 +5,12 @@ validation split when the test split is empty). They are compared with:
 
 * generated sets (:mod:`imgclf.featurizer.images.unfamiliar`): noise, flat colours, textures,
   featurized by the model's own featurizer;
-* classes left out of training: for up to :data:`LEFT_OUT_CLASSES` classes, a
-  shadow head is trained as the real one was but without that class, its
-  detector is fitted the same way, and the left-out class's held-out images are
-  the unfamiliar ones (what a photo of a new kind of thing looks like to a model
-  that never saw it).
+* classes left out of training: for up to :data:`LEFT_OUT_CLASSES` classes, the
+  detector is fitted again on the training split without that class (its
+  threshold on the validation split without it), and the left-out class's
+  held-out images are the unfamiliar ones (what a photo of a new kind of thing
+  looks like to a model that never saw it). The detector reads bottlenecks
+  only, so no head needs training for this.
 
 Per set: ``auroc`` (the chance that an unfamiliar image scores above a familiar
 one), ``fpr_at_95_tpr`` (the share of unfamiliar images that pass as familiar at
@@ -25,7 +26,8 @@ import math
 import numpy as np
 
 from imgclf.featurizer.images.unfamiliar import SETS, unfamiliar_pictures
-from imgclf.training.detector import Detector, auroc, fit_detector, fpr_at_tpr
+from imgclf.training.detector import Detector, fit_detector
+from imgclf.training.unfamiliar import auroc, fpr_at_tpr
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,9 @@ LEFT_OUT_CLASSES = 3  # at most this many shadow heads, one per left-out class
 
 
 def _figures(familiar: np.ndarray, unfamiliar: np.ndarray, detector: Detector) -> dict:
-    return {"images": int(len(unfamiliar)), "auroc": _finite(auroc(familiar, unfamiliar)),
-            "fpr_at_95_tpr": _finite(fpr_at_tpr(familiar, unfamiliar, 0.95)),
+    both = len(familiar) and len(unfamiliar)
+    return {"images": int(len(unfamiliar)), "auroc": _finite(auroc(familiar, unfamiliar)) if both else None,
+            "fpr_at_95_tpr": _finite(fpr_at_tpr(familiar, unfamiliar, 0.95)) if both else None,
             "flagged": _finite(float(detector.flags(unfamiliar).mean())) if len(unfamiliar) else None}
 
 
@@ -52,52 +55,44 @@ def generated_sets(featurizer, per_set: int = PER_SET) -> dict[str, np.ndarray]:
     return out
 
 
-def report(detector: Detector, trusted_logits, familiar: np.ndarray, generated: dict[str, np.ndarray],
+def report(detector: Detector, familiar: np.ndarray, generated: dict[str, np.ndarray],
            left_out: dict[str, dict] | None = None) -> dict:
     """Return the card's figures: per generated set and per left-out class, plus the familiar images' own rate.
 
     Args:
-        trusted_logits: the exported head's logits function ([N, D] → [N, C], float64).
         familiar: held-out in-distribution bottlenecks.
         generated: bottlenecks per generated set (:func:`generated_sets`).
         left_out: per left-out class, figures made by :func:`left_out_figures`.
     """
-    familiar_scores = detector.score(familiar, trusted_logits(familiar))
-    sets = {kind: _figures(familiar_scores, detector.score(vectors, trusted_logits(vectors)), detector)
-            for kind, vectors in generated.items()}
+    familiar_scores = detector.score(familiar)
+    sets = {kind: _figures(familiar_scores, detector.score(vectors), detector) for kind, vectors in generated.items()}
     return {"familiar_images": int(len(familiar)),
             "familiar_flagged": _finite(float(detector.flags(familiar_scores).mean())) if len(familiar) else None,
             "sets": sets, "left_out_classes": left_out or {}}
 
 
-def left_out_figures(label_names: list[str], train, val, held_out, fit_shadow, method: str,
+def left_out_figures(label_names: list[str], train, val, held_out, method: str,
                      limit: int = LEFT_OUT_CLASSES) -> dict[str, dict]:
-    """Return figures per left-out class, from shadow heads trained without it.
+    """Return figures per left-out class, from the detector fitted without it.
 
     Args:
         train, val, held_out: (features, labels) of the splits; held_out are the familiar/unfamiliar images.
-        fit_shadow: ``fit_shadow(x_train, y_train, x_val, y_val, num_classes) -> logits function``, trained
-            as the real head was.
         method: the detector's method.
         limit: how many classes to leave out (the ones with the most held-out images first).
     """
     num_classes = len(label_names)
-    if num_classes < 3:
+    if num_classes < 2:
         return {}
     counts = np.bincount(held_out[1], minlength=num_classes)
     chosen = [int(c) for c in np.argsort(-counts, kind="stable")[:limit] if counts[c] > 0]
     figures = {}
     for k in chosen:
         keep_train, keep_val = train[1] != k, val[1] != k
-        if not keep_val.any() or len(np.unique(train[1][keep_train])) < 2:
+        if not keep_val.any() or keep_train.sum() < 2:
             continue
-        remap = np.cumsum(np.arange(num_classes) != k) - 1  # old class id -> id without k
-        logits = fit_shadow(train[0][keep_train], remap[train[1][keep_train]], val[0][keep_val],
-                            remap[val[1][keep_val]], num_classes - 1)
-        shadow = fit_detector(method, val[0][keep_val], logits(val[0][keep_val]))
+        shadow = fit_detector(method, train[0][keep_train], train[1][keep_train], val[0][keep_val])
         inside = held_out[1] != k
-        familiar = shadow.score(held_out[0][inside], logits(held_out[0][inside]))
-        unfamiliar = shadow.score(held_out[0][~inside], logits(held_out[0][~inside]))
+        familiar, unfamiliar = shadow.score(held_out[0][inside]), shadow.score(held_out[0][~inside])
         figures[label_names[k]] = _figures(familiar, unfamiliar, shadow)
         log.info("unfamiliar inputs: class %r left out of training: AUROC %s", label_names[k],
                  figures[label_names[k]]["auroc"])

@@ -14,9 +14,10 @@ The limits, each an ``IMGCLF_*`` variable (:class:`~imgclf.service.front.setting
 * the body within ``IMGCLF_BODY_TIMEOUT`` seconds, and at ``IMGCLF_MIN_BODY_RATE`` bytes/s at least on
   average once it has been arriving for ``BODY_RATE_GRACE_S`` seconds, else 408;
 * a keep-alive connection idle for ``IMGCLF_KEEPALIVE_TIMEOUT`` seconds is closed;
-* at most ``IMGCLF_MAX_CONNECTIONS`` open connections (beyond, an idle keep-alive one is closed to make
-  room, else the new one gets a 503) and, if set,
-  ``IMGCLF_MAX_CLIENT_CONNECTIONS`` from one client address (429 beyond);
+* at most ``IMGCLF_MAX_CLIENT_CONNECTIONS`` open connections from one client address (by default a
+  quarter of the total, at least 32; 429 beyond) and ``IMGCLF_MAX_CONNECTIONS`` in all: beyond, a
+  connection holding no request makes room (the longest-idle keep-alive one, else the longest-silent
+  new one of the address holding the most; :mod:`imgclf.service.front.slots`), else 503;
 * a head over ``IMGCLF_MAX_HEADER_BYTES`` or with more than ``MAX_HEADER_FIELDS`` fields is a 431; a
   body over ``IMGCLF_MAX_UPLOAD_BYTES`` (the service's own limit, a server setting) is a 413 as soon as its
   Content-Length or a chunk-size line says so, before the bytes arrive; a malformed request is a 400;
@@ -38,6 +39,7 @@ from http import HTTPStatus
 import h11
 
 from imgclf.service.front.settings import FrontSettings
+from imgclf.service.front.slots import Slots
 from imgclf.service.front.upstream import Answer, Upstream, UpstreamError
 from imgclf.service.server.settings import ServerSettings
 
@@ -110,12 +112,11 @@ class Front:
         self.limits, self.upstream = limits, upstream
         self.access, self.max_body_bytes = server.access_log, server.max_upload_bytes
         self.connections: set[asyncio.Task] = set()
-        self.per_client: dict[str, int] = {}
+        self.slots = Slots(limits.max_connections, limits.client_limit)
         self.busy = 0  # connections with a request being forwarded or answered
         self.buffered = 0  # bytes reserved by the bodies being read or forwarded
         self.closing = False
         self.stats = {"accepted": 0, "refused": 0, "timed_out": 0, "bad": 0, "forwarded": 0}
-        self._idle_writers: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection until it closes, idles out, breaks a limit or the front stops."""
@@ -123,23 +124,15 @@ class Front:
         client = peer[0] if isinstance(peer, tuple) else "-"
         task = asyncio.current_task()
         self.connections.add(task)
-        self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
-            if len(self.connections) > self.limits.max_connections and self._idle_writers:
-                self._idle_writers.pop().close()  # an idle keep-alive connection makes room for a new one
-            elif len(self.connections) > self.limits.max_connections:
-                self.stats["refused"] += 1
-                writer.write(error_bytes(503, "too many connections; retry later", (("Retry-After", "1"),)))
+            if not self._take_slot(client, writer):
                 await linger(reader, writer)
                 return
-            if self.limits.max_client_connections and self.per_client[client] > self.limits.max_client_connections:
-                self.stats["refused"] += 1
-                writer.write(error_bytes(429, "too many connections from this address; retry later",
-                                         (("Retry-After", "1"),)))
-                await linger(reader, writer)
-                return
-            self.stats["accepted"] += 1
-            await self._serve(reader, writer, client)
+            try:
+                self.stats["accepted"] += 1
+                await self._serve(reader, writer, client)
+            finally:
+                self.slots.release(writer)
         except Refused as e:
             self.stats["timed_out" if e.status == 408 else "bad"] += 1
             log.debug("%s: %s %s", client, e.status, e)
@@ -153,14 +146,19 @@ class Front:
             writer.write(error_bytes(502, "the front failed on this request"))
         finally:
             self.connections.discard(task)
-            self.per_client[client] -= 1
-            if not self.per_client[client]:
-                del self.per_client[client]
-            self._idle_writers.discard(writer)
             try:
                 writer.close()
             except Exception:
                 pass
+
+    def _take_slot(self, client: str, writer: asyncio.StreamWriter) -> bool:
+        """Give a new connection a slot (:class:`~imgclf.service.front.slots.Slots`), or write its refusal."""
+        status = self.slots.take(client, writer)
+        if status:
+            self.stats["refused"] += 1
+            message = "too many connections from this address" if status == 429 else "too many connections"
+            writer.write(error_bytes(status, message + "; retry later", (("Retry-After", "1"),)))
+        return not status
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
@@ -204,13 +202,13 @@ class Front:
         """Return the next request's head, or None when the client closed or idled out between requests."""
         limits = self.limits
         deadline = None
-        if first:
+        if first:  # a new connection waits (without a request: it can be evicted) until its first byte
             deadline = time.monotonic() + limits.header_timeout
         else:  # keep-alive: idle until a first byte, then the header deadline runs
-            self._idle_writers.add(writer)
+            self.slots.idle(writer)
             if not http.trailing_data[0] and not await self._receive(http, reader, limits.keepalive_timeout):
                 return None
-            self._idle_writers.discard(writer)
+            self.slots.working(writer)
             deadline = time.monotonic() + limits.header_timeout
         received = bool(http.trailing_data[0]) or not first
         while True:
@@ -235,9 +233,10 @@ class Front:
                 raise Refused(408, f"request head not received within {limits.header_timeout:g} s",
                               answer=received or bool(http.trailing_data[0]))
             received = True
+            self.slots.working(writer)  # request bytes in hand: never closed to make room
 
     async def _read_body(self, http: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         request: h11.Request, reserved: list[int]) -> bytes:
+                         request: h11.Request, reserved: list[int]) -> bytearray:
         """Return the whole body of ``request``, or raise Refused when it breaks a limit.
 
         The body's bytes are reserved in ``reserved`` (against ``IMGCLF_MAX_BUFFERED_BYTES``, all bodies together)
@@ -261,19 +260,19 @@ class Front:
             writer.write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
         started = time.monotonic()
         deadline = started + limits.body_timeout
-        parts, size = [], 0
+        body = bytearray()  # grown in place: a list of chunks joined at the end held the body twice
         while True:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as e:
                 raise Refused(e.error_status_hint, f"malformed request body: {e}") from None
             if isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
-                size += len(event.data)
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
+                return body
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("client closed mid-body")
+            size = len(body)
             if size + pending_chunk_bytes(http) > self.max_body_bytes:
                 raise Refused(413, f"request body over the limit of {self.max_body_bytes} bytes")
             reserve(size + pending_chunk_bytes(http))
@@ -293,7 +292,7 @@ class Front:
             if not await self._receive(http, reader, wait) and time.monotonic() >= deadline:
                 raise Refused(408, f"request body not received within {limits.body_timeout:g} s")
 
-    async def _forward(self, request: h11.Request, body: bytes, client: str) -> Answer:
+    async def _forward(self, request: h11.Request, body: bytearray, client: str) -> Answer:
         headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | FORWARDED]
         headers += [(b"Host", b"imgclf")] if not any(k.lower() == b"host" for k, _ in headers) else []
         headers += [(b"Content-Length", str(len(body)).encode()), (b"X-Forwarded-For", client.encode()),
@@ -333,5 +332,5 @@ class Front:
     def close_idle(self) -> None:
         """Stop reusing connections and close those that idle between requests (a graceful stop)."""
         self.closing = True
-        for writer in list(self._idle_writers):
+        for writer in self.slots.idle_connections():
             writer.close()

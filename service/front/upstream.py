@@ -1,8 +1,9 @@
 """The front's side towards gunicorn: HTTP/1.1 connections over a private unix socket, kept alive if it lets them.
 
 A request reaches this module only once the front has read all of it, so gunicorn's threads never wait
-for a client: each exchange writes the whole request at once and reads the whole answer (gunicorn answers
-over a local socket, fast). At most ``max_connections`` exchanges run at a time (``IMGCLF_WORKERS`` ×
+for a client: each exchange writes the whole request and reads the whole answer at the same time (gunicorn
+answers over a local socket, fast, and sometimes before it has read the body: that answer is the one
+the client gets). At most ``max_connections`` exchanges run at a time (``IMGCLF_WORKERS`` ×
 ``IMGCLF_THREADS``: one per gunicorn thread); the others wait here, in the front, where waiting costs a
 coroutine and not a thread.
 
@@ -18,6 +19,7 @@ retried once on a fresh connection. A failure after the answer began, or on a fr
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass
 
@@ -41,41 +43,109 @@ class Answer:
     body: bytes
 
 
+class _Sender:
+    """Write ``pieces`` to a non-blocking socket from the event loop's writer callback, as the socket takes them.
+
+    Not a task: stopping it cancels nothing and keeps no exception (a cancelled or failed task keeps its
+    traceback, whose frames hold the body, in a reference cycle that only the garbage collector breaks).
+    The bytes are sent as they are, without a copy.
+    """
+
+    def __init__(self, sock: socket.socket, pieces: list) -> None:
+        self.sock, self.views = sock, [memoryview(piece) for piece in pieces if len(piece)]
+        self.failed = False
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._loop.add_writer(self._fd, self._write)
+
+    @property
+    def sent(self) -> bool:
+        """Return whether every byte was written."""
+        return not self.failed and not self.views
+
+    def _write(self) -> None:
+        try:
+            while self.views:
+                n = self.sock.send(self.views[0])
+                if n < len(self.views[0]):
+                    self.views[0] = self.views[0][n:]
+                    return  # the socket is full: called again once it takes more
+                self.views.pop(0)
+        except BlockingIOError:
+            return
+        except OSError:  # gunicorn closed its side: its answer (an early one) may still be there to read
+            self.failed = True
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop writing (done, failed, or the answer came first); drop what is left."""
+        if self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+            self._fd = -1
+        if self.views:  # what is left is dropped: not all was sent
+            self.views, self.failed = [], True
+
+
 class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    """One connection to gunicorn, on a non-blocking socket (not a stream: a failed write must not end the reads)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.http = h11.Connection(h11.CLIENT)
         self.idle_since = time.monotonic()
 
     def close(self) -> None:
-        self.writer.close()
+        self.sock.close()
 
-    async def exchange(self, request: h11.Request, body: bytes, timeout: float) -> tuple[Answer, bool]:
-        """Send one request and read its answer; return it and whether the connection can be reused."""
-        data = self.http.send(request) + self.http.send(h11.Data(data=body)) + self.http.send(h11.EndOfMessage())
-        self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), timeout)
-        head, parts = None, []
+    def closed_by_peer(self) -> bool:
+        """Return whether gunicorn has closed its side (or sent something unasked) while this one was idle."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; a byte: an answer nobody asked for
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    async def exchange(self, request: h11.Request, body: bytes | bytearray, timeout: float) -> tuple[Answer, bool]:
+        """Send one request and read its answer; return it and whether the connection can be reused.
+
+        The body is written while the answer is read: gunicorn may answer before it has read the body (an
+        unknown model, 401, 405, 415, ...) and close the socket, and that answer is what the client gets,
+        not the broken pipe of the write. Once the answer is whole, whatever is left unwritten is dropped
+        (and the connection with it).
+        """
+        pieces = self.http.send_with_data_passthrough(request) + \
+            self.http.send_with_data_passthrough(h11.Data(data=body)) + \
+            self.http.send_with_data_passthrough(h11.EndOfMessage())
+        sending = _Sender(self.sock, pieces)
+        try:
+            answer = await self._read_answer(timeout)
+        finally:
+            sending.stop()
+        reusable = sending.sent and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
+        if reusable:
+            self.http.start_next_cycle()
+            self.idle_since = time.monotonic()
+        return answer, reusable
+
+    async def _read_answer(self, timeout: float) -> Answer:
+        head, body = None, bytearray()
         while True:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
-                chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                chunk = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, READ_CHUNK), timeout)
                 if not chunk and head is None:
                     raise ConnectionResetError("gunicorn closed the connection before answering")
                 self.http.receive_data(chunk)
             elif isinstance(event, h11.Response):
                 head = event
             elif isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                break
+                return Answer(head.status_code, bytes(head.reason), list(head.headers), bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("gunicorn closed the connection mid-answer")
-        reusable = self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
-        if reusable:
-            self.http.start_next_cycle()
-            self.idle_since = time.monotonic()
-        return Answer(head.status_code, bytes(head.reason), list(head.headers), b"".join(parts)), reusable
 
 
 class Upstream:
@@ -88,19 +158,25 @@ class Upstream:
         self._idle: list[_Connection] = []
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_CHUNK)
-        return _Connection(reader, writer)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return _Connection(sock)
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < POOL_IDLE_S and not connection.reader.at_eof():
+            if now - connection.idle_since < POOL_IDLE_S and not connection.closed_by_peer():
                 return connection
             connection.close()
         return None
 
-    async def forward(self, request: h11.Request, body: bytes) -> Answer:
+    async def forward(self, request: h11.Request, body: bytes | bytearray) -> Answer:
         """Return gunicorn's answer to ``request`` with ``body`` (already framed by Content-Length).
 
         Raises:

@@ -78,7 +78,7 @@ def keep_working_folder_off_sys_path() -> None:
 
 keep_working_folder_off_sys_path()
 
-from imgclf.service.server import worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.server import error_pages, worker_states  # noqa: E402 - after the working folder left sys.path
 from imgclf.service.server.settings import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -169,8 +169,9 @@ def when_ready(server) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Keep the working folder off sys.path; start the worker's malloc_trim thread (glibc only; see "Memory")."""
+    """Keep the working folder off sys.path; answer gunicorn's own errors as JSON; start malloc_trim (see "Memory")."""
     keep_working_folder_off_sys_path()  # gunicorn's second chdir put it back; the app is imported next
+    error_pages.install()
     if not _trim_seconds or platform.libc_ver()[0] != "glibc":
         return
     trim = ctypes.CDLL(None).malloc_trim

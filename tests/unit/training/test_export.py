@@ -181,8 +181,7 @@ def test_names_are_pinned():
     assert names.OUTPUT_KEYS == ("probabilities", "classes", "labels", "unfamiliar", "unfamiliar_score")
     assert (names.HEAD_INPUT, names.HEAD_OUTPUT) == ("input/BottleneckInputPlaceholder:0", "final_result:0")
     assert names.HEAD_OUTPUTS == ("final_result:0", "unfamiliar_score:0", "unfamiliar:0")
-    assert (names.CALIBRATION_FILE, names.UNFAMILIAR_STATISTICS_FILE, names.RELIABILITY_DIAGRAM_FILE) == (
-        "calibration.json", "unfamiliar.npz", "reliability.png")
+    assert (names.CALIBRATION_FILE, names.RELIABILITY_DIAGRAM_FILE) == ("calibration.json", "reliability.png")
     assert (names.END_TO_END_INPUT, names.END_TO_END_OUTPUT) == ("DecodeJpeg/contents:0", "final_result:0")
     assert names.END_TO_END_INPUT == contract.JPEG_INPUT  # fed as the 2015 graph is
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import logsumexp
 from scipy.special import softmax as scipy_softmax
 
 from imgclf.core import export_names as names
 from imgclf.training.config import HeadConfig
-from imgclf.training.detector import Detector, fit_detector
+from imgclf.training.detector import fit_detector
 from imgclf.training.head import build_head, feature_statistics, logits_model
 from imgclf.training.head_graph import HeadWeights, TrustedHead
 
 DIM, CLASSES = 32, 10
 # Ops that compute the head's numbers: each must run in float64 inside the graph.
-ARITHMETIC = {"MatMul", "BiasAdd", "Relu", "Softmax", "Sub", "Mul", "AddV2", "Exp", "Log", "Sum", "Max", "Neg"}
+ARITHMETIC = {"MatMul", "BiasAdd", "Relu", "Softmax", "Sub", "Mul", "AddV2", "Exp", "Log", "Sum", "Max", "Min",
+              "Maximum", "Neg", "Sqrt", "RealDiv"}
 
 
 @pytest.fixture(scope="module")
@@ -46,28 +46,38 @@ def run_graph(trusted: TrustedHead, vectors: np.ndarray):
 
 
 def test_graph_computes_in_float64_and_answers_in_float32(keras_head):
-    graph_def = TrustedHead(HeadWeights.from_keras(keras_head), 1.5, Detector(threshold=-3.0)).graph_def()
+    labels = np.arange(64) % CLASSES
+    detector = fit_detector("mahalanobis", vectors_for_detector(), labels, vectors_for_detector()[:16])
+    graph_def = TrustedHead(HeadWeights.from_keras(keras_head), 1.5, detector).graph_def()
     arithmetic = [node for node in graph_def.node if node.op in ARITHMETIC]
-    assert {node.op for node in arithmetic} >= {"MatMul", "Softmax"}
+    assert {node.op for node in arithmetic} >= {"MatMul", "Softmax", "Min"}
     for node in arithmetic:  # a float32 op here is what a bf16/fp16 rewrite would round
         assert node.attr["T"].type == 2, f"{node.name} ({node.op}) is not float64"  # DT_DOUBLE
     by_name = {node.name: node for node in graph_def.node}
     assert by_name["final_result"].attr["T"].type == 1  # DT_FLOAT
 
 
+def vectors_for_detector():
+    return (np.random.default_rng(5).normal(size=(64, DIM)) * 3 + 1).astype(np.float32)
+
+
 def test_graph_equals_the_numpy_reference(keras_head, vectors):
+    from imgclf.training.unfamiliar import fit_mahalanobis
+
     weights = HeadWeights.from_keras(keras_head)
     logits = logits_model(keras_head)(vectors).numpy().astype(np.float64)  # Keras's own, another way
-    detector = fit_detector("energy", vectors, weights.logits(vectors))
+    labels = np.arange(64) % CLASSES
+    detector = fit_detector("mahalanobis", vectors, labels, vectors_for_detector())
     trusted = TrustedHead(weights, 2.5, detector)
     probabilities, score, flag = run_graph(trusted, vectors)
     np.testing.assert_allclose(probabilities, scipy_softmax(logits / 2.5, axis=1), atol=2e-6)
-    np.testing.assert_allclose(score, -logsumexp(logits, axis=1), rtol=1e-5, atol=1e-5)
+    dense = fit_mahalanobis(vectors, labels)  # the dense D×D reference
+    np.testing.assert_allclose(score, dense.score(vectors), rtol=2e-4, atol=1e-3)
     assert probabilities.dtype == np.float32 and score.dtype == np.float32 and flag.dtype == bool
     assert np.abs(probabilities.sum(axis=1, dtype=np.float64) - 1).max() < 1e-6
     np.testing.assert_array_equal(flag, score > np.float32(detector.threshold))
-    # 95% of the vectors the threshold was set on are familiar
-    assert (~flag).mean() >= 0.95
+    _, held_out_score, held_out_flag = run_graph(trusted, vectors_for_detector())
+    assert (~held_out_flag).mean() >= 0.95  # 95% of the vectors the threshold was set on are familiar
     reference = trusted.outputs(vectors)
     np.testing.assert_array_equal(reference[names.PROBABILITIES_KEY], probabilities)
     np.testing.assert_array_equal(reference[names.UNFAMILIAR_SCORE_KEY], score)

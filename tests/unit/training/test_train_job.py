@@ -287,12 +287,12 @@ def test_the_version_carries_its_calibration_and_unfamiliar_input_detector(train
     assert (version / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"calibration.json", "reliability.png"} <= set(card["files"])
     statistics = json.loads((version / "calibration.json").read_text())
-    assert statistics["unfamiliar"]["threshold"] == unfamiliar["threshold"] and unfamiliar["method"] == "energy"
+    assert statistics["unfamiliar"]["threshold"] == unfamiliar["threshold"] and unfamiliar["method"] == "mahalanobis"
     assert set(unfamiliar["sets"]) == {"noise", "flat", "textures"}
     for row in unfamiliar["sets"].values():
         assert row["images"] == 24 and 0 <= row["auroc"] <= 1 and 0 <= row["fpr_at_95_tpr"] <= 1
-    assert 1 <= len(unfamiliar["left_out_classes"]) <= 3  # 4 classes: shadow heads without up to 3 of them
-    assert "calibration: none" in out and "unfamiliar inputs (energy" in out and "left out:" in out
+    assert len(unfamiliar["left_out_classes"]) == 3  # 4 classes: the detector refitted without 3 of them, in turn
+    assert "calibration: none" in out and "unfamiliar inputs (mahalanobis" in out and "left out:" in out
     model = load_model(version)
     assert (model.temperature, model.detector.threshold) == (1.0, pytest.approx(unfamiliar["threshold"]))
 

@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -199,3 +200,11 @@ def test_main_says_a_bad_setting_in_one_line(monkeypatch, capsys):
     assert front_main.main() == 2
     err = capsys.readouterr().err
     assert err == "imgclf serve: error: IMGCLF_MIN_BODY_RATE must be at least 0; received -1\n"
+
+
+def test_the_front_hands_freed_memory_back_from_a_thread_of_its_own():
+    assert front_main.trim_memory_forever(0) is None  # IMGCLF_MALLOC_TRIM_SECONDS=0: never
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    thread = front_main.trim_memory_forever(3600)
+    assert thread.daemon and thread.is_alive() and thread.name == "malloc-trim"

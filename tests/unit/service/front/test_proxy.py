@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import socket
 import time
+import tracemalloc
 from dataclasses import fields, replace
 
 import h11
@@ -22,15 +25,15 @@ LIMITS = FrontSettings(header_timeout=0.5, body_timeout=2.0, min_body_rate=100, 
 SERVER = ServerSettings(max_upload_bytes=1000)  # the upload limit the front enforces is the service's own
 
 
-async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True):
+async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True, server=SERVER):
     """Start the fake gunicorn (unless not ``upstream_up``) and the front on 127.0.0.1; return (front, port, echo)."""
     echo = echo or Echo()
     path = str(tmp_path / "up.sock")
     if upstream_up:
         await asyncio.start_unix_server(echo.handle, path)
-    front = Front(limits, Upstream(path, 4, timeout=5), SERVER)
-    server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
-    return front, server.sockets[0].getsockname()[1], echo
+    front = Front(limits, Upstream(path, 4, timeout=5), server)
+    listener = await asyncio.start_server(front.handle, "127.0.0.1", 0)
+    return front, listener.sockets[0].getsockname()[1], echo
 
 
 async def exchange(port, data: bytes, read_until_close=True, timeout=5.0) -> tuple[bytes, float]:
@@ -234,6 +237,8 @@ def test_connections_over_the_limits_are_refused(tmp_path):
     async def go(limits):
         front, port, echo = await start(tmp_path, limits)
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in held:  # each has a request in hand (its head half sent): none can be evicted
+            writer.write(b"GET / HTTP/1.1\r\n")
         await asyncio.sleep(0.05)
         out, _ = await exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         for _, writer in held:
@@ -369,3 +374,150 @@ def test_an_idle_keep_alive_connection_makes_room_for_a_new_one(tmp_path):
     out, closed = run(go())
     assert status_of(out) == 200 and body_of(out)["target"] == "/new"
     assert sorted(closed) == [False, True]  # one idle connection was closed for it, the other lives
+
+
+class EarlyAnswer:
+    """A gunicorn that answers ``status`` as soon as it has the request head and closes, the body unread.
+
+    With ``read_body`` it reads the whole body first (by its Content-Length), as it normally would.
+    """
+
+    def __init__(self, status: int, read_body: bool = False) -> None:
+        self.status, self.read_body = status, read_body
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if self.read_body:
+            await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        body = json.dumps({"error": f"early {self.status}"}).encode()
+        writer.write(b"HTTP/1.1 %d Early\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (self.status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("status", [404, 401, 415])
+def test_an_answer_sent_before_the_body_was_read_reaches_the_client(tmp_path, status):
+    size = 5_000_000  # far over the socket's buffers: gunicorn closes while the front is still writing
+
+    async def go():
+        front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10),
+                                     EarlyAnswer(status), server=replace(SERVER, max_upload_bytes=size))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/models/nobody:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"x" * size)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")  # the connection lives on
+        again = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return head, body, again, front
+
+    head, body, again, front = run(go())
+    assert status_of(head) == status and json.loads(body) == {"error": f"early {status}"}
+    assert b"retry-after" not in head.lower() and status_of(again) == status and front.buffered == 0
+
+
+def loopback_alias_or_skip(address: str = "127.0.0.2") -> str:
+    """Return another loopback address to connect from (another client, still this machine), or skip."""
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError as e:
+        pytest.skip(f"cannot connect from {address} here ({e}): the test needs a second client address")
+    return address
+
+
+def test_a_client_holding_every_slot_with_silent_connections_locks_nobody_out(tmp_path):
+    hog_address = loopback_alias_or_skip()
+    limits = replace(LIMITS, max_connections=20, header_timeout=5)  # 20 slots, all of them for one address
+
+    async def go():
+        front, port, echo = await start(tmp_path, limits)
+        stop = asyncio.Event()
+
+        async def hog():  # 30 connections that send nothing, each reopened as soon as the front closes it
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(hog_address, 0))
+                    refused = await asyncio.wait_for(reader.read(), 2)  # a 503, or b"" once closed to make room
+                    writer.close()
+                    await asyncio.sleep(0.05 if refused else 0)
+                except (OSError, TimeoutError):
+                    await asyncio.sleep(0.01)
+
+        hogs = [asyncio.ensure_future(hog()) for _ in range(30)]
+        await asyncio.sleep(0.3)
+        held = front.slots.per_client.get(hog_address, 0)
+        answers = [(await exchange(port, b"GET /%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % i))[0]
+                   for i in range(20)]
+        stop.set()
+        for task in hogs:
+            task.cancel()
+        await asyncio.wait(hogs, timeout=3)
+        return held, answers, front
+
+    held, answers, front = run(go())
+    assert held == 20  # the hog had every slot
+    assert [status_of(a) for a in answers] == [200] * 20 and front.slots.evicted >= 1
+
+
+def test_one_address_holds_a_quarter_of_the_slots_by_default(tmp_path):
+    limits = replace(LIMITS, max_connections=200, max_client_connections=0)
+
+    async def go():
+        front, port, echo = await start(tmp_path, limits)
+        held = []
+        for _ in range(60):  # every one has a request in hand: none makes room for a later one
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+            held[-1][1].write(b"GET / HTTP/1.1\r\n")
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), 3) for reader, _ in held[50:]))
+        for _, writer in held:
+            writer.close()
+        return answers, front.slots.open
+
+    answers, still_open = run(go())
+    assert {status_of(a) for a in answers} == {429} and still_open == 50  # 200 // 4; the other 150 for the rest
+
+
+@pytest.mark.parametrize("total, per_client, limit", [
+    (1000, 0, 250), (200, 0, 50), (100, 0, 32), (10, 0, 10), (1000, 7, 7), (1000, 1000, 1000)])
+def test_the_per_address_limit(total, per_client, limit):
+    assert FrontSettings(max_connections=total, max_client_connections=per_client).client_limit == limit
+    assert FrontSettings().client_limit == 250
+
+
+@pytest.mark.parametrize("upstream", [EarlyAnswer(404), EarlyAnswer(200, read_body=True)])
+def test_no_body_outlives_its_answer(tmp_path, upstream):
+    # With the garbage collector off, a body held by a reference cycle (an exception's traceback, say)
+    # would stay: every one must be freed by the time its answer is sent, early answers included.
+    size = 1_000_000
+
+    async def go():
+        front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10), upstream,
+                                     server=replace(SERVER, max_upload_bytes=size))
+
+        async def one() -> int:
+            answer, _ = await exchange(port, b"POST /v1/models/m:predict HTTP/1.1\r\nHost: a\r\n"
+                                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (size, b"x" * size))
+            return status_of(answer)
+
+        await one()  # the first one sets up what stays (the pooled connection, caches)
+        tracemalloc.start()
+        statuses = [await one() for _ in range(8)]
+        await asyncio.sleep(0.05)
+        grown = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return statuses, grown
+
+    gc.collect()
+    gc.disable()
+    try:
+        statuses, grown = run(go())
+    finally:
+        gc.enable()
+    assert set(statuses) == {upstream.status}
+    assert grown < size // 2, grown  # eight bodies of 1 MB came and went
