@@ -6,7 +6,7 @@
 #
 # TensorFlow comes from the base image (the tag matches the newest TensorFlow that pyproject.toml
 # allows; tests/test_container.py checks it), so imgclf is installed without its [cpu]/[gpu] extras.
-# Every setting is an IMGCLF_* variable (README, "Configuration"): `docker run -e IMGCLF_WORKERS=1 ...`.
+# Every setting is an IMGCLF_* variable (docs/reference/configuration.md): `docker run -e IMGCLF_WORKERS=1 ...`.
 ARG BASE=tensorflow/tensorflow:2.21.0-gpu
 FROM ${BASE}
 
@@ -70,7 +70,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
 
 # What `imgclf serve` execs (service/cli/serve.py, front_argv()): the front is PID 1. It listens on
 # IMGCLF_BIND, reads every request whole under the deadlines (IMGCLF_HEADER_TIMEOUT, IMGCLF_BODY_TIMEOUT,
-# IMGCLF_MIN_BODY_RATE; README, "Reliability and security") and hands it to gunicorn, which it starts on
+# IMGCLF_MIN_BODY_RATE; docs/guides/security.md) and hands it to gunicorn, which it starts on
 # a private unix socket with the shipped config. A container stop's SIGTERM lets in-flight requests
 # finish (IMGCLF_GRACEFUL_TIMEOUT, 30 s by default), then stops gunicorn; SIGHUP reloads gunicorn's
 # workers. IMGCLF_FRONT=0 runs gunicorn alone on the port (behind a proxy of your own).

@@ -89,7 +89,7 @@ class ServingSettings(Section):
     allow_unsafe_ops: bool = setting(False, "load models whose graphs hold ops outside the inference allow-list "
                                             "(file, process, network ops): only models you trust")
     # --- hostile clients (issue 15): work budgets. 150 MP is about 1-4 s of decoding on one core for PNG,
-    # 0.4-1.2 s for JPEG; a decode holds about 11 bytes per pixel at its peak (README, Security).
+    # 0.4-1.2 s for JPEG; a decode holds about 11 bytes per pixel at its peak (docs/guides/security.md).
     max_request_pixels: int = setting(150_000_000, "decoded pixels of all the images of one request, from their "
                                                    "headers: more is a 413 before any decoding (0: off)", minimum=0)
     max_decode_pixels_in_flight: int = setting(100_000_000, "pixels a worker decodes at once; a request's decode "

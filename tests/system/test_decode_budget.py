@@ -30,7 +30,7 @@ from tests.support.processes import children_of, free_port
 
 REQUEST_PIXELS = 100_000_000
 GATE_PIXELS = 60_000_000
-BYTES_PER_PIXEL = 12  # the README's figure: a decode holds about 11 bytes per pixel at its peak (Pillow + numpy)
+BYTES_PER_PIXEL = 12  # docs/guides/security.md: a decode holds about 11 bytes per pixel at its peak (Pillow + numpy)
 BODIES_MB = 128  # and the worker holds the request bodies (the 64-image one: 18 MB, parsed and decoded)
 HEAVY_REQUESTS = 8
 

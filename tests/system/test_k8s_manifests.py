@@ -320,8 +320,8 @@ def test_the_image_is_the_placeholder_of_the_project_version(container):
     name, tag = split_image(container["image"])
     assert name == "ghcr.io/OWNER/imgclf"
     assert tag.startswith(PROJECT_VERSION + "-"), f"tag {tag!r} does not name version {PROJECT_VERSION}"
-    readme = (ROOT / "README.md").read_text()
-    assert "kubectl apply -k deploy/k8s" in readme and name in readme
+    guide = (ROOT / "docs" / "deployment" / "kubernetes.md").read_text()
+    assert "kubectl apply -k deploy/k8s" in guide and name in guide
 
 
 # --- Service, autoscaler, GPU ------------------------------------------------------------------------------

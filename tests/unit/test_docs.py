@@ -35,6 +35,8 @@ RUN_MARKER = "<!-- run -->"
 RUNNABLE = re.compile(r"^<!-- run -->\n```(\w+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 DOCUMENTED_ADDRESS = "127.0.0.1:8000"
 EXAMPLE_TIMEOUT_S = 60
+README_MAX_BYTES = 10_000  # issue 26: "README.md of at most 10 KB"
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def load_reference():
@@ -132,6 +134,45 @@ def test_every_runnable_marker_is_followed_by_a_fenced_block():
     for page in sorted(DOCS.rglob("*.md")):
         text = page.read_text(encoding="utf-8")
         assert text.count(RUN_MARKER) == len(RUNNABLE.findall(text)), f"{page}: a run marker without a block"
+
+
+# --- the README ---------------------------------------------------------------------------------------------
+
+def anchors(page: Path) -> set[str]:
+    """Return the heading ids mkdocs gives ``page`` (its generated parts expanded), from Markdown's own toc."""
+    import markdown
+
+    md = markdown.Markdown(extensions=["toc", "tables", "attr_list"])
+    md.convert(reference.expand(page.read_text(encoding="utf-8")) if page.is_relative_to(DOCS) else
+               page.read_text(encoding="utf-8"))
+
+    def ids(tokens):
+        for token in tokens:
+            yield token["id"]
+            yield from ids(token["children"])
+
+    return set(ids(md.toc_tokens))
+
+
+def test_the_readme_is_short_and_every_link_in_it_resolves():
+    readme = ROOT / "README.md"
+    assert readme.stat().st_size <= README_MAX_BYTES
+    links = LINK.findall(readme.read_text(encoding="utf-8"))
+    local = [link for link in links if not re.match(r"^[a-z]+:", link)]
+    assert len(local) >= 15 and any(link.endswith(".svg") for link in local)
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path).resolve() if path else readme
+        assert target.exists() and target.is_relative_to(ROOT), f"README links to {link}: no such file"
+        if anchor:
+            assert anchor in anchors(target), f"README links to {link}: {path} has no heading {anchor!r}"
+
+
+def test_the_readme_link_check_knows_each_pages_headings():
+    assert anchors(DOCS / "index.md") == {"imgclf"}
+    assert {"quick-start", "your-own-photos", "install"} <= anchors(DOCS / "getting-started.md")
+    assert "nope" not in anchors(DOCS / "getting-started.md")
+    assert "imgclf-featurize" in anchors(DOCS / "reference" / "cli.md")  # a generated heading
 
 
 # --- the runnable examples ----------------------------------------------------------------------------------
