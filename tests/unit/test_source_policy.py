@@ -49,7 +49,8 @@ def test_the_scan_sees_the_calls_it_checks():
 OLD_ROOTS = ("core", "featurizer", "training", "models", "service")
 _MODULE_STRING = re.compile(rf"(?:python:)?((?:{'|'.join(OLD_ROOTS)})(?:\.\w+)*)(?::\w+(?:\(\))?)?")
 # Files outside the Python tree that name modules to run (gunicorn app strings, python -m, CMD).
-COMMAND_FILES = ("Dockerfile", "compose.yaml", "Makefile", ".ci/run", "README.md")
+COMMAND_FILES = ("Dockerfile", "compose.yaml", "Makefile", ".ci/run", "README.md", "CONTRIBUTING.md",
+                 *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")))
 _RUN_OLD_ROOT = re.compile(rf"(?:python3? -m |python:|[\"'])(?:{'|'.join(OLD_ROOTS)})(?:\.\w+)*(?::\w+|[\"' ])")
 
 
@@ -89,7 +90,7 @@ def test_no_file_imports_the_old_top_level_names():
 
 
 def test_no_command_runs_an_old_top_level_name():
-    """Dockerfile, compose, Makefile, CI and README run ``python -m imgclf...`` and ``imgclf.service:create_app()``."""
+    """Dockerfile, compose, Makefile, CI, README and docs run ``python -m imgclf...`` and ``imgclf.service:...``."""
     offending = []
     for name in COMMAND_FILES:
         path = ROOT / name
