@@ -25,6 +25,7 @@
     file: null, // the last photo, sent again when the model or top-k changes
     request: 0, // counts predictions so that a slow, stale answer is ignored
     key: "", // the API key when sessionStorage is unavailable
+    reliability: null, // the model whose reliability diagram the calibration details show when opened
   };
 
   // ---- talking to the service -------------------------------------------------------------
@@ -192,12 +193,14 @@
     const box = $("reliability");
     for (const img of box.querySelectorAll("img")) URL.revokeObjectURL(img.src);
     box.replaceChildren();
+    state.reliability = null;
     $("calibration-text").textContent = "";
-    $("calibration").hidden = true;
+    $("calibration").hidden = $("reliability-details").hidden = true;
   }
 
-  // The card's calibration: method, temperature, ECE before and after; then the reliability diagram.
-  async function showCalibration(model, calibration) {
+  // The card's calibration: method, temperature, ECE before and after. The reliability diagram, when
+  // the export has one, is fetched when the reader opens its details.
+  function showCalibration(model, calibration) {
     if (!calibration || typeof calibration !== "object") return;
     const method = calibration.method === "temperature"
       ? `temperature scaling, T = ${formatNumber(Number(calibration.temperature))}`
@@ -208,15 +211,24 @@
       ? ` Expected calibration error on the ${split} split (${figures.examples} images): ` +
         `${formatNumber(figures.ece_before)} before, ${formatNumber(figures.ece_after)} after.`
       : "";
-    const note = typeof calibration.note === "string" && calibration.note ? ` ${calibration.note}.` : "";
+    const note = typeof calibration.note === "string" && calibration.note
+      ? ` ${calibration.note.charAt(0).toUpperCase()}${calibration.note.slice(1)}.`
+      : "";
     $("calibration-text").textContent = `Calibration: ${method}.${ece}${note}`;
     $("calibration").hidden = false;
-    if (!calibration.reliability_diagram) return;
+    state.reliability = calibration.reliability_diagram ? model : null;
+    $("reliability-details").hidden = !state.reliability;
+    if (state.reliability && $("reliability-details").open) showReliability();
+  }
+
+  async function showReliability() {
+    const model = state.reliability;
+    if (!model || $("reliability").childElementCount) return;
     const path = `/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}/reliability.png`;
     const url = await imageURL(path);
     if (!url) return; // the export has none (404): the text says enough
-    if (state.current !== model) {
-      URL.revokeObjectURL(url);
+    if (state.reliability !== model || $("reliability").childElementCount) {
+      URL.revokeObjectURL(url); // another model was chosen meanwhile, or a second fetch came first
       return;
     }
     const img = document.createElement("img");
@@ -225,6 +237,10 @@
       "before and after calibration";
     $("reliability").replaceChildren(img);
   }
+
+  $("reliability-details").addEventListener("toggle", () => {
+    if ($("reliability-details").open) showReliability();
+  });
 
   // ---- image classifiers --------------------------------------------------------------------
 
