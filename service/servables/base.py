@@ -48,10 +48,6 @@ class Signature:
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
 
-    def reliability_diagram(self) -> bytes | None:
-        """Return the PNG of the model's calibration reliability diagram, or None when it has none."""
-        return None
-
     @property
     def takes_pictures(self) -> bool:
         """Return whether the input is encoded pictures (bytes per instance)."""
