@@ -23,6 +23,7 @@ from imgclf.service import app_settings, metrics
 from imgclf.service.access import auth, cross_site, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
 from imgclf.service.protocols import health as routes_health
+from imgclf.service.protocols.grpc import extension as grpc_extension
 from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
@@ -65,5 +66,7 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if settings.server.grpc_bind:  # this worker's gRPC server, once its models are loaded
+        grpc_extension.init_app(app, settings)
     plane.models.start()
     return app

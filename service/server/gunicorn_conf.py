@@ -219,6 +219,13 @@ def post_worker_init(worker) -> None:
                     models.state, time.monotonic() - started)
 
 
+def worker_exit(server, worker) -> None:
+    """Stop the worker's gRPC server (``--grpc-bind``), giving its calls in flight the graceful timeout."""
+    grpc_server = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.grpc")
+    if grpc_server is not None:
+        grpc_server.stop(worker.cfg.graceful_timeout)
+
+
 def child_exit(server, worker) -> None:
     """Forget the state of a worker that exited; drop its live gauges (its counters stay: they still count)."""
     from prometheus_client import multiprocess

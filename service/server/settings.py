@@ -31,4 +31,12 @@ class ServerSettings(Section):
     malloc_trim_seconds: int = setting(1, "a worker hands freed heap memory back to the system this often "
                                           "(glibc's malloc_trim; 0: never)", minimum=0)
     max_upload_bytes: int = setting(20 * 1024 * 1024, "request bodies above this get 413 (from the front before "
-                                                      "they arrive, else from the app)", minimum=1)
+                                                      "they arrive, else from the app); gRPC messages above it "
+                                                      "get RESOURCE_EXHAUSTED", minimum=1)
+    # gRPC beside REST (imgclf.service.protocols.grpc): off unless set, so that no second port opens unasked;
+    # the container and the Kubernetes manifests set 0.0.0.0:8500 (TF Serving's gRPC port).
+    grpc_bind: str = setting("", "address of the gRPC port, HOST:PORT (TF Serving's PredictionService and "
+                                 "ModelService, the v2 GRPCInferenceService, grpc.health.v1); unset: no gRPC")
+    grpc_max_streams: int = setting(64, "concurrent gRPC calls on one connection at most", minimum=1)
+    grpc_min_ping_seconds: float = setting(10.0, "a gRPC client that pings more often than this (keepalive) is "
+                                                 "disconnected", minimum=0.1, maximum=86_400)
