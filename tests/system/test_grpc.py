@@ -21,6 +21,7 @@ import requests
 from tests.support.client_venv import no_deps_target
 from tests.support.gunicorn_server import gunicorn
 from tests.support.processes import free_port
+from tests.support.proto_descriptors import check_file
 
 pytestmark = pytest.mark.system
 
@@ -44,6 +45,14 @@ def tfs():
 
     return dict(classification=classification_pb2, metadata=get_model_metadata_pb2, status=get_model_status_pb2,
                 model_service=model_service_pb2_grpc, predict=predict_pb2, prediction=prediction_service_pb2_grpc)
+
+
+def test_our_tf_serving_messages_have_the_stubs_names_and_numbers(tfs):
+    published = {}
+    for module in (m for m in tfs.values() if hasattr(m, "DESCRIPTOR")):  # the _pb2 modules, not the stubs
+        for file in (module.DESCRIPTOR, *module.DESCRIPTOR.dependencies):
+            published.update({m.full_name: m for m in file.message_types_by_name.values()})
+    check_file("tensorflow_serving.proto", published)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ no protobuf gencode/runtime version pins either.
 from __future__ import annotations
 
 import functools
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,18 +30,21 @@ PROTO_FILES = ("error_codes.proto", "tensorflow.proto", "tensorflow_serving.prot
 
 
 def compile_descriptors() -> bytes:
-    """Return the FileDescriptorSet of ``protos/`` (imports included), compiled by grpcio-tools' protoc."""
-    from importlib import resources
+    """Return the FileDescriptorSet of ``protos/`` (imports included), compiled by grpcio-tools' protoc.
 
-    from grpc_tools import protoc
+    protoc runs in a process of its own: in one that has loaded TensorFlow (whose own protobuf library is linked
+    in) it crashes.
+    """
+    from importlib import resources
 
     well_known = str(resources.files("grpc_tools") / "_proto")  # google/protobuf/any.proto, wrappers.proto
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "descriptors.binpb"
-        status = protoc.main(["protoc", f"-I{PROTOS}", f"-I{well_known}", "--include_imports",
-                              f"--descriptor_set_out={out}", *PROTO_FILES])
-        if status != 0:
-            raise RuntimeError(f"protoc failed on {PROTOS} (exit status {status})")
+        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{well_known}",
+                               "--include_imports", f"--descriptor_set_out={out}", *PROTO_FILES],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {PROTOS} (exit status {done.returncode}): {done.stderr[-2000:]}")
         return _canonical(out.read_bytes())
 
 

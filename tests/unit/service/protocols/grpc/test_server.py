@@ -1,0 +1,102 @@
+"""A worker's gRPC server in process: API keys from metadata, the message size limit, health, metrics.
+
+The calls are made by the real ``tritonclient.grpc`` and ``grpc_health.v1``
+clients; the reference answers are the same app's REST routes.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from imgclf.service import create_app
+from imgclf.service.access.api_keys import key_line
+
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient is a test extra")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+API_KEY, METRICS_KEY = "imgclf_grpc-test-key", "imgclf_metrics-only"
+UPLOAD_LIMIT = 4000  # bytes: a 1000-float tensor is over it
+
+
+@pytest.fixture(scope="module")
+def app(secondary_repo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpc-unit")
+    shutil.copytree(secondary_repo / "quadratic", root / "models" / "quadratic")
+    keys = root / "keys"
+    keys.write_text(key_line("ci", API_KEY) + "\n" + key_line("prom", METRICS_KEY) + "\n")
+    app = create_app({"model_repository": root / "models", "load_in_background": False, "poll_seconds": 0,
+                      "grpc_bind": "127.0.0.1:0", "api_keys_file": str(keys), "metrics_keys": "prom",
+                      "max_upload_bytes": UPLOAD_LIMIT})
+    server = app.extensions["imgclf.grpc"]
+    assert server.started.wait(30)
+    yield app
+    server.stop(0)
+    app.extensions["imgclf.models"].close()
+
+
+@pytest.fixture(scope="module")
+def address(app):
+    return f"127.0.0.1:{app.extensions['imgclf.grpc'].port}"
+
+
+def x_input(values) -> grpcclient.InferInput:
+    values = np.asarray(values, np.float32).reshape(-1, 1)
+    tensor = grpcclient.InferInput("x", list(values.shape), "FP32")
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def test_health_is_open_and_serving(address):
+    with grpc.insecure_channel(address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("headers", [None, {"x-api-key": "imgclf_wrong"}, {"x-api-key": METRICS_KEY},
+                                     {"authorization": f"Bearer {API_KEY}", "x-api-key": METRICS_KEY}])
+def test_a_call_without_a_valid_api_key_is_unauthenticated(address, headers):
+    client = grpcclient.InferenceServerClient(url=address)
+    assert client.is_server_live(headers=headers)  # open, as GET /v2/health/live
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("quadratic", [x_input([1.0])], headers=headers)
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    assert "an API key is required" in caught.value.message()
+    client.close()
+
+
+@pytest.mark.parametrize("headers", [{"x-api-key": API_KEY}, {"authorization": f"Bearer {API_KEY}"}])
+def test_a_call_with_a_key_in_its_metadata_answers_what_rest_answers(app, address, headers):
+    client = grpcclient.InferenceServerClient(url=address)
+    answered = client.infer("quadratic", [x_input([-1.0, 2.5])], headers=headers).as_numpy("y")
+    client.close()
+    rest = app.test_client().post("/v1/models/quadratic:predict", json={"instances": [[-1.0], [2.5]]},
+                                  headers={"X-API-Key": API_KEY})
+    np.testing.assert_allclose(answered, np.asarray(rest.get_json()["predictions"]), rtol=1e-6)
+
+
+def test_a_message_over_the_upload_limit_is_resource_exhausted_and_changes_nothing(app, address):
+    client = grpcclient.InferenceServerClient(url=address)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("quadratic", [x_input(np.zeros(UPLOAD_LIMIT // 4))], headers={"x-api-key": API_KEY})
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.infer("quadratic", [x_input([0.0])], headers={"x-api-key": API_KEY}).as_numpy("y").shape == (1, 1)
+    client.close()
+
+
+def test_calls_are_counted_per_method_and_code(app, address):
+    client = grpcclient.InferenceServerClient(url=address)
+    client.infer("quadratic", [x_input([3.0])], headers={"x-api-key": API_KEY})
+    with pytest.raises(InferenceServerException):
+        client.infer("nope", [x_input([3.0])], headers={"x-api-key": API_KEY})
+    client.close()
+    text = app.test_client().get("/metrics", headers={"X-API-Key": METRICS_KEY}).get_data(as_text=True)
+    counts = {(s.labels["method"], s.labels["code"]): s.value for family in text_string_to_metric_families(text)
+              if family.name == "imgclf_grpc_requests" for s in family.samples if s.name.endswith("_total")}
+    assert counts[("/inference.GRPCInferenceService/ModelInfer", "OK")] >= 1
+    assert counts[("/inference.GRPCInferenceService/ModelInfer", "NOT_FOUND")] == 1
