@@ -78,7 +78,7 @@ def keep_working_folder_off_sys_path() -> None:
 
 keep_working_folder_off_sys_path()
 
-from imgclf.service.server import worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.server import grpc_port, worker_states  # noqa: E402 - after the working folder left sys.path
 from imgclf.service.server.settings import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -139,7 +139,9 @@ _made_dirs: list[str] = []
 
 
 def on_starting(server) -> None:
-    """Give the workers an empty metrics directory before the first one forks."""
+    """Check the gRPC port is free; give the workers an empty metrics directory before the first one forks."""
+    if _server.grpc_bind:
+        grpc_port.check_free(_server.grpc_bind)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow info lines
     directory = os.environ.get(MULTIPROC_ENV, "").strip()
     if directory:

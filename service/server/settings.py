@@ -43,7 +43,7 @@ class ServerSettings(Section):
                                                       "they arrive, else from the app); gRPC messages above it "
                                                       "get RESOURCE_EXHAUSTED", minimum=1)
     # gRPC beside REST (imgclf.service.protocols.grpc): off unless set, so that no second port opens unasked;
-    # the container and the Kubernetes manifests set 0.0.0.0:8500 (TF Serving's gRPC port).
+    # the Kubernetes manifests set 0.0.0.0:8500 (TF Serving's gRPC port).
     grpc_bind: str = setting("", "address of the gRPC port, HOST:PORT (TF Serving's PredictionService and "
                                  "ModelService, the v2 GRPCInferenceService, grpc.health.v1); unset: no gRPC",
                              parse=parse_grpc_bind)

@@ -4,8 +4,9 @@ Called by ``create_app`` when ``grpc_bind`` is set (``--grpc-bind``,
 ``IMGCLF_GRPC_BIND``). The app is made in each gunicorn worker after the fork,
 so the server is too. It binds once the models have loaded (or failed to, to
 say why): until then the port refuses connections, so a connection never
-lands on a worker that cannot answer it, and Kubernetes' gRPC probe fails;
-grpc.health.v1 says SERVING from then on (NOT_SERVING when loading failed).
+lands on a worker that cannot answer it. grpc.health.v1's Check answers
+SERVING when ``/readyz`` would answer 200 (every worker ready), so the
+Kubernetes manifests probe readiness over gRPC.
 The worker's exit (gunicorn's ``worker_exit`` hook) stops it, giving calls in
 flight the graceful timeout.
 """
@@ -36,8 +37,10 @@ def init_app(app: Flask, settings: Settings) -> GrpcServer:
     """Create the app's gRPC server; it starts when the models leave loading. Return it."""
     plane = current_plane(app)
     checker = app.extensions.get(auth.EXTENSION)
+    models = plane.models
     server = GrpcServer(plane, settings.server, settings.access, current_metrics(app),
-                        checker.buckets if checker is not None else None)
+                        checker.buckets if checker is not None else None,
+                        ready=lambda: worker_states.server_readiness(models.state, models.error).ready)
     started = threading.Event()
     lock = threading.Lock()
 
@@ -50,7 +53,7 @@ def init_app(app: Flask, settings: Settings) -> GrpcServer:
                 started.set()
         server.set_serving(state == worker_states.READY)
 
-    plane.models.on_state(on_state)
+    models.on_state(on_state)
     server.started = started
     app.extensions[EXTENSION] = server
     return server

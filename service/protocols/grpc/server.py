@@ -94,18 +94,38 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
+class Health(health.HealthServicer):
+    """grpc.health.v1 whose Check of the server ("") or one of its services answers the server's readiness now.
+
+    The same readiness as ``/readyz`` (every worker has its models loaded), so Kubernetes' gRPC readiness probe
+    means what the HTTP one does whichever worker the probe's connection lands on; Watch streams the worker's
+    own state changes (:meth:`GrpcServer.set_serving`).
+    """
+
+    def __init__(self, services: set[str], ready: Callable[[], bool]):
+        super().__init__()
+        self._services, self._ready = services, ready
+
+    def Check(self, request, context):
+        if request.service in self._services:
+            serving = self._ready()
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if serving
+                                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return super().Check(request, context)
+
+
 class GrpcServer:
     """The gRPC server of one worker over its data plane; :meth:`start` binds and serves."""
 
     def __init__(self, plane: DataPlane, settings: ServerSettings, access: AccessSettings, metrics=None,
-                 buckets=None):
+                 buckets=None, ready: Callable[[], bool] | None = None):
         self.plane, self.settings, self.access = plane, settings, access
         self.metrics = metrics  # imgclf.service.metrics.Metrics, or None
         self.buckets = buckets  # the REST API's per-key token buckets (shared), or None
-        self.health = health.HealthServicer()
         self.port: int | None = None
         self._server: grpc.Server | None = None
         self._services = {**TFServing(plane).handlers(), **Inference(plane).handlers()}
+        self.health = Health({"", *self._services}, ready or (lambda: plane.models.ready))
 
     def start(self, bind: str | None = None) -> int:
         """Bind ``bind`` (default: the grpc_bind setting), start serving, and return the port bound.
