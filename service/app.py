@@ -23,7 +23,6 @@ from imgclf.service import app_settings, metrics
 from imgclf.service.access import auth, cross_site, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
 from imgclf.service.protocols import health as routes_health
-from imgclf.service.protocols.grpc import extension as grpc_extension
 from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
@@ -67,6 +66,10 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     if settings.server.grpc_bind:  # this worker's gRPC server, once its models are loaded
+        # Imported only where gRPC is on: every imgclf command imports this package, and grpcio's core is
+        # not small (nor needed by `imgclf train`).
+        from imgclf.service.protocols.grpc import extension as grpc_extension
+
         grpc_extension.init_app(app, settings)
     plane.models.start()
     return app
