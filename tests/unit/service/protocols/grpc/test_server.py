@@ -7,6 +7,8 @@ clients; the reference answers are the same app's REST routes.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -21,13 +23,14 @@ grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient is a 
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 API_KEY, METRICS_KEY = "imgclf_grpc-test-key", "imgclf_metrics-only"
-UPLOAD_LIMIT = 4000  # bytes: a 1000-float tensor is over it
+UPLOAD_LIMIT = 64_000  # bytes: a 16000-float tensor is over it; the demo pictures are not
 
 
 @pytest.fixture(scope="module")
-def app(secondary_repo, tmp_path_factory):
+def app(secondary_repo, model_repo, tmp_path_factory):
     root = tmp_path_factory.mktemp("grpc-unit")
     shutil.copytree(secondary_repo / "quadratic", root / "models" / "quadratic")
+    shutil.copytree(model_repo / "shapes", root / "models" / "shapes")  # an image classifier: it batches
     keys = root / "keys"
     keys.write_text(key_line("ci", API_KEY) + "\n" + key_line("prom", METRICS_KEY) + "\n")
     app = create_app({"model_repository": root / "models", "load_in_background": False, "poll_seconds": 0,
@@ -100,3 +103,51 @@ def test_calls_are_counted_per_method_and_code(app, address):
               if family.name == "imgclf_grpc_requests" for s in family.samples if s.name.endswith("_total")}
     assert counts[("/inference.GRPCInferenceService/ModelInfer", "OK")] >= 1
     assert counts[("/inference.GRPCInferenceService/ModelInfer", "NOT_FOUND")] == 1
+
+
+def grpc_counts(app) -> dict:
+    text = app.test_client().get("/metrics", headers={"X-API-Key": METRICS_KEY}).get_data(as_text=True)
+    return {(s.labels["method"], s.labels["code"]): s.value for family in text_string_to_metric_families(text)
+            if family.name == "imgclf_grpc_requests" for s in family.samples if s.name.endswith("_total")}
+
+
+def test_a_call_past_its_deadline_leaves_the_batch_queue(app, address, model_repo):
+    batcher = app.extensions["imgclf.models"].models["shapes"].batcher
+    picture = sorted((model_repo.parent / "images").glob("*/*.jpg"))[0].read_bytes()
+    gate, sizes, run = threading.Event(), [], batcher.run
+
+    def held(batch):  # the first batch holds the lane until the test lets it go
+        sizes.append(len(batch))
+        gate.wait(20)
+        return run(batch)
+
+    def infer(timeout: float | None = None):
+        tensor = grpcclient.InferInput("image_bytes", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([picture], dtype=np.object_))
+        client = grpcclient.InferenceServerClient(url=address)
+        try:
+            return client.infer("shapes", [tensor], headers={"x-api-key": API_KEY}, client_timeout=timeout)
+        finally:
+            client.close()
+
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    cancelled_before = grpc_counts(app).get((method, "CANCELLED"), 0)
+    batcher.run = held
+    try:
+        first = threading.Thread(target=infer)
+        first.start()
+        deadline = time.monotonic() + 20
+        while not sizes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(InferenceServerException) as caught:
+            infer(timeout=0.5)  # queued behind the held batch until its deadline passes
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        while grpc_counts(app).get((method, "CANCELLED"), 0) == cancelled_before and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server gives up the call as soon as the deadline fires
+        assert grpc_counts(app).get((method, "CANCELLED"), 0) == cancelled_before + 1
+    finally:
+        gate.set()
+        batcher.run = run
+    first.join(20)
+    assert infer(timeout=30).as_numpy("probabilities").shape == (1, 4)
+    assert sizes == [1]  # the expired call never reached the model; the last one ran unheld, alone
