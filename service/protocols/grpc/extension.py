@@ -41,19 +41,16 @@ def init_app(app: Flask, settings: Settings) -> GrpcServer:
     server = GrpcServer(plane, settings.server, settings.access, current_metrics(app),
                         checker.buckets if checker is not None else None,
                         ready=lambda: worker_states.server_readiness(models.state, models.error).ready)
-    started = threading.Event()
     lock = threading.Lock()
 
     def on_state(state: str, error: str) -> None:
         if state == worker_states.LOADING:
             return
         with lock:
-            if not started.is_set():
+            if not server.started.is_set():
                 server.start()
-                started.set()
         server.set_serving(state == worker_states.READY)
 
     models.on_state(on_state)
-    server.started = started
     app.extensions[EXTENSION] = server
     return server

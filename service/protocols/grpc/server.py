@@ -24,6 +24,7 @@ and costs no model time.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -123,6 +124,7 @@ class GrpcServer:
         self.metrics = metrics  # imgclf.service.metrics.Metrics, or None
         self.buckets = buckets  # the REST API's per-key token buckets (shared), or None
         self.port: int | None = None
+        self.started = threading.Event()  # set once serving (tests and the worker's hooks wait on it)
         self._server: grpc.Server | None = None
         self._services = {**TFServing(plane).handlers(), **Inference(plane).handlers()}
         self.health = Health({"", *self._services}, ready or (lambda: plane.models.ready))
@@ -145,6 +147,7 @@ class GrpcServer:
             raise RuntimeError(f"cannot bind the gRPC address {address!r}")
         server.start()
         self._server, self.port = server, port
+        self.started.set()
         log.info("gRPC on %s (port %d): %s", address, port, ", ".join(self._services))
         return port
 
