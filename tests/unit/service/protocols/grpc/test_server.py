@@ -151,3 +151,54 @@ def test_a_call_past_its_deadline_leaves_the_batch_queue(app, address, model_rep
     first.join(20)
     assert infer(timeout=30).as_numpy("probabilities").shape == (1, 4)
     assert sizes == [1]  # the expired call never reached the model; the last one ran unheld, alone
+
+
+def test_a_connection_holds_at_most_grpc_max_streams_calls_at_once(secondary_repo, tmp_path):
+    from imgclf.service.protocols.grpc.messages import message
+
+    shutil.copytree(secondary_repo / "quadratic", tmp_path / "models" / "quadratic")
+    app = create_app({"model_repository": tmp_path / "models", "load_in_background": False, "poll_seconds": 0,
+                      "grpc_bind": "127.0.0.1:0", "grpc_max_streams": 1})
+    server = app.extensions["imgclf.grpc"]
+    assert server.started.wait(30)
+    served = app.extensions["imgclf.models"].models["quadratic"]
+    gate, entered, predict = threading.Event(), [], served.predict
+
+    def held(batch, signature):  # each call waits in the model until the test lets them all go
+        entered.append(1)
+        gate.wait(20)
+        return predict(batch, signature)
+
+    request = message("inference.ModelInferRequest")(model_name="quadratic")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(2.0)
+    response = message("inference.ModelInferResponse")
+    # A channel of its own each: one connection per channel (no sharing through the global subchannel pool).
+    channels = [grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(2)]
+    calls = [channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                 request_serializer=type(request).SerializeToString,
+                                 response_deserializer=response.FromString) for channel in channels]
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(entered) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    served.predict = held
+    try:
+        futures = [calls[0].future(request, timeout=30)]
+        wait_for(1)
+        futures.append(calls[0].future(request, timeout=30))  # same connection: waits for the first stream
+        time.sleep(0.5)
+        assert len(entered) == 1
+        futures.append(calls[1].future(request, timeout=30))  # another connection: goes in at once
+        wait_for(2)
+        assert len(entered) == 2
+    finally:
+        gate.set()  # the held calls finish, and the queued one goes in after the first
+    assert [len(f.result().raw_output_contents) for f in futures] == [1, 1, 1] and len(entered) == 3
+    served.predict = predict
+    for channel in channels:
+        channel.close()
+    server.stop(0)
+    app.extensions["imgclf.models"].close()
