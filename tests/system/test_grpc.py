@@ -71,6 +71,8 @@ def server(repo, tmp_path_factory):
     grpc_address = f"127.0.0.1:{free_port()}"
     with gunicorn(repo, tmp_path_factory.mktemp("grpc-serve"), workers=2, threads=4,
                   env={"IMGCLF_GRPC_BIND": grpc_address, "IMGCLF_MAX_INSTANCES": "8"}) as started:
+        # Each worker starts its server before it reports ready: both hold the port (SO_REUSEPORT) by now.
+        assert started.log_text().count(f"gRPC on {grpc_address}") == 2, started.log_text()
         channel = grpc.insecure_channel(grpc_address)
         grpc.channel_ready_future(channel).result(timeout=60)
         yield started.address, grpc_address, channel
