@@ -13,7 +13,7 @@ import numpy as np
 
 from imgclf.core.errors import BadRequest, InvalidImage
 from imgclf.core.values import describe
-from imgclf.service.protocols.rest import B64_FIELD, decode_b64
+from imgclf.service.protocols.b64 import B64_FIELD, decode_b64
 from imgclf.service.servables.base import Servable, Signature, TensorSpec
 
 METHOD_NAME = "tensorflow/serving/predict"

@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf.core.errors import BadRequest, InvalidImage
 from imgclf.service.dataplane.plane import DataPlane, InferenceRequest
-from imgclf.service.protocols.rest import decode_b64
+from imgclf.service.protocols.b64 import decode_b64
 from imgclf.service.protocols.v2.tensors import NUMPY_DTYPES, InputTensor, RequestedOutput, elements, nest
 from imgclf.service.servables.base import Servable, TensorSpec
 
