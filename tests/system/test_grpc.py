@@ -128,6 +128,15 @@ def test_tritonclient_health_metadata_and_infer_bytes_and_fp32(server, images):
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference["probabilities"], rtol=1e-5, atol=1e-6)
     assert [label.decode() for label in result.as_numpy("labels")] == list(reference["labels"])
     assert result.as_numpy("classes") is None  # not asked for
+    # The unfamiliar-input outputs come through as in REST (BOOL and FP32), and the request's threshold moves the flag
+    flagged = client.infer("shapes", [pictures], outputs=[grpcclient.InferRequestedOutput("unfamiliar"),
+                                                           grpcclient.InferRequestedOutput("unfamiliar_score")])
+    np.testing.assert_array_equal(flagged.as_numpy("unfamiliar"), reference["unfamiliar"])
+    np.testing.assert_allclose(flagged.as_numpy("unfamiliar_score"), reference["unfamiliar_score"], rtol=1e-5)
+    lowest = float(np.min(reference["unfamiliar_score"]))
+    moved = client.infer("shapes", [pictures], outputs=[grpcclient.InferRequestedOutput("unfamiliar")],
+                         parameters={"unfamiliar_threshold": lowest - 1.0})
+    assert moved.as_numpy("unfamiliar").all()  # every score is above a threshold below the lowest
 
     x = grpcclient.InferInput("x", [3, 1], "FP32")
     x.set_data_from_numpy(np.array([[-2.0], [0.5], [3.0]], np.float32))

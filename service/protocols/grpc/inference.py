@@ -17,7 +17,7 @@ import numpy as np
 
 from imgclf.core.errors import BadRequest, NotReady
 from imgclf.core.version import package_version
-from imgclf.service.dataplane.plane import DataPlane
+from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER, DataPlane
 from imgclf.service.protocols.grpc.messages import message
 from imgclf.service.protocols.v2 import model as v2_model
 from imgclf.service.protocols.v2.tensors import NUMPY_DTYPES, InputTensor, RequestedOutput, bytes_blob, from_binary
@@ -90,7 +90,8 @@ class Inference:
         with self.plane.model(request.model_name, _version(request.model_version)) as served:
             inputs = _inputs(request)
             requested = [RequestedOutput(item.name) for item in request.outputs] or None
-            inference = v2_model.inference_request(self.plane, served, inputs, requested)
+            inference = v2_model.inference_request(self.plane, served, inputs, requested,
+                                                   _parameter(request, THRESHOLD_PARAMETER))
             outputs = self.plane.infer(served, inference).outputs
             reply = message("inference.ModelInferResponse")(model_name=served.name, model_version=str(served.version),
                                                             id=request.id)
@@ -101,6 +102,15 @@ class Inference:
                     bytes_blob(values) if datatype == "BYTES"
                     else np.ascontiguousarray(values, NUMPY_DTYPES[datatype]).tobytes())
             return reply
+
+
+def _parameter(request, name: str):
+    """Return the value of the request's ``parameters[name]`` (whichever of its oneof is set), or None."""
+    if name not in request.parameters:
+        return None
+    given = request.parameters[name]
+    choice = given.WhichOneof("parameter_choice")
+    return getattr(given, choice) if choice else None
 
 
 def _inputs(request) -> list[InputTensor]:
