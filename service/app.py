@@ -65,5 +65,11 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if settings.server.grpc_bind:  # this worker's gRPC server, once its models are loaded
+        # Imported only where gRPC is on: every imgclf command imports this package, and grpcio's core is
+        # not small (nor needed by `imgclf train`).
+        from imgclf.service.protocols.grpc import extension as grpc_extension
+
+        grpc_extension.init_app(app, settings)
     plane.models.start()
     return app

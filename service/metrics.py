@@ -59,6 +59,8 @@ class Metrics:
     model_load_seconds: Gauge
     batch_max_size: Gauge
     batch_max_wait_seconds: Gauge
+    grpc_requests: Counter
+    grpc_request_seconds: Histogram
 
     @classmethod
     def create(cls, multiprocess: bool) -> Metrics:
@@ -83,6 +85,12 @@ class Metrics:
             batch_max_wait_seconds=Gauge("imgclf_batch_max_wait_seconds",
                                          "How long a batch waits for more requests (config).",
                                          multiprocess_mode="max", registry=registry),
+            # gRPC calls (--grpc-bind) by full method name (/tensorflow.serving.PredictionService/Predict: the
+            # protocol and the call) and status code name; unknown methods never reach a handler: bounded.
+            grpc_requests=Counter("imgclf_grpc_requests", "gRPC calls answered.", ["method", "code"],
+                                  registry=registry),
+            grpc_request_seconds=Histogram("imgclf_grpc_request_seconds", "Time to answer a gRPC call.", ["method"],
+                                           buckets=LATENCY_BUCKETS, registry=registry),
         )
 
     def collect_registry(self) -> CollectorRegistry:

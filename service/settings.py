@@ -74,6 +74,12 @@ class ServingSettings(Section):
     batch_max_wait_ms: float = setting(5.0, "milliseconds the first request of a batch waits for others",
                                        minimum=0, maximum=10_000)
     font: str = setting("", "font file for annotated images (unset: a system font)")
+    # Image classifiers flag an input unfamiliar when its unfamiliar_score is above a threshold, which training
+    # sets at a 95% true-positive rate on the validation split; another rate moves it, per loaded version,
+    # from the validation scores the export keeps (imgclf.training.detector.Detector.threshold_at).
+    unfamiliar_tpr: float = setting(0.0, "validation true-positive rate (0-1] that sets each image classifier's "
+                                         "unfamiliar threshold; 0: the export's own (set at 0.95)",
+                                    minimum=0.0, maximum=1.0)
     # auto = on a GPU of compute capability >= 7.0 fp16 (grappler's auto mixed precision), else on a CPU with
     # AMX/AVX512_BF16 bf16 (oneDNN rewrites the models' graphs; ~5x faster on such CPUs, probabilities within
     # ~1e-2), else fp32. Process-wide.

@@ -110,6 +110,22 @@ def match(keys: dict[str, str], presented: str) -> str | None:
 # --- imgclf api-key ---------------------------------------------------------------------------------------------
 
 
+def presented_key(authorization: str, api_key: str) -> str | None:
+    """Return the key a request presents in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+    None for no key, and for two different keys (refused rather than picking one).
+    """
+    presented = []
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        presented.append(token.strip())
+    if (api_key or "").strip():
+        presented.append(api_key.strip())
+    if not presented or len(set(presented)) > 1:
+        return None
+    return presented[0]
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `imgclf api-key`."""
     p = sub.add_parser("api-key", help="make an API key: print its keys-file line (and the key, once)",

@@ -24,7 +24,7 @@ import logging
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import Counter
 
-from imgclf.service.access.api_keys import match
+from imgclf.service.access.api_keys import match, presented_key
 from imgclf.service.access.rate_limit import TokenBuckets, retry_after
 from imgclf.service.access.settings import AccessSettings
 from imgclf.service.metrics import current_metrics
@@ -74,15 +74,8 @@ class Auth:
 
     def key_name(self) -> str | None:
         """Return the name of the key the request presents (Bearer or X-API-Key), or None."""
-        presented = []
-        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            presented.append(token.strip())
-        if request.headers.get(KEY_HEADER, "").strip():
-            presented.append(request.headers[KEY_HEADER].strip())
-        if not presented or len(set(presented)) > 1:  # two different keys: refuse rather than pick one
-            return None
-        return match(self.settings.keys, presented[0])
+        key = presented_key(request.headers.get("Authorization", ""), request.headers.get(KEY_HEADER, ""))
+        return None if key is None else match(self.settings.keys, key)
 
     def in_scope(self, name: str, endpoint: str | None) -> bool:
         """Return whether key ``name`` opens ``endpoint``: /metrics keys open /metrics only, when there are any."""

@@ -60,14 +60,18 @@ class PredictClient:
         if api_key:  # a service with IMGCLF_API_KEYS_FILE set
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
-    def predict(self, data: bytes, top_k: int | None = None, annotate: bool = False) -> dict:
+    def predict(self, data: bytes, top_k: int | None = None, annotate: bool = False,
+                unfamiliar_threshold: float | None = None) -> dict:
         """Return the service's answer for one encoded image (``annotated_image`` decoded to JPEG bytes).
+
+        ``unfamiliar_threshold``: flag the image unfamiliar above this score (None: the service's threshold).
 
         Raises:
             ImageRefused: the service refused this image (the message is the service's).
             ServiceError: anything else went wrong.
         """
-        params = {"model": self.model, "top_k": top_k, "annotate": "true" if annotate else None}
+        params = {"model": self.model, "top_k": top_k, "annotate": "true" if annotate else None,
+                  "unfamiliar_threshold": None if unfamiliar_threshold is None else repr(float(unfamiliar_threshold))}
         params = {key: value for key, value in params.items() if value is not None}
         log.debug("POST %s %s (%d bytes)", self.endpoint, params, len(data))
         try:

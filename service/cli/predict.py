@@ -1,24 +1,36 @@
-"""`imgclf predict`: top-k labels for image files from an exported model or a running service, optionally annotated."""
+"""`imgclf predict`: top-k labels for image files from an exported model or a running service, optionally annotated.
+
+Each image's answer says too whether the model finds it unfamiliar (its ``unfamiliar_score``
+above the threshold: the export's, moved by ``IMGCLF_UNFAMILIAR_TPR`` or ``--unfamiliar-threshold``
+as the service moves it). The table shows rounded percentages; ``--json`` carries the float32 values.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
+import numpy as np
+
+from imgclf.core import export_names as names
 from imgclf.core.errors import ImgclfError, UsageError
 from imgclf.core.repository import resolve, validate_name
+from imgclf.core.settings import read_setting
 from imgclf.featurizer.images.decode import DEFAULT_MAX_PIXELS
 from imgclf.service.cli.client import ImageRefused, PredictClient
 from imgclf.service.dataplane.annotate import annotate_to_jpeg, font_paths
 from imgclf.service.dataplane.postprocess import top_k
-from imgclf.service.settings import ClientSettings
+from imgclf.service.settings import ClientSettings, ServingSettings
 from imgclf.training.serving_backend import SERVING_BACKENDS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+UNFAMILIAR_KEYS = ("unfamiliar", "unfamiliar_score", "unfamiliar_threshold")  # /predict's, and --json's
+PATH_WIDTH = 48  # the table's image column, at most
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None,
                    help=f"labels per image, at most the model's label count (default: {DEFAULT_TOP_K}; "
                         "with --url, the service's default, IMGCLF_TOP_K)")
-    p.add_argument("--json", action="store_true", help="one JSON line per image instead of a table")
+    p.add_argument("--json", action="store_true", help="one JSON line per image instead of a table (full float32 "
+                                                        "probabilities, the unfamiliar flag, score and threshold)")
+    p.add_argument("--unfamiliar-threshold", type=float, metavar="SCORE",
+                   help="flag images whose unfamiliar score is above SCORE (default: the model's threshold, set at "
+                        "a 95%% true-positive rate on its validation images, or at IMGCLF_UNFAMILIAR_TPR)")
     p.add_argument("--annotate", type=Path, metavar="OUTDIR",
                    help="also write each image with its top label and score drawn on it (with --url, the "
                         "service draws it)")
@@ -62,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run `imgclf predict`."""
+    if args.unfamiliar_threshold is not None and not math.isfinite(args.unfamiliar_threshold):
+        raise UsageError(f"--unfamiliar-threshold must be a finite number; received {args.unfamiliar_threshold}")
     if args.url:
         return predict_remote(args)
     if not args.model:
@@ -85,6 +103,8 @@ def predict_local(args: argparse.Namespace) -> int:
     k = min(requested, len(model.labels))  # the default 5 on a 3-class model shows all 3
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
+    threshold = _local_threshold(model, args.unfamiliar_threshold)
+    width = _path_width(args.images)
     failures: list[tuple[str, str]] = []
     done = 0
     for start in range(0, len(args.images), args.batch_size):
@@ -99,13 +119,18 @@ def predict_local(args: argparse.Namespace) -> int:
                 failures.append((str(path), str(exc)))
         if not decoded:
             continue
-        probabilities = model.predict_rgb([rgb for _, rgb in decoded])
-        for (path, rgb), probs in zip(decoded, probabilities):
+        # As the service predicts: the images signature (or the featurizer's backend, then the head).
+        out = model.infer_inputs(np.stack([model.to_input(rgb) for _, rgb in decoded]))
+        scores = out[names.UNFAMILIAR_SCORE_KEY]
+        for (path, rgb), probs, score in zip(decoded, out[names.PROBABILITIES_KEY], scores):
             best = top_k(probs, model.labels, k)
-            print_prediction(path, best, args.json)
+            unfamiliar = {"unfamiliar": bool(float(score) > threshold), "unfamiliar_score": float(score),
+                          "unfamiliar_threshold": threshold if math.isfinite(threshold) else None}
+            print_prediction(path, best, args.json, unfamiliar, width)
             if args.annotate:
                 _annotated_path(args.annotate, path).write_bytes(
-                    annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], args.font))
+                    annotate_to_jpeg(rgb, best[0]["label"], best[0]["score"], args.font,
+                                     unfamiliar_of=len(model.labels) if unfamiliar["unfamiliar"] else None))
             done += 1
     print_failures(failures, args.json)
     log.info("predicted %d image(s) with %s version %s", done, model.name, model.version)
@@ -131,19 +156,22 @@ def predict_remote(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
     client = PredictClient(args.url, args.model, args.timeout,
                            api_key=ClientSettings.from_env().api_key)  # not an argument: ps shows those
+    width = _path_width(args.images)
     failures: list[tuple[str, str]] = []
     done = 0
     try:
         for path in args.images:
             try:
-                answer = client.predict(path.read_bytes(), args.top_k, annotate=bool(args.annotate))
+                answer = client.predict(path.read_bytes(), args.top_k, annotate=bool(args.annotate),
+                                        unfamiliar_threshold=args.unfamiliar_threshold)
             except OSError as exc:
                 failures.append((str(path), _read_error(exc)))
                 continue
             except ImageRefused as exc:
                 failures.append((str(path), str(exc)))
                 continue
-            print_prediction(path, answer["predictions"], args.json)
+            print_prediction(path, answer["predictions"], args.json,
+                             {key: answer[key] for key in UNFAMILIAR_KEYS if key in answer}, width)
             if args.annotate:
                 _annotated_path(args.annotate, path).write_bytes(answer["annotated_image"])
             done += 1
@@ -156,14 +184,26 @@ def predict_remote(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
-def print_prediction(path: Path, best: list[dict], as_json: bool) -> None:
-    """Print one image's top-k, as a JSON line or a small table."""
+def print_prediction(path: Path, best: list[dict], as_json: bool, unfamiliar: dict | None = None,
+                     width: int = 0) -> None:
+    """Print one image's top-k and unfamiliar flag, as a JSON line or a small table.
+
+    The table's image line has a column that says "unfamiliar" (blank when familiar) and the score with the
+    threshold; the labels' scores are percentages to one decimal.
+    """
+    unfamiliar = unfamiliar or {}
     if as_json:
-        print(json.dumps({"path": str(path), "predictions": best}, ensure_ascii=False))
+        print(json.dumps({"path": str(path), "predictions": best, **unfamiliar}, ensure_ascii=False))
         return
-    print(f"{path}")
+    line = f"{path}"
+    if "unfamiliar_score" in unfamiliar:
+        threshold = unfamiliar.get("unfamiliar_threshold")
+        line = (f"{line:<{width}}  {'unfamiliar' if unfamiliar.get('unfamiliar') else '':<10}  "
+                f"score {unfamiliar['unfamiliar_score']:.3f}"
+                + (f" (threshold {threshold:.3f})" if threshold is not None else " (no threshold)"))
+    print(line)
     for rank, item in enumerate(best, 1):
-        print(f"  {rank}. {item['label']:<30} {item['score']:.4f}")
+        print(f"  {rank}. {item['label']:<30} {item['score'] * 100:5.1f}%")
 
 
 def print_failures(failures: list[tuple[str, str]], as_json: bool) -> None:
@@ -173,6 +213,25 @@ def print_failures(failures: list[tuple[str, str]], as_json: bool) -> None:
             print(json.dumps({"path": path, "error": reason}, ensure_ascii=False))
         else:
             print(f"skipped {path}: {reason}")
+
+
+def _local_threshold(model, given: float | None) -> float:
+    """Return the unfamiliar threshold of a local model: ``given``, else as the service sets it
+    (``IMGCLF_UNFAMILIAR_TPR``'s rate on the export's validation scores, else the export's own)."""
+    if given is not None:
+        return float(given)
+    tpr = read_setting(ServingSettings, "unfamiliar_tpr")
+    if tpr:
+        try:
+            return model.detector.threshold_at(tpr)
+        except ValueError as exc:
+            log.warning("IMGCLF_UNFAMILIAR_TPR=%g is not applied (%s): the export's threshold is used", tpr, exc)
+    return float(model.detector.threshold)
+
+
+def _path_width(paths: list[Path]) -> int:
+    """Return the width of the table's image column."""
+    return min(max((len(str(p)) for p in paths), default=0), PATH_WIDTH)
 
 
 def _read_error(exc: OSError) -> str:

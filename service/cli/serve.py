@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or "
                         f"./{ServingSettings.model_repository})")
     add_server_options(p)
+    p.add_argument("--grpc-bind", default=None, metavar="HOST:PORT",
+                   help="also serve gRPC on this address: TF Serving's PredictionService and ModelService, the "
+                        "v2 GRPCInferenceService, grpc.health.v1; each worker binds it (SO_REUSEPORT) once its "
+                        "models are loaded (default: $IMGCLF_GRPC_BIND; unset: no gRPC)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load models whose graphs hold ops outside the inference allow-list (file, process, "
                         "network ops): only models you trust (sets IMGCLF_ALLOW_UNSAFE_OPS=1)")
@@ -117,7 +121,9 @@ def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None 
     env = serve_env(model_dir, bind, workers, threads)
     settings = check_settings(env)
     argv = front_argv() if settings.front.enabled else gunicorn_argv()
-    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{settings.server.bind}/ (Ctrl-C to stop)", flush=True)
+    grpc = f" and gRPC on {settings.server.grpc_bind}" if settings.server.grpc_bind else ""
+    print(f"serving {env['IMGCLF_MODEL_REPOSITORY']} on http://{settings.server.bind}/{grpc} (Ctrl-C to stop)",
+          flush=True)
     sys.stderr.flush()  # exec discards whatever is still buffered
     os.execve(argv[0], argv, env)
 
@@ -138,6 +144,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serving %s", ", ".join(f"{name} v{max(v)}" for name, v in models.items()))
     if args.allow_unsafe_ops:
         os.environ["IMGCLF_ALLOW_UNSAFE_OPS"] = "1"  # the workers' settings read it
+    if args.grpc_bind:
+        os.environ["IMGCLF_GRPC_BIND"] = args.grpc_bind
     if args.model_config_file:  # checked (line by line) with the other settings before gunicorn starts
         os.environ["IMGCLF_MODEL_CONFIG_FILE"] = str(args.model_config_file.expanduser().absolute())
     exec_gunicorn(model_dir, args.bind, args.workers, args.threads)

@@ -1,6 +1,7 @@
 """Draw an image's top label and score on it, readable at any image size and in any script.
 
-The label goes in a dark banner across the top, in a font sized to the image.
+The label goes in a dark banner across the top, in a font sized to the image;
+an image the model flags unfamiliar gets an amber notice across the bottom.
 Tiny images are enlarged first and huge ones reduced, so the text stays legible
 and the output stays small. Fonts are tried in order — ``IMGCLF_FONT`` (or the
 ``font_path`` given), then common system fonts with wide coverage (WenQuanYi
@@ -31,6 +32,7 @@ FONT_CANDIDATES = (
 MIN_SHORT_SIDE = 256  # smaller images are enlarged so the label is legible
 MAX_LONG_SIDE = 2048  # larger images are reduced (the annotation is a preview)
 LETTERBOX = (128, 128, 128)  # a strip too thin for a banner is centred on a canvas of this grey
+NOTICE_FILL = (255, 193, 7, 235)  # amber, nearly opaque: the unfamiliar-input notice across the bottom
 _MISSING = "\U0010fffd"  # a private-use code point no font draws: its mask is the "missing glyph" box
 
 
@@ -85,8 +87,18 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def annotate(image: Image.Image | np.ndarray, label: str, score: float, font_path: str | None = None) -> Image.Image:
-    """Return an RGB copy of ``image`` with "label  score%" drawn in a banner across the top."""
+def unfamiliar_notice(n_labels: int) -> str:
+    """Return the notice drawn on an image flagged unfamiliar (and shown by the page)."""
+    return f"unfamiliar input \u2014 none of the {n_labels} labels fits well"
+
+
+def annotate(image: Image.Image | np.ndarray, label: str, score: float, font_path: str | None = None,
+             unfamiliar_of: int | None = None) -> Image.Image:
+    """Return an RGB copy of ``image`` with "label  score%" drawn in a banner across the top.
+
+    ``unfamiliar_of``: the model's label count, for an image it flags unfamiliar; an amber banner across the
+    bottom then says that none of its labels fits well.
+    """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     image = image.convert("RGB")
@@ -97,27 +109,37 @@ def annotate(image: Image.Image | np.ndarray, label: str, score: float, font_pat
         canvas = Image.new("RGB", (max(image.width, MIN_SHORT_SIDE), max(image.height, MIN_SHORT_SIDE)), LETTERBOX)
         canvas.paste(image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2))
         image = canvas
-    width, height = image.size
-    text = f"{label}  {score * 100:.1f}%"
-    font_size = max(10, round(min(width, height) * 0.07))
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    _banner(draw, image.size, f"{label}  {score * 100:.1f}%", font_path, top=True,
+            fill=(0, 0, 0, 170), ink=(255, 255, 255, 255))
+    if unfamiliar_of is not None:
+        _banner(draw, image.size, unfamiliar_notice(unfamiliar_of), font_path, top=False,
+                fill=NOTICE_FILL, ink=(0, 0, 0, 255), scale=0.055)
+    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+
+
+def _banner(draw: ImageDraw.ImageDraw, size: tuple[int, int], text: str, font_path: str | None, *, top: bool,
+            fill: tuple, ink: tuple, scale: float = 0.07) -> None:
+    """Draw ``text`` in a full-width banner at the top or the bottom, in a font sized to the image."""
+    width, height = size
+    font_size = max(10, round(min(width, height) * scale))
     font = pick_font(text, font_size, font_path)
     # Shrink the font until the text fits the width (long labels on narrow images).
     while font_size > 8 and font.getlength(text) > 0.94 * width:
         font_size = max(8, int(font_size * 0.85))
         font = pick_font(text, font_size, font_path)
-    left, top, right, bottom = font.getbbox(text)
+    left, text_top, right, bottom = font.getbbox(text)
     pad = max(2, font_size // 4)
-    banner = bottom - min(top, 0) + 2 * pad
-    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    draw.rectangle([0, 0, width, banner], fill=(0, 0, 0, 170))
-    draw.text((pad, pad - min(top, 0)), text, font=font, fill=(255, 255, 255, 255))
-    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+    banner = bottom - min(text_top, 0) + 2 * pad
+    y = 0 if top else height - banner
+    draw.rectangle([0, y, width, y + banner], fill=fill)
+    draw.text((pad, y + pad - min(text_top, 0)), text, font=font, fill=ink)
 
 
 def annotate_to_jpeg(rgb: np.ndarray, label: str, score: float, font_path: str | None = None,
-                     quality: int = 90) -> bytes:
-    """Return the annotated image as JPEG bytes."""
+                     quality: int = 90, unfamiliar_of: int | None = None) -> bytes:
+    """Return the annotated image as JPEG bytes (``unfamiliar_of``: as :func:`annotate`)."""
     buf = io.BytesIO()
-    annotate(rgb, label, score, font_path).save(buf, "JPEG", quality=quality)
+    annotate(rgb, label, score, font_path, unfamiliar_of).save(buf, "JPEG", quality=quality)
     return buf.getvalue()

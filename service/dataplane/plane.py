@@ -12,6 +12,8 @@ translates its wire format into an :class:`InferenceRequest` and formats the
 * the instance limit, then the pixel budgets (:class:`~imgclf.service.dataplane.budget.Budget`),
   checked on the encoded pictures' headers before any decoding;
 * decoding by the servable, then prediction through its batcher;
+* the unfamiliar-input flag: a request's own ``unfamiliar_threshold`` (checked before any
+  decoding) replaces the model's, and the flag is computed again from the score;
 * output selection, with one message for an output the model does not have.
 
 Nothing here knows HTTP or JSON: an instance is ``bytes`` (one encoded
@@ -21,17 +23,41 @@ picture) or numbers (nested lists); outputs are numpy arrays.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgclf.core import export_names as names
 from imgclf.core.errors import BadRequest
+from imgclf.core.values import short
 from imgclf.service.dataplane.budget import Budget
 from imgclf.service.dataplane.in_flight import InFlight
 from imgclf.service.lifecycle.manager import VersionManager
 from imgclf.service.servables.base import Servable, Signature
+
+THRESHOLD_PARAMETER = "unfamiliar_threshold"  # the request parameter of every protocol that sets it
+
+
+def parse_threshold(value) -> float:
+    """Return a request's ``unfamiliar_threshold`` (a number, or a number's text) as a finite float.
+
+    Raises:
+        BadRequest: a boolean, a non-number, NaN or an infinity (the message shows what was received).
+    """
+    threshold = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an integer beyond float range
+            threshold = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            threshold = float(value.strip())
+    if threshold is None or not math.isfinite(threshold):
+        raise BadRequest(f"{THRESHOLD_PARAMETER} must be a finite number (unfamiliar_score above it is flagged "
+                         f"unfamiliar); received {short(value)}")
+    return threshold
 
 
 @dataclass
@@ -43,6 +69,9 @@ class InferenceRequest:
     outputs: list[str] | None = None  # the outputs to answer, in this order (None: every output)
     where: str = "the request"  # how the protocol names the instances in messages ('"instances"', "input 'x'")
     keep_pictures: bool = False  # every instance is a picture; answer the decoded RGB images too (annotation)
+    # This request's threshold of unfamiliar_score, as received (a number, or its text from a query string or
+    # a form); None: the model's. Checked by the data plane, before any decoding.
+    unfamiliar_threshold: object = None
 
 
 @dataclass
@@ -55,6 +84,9 @@ class InferenceResponse:
     outputs: dict[str, np.ndarray]
     pictures: list[np.ndarray] | None = None  # uint8 RGB per instance, when the request kept them
     seconds: dict[str, float] = field(default_factory=dict)  # decode, predict
+    # The threshold the unfamiliar flags were computed with (the request's, else the model's); None for a model
+    # without an unfamiliar_score.
+    unfamiliar_threshold: float | None = None
 
 
 class DataPlane:
@@ -83,8 +115,9 @@ class DataPlane:
         """Decode the request's instances within the budgets, predict them, and return the outputs it asked for.
 
         Raises:
-            BadRequest: no instances, too many, an unknown signature or output, or values the model refuses
-                (the message names the instance).
+            BadRequest: no instances, too many, an unknown signature or output, values the model refuses
+                (the message names the instance), or an unfamiliar_threshold that is not a finite number or is
+                sent to a model without an unfamiliar_score.
             PayloadTooLarge: the pictures' headers claim more pixels than a request may decode (413).
             InvalidImage and its kinds (400, 413, 415): a picture that cannot be served.
             DecodeBusy: the worker's decode gate stayed full (503).
@@ -92,6 +125,7 @@ class DataPlane:
         signature = served.signature(request.signature)
         self.check_count(len(request.instances), request.where)
         wanted = self._wanted(served, signature, request.outputs)
+        override = self._threshold(served, signature, request.unfamiliar_threshold)
         started = time.perf_counter()
         pictures = [value for value in request.instances if isinstance(value, bytes)]
         with self.budget.admit(pictures):
@@ -104,10 +138,16 @@ class DataPlane:
         decoded_at = time.perf_counter()
         outputs = served.predict(batch, signature)
         predicted_at = time.perf_counter()
+        threshold = None
+        if names.UNFAMILIAR_SCORE_KEY in outputs:
+            threshold = served.unfamiliar_threshold if override is None else override
+            if override is not None:  # float64: any finite threshold, as sent (the model's are float32 values)
+                scores = np.asarray(outputs[names.UNFAMILIAR_SCORE_KEY], dtype=np.float64)
+                outputs = {**outputs, names.UNFAMILIAR_KEY: scores > override}
         if wanted is not None:
             outputs = {key: outputs[key] for key in wanted}
         return InferenceResponse(served.name, served.version, signature, outputs, rgb,
-                                 {"decode": decoded_at - started, "predict": predicted_at - decoded_at})
+                                 {"decode": decoded_at - started, "predict": predicted_at - decoded_at}, threshold)
 
     def check_count(self, count: int, where: str) -> None:
         """Raise BadRequest unless 1 <= ``count`` <= the instance limit (before anything is read or decoded)."""
@@ -115,6 +155,18 @@ class DataPlane:
             raise BadRequest(f"{where} holds no instance; send at least one")
         if count > self.max_instances:
             raise BadRequest(f"{where} holds {count} items; at most {self.max_instances} are allowed per request")
+
+    @staticmethod
+    def _threshold(served: Servable, signature: Signature, value) -> float | None:
+        """Return a request's unfamiliar threshold as a float (None: not given), refusing what is not a finite
+        number and a model that answers no unfamiliar score."""
+        if value is None:
+            return None
+        threshold = parse_threshold(value)
+        if names.UNFAMILIAR_SCORE_KEY not in {spec.name for spec in signature.outputs}:
+            raise BadRequest(f"model {served.name!r} answers no {names.UNFAMILIAR_SCORE_KEY}; "
+                             f"{THRESHOLD_PARAMETER} applies to image classifiers only")
+        return threshold
 
     @staticmethod
     def _wanted(served: Servable, signature: Signature, requested: list[str] | None) -> list[str] | None:

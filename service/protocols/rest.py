@@ -1,4 +1,4 @@
-"""What the REST protocols share: request bodies read whole, base64 values, and errors answered as JSON.
+"""What the REST protocols share: request bodies read whole, and errors answered as JSON.
 
 Every error becomes ``{"error": "<message>"}`` with its status, in one place:
 the typed errors of :mod:`imgclf.core.errors` (400, 404, 413, 415, 503 with
@@ -9,11 +9,8 @@ and the worker lives on.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import logging
-import re
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -29,37 +26,10 @@ from imgclf.core.errors import (
     UnsupportedImageType,
     UnsupportedMediaType,
 )
-from imgclf.core.values import json_type
 
 log = logging.getLogger(__name__)
 
-B64_FIELD = "b64"  # the JSON field that carries base64-encoded bytes ({"b64": ...}), as TF Serving's REST API
-_DATA_URL = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)  # what a browser's FileReader gives
-_WHITESPACE = re.compile(r"\s+")
 _READ_SIZE = 64 * 1024  # bytes per read of a chunked body
-
-
-def decode_b64(value: str) -> bytes:
-    """Return the bytes of a base64 string (standard or URL-safe alphabet, padding optional).
-
-    Whitespace (MIME line breaks) and a ``data:...;base64,`` prefix are allowed.
-
-    Raises:
-        BadRequest: not a string, empty, or not base64; the message shows what was received.
-    """
-    if not isinstance(value, str):
-        raise BadRequest(f"b64 must be a string of base64; received {json_type(value)}")
-    text = _WHITESPACE.sub("", _DATA_URL.sub("", value.strip(), count=1))
-    if not text:
-        raise BadRequest("b64 is empty: expected the base64-encoded image")
-    if "-" in text or "_" in text:  # URL-safe alphabet (TF Serving's clients send either)
-        text = text.replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4) if len(text) % 4 != 1 else ""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"b64 is not valid base64 ({exc}); received {len(value)} characters "
-                         f"starting {value[:24]!r}") from exc
 
 
 def read_streamed_body() -> None:

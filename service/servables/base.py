@@ -91,6 +91,8 @@ class Servable(ABC):
 
     kind: ClassVar[ModelKind]
     input_notes: ClassVar[dict | None] = None  # what it accepts beyond its signature, said in its metadata
+    # Models that answer an unfamiliar_score flag the inputs whose score is above it (None: no such output).
+    unfamiliar_threshold: float | None = None
 
     def __init__(self, name: str, version: int, labels: list[str], card: dict):
         self.name, self.version, self.labels, self.card = name, version, list(labels), card
@@ -128,6 +130,10 @@ class Servable(ABC):
         if found is None:
             raise BadRequest(f"unknown signature_name {name!r}; model {self.name!r} serves {', '.join(signatures)}")
         return found
+
+    def reliability_diagram(self) -> bytes | None:
+        """Return the PNG of the model's calibration reliability diagram, or None when it has none."""
+        return None
 
     @property
     def takes_pictures(self) -> bool:

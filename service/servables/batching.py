@@ -9,6 +9,11 @@ early once every prediction request in flight in the worker has joined a batch
 (the app counts them), so a lone request does not wait at all. With batching
 off, each request calls the model itself.
 
+A caller may make its wait cancellable (:func:`cancellable`: gRPC does, for
+a call whose client cancelled or whose deadline passed): a cancelled request
+that no batch has taken yet leaves the queue, so it takes no place in a batch
+and costs no model time.
+
 ``lanes`` batching threads may run batches at once (default one). A model
 that runs a batch on several independent executors (OpenVINO's streams, one
 per core) gets one lane per executor: while one batch finishes its
@@ -19,18 +24,62 @@ batches.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+
+class Cancellation:
+    """A request's way to give up waiting: :meth:`cancel` (from any thread) cancels what it waits for."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+        self.cancelled = False
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` at cancellation (at once when already cancelled)."""
+        with self._lock:
+            if not self.cancelled:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def cancel(self) -> None:
+        """Cancel: run every callback once."""
+        with self._lock:
+            self.cancelled, callbacks, self._callbacks = True, self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+_cancellation: contextvars.ContextVar[Cancellation | None] = contextvars.ContextVar("imgclf_cancellation",
+                                                                                 default=None)
+
+
+@contextlib.contextmanager
+def cancellable(cancellation: Cancellation) -> Iterator[Cancellation]:
+    """Make the batched predictions this thread submits inside the block give up when ``cancellation`` fires.
+
+    A request not yet taken into a batch then leaves the queue and its :meth:`Batcher.submit` raises
+    :class:`concurrent.futures.CancelledError`; one already in a batch gets its rows as usual.
+    """
+    token = _cancellation.set(cancellation)
+    try:
+        yield cancellation
+    finally:
+        _cancellation.reset(token)
 
 
 class Batcher:
@@ -66,7 +115,14 @@ class Batcher:
                 self._threads.append(thread)
 
     def submit(self, inputs: np.ndarray) -> np.ndarray:
-        """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled."""
+        """Return the model's outputs for ``inputs`` [k, ...], computed in a shared batch when enabled.
+
+        Raises:
+            CancelledError: the caller's :func:`cancellable` fired before a batch took the request.
+        """
+        cancellation = _cancellation.get()
+        if cancellation is not None and cancellation.cancelled:
+            raise CancelledError("the request was cancelled before its prediction")
         if not self.enabled:
             return self._call(inputs)
         future: Future = Future()
@@ -74,6 +130,8 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("the model's batcher is closed")
             self._queue.put((inputs, future))
+        if cancellation is not None:
+            cancellation.on_cancel(future.cancel)  # succeeds only while no batch has taken it
         return future.result()
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
@@ -103,10 +161,13 @@ class Batcher:
 
     def _gather(self) -> list | None:
         """Return the next batch of (inputs, future) from the queue; None once stopped."""
-        item = self._queue.get()
-        if item is _STOP:
-            self._queue.put(_STOP)  # for the other lanes
-            return None
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._queue.put(_STOP)  # for the other lanes
+                return None
+            if item[1].set_running_or_notify_cancel():  # False: cancelled while queued; it takes no place
+                break
         pending = [item]
         size = len(item[0])
         try:
@@ -127,6 +188,8 @@ class Batcher:
                 if size + len(nxt[0]) > self.max_size:
                     self._queue.put(nxt)  # keep it for the next batch (order among waiters is not promised)
                     break
+                if not nxt[1].set_running_or_notify_cancel():  # cancelled while queued
+                    continue
                 pending.append(nxt)
                 size += len(nxt[0])
         except BaseException as exc:  # e.g. the in-flight count failed: never leave a request waiting
@@ -164,5 +227,5 @@ class Batcher:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
+                if item is not _STOP and item[1].set_running_or_notify_cancel():  # a cancelled one needs no answer
                     item[1].set_exception(RuntimeError("the model's batcher is closed"))

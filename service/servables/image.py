@@ -11,6 +11,7 @@ featurizer vectors.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from imgclf.core.values import describe
 from imgclf.service.servables.base import STRING, LoadContext, Servable, Signature, TensorSpec
 from imgclf.training.classifier import LoadedModel, load_model
 
+log = logging.getLogger(__name__)
+
 
 class ImageClassifierServable(Servable):
     """An exported image classifier (Inception-v3 bottlenecks + a dense head)."""
@@ -32,8 +35,9 @@ class ImageClassifierServable(Servable):
         super().__init__(name, version, model.labels, model.card)
         self.model = model
         self.batcher = context.batcher(name, model.infer_inputs, lanes=model.batch_lanes)
-        # Scores above it are flagged unfamiliar: the export's threshold, unless the service sets another.
-        self.unfamiliar_threshold = model.detector.threshold
+        # Scores above it are flagged unfamiliar: the export's threshold, unless the service sets another rate.
+        self.unfamiliar_threshold = _threshold(model, context.config.unfamiliar_tpr, name, version)
+        self._reliability = _read_optional(model.path / names.RELIABILITY_DIAGRAM_FILE)
 
     @classmethod
     def load(cls, path: Path, name: str, version: int, context: LoadContext) -> ImageClassifierServable:
@@ -41,6 +45,10 @@ class ImageClassifierServable(Servable):
         model = load_model(path, max_pixels=context.config.max_pixels,
                            allow_unsafe_ops=context.config.allow_unsafe_ops, backend=context.config.backend)
         return cls(name, version, model, context)
+
+    def reliability_diagram(self) -> bytes | None:
+        """Return the export's reliability diagram (PNG), read when the version loaded; None when it has none."""
+        return self._reliability
 
     def warm_up(self) -> None:
         """Decode small pictures as requests are decoded, and predict one through the batcher.
@@ -102,6 +110,27 @@ class ImageClassifierServable(Servable):
                 names.LABELS_KEY: np.array([self.labels[c] for c in classes], dtype=object),
                 names.UNFAMILIAR_KEY: scores > np.float32(self.unfamiliar_threshold),
                 names.UNFAMILIAR_SCORE_KEY: scores}
+
+
+def _threshold(model: LoadedModel, tpr: float, name: str, version: int) -> float:
+    """Return the unfamiliar threshold of a loaded model: the export's (``tpr`` 0), else the one at ``tpr`` on the
+    validation scores the export keeps (an export that kept none keeps its own, with a warning)."""
+    if not tpr:
+        return model.detector.threshold
+    try:
+        return model.detector.threshold_at(tpr)
+    except ValueError as exc:
+        log.warning("model %s version %s: IMGCLF_UNFAMILIAR_TPR=%g is not applied (%s); it keeps the export's "
+                    "unfamiliar threshold %g", name, version, tpr, exc, model.detector.threshold)
+        return model.detector.threshold
+
+
+def _read_optional(path: Path) -> bytes | None:
+    """Return a file's bytes, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _bottlenecks(items: list, dim: int, first: int = 0) -> np.ndarray:

@@ -78,7 +78,7 @@ def keep_working_folder_off_sys_path() -> None:
 
 keep_working_folder_off_sys_path()
 
-from imgclf.service.server import error_pages, worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.server import error_pages, grpc_port, worker_states  # noqa: E402 - after the working folder left sys.path
 from imgclf.service.server.settings import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -139,7 +139,9 @@ _made_dirs: list[str] = []
 
 
 def on_starting(server) -> None:
-    """Give the workers an empty metrics directory before the first one forks."""
+    """Check the gRPC port is free; give the workers an empty metrics directory before the first one forks."""
+    if _server.grpc_bind:
+        grpc_port.check_free(_server.grpc_bind)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers inherit it: no TensorFlow info lines
     directory = os.environ.get(MULTIPROC_ENV, "").strip()
     if directory:
@@ -218,6 +220,13 @@ def post_worker_init(worker) -> None:
         models.wait(1.0)
     worker.log.info("replacement worker %s: models %s after %.1f s; accepting connections", worker.pid,
                     models.state, time.monotonic() - started)
+
+
+def worker_exit(server, worker) -> None:
+    """Stop the worker's gRPC server (``--grpc-bind``), giving its calls in flight the graceful timeout."""
+    grpc_server = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("imgclf.grpc")
+    if grpc_server is not None:
+        grpc_server.stop(worker.cfg.graceful_timeout)
 
 
 def child_exit(server, worker) -> None:

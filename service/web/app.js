@@ -1,6 +1,7 @@
 // The page for every served model: list them, and show the section for the chosen one's kind:
 // - image classifiers: send a chosen or dropped photo to POST /predict, show the annotated
-//   image and the top-k labels;
+//   image and the top-k labels, and a notice when the model finds the photo unfamiliar; the model
+//   information shows its calibration and reliability diagram;
 // - digit classifiers: a canvas to draw a digit on, sent as a PNG to every digit model's
 //   TF-Serving route; each model's digit and its ten probabilities;
 // - regression: a number x sent to the chosen model's TF-Serving route; y beside the curve.
@@ -24,6 +25,7 @@
     file: null, // the last photo, sent again when the model or top-k changes
     request: 0, // counts predictions so that a slow, stale answer is ignored
     key: "", // the API key when sessionStorage is unavailable
+    reliability: null, // the model whose reliability diagram the calibration details show when opened
   };
 
   // ---- talking to the service -------------------------------------------------------------
@@ -33,11 +35,7 @@
   // With an API key (asked for on a 401), every request sends it as Authorization: Bearer.
   async function requestJSON(url, options) {
     const key = apiKey();
-    if (key) {
-      const headers = new Headers((options && options.headers) || {});
-      headers.set("Authorization", `Bearer ${key}`);
-      options = { ...(options || {}), headers };
-    }
+    options = withKey(options, key);
     let response;
     try {
       response = await fetch(url, options);
@@ -60,6 +58,25 @@
       askForKey(key ? "The service refused that key: enter another." : "");
     }
     return { ok: response.ok, status: response.status, body };
+  }
+
+  // The request options with the API key, when there is one, as Authorization: Bearer.
+  function withKey(options, key) {
+    if (!key) return options;
+    const headers = new Headers((options && options.headers) || {});
+    headers.set("Authorization", `Bearer ${key}`);
+    return { ...(options || {}), headers };
+  }
+
+  // Return a blob: URL of an image the API answers (sent with the key, as every request), or null.
+  async function imageURL(url) {
+    try {
+      const response = await fetch(url, withKey({}, apiKey()));
+      if (!response.ok) return null;
+      return URL.createObjectURL(await response.blob());
+    } catch (_) {
+      return null;
+    }
   }
 
   // ---- API key ------------------------------------------------------------------------------
@@ -135,7 +152,7 @@
     $("model-info").textContent = `${model.kind} · version ${model.version}` +
       (labels.length ? ` · labels: ${shown}` : "");
     showSection(model);
-    showGraphNotice(model);
+    showModelCard(model);
   }
 
   // Show the section for the model's kind, or a note for kinds this page has no form for.
@@ -153,20 +170,77 @@
     }
   }
 
-  // The model card names the featurizer graph it was built on; the demo's stand-in graph,
-  // used when the real Inception-v3 was not fetched, has "random" in its file name.
-  async function showGraphNotice(model) {
+  // From the model card: a notice for the demo's stand-in graph, and the calibration.
+  async function showModelCard(model) {
     const notice = $("model-notice");
     notice.hidden = true;
+    clearCalibration();
     const { ok, body } = await requestJSON(`/v1/models/${encodeURIComponent(model.name)}/metadata`);
     if (!ok || state.current !== model) return; // no metadata: no notice; or the model changed meanwhile
-    const graph = body.model_card && body.model_card.featurizer && body.model_card.featurizer.graph;
+    const card = body.model_card && typeof body.model_card === "object" ? body.model_card : {};
+    // The card names the featurizer graph it was built on; the demo's stand-in graph, used when
+    // the real Inception-v3 was not fetched, has "random" in its file name.
+    const graph = card.featurizer && card.featurizer.graph;
     const file = typeof graph === "string" ? graph.split(/[\\/]/).pop() : "";
     if (file.toLowerCase().includes("random")) {
       notice.textContent = RANDOM_GRAPH_NOTICE;
       notice.hidden = false;
     }
+    showCalibration(model, card.calibration);
   }
+
+  function clearCalibration() {
+    const box = $("reliability");
+    for (const img of box.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+    box.replaceChildren();
+    state.reliability = null;
+    $("calibration-text").textContent = "";
+    $("calibration").hidden = $("reliability-details").hidden = true;
+  }
+
+  // The card's calibration: method, temperature, ECE before and after. The reliability diagram, when
+  // the export has one, is fetched when the reader opens its details.
+  function showCalibration(model, calibration) {
+    if (!calibration || typeof calibration !== "object") return;
+    const method = calibration.method === "temperature"
+      ? `temperature scaling, T = ${formatNumber(Number(calibration.temperature))}`
+      : "none (the softmax's own probabilities)";
+    const [split, figures] = [["test", calibration.test], ["validation", calibration.validation]]
+      .find(([, f]) => f && f.examples > 0 && typeof f.ece_before === "number") || [null, null];
+    const ece = figures
+      ? ` Expected calibration error on the ${split} split (${figures.examples} images): ` +
+        `${formatNumber(figures.ece_before)} before, ${formatNumber(figures.ece_after)} after.`
+      : "";
+    const note = typeof calibration.note === "string" && calibration.note
+      ? ` ${calibration.note.charAt(0).toUpperCase()}${calibration.note.slice(1)}.`
+      : "";
+    $("calibration-text").textContent = `Calibration: ${method}.${ece}${note}`;
+    $("calibration").hidden = false;
+    state.reliability = calibration.reliability_diagram ? model : null;
+    $("reliability-details").hidden = !state.reliability;
+    if (state.reliability && $("reliability-details").open) showReliability();
+  }
+
+  async function showReliability() {
+    const model = state.reliability;
+    if (!model || $("reliability").childElementCount) return;
+    const path = `/v1/models/${encodeURIComponent(model.name)}/versions/${model.version}/reliability.png`;
+    const url = await imageURL(path);
+    if (!url) return; // the export has none (404): the text says enough
+    if (state.reliability !== model || $("reliability").childElementCount) {
+      URL.revokeObjectURL(url); // another model was chosen meanwhile, or a second fetch came first
+      return;
+    }
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = `Reliability diagram of ${model.name} version ${model.version}: accuracy against confidence, ` +
+      "before and after calibration";
+    $("reliability").replaceChildren(img);
+  }
+
+  $("reliability-details").addEventListener("toggle", () => {
+    if ($("reliability-details").open) showReliability();
+  });
 
   // ---- image classifiers --------------------------------------------------------------------
 
@@ -278,11 +352,28 @@
       : (file.name || "The photo");
     $("annotated-caption").textContent = `${body.model} · version ${body.version}`;
 
+    showUnfamiliar(body);
     const list = $("predictions");
     list.replaceChildren(...predictions.map(predictionItem));
     $("timing").textContent = timingText(body.timing_ms);
     $("result").hidden = false;
-    $("status").textContent = top ? `Top label: ${top.label} (${percent(top.score)}).` : "No labels.";
+    $("status").textContent = (top ? `Top label: ${top.label} (${percent(top.score)}).` : "No labels.") +
+      (body.unfamiliar === true ? " Unfamiliar input." : "");
+  }
+
+  // The answer says unfamiliar: its score is above the threshold (the notice on the annotated image says so too).
+  function showUnfamiliar(body) {
+    const notice = $("unfamiliar-notice");
+    notice.hidden = body.unfamiliar !== true;
+    if (notice.hidden) {
+      notice.textContent = "";
+      return;
+    }
+    const n = state.current && Array.isArray(state.current.labels) ? state.current.labels.length : 0;
+    const score = Number(body.unfamiliar_score);
+    const threshold = Number(body.unfamiliar_threshold);
+    notice.textContent = `Unfamiliar input — none of the ${n} labels fits well ` +
+      `(unfamiliar score ${formatNumber(score)}, above the threshold ${formatNumber(threshold)}).`;
   }
 
   function predictionItem({ label, score }) {
@@ -319,6 +410,7 @@
 
   function clearResult() {
     $("result").hidden = true;
+    $("unfamiliar-notice").hidden = true;
     $("predictions").replaceChildren();
     $("annotated-image").removeAttribute("src");
     $("timing").textContent = "";

@@ -60,3 +60,33 @@ def client_python(name: str, requirements: Path, root: Path | None = None) -> Pa
                                    f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
         (venv / MARKER).write_text(requirements.read_text())
     return python
+
+
+def no_deps_target(name: str, requirement: str, root: Path | None = None) -> Path:
+    """Return a folder with ``requirement`` installed alone (``pip install --no-deps --target``), once.
+
+    For a client whose own pins clash but whose imports this interpreter already has: the TF Serving stubs
+    (tensorflow-serving-api) require the ``tensorflow`` distribution, whose module tensorflow-cpu provides.
+    Put the folder on ``sys.path`` to import it.
+
+    Raises:
+        RuntimeError: pip failed (its output is in the message).
+    """
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{requirement} {sys.version_info[:3]}".encode()).hexdigest()[:16]
+    target = root / f"{name}-{key}"
+    with open(root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / MARKER).is_file():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        argv = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q",
+                "--no-deps", "--target", str(target), requirement]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_WITHIN_S)
+        if done.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise RuntimeError(f"installing {requirement} failed: {' '.join(argv)} exited {done.returncode}:\n"
+                               f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        (target / MARKER).write_text(requirement)
+    return target

@@ -57,8 +57,8 @@ def gunicorn(repo: Path, tmp: Path, workers: int = 1, threads: int = 4, env: Map
             try:
                 if requests.get(f"{server.url}/readyz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass  # not listening yet
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or no worker has imported the app yet (a loaded machine)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready in {ready_within:.0f} s:\n{server.log_text()}")
             time.sleep(0.5)

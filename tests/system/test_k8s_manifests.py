@@ -231,19 +231,25 @@ def test_probes_ask_routes_the_app_serves(container, deployment, app):
     adapter = app.url_map.bind("localhost")
     client = app.test_client()
     paths = {}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert port_number(container, get["port"]) == container["ports"][0]["containerPort"]
+        assert port_number(container, get["port"]) == port_number(container, "http")
         adapter.match(get["path"], method="GET")  # raises NotFound / MethodNotAllowed
         assert client.get(get["path"]).status_code == 200, f"{probe} {get['path']} on a ready, empty service"
         paths[probe] = get["path"]
     endpoint = lambda path: adapter.match(path, method="GET")[0]
     # Liveness must not wait for the models (a slow load would restart the pod forever); readiness must.
     assert endpoint(paths["livenessProbe"]) == endpoint(paths["startupProbe"]) == endpoint("/healthz")
-    assert endpoint(paths["readinessProbe"]) == endpoint("/readyz")
+    # Readiness over gRPC (grpc.health.v1 answers what /readyz does: tests/unit/service/protocols/grpc), on the
+    # port the workers bind; the service name "" is the whole server.
+    readiness = container["readinessProbe"]["grpc"]
+    assert readiness.get("service", "") == ""
+    grpc_bind = env_of(container)["IMGCLF_GRPC_BIND"]
+    assert readiness["port"] == port_number(container, "grpc") == int(grpc_bind.rsplit(":", 1)[1])
+    assert grpc_bind.rsplit(":", 1)[0] == "0.0.0.0"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     adapter.match(annotations["prometheus.io/path"], method="GET")
-    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+    assert int(annotations["prometheus.io/port"]) == port_number(container, "http")
 
 
 def test_probe_timings_leave_time_to_load_models(container):
@@ -255,7 +261,7 @@ def test_probe_timings_leave_time_to_load_models(container):
 
 
 def test_the_port_is_the_images_and_the_bind_address(container, dockerfile):
-    (port,) = container["ports"]
+    port = next(p for p in container["ports"] if p["name"] == "http")
     exposed = int(only(dockerfile, "EXPOSE").args.split("/")[0])
     bind = env_of(container).get("IMGCLF_BIND") or image_env(dockerfile)["IMGCLF_BIND"]
     assert port["containerPort"] == exposed == int(bind.rsplit(":", 1)[1])
@@ -332,9 +338,9 @@ def test_the_service_targets_the_container_port_of_the_pods(manifests, deploymen
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert service["spec"]["selector"].items() <= template_labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert port_number(container, port["targetPort"]) == 8000
+    http, grpc = service["spec"]["ports"]
+    assert (http["port"], port_number(container, http["targetPort"])) == (80, 8000)
+    assert (grpc["port"], port_number(container, grpc["targetPort"])) == (8500, 8500)
 
 
 def test_the_autoscaler_scales_the_deployment_by_cpu(manifests, deployment, container):

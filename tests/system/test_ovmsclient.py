@@ -83,7 +83,9 @@ def test_model_metadata(client):
         "inputs": {"image_bytes": {"dtype": "DT_STRING", "shape": [-1]}},
         "outputs": {"probabilities": {"dtype": "DT_FLOAT", "shape": [-1, 4]},
                     "classes": {"dtype": "DT_INT64", "shape": [-1]},
-                    "labels": {"dtype": "DT_STRING", "shape": [-1]}}}
+                    "labels": {"dtype": "DT_STRING", "shape": [-1]},
+                    "unfamiliar": {"dtype": "DT_BOOL", "shape": [-1]},
+                    "unfamiliar_score": {"dtype": "DT_FLOAT", "shape": [-1]}}}
     assert client.get_model_metadata("lenet5", model_version=1)["inputs"] == {
         "images": {"dtype": "DT_FLOAT", "shape": [-1, 28, 28]}}
     with pytest.raises(ModelNotFoundError):
@@ -94,10 +96,11 @@ def test_predict_images(client, reference, images):
     encoded = [{"b64": base64.b64encode(i).decode()} for i in images]
     want = columns(reference, "shapes", {"inputs": {"image_bytes": encoded}})
     got = client.predict({"image_bytes": images}, "shapes")  # raw bytes: the client sends them as {"b64": ...}
-    assert set(got) == {"probabilities", "classes", "labels"}
+    assert set(got) == {"probabilities", "classes", "labels", "unfamiliar", "unfamiliar_score"}
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-6)
     np.testing.assert_array_equal(got["classes"], want["classes"])
-    assert got["labels"].tolist() == want["labels"]
+    assert got["labels"].tolist() == want["labels"] and got["unfamiliar"].tolist() == want["unfamiliar"]
+    np.testing.assert_allclose(got["unfamiliar_score"], want["unfamiliar_score"], rtol=1e-6)
     one = client.predict({"image_bytes": images[2]}, "shapes", model_version=2)  # a scalar: one image
     # one image against the same image in a batch of several: oneDNN's kernels may sum in another order per batch
     # size (1.2e-6 relative on an AVX2 machine), so this compares to 1e-5, not bit for bit

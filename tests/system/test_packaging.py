@@ -73,6 +73,9 @@ def test_the_wheel_installs_only_imgclf_at_the_top_level(wheel):
     # Each protocol's OpenAPI schemas are package data (pyproject's package-data), read when /openapi.json answers.
     schemas = [path.relative_to(ROOT).as_posix() for path in (ROOT / "service" / "protocols").rglob("*.yaml")]
     assert len(schemas) >= 4 and all(f"imgclf/{path}" in files for path in schemas), schemas
+    # The gRPC messages: the descriptor set the server loads, and the .proto files it is compiled from.
+    assert "imgclf/service/protocols/grpc/protos/descriptors.binpb" in files
+    assert "imgclf/service/protocols/grpc/protos/tensorflow_serving.proto" in files
     assert not any(name.startswith("imgclf/tests/") or "/tests/" in name for name in files)
 
 

@@ -76,7 +76,8 @@ def test_model_metadata(client):
     assert [(i["name"], i["datatype"], i["shape"]) for i in metadata["inputs"]] == [
         ("image_bytes", "BYTES", [-1]), ("bottleneck", "FP32", [-1, 2048])]
     assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
-        ("probabilities", "FP32"), ("classes", "INT64"), ("labels", "BYTES")]
+        ("probabilities", "FP32"), ("classes", "INT64"), ("labels", "BYTES"), ("unfamiliar", "BOOL"),
+        ("unfamiliar_score", "FP32")]
     assert client.get_model_metadata("lenet5", model_version="1")["inputs"] == [
         {"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}]
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
@@ -108,6 +109,11 @@ def test_infer_without_requested_outputs_answers_all_binary(client, server, imag
     assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
     np.testing.assert_array_equal(result.as_numpy("probabilities"), reference["probabilities"].astype(np.float32))
     assert [v.decode() for v in result.as_numpy("labels")] == reference["labels"].tolist()
+    # BOOL and FP32 [N] read by the client from the binary data as they are from TF Serving's JSON
+    assert result.as_numpy("unfamiliar").dtype == np.bool_
+    assert result.as_numpy("unfamiliar").tolist() == reference["unfamiliar"].tolist()
+    np.testing.assert_array_equal(result.as_numpy("unfamiliar_score"),
+                                  reference["unfamiliar_score"].astype(np.float32))
 
 
 @pytest.mark.parametrize("binary", [True, False])

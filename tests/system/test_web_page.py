@@ -256,6 +256,37 @@ def test_labels_from_the_model_are_shown_as_text_never_as_markup(page, base_url,
     assert "random-weight" in notice.text_content()
 
 
+def test_an_unfamiliar_photo_gets_a_notice_and_the_model_shows_its_calibration(page, base_url, app, model_repo):
+    client = app.test_client()
+    answers = {path: client.post("/predict?model=shapes", data=path.read_bytes(),
+                                 content_type="application/octet-stream").get_json()
+               for path in sorted((model_repo.parent / "images").glob("*/*.jpg"))}
+    flagged = [path for path, answer in answers.items() if answer["unfamiliar"]]
+    familiar = [path for path, answer in answers.items() if not answer["unfamiliar"]]
+    if not flagged or not familiar:
+        pytest.skip(f"the test model flags {len(flagged)} of its {len(answers)} photos: no pair to compare")
+    card = client.get("/v1/models/shapes/metadata").get_json()["model_card"]["calibration"]
+    open_page(page, base_url)
+    page.get_by_label("Served model").select_option("shapes")
+    text = page.locator("#calibration-text")
+    text.wait_for(state="visible")
+    assert f"{card['test']['ece_before']:.3f} before, {card['test']['ece_after']:.3f} after" in text.text_content()
+    page.locator("#reliability-details summary").click()
+    page.wait_for_function("() => { const img = document.querySelector('#reliability img');"
+                           " return img && img.complete && img.naturalWidth > 0; }")
+    assert "Reliability diagram of shapes version 1" in page.locator("#reliability img").get_attribute("alt")
+    page.get_by_label("Choose a photo").set_input_files(flagged[0])
+    wait_for_result(page)
+    notice = page.locator("#unfamiliar-notice")
+    notice.wait_for(state="visible")
+    score = answers[flagged[0]]["unfamiliar_score"]
+    assert "none of the 4 labels fits well" in notice.text_content() and f"{score:.3f}" in notice.text_content()
+    page.get_by_label("Choose a photo").set_input_files(familiar[0])
+    page.wait_for_function("() => document.getElementById('annotated-image').alt.includes("
+                           + repr(familiar[0].name) + ")")
+    assert notice.is_hidden()
+
+
 def test_models_of_another_kind_get_a_note_instead_of_the_upload_form(page, base_url):
     listed = {"models": [{"name": "boxes", "version": 2, "labels": [], "kind": "object-detector"},
                          {"name": "prices", "version": 1, "labels": [], "kind": "regression"},

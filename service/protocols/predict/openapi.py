@@ -23,7 +23,8 @@ def part(context: Context) -> Part:
     body = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary"},
-            "model": {"type": "string", "description": "model name (the query's model wins)"}}}},
+            "model": {"type": "string", "description": "model name (the query's model wins)"},
+            "unfamiliar_threshold": {"type": "number", "description": "as the query parameter"}}}},
         "image/jpeg": binary_media(),
         "image/png": binary_media(),
         "application/json": {"schema": ref("PredictJSON"), "example": {"b64": EXAMPLE_PNG_B64, "top_k": 3}},
@@ -52,4 +53,7 @@ def _query() -> list[dict]:
          "description": "labels to return, 1..number of labels (default: the configured top_k)"},
         {"name": "annotate", "in": "query", "required": False, "schema": {"type": "boolean"},
          "description": "also return the annotated image (base64 JPEG in annotated_image)"},
+        {"name": "unfamiliar_threshold", "in": "query", "required": False, "schema": {"type": "number"},
+         "description": "flag the image unfamiliar when its unfamiliar_score is above this, for this request "
+                        "(default: the model's threshold, set at a 95% true-positive rate on its validation images)"},
     ]

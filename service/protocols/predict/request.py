@@ -13,7 +13,7 @@ from flask import Request
 
 from imgclf.core.errors import BadRequest, UnsupportedMediaType
 from imgclf.core.values import json_type, short
-from imgclf.service.protocols.rest import B64_FIELD, decode_b64
+from imgclf.service.protocols.b64 import B64_FIELD, decode_b64
 
 IMAGE_FIELD = "image"  # the multipart field that carries the file
 MODEL_FIELD = "model"  # the parameter (query, JSON or form field) that names the model

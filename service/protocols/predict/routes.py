@@ -1,15 +1,17 @@
 """POST /predict: the top-k labels of one image, optionally with the image annotated.
 
 The image comes as multipart field "image", a raw image body, or JSON
-``{"b64": ...}``; ``model``, ``top_k`` and ``annotate`` come from the query
-string, else from the JSON body's (or the multipart form's) fields: the query
-string wins when both name one. With ``Accept: image/jpeg`` the answer is the
-annotated JPEG itself.
+``{"b64": ...}``; ``model``, ``top_k``, ``annotate`` and ``unfamiliar_threshold``
+come from the query string, else from the JSON body's (or the multipart form's)
+fields: the query string wins when both name one. The answer says whether the
+image is unfamiliar (its ``unfamiliar_score`` above the threshold used, which it
+names too). With ``Accept: image/jpeg`` the answer is the annotated JPEG itself.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import time
 
 from flask import Blueprint, Response, jsonify, request
@@ -19,7 +21,7 @@ from imgclf.core.errors import BadRequest
 from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.annotate import annotate_to_jpeg
 from imgclf.service.dataplane.extension import current_plane
-from imgclf.service.dataplane.plane import InferenceRequest
+from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER, InferenceRequest
 from imgclf.service.dataplane.postprocess import top_k
 from imgclf.service.protocols.predict.request import (
     image_from_request,
@@ -48,20 +50,23 @@ def predict():
         k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
         as_jpeg = _wants_jpeg()
         annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
-        answer = plane.infer(served, InferenceRequest([data], keep_pictures=True))
+        threshold = request_param(request, THRESHOLD_PARAMETER)
+        answer = plane.infer(served, InferenceRequest([data], keep_pictures=True, unfamiliar_threshold=threshold))
         return _answer(served, answer, k, annotate, as_jpeg, started)
 
 
 def _answer(served, answer, k: int, annotate: bool, as_jpeg: bool, started: float) -> Response:
     """Return the top-k labels (JSON, with the annotated image if asked) or the annotated JPEG itself."""
     best = top_k(answer.outputs[names.PROBABILITIES_KEY][0], served.labels, k)
+    unfamiliar = _unfamiliar(answer)
     jpeg = None
     if annotate:
-        jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], current_config().font or None)
+        jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], current_config().font or None,
+                                unfamiliar_of=len(served.labels) if unfamiliar.get("unfamiliar") else None)
     if as_jpeg:
         response = Response(jpeg, mimetype="image/jpeg")
     else:
-        body = {"model": served.name, "version": served.version, "predictions": best,
+        body = {"model": served.name, "version": served.version, "predictions": best, **unfamiliar,
                 "timing_ms": {"decode": _ms(answer.seconds["decode"]), "predict": _ms(answer.seconds["predict"]),
                               "total": _ms(time.perf_counter() - started)}}
         if jpeg is not None:
@@ -69,6 +74,17 @@ def _answer(served, answer, k: int, annotate: bool, as_jpeg: bool, started: floa
         response = jsonify(body)
     response.vary.add("Accept")  # the same URL answers JSON or JPEG: caches must key on Accept
     return response
+
+
+def _unfamiliar(answer) -> dict:
+    """Return the image's unfamiliar flag, its score and the threshold used (null when nothing is flagged), or {}
+    for a model without them."""
+    if names.UNFAMILIAR_SCORE_KEY not in answer.outputs:
+        return {}
+    threshold = answer.unfamiliar_threshold
+    return {"unfamiliar": bool(answer.outputs[names.UNFAMILIAR_KEY][0]),
+            "unfamiliar_score": float(answer.outputs[names.UNFAMILIAR_SCORE_KEY][0]),
+            "unfamiliar_threshold": float(threshold) if threshold is not None and math.isfinite(threshold) else None}
 
 
 def _wants_jpeg() -> bool:

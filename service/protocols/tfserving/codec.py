@@ -13,11 +13,12 @@ import numpy as np
 
 from imgclf.core.errors import BadRequest, InvalidImage
 from imgclf.core.values import describe
-from imgclf.service.protocols.rest import B64_FIELD, decode_b64
+from imgclf.service.protocols.b64 import B64_FIELD, decode_b64
 from imgclf.service.servables.base import Servable, Signature, TensorSpec
 
 METHOD_NAME = "tensorflow/serving/predict"
-DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "bool": "DT_BOOL", "string": "DT_STRING"}  # TF Serving's dtype names
+# The servables' dtypes -> TF Serving's dtype names.
+DTYPES = {"float32": "DT_FLOAT", "int64": "DT_INT64", "bool": "DT_BOOL", "string": "DT_STRING"}
 
 
 def tensor_def(spec: TensorSpec) -> dict:

@@ -12,6 +12,7 @@ from imgclf.service.protocols.openapi_parts import (
     Context,
     ModelRoute,
     Part,
+    binary_media,
     errors,
     json_response,
     model_routes,
@@ -32,6 +33,7 @@ def part(context: Context) -> Part:
         base = "/v1/models/{name}" + route.suffix
         paths[base] = {"parameters": route.parameters, "get": _status(route)}
         paths[base + "/metadata"] = {"parameters": route.parameters, "get": _metadata(route)}
+        paths[base + "/reliability.png"] = {"parameters": route.parameters, "get": _reliability(route)}
         paths[base + ":predict"] = {"parameters": route.parameters, "post": _predict(route)}
     schemas = schemas_file(__package__, "openapi_schemas.yaml", max_instances=context.max_instances,
                            signatures=SIGNATURES)
@@ -51,6 +53,18 @@ def _metadata(route: ModelRoute) -> dict:
     return {"operationId": "modelMetadata" + route.operation_suffix, "tags": [TAG],
             "summary": f"Signature definitions of the {route.target} (TF Serving's shape), its labels and model card",
             "responses": {"200": json_response(ref("ModelMetadata"), "Metadata"), **errors(*route.lookup_errors)}}
+
+
+def _reliability(route: ModelRoute) -> dict:
+    lookup = [status for status in route.lookup_errors if status != "404"]
+    return {"operationId": "reliabilityDiagram" + route.operation_suffix, "tags": [TAG],
+            "summary": f"The calibration reliability diagram of the {route.target} (imgclf's own route, not TF "
+                       "Serving's): accuracy against confidence, before and after calibration",
+            "responses": {"200": {"description": "The diagram", "content": {"image/png": binary_media()}},
+                          "404": json_response(ref("Error"), "Unknown model or version, or an export without a "
+                                                             "reliability diagram (models other than image "
+                                                             "classifiers, heads exported without calibration)"),
+                          **errors(*lookup)}}
 
 
 def _predict(route: ModelRoute) -> dict:

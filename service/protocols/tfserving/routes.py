@@ -5,6 +5,10 @@ Request and response bodies follow TF Serving's REST API (row format
 values as ``{"b64": ...}``), so a TF Serving client works against imgclf
 unchanged. The routes only translate: the body into the data plane's
 instances and its outputs into rows or columns (:mod:`imgclf.service.protocols.tfserving.codec`).
+Image classifiers answer ``unfamiliar`` and ``unfamiliar_score`` beside the
+probabilities; a top-level ``"unfamiliar_threshold"`` field beside
+``instances``/``inputs`` (imgclf's own: TF Serving has no such field) sets the
+flag's threshold for that request.
 Model names from URLs are only ever looked up in the version manager, never
 joined into paths.
 """
@@ -14,12 +18,12 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from imgclf.core.errors import BadRequest
+from imgclf.core.errors import BadRequest, ModelNotFound
 from imgclf.service.dataplane.extension import current_plane
-from imgclf.service.dataplane.plane import InferenceRequest
+from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER, InferenceRequest
 from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.tfserving import codec
 from imgclf.service.protocols.tfserving.ovms_json import with_json_names
@@ -97,6 +101,20 @@ def model_metadata(name: str, version: str | None = None, label: str | None = No
     return jsonify(with_json_names(body))  # OpenVINO Model Server's spelling too: ovmsclient reads only that
 
 
+@bp.get("/v1/models/<segment:name>/reliability.png")
+@bp.get("/v1/models/<segment:name>/versions/<segment:version>/reliability.png")
+@bp.get("/v1/models/<segment:name>/labels/<segment:label>/reliability.png")
+def reliability_diagram(name: str, version: str | None = None, label: str | None = None):
+    """Answer the version's calibration reliability diagram (PNG; imgclf's own route, the page shows it); 404 when
+    the export has none."""
+    served = _served(name, version, label)
+    png = served.reliability_diagram()
+    if png is None:
+        raise ModelNotFound(f"model {served.name!r} version {served.version} has no reliability diagram (only "
+                            "image classifiers trained with calibration figures have one)")
+    return Response(png, mimetype="image/png")
+
+
 @bp.get("/v1/models")
 def list_models():
     """List the served models with their default version, every available version, and labels."""
@@ -123,7 +141,8 @@ def predict(name: str, version: str | None = None, label: str | None = None):
         signature = served.signature(body.get("signature_name"))
         items, where = codec.instances(body, signature)
         plane.check_count(len(items), where)  # before any picture is read
-        inference = InferenceRequest(codec.pictures_decoded(items, served), signature.name, where=where)
+        inference = InferenceRequest(codec.pictures_decoded(items, served), signature.name, where=where,
+                                     unfamiliar_threshold=body.get(THRESHOLD_PARAMETER))
         outputs = plane.infer(served, inference).outputs
         if "instances" in body:  # answered inside the lease: the request counts in flight until then
             return jsonify(predictions=codec.rows(outputs))

@@ -18,12 +18,13 @@ import numpy as np
 
 from imgclf.core.errors import BadRequest, InvalidImage
 from imgclf.service.dataplane.plane import DataPlane, InferenceRequest
-from imgclf.service.protocols.rest import decode_b64
+from imgclf.service.protocols.b64 import decode_b64
 from imgclf.service.protocols.v2.tensors import NUMPY_DTYPES, InputTensor, RequestedOutput, elements, nest
 from imgclf.service.servables.base import Servable, TensorSpec
 
 PLATFORM = "tensorflow_savedmodel"  # what every export is; Triton's name for it
-DATATYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}  # the servables' dtypes -> v2 datatypes
+# The servables' dtypes -> v2 datatypes.
+DATATYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ def model_metadata(served: Servable) -> dict:
 
 
 def inference_request(plane: DataPlane, served: Servable, inputs: list[InputTensor],
-                      requested: list[RequestedOutput] | None) -> InferenceRequest:
+                      requested: list[RequestedOutput] | None, unfamiliar_threshold=None) -> InferenceRequest:
     """Return the data plane's request for a v2 request's one input, checked before any element is read.
+
+    ``unfamiliar_threshold``: the request's ``parameters`` entry, as received (the data plane checks it).
 
     Raises:
         BadRequest: not exactly one input, an input the model does not take, a wrong datatype or shape,
@@ -102,7 +105,7 @@ def inference_request(plane: DataPlane, served: Servable, inputs: list[InputTens
         values = tensor.values.tolist() if isinstance(tensor.values, np.ndarray) else tensor.values
         instances = nest(values, tensor.shape)
     outputs = [item.name for item in requested] if requested is not None else None
-    return InferenceRequest(instances, spec.signature, outputs, where)
+    return InferenceRequest(instances, spec.signature, outputs, where, unfamiliar_threshold=unfamiliar_threshold)
 
 
 def _picture(value, index: int) -> bytes:

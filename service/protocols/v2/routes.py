@@ -4,7 +4,9 @@ The protocol KServe, Triton, Seldon MLServer and OpenVINO Model Server speak,
 so their clients (``tritonclient.http``, the ``kserve`` SDK) work against
 imgclf. Bodies follow the protocol's REST spec, binary tensor data extension
 included (:mod:`imgclf.service.protocols.v2.tensors`); what each model takes and answers
-comes from its servable (:mod:`imgclf.service.protocols.v2.model`). Errors are the
+comes from its servable (:mod:`imgclf.service.protocols.v2.model`); a request's
+``parameters.unfamiliar_threshold`` sets an image classifier's unfamiliar flag threshold
+for that request. Errors are the
 protocol's ``{"error": "..."}`` with the service's usual statuses. Model names
 from URLs are only ever looked up in the registry, never joined into paths.
 """
@@ -18,6 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from imgclf.core.errors import BadRequest, NotReady
 from imgclf.core.version import package_version
 from imgclf.service.dataplane.extension import current_plane
+from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER
 from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.v2 import model as v2_model
 from imgclf.service.protocols.v2.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_response, parse_request
@@ -99,7 +102,8 @@ def infer(name: str, version: str | None = None):
     plane = current_plane()
     with plane.model(name, _version(version)) as served:
         parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
-        inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs)
+        inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs,
+                                               parsed.parameters.get(THRESHOLD_PARAMETER))
         outputs = plane.infer(served, inference).outputs
         # Answered inside the lease: the request counts in flight until its answer is made.
         tensors = v2_model.encode_outputs(served, outputs, parsed.outputs, parsed.binary_output)

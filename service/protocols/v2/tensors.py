@@ -113,7 +113,7 @@ def encode_response(header: dict, tensors: list[tuple[str, str, np.ndarray | lis
         shape = [len(values)] if datatype == "BYTES" else list(np.shape(values))
         output = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            blob = _bytes_blob(values) if datatype == "BYTES" else np.asarray(values, NUMPY_DTYPES[datatype]).tobytes()
+            blob = bytes_blob(values) if datatype == "BYTES" else np.asarray(values, NUMPY_DTYPES[datatype]).tobytes()
             output["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -180,7 +180,7 @@ def _input(raw, index: int, binary: bytes, offset: int) -> tuple[InputTensor, in
         if offset + size > len(binary):
             raise BadRequest(f"{where}: binary_data_size {size} runs past the end of the body's binary data "
                              f"({len(binary) - offset} bytes left)")
-        values = _from_binary(binary[offset:offset + size], datatype, count, where)
+        values = from_binary(binary[offset:offset + size], datatype, count, where)
         return InputTensor(name, datatype, shape, values), offset + size
     if "data" not in raw:
         raise BadRequest(f'{where} has no "data" and no binary_data_size parameter')
@@ -190,8 +190,8 @@ def _input(raw, index: int, binary: bytes, offset: int) -> tuple[InputTensor, in
     return InputTensor(name, datatype, shape, values), offset
 
 
-def _from_binary(blob: bytes, datatype: str, count: int, where: str) -> list | np.ndarray:
-    """Return the flat values of one input's binary data."""
+def from_binary(blob: bytes, datatype: str, count: int, where: str) -> list | np.ndarray:
+    """Return the flat values of one input's binary data (REST's binary extension; gRPC's raw contents)."""
     if datatype == "BYTES":
         values, position = [], 0
         while position < len(blob):
@@ -271,7 +271,7 @@ def _flag(parameters: dict, name: str, where: str) -> bool | None:
     return value
 
 
-def _bytes_blob(values: list) -> bytes:
+def bytes_blob(values: list) -> bytes:
     """Return BYTES elements (str or bytes) length-prefixed, as the binary extension sends them."""
     parts = []
     for value in values:

@@ -35,7 +35,8 @@ BAD_STRINGS = {
     "IMGCLF_METRICS_KEYS": "prometheus",  # names keys, but there is no keys file
     "IMGCLF_RATE_LIMIT": "5/fortnight",
     "IMGCLF_CORS_ORIGINS": "ftp://a.example",
-    "IMGCLF_BIND": None,  # gunicorn takes more forms (fd://); `imgclf serve` checks it for the front
+    "IMGCLF_BIND": None,
+    "IMGCLF_GRPC_BIND": "localhost",  # gunicorn takes more forms (fd://); `imgclf serve` checks it for the front
     "IMGCLF_LOG_LEVEL": "loud",
     "IMGCLF_DEVICE": "/tpu:0",
     "IMGCLF_API_KEY": None,

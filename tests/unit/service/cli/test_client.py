@@ -43,7 +43,8 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("extra", [[], ["--json"], ["--json", "--top-k", "2"]])
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--json", "--top-k", "2"], ["--unfamiliar-threshold", "-3.5"],
+                                   ["--json", "--unfamiliar-threshold", "-3.5"]])
 def test_output_equals_the_local_model_output(server_url, model_repo, files, capsys, extra):
     # Batches of one locally: the service predicts each request alone, so the floats are bit-identical.
     local = _run(capsys, "--model", str(model_repo / "shapes"), "--batch-size", "1", *extra, *files)
@@ -66,10 +67,37 @@ def test_model_name_is_sent_and_annotations_come_from_the_server(server_url, fil
     (["--model", "models/shapes"], 2, "with --url, --model names a model on the service"),
     (["--font", "/no/such.ttf"], 2, "--font cannot be used with --url"),
     (["--top-k", "0"], 2, "--top-k must be at least 1"),
+    (["--unfamiliar-threshold", "nan"], 2, "--unfamiliar-threshold must be a finite number; received nan"),
 ])
 def test_bad_remote_arguments_are_errors(server_url, files, capsys, argv, code, message):
     result = _run(capsys, "--url", server_url, *argv, files[0])
     assert result[0] == code and message in result[2]
+
+
+def test_each_image_says_whether_it_is_unfamiliar_in_json_and_in_a_table_column(model_repo, files, capsys):
+    local = ["--model", str(model_repo / "shapes")]
+    code, out, _ = _run(capsys, *local, "--json", *files[:4])
+    answers = [json.loads(line) for line in out.splitlines()]
+    threshold = json.loads((model_repo / "shapes" / "1" / "calibration.json").read_text())["unfamiliar"]["threshold"]
+    for answer in answers:
+        assert answer["unfamiliar_threshold"] == threshold
+        assert answer["unfamiliar"] == (answer["unfamiliar_score"] > threshold)
+        assert abs(sum(p["score"] for p in answer["predictions"]) - 1) <= 1e-6  # full float32, every label
+    # A threshold between the scores flags exactly the images above it, in JSON and in the table's column.
+    scores = sorted(a["unfamiliar_score"] for a in answers)
+    middle = (scores[1] + scores[2]) / 2
+    code, out, _ = _run(capsys, *local, "--json", "--unfamiliar-threshold", repr(middle), *files[:4])
+    flags = {a["path"]: a["unfamiliar"] for a in map(json.loads, out.splitlines())}
+    assert flags == {a["path"]: a["unfamiliar_score"] > middle for a in answers}
+    code, out, _ = _run(capsys, *local, "--unfamiliar-threshold", repr(middle), *files[:4])
+    lines = out.splitlines()
+    for answer in answers:
+        line = next(line for line in lines if line.startswith(answer["path"]))
+        assert ("unfamiliar" in line.split("score")[0]) == flags[answer["path"]]
+        assert f"score {answer['unfamiliar_score']:.3f} (threshold {middle:.3f})" in line
+        rows = lines[lines.index(line) + 1:lines.index(line) + 5]
+        shown = [(row.split()[1], row.split()[2]) for row in rows]
+        assert shown == [(p["label"], f"{100 * p['score']:.1f}%") for p in answer["predictions"]]
 
 
 def test_top_k_over_the_label_count_is_reported_per_image(server_url, files, capsys):

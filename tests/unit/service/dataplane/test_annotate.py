@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.service.dataplane.annotate import _font, annotate, annotate_to_jpeg, font_paths, has_glyphs, pick_font
+from imgclf.service.dataplane.annotate import (
+    NOTICE_FILL,
+    _font,
+    annotate,
+    annotate_to_jpeg,
+    font_paths,
+    has_glyphs,
+    pick_font,
+    unfamiliar_notice,
+)
 
 CJK_FONTS = [p for p in font_paths() if "wqy" in p or "CJK" in p]
 
@@ -21,6 +30,21 @@ def test_banner_is_drawn_and_output_size_is_sane(size):
     banner, body = pixels[: max(3, height // 20)], pixels[height // 2:]
     assert (banner > 200).any(), "white text in the banner"
     assert np.abs(body - 128).max() <= 2, "the rest of the image is untouched"
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 1200), (5000, 40)])
+def test_an_unfamiliar_image_gets_an_amber_notice_across_the_bottom(size):
+    gray = np.full((size[1], size[0], 3), 128, np.uint8)
+    flagged = np.asarray(annotate(gray, "stripes", 0.91, unfamiliar_of=4)).astype(int)
+    plain = np.asarray(annotate(gray, "stripes", 0.91)).astype(int)
+    assert flagged.shape == plain.shape
+    bottom = flagged[-2:]  # the banner's padding: amber, under the text
+    assert np.abs(np.median(bottom.reshape(-1, 3), axis=0) - NOTICE_FILL[:3]).max() <= 12
+    assert (flagged[-flagged.shape[0] // 8:] < 40).all(axis=2).any(), "dark text in the notice"
+    assert np.abs(plain[-2:] - 128).max() <= 2, "no notice on a familiar image"
+    middle = slice(flagged.shape[0] // 3, 2 * flagged.shape[0] // 3)
+    assert np.array_equal(flagged[middle], plain[middle])  # the rest is the same picture
+    assert unfamiliar_notice(4) == "unfamiliar input \u2014 none of the 4 labels fits well"
 
 
 def test_tiny_images_are_enlarged_so_text_is_legible():

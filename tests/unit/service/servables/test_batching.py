@@ -173,3 +173,52 @@ def test_a_submit_racing_close_is_answered_not_left_waiting():
     else:
         np.testing.assert_array_equal(answer, np.full((1, 1), 3.0))
 
+
+
+def test_a_request_cancelled_while_queued_leaves_the_queue_and_takes_no_place_in_a_batch():
+    from concurrent.futures import CancelledError
+
+    from imgclf.service.servables.batching import Cancellation, cancellable
+
+    release, sizes = threading.Event(), []
+
+    def run(batch):
+        sizes.append(len(batch))
+        release.wait(10)  # the first batch holds the lane while the others queue
+        return batch * 2
+
+    batcher = Batcher(run, max_size=8, max_wait=0.0)
+    answers, errors = {}, {}
+
+    def submit(key, value, cancellation=None):
+        try:
+            if cancellation is None:
+                answers[key] = batcher.submit(np.array([[value]], np.float32))
+            else:
+                with cancellable(cancellation):
+                    answers[key] = batcher.submit(np.array([[value]], np.float32))
+        except CancelledError as exc:
+            errors[key] = exc
+
+    first = threading.Thread(target=submit, args=("first", 1.0))
+    first.start()
+    while not sizes:  # the first batch runs
+        threading.Event().wait(0.005)
+    cancelled = Cancellation()
+    threads = [threading.Thread(target=submit, args=("cancelled", 2.0, cancelled)),
+               threading.Thread(target=submit, args=("kept", 3.0))]
+    for thread in threads:
+        thread.start()
+    while batcher._queue.qsize() < 2:
+        threading.Event().wait(0.005)
+    cancelled.cancel()
+    threads[0].join(5)
+    assert "cancelled" in errors and not threads[0].is_alive()  # answered at once, while the lane is still busy
+    release.set()
+    for thread in (first, threads[1]):
+        thread.join(5)
+    batcher.close()
+    assert sizes == [1, 1]  # the second batch holds "kept" alone
+    assert answers["kept"].tolist() == [[6.0]] and answers["first"].tolist() == [[2.0]]
+    with cancellable(cancelled), pytest.raises(CancelledError):  # already cancelled: never queued
+        batcher.submit(np.zeros((1, 1), np.float32))

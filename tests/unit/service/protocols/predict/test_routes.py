@@ -163,6 +163,17 @@ OVER_LIMIT = bytes(20 * 1024 * 1024 + 1)  # the default IMGCLF_MAX_UPLOAD_BYTES 
     ({"json_extra": {"model": 3}}, 400, '"model" must be a string naming a served model; received 3'),
     ({"data": {"image": (io.BytesIO(b"x"), "a.jpg"), "model": "nope"}, "content_type": "multipart/form-data"},
      404, "unknown model 'nope'"),
+    ({"query_string": "unfamiliar_threshold=nan"}, 400,
+     "unfamiliar_threshold must be a finite number (unfamiliar_score above it is flagged unfamiliar); "
+     "received 'nan'"),
+    ({"query_string": "unfamiliar_threshold=-inf"}, 400, "unfamiliar_threshold must be a finite number"),
+    ({"query_string": "unfamiliar_threshold=low"}, 400, "received 'low'"),
+    ({"json_extra": {"unfamiliar_threshold": True}}, 400, "flagged unfamiliar); "
+                                                          "received True"),
+    ({"json_extra": {"unfamiliar_threshold": {"value": 1}}}, 400, "unfamiliar_threshold must be a finite number"),
+    ({"json_extra": {"unfamiliar_threshold": 10 ** 400}}, 400, "received an integer of 401 digits"),
+    ({"data": {"image": (io.BytesIO(jpeg(2)), "a.jpg"), "unfamiliar_threshold": "1e999"},
+      "content_type": "multipart/form-data"}, 400, "flagged unfamiliar); received '1e999'"),
 ])
 def test_bad_input_gets_a_clear_error(client, images, kwargs, status, message):
     kwargs = dict(kwargs)

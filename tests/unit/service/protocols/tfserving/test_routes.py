@@ -141,6 +141,28 @@ def test_metadata_describes_signatures(client, reference):
         assert camel["inputs"]["image_bytes"]["tensorShape"]["dim"] == image_input["tensor_shape"]["dim"]
 
 
+def test_the_model_card_keeps_its_calibration_and_unfamiliar_entries(client, model_repo):
+    card = json.loads((model_repo / "shapes" / "1" / "model_card.json").read_text())
+    shown = client.get("/v1/models/shapes/metadata").get_json()["model_card"]
+    assert shown["calibration"] == card["calibration"] and shown["unfamiliar"] == card["unfamiliar"]
+    assert {"method", "temperature", "validation", "test"} <= set(shown["calibration"])
+    assert {"method", "threshold", "tpr"} <= set(shown["unfamiliar"])
+
+
+def test_the_reliability_diagram_is_served_and_404_for_an_export_without_one(client, model_repo, two_versions):
+    png = (model_repo / "shapes" / "1" / "reliability.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    for url in ("/v1/models/shapes/reliability.png", "/v1/models/shapes/versions/1/reliability.png"):
+        response = client.get(url)
+        assert response.status_code == 200 and response.mimetype == "image/png" and response.data == png
+    for url in ("/v1/models/shapes/reliability.png", "/v1/models/shapes/versions/2/reliability.png",
+                "/v1/models/shapes/versions/0/reliability.png"):  # version 2 is the default, and has none
+        response = two_versions.get(url)
+        assert response.status_code == 404, url
+        message = response.get_json()["error"]
+        assert message.startswith("model 'shapes' version 2 has no reliability diagram") and "/" not in message
+
+
 def test_model_list(client):
     assert client.get("/v1/models").get_json() == {"models": [
         {"name": "shapes", "version": 1, "labels": ["bubbles", "checkers", "stripes", "sunsets"],
@@ -205,6 +227,15 @@ GOOD = {"b64": b64(jpeg(1, size=(40, 30)))}
      "finite float32"),
     ("post", "/v1/models/shapes:predict", {"signature_name": "bottleneck", "instances": [[10 ** 400] * 2048]}, 400,
      "finite float32"),
+    ("post", "/v1/models/shapes:predict", {"instances": [GOOD], "unfamiliar_threshold": "low"}, 400,
+     "unfamiliar_threshold must be a finite number (unfamiliar_score above it is flagged unfamiliar); "
+     "received 'low'"),
+    ("post", "/v1/models/shapes:predict", {"inputs": [GOOD], "unfamiliar_threshold": [0.5]}, 400,
+     "unfamiliar_threshold must be a finite number"),
+    ("post", "/v1/models/shapes:predict", json.dumps({"instances": [GOOD]})[:-1].encode()
+     + b', "unfamiliar_threshold": -Infinity}', 400, "flagged unfamiliar); received -inf"),
+    ("get", "/v1/models/nope/reliability.png", None, 404, "unknown model 'nope'"),
+    ("get", "/v1/models/shapes/versions/x/reliability.png", None, 400, "version must be a non-negative integer"),
 ])
 def test_errors(client, method, url, body, status, message):
     if isinstance(body, bytes):
@@ -250,10 +281,14 @@ def test_an_empty_repository_lists_no_models(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_versions(model_repo, tmp_path_factory):
-    """A repository where "shapes" has versions 1 and 2 (the same export twice); version 2 is the default."""
+    """A repository where "shapes" has versions 1 and 2 (the same export twice); version 2 is the default.
+
+    Version 2 lacks the reliability diagram, as exports made before calibration do.
+    """
     repo = tmp_path_factory.mktemp("two-versions") / "models"
     shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "1")
     shutil.copytree(model_repo / "shapes" / "1", repo / "shapes" / "2")
+    (repo / "shapes" / "2" / "reliability.png").unlink()
     app = create_app({"model_repository": repo, "load_in_background": False})
     yield app.test_client()
     app.extensions["imgclf.models"].close()

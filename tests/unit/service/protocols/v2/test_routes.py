@@ -27,6 +27,8 @@ from tests.support.source_ast import parse_source
 MAX_INSTANCES = 4
 MAX_PIXELS = 300_000
 HEADER = "Inference-Header-Content-Length"
+# What an image classifier answers, in its signature's order.
+IMAGE_OUTPUTS = ["probabilities", "classes", "labels", "unfamiliar", "unfamiliar_score"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def read_outputs(response) -> dict:
                     values.append(blob[at + 4:at + 4 + n].decode())
                     at += 4 + n
             else:
-                fmt = {"FP32": "f", "INT64": "q"}[output["datatype"]]
+                fmt = {"FP32": "f", "INT64": "q", "BOOL": "?"}[output["datatype"]]
                 values = list(struct.unpack(f"<{size // struct.calcsize(fmt)}{fmt}", blob))
         found[output["name"]] = (output["datatype"], output["shape"], values)
     assert rest == b""  # every binary byte belongs to an output
@@ -122,7 +124,8 @@ def check_equal(found: dict, reference: dict, names: list[str]) -> None:
     for name in names:
         datatype, shape, values = found[name]
         want = reference[name]
-        if datatype == "BYTES":
+        if datatype in ("BYTES", "BOOL"):
+            assert all(type(v) is (str if datatype == "BYTES" else bool) for v in values)
             assert values == want
         else:
             np.testing.assert_array_equal(np.asarray(values).reshape(shape),
@@ -227,9 +230,10 @@ def test_images_as_base64_json_equal_the_tfserving_route(client, images):
     answer = response.get_json()
     assert (answer["model_name"], answer["model_version"]) == ("shapes", "1") and "id" not in answer
     found = read_outputs(response)
-    check_equal(found, reference, ["probabilities", "classes", "labels"])
+    check_equal(found, reference, IMAGE_OUTPUTS)
     assert found["probabilities"][:2] == ("FP32", [4, 4]) and found["classes"][:2] == ("INT64", [4])
-    assert found["labels"][:2] == ("BYTES", [4])
+    assert found["labels"][:2] == ("BYTES", [4]) and found["unfamiliar"][:2] == ("BOOL", [4])
+    assert found["unfamiliar_score"][:2] == ("FP32", [4])
 
 
 def test_images_as_binary_tensor_data_equal_the_tfserving_route(client, images):
@@ -241,7 +245,7 @@ def test_images_as_binary_tensor_data_equal_the_tfserving_route(client, images):
     response = infer(client, "shapes", body, blob, url="/v2/models/shapes/versions/1/infer")
     assert response.status_code == 200, response.get_data()[:300]
     assert response.mimetype == "application/octet-stream" and int(response.headers[HEADER]) > 0
-    check_equal(read_outputs(response), reference, ["probabilities", "classes", "labels"])
+    check_equal(read_outputs(response), reference, IMAGE_OUTPUTS)
 
 
 def test_requested_outputs_choose_order_and_form_and_the_id_is_echoed(client, images):
@@ -263,6 +267,21 @@ def test_requested_outputs_choose_order_and_form_and_the_id_is_echoed(client, im
     check_equal(read_outputs(response), reference, ["classes"])
 
 
+def test_the_unfamiliar_outputs_can_be_chosen_binary_and_the_threshold_set_per_request(client, images):
+    body = {"inputs": [{"name": "image_bytes", "shape": [len(images)], "datatype": "BYTES",
+                        "data": [b64(i) for i in images]}],
+            "outputs": [{"name": "unfamiliar_score"}, {"name": "unfamiliar", "parameters": {"binary_data": True}}]}
+    found = read_outputs(infer(client, "shapes", body))
+    assert list(found) == ["unfamiliar_score", "unfamiliar"] and found["unfamiliar"][:2] == ("BOOL", [4])
+    scores = np.asarray(found["unfamiliar_score"][2], np.float32)
+    # A threshold between the scores: the flag is the score above it, recomputed for this request only.
+    middle = float(np.median(scores))
+    flagged = read_outputs(infer(client, "shapes", {**body, "parameters": {"unfamiliar_threshold": middle}}))
+    assert flagged["unfamiliar"][2] == (scores.astype(np.float64) > middle).tolist()
+    assert flagged["unfamiliar_score"][2] == found["unfamiliar_score"][2]
+    assert read_outputs(infer(client, "shapes", body))["unfamiliar"][2] == found["unfamiliar"][2]
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_bottlenecks_equal_the_tfserving_route(client, binary):
     vectors = np.random.default_rng(0).gamma(2.0, 0.3, size=(3, 2048)).astype(np.float32)
@@ -275,7 +294,7 @@ def test_bottlenecks_equal_the_tfserving_route(client, binary):
     else:
         response = infer(client, "shapes", {"inputs": [{**tensor, "data": vectors.reshape(-1).tolist()}]})
     assert response.status_code == 200, response.get_data()[:300]
-    check_equal(read_outputs(response), reference, ["probabilities", "classes", "labels"])
+    check_equal(read_outputs(response), reference, IMAGE_OUTPUTS)
 
 
 @pytest.mark.parametrize("name", ["mnist-mlp", "lenet5"])
@@ -400,6 +419,18 @@ def image_input(data, shape=None, **extra) -> dict:
                                                         "data": [[True]]}]}, 400, "must be a number x"),
     ("post", "/v2/models/quadratic/infer", {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1],
                                                         "data": [1.0]}]}, 400, "must be of datatype FP32"),
+    ("post", "/v2/models/shapes/infer", {**image_input([GOOD]), "parameters": {"unfamiliar_threshold": "high"}}, 400,
+     "flagged unfamiliar); received 'high'"),
+    ("post", "/v2/models/shapes/infer", {**image_input([GOOD]), "parameters": {"unfamiliar_threshold": None}}, 200,
+     None),  # null: the model's threshold, as when absent
+    ("post", "/v2/models/shapes/infer", {**image_input([GOOD]), "parameters": {"unfamiliar_threshold": False}}, 400,
+     "flagged unfamiliar); received False"),
+    ("post", "/v2/models/shapes/infer", b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
+     b'"data": ["' + GOOD.encode() + b'"]}], "parameters": {"unfamiliar_threshold": NaN}}', 400,
+     "flagged unfamiliar); received nan"),
+    ("post", "/v2/models/quadratic/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1],
+                                                        "data": [1.0]}], "parameters": {"unfamiliar_threshold": 1}},
+     400, "model 'quadratic' answers no unfamiliar_score; unfamiliar_threshold applies to image classifiers only"),
 ])
 def test_errors(client, method, url, body, status, message):
     if isinstance(body, bytes):
@@ -407,7 +438,8 @@ def test_errors(client, method, url, body, status, message):
     else:
         response = client.open(url, method=method.upper(), json=body)
     assert response.status_code == status, response.get_data(as_text=True)[:300]
-    assert message in response.get_json()["error"]
+    if message is not None:
+        assert message in response.get_json()["error"]
 
 
 def _bottleneck(size: int) -> dict:
