@@ -41,6 +41,11 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 JPEG_FORMATS = ("JPEG", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
+# A progressive JPEG's decoder passes over every coefficient once per scan: 1,000 scans of 49 MP cost 4 s of CPU
+# in 386 KB. Encoders write about 10 (libjpeg's progressive script), mozjpeg up to about 20; an EXIF thumbnail
+# or the pictures of an MPO add theirs.
+DEFAULT_MAX_JPEG_SCANS = 64
+_SOS = b"\xff\xda"  # start of scan: never inside entropy-coded data, where a 0xFF byte is followed by 0x00 or RSTn
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
 DECODE_MODES = ("exact", "fast")  # see the module notes
 DEFAULT_DECODE = "exact"
@@ -85,6 +90,17 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageTooLarge(f"image is {width}×{height} = {width * height:,} pixels; "
                             f"the limit is {max_pixels:,}")
     return image
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Return the scans (start-of-scan markers) a JPEG holds, counted in its bytes; 0 for any other format.
+
+    Counted over the whole file, so an embedded JPEG (an EXIF thumbnail, an MPO's other pictures) adds its
+    scans: an upper bound, found in one pass of ``bytes.count`` (about a millisecond for 20 MB).
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return 0
+    return data.count(_SOS)
 
 
 # How files of the accepted formats begin: bytes that begin so but do not open are a damaged image.

@@ -32,3 +32,6 @@ class ServerSettings(Section):
                                           "(glibc's malloc_trim; 0: never)", minimum=0)
     max_upload_bytes: int = setting(20 * 1024 * 1024, "request bodies above this get 413 (from the front before "
                                                       "they arrive, else from the app)", minimum=1)
+    # POST /predict sends one file and a few fields; the parser stops at the first part over the limit.
+    max_form_parts: int = setting(100, "parts of a multipart body at most: more gets 413 naming the limit",
+                                  minimum=1)

@@ -63,7 +63,7 @@ def live():
 def ready():
     """Answer 200 when every worker has its models loaded and warmed up (as /readyz), else 503 saying why."""
     models = current_models()
-    readiness = worker_states.server_readiness(models.state, models.error)
+    readiness = worker_states.server_readiness(*models.readiness())
     if not readiness.ready:
         raise NotReady("models are still loading" if readiness.status == worker_states.LOADING and not readiness.error
                        else readiness.error or f"models are {readiness.status}")

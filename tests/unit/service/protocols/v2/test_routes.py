@@ -541,3 +541,57 @@ def test_answers_match_the_openapi_document(client, images):
                       ("/v2/models/{name}/ready", "/v2/models/lenet5/ready"),
                       ("/v2/models/{name}/versions/{version}/ready", "/v2/models/lenet5/versions/4/ready")):
         check(path, "get", client.get(url))
+
+
+# --- cheap requests stay cheap (issue 27, findings 1 and 2) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["json", "binary"])
+def test_a_bytes_tensor_over_the_instance_limit_is_refused_before_any_element_is_read(client, monkeypatch, form):
+    from imgclf.service.dataplane import budget
+    from imgclf.service.protocols.v2 import model as v2_model
+
+    opened = []
+    monkeypatch.setattr(budget, "header_pixels", lambda data: opened.append(1) or 0)
+    monkeypatch.setattr(v2_model, "_picture", lambda value, index: opened.append(1) or b"")
+    count = 200_000  # one-byte elements: each would be opened by Pillow (about 30 us) if it were read
+    if form == "json":
+        response = infer(client, "shapes", image_input([b64(b"x")] * count))
+    else:
+        blob = bytes_tensor([b"x"] * count)
+        header = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [count],
+                              "parameters": {"binary_data_size": len(blob)}}]}
+        response = infer(client, "shapes", header, binary=blob)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert f"holds {count} items; at most {MAX_INSTANCES} are allowed" in response.get_json()["error"]
+    assert opened == []
+
+
+class CountingName(str):
+    """An output name that counts its comparisons with other names."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        CountingName.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_requested_outputs_are_deduplicated_in_linear_time():
+    from imgclf.service.protocols.v2.tensors import _outputs
+
+    names = [CountingName(f"output-{i}") for i in range(5_000)]
+    CountingName.compared = 0
+    requested = _outputs([{"name": name} for name in names])
+    assert [r.name for r in requested] == names
+    assert CountingName.compared <= len(names)  # pairwise: 12.5 million comparisons
+    with pytest.raises(Exception, match="'output-7' is requested twice"):
+        _outputs([{"name": name} for name in names] + [{"name": "output-7"}])
+
+
+def test_a_request_naming_60000_outputs_gets_its_400_at_the_first_unknown_one(client):
+    body = {**image_input([GOOD]), "outputs": [{"name": f"o{i}"} for i in range(60_000)]}
+    response = infer(client, "shapes", body)
+    assert response.status_code == 400 and "has no output 'o0'" in response.get_json()["error"]
