@@ -40,7 +40,7 @@ from imgclf.core.paths import PathSettings
 from imgclf.core.precision import PRECISIONS
 from imgclf.core.repository import DEFAULT_MAX_CARD_BYTES, DEFAULT_MAX_MODEL_BYTES
 from imgclf.core.settings import Env, Section, SettingInfo, parse_versions, parsed, setting
-from imgclf.featurizer.images.decode import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
+from imgclf.featurizer.images.decode import DEFAULT_MAX_JPEG_SCAN_PIXELS, DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
 from imgclf.service.access.settings import AccessSettings
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.lifecycle.config_file import ConfigFileError, read_model_config
@@ -100,6 +100,9 @@ class ServingSettings(Section):
     max_jpeg_scans: int = setting(DEFAULT_MAX_JPEG_SCANS, "scans (SOS markers) a JPEG may hold, counted before "
                                                           "decoding: each one is a pass over every pixel of a "
                                                           "progressive JPEG; more is a 413 (0: off)", minimum=0)
+    max_jpeg_scan_pixels: int = setting(DEFAULT_MAX_JPEG_SCAN_PIXELS, "scans times pixels of one JPEG, from its "
+                                                                      "markers and header: more is a 413 (0: off)",
+                                        minimum=0)
     # --- model life cycle (imgclf.service.lifecycle), TF Serving's vocabulary. The sizes are checked by stat before
     # a version is read: a 2 GB sparse saved_model.pb is refused without costing 2 GB of each worker's memory.
     max_model_bytes: int = setting(DEFAULT_MAX_MODEL_BYTES, "bytes of a version's graph and weights "

@@ -41,10 +41,12 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 JPEG_FORMATS = ("JPEG", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
-# A progressive JPEG's decoder passes over every coefficient once per scan: 1,000 scans of 49 MP cost 4 s of CPU
-# in 386 KB. Encoders write about 10 (libjpeg's progressive script), mozjpeg up to about 20; an EXIF thumbnail
-# or the pictures of an MPO add theirs.
+# A progressive JPEG's decoder passes over every coefficient of the picture once per scan: 1,000 scans of 49 MP in
+# 360 KB cost minutes of CPU. Encoders write about 10 scans (libjpeg's progressive script), mozjpeg up to about 20; an
+# EXIF thumbnail or the pictures of an MPO add theirs. Two bounds: scans, and scans times pixels (16 scans of the
+# largest picture allowed: no JPEG costs more to decode than a legitimate progressive one of the largest size).
 DEFAULT_MAX_JPEG_SCANS = 64
+DEFAULT_MAX_JPEG_SCAN_PIXELS = 16 * DEFAULT_MAX_PIXELS
 _SOS = b"\xff\xda"  # start of scan: never inside entropy-coded data, where a 0xFF byte is followed by 0x00 or RSTn
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
 DECODE_MODES = ("exact", "fast")  # see the module notes

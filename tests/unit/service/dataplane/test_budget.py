@@ -12,9 +12,10 @@ import pytest
 from PIL import Image, ImageFile
 from prometheus_client.parser import text_string_to_metric_families
 
+from imgclf.core.errors import ImageTooLarge
 from imgclf.featurizer.images.decode import jpeg_scans
 from imgclf.service import create_app
-from imgclf.service.dataplane.budget import DecodeBusy, DecodeGate, header_pixels
+from imgclf.service.dataplane.budget import Budget, DecodeBusy, DecodeGate, header_pixels
 from imgclf.service.dataplane.extension import current_plane
 
 MAX_REQUEST_PIXELS = 1_000_000
@@ -227,3 +228,18 @@ def test_a_jpeg_with_more_scans_than_allowed_is_413_before_any_decoding(app, dec
     assert f"the JPEG holds {jpeg_scans(flood):,} scans; at most 64 are decoded" in response.get_json()["error"]
     assert decodes == []
     assert send(normal).status_code == 200 and len(decodes) == 1  # an encoder's ~10 scans pass
+
+
+def test_scans_times_pixels_are_bounded_too():
+    budget = Budget(0, DecodeGate(0, 1), max_jpeg_scans=64, max_jpeg_scan_pixels=16 * 50_000_000)
+    normal = progressive_jpeg()
+    scans = jpeg_scans(normal)
+    budget.check_scans([normal], [50_000_000])  # an encoder's scans at the largest size allowed
+    budget.check_scans([many_scans(normal, 64 - scans)], [1_000_000])  # 64 scans of a small picture
+    with pytest.raises(ImageTooLarge, match=r"holds 20 scans of 50,000,000 pixels; scans × pixels may be at most "
+                                            r"800,000,000"):
+        budget.check_scans([many_scans(normal, 20 - scans)], [50_000_000])
+    with pytest.raises(ImageTooLarge, match="instance 1: the JPEG holds 65 scans; at most 64"):
+        budget.check_scans([normal, many_scans(normal, 65 - scans)], [100, 100])
+    Budget(0, DecodeGate(0, 1), max_jpeg_scans=0, max_jpeg_scan_pixels=0).check_scans(
+        [many_scans(normal, 10_000)], [50_000_000])  # 0: off
