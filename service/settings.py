@@ -69,6 +69,8 @@ class ServingSettings(Section):
                                                   "before decoding", minimum=1)
     # 64 images are about 70 MB of inputs.
     max_instances: int = setting(64, "images or rows in one TF-Serving or v2 request at most", minimum=1)
+    max_tensors: int = setting(16, "inputs, and requested outputs, one v2 request may name at most (checked before "
+                                   "any is read)", minimum=1)
     top_k: int = setting(5, "labels returned when the request does not say", minimum=1)
     batching: bool = setting(True, "gather concurrent requests of a worker into one model call")
     batch_max_size: int = setting(32, "images per model call at most", minimum=1)

@@ -26,6 +26,8 @@ backoff that doubles with each failure (:data:`RETRY_FIRST_S` to :data:`RETRY_AT
 A worker whose loading failed (the repository unreadable during a restart, a
 broken version) keeps trying, every :data:`RETRY_FIRST_S` doubling up to
 ``IMGCLF_POLL_SECONDS``, and becomes ready by itself once it can (no SIGHUP).
+A worker whose repository holds no model is ready with nothing to serve, and
+looks again on the same backoff (an outage can look like an empty folder).
 
 A model this worker has served keeps its place while its folder is in the
 repository (or the model config file lists it), also when no version of it is
@@ -112,6 +114,7 @@ class VersionManager:
         self.waiting = 0  # model requests waiting for loading now
         self.retry_first_s = RETRY_FIRST_S  # the first backoff of a failed load (tests shorten it)
         self.start_failures = 0  # failed starts in a row (the worker's backoff)
+        self.empty_polls = 0  # polls in a row that found nothing to serve (the same backoff)
         self._served: set[str] = set()  # models that have had an available version in this worker
 
     @property
@@ -232,10 +235,15 @@ class VersionManager:
         self._set_state(State.FAILED, error)
 
     def retry_wait(self) -> float | None:
-        """Return how long the poller waits before it tries a failed start again (None: the start did not fail)."""
-        if self.state != State.FAILED or not self.start_failures:
+        """Return how soon the poller looks again, when sooner than its interval: after a failed start, or while
+        the repository holds nothing to serve (an outage during a restart can look empty); None otherwise."""
+        if self.state == State.FAILED and self.start_failures:
+            tries = self.start_failures
+        elif self.state == State.READY and not self.plans:
+            tries = self.empty_polls + 1
+        else:
             return None
-        return min(self.retry_first_s * 2 ** (self.start_failures - 1), max(self.config.poll_seconds, 0.0))
+        return min(self.retry_first_s * 2 ** (tries - 1), max(self.config.poll_seconds, 0.0))
 
     def poll(self) -> None:
         """One look at the repository (the poller's): a failed start is tried again, else :meth:`sync`."""
@@ -244,6 +252,7 @@ class VersionManager:
                 self._try_start()
             return
         self.sync()
+        self.empty_polls = 0 if self.plans else self.empty_polls + 1
 
     def _why_none(self, name: str) -> str:
         """Say why model ``name`` has no available version after loading."""

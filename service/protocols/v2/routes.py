@@ -17,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from imgclf.core.errors import BadRequest, NotReady
 from imgclf.core.version import package_version
+from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.extension import current_plane
 from imgclf.service.lifecycle.extension import current_models
 from imgclf.service.protocols.v2 import model as v2_model
@@ -98,7 +99,8 @@ def infer(name: str, version: str | None = None):
     """Predict an inference request: JSON tensors, or JSON then binary tensor data."""
     plane = current_plane()
     with plane.model(name, _version(version)) as served:
-        parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
+        parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH),
+                               max_batch=plane.max_instances, max_tensors=current_config().max_tensors)
         inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs)
         outputs = plane.infer(served, inference).outputs
         # Answered inside the lease: the request counts in flight until its answer is made.

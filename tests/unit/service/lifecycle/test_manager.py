@@ -317,6 +317,22 @@ def test_the_backoff_of_a_failed_start_doubles_up_to_the_poll_interval(tmp_path)
     manager.close()
 
 
+def test_an_empty_repository_is_looked_at_again_on_the_same_backoff(tmp_path):
+    manager = manager_for(tmp_path, poll_seconds=0.3)
+    manager.start()
+    manager._poller.stop()  # this test polls by itself
+    assert manager.ready and manager.models == {}  # nothing to serve: ready, and looking again soon
+    waits = []
+    for _ in range(3):
+        waits.append(manager.retry_wait())
+        manager.poll()
+    assert waits == [0.01, 0.02, 0.04]
+    add_version(tmp_path, "m", 1)
+    manager.poll()
+    assert sorted(manager.models) == ["m"] and manager.retry_wait() is None
+    manager.close()
+
+
 def test_a_failed_version_is_tried_again_when_its_files_change_with_backoff(tmp_path):
     add_version(tmp_path, "m", 1)
     broken = add_version(tmp_path, "m", 2, broken=True)

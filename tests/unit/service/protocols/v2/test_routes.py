@@ -346,7 +346,8 @@ def image_input(data, shape=None, **extra) -> dict:
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[-1]), 400, "non-negative integers"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[True]), 400, "non-negative integers"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[2]), 400, "holds 2 elements; data holds 1"),
-    ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[10 ** 30]), 400, "data holds 1"),
+    ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[10 ** 30]), 400,
+     f"holds {10 ** 30} items; at most 4 are allowed"),  # before its data is looked at
     ("post", "/v2/models/shapes/infer", image_input([GOOD, GOOD], shape=[1, 2]), 400,
      "input 'image_bytes' takes 1 element(s) per batch entry (shape [-1], -1: the batch); received shape [1, 2]"),
     ("post", "/v2/models/shapes/infer", image_input([], shape=[0]), 400, "must be at least 1"),
@@ -550,10 +551,13 @@ def test_answers_match_the_openapi_document(client, images):
 def test_a_bytes_tensor_over_the_instance_limit_is_refused_before_any_element_is_read(client, monkeypatch, form):
     from imgclf.service.dataplane import budget
     from imgclf.service.protocols.v2 import model as v2_model
+    from imgclf.service.protocols.v2 import tensors
 
     opened = []
     monkeypatch.setattr(budget, "header_pixels", lambda data: opened.append(1) or 0)
     monkeypatch.setattr(v2_model, "_picture", lambda value, index: opened.append(1) or b"")
+    monkeypatch.setattr(tensors, "_from_binary", lambda *args: opened.append(1) or [])  # not even split
+    monkeypatch.setattr(tensors, "_flatten", lambda *args: opened.append(1) or [])
     count = 200_000  # one-byte elements: each would be opened by Pillow (about 30 us) if it were read
     if form == "json":
         response = infer(client, "shapes", image_input([b64(b"x")] * count))
@@ -591,7 +595,20 @@ def test_requested_outputs_are_deduplicated_in_linear_time():
         _outputs([{"name": name} for name in names] + [{"name": "output-7"}])
 
 
-def test_a_request_naming_60000_outputs_gets_its_400_at_the_first_unknown_one(client):
-    body = {**image_input([GOOD]), "outputs": [{"name": f"o{i}"} for i in range(60_000)]}
+@pytest.mark.parametrize("what", ["outputs", "inputs"])
+def test_a_request_naming_more_tensors_than_allowed_is_refused_before_any_is_read(client, monkeypatch, what):
+    from imgclf.service.protocols.v2 import tensors
+
+    read = []
+    count = 60_000 if what == "outputs" else 5_000  # 5,000 inputs: 0.5 MB, under this app's upload limit
+    if what == "inputs":
+        monkeypatch.setattr(tensors, "_input", lambda *args: read.append(1) or pytest.fail("an input was read"))
+        body = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["eA=="]}] * count}
+    else:
+        monkeypatch.setattr(tensors, "_parameters", lambda obj, where: read.append(where) or {})
+        body = {**image_input([GOOD]), "outputs": [{"name": f"o{i}"} for i in range(count)]}
     response = infer(client, "shapes", body)
-    assert response.status_code == 400 and "has no output 'o0'" in response.get_json()["error"]
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert response.get_json()["error"] == (f"the request names {count} {what}; at most 16 are allowed "
+                                            "(IMGCLF_MAX_TENSORS)")
+    assert read == ([] if what == "inputs" else ["the request", "input 'image_bytes'"])  # no output was read
