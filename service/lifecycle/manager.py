@@ -75,6 +75,15 @@ RETRY_AT_MOST_S = 300.0  # ... doubling with each failure up to this (a worker's
 UNAVAILABLE = "unavailable"  # the readiness status of a worker with a served model that has no available version
 
 
+def _failure(exc: Exception) -> str:
+    """Log why loading failed and return the error to report: the message of an expected error, else its type too."""
+    if isinstance(exc, (ImgclfError, ValueError, OSError)):
+        log.error("loading models failed: %s", exc)
+        return str(exc)
+    log.exception("loading models failed")
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Observer(Protocol):
     """What the manager reports to: load times, and a per-model callback for the batches its batcher runs."""
 
@@ -196,9 +205,8 @@ class VersionManager:
             self.precision = prepare_tensorflow(self.config.precision)
             if self.shared is None:
                 self.shared = SharedDefaults(worker_states.server_folder())
-        except Exception as exc:  # a process-wide setting: trying again cannot help
-            log.exception("preparing TensorFlow failed")
-            self._set_state(State.FAILED, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a process-wide setting (IMGCLF_DEVICE, precision): trying again cannot help
+            self._set_state(State.FAILED, _failure(exc))
             return
         self._try_start()
         if self.config.poll_seconds > 0:
@@ -216,23 +224,15 @@ class VersionManager:
                     raise ModelNotFound(self._why_none(name))
             if not self.versions:
                 log.warning("model repository %s holds no model; nothing to serve", self.config.model_repository)
-        except (ImgclfError, ValueError, OSError) as exc:
-            log.error("loading models failed: %s", exc)
-            self._start_failed(str(exc))
-            return False
         except Exception as exc:
-            log.exception("loading models failed")
-            self._start_failed(f"{type(exc).__name__}: {exc}")
+            self.start_failures += 1
+            self._set_state(State.FAILED, _failure(exc))
             return False
         if self.start_failures:
             log.info("models loaded after %d failed start(s)", self.start_failures)
         self.start_failures = 0
         self._set_state(State.READY)
         return True
-
-    def _start_failed(self, error: str) -> None:
-        self.start_failures += 1
-        self._set_state(State.FAILED, error)
 
     def retry_wait(self) -> float | None:
         """Return how soon the poller looks again, when sooner than its interval: after a failed start, or while
@@ -414,7 +414,6 @@ class VersionManager:
             if missing:
                 return UNAVAILABLE, "; ".join(missing.values())
         return state, error
-
 
     def _default_entry(self, name: str) -> ServedVersion | None:
         """Return the entry of the default version of ``name``: the agreed one, else the newest available."""

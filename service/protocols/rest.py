@@ -120,9 +120,10 @@ def _too_large(app: Flask) -> str:
     limit = app.config.get("MAX_CONTENT_LENGTH")
     length = request.content_length
     if request.mimetype == "multipart/form-data" and (not limit or (length is not None and length <= limit)):
+        field = app.config.get("MAX_FORM_MEMORY_SIZE")
+        field_limit = f", or a text field over {field:,} bytes" if isinstance(field, int) else ""
         return (f"the multipart body holds more than {app.config.get('MAX_FORM_PARTS')} parts "
-                f"(IMGCLF_MAX_FORM_PARTS), or a text field over {app.config.get('MAX_FORM_MEMORY_SIZE'):,} bytes; "
-                f'send the image as one file field "image"')
+                f'(IMGCLF_MAX_FORM_PARTS){field_limit}; send the image as one file field "image"')
     return f"request body is over the limit of {limit} bytes" if limit else ""
 
 
