@@ -15,8 +15,8 @@ decoded. Three limits, beside the per-image pixel limit and the instance limit:
   decode that waits longer than ``IMGCLF_DECODE_WAIT_SECONDS`` answers 503;
 * **per JPEG** (``IMGCLF_MAX_JPEG_SCANS``, ``IMGCLF_MAX_JPEG_SCAN_PIXELS``): a
   progressive JPEG is decoded once per scan, so 1,000 scans of 49 MP cost
-  minutes in a few hundred KB; the scans are counted from the markers (one pass
-  over the bytes, under a millisecond), and more scans, or more scans times
+  minutes in a few hundred KB; the scans are counted by walking the markers
+  (about 6 ms for 11 MB or 1,000 scans), and more scans, or more scans times
   pixels, than allowed is a 413.
 
 The data plane (:mod:`imgclf.service.dataplane.plane`) decodes a request's

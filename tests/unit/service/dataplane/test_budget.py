@@ -208,6 +208,19 @@ def test_jpeg_scans_are_counted_from_the_markers():
     assert jpeg_scans(png(8, 8)) == 0 and jpeg_scans(b"") == 0
 
 
+def test_scan_bytes_inside_other_segments_or_after_the_picture_are_not_scans():
+    profiled = io.BytesIO()  # an ICC profile (APP2) that holds FF DA again and again, as a 5 MB real one did 79 times
+    Image.effect_noise((32, 32), 40).convert("RGB").save(profiled, "JPEG", icc_profile=b"\xff\xda\x00\x10" * 5000)
+    data = profiled.getvalue()
+    assert data.count(b"\xff\xda") > 5000 and jpeg_scans(data) == scans_by_segments(data) == 1
+    filled = data[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before EOI
+    assert jpeg_scans(filled) == 1
+    appended = data + progressive_jpeg()  # what follows the first EOI (an MPO's next picture) is not decoded
+    assert jpeg_scans(appended) == 1
+    assert jpeg_scans(data[: data.rindex(b"\xff\xda") + 30]) == 1  # cut in its scan: counted as far as it goes
+    assert jpeg_scans(data[:100]) == 0  # cut in the profile
+
+
 @pytest.mark.parametrize("route", ["predict", "tfserving", "v2"])
 def test_a_jpeg_with_more_scans_than_allowed_is_413_before_any_decoding(app, decodes, route):
     normal = progressive_jpeg()
