@@ -42,9 +42,9 @@ JPEG_FORMATS = ("JPEG", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~ a 8660×5770 photo; a 3-channel decode is 150 MB
 # A progressive JPEG's decoder passes over every coefficient of the picture once per scan: 1,000 scans of 49 MP in
-# 360 KB cost minutes of CPU. Encoders write about 10 scans (libjpeg's progressive script), mozjpeg up to about 20; an
-# EXIF thumbnail or the pictures of an MPO add theirs. Two bounds: scans, and scans times pixels (16 scans of the
-# largest picture allowed: no JPEG costs more to decode than a legitimate progressive one of the largest size).
+# 360 KB cost minutes of CPU. Encoders write about 10 scans (libjpeg's progressive script), mozjpeg up to about 20.
+# Two bounds: scans, and scans times pixels (16 scans of the largest picture allowed: no JPEG costs more to decode
+# than a legitimate progressive one of the largest size).
 DEFAULT_MAX_JPEG_SCANS = 64
 DEFAULT_MAX_JPEG_SCAN_PIXELS = 16 * DEFAULT_MAX_PIXELS
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
