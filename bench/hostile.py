@@ -30,10 +30,18 @@ and after one attack, and the front's RSS (at the end of each phase, and its pea
 * **large bodies to a 404**: 4 closed-loop clients POSTing 5 MB to ``/v1/models/nobody:predict`` (gunicorn
   answers 404 before reading the body), with the count of each status they got.
 
-The whole run takes about 5 minutes (``--front-only``: the front's scenarios alone, about 2); not a test,
-no assertions.
+Then the floods of issue 27, each against one `imgclf serve` (default settings), with the probe's p50
+and p99 before, during and after the flood (the before window is the baseline, in the same run):
 
-    python -m bench.hostile [--phase-seconds 12] [--front-only]
+* **v2 element flood**: 16 clients each sending, again and again, a v2 BYTES tensor of 250,000 one-byte
+  elements (1.25 MB, binary form): over the instance limit, a 400 that must come before any element is read;
+* **output-name flood**: 16 clients each sending a v2 request that names 60,000 outputs (1.2 MB).
+
+The flood requests' own answers (status, median time) are printed too. The whole run takes about
+9 minutes (``--front-only``: the front's scenarios alone, about 2; ``--floods-only``: the floods alone,
+about 2); not a test, no assertions.
+
+    python -m bench.hostile [--phase-seconds 12] [--front-only] [--floods-only]
 """
 
 from __future__ import annotations
@@ -493,17 +501,117 @@ def report_front_scenarios(rows: list[tuple]) -> None:
               f"| {rss:.0f}, {peak:.0f} | {outcome} |")
 
 
+FLOOD_SENDERS = 16
+FLOOD_ELEMENTS = 250_000
+FLOOD_OUTPUTS = 60_000
+
+
+def element_flood_request(url: str) -> tuple[str, bytes, dict]:
+    """Return the v2 element flood's request: a binary BYTES tensor of FLOOD_ELEMENTS one-byte elements."""
+    blob = b"".join([b"\x01\x00\x00\x00x"] * FLOOD_ELEMENTS)
+    header = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [FLOOD_ELEMENTS],
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return (f"{url}/v2/models/{MODEL}/infer", header + blob,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+
+
+def output_flood_request(url: str, jpeg: bytes) -> tuple[str, bytes, dict]:
+    """Return the output-name flood's request: one good image, FLOOD_OUTPUTS requested output names."""
+    body = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(jpeg).decode()]}],
+            "outputs": [{"name": f"output-{i}"} for i in range(FLOOD_OUTPUTS)]}
+    return f"{url}/v2/models/{MODEL}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def send_flood(request: tuple[str, bytes, dict], answers: list, stop: threading.Event) -> None:
+    """Run FLOOD_SENDERS clients sending ``request`` again and again until stopped; record (status, seconds)."""
+    url, body, headers = request
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status = session.post(url, data=body, headers=headers, timeout=60).status_code
+                except requests.RequestException as e:
+                    status = type(e).__name__
+                answers.append((status, time.perf_counter() - started))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(FLOOD_SENDERS)]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(65)
+
+
+FLOODS = ("v2 element flood", "output-name flood")
+
+
+def run_floods(model_dir: Path, jpeg: bytes, seconds: float) -> dict[str, dict[str, tuple]]:
+    """Run each flood against one `imgclf serve`: the probe before, during and after; return the rows."""
+    server = Server(model_dir, True, OUT / "hostile-floods.log")
+    rows: dict[str, dict[str, tuple]] = {}
+    try:
+        server.wait_ready()
+        probe(server.url, jpeg, 2.0)  # warm the workers
+        for flood_name in FLOODS:
+            request = (element_flood_request(server.url) if flood_name == "v2 element flood"
+                       else output_flood_request(server.url, jpeg))
+            rows[flood_name] = {"before": probe(server.url, jpeg, seconds).row()}
+            answers: list = []
+            attack = Background(send_flood, request, answers)
+            time.sleep(1.0)
+            rows[flood_name]["during"] = probe(server.url, jpeg, seconds).row()
+            attack.end()
+            time.sleep(1.0)
+            rows[flood_name]["after"] = probe(server.url, jpeg, seconds).row()
+            statuses = sorted({str(status) for status, _ in answers})
+            median = float(np.median([t for _, t in answers]) * 1000) if answers else float("nan")
+            rows[flood_name]["flood"] = (len(answers), ", ".join(statuses), median, len(request[1]))
+            print(f"  {flood_name}: {len(answers)} flood requests of {len(request[1]) / 1e6:.2f} MB answered "
+                  f"{', '.join(statuses)} in {median:.0f} ms (median)", flush=True)
+            for when in ("before", "during", "after"):
+                sent, errors, p50, p99 = rows[flood_name][when]
+                print(f"    probe {when:<6} {sent:>5} sent {errors:>4} errors  p50 {p50:8.1f} ms  p99 {p99:8.1f} ms",
+                      flush=True)
+    finally:
+        server.kill()
+    return rows
+
+
+def print_floods(rows: dict[str, dict[str, tuple]]) -> None:
+    """Print the floods' table: the probe before / during / after, and during/before ratios."""
+    print("\n| flood | flood requests (answers, median ms, body MB) | probe p50 ms before / during / after "
+          "| p99 ms before / during / after | during/before p50, p99 | probe errors during |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        b, d, a, f = row["before"], row["during"], row["after"], row["flood"]
+        print(f"| {name} | {f[0]} ({f[1]}, {f[2]:.0f} ms, {f[3] / 1e6:.2f} MB) | {b[2]:.0f} / {d[2]:.0f} / {a[2]:.0f} "
+              f"| {b[3]:.0f} / {d[3]:.0f} / {a[3]:.0f} | {d[2] / b[2]:.2f}, {d[3] / b[3]:.2f} | {d[1]} |")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phase-seconds", type=float, default=12.0, help="how long the probe runs in each phase")
     parser.add_argument("--front-only", action="store_true", help="run only the front's scenarios (connection "
                                                                   "hog, large bodies to an unknown model)")
+    parser.add_argument("--floods-only", action="store_true", help="run only the floods of issue 27")
     args = parser.parse_args()
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
     model_dir = train_model(OUT / "hostile-models")
     if args.front_only:
         report_front_scenarios(run_front_scenarios(model_dir, small_jpeg(), args.phase_seconds))
+        print(f"whole run {time.monotonic() - started:.0f} s")
+        return
+    if args.floods_only:
+        jpeg = small_jpeg()
+        print(f"{os.cpu_count()} cores; model {MODEL} (tiny graph); probe: {PROBE_CLIENTS} clients, POST /predict "
+              f"{len(jpeg) / 1000:.0f} KB JPEG, {args.phase_seconds:g} s per window; {FLOOD_SENDERS} flood clients",
+              flush=True)
+        print_floods(run_floods(model_dir, jpeg, args.phase_seconds))
         print(f"whole run {time.monotonic() - started:.0f} s")
         return
     jpeg, body = small_jpeg(), amplification_body()
@@ -526,6 +634,7 @@ def main() -> None:
     print(f"the front's overhead with no attack: p50 {base_a[2] / base_b[2]:.2f}x, p99 {base_a[3] / base_b[3]:.2f}x "
           f"(after / before)")
     report_front_scenarios(run_front_scenarios(model_dir, jpeg, args.phase_seconds))
+    print_floods(run_floods(model_dir, jpeg, args.phase_seconds))
     print(f"whole run {time.monotonic() - started:.0f} s")
 
 

@@ -34,6 +34,11 @@ VERSION_PATTERN = re.compile(r"[0-9]{1,18}")  # fits int64, as TF Serving parses
 _VERSION = VERSION_PATTERN
 _MAX_PUBLISH_ATTEMPTS = 1000  # concurrent exports each take the next free integer
 STALE_WORK_DIR_SECONDS = 3600.0  # a work directory untouched this long is a killed export's, not a running one's
+# What a loader reads into memory, besides the card and labels: the graph, the weights, an OpenVINO featurizer.
+MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+MODEL_FOLDERS = ("variables", "openvino")
+DEFAULT_MAX_MODEL_BYTES = 1024 ** 3  # the real Inception-v3 export is about 100 MB; protobuf stops at 2 GB anyway
+DEFAULT_MAX_CARD_BYTES = 16 * 1024 ** 2  # a card with 100,000 labels is about 2 MB
 
 
 def validate_name(name: str) -> str:
@@ -138,6 +143,47 @@ def read_card(version_dir: str | Path) -> dict:
         raise ModelNotFound(f"{str(card_file)!r} is not a readable model card (a JSON object, not "
                             f"{type(card).__name__})")
     return card
+
+
+def check_sizes(version_dir: str | Path, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+                max_card_bytes: int = DEFAULT_MAX_CARD_BYTES) -> int:
+    """Refuse a version whose files are too large to read, from their sizes alone; return the model bytes.
+
+    The graph and weights (:data:`MODEL_FILES`, every file under :data:`MODEL_FOLDERS`) together may hold
+    ``max_model_bytes``; the model card and ``labels.txt`` each ``max_card_bytes`` (0: no limit). Nothing is
+    read: a 2 GB sparse ``saved_model.pb`` is refused by its ``stat``.
+
+    Raises:
+        ValueError: naming the file (or the total), its size and the limit.
+    """
+    path = Path(version_dir)
+    if max_card_bytes:
+        for name in (names.MODEL_CARD_FILE, names.LABELS_FILE):
+            size = _size(path / name)
+            if size > max_card_bytes:
+                raise ValueError(f"{name} of {str(path)!r} is {size:,} bytes; at most {max_card_bytes:,} are read "
+                                 "(IMGCLF_MAX_MODEL_CARD_BYTES)")
+    total, largest = 0, ("", 0)
+    files = [path / name for name in MODEL_FILES]
+    for folder in MODEL_FOLDERS:
+        if (path / folder).is_dir():
+            files += [Path(d) / f for d, _, found in os.walk(path / folder) for f in found]
+    for file in files:
+        size = _size(file)
+        total += size
+        largest = max(largest, (os.path.relpath(file, path), size), key=lambda item: item[1])
+    if max_model_bytes and total > max_model_bytes:
+        raise ValueError(f"the model files of {str(path)!r} hold {total:,} bytes ({largest[0]}: {largest[1]:,}); "
+                         f"at most {max_model_bytes:,} are loaded (IMGCLF_MAX_MODEL_BYTES)")
+    return total
+
+
+def _size(path: Path) -> int:
+    """Return the size of a file (0 when there is none); a link's target counts."""
+    try:
+        return os.stat(path).st_size if path.is_file() else 0
+    except OSError:
+        return 0
 
 
 def publish_version(repo: str | Path, name: str, write: Callable[[Path], dict]) -> Path:

@@ -20,7 +20,7 @@ from flask import Flask
 
 from imgclf.core import devices
 from imgclf.service import app_settings, metrics
-from imgclf.service.access import auth, cross_site, redact, security_headers
+from imgclf.service.access import auth, cross_site, hosts, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
 from imgclf.service.protocols import health as routes_health
 from imgclf.service.protocols.predict import routes as routes_predict
@@ -48,10 +48,11 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     app.json.sort_keys = False
     app_settings.init_app(app, settings)  # the serving section: current_config(), read by the parts below
     devices.use_settings(settings.device)  # applied when the version manager first configures TensorFlow
+    hosts.init_app(app, settings.access)  # before any route: no router redirects; a Host not allowed gets 400
     metrics.init_app(app, settings.serving)
-    # Hostile clients (issue 15), before any hook that reads a body: 403 for browser pages of other origins
-    # (CORS for allowed ones), then API keys and rate limits when configured; security headers and no server
-    # paths on every answer.
+    # Hostile clients (issues 15 and 27), before any hook that reads a body: 400 for a Host not allowed (above),
+    # 403 for browser pages of other origins (CORS for allowed ones), then API keys and rate limits when
+    # configured; security headers and no server paths on every answer.
     cross_site.init_app(app, settings.access)
     auth.init_app(app, settings.access)
     security_headers.init_app(app)

@@ -14,8 +14,9 @@ EXTENSION = "imgclf.config"
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Attach ``settings`` to ``app`` and apply the setting Flask itself enforces (the upload limit)."""
+    """Attach ``settings`` to ``app`` and apply the settings Flask itself enforces (the upload and part limits)."""
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_upload_bytes
+    app.config["MAX_FORM_PARTS"] = settings.server.max_form_parts
     app.extensions[EXTENSION] = settings
 
 

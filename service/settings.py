@@ -38,8 +38,9 @@ from imgclf.core.devices import DeviceSettings
 from imgclf.core.errors import UsageError
 from imgclf.core.paths import PathSettings
 from imgclf.core.precision import PRECISIONS
+from imgclf.core.repository import DEFAULT_MAX_CARD_BYTES, DEFAULT_MAX_MODEL_BYTES
 from imgclf.core.settings import Env, Section, SettingInfo, parse_versions, parsed, setting
-from imgclf.featurizer.images.decode import DEFAULT_MAX_PIXELS
+from imgclf.featurizer.images.decode import DEFAULT_MAX_JPEG_SCAN_PIXELS, DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
 from imgclf.service.access.settings import AccessSettings
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.lifecycle.config_file import ConfigFileError, read_model_config
@@ -68,6 +69,8 @@ class ServingSettings(Section):
                                                   "before decoding", minimum=1)
     # 64 images are about 70 MB of inputs.
     max_instances: int = setting(64, "images or rows in one TF-Serving or v2 request at most", minimum=1)
+    max_tensors: int = setting(16, "inputs, and requested outputs, one v2 request may name at most (checked before "
+                                   "any is read)", minimum=1)
     top_k: int = setting(5, "labels returned when the request does not say", minimum=1)
     batching: bool = setting(True, "gather concurrent requests of a worker into one model call")
     batch_max_size: int = setting(32, "images per model call at most", minimum=1)
@@ -102,7 +105,21 @@ class ServingSettings(Section):
                                                             "waits for room (0: off)", minimum=0)
     decode_wait_seconds: float = setting(30.0, "a decode that waits longer than this for room answers 503",
                                          minimum=0, maximum=3600)
-    # --- model life cycle (imgclf.service.lifecycle), TF Serving's vocabulary.
+    max_jpeg_scans: int = setting(DEFAULT_MAX_JPEG_SCANS, "scans (SOS markers) a JPEG may hold, counted before "
+                                                          "decoding: each one is a pass over every pixel of a "
+                                                          "progressive JPEG; more is a 413 (0: off)", minimum=0)
+    max_jpeg_scan_pixels: int = setting(DEFAULT_MAX_JPEG_SCAN_PIXELS, "scans times pixels of one JPEG, from its "
+                                                                      "markers and header: more is a 413 (0: off)",
+                                        minimum=0)
+    # --- model life cycle (imgclf.service.lifecycle), TF Serving's vocabulary. The sizes are checked by stat before
+    # a version is read: a 2 GB sparse saved_model.pb is refused without costing 2 GB of each worker's memory.
+    max_model_bytes: int = setting(DEFAULT_MAX_MODEL_BYTES, "bytes of a version's graph and weights "
+                                                            "(saved_model.pb, variables/, openvino/) at most, "
+                                                            "checked before reading; more fails its load (0: off)",
+                                   minimum=0)
+    max_model_card_bytes: int = setting(DEFAULT_MAX_CARD_BYTES, "bytes of a version's model card and of its "
+                                                                "labels.txt at most, checked before reading "
+                                                                "(0: off)", minimum=0)
     poll_seconds: float = setting(30.0, "how often each worker looks for new and removed versions (0: never; "
                                         "TF Serving's file_system_poll_wait_seconds)", minimum=0, maximum=86_400)
     version_policy: str = setting("latest", "versions served of every model: latest, latest:N, all, specific:1,3")

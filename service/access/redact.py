@@ -3,10 +3,13 @@
 Loading errors, ``ModelNotFound`` messages and model cards were written for
 logs and for the person who trained the model: they name the model repository,
 graph files, image folders and log folders. Answers carry none of that. In the
-JSON of every error answer, of readiness and of model metadata, the model
-repository becomes ``<model repository>`` and any other absolute path its last
-component (a file's name: ``/data/graphs/inception.pb`` -> ``inception.pb``).
-The server's log keeps the full messages.
+JSON of every answer (errors, readiness, TF Serving's model status with each
+version's ``error_message``, model metadata and cards, the v2 metadata), the
+model repository becomes ``<model repository>`` and any other absolute path its
+last component (a file's name: ``/data/graphs/inception.pb`` -> ``inception.pb``).
+Only the successful answers that hold no server text are left as they are
+(:data:`PATH_FREE`: predictions, whose labels are the model's own, and the static
+API description). The server's log keeps the full messages.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from pathlib import Path
 from flask import Flask, Response, current_app, request
 
 REPOSITORY = "<model repository>"
-# Endpoints whose 200 answers may hold paths too (readiness errors, model cards).
-PATH_BEARING = frozenset({"health.readyz", "v2.ready", "tfserving.model_metadata"})
+# Endpoints whose successful answers hold no server text: predictions (labels are data, and these answers are
+# the large, frequent ones) and fixed documents. Every other JSON answer is redacted.
+PATH_FREE = frozenset({"predict.predict", "tfserving.predict", "v2.infer", "health.openapi_json", "health.healthz",
+                       "v2.live", "v2.server_metadata"})
 # Two or more segments after a "/" that follows no word, path or URL character; not the service's own routes.
 _ABSOLUTE = re.compile(r"(?<![\w.:/>~-])(?!/v[12]/)(?:/[^\s'\"`/:,;()<>\[\]{}|]+){2,}/?")
 _WINDOWS = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\s'\"`\\:,;()<>\[\]{}|]+\\)*[^\s'\"`\\:,;()<>\[\]{}|]*")
@@ -55,10 +60,10 @@ def repository_roots(repository: Path) -> tuple[str, ...]:
 
 
 def scrub(response: Response, repository: Path) -> Response:
-    """Redact the JSON of an error, readiness or metadata answer (an after_request hook), naming ``repository``."""
+    """Redact the JSON of every answer but the path-free ones (an after_request hook), naming ``repository``."""
     if response.direct_passthrough or not response.is_json:
         return response
-    if response.status_code < 400 and request.endpoint not in PATH_BEARING:
+    if response.status_code < 400 and request.endpoint in PATH_FREE:
         return response
     body = response.get_json(silent=True)
     if body is None:

@@ -21,6 +21,7 @@ from imgclf.service.access.rate_limit import Rate, parse_rate
 
 ANY_ORIGIN = "*"
 _ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+_HOST = re.compile(r"([a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,13 @@ class AccessSettings(Section):
                               minimum=0)
     cors_origins: str = setting("", "other origins whose browser pages may call the API: "
                                     "https://a.example,... or * (unset: none)")
+    allowed_hosts: str = setting("", "Host headers answered, e.g. api.example.com,localhost:8000 (no port: any); "
+                                     "others get 400, against DNS rebinding; probes exempt (unset: any)")
     keys: dict = parsed({})  # {name: sha256 hex} of the keys file; empty: no key is needed
     metrics_key_names: frozenset = parsed(frozenset())  # the keys that alone may read /metrics; empty: any key
     rate: Rate | None = parsed(None)  # per key and worker; None: no limit
     origins: frozenset = parsed(frozenset())  # browser origins allowed besides the service's own; {"*"}: any
+    hosts: frozenset = parsed(frozenset())  # allowed Host headers ("name" or "name:port"); empty: any
 
     @property
     def keys_required(self) -> bool:
@@ -67,7 +71,25 @@ class AccessSettings(Section):
         if rate is not None and not keys:
             raise UsageError("IMGCLF_RATE_LIMIT is per API key: set IMGCLF_API_KEYS_FILE too")
         return replace(given, keys=keys, metrics_key_names=metrics_keys, rate=rate,
-                       origins=parse_origins(given.cors_origins))
+                       origins=parse_origins(given.cors_origins), hosts=parse_hosts(given.allowed_hosts))
+
+
+def parse_hosts(raw: str) -> frozenset:
+    """Return the hosts of ``"api.example.com, localhost:8000"`` (lower case; "name" or "name:port").
+
+    Raises:
+        UsageError: an entry that is not a host name, an IPv4 or [IPv6] address, with an optional port.
+    """
+    hosts = set()
+    for item in (raw or "").split(","):
+        entry = item.strip().lower().removesuffix(".")
+        if not entry:
+            continue
+        if not _HOST.fullmatch(entry):
+            raise UsageError(f"IMGCLF_ALLOWED_HOSTS entries are host names or addresses with an optional port, like "
+                             f"api.example.com or localhost:8000 (no scheme, no path); received {item.strip()!r}")
+        hosts.add(entry)
+    return frozenset(hosts)
 
 
 def parse_origins(raw: str) -> frozenset:

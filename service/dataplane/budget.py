@@ -2,7 +2,7 @@
 
 A small PNG can decode to 7000×7000, and a TF Serving request can carry 64 of
 them: megabytes on the wire, a minute of CPU and gigabytes of memory once
-decoded. Two limits, beside the per-image pixel limit and the instance limit:
+decoded. Three limits, beside the per-image pixel limit and the instance limit:
 
 * **per request** (``IMGCLF_MAX_REQUEST_PIXELS``): the pixels of every image of
   a request are summed from the headers (Pillow opens lazily: nothing is
@@ -12,7 +12,12 @@ decoded. Two limits, beside the per-image pixel limit and the instance limit:
   other) in a weighted semaphore while it decodes, so concurrent heavy
   requests take turns instead of piling their decoded images up in memory.
   Small requests fit beside a large one and are not queued behind it; a
-  decode that waits longer than ``IMGCLF_DECODE_WAIT_SECONDS`` answers 503.
+  decode that waits longer than ``IMGCLF_DECODE_WAIT_SECONDS`` answers 503;
+* **per JPEG** (``IMGCLF_MAX_JPEG_SCANS``, ``IMGCLF_MAX_JPEG_SCAN_PIXELS``): a
+  progressive JPEG is decoded once per scan, so 1,000 scans of 49 MP cost
+  minutes in a few hundred KB; the scans are counted by walking the markers
+  (about 6 ms for 11 MB or 1,000 scans), and more scans, or more scans times
+  pixels, than allowed is a 413.
 
 The data plane (:mod:`imgclf.service.dataplane.plane`) decodes a request's
 encoded images inside :meth:`Budget.admit`, whatever protocol brought them.
@@ -30,8 +35,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from imgclf.core.errors import ImgclfError, NotReady, PayloadTooLarge
-from imgclf.featurizer.images.decode import open_checked
+from imgclf.core.errors import ImageTooLarge, ImgclfError, NotReady, PayloadTooLarge
+from imgclf.featurizer.images.decode import (
+    DEFAULT_MAX_JPEG_SCAN_PIXELS,
+    DEFAULT_MAX_JPEG_SCANS,
+    jpeg_scans,
+    open_checked,
+)
 
 if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type only, no cycle
     from imgclf.service.settings import ServingSettings
@@ -123,9 +133,13 @@ class DecodeGate:
 class Budget:
     """One worker's limits: pixels per image and per request, and the decode gate."""
 
-    def __init__(self, max_request_pixels: int, gate: DecodeGate, max_pixels: int = sys.maxsize):
+    def __init__(self, max_request_pixels: int, gate: DecodeGate, max_pixels: int = sys.maxsize,
+                 max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+                 max_jpeg_scan_pixels: int = DEFAULT_MAX_JPEG_SCAN_PIXELS):
         self.max_request_pixels = int(max_request_pixels)  # 0 = no limit
         self.max_pixels = int(max_pixels)  # per image: an image over it is refused by its own check
+        self.max_jpeg_scans = int(max_jpeg_scans)  # 0 = no limit
+        self.max_jpeg_scan_pixels = int(max_jpeg_scan_pixels)  # scans × pixels of one JPEG; 0 = no limit
         self.gate = gate
 
     @classmethod
@@ -136,7 +150,7 @@ class Budget:
                       multiprocess_mode="livesum", registry=registry)
         return cls(config.max_request_pixels,
                    DecodeGate(config.max_decode_pixels_in_flight, config.decode_wait_seconds, gauge),
-                   config.max_pixels)
+                   config.max_pixels, config.max_jpeg_scans, config.max_jpeg_scan_pixels)
 
     def check(self, pixels: list[int]) -> None:
         """Raise PayloadTooLarge (413) when the images' pixels sum to more than the request budget."""
@@ -145,11 +159,29 @@ class Budget:
             raise PayloadTooLarge(f"the request's {len(pixels)} image(s) decode to {total:,} pixels; at most "
                                   f"{self.max_request_pixels:,} are allowed per request")
 
+    def check_scans(self, images: list[bytes], pixels: list[int]) -> None:
+        """Raise ImageTooLarge (413) for a JPEG with more scans, or scans × pixels, than allowed (naming the instance).
+
+        ``pixels``: each image's pixels from its header (0 when unknown).
+        """
+        if not (self.max_jpeg_scans or self.max_jpeg_scan_pixels):
+            return
+        for index, (data, size) in enumerate(zip(images, pixels)):
+            scans = jpeg_scans(data)
+            where = f"instance {index}: " if len(images) > 1 else ""
+            if self.max_jpeg_scans and scans > self.max_jpeg_scans:
+                raise ImageTooLarge(f"{where}the JPEG holds {scans:,} scans; at most {self.max_jpeg_scans:,} are "
+                                    "decoded (each scan is a pass over every pixel)")
+            if self.max_jpeg_scan_pixels and scans * size > self.max_jpeg_scan_pixels:
+                raise ImageTooLarge(f"{where}the JPEG holds {scans:,} scans of {size:,} pixels; scans × pixels may "
+                                    f"be at most {self.max_jpeg_scan_pixels:,} (each scan is a pass over every pixel)")
+
     @contextlib.contextmanager
     def admit(self, images: list[bytes]) -> Iterator[None]:
         """Check a request's encoded images against the budget (413), then hold the decode gate while the block runs.
 
         Raises:
+            ImageTooLarge: a JPEG holds more scans (or scans × pixels) than allowed.
             PayloadTooLarge: the images' headers claim more pixels than a request may decode.
             DecodeBusy: no room in the gate within the wait allowed (503).
         """
@@ -158,6 +190,7 @@ class Budget:
             return
         # An image over the per-image limit counts 0 here: its own check refuses it from its header, with its message.
         pixels = [p if p <= self.max_pixels else 0 for p in map(header_pixels, images)]
+        self.check_scans(images, pixels)
         self.check(pixels)
         with self.gate.hold(max(pixels, default=0)):
             yield

@@ -19,7 +19,21 @@ it), and becomes the model's default once every ready worker of the server has
 it AVAILABLE (:class:`~imgclf.service.lifecycle.versions.SharedDefaults`); a version the
 policy no longer selects (removed, or superseded) is unloaded once it is not the
 default and its requests in flight have finished. A version that fails to load
-ends in state END with its error in its status and never becomes the default.
+ends in state END with its error in its status and never becomes the default;
+it is tried again when its files change (their sizes and times), at most after a
+backoff that doubles with each failure (:data:`RETRY_FIRST_S` to :data:`RETRY_AT_MOST_S`).
+
+A worker whose loading failed (the repository unreadable during a restart, a
+broken version) keeps trying, every :data:`RETRY_FIRST_S` doubling up to
+``IMGCLF_POLL_SECONDS``, and becomes ready by itself once it can (no SIGHUP).
+A worker whose repository holds no model is ready with nothing to serve, and
+looks again on the same backoff (an outage can look like an empty folder).
+
+A model this worker has served keeps its place while its folder is in the
+repository (or the model config file lists it), also when no version of it is
+left: its versions show END, and :meth:`VersionManager.readiness` says the
+worker is not ready (``/readyz`` 503, status ``unavailable``), as Triton's strict
+readiness does. A model whose folder is removed is forgotten.
 
 Requests take a version with :meth:`VersionManager.lease` and give it back when
 they end, so an unloading version waits for them. Nothing here knows HTTP: the
@@ -40,6 +54,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from imgclf.core.errors import ImgclfError, ModelNotFound, NotReady
 from imgclf.core.model_kind import ModelKind
+from imgclf.core.repository import check_sizes
 from imgclf.service.lifecycle.plan import ModelPlan, check_plan, plan_models
 from imgclf.service.lifecycle.poller import Poller
 from imgclf.service.lifecycle.versions import AVAILABLE, END, LOADING, UNLOADING, ServedVersion, SharedDefaults, agreed
@@ -55,6 +70,18 @@ if TYPE_CHECKING:  # the settings tree imports the parsers of this layer: a type
 log = logging.getLogger(__name__)
 
 UNLOAD_WAIT_S = 60.0  # an unloading version waits at most this long for its requests in flight
+RETRY_FIRST_S = 1.0  # a failed load (a version, or the worker's start) is tried again after this long at the earliest,
+RETRY_AT_MOST_S = 300.0  # ... doubling with each failure up to this (a worker's start: up to IMGCLF_POLL_SECONDS)
+UNAVAILABLE = "unavailable"  # the readiness status of a worker with a served model that has no available version
+
+
+def _failure(exc: Exception) -> str:
+    """Log why loading failed and return the error to report: the message of an expected error, else its type too."""
+    if isinstance(exc, (ImgclfError, ValueError, OSError)):
+        log.error("loading models failed: %s", exc)
+        return str(exc)
+    log.exception("loading models failed")
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Observer(Protocol):
@@ -94,6 +121,10 @@ class VersionManager:
         self._hold_seconds = 0.0  # how long a model request waits for loading (see hold_requests)
         self._hold_at_most = 0  # how many model requests may wait at once (0: none, 503 at once)
         self.waiting = 0  # model requests waiting for loading now
+        self.retry_first_s = RETRY_FIRST_S  # the first backoff of a failed load (tests shorten it)
+        self.start_failures = 0  # failed starts in a row (the worker's backoff)
+        self.empty_polls = 0  # polls in a row that found nothing to serve (the same backoff)
+        self._served: set[str] = set()  # models that have had an available version in this worker
 
     @property
     def ready(self) -> bool:
@@ -165,12 +196,26 @@ class VersionManager:
     # --- loading, polling, unloading -----------------------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Load and warm up what every model's policy selects; set the state; start the poller."""
+        """Load and warm up what every model's policy selects; set the state; start the poller.
+
+        A failed start is tried again by the poller (see :meth:`poll`), with a backoff.
+        """
         try:
             # First of all: GPU memory growth/limit, IMGCLF_DEVICE checked (the error lists the devices).
             self.precision = prepare_tensorflow(self.config.precision)
             if self.shared is None:
                 self.shared = SharedDefaults(worker_states.server_folder())
+        except Exception as exc:  # a process-wide setting (IMGCLF_DEVICE, precision): trying again cannot help
+            self._set_state(State.FAILED, _failure(exc))
+            return
+        self._try_start()
+        if self.config.poll_seconds > 0:
+            self._poller = Poller(self, self.config.poll_seconds, self.config.model_repository)
+            self._poller.start()
+
+    def _try_start(self) -> bool:
+        """Plan, load and check every model; set the state READY or FAILED; return whether it is READY."""
+        try:
             self.plans = plan_models(self.config)
             check_plan(self.config, self.plans)
             self.sync()
@@ -179,18 +224,35 @@ class VersionManager:
                     raise ModelNotFound(self._why_none(name))
             if not self.versions:
                 log.warning("model repository %s holds no model; nothing to serve", self.config.model_repository)
-            self._set_state(State.READY)
-        except (ImgclfError, ValueError, OSError) as exc:
-            log.error("loading models failed: %s", exc)
-            self._set_state(State.FAILED, str(exc))
-            return
         except Exception as exc:
-            log.exception("loading models failed")
-            self._set_state(State.FAILED, f"{type(exc).__name__}: {exc}")
+            self.start_failures += 1
+            self._set_state(State.FAILED, _failure(exc))
+            return False
+        if self.start_failures:
+            log.info("models loaded after %d failed start(s)", self.start_failures)
+        self.start_failures = 0
+        self._set_state(State.READY)
+        return True
+
+    def retry_wait(self) -> float | None:
+        """Return how soon the poller looks again, when sooner than its interval: after a failed start, or while
+        the repository holds nothing to serve (an outage during a restart can look empty); None otherwise."""
+        if self.state == State.FAILED and self.start_failures:
+            tries = self.start_failures
+        elif self.state == State.READY and not self.plans:
+            tries = self.empty_polls + 1
+        else:
+            return None
+        return min(self.retry_first_s * 2 ** (tries - 1), max(self.config.poll_seconds, 0.0))
+
+    def poll(self) -> None:
+        """One look at the repository (the poller's): a failed start is tried again, else :meth:`sync`."""
+        if self.state == State.FAILED:
+            if self.start_failures:
+                self._try_start()
             return
-        if self.config.poll_seconds > 0:
-            self._poller = Poller(self, self.config.poll_seconds, self.config.model_repository)
-            self._poller.start()
+        self.sync()
+        self.empty_polls = 0 if self.plans else self.empty_polls + 1
 
     def _why_none(self, name: str) -> str:
         """Say why model ``name`` has no available version after loading."""
@@ -201,7 +263,11 @@ class VersionManager:
         """Bring the loaded versions in line with the disk and the policies (one poll of the repository)."""
         with self._sync_lock:
             if not self.config.model_config_file:
-                self.plans = plan_models(self.config, self.plans)  # models published since start are served too
+                plans = plan_models(self.config, self.plans)  # models published since start are served too
+                for name, plan in self.plans.items():  # a served model with no version left stays while its
+                    if name not in plans and name in self._served and plan.model_dir.is_dir():  # folder is there
+                        plans[name] = plan
+                self.plans = plans
             selected = {name: plan.selected() for name, plan in sorted(self.plans.items())}
             for name in list(self.versions):
                 if name not in selected:
@@ -215,6 +281,8 @@ class VersionManager:
                         if entry is None or (entry.state == END and not entry.failed):
                             entries[version] = ServedVersion(name, version)
                             waiting.append(entries[version])
+                        elif entry.failed and entry.may_retry(self._version_dir(name, version)):
+                            waiting.append(entry)  # its files changed since it failed: try again
             for entry in waiting:
                 self._load(entry)
             self._publish()
@@ -236,14 +304,16 @@ class VersionManager:
         try:
             context = LoadContext(self.config, on_batch=self.metrics.batch_observer if self.metrics else None,
                                   expected=self._expected)
-            served = self._loader(self.plans[name].model_dir / str(version), name, version, context)
+            path = self._version_dir(name, version)
+            check_sizes(path, self.config.max_model_bytes, self.config.max_model_card_bytes)  # before reading any
+            served = self._loader(path, name, version, context)
             try:
                 served.warm_up()
             except BaseException:
                 served.close()
                 raise
         except Exception as exc:  # a version that fails is reported, never served; the others carry on
-            entry.fail(exc)
+            entry.fail(exc, self._version_dir(name, version), self.retry_first_s)
             log.error("model %s version %d failed to load: %s", name, version, entry.error_message)
             return
         served.load_seconds = time.perf_counter() - started
@@ -251,6 +321,8 @@ class VersionManager:
             self.metrics.observe_load(name, served.load_seconds)
         with self._lock:
             entry.servable, entry.state = served, AVAILABLE
+            entry.recovered()
+            self._served.add(name)
         log.info("model %s version %d (%s) ready in %.1f s", name, version, served.kind.value, served.load_seconds)
 
     def _agree(self, name: str, selected: list[int]) -> bool:
@@ -276,12 +348,16 @@ class VersionManager:
         for version, entry in sorted(entries.items()):
             if entry.available and version not in selected and entry is not default:
                 self._unload(entry)
-            if entry.state == END and version not in on_disk:
+        # A served model still planned keeps its END versions while it has none available: its status shows them.
+        keep_ends = name in self.plans and not any(e.available for e in entries.values())
+        for version, entry in sorted(entries.items()):
+            if entry.state == END and version not in on_disk and not keep_ends:
                 with self._lock:
                     del entries[version]
         if not entries:
             with self._lock:
                 self.versions.pop(name, None)
+                self._served.discard(name)
 
     def _unload(self, entry: ServedVersion) -> None:
         """Stop handing ``entry`` out, wait for its requests in flight, close it and free its memory."""
@@ -313,7 +389,31 @@ class VersionManager:
                             "states": {str(v): e.state for v, e in sorted(entries.items())}}
         self.shared.publish(models)
 
+    def _version_dir(self, name: str, version: int) -> Path:
+        return self.plans[name].model_dir / str(version)
+
     # --- lookups ---------------------------------------------------------------------------------------------------
+
+    def unavailable(self) -> dict[str, str]:
+        """Return the models this worker has served that have no available version now, each with why."""
+        found = {}
+        with self._lock:
+            for name in sorted(self._served):
+                entries = self.versions.get(name) or {}
+                if name in self.plans and not any(e.available for e in entries.values()):
+                    states = ", ".join(f"{v} {e.state}" for v, e in sorted(entries.items(), reverse=True))
+                    found[name] = f"model {name!r} has no available version (versions: {states or 'none'})"
+        return found
+
+    def readiness(self) -> tuple[str, str]:
+        """Return this worker's readiness (state, error): its state, or ``unavailable`` when it is READY but a
+        model it has served has no available version."""
+        state, error = self.state, self.error
+        if state == State.READY:
+            missing = self.unavailable()
+            if missing:
+                return UNAVAILABLE, "; ".join(missing.values())
+        return state, error
 
     def _default_entry(self, name: str) -> ServedVersion | None:
         """Return the entry of the default version of ``name``: the agreed one, else the newest available."""

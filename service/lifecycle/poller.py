@@ -3,7 +3,9 @@
 Every ``IMGCLF_POLL_SECONDS`` (as TF Serving's ``file_system_poll_wait_seconds``)
 it calls the manager's ``sync``; while a loaded version waits for the other
 workers before it becomes the default, it looks again every
-:data:`PENDING_POLL_S`, for at most :data:`PENDING_AT_MOST_S`.
+:data:`PENDING_POLL_S`, for at most :data:`PENDING_AT_MOST_S`. While the
+worker's start has failed, it tries the start again after the manager's backoff
+(``retry_wait``: 1 s, doubling up to ``IMGCLF_POLL_SECONDS``).
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ PENDING_AT_MOST_S = 120.0  # ... for so long (a worker that failed to load it ne
 
 
 class Syncable(Protocol):
-    """What the poller drives: one ``sync`` per poll, and whether a version waits for the other workers."""
+    """What the poller drives: one ``poll`` at a time, and whether a version waits for the other workers."""
 
     pending: bool
     pending_since: float
 
-    def sync(self) -> None: ...
+    def poll(self) -> None: ...
+
+    def retry_wait(self) -> float | None: ...
 
 
 class Poller:
-    """Call ``manager.sync()`` every ``seconds`` in a daemon thread until :meth:`stop`."""
+    """Call ``manager.poll()`` every ``seconds`` (sooner while a start is retried) in a daemon thread until
+    :meth:`stop`."""
 
     def __init__(self, manager: Syncable, seconds: float, where: object = ""):
         self.manager, self.seconds, self.where = manager, float(seconds), where
@@ -52,9 +57,12 @@ class Poller:
             wait = self.seconds
             if self.manager.pending and time.monotonic() - self.manager.pending_since < PENDING_AT_MOST_S:
                 wait = min(wait, PENDING_POLL_S)
+            retry = self.manager.retry_wait()
+            if retry is not None:
+                wait = min(wait, retry)
             if self._stop.wait(wait):
                 return
             try:
-                self.manager.sync()
+                self.manager.poll()
             except Exception:  # a damaged repository must not stop the polling, nor what is served
                 log.exception("polling the model repository %s failed", self.where)

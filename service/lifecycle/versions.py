@@ -4,6 +4,7 @@ A version moves through TF Serving's states::
 
     START ─▶ LOADING ─▶ AVAILABLE ─▶ UNLOADING ─▶ END
                   └──────────────(load failed)──▶ END, status error_code/error_message
+       LOADING ◀─(its files changed, backoff over)── END (failed)
 
 :class:`ServedVersion` is one version in one worker: its state, its status
 (``error_code``/``error_message`` as TF Serving's GetModelStatus reports it),
@@ -27,7 +28,8 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -37,6 +39,9 @@ from imgclf.service.servables.base import Servable
 from imgclf.service.server import worker_states
 
 log = logging.getLogger(__name__)
+
+RETRY_AT_MOST_S = 300.0  # the longest backoff between two tries of a failed version whose files keep changing
+SIGNATURE_FILES_AT_MOST = 10_000  # files of a version folder looked at for its signature (a bound on the walk)
 
 
 
@@ -78,6 +83,9 @@ class ServedVersion:
     error_message: str = ""
     servable: Servable | None = None
     users: int = 0  # requests of this worker holding the servable now (the registry counts them)
+    failures: int = 0  # failed loads in a row
+    signature: tuple = field(default=(), repr=False)  # its files' sizes and times when it last failed
+    retry_at: float = 0.0  # monotonic time before which a failed load is not tried again
 
     @property
     def available(self) -> bool:
@@ -89,17 +97,53 @@ class ServedVersion:
         """Return whether loading failed (state END with an error)."""
         return self.state == END and self.error_code != "OK"
 
-    def fail(self, exc: BaseException) -> None:
-        """Record a failed load: state END, the error's code and message."""
+    def fail(self, exc: BaseException, path: Path | None = None, first_backoff: float = 1.0) -> None:
+        """Record a failed load: state END, the error's code and message; with the version's folder ``path``,
+        its files' signature and when it may be tried again (``first_backoff`` doubled with each failure)."""
         self.state, self.error_code = END, error_code(exc)
         self.error_message = str(exc) if not isinstance(exc, MemoryError) else "out of memory"
         if self.error_code == "UNKNOWN":
             self.error_message = f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        if path is not None:
+            self.signature = files_signature(path)
+        self.retry_at = time.monotonic() + min(first_backoff * 2 ** (self.failures - 1), RETRY_AT_MOST_S)
+
+    def may_retry(self, path: Path) -> bool:
+        """Return whether a failed version should be loaded again: its backoff is over and its files changed."""
+        return self.failed and time.monotonic() >= self.retry_at and files_signature(path) != self.signature
+
+    def recovered(self) -> None:
+        """Forget the failures of a version that has now loaded."""
+        self.error_code, self.error_message, self.failures, self.signature = "OK", "", 0, ()
 
     def status(self) -> dict:
         """Return this version's entry of TF Serving's ``model_version_status``."""
         return {"version": str(self.version), "state": self.state,
                 "status": {"error_code": self.error_code, "error_message": self.error_message}}
+
+
+def files_signature(path: Path) -> tuple:
+    """Return the names, sizes and modification times of the files under ``path`` (a version folder), sorted.
+
+    A failed version is tried again when this changes: fixed on disk, or written again. At most
+    :data:`SIGNATURE_FILES_AT_MOST` files are looked at; an unreadable folder has the empty signature.
+    """
+    found = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                try:
+                    info = os.stat(os.path.join(dirpath, name))
+                except OSError:  # removed meanwhile
+                    continue
+                found.append((os.path.relpath(os.path.join(dirpath, name), path), info.st_size, info.st_mtime_ns))
+                if len(found) >= SIGNATURE_FILES_AT_MOST:
+                    return tuple(found)
+    except OSError:
+        return ()
+    return tuple(found)
 
 
 class SharedDefaults:

@@ -4,7 +4,11 @@
 ``/readyz`` is 200 only when this worker has loaded and warmed up its models
 and, under gunicorn, so has every other worker that takes connections (their
 states are files in the server's folder, :mod:`imgclf.service.server.worker_states`):
-after a 200, a model request gets its model whichever worker takes it.
+after a 200, a model request gets its model whichever worker takes it. It is 503
+with status ``unavailable`` while a model this worker has served has no available
+version (its served version's folder was deleted: TF Serving's status shows its
+versions END), as Triton's strict readiness, and with status ``stalled`` while
+another worker's heartbeat is late (stopped, or hung).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def readyz():
     """Answer 200 when every worker's models are loaded and warmed up, 503 before (or when loading failed)."""
     manager = current_models()
     models = {name: served.version for name, served in manager.models.items()}
-    readiness = worker_states.server_readiness(manager.state, manager.error)
+    readiness = worker_states.server_readiness(*manager.readiness())
     body = {"status": readiness.status, "models": models, "precision": manager.precision}
     if readiness.workers is not None:
         body["workers"] = readiness.workers

@@ -85,6 +85,18 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
+def _too_large(app: Flask) -> str:
+    """Say which limit a 413 of werkzeug's hit: the body's size, or (a multipart body within it) its parts."""
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    length = request.content_length
+    if request.mimetype == "multipart/form-data" and (not limit or (length is not None and length <= limit)):
+        field = app.config.get("MAX_FORM_MEMORY_SIZE")
+        field_limit = f", or a text field over {field:,} bytes" if isinstance(field, int) else ""
+        return (f"the multipart body holds more than {app.config.get('MAX_FORM_PARTS')} parts "
+                f'(IMGCLF_MAX_FORM_PARTS){field_limit}; send the image as one file field "image"')
+    return f"request body is over the limit of {limit} bytes" if limit else ""
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error as ``{"error": "<message>"}`` with the right status."""
 
@@ -100,8 +112,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException):
         message = exc.description or exc.name
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body is over the limit of {limit} bytes" if limit else message
+            message = _too_large(app) or message
         response = jsonify(error=message)
         response.status_code = exc.code or 500
         if exc.code == 405 and getattr(exc, "valid_methods", None):

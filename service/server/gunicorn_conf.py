@@ -25,7 +25,9 @@ Readiness holds across workers (:mod:`imgclf.service.server.worker_states`): the
 master makes a per-server folder where each worker's state (loading, held,
 ready, failed) is a small file, and ``/readyz`` answers 200 only when every
 worker that takes connections has loaded its models, so after a 200 no model
-request gets a 503, whichever worker takes it. A worker that replaces one that
+request gets a 503, whichever worker takes it. Each worker's file is also its
+heartbeat, touched every second: a worker stopped (SIGSTOP) or hung makes
+``/readyz`` 503 after 10 s, until gunicorn's timeout replaces it. A worker that replaces one that
 died (killed, out of memory), and every new worker of a reload (SIGHUP), starts
 accepting connections only once its models are loaded: the other workers take
 every request meanwhile (during a reload, connections wait in the listen
@@ -204,6 +206,8 @@ def post_worker_init(worker) -> None:
         return
     held = worker_states.held_back(worker.age, worker.cfg.workers)
     if folder is not None:
+        worker_states.start_heartbeat(folder, worker.age)  # /readyz of the others notices a stopped or hung one
+
         def record(state: worker_states.State, error: str) -> None:
             loading = worker_states.HELD if held else worker_states.LOADING
             worker_states.record(folder, worker.age, loading if state == worker_states.LOADING else state, worker.pid,

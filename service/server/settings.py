@@ -50,3 +50,6 @@ class ServerSettings(Section):
     grpc_max_streams: int = setting(64, "concurrent gRPC calls on one connection at most", minimum=1)
     grpc_min_ping_seconds: float = setting(10.0, "a gRPC client that pings more often than this (keepalive) is "
                                                  "disconnected", minimum=0.1, maximum=86_400)
+    # POST /predict sends one file and a few fields; the parser stops at the first part over the limit.
+    max_form_parts: int = setting(100, "parts of a multipart body at most: more gets 413 naming the limit",
+                                  minimum=1)

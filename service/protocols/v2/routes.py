@@ -19,6 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from imgclf.core.errors import BadRequest, NotReady
 from imgclf.core.version import package_version
+from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.extension import current_plane
 from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER
 from imgclf.service.lifecycle.extension import current_models
@@ -66,7 +67,7 @@ def live():
 def ready():
     """Answer 200 when every worker has its models loaded and warmed up (as /readyz), else 503 saying why."""
     models = current_models()
-    readiness = worker_states.server_readiness(models.state, models.error)
+    readiness = worker_states.server_readiness(*models.readiness())
     if not readiness.ready:
         raise NotReady("models are still loading" if readiness.status == worker_states.LOADING and not readiness.error
                        else readiness.error or f"models are {readiness.status}")
@@ -101,7 +102,8 @@ def infer(name: str, version: str | None = None):
     """Predict an inference request: JSON tensors, or JSON then binary tensor data."""
     plane = current_plane()
     with plane.model(name, _version(version)) as served:
-        parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH))
+        parsed = parse_request(request.get_data(cache=True), request.headers.get(HEADER_LENGTH),
+                               max_batch=plane.max_instances, max_tensors=current_config().max_tensors)
         inference = v2_model.inference_request(plane, served, parsed.inputs, parsed.outputs,
                                                parsed.parameters.get(THRESHOLD_PARAMETER))
         outputs = plane.infer(served, inference).outputs

@@ -70,11 +70,16 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(body: bytes, header_length: str | None, max_batch: int | None = None,
+                  max_tensors: int | None = None) -> InferRequest:
     """Return the infer request of a body (JSON, or JSON then binary tensor data when ``header_length`` is given).
 
+    ``max_batch``: an input whose first dimension is larger is refused before its data is read (split, flattened);
+    ``max_tensors``: the most inputs, and requested outputs, a request may name (checked before any is read).
+
     Raises:
-        BadRequest: a bad header length, JSON that is not an infer request, or binary data that does not add up.
+        BadRequest: a bad header length, JSON that is not an infer request, binary data that does not add up, or
+            a count over a limit.
     """
     json_part, binary = _split(body, header_length)
     try:
@@ -91,14 +96,16 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest(f'"inputs" must be a non-empty list of tensors; received {json_type(raw_inputs)}')
+    _check_tensors(raw_inputs, "inputs", max_tensors)
     inputs, offset = [], 0
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _input(raw, index, binary, offset)
+        tensor, offset = _input(raw, index, binary, offset, max_batch)
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"the request carries {len(binary)} bytes of binary tensor data, but its inputs' "
                          f"binary_data_size add up to {offset}")
-    return InferRequest(inputs, _outputs(header.get("outputs")), bool(binary_output), request_id, parameters)
+    return InferRequest(inputs, _outputs(header.get("outputs"), max_tensors), bool(binary_output), request_id,
+                        parameters)
 
 
 def encode_response(header: dict, tensors: list[tuple[str, str, np.ndarray | list, bool]]) -> tuple[bytes, int | None]:
@@ -156,7 +163,14 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _input(raw, index: int, binary: bytes, offset: int) -> tuple[InputTensor, int]:
+def _check_tensors(items: list, what: str, max_tensors: int | None) -> None:
+    """Refuse a list of more inputs or outputs than a request may name, before any of them is read."""
+    if max_tensors is not None and len(items) > max_tensors:
+        raise BadRequest(f"the request names {len(items)} {what}; at most {max_tensors} are allowed "
+                         "(IMGCLF_MAX_TENSORS)")
+
+
+def _input(raw, index: int, binary: bytes, offset: int, max_batch: int | None = None) -> tuple[InputTensor, int]:
     """Return input ``index`` of a request and the offset of the next input's binary data."""
     if not isinstance(raw, dict):
         raise BadRequest(f"input {index} must be an object with name, shape, datatype and data; "
@@ -172,6 +186,8 @@ def _input(raw, index: int, binary: bytes, offset: int) -> tuple[InputTensor, in
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
         raise BadRequest(f'{where}: "shape" must be a list of non-negative integers; received {short(shape)}')
+    if max_batch is not None and shape and shape[0] > max_batch:  # before its data is split or flattened
+        raise BadRequest(f"{where} holds {shape[0]} items; at most {max_batch} are allowed per request")
     count = elements(shape)
     size = _parameters(raw, where).get("binary_data_size")
     if size is not None:
@@ -233,12 +249,13 @@ def _flatten(data, where: str) -> list:
     return flat
 
 
-def _outputs(raw) -> list[RequestedOutput] | None:
+def _outputs(raw, max_tensors: int | None = None) -> list[RequestedOutput] | None:
     """Return the requested outputs (None: every output)."""
     if raw is None:
         return None
     if not isinstance(raw, list):
         raise BadRequest(f'"outputs" must be a list of {{"name": ...}} objects; received {json_type(raw)}')
+    _check_tensors(raw, "outputs", max_tensors)
     requested, seen = [], set()
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):

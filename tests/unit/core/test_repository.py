@@ -326,3 +326,28 @@ def test_a_failed_rejected_write_leaves_nothing(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         keep_rejected(tmp_path, "flowers", failing)
     assert work_dirs(tmp_path / "flowers") == [] and list((tmp_path / "flowers" / names.REJECTED_DIR).iterdir()) == []
+
+
+def test_check_sizes_refuses_large_files_from_their_sizes_alone(tmp_path, monkeypatch):
+    from imgclf.core.repository import check_sizes
+
+    version = tmp_path / "m" / "1"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(bytes(100))
+    (version / "variables" / "variables.data-00000-of-00001").write_bytes(bytes(300))
+    (version / "variables" / "variables.index").write_bytes(bytes(20))
+    (version / "model_card.json").write_text('{"labels": ["a"]}')
+    (version / "labels.txt").write_text("a\n")
+    (version / "end_to_end.pb").write_bytes(bytes(5000))  # not read by a server: not counted
+    assert check_sizes(version, max_model_bytes=420, max_card_bytes=17) == 420
+    with pytest.raises(ValueError, match=r"hold 420 bytes \(variables/variables.data-00000-of-00001: 300\); at most "
+                                         r"419 are loaded \(IMGCLF_MAX_MODEL_BYTES\)"):
+        check_sizes(version, max_model_bytes=419)
+    with pytest.raises(ValueError, match=r"model_card.json of .* is 17 bytes; at most 16 are read"):
+        check_sizes(version, max_card_bytes=16)
+    with open(version / "saved_model.pb", "wb") as sparse:
+        sparse.truncate(2 * 1024 ** 3)  # 2 GB on no disk: refused by its stat, never opened
+    monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("a file was opened"))
+    with pytest.raises(ValueError, match=r"saved_model.pb: 2,147,483,648\); at most 1,073,741,824"):
+        check_sizes(version)
+    assert check_sizes(version, max_model_bytes=0, max_card_bytes=0) == 2 * 1024 ** 3 + 320  # 0: no limit

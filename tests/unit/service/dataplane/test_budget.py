@@ -12,8 +12,10 @@ import pytest
 from PIL import Image, ImageFile
 from prometheus_client.parser import text_string_to_metric_families
 
+from imgclf.core.errors import ImageTooLarge
+from imgclf.featurizer.images.decode import jpeg_scans
 from imgclf.service import create_app
-from imgclf.service.dataplane.budget import DecodeBusy, DecodeGate, header_pixels
+from imgclf.service.dataplane.budget import Budget, DecodeBusy, DecodeGate, header_pixels
 from imgclf.service.dataplane.extension import current_plane
 
 MAX_REQUEST_PIXELS = 1_000_000
@@ -162,3 +164,95 @@ def test_gate_use_is_a_metric(app):
     with gate.hold(12345):
         assert in_flight() == 12345
     assert in_flight() == 0
+
+
+# --- progressive JPEG scans (issue 27, finding 8) -------------------------------------------------------------------
+
+
+def progressive_jpeg(size=(64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise(size, 40).convert("RGB").save(out, "JPEG", progressive=True, quality=90)
+    return out.getvalue()
+
+
+def scans_by_segments(data: bytes) -> int:
+    """Count SOS markers by walking the JPEG's segments and skipping entropy-coded data (the reference)."""
+    at, scans = 2, 0
+    while at < len(data):
+        assert data[at] == 0xFF
+        marker = data[at + 1]
+        if marker == 0xD9:  # EOI
+            return scans
+        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+        at += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data until a marker that is neither 0xFF00 nor RSTn
+            scans += 1
+            while not (data[at] == 0xFF and data[at + 1] not in (0x00, *range(0xD0, 0xD8))):
+                at += 1
+    return scans
+
+
+def many_scans(data: bytes, copies: int) -> bytes:
+    """Repeat a progressive JPEG's last scan ``copies`` times (each one more pass of the decoder)."""
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * copies + b"\xff\xd9"
+
+
+def test_jpeg_scans_are_counted_from_the_markers():
+    data = progressive_jpeg()
+    assert 5 <= jpeg_scans(data) == scans_by_segments(data)
+    assert jpeg_scans(many_scans(data, 1000)) == scans_by_segments(many_scans(data, 1000)) == jpeg_scans(data) + 1000
+    baseline = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(baseline, "JPEG")
+    assert jpeg_scans(baseline.getvalue()) == scans_by_segments(baseline.getvalue()) == 1
+    assert jpeg_scans(png(8, 8)) == 0 and jpeg_scans(b"") == 0
+
+
+def test_scan_bytes_inside_other_segments_or_after_the_picture_are_not_scans():
+    profiled = io.BytesIO()  # an ICC profile (APP2) that holds FF DA again and again, as a 5 MB real one did 79 times
+    Image.effect_noise((32, 32), 40).convert("RGB").save(profiled, "JPEG", icc_profile=b"\xff\xda\x00\x10" * 5000)
+    data = profiled.getvalue()
+    assert data.count(b"\xff\xda") > 5000 and jpeg_scans(data) == scans_by_segments(data) == 1
+    filled = data[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before EOI
+    assert jpeg_scans(filled) == 1
+    appended = data + progressive_jpeg()  # what follows the first EOI (an MPO's next picture) is not decoded
+    assert jpeg_scans(appended) == 1
+    assert jpeg_scans(data[: data.rindex(b"\xff\xda") + 30]) == 1  # cut in its scan: counted as far as it goes
+    assert jpeg_scans(data[:100]) == 0  # cut in the profile
+
+
+@pytest.mark.parametrize("route", ["predict", "tfserving", "v2"])
+def test_a_jpeg_with_more_scans_than_allowed_is_413_before_any_decoding(app, decodes, route):
+    normal = progressive_jpeg()
+    flood = many_scans(normal, 1000)
+    client = app.test_client()
+
+    def send(data: bytes):
+        if route == "predict":
+            return client.post("/predict", data=data, content_type="image/jpeg")
+        b64 = base64.b64encode(data).decode()
+        if route == "tfserving":
+            return client.post("/v1/models/shapes:predict", json={"instances": [{"b64": b64}]})
+        return client.post("/v2/models/shapes/infer", json={"inputs": [{"name": "image_bytes", "datatype": "BYTES",
+                                                                        "shape": [1], "data": [b64]}]})
+
+    response = send(flood)
+    assert response.status_code == 413, response.get_data(as_text=True)
+    assert f"the JPEG holds {jpeg_scans(flood):,} scans; at most 64 are decoded" in response.get_json()["error"]
+    assert decodes == []
+    assert send(normal).status_code == 200 and len(decodes) == 1  # an encoder's ~10 scans pass
+
+
+def test_scans_times_pixels_are_bounded_too():
+    budget = Budget(0, DecodeGate(0, 1), max_jpeg_scans=64, max_jpeg_scan_pixels=16 * 50_000_000)
+    normal = progressive_jpeg()
+    scans = jpeg_scans(normal)
+    budget.check_scans([normal], [50_000_000])  # an encoder's scans at the largest size allowed
+    budget.check_scans([many_scans(normal, 64 - scans)], [1_000_000])  # 64 scans of a small picture
+    with pytest.raises(ImageTooLarge, match=r"holds 20 scans of 50,000,000 pixels; scans × pixels may be at most "
+                                            r"800,000,000"):
+        budget.check_scans([many_scans(normal, 20 - scans)], [50_000_000])
+    with pytest.raises(ImageTooLarge, match="instance 1: the JPEG holds 65 scans; at most 64"):
+        budget.check_scans([normal, many_scans(normal, 65 - scans)], [100, 100])
+    Budget(0, DecodeGate(0, 1), max_jpeg_scans=0, max_jpeg_scan_pixels=0).check_scans(
+        [many_scans(normal, 10_000)], [50_000_000])  # 0: off

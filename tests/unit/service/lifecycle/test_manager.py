@@ -261,6 +261,154 @@ def test_labels_from_a_config_file(tmp_path):
     assert registry.get_label("m", "next").version == 4 and registry.get("m").version == 4
 
 
+# --- recovery (issue 27, finding 5), sizes (finding 6), readiness with a model gone (finding 7) -----------------
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def manager_for(repo: Path, **settings) -> VersionManager:
+    """A manager as registry_for makes, but not started, with a short first backoff."""
+    settings.setdefault("poll_seconds", 0)
+    config = ServingSettings.from_env({}, model_repository=repo, load_in_background=False, precision="fp32",
+                                      **settings)
+    manager = VersionManager(config, loader=FakeServable.load, shared=SharedDefaults(None))
+    manager.retry_first_s = 0.01
+    return manager
+
+
+def test_a_worker_whose_start_failed_keeps_trying_and_becomes_ready_by_itself(tmp_path):
+    repo = tmp_path / "repo"
+    add_version(repo, "m", 1)
+    repo.rename(tmp_path / "away")  # the repository is out while the worker starts
+    manager = manager_for(repo, poll_seconds=0.05, model_versions={"m": 1})
+    seen = []
+    manager.on_state(lambda state, error: seen.append(str(state)))
+    manager.start()
+    try:
+        assert manager.state == "failed" and "pinned model(s) m not in" in manager.error
+        assert wait_for(lambda: manager.start_failures >= 3)  # tried again and again, with its backoff
+        (tmp_path / "away").rename(repo)  # readable again: no SIGHUP, no restart
+        assert wait_for(lambda: manager.ready)
+        assert manager.get("m").version == 1 and manager.start_failures == 0 and manager.error == ""
+        assert seen[0] == "loading" and seen[-1] == "ready" and "failed" in seen
+    finally:
+        manager.close()
+
+
+def test_the_backoff_of_a_failed_start_doubles_up_to_the_poll_interval(tmp_path):
+    manager = manager_for(tmp_path, poll_seconds=0.3, model_versions={"m": 1})
+    assert manager.retry_wait() is None  # not started: nothing to try again
+    manager.start()
+    manager._poller.stop()  # this test polls by itself
+    manager.start_failures = 1
+    waits = []
+    for _ in range(7):
+        waits.append(manager.retry_wait())
+        manager.poll()
+    assert waits == [0.01, 0.02, 0.04, 0.08, 0.16, 0.3, 0.3]
+    add_version(tmp_path, "m", 1)
+    manager.poll()
+    assert manager.ready and manager.retry_wait() is None
+    manager.close()
+
+
+def test_an_empty_repository_is_looked_at_again_on_the_same_backoff(tmp_path):
+    manager = manager_for(tmp_path, poll_seconds=0.3)
+    manager.start()
+    manager._poller.stop()  # this test polls by itself (the poller may have looked a few times already)
+    manager.empty_polls = 0
+    assert manager.ready and manager.models == {}  # nothing to serve: ready, and looking again soon
+    waits = []
+    for _ in range(3):
+        waits.append(manager.retry_wait())
+        manager.poll()
+    assert waits == [0.01, 0.02, 0.04]
+    add_version(tmp_path, "m", 1)
+    manager.poll()
+    assert sorted(manager.models) == ["m"] and manager.retry_wait() is None
+    manager.close()
+
+
+def test_a_failed_version_is_tried_again_when_its_files_change_with_backoff(tmp_path):
+    add_version(tmp_path, "m", 1)
+    broken = add_version(tmp_path, "m", 2, broken=True)
+    manager = manager_for(tmp_path, version_policy="latest:2")
+    manager.retry_first_s = 0.3
+    loads = []
+    manager._loader = lambda path, name, version, context: loads.append(version) or FakeServable.load(
+        path, name, version, context)
+    manager.start()
+    assert states(manager) == {2: "END", 1: "AVAILABLE"} and loads == [2, 1]
+    manager.sync()
+    assert loads == [2, 1]  # unchanged files: not tried again
+    (broken / "broken").write_text("still")  # changed, but within the backoff
+    manager.sync()
+    assert loads == [2, 1]
+    time.sleep(0.35)
+    manager.sync()  # changed and the backoff is over: tried, fails again; the next backoff is twice as long
+    assert loads == [2, 1, 2] and manager.versions["m"][2].failures == 2
+    assert manager.versions["m"][2].retry_at - time.monotonic() > 0.45
+    (broken / "broken").unlink()  # fixed on disk
+    time.sleep(0.65)
+    manager.sync()
+    assert loads == [2, 1, 2, 2] and states(manager) == {2: "AVAILABLE", 1: "AVAILABLE"}
+    assert manager.get("m").version == 2
+    assert manager.status("m", 2)[0]["status"] == {"error_code": "OK", "error_message": ""}
+
+
+def test_a_version_over_the_size_limit_fails_before_any_file_is_read(tmp_path):
+    add_version(tmp_path, "m", 1)
+    version = add_version(tmp_path, "m", 2)
+    with open(version / names.SAVED_MODEL_FILE, "wb") as sparse:  # 2 GB that take no disk and must not be read
+        sparse.truncate(2 * 1024 ** 3)
+    loads = []
+    manager = manager_for(tmp_path, version_policy="latest:2")
+    manager._loader = lambda path, name, version, context: loads.append(version) or FakeServable.load(
+        path, name, version, context)
+    manager.start()
+    (status,) = manager.status("m", 2)
+    assert status["state"] == "END" and status["status"]["error_code"] == "INVALID_ARGUMENT"
+    assert "saved_model.pb: 2,147,483,648" in status["status"]["error_message"]
+    assert "at most 1,073,741,824 are loaded (IMGCLF_MAX_MODEL_BYTES)" in status["status"]["error_message"]
+    assert loads == [1] and manager.get("m").version == 1  # version 2 never reached the loader
+    card = manager_for(tmp_path, max_model_card_bytes=1)  # "{}" is 2 bytes
+    card.start()
+    assert card.state == "failed" and "model_card.json" in card.error and "IMGCLF_MAX_MODEL_CARD_BYTES" in card.error
+
+
+def test_a_served_model_with_no_version_left_stays_known_and_makes_the_worker_unavailable(tmp_path):
+    add_version(tmp_path, "m", 1)
+    add_version(tmp_path, "n", 1)
+    manager = manager_for(tmp_path)
+    manager.start()
+    assert manager.readiness() == ("ready", "")
+    shutil.rmtree(tmp_path / "m" / "1")  # the served version's folder is deleted; the model's folder stays
+    manager.sync()
+    assert manager.status("m") == [{"version": "1", "state": "END",
+                                    "status": {"error_code": "OK", "error_message": ""}}]  # TF Serving's END
+    assert manager.readiness() == ("unavailable", "model 'm' has no available version (versions: 1 END)")
+    with pytest.raises(ModelNotFound, match="model 'm' has no available version"):
+        manager.get("m")
+    assert manager.get("n").version == 1  # the other model still answers
+    add_version(tmp_path, "m", 2)
+    manager.sync()
+    assert states(manager) == {2: "AVAILABLE"} and manager.readiness() == ("ready", "")  # the stale END goes
+    shutil.rmtree(tmp_path / "m" / "2")
+    manager.sync()
+    assert manager.readiness()[0] == "unavailable"
+    shutil.rmtree(tmp_path / "m")  # the model itself is removed: forgotten, and no longer counted
+    manager.sync()
+    assert "m" not in manager.versions and manager.readiness() == ("ready", "")
+    add_version(tmp_path, "o", 1, broken=True)  # a model never served does not count: its status says why
+    manager.sync()
+    assert states(manager, "o") == {1: "END"} and manager.readiness() == ("ready", "")
+
+
 # --- real exported models, through the routes -------------------------------------------------------------------
 
 
@@ -343,6 +491,8 @@ def test_a_real_version_that_fails_to_load_is_reported_and_the_working_one_keeps
         (broken, working) = client.get("/v1/models/shapes").get_json()["model_version_status"]
         assert (broken["version"], broken["state"], broken["status"]["error_code"]) == ("2", "END", "INVALID_ARGUMENT")
         assert "cannot be read as one" in broken["status"]["error_message"]
+        assert "'<model repository>/shapes/2'" in broken["status"]["error_message"]  # no server path (issue 27)
+        assert str(two_versions) not in client.get("/v1/models/shapes").get_data(as_text=True)
         assert (working["version"], working["state"]) == ("1", "AVAILABLE")
         assert client.get("/v1/models/shapes/versions/2").get_json()["model_version_status"] == [broken]
         assert client.get("/v1/models/shapes/metadata").get_json()["model_spec"]["version"] == "1"
@@ -360,5 +510,24 @@ def test_v2_model_metadata_lists_every_served_version(two_versions):
         assert client.get("/v2/models/shapes").get_json()["versions"] == ["1", "2"]
         assert client.get("/v2/models/shapes/versions/1").get_json()["versions"] == ["1"]
         assert client.get("/v2/models/shapes/versions/1/ready").get_json() == {"name": "shapes", "ready": True}
+    finally:
+        app.extensions["imgclf.models"].close()
+
+
+def test_readyz_says_unavailable_while_a_served_model_has_no_version_left(two_versions):
+    app = create_app({"model_repository": two_versions, "load_in_background": False, "poll_seconds": 0})
+    client = app.test_client()
+    try:
+        assert client.get("/readyz").get_json()["models"] == {"shapes": 2}
+        shutil.rmtree(two_versions / "shapes" / "2")
+        shutil.rmtree(two_versions / "shapes" / "1")  # every version of the served model is deleted
+        app.extensions["imgclf.models"].sync()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "1"
+        assert ready.get_json() == {"status": "unavailable", "models": {}, "precision": ready.get_json()["precision"],
+                                    "error": "model 'shapes' has no available version (versions: 2 END)"}
+        assert client.get("/v2/health/ready").status_code == 503
+        assert [s["state"] for s in client.get("/v1/models/shapes").get_json()["model_version_status"]] == ["END"]
+        assert client.post("/v1/models/shapes:predict", json={"instances": [[0.0] * 2048]}).status_code == 404
     finally:
         app.extensions["imgclf.models"].close()

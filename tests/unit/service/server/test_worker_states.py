@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +47,39 @@ def test_an_unreadable_state_file_counts_as_a_worker_that_cannot_answer(tmp_path
     (state,) = worker_states.read_all(tmp_path)
     assert state.state == "failed" and "worker-4.json" in state.error
     assert worker_states.unready([state]) == [state]
+
+
+def test_a_ready_worker_whose_heartbeat_is_late_makes_readiness_stalled(tmp_path):
+    worker_states.record(tmp_path, 1, "ready", pid=os.getpid())  # the worker answering /readyz
+    worker_states.record(tmp_path, 2, "ready", pid=4242)
+    worker_states.record(tmp_path, 3, "held", pid=4343)
+    assert worker_states.server_readiness("ready", folder=tmp_path).status == "ready"
+    late = time.time() - worker_states.STALE_S - 5
+    for age in (1, 2, 3):  # SIGSTOP: no thread of theirs runs, no file is touched
+        os.utime(tmp_path / f"worker-{age}.json", (late, late))
+    readiness = worker_states.server_readiness("ready", folder=tmp_path)
+    assert readiness.status == "stalled" and not readiness.ready  # 4242; not the answering one, nor a held one
+    assert readiness.error.startswith("worker 4242 has not beaten for 15 s") and "4343" not in readiness.error
+    assert [s.pid for s in worker_states.unready(worker_states.read_all(tmp_path))] == [os.getpid(), 4242]
+    assert worker_states.beat(tmp_path, 2)  # it beats again (SIGCONT)
+    assert worker_states.server_readiness("ready", folder=tmp_path).ready
+    assert not worker_states.beat(tmp_path, 9)  # no such worker: nothing to touch
+
+
+def test_the_heartbeat_thread_touches_the_file_until_it_is_gone(tmp_path):
+    worker_states.record(tmp_path, 1, "ready", pid=11)
+    path = tmp_path / "worker-1.json"
+    os.utime(path, (1, 1))
+    stop = worker_states.start_heartbeat(tmp_path, 1, seconds=0.02)
+    deadline = time.monotonic() + 10
+    while os.stat(path).st_mtime < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.time() - os.stat(path).st_mtime < 5
+    stop.set()
+    worker_states.forget(tmp_path, 1)
+    assert not path.exists()
+    time.sleep(0.1)
+    assert not path.exists()  # never written again: a beat only touches
 
 
 def test_an_unknown_state_is_refused(tmp_path):
@@ -110,6 +145,11 @@ def test_a_first_start_worker_accepts_at_once_holds_model_requests_and_records_i
     assert state_of(folder, 2) == "loading"  # counted before it runs: the others' /readyz waits for it
     gunicorn_conf.post_worker_init(worker)
     assert worker.registry.waits == 0 and worker.notified == 0  # accepts at once: /healthz answers
+    os.utime(folder / "worker-2.json", (1, 1))
+    deadline = time.monotonic() + 10  # its heartbeat thread touches the file within a second
+    while os.stat(folder / "worker-2.json").st_mtime < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.stat(folder / "worker-2.json").st_mtime > 2
     assert worker.registry.hold == (gunicorn_conf.REQUEST_WAIT_S, 3)  # one thread stays free for the probes
     assert state_of(folder, 2) == "loading"
     worker.registry.wait()  # loading ends

@@ -122,6 +122,17 @@ HUGE = encode(Image.new("1", (8000, 7000)), "PNG")
 OVER_LIMIT = bytes(20 * 1024 * 1024 + 1)  # the default IMGCLF_MAX_UPLOAD_BYTES is 20 MiB
 
 
+def many_parts(count: int) -> bytes:
+    """A multipart body (boundary B) of a small JPEG file field "image", then text fields: ``count`` parts."""
+    head = (b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + jpeg(1, size=(16, 16)) + b"\r\n")
+    fields = b"".join(b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(count - 1))
+    return head + fields + b"--B--\r\n"
+
+
+PARTS_LIMIT = "the multipart body holds more than 100 parts (IMGCLF_MAX_FORM_PARTS)"
+
+
 @pytest.mark.parametrize("kwargs, status, message", [
     ({"data": {"photo": (io.BytesIO(b"x"), "a.jpg"), "note": "hi"}, "content_type": "multipart/form-data"},
      400, "received fields: note, photo"),
@@ -150,6 +161,8 @@ OVER_LIMIT = bytes(20 * 1024 * 1024 + 1)  # the default IMGCLF_MAX_UPLOAD_BYTES 
     ({"data": {"image": (io.BytesIO(OVER_LIMIT), "a.jpg")}, "content_type": "multipart/form-data"}, 413,
      "over the limit"),
     ({"data": b"[" * 100_000, "content_type": "application/json"}, 400, "malformed JSON"),
+    ({"data": many_parts(1_001), "content_type": "multipart/form-data; boundary=B"}, 413, PARTS_LIMIT),
+    ({"data": many_parts(100_000), "content_type": "multipart/form-data; boundary=B"}, 413, PARTS_LIMIT),
     ({"query_string": "top_k=0"}, 400, "between 1 and 4; received '0'"),
     ({"query_string": "top_k=5"}, 400, "between 1 and 4; received '5'"),
     ({"query_string": "top_k=two"}, 400, "top_k must be an integer"),
@@ -287,3 +300,8 @@ def test_parameter_parsers():
         parse_top_k(-1, 4, 5)
     with pytest.raises(BadRequest, match="annotate must be"):
         parse_bool(2, "annotate")
+
+
+def test_a_multipart_body_at_the_part_limit_is_served(client):
+    response = client.post("/predict", data=many_parts(100), content_type="multipart/form-data; boundary=B")
+    assert response.status_code == 200, response.get_data(as_text=True)

@@ -367,7 +367,8 @@ def image_input(data, shape=None, **extra) -> dict:
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[-1]), 400, "non-negative integers"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[True]), 400, "non-negative integers"),
     ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[2]), 400, "holds 2 elements; data holds 1"),
-    ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[10 ** 30]), 400, "data holds 1"),
+    ("post", "/v2/models/shapes/infer", image_input([GOOD], shape=[10 ** 30]), 400,
+     f"holds {10 ** 30} items; at most 4 are allowed"),  # before its data is looked at
     ("post", "/v2/models/shapes/infer", image_input([GOOD, GOOD], shape=[1, 2]), 400,
      "input 'image_bytes' takes 1 element(s) per batch entry (shape [-1], -1: the batch); received shape [1, 2]"),
     ("post", "/v2/models/shapes/infer", image_input([], shape=[0]), 400, "must be at least 1"),
@@ -575,3 +576,73 @@ def test_answers_match_the_openapi_document(client, images):
                       ("/v2/models/{name}/ready", "/v2/models/lenet5/ready"),
                       ("/v2/models/{name}/versions/{version}/ready", "/v2/models/lenet5/versions/4/ready")):
         check(path, "get", client.get(url))
+
+
+# --- cheap requests stay cheap (issue 27, findings 1 and 2) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["json", "binary"])
+def test_a_bytes_tensor_over_the_instance_limit_is_refused_before_any_element_is_read(client, monkeypatch, form):
+    from imgclf.service.dataplane import budget
+    from imgclf.service.protocols.v2 import model as v2_model
+    from imgclf.service.protocols.v2 import tensors
+
+    opened = []
+    monkeypatch.setattr(budget, "header_pixels", lambda data: opened.append(1) or 0)
+    monkeypatch.setattr(v2_model, "_picture", lambda value, index: opened.append(1) or b"")
+    monkeypatch.setattr(tensors, "_from_binary", lambda *args: opened.append(1) or [])  # not even split
+    monkeypatch.setattr(tensors, "_flatten", lambda *args: opened.append(1) or [])
+    count = 200_000  # one-byte elements: each would be opened by Pillow (about 30 us) if it were read
+    if form == "json":
+        response = infer(client, "shapes", image_input([b64(b"x")] * count))
+    else:
+        blob = bytes_tensor([b"x"] * count)
+        header = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [count],
+                              "parameters": {"binary_data_size": len(blob)}}]}
+        response = infer(client, "shapes", header, binary=blob)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert f"holds {count} items; at most {MAX_INSTANCES} are allowed" in response.get_json()["error"]
+    assert opened == []
+
+
+class CountingName(str):
+    """An output name that counts its comparisons with other names."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        CountingName.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_requested_outputs_are_deduplicated_in_linear_time():
+    from imgclf.service.protocols.v2.tensors import _outputs
+
+    names = [CountingName(f"output-{i}") for i in range(2_000)]
+    CountingName.compared = 0
+    requested = _outputs([{"name": name} for name in names])
+    assert [r.name for r in requested] == names
+    assert CountingName.compared <= len(names)  # pairwise: 2 million comparisons
+    with pytest.raises(Exception, match="'output-7' is requested twice"):
+        _outputs([{"name": name} for name in names] + [{"name": "output-7"}])
+
+
+@pytest.mark.parametrize("what", ["outputs", "inputs"])
+def test_a_request_naming_more_tensors_than_allowed_is_refused_before_any_is_read(client, monkeypatch, what):
+    from imgclf.service.protocols.v2 import tensors
+
+    read = []
+    count = 60_000 if what == "outputs" else 5_000  # 5,000 inputs: 0.5 MB, under this app's upload limit
+    if what == "inputs":
+        monkeypatch.setattr(tensors, "_input", lambda *args: read.append(1) or pytest.fail("an input was read"))
+        body = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["eA=="]}] * count}
+    else:
+        monkeypatch.setattr(tensors, "_parameters", lambda obj, where: read.append(where) or {})
+        body = {**image_input([GOOD]), "outputs": [{"name": f"o{i}"} for i in range(count)]}
+    response = infer(client, "shapes", body)
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert response.get_json()["error"] == (f"the request names {count} {what}; at most 16 are allowed "
+                                            "(IMGCLF_MAX_TENSORS)")
+    assert read == ([] if what == "inputs" else ["the request", "input 'image_bytes'"])  # no output was read
