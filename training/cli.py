@@ -195,7 +195,7 @@ def summary(outcome, gate, published: bool, kept_at=None) -> dict:
         "metrics": outcome.metrics,
         "calibration": outcome.calibration,
         "unfamiliar": outcome.unfamiliar,
-        "gate": None if gate is None else {**gate.to_dict(), "reason": gate.reason()},
+        "gate": None if gate is None else gate.to_dict(),  # with its reason
         "epochs": len(outcome.history),
     }
 
