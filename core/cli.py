@@ -62,8 +62,7 @@ def build_parser(modules: Iterable[ModuleType]) -> argparse.ArgumentParser:
         prog="imgclf",
         description="Transfer-learning image classifier: Inception-v3 bottlenecks, a small dense head, "
                     "an HTTP API.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
-                        help="print imgclf's version and exit")
+    parser.add_argument("--version", action=_Version, help="print imgclf's version and exit")
     add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in modules:
@@ -74,6 +73,17 @@ def build_parser(modules: Iterable[ModuleType]) -> argparse.ArgumentParser:
     for each in (parser, *_subparsers(parser)):
         _type_metavars(each)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``PROG VERSION`` and exit 0; the package metadata is read only then (--help stays fast)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
