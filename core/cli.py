@@ -31,7 +31,6 @@ from types import ModuleType
 
 from imgclf.core import tf_startup
 from imgclf.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_status, is_tf_user_error
-from imgclf.core.version import package_version
 
 NOISY_LOGGERS = ("h5py", "PIL", "pydot", "matplotlib")  # third-party debug chatter, kept at WARNING
 TF_LOGGERS = ("tensorflow", "absl")  # TensorFlow's Python-side logs: at WARNING unless -vv
@@ -82,6 +81,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from imgclf.core.version import package_version  # importlib.metadata: only when asked
+
         print(f"{parser.prog} {package_version()}")
         parser.exit()
 

@@ -20,11 +20,9 @@ must not import TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
 import importlib.machinery
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -36,6 +34,8 @@ _captured: list[str] = []
 @contextlib.contextmanager
 def stderr_fd_to_buffer(into: list[str]) -> Iterator[None]:
     """Point file descriptor 2 at a temporary file inside the block; append what was written there to ``into``."""
+    import tempfile  # here: `imgclf --help` imports this module
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as buffer:
@@ -52,8 +52,9 @@ def stderr_fd_to_buffer(into: list[str]) -> Iterator[None]:
                 into.append(text)
 
 
-class _QuietLoader(importlib.abc.Loader):
-    """Run the real loader of ``tensorflow`` with fd 2 captured."""
+class _QuietLoader:
+    """Run the real loader of ``tensorflow`` with fd 2 captured (a loader by protocol: importlib.abc is slow to
+    import, and `imgclf --help` imports this module)."""
 
     def __init__(self, loader: importlib.abc.Loader):
         self.loader = loader
@@ -68,7 +69,7 @@ class _QuietLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
 
 
-class _TensorFlowFinder(importlib.abc.MetaPathFinder):
+class _TensorFlowFinder:
     """Find ``tensorflow`` as the other finders do, and give it :class:`_QuietLoader`; only once."""
 
     def find_spec(self, name, path=None, target=None):
