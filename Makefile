@@ -16,7 +16,7 @@ STAMP := $(VENV)/.imgclf-installed
 # mkdocs-material's banner about its successor says nothing about this build
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install serve demo test test-fast lint docs bench clean fonts browser
+.PHONY: install serve demo test test-fast lint docs bench clean fonts browser shells
 
 # Fonts for annotated images (CJK labels need one with those glyphs). Installed only when
 # running as root with apt-get and the font is missing; otherwise the CJK test says why it skips.
@@ -35,6 +35,14 @@ browser:
 		echo "installing chromium (apt-get) for the web page tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
 			>/dev/null 2>&1 || echo "note: could not install chromium; the web page tests will skip"; \
+	fi
+
+# The shells whose completion scripts `imgclf completion zsh|fish` writes, so their syntax is checked
+# (tests/unit/core/test_cli.py; without them those checks say why they skip).
+shells:
+	@if ! { command -v zsh && command -v fish; } >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zsh fish) \
+			>/dev/null 2>&1 || echo "note: could not install zsh and fish; their completion checks will skip"; \
 	fi
 
 $(CORE_STAMP): pyproject.toml
@@ -63,7 +71,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
-test: lint fonts browser
+test: lint fonts browser shells
 	@# xdist's default distribution: --dist loadfile would run schemathesis's per-operation items (one node id) once
 	$(BIN)/python -m pytest -n auto
 

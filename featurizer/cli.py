@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from imgclf.core.cli import add_deprecated_alias
 from imgclf.core.errors import UsageError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.decode import DECODE_MODES, DEFAULT_DECODE, DEFAULT_MAX_PIXELS
@@ -75,16 +77,10 @@ def featurizer_config_from_args(args: argparse.Namespace, precision: str | None 
     Raises:
         UsageError: a value out of range, or ``--precision int8 --backend tensorflow``.
     """
-    from imgclf.featurizer.graph.load import ThreadConfig
+    check_featurizer_args(args)
+    from imgclf.featurizer.graph.load import ThreadConfig  # TensorFlow: after the arguments are checked
     from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 
-    for name in ("intra_op_threads", "inter_op_threads"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
-    if args.max_pixels < 1:
-        raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
-    if args.calibration_images < 1:
-        raise UsageError(f"--calibration-images must be at least 1; received {args.calibration_images}")
     contract = DEFAULT_CONTRACT.with_overrides(image_input=args.image_tensor, bottleneck=args.bottleneck_tensor,
                                                decode=getattr(args, "decode", None))
     precision = args.precision or precision or "auto"
@@ -94,6 +90,48 @@ def featurizer_config_from_args(args: argparse.Namespace, precision: str | None 
                             max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops,
                             backend=backend, calibration_images=args.calibration_images,
                             openvino_cache=args.openvino_cache)
+
+
+def check_featurizer_args(args: argparse.Namespace) -> None:
+    """Raise UsageError for an option of :func:`add_featurizer_options` out of range, or a --graph that is no file.
+
+    Imports nothing heavy: a bad argument is answered before TensorFlow loads.
+    """
+    for name in ("intra_op_threads", "inter_op_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more; received {getattr(args, name)}")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
+    if args.calibration_images < 1:
+        raise UsageError(f"--calibration-images must be at least 1; received {args.calibration_images}")
+    requested_backend(args.precision or "auto", args.backend)  # int8 with --backend tensorflow
+    check_file(args.graph, "--graph")
+
+
+def check_file(path: Path, option: str) -> Path:
+    """Return ``path`` if it is a readable file, else raise UsageError naming ``option`` (exit 2, nothing loaded)."""
+    if not path.expanduser().is_file():
+        why = "is a folder" if path.expanduser().is_dir() else "does not exist"
+        raise UsageError(f"{option} {str(path)!r} {why}: give a file")
+    if not os.access(path.expanduser(), os.R_OK):
+        raise UsageError(f"{option} {str(path)!r} cannot be read (permission denied)")
+    return path
+
+
+def check_image_dir(image_dir: str | Path) -> None:
+    """Raise UsageError when IMAGE_DIR (a local path; object-store URIs are checked by their job) is no folder."""
+    from imgclf.featurizer.store.object_store import is_uri
+
+    if not is_uri(image_dir) and not Path(image_dir).expanduser().is_dir():
+        why = "is a file" if Path(image_dir).expanduser().exists() else "does not exist"
+        raise UsageError(f"IMAGE_DIR {str(image_dir)!r} {why}: give a folder with one sub-folder per class")
+
+
+def check_batch_size(value: int, option: str = "--batch-size") -> int:
+    """Return ``value`` if it is at least 1, else raise UsageError naming ``option``."""
+    if value < 1:
+        raise UsageError(f"{option} must be at least 1; received {value}")
+    return value
 
 
 def check_decode_threads(value: int) -> int:
@@ -174,24 +212,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per graph run and commit (default: %(default)s)")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="image decoding threads (default: 0 = one per usable CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object (counts, skipped files, featurizer, timings)")
     p.set_defaults(func=cmd_featurize)
 
     p = sub.add_parser("fetch-inception", help="download the real Inception-v3 graph (inception_dec_2015.zip)",
                        description="Download inception_dec_2015.zip, verify it holds a loadable graph with the "
                                    "expected tensors, and unpack it into the cache directory.")
-    p.add_argument("--dest", type=Path, help="directory to unpack into (default: $IMGCLF_HOME/inception)")
+    p.add_argument("--output", type=Path, metavar="DIR",
+                   help="folder to unpack into (default: $IMGCLF_HOME/inception)")
+    add_deprecated_alias(p, "--dest", "--output")
     p.add_argument("--url", help="download from this URL instead of the official one")
     p.add_argument("--from-file", type=Path, help="use a zip downloaded elsewhere instead of the network")
     p.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="download again even when the graph is there")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("export-inception", help="write a graph with the 2015 interface from Keras Inception-v3",
                        description="Write a frozen graph with the tensor names of tensorflow_inception_graph.pb "
                                    "(JPEG bytes in, 2048-d pool_3 out) from the Keras Inception-v3 architecture.")
-    p.add_argument("--out", type=Path, required=True, help="where to write the .pb")
+    p.add_argument("--output", type=Path, metavar="FILE", help="where to write the .pb (required)")
+    add_deprecated_alias(p, "--out", "--output")
     p.add_argument("--weights", default="random",
                    help="'random' (seeded), 'imagenet' (Keras' download, needs network) or a local Keras "
                         "weights file (default: %(default)s)")
@@ -211,17 +252,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_featurize(args: argparse.Namespace) -> int:
     """Run `imgclf featurize`."""
+    check_batch_size(args.batch_size)
+    check_dataset_options(args)
+    check_decode_threads(args.decode_threads)
+    check_featurizer_args(args)
+    check_image_dir(args.image_dir)
+    # TensorFlow loads from here on: every argument above was checked without it
     from imgclf.featurizer.jobs.featurize import FeaturizeJob, run_featurize
     from imgclf.featurizer.store.object_store import is_uri
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
-    check_dataset_options(args)
     job = FeaturizeJob(image_dir=args.image_dir if is_uri(args.image_dir) else Path(args.image_dir),
                        featurizer=featurizer_config_from_args(args), cache=args.cache,
                        output=args.output, report=args.report, batch_size=args.batch_size,
-                       decode_threads=check_decode_threads(args.decode_threads),
-                       progress=False if args.quiet else None,
+                       decode_threads=args.decode_threads, progress=False if args.quiet or args.json else None,
                        output_dataset=args.output_dataset, shard_rows=args.shard_rows)
     if args.engine == "ray":
         from imgclf.featurizer.jobs.ray_engine import RayOptions, run_featurize_ray
@@ -229,10 +272,16 @@ def cmd_featurize(args: argparse.Namespace) -> int:
         summary = run_featurize_ray(job, RayOptions.from_args(args))
     else:
         summary = run_featurize(job)
-    print(summary.format())
+    if args.json:
+        print(json.dumps({**summary.to_dict(), "output": None if args.output is None else str(args.output),
+                          "output_dataset": args.output_dataset}, indent=2))
+    else:
+        print(summary.format())
     if not summary.featurized:
-        print("imgclf: error: no image could be featurized", file=sys.stderr)
+        print("imgclf featurize: error: no image could be featurized", file=sys.stderr)
         return 1
+    if args.json:
+        return 0
     if args.output:
         print(f"features written to {args.output}")
     if args.output_dataset:
@@ -244,7 +293,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     """Run `imgclf fetch-inception`."""
     from imgclf.featurizer.graph.fetch import DEFAULT_URL, fetch_inception
 
-    path = fetch_inception(args.dest, args.url or DEFAULT_URL, from_file=args.from_file, timeout=args.timeout,
+    path = fetch_inception(args.output, args.url or DEFAULT_URL, from_file=args.from_file, timeout=args.timeout,
                            progress=False if args.quiet else None, force=args.force)
     print(f"Inception-v3 graph ready: {path}")
     return 0
@@ -252,15 +301,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run `imgclf export-inception`."""
+    if args.output is None:  # not argparse's required=: the deprecated --out would not count
+        raise UsageError("the following arguments are required: --output")
+    if args.weights not in ("random", "imagenet"):
+        check_file(Path(args.weights), "--weights")
     from imgclf.featurizer.graph.export import export_inception
 
-    info = export_inception(args.out, weights=args.weights, seed=args.seed)
+    info = export_inception(args.output, weights=args.weights, seed=args.seed)
     print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Run `imgclf inspect`."""
+    check_file(args.graph, "GRAPH")
     from imgclf.featurizer.graph.inspect import format_report, inspect_graph, write_tensorboard_graph
 
     report = inspect_graph(args.graph, show_all=args.all)

@@ -36,7 +36,7 @@ from typing import Any
 from imgclf.core import settings
 from imgclf.core.devices import DeviceSettings
 from imgclf.core.errors import UsageError
-from imgclf.core.paths import PathSettings
+from imgclf.core.paths import DEFAULT_MODEL_REPOSITORY, PathSettings
 from imgclf.core.precision import PRECISIONS
 from imgclf.core.repository import DEFAULT_MAX_CARD_BYTES, DEFAULT_MAX_MODEL_BYTES
 from imgclf.core.settings import Env, Section, SettingInfo, parse_versions, parsed, setting
@@ -58,7 +58,7 @@ class ServingSettings(Section):
     ``current_config()`` (:mod:`imgclf.service.app_settings`) returns it.
     """
 
-    model_repository: Path = setting(Path("models"), "the model repository served, <repo>/<name>/<version>/ "
+    model_repository: Path = setting(DEFAULT_MODEL_REPOSITORY, "the model repository served, <repo>/<name>/<version>/ "
                                                      "(TF Serving's layout)")
     default_model: str = setting("", "model of POST /predict without a model parameter (unset: the first image "
                                      "classifier by name, else the first model)")

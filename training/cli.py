@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from imgclf.core.errors import CandidateRejected, UsageError, exit_status
-from imgclf.featurizer.cli import add_featurizer_options, check_decode_threads, featurizer_config_from_args
+from imgclf.core.paths import MODEL_REPOSITORY_HELP, model_repository
+from imgclf.featurizer.cli import (
+    add_featurizer_options,
+    check_batch_size,
+    check_decode_threads,
+    check_featurizer_args,
+    check_image_dir,
+    featurizer_config_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train from a feature dataset (folder or s3://, gs:// URI) written by imgclf featurize "
                         "--output-dataset with the same --graph, instead of IMAGE_DIR and --cache; --precision "
                         "and --backend, when not given, are the ones DEST holds for that graph")
-    p.add_argument("--model-dir", type=Path, required=True, help="model repository (TensorFlow Serving layout)")
+    p.add_argument("--model-dir", type=Path, default=None, metavar="DIR", help=MODEL_REPOSITORY_HELP)
     p.add_argument("--name", required=True, help="model name: letters, digits, '-', '_', '.'")
     p.add_argument("--logdir", type=Path, help="TensorBoard run directory (default: MODEL_DIR/NAME/runs/<time>)")
     p.add_argument("--batch-size", type=int, default=32, help="images per featurizer batch (default: %(default)s)")
     p.add_argument("--decode-threads", type=int, default=0, help="decoding threads (default: 0 = one per CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: split sizes, skipped files, test metrics, calibration, "
+                        "unfamiliar-input figures, the publish gate's report and the exported version")
 
     g = p.add_argument_group("split (percent of each class)")
     g.add_argument("--train-percent", type=float, default=80.0, help="default: %(default)s")
@@ -61,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--optimizer", choices=("sgd", "adam"), default=train.optimizer,
                    help="sgd = SGD with momentum (default: %(default)s)")
     g.add_argument("--learning-rate", type=float, default=train.learning_rate, help="initial (default: %(default)s)")
-    g.add_argument("--decay-steps", type=int, default=train.decay_steps, help="default: %(default)s")
+    decay = g.add_mutually_exclusive_group()
+    decay.add_argument("--decay-steps", type=int, default=None,
+                       help=f"decay period in optimizer steps (default: {train.decay_steps})")
+    decay.add_argument("--decay-epochs", type=float, default=None,
+                       help="decay period in epochs instead of steps (as `models train` counts it)")
     g.add_argument("--decay-rate", type=float, default=train.decay_rate, help="default: %(default)s")
     g.add_argument("--no-staircase", action="store_true", help="decay smoothly instead of in steps")
     g.add_argument("--momentum", type=float, default=train.momentum, help="SGD momentum (default: %(default)s)")
@@ -100,11 +115,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf train`."""
+    from imgclf.core.repository import validate_name
     from imgclf.training.augment import AugmentConfig
     from imgclf.training.config import HeadConfig, TrainConfig
     from imgclf.training.gate import GateConfig
     from imgclf.training.split import SplitConfig
-    from imgclf.training.train_job import TrainJob, run_train
 
     if (args.image_dir is None) == (args.features is None):
         raise UsageError("give IMAGE_DIR (with --cache) or --features DEST, one of the two")
@@ -115,39 +130,85 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.features is not None and args.augment:
         raise UsageError("augmentation distorts images: --augment cannot be used with --features "
                          "(train from IMAGE_DIR for distorted copies)")
+    validate_name(args.name)
+    check_batch_size(args.batch_size)
+    check_decode_threads(args.decode_threads)
+    check_featurizer_args(args)
+    if args.image_dir is not None:
+        check_image_dir(args.image_dir)
+    train = TrainConfig(learning_rate=args.learning_rate, decay_rate=args.decay_rate, staircase=not args.no_staircase,
+                        optimizer=args.optimizer, momentum=args.momentum, batch_size=args.train_batch_size,
+                        epochs=args.epochs, patience=args.patience, ema_decay=args.ema_decay,
+                        class_balance=args.class_balance, seed=args.seed, calibration=args.calibration,
+                        decay_epochs=args.decay_epochs)
+    if args.decay_steps is not None:
+        train.decay_steps = args.decay_steps
+    split = _checked(SplitConfig(args.train_percent, args.validation_percent, args.test_percent))
+    augment = _checked(AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
+                                     args.random_brightness, args.random_contrast, args.random_saturation))
+    head = _checked(HeadConfig(hidden_units=args.hidden_units, dropout=args.dropout, l2=args.l2))
+    gate = _checked(GateConfig(publish=args.publish, min_accuracy=args.min_accuracy,
+                               max_regression=args.max_regression))
+    _checked(train)
+    # TensorFlow loads from here on: every argument above was checked without it
+    from imgclf.training.train_job import TrainJob, run_train
+
     job = TrainJob(
-        image_dir=args.image_dir, features=args.features, featurizer=_featurizer_config(args),
-        cache=args.cache,
-        model_dir=args.model_dir, name=args.name, logdir=args.logdir, batch_size=args.batch_size,
-        decode_threads=check_decode_threads(args.decode_threads), progress=False if args.quiet else None,
-        split=_checked(SplitConfig(args.train_percent, args.validation_percent, args.test_percent)),
-        augment=_checked(AugmentConfig(args.augment, args.random_crop, args.random_scale, not args.no_flip,
-                                       args.random_brightness, args.random_contrast, args.random_saturation)),
-        head=HeadConfig(hidden_units=args.hidden_units, dropout=args.dropout, l2=args.l2),
-        train=TrainConfig(learning_rate=args.learning_rate, decay_steps=args.decay_steps,
-                          decay_rate=args.decay_rate, staircase=not args.no_staircase, optimizer=args.optimizer,
-                          momentum=args.momentum, batch_size=args.train_batch_size, epochs=args.epochs,
-                          patience=args.patience, ema_decay=args.ema_decay, class_balance=args.class_balance,
-                          seed=args.seed, calibration=args.calibration),
-        gate=_checked(GateConfig(publish=args.publish, min_accuracy=args.min_accuracy,
-                                 max_regression=args.max_regression)),
-    )
+        image_dir=args.image_dir, features=args.features, featurizer=_featurizer_config(args), cache=args.cache,
+        model_dir=model_repository(args.model_dir), name=args.name, logdir=args.logdir, batch_size=args.batch_size,
+        decode_threads=args.decode_threads, progress=False if args.quiet or args.json else None,
+        split=split, augment=augment, head=head, train=train, gate=gate)
     try:
         outcome = run_train(job)
     except CandidateRejected as rejected:
         if rejected.outcome is None or rejected.report is None:
             raise
+        if args.json:
+            _print_json(rejected.outcome, rejected.report, published=False, kept_at=rejected.kept_at)
+            return exit_status(rejected)
         _print_outcome(rejected.outcome)
         print(rejected.report.reason())
         print(rejected.report.format_table())
         print(f"kept {rejected.kept_at}; not published (--publish always publishes a candidate anyway)")
         return exit_status(rejected)
+    if args.json:
+        _print_json(outcome, outcome.gate, published=True)
+        return 0
     _print_outcome(outcome)
     if outcome.gate is not None:
         print(outcome.gate.reason())
         print(outcome.gate.format_table())
     print(f"exported {outcome.version_dir}")
     return 0
+
+
+def summary(outcome, gate, published: bool, kept_at=None) -> dict:
+    """Return a training run's summary as JSON-ready data (what `imgclf train --json` prints)."""
+    dataset = outcome.dataset
+    return {
+        "published": published,
+        "version_dir": str(outcome.version_dir) if published else None,
+        "kept_at": None if kept_at is None else str(kept_at),
+        "labels": list(dataset.label_names),
+        "split": dataset.sizes(),
+        "skipped": [{"path": str(path), "reason": reason} for path, reason in dataset.skipped],
+        "metrics": outcome.metrics,
+        "calibration": outcome.calibration,
+        "unfamiliar": outcome.unfamiliar,
+        "gate": None if gate is None else gate.to_dict(),  # with its reason
+        "epochs": len(outcome.history),
+    }
+
+
+def _print_json(outcome, gate, published: bool, kept_at=None) -> None:
+    print(json.dumps(summary(outcome, gate, published, kept_at), indent=2, default=_json_default))
+
+
+def _json_default(value):
+    """JSON for numpy scalars and arrays and paths in the summary."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def _featurizer_config(args: argparse.Namespace):

@@ -6,11 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
-from imgclf.core import settings
-from imgclf.models.config import MODEL_NAMES, SPECS, STRATEGIES
+from imgclf.core.cli import add_deprecated_alias
+from imgclf.core.errors import UsageError
+from imgclf.core.paths import MODEL_REPOSITORY_HELP, model_repository
+from imgclf.models.config import MODEL_NAMES, SPECS, STRATEGIES, net_with, spec_for
 from imgclf.training.config import OPTIMIZERS, train_config
-
-ENV_MODEL_REPOSITORY = "IMGCLF_MODEL_REPOSITORY"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,6 @@ def _defaults_text() -> str:
 
 
 def _add_train(msub) -> None:
-    repo = settings.env_str(ENV_MODEL_REPOSITORY) or None
     p = msub.add_parser(
         "train", help="train a secondary model and export it as a new version",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,8 +46,7 @@ def _add_train(msub) -> None:
                     "serving_default signature, labels.txt, model_card.json).",
         epilog=_defaults_text())
     p.add_argument("model", choices=MODEL_NAMES, metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument("--model-dir", type=Path, default=Path(repo) if repo else None, required=not repo,
-                   help=f"model repository (default: ${ENV_MODEL_REPOSITORY}" + (f" = {repo})" if repo else ")"))
+    p.add_argument("--model-dir", type=Path, default=None, metavar="DIR", help=MODEL_REPOSITORY_HELP)
     p.add_argument("--data", type=Path,
                    help="digits: mnist.npz in Keras' layout (default: $IMGCLF_HOME/data/mnist.npz)")
     p.add_argument("--name", help="model name in the repository (default: the model's name)")
@@ -56,14 +54,17 @@ def _add_train(msub) -> None:
     p.add_argument("--checkpoint-dir", type=Path,
                    help="checkpoints; a run finding one there resumes from it (default: "
                         "MODEL_DIR/NAME/checkpoints/<model>-<hash of the settings>)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
 
     g = p.add_argument_group("training (defaults depend on the model: see below)")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="global mini-batch, split evenly across replicas")
+    g.add_argument("--train-batch-size", type=int,
+                   help="global mini-batch of training examples, split evenly across replicas")
+    add_deprecated_alias(g, "--batch-size", "--train-batch-size")
     g.add_argument("--learning-rate", type=float, help="initial rate of the exponential decay")
     g.add_argument("--decay-rate", type=float, help="rate multiplier per --decay-epochs (1 = constant)")
-    g.add_argument("--decay-epochs", type=float, help="decay period in epochs (default: 1)")
+    decay = g.add_mutually_exclusive_group()
+    decay.add_argument("--decay-epochs", type=float, help="decay period in epochs (default: 1)")
+    decay.add_argument("--decay-steps", type=int, help="decay period in optimizer steps instead of epochs")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd = plain gradient descent (default)")
     g.add_argument("--ema-decay", type=float,
                    help="evaluate and export an exponential moving average of the weights, e.g. 0.99 "
@@ -98,13 +99,13 @@ def _add_fetch(msub) -> None:
         description="Download Keras' mnist.npz, check its sha256 and arrays, and install it atomically "
                     "(default: $IMGCLF_HOME/data/mnist.npz). Offline it fails at once and says how to "
                     "place the file by hand.")
-    p.add_argument("--dest", type=Path, help="file (or folder) to install to (default: $IMGCLF_HOME/data/mnist.npz)")
+    p.add_argument("--output", type=Path, help="file (or folder) to install to (default: $IMGCLF_HOME/data/mnist.npz)")
+    add_deprecated_alias(p, "--dest", "--output")
     p.add_argument("--url", default=DEFAULT_URL, help="default: %(default)s")
     p.add_argument("--from-file", type=Path, help="check and install a local copy instead of downloading")
     p.add_argument("--sha256", default=SHA256, help="expected checksum (default: Keras' file, %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="fetch again even when installed")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fetch_mnist)
 
 
@@ -138,14 +139,26 @@ class _EpochPrinter:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `imgclf models train`."""
-    from imgclf.training.models_job import ModelsTrainJob, run_models_train
+    from imgclf.core.repository import validate_name
 
-    config = train_config(args.model, epochs=args.epochs, batch_size=args.batch_size,
+    config = train_config(args.model, epochs=args.epochs, batch_size=args.train_batch_size,
                           learning_rate=args.learning_rate, decay_rate=args.decay_rate,
                           decay_epochs=args.decay_epochs, optimizer=args.optimizer, ema_decay=args.ema_decay,
                           seed=args.seed, validation_size=args.validation_size,
                           checkpoint_epochs=args.checkpoint_epochs)
-    job = ModelsTrainJob(model=args.model, model_dir=args.model_dir, train=config, name=args.name,
+    if args.decay_steps is not None:  # a period in steps: the model's default period in epochs gives way
+        config.decay_steps, config.decay_epochs = args.decay_steps, None
+    config.validate()
+    net_with(spec_for(args.model), args.dropout)  # --dropout: digit models only, in [0, 1)
+    if args.name is not None:
+        validate_name(args.name)
+    for option, path in (("--data", args.data), ("--cluster", args.cluster)):
+        if path is not None and not path.expanduser().is_file():
+            raise UsageError(f"{option} {str(path)!r} is not a file")
+    # TensorFlow loads from here on: every argument above was checked without it
+    from imgclf.training.models_job import ModelsTrainJob, run_models_train
+
+    job = ModelsTrainJob(model=args.model, model_dir=model_repository(args.model_dir), train=config, name=args.name,
                          data=args.data, dropout=args.dropout, strategy=args.strategy, cluster=args.cluster,
                          cpu_devices=args.cpu_devices, logdir=args.logdir, checkpoint_dir=args.checkpoint_dir,
                          save_weights=args.save_weights)
@@ -172,7 +185,7 @@ def cmd_fetch_mnist(args: argparse.Namespace) -> int:
     """Run `imgclf models fetch-mnist`."""
     from imgclf.models.fetch_mnist import fetch_mnist
 
-    path = fetch_mnist(args.dest, args.url, sha256=args.sha256 or None, from_file=args.from_file,
+    path = fetch_mnist(args.output, args.url, sha256=args.sha256 or None, from_file=args.from_file,
                        timeout=args.timeout, progress=False if args.quiet else None, force=args.force)
     print(f"MNIST at {path}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -80,8 +81,11 @@ def parse_keys(text: str, source: str = "the keys file") -> dict[str, str]:
     return keys
 
 
-def read_keys_file(path: str | os.PathLike) -> dict[str, str]:
+def read_keys_file(path: str | os.PathLike, given_by: str = "IMGCLF_API_KEYS_FILE") -> dict[str, str]:
     """Return {name: hex digest} of the keys file at ``path``.
+
+    Args:
+        given_by: where the path came from, as the errors name it (the variable, or ``--check``).
 
     Raises:
         UsageError: unreadable, malformed, or holding no key (every request would be refused).
@@ -89,11 +93,11 @@ def read_keys_file(path: str | os.PathLike) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"IMGCLF_API_KEYS_FILE={str(path)!r} cannot be read: "
+        raise UsageError(f"{given_by}={str(path)!r} cannot be read: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    keys = parse_keys(text, f"IMGCLF_API_KEYS_FILE {str(path)!r}")
+    keys = parse_keys(text, f"{given_by} {str(path)!r}")
     if not keys:
-        raise UsageError(f"IMGCLF_API_KEYS_FILE {str(path)!r} holds no key: add one with `imgclf api-key NAME`")
+        raise UsageError(f"{given_by} {str(path)!r} holds no key: add one with `imgclf api-key NAME`")
     return keys
 
 
@@ -141,6 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="append the line to this keys file instead of printing it")
     p.add_argument("--check", type=Path, default=None, metavar="FILE",
                    help="check a keys file and list its key names (exit 2 if the service would refuse it)")
+    p.add_argument("--json", action="store_true",
+                   help="with --check: print {\"file\", \"keys\": [names]} as JSON (never a digest)")
     p.set_defaults(func=cmd_api_key)
 
 
@@ -149,9 +155,14 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     if args.check is not None:
         if args.name is not None or args.append is not None:
             raise UsageError("--check FILE takes no NAME and no --append")
-        keys = read_keys_file(args.check.expanduser())
-        print(f"{len(keys)} key(s): {', '.join(keys)}")
+        keys = read_keys_file(args.check.expanduser(), given_by="--check")
+        if args.json:
+            print(json.dumps({"file": str(args.check), "keys": list(keys)}))
+        else:
+            print(f"{len(keys)} key(s): {', '.join(keys)}")
         return 0
+    if args.json:
+        raise UsageError("--json goes with --check FILE (a new key is printed as a keys-file line)")
     if args.name is None:
         raise UsageError("give the new key's NAME (or --check FILE)")
     key = new_key()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,12 @@ def predict_endpoint(url: str) -> str:
     """Return the /predict URL for a service base URL ("http://host:port" or one already ending in /predict).
 
     Raises:
-        ValueError: not an http(s) URL with a host.
+        UsageError: not an http(s) URL with a host (a ValueError).
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--url must be an http:// or https:// URL with a host; received {url!r}")
+        hint = f" (http://{url.strip()}?)" if "://" not in url and url.strip() else ""
+        raise UsageError(f"--url must be an http:// or https:// URL with a host; received {url!r}{hint}")
     path = parts.path.rstrip("/")
     if not path.endswith("/predict"):
         path += "/predict"
@@ -52,7 +53,7 @@ class PredictClient:
     def __init__(self, url: str, model: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  session: requests.Session | None = None, api_key: str = ""):
         if not timeout > 0:
-            raise ValueError(f"--timeout must be more than 0 seconds; received {timeout!r}")
+            raise UsageError(f"--timeout must be more than 0 seconds; received {timeout!r}")
         self.endpoint = predict_endpoint(url)
         self.model = model or None
         self.timeout = float(timeout)

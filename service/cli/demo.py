@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from imgclf.core.errors import UsageError
 from imgclf.core.paths import imgclf_home, inception_dir
 from imgclf.core.precision import PRECISIONS
 from imgclf.service.cli import serve as serve_cli
@@ -36,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="featurizer precision (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train a new demo model version even if one exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-secondary", action="store_true",
                    help="do not train the secondary models (the quadratic always, ~10 s; mnist-mlp when "
                         "mnist.npz is installed)")
@@ -63,12 +63,14 @@ def demo_graph(workdir: Path) -> tuple[Path, bool]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run `imgclf demo`."""
+    if args.per_class < 3:
+        raise UsageError(f"--per-class must be at least 3; received {args.per_class}")
+    serve_cli.check_server_options(args.workers, args.threads)
+    # TensorFlow loads from here on: every argument above was checked without it
     from imgclf.featurizer.images.demo import write_demo_images
     from imgclf.featurizer.jobs.featurize import FeaturizeJob, run_featurize
     from imgclf.featurizer.runtime.featurizer import FeaturizerConfig
 
-    if args.per_class < 3:
-        raise ValueError(f"--per-class must be at least 3; received {args.per_class}")
     workdir = (args.workdir or imgclf_home() / "demo").expanduser()
     images = write_demo_images(workdir / "images", per_class=args.per_class)
     graph, real = demo_graph(workdir)

@@ -14,11 +14,11 @@ import sys
 from imgclf.core import cli
 from imgclf.featurizer import cli as featurizer_cli
 from imgclf.service.access import api_keys
-from imgclf.service.cli import demo, predict, serve
+from imgclf.service.cli import demo, doctor, predict, serve
 from imgclf.training import cli as training_cli
 from imgclf.training import models_cli
 
-COMMAND_MODULES = (demo, featurizer_cli, training_cli, models_cli, predict, serve, api_keys)
+COMMAND_MODULES = (demo, featurizer_cli, training_cli, models_cli, predict, serve, api_keys, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

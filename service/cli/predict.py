@@ -17,10 +17,11 @@ import numpy as np
 
 from imgclf.core import export_names as names
 from imgclf.core.errors import ImgclfError, UsageError
+from imgclf.core.paths import MODEL_REPOSITORY_HELP, model_repository
 from imgclf.core.repository import resolve, validate_name
 from imgclf.core.settings import read_setting
 from imgclf.featurizer.images.decode import DEFAULT_MAX_PIXELS
-from imgclf.service.cli.client import ImageRefused, PredictClient
+from imgclf.service.cli.client import ImageRefused, PredictClient, predict_endpoint
 from imgclf.service.dataplane.annotate import annotate_to_jpeg, font_paths
 from imgclf.service.dataplane.postprocess import top_k
 from imgclf.service.settings import ClientSettings, ServingSettings
@@ -41,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "reported and skipped; the rest are predicted.")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--model", metavar="REPO/NAME[/VERSION] | NAME",
-                   help="model version directory, or a model directory (newest version); with --url, the "
-                        "name of a model on the service (default: the service's default model)")
+                   help="model version directory, or a model directory (newest version), or a NAME in the "
+                        "model repository (--model-dir); with --url, the name of a model on the service "
+                        "(default: the service's default model)")
+    p.add_argument("--model-dir", type=Path, default=None, metavar="DIR",
+                   help="where --model NAME is looked up: " + MODEL_REPOSITORY_HELP)
     p.add_argument("--url", metavar="http://HOST:PORT",
                    help="predict with a running service's POST /predict instead of a local model "
                         "(a service that needs API keys: set IMGCLF_API_KEY)")
@@ -78,31 +82,49 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run `imgclf predict`."""
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
     if args.unfamiliar_threshold is not None and not math.isfinite(args.unfamiliar_threshold):
         raise UsageError(f"--unfamiliar-threshold must be a finite number; received {args.unfamiliar_threshold}")
     if args.url:
+        predict_endpoint(args.url)  # a malformed URL is a bad argument (exit 2)
+        if not args.timeout > 0:
+            raise UsageError(f"--timeout must be more than 0 seconds; received {args.timeout!r}")
         return predict_remote(args)
     if not args.model:
         raise UsageError("--model is required unless --url is given")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1; received {args.max_pixels}")
     return predict_local(args)
+
+
+def model_path(model: str, model_dir: Path | None = None) -> Path:
+    """Return the version directory ``--model`` names: a path, or a bare NAME in the model repository.
+
+    A NAME without a slash that is no folder here is looked up in ``--model-dir`` (else
+    ``$IMGCLF_MODEL_REPOSITORY``, else ./models), the same rule as every command's.
+
+    Raises:
+        ModelNotFound: naming what the repository holds.
+    """
+    if "/" not in model and not Path(model).expanduser().is_dir():
+        return resolve(model_repository(model_dir) / model)
+    return resolve(Path(model).expanduser())
 
 
 def predict_local(args: argparse.Namespace) -> int:
     """Predict with a model from the repository; return the exit status."""
-    from imgclf.training.classifier import load_model  # TensorFlow: only when predicting locally
-
     if args.font:
         font_paths(args.font)  # a missing font file is an error before any work
-    if args.max_pixels < 1:
-        raise UsageError(f"--max-pixels must be at least 1; received {args.max_pixels}")
-    model = load_model(resolve(args.model), max_pixels=args.max_pixels,
+    version_dir = model_path(args.model, args.model_dir)
+    from imgclf.training.classifier import load_model  # TensorFlow: only when predicting locally, once checked
+
+    model = load_model(version_dir, max_pixels=args.max_pixels,
                        allow_unsafe_ops=True if args.allow_unsafe_ops else None, backend=args.backend)
     requested = DEFAULT_TOP_K if args.top_k is None else args.top_k
-    if requested < 1:
-        raise UsageError(f"--top-k must be at least 1; received {requested}")
     k = min(requested, len(model.labels))  # the default 5 on a 3-class model shows all 3
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1; received {args.batch_size}")
     threshold = _local_threshold(model, args.unfamiliar_threshold)
     width = _path_width(args.images)
     failures: list[tuple[str, str]] = []
@@ -152,8 +174,6 @@ def predict_remote(args: argparse.Namespace) -> int:
             validate_name(args.model)
         except ValueError as exc:
             raise UsageError(f"with --url, --model names a model on the service, not a path; {exc}") from exc
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1; received {args.top_k}")
     client = PredictClient(args.url, args.model, args.timeout,
                            api_key=ClientSettings.from_env().api_key)  # not an argument: ps shows those
     width = _path_width(args.images)

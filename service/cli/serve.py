@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from imgclf.core.errors import UsageError
-from imgclf.core.settings import read_setting
+from imgclf.core.paths import MODEL_REPOSITORY_HELP, model_repository
+from imgclf.core.precision import PRECISIONS
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.server.launch import gunicorn_argv
 from imgclf.service.server.settings import ServerSettings
-from imgclf.service.settings import ServingSettings, Settings
+from imgclf.service.settings import Settings
+from imgclf.training.serving_backend import SERVING_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "hands it to gunicorn (gthread workers; each worker loads the models "
                                    "itself); IMGCLF_FRONT=0 runs gunicorn alone on the address. Unset options "
                                    "fall back to IMGCLF_* variables, then to the defaults shown.")
-    p.add_argument("--model-dir", type=Path, default=None,
-                   help=f"model repository, <dir>/<name>/<version>/ (default: $IMGCLF_MODEL_REPOSITORY or "
-                        f"./{ServingSettings.model_repository})")
+    p.add_argument("--model-dir", type=Path, default=None, metavar="DIR", help=MODEL_REPOSITORY_HELP)
     add_server_options(p)
     p.add_argument("--grpc-bind", default=None, metavar="HOST:PORT",
                    help="also serve gRPC on this address: TF Serving's PredictionService and ModelService, the "
                         "v2 GRPCInferenceService, grpc.health.v1; each worker binds it (SO_REUSEPORT) once its "
                         "models are loaded (default: $IMGCLF_GRPC_BIND; unset: no gRPC)")
+    p.add_argument("--backend", choices=SERVING_BACKENDS, default=None,
+                   help="what runs the image classifiers' featurizer: card = the backend and precision each "
+                        "model card names, tensorflow, openvino or auto (sets IMGCLF_BACKEND; default: "
+                        "$IMGCLF_BACKEND or card)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="serving precision: auto = fp16 on a GPU of compute capability >= 7.0, else bf16 on a "
+                        "CPU with AMX/AVX512_BF16, else fp32 (sets IMGCLF_PRECISION; default: $IMGCLF_PRECISION "
+                        "or auto)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="load models whose graphs hold ops outside the inference allow-list (file, process, "
                         "network ops): only models you trust (sets IMGCLF_ALLOW_UNSAFE_OPS=1)")
@@ -77,12 +85,17 @@ def serve_argv(env: Mapping[str, str] | None = None) -> list[str]:
     return front_argv() if FrontSettings.from_env(env).enabled else gunicorn_argv()
 
 
-def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = None, threads: int | None = None,
-              base: dict | None = None) -> dict[str, str]:
-    """Return the environment for gunicorn: ``base`` (default os.environ) with the given options as IMGCLF_*."""
+def check_server_options(workers: int | None = None, threads: int | None = None) -> None:
+    """Raise UsageError for a --workers or --threads below 1 (checked before anything else is looked at)."""
     for name, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1; received {value}")
+
+
+def serve_env(model_dir: Path, bind: str | None = None, workers: int | None = None, threads: int | None = None,
+              base: dict | None = None) -> dict[str, str]:
+    """Return the environment for gunicorn: ``base`` (default os.environ) with the given options as IMGCLF_*."""
+    check_server_options(workers, threads)
     env = dict(os.environ if base is None else base)
     env["IMGCLF_MODEL_REPOSITORY"] = str(Path(model_dir).expanduser().resolve())
     for key, value in (("IMGCLF_BIND", bind), ("IMGCLF_WORKERS", workers), ("IMGCLF_THREADS", threads)):
@@ -103,11 +116,6 @@ def check_settings(env: Mapping[str, str]) -> Settings:
     if settings.front.enabled:
         parse_bind(settings.server.bind)
     return settings
-
-
-def default_model_dir() -> Path:
-    """Return the repository served when --model-dir is not given (``IMGCLF_MODEL_REPOSITORY``, else ./models)."""
-    return read_setting(ServingSettings, "model_repository")
 
 
 def exec_gunicorn(model_dir: Path, bind: str | None = None, workers: int | None = None,
@@ -132,7 +140,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run `imgclf serve`."""
     from imgclf.core.repository import list_models
 
-    model_dir = (args.model_dir or default_model_dir()).expanduser().absolute()
+    check_server_options(args.workers, args.threads)  # a bad argument is named before the repository is looked at
+    for variable, value in (("IMGCLF_BACKEND", args.backend), ("IMGCLF_PRECISION", args.precision)):
+        if value is not None:
+            os.environ[variable] = value  # the workers' settings read it; checked with them before exec
+    model_dir = model_repository(args.model_dir).expanduser().absolute()
     models = list_models(model_dir)
     if not models:
         print(f"imgclf serve: no model in {model_dir} (a model is <dir>/<name>/<version>/ as written by "

@@ -191,3 +191,144 @@ def test_a_bad_argument_exits_2(image_dir, legacy_graph_path, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("imgclf train: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "models").exists() and not (tmp_path / "c.sqlite").exists()  # nothing was written
+
+
+# --- the conventions every command shares (issue 26) --------------------------------------------------------
+
+def _parse(argv):
+    from imgclf.core.cli import parse
+
+    return parse(build_parser(), argv)
+
+
+@pytest.mark.parametrize("argv, verbose, quiet", [
+    (["-v", "featurize", "d", "--graph", "g.pb"], 1, False),
+    (["featurize", "d", "--graph", "g.pb", "-vv"], 2, False),
+    (["-v", "featurize", "d", "--graph", "g.pb", "-v"], 2, False),  # before and after add up
+    (["featurize", "d", "--graph", "g.pb", "--quiet"], 0, True),
+    (["-q", "inspect", "g.pb"], 0, True),
+    (["models", "train", "quadratic", "-q"], 0, True),  # a nested subcommand too
+    (["serve", "-v"], 1, False),
+    (["predict", "x.jpg", "--model", "m"], 0, False),
+])
+def test_v_and_q_work_before_or_after_the_subcommand(argv, verbose, quiet):
+    args = _parse(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
+    assert not hasattr(args, "sub_verbose") and not hasattr(args, "sub_quiet")
+
+
+def test_every_subcommand_takes_v_and_q_and_q_with_v_is_exit_2(capsys):
+    from imgclf.core.cli import _subparsers
+
+    for parser in _subparsers(build_parser()):
+        options = set(parser._option_string_actions)
+        assert {"-v", "--verbose", "-q", "--quiet"} <= options, parser.prog
+    with pytest.raises(SystemExit) as info:
+        _parse(["-q", "serve", "-v"])
+    assert info.value.code == 2 and "exclude each other" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, old, new, dest, value", [
+    (["export-inception", "--out", "g.pb"], "--out", "--output", "output", Path("g.pb")),
+    (["fetch-inception", "--dest", "d"], "--dest", "--output", "output", Path("d")),
+    (["models", "fetch-mnist", "--dest", "m.npz"], "--dest", "--output", "output", Path("m.npz")),
+    (["models", "train", "quadratic", "--batch-size", "64"], "--batch-size", "--train-batch-size",
+     "train_batch_size", 64),
+])
+def test_old_option_names_still_work_with_one_warning_line(capsys, argv, old, new, dest, value):
+    args = _parse(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"warning: {old} is deprecated" in err and f"use {new}" in err
+    assert getattr(_parse([a if a != old else new for a in argv]), dest) == value  # the new name, silently
+    assert capsys.readouterr().err == ""
+
+
+def test_deprecated_names_are_hidden_from_help_and_options_have_typed_metavars():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--dest" not in sub.choices["fetch-inception"].format_help()
+    featurize = sub.choices["featurize"].format_help()
+    assert "--batch-size N" in featurize and "--cache PATH" in featurize and "--cpus-per-actor NUMBER" in featurize
+    train = sub.choices["models"]._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--train-batch-size N" in train and "--decay-steps N" in train and "--batch-size" not in train
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"imgclf {metadata.version('imgclf')}\n"
+
+
+@pytest.mark.parametrize("shell, check", [
+    ("bash", ["bash", "-n"]),
+    ("zsh", ["zsh", "-n"]),
+    ("fish", ["fish", "--no-execute"]),
+])
+def test_completion_scripts_name_every_command_and_parse_in_their_shell(shell, check, capsys, tmp_path):
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    for word in ("featurize", "doctor", "--train-batch-size", "--model-dir"):
+        assert word in script, word
+    assert "--dest" not in script  # a deprecated name is not offered
+    import shutil
+
+    if shutil.which(check[0]) is None:
+        pytest.skip(f"{check[0]} is not installed here, so the script's syntax cannot be checked")
+    (tmp_path / "script").write_text(script)
+    done = subprocess.run([*check, str(tmp_path / "script")], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+# Runs in a fresh interpreter, as a user's shell would: --version, then each bad command, which must be refused
+# (exit 2, one line) before TensorFlow is imported; TF_CPP_MIN_LOG_LEVEL=0 would let any TensorFlow line through.
+_BAD_ARGUMENTS = """
+import contextlib, io, json, sys
+from imgclf.service.cli.main import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+    results.append({"status": status, "err": err.getvalue(), "out": out.getvalue()})
+print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_version_and_bad_arguments_are_answered_before_tensorflow_loads(tmp_path):
+    import json
+
+    (tmp_path / "g.pb").write_bytes(b"not read")
+    (tmp_path / "dir").mkdir()
+    commands = {
+        "IMAGE_DIR needs --cache": ["train", "dir", "--graph", "g.pb", "--model-dir", "m", "--name", "n"],
+        "--batch-size must be at least 1; received -3": ["featurize", "--batch-size", "-3", "dir", "--graph", "g.pb",
+                                                         "--cache", "c.sqlite"],
+        "--graph 'missing.pb' does not exist": ["featurize", "dir", "--graph", "missing.pb", "--cache", "c.sqlite"],
+        "received 'localhost:1' (http://localhost:1?)": ["predict", "--url", "localhost:1", "x.jpg"],
+        "--per-class must be at least 3; received -3": ["demo", "--per-class", "-3", "--workdir", "demo"],
+        "--workers must be at least 1; received 0": ["serve", "--model-dir", "/nonexistent", "--workers", "0"],
+        "epochs must be an integer >= 1; received 0": ["models", "train", "quadratic", "--epochs", "0",
+                                                       "--model-dir", "m"],
+        "sum to 100": ["train", "dir", "--graph", "g.pb", "--cache", "c.sqlite", "--name", "n",
+                            "--train-percent", "90"],
+    }
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("IMGCLF_MODEL_REPOSITORY", None)
+    done = subprocess.run([sys.executable, "-c", _BAD_ARGUMENTS, json.dumps([["--version"], *commands.values()])],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["tensorflow"] is False
+    from importlib import metadata
+
+    version, *results = report["results"]
+    assert version == {"status": 0, "err": "", "out": f"imgclf {metadata.version('imgclf')}\n"}
+    for message, result in zip(commands, results):
+        assert result["status"] == 2, (message, result)
+        assert result["err"].count("\n") == 1 and ": error: " in result["err"] and message in result["err"], result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "g.pb"]  # nothing was written

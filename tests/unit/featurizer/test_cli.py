@@ -73,3 +73,21 @@ def test_int8_on_tensorflow_is_one_line_and_exit_2_before_any_work(tmp_path, leg
     err = capsys.readouterr().err
     assert err.startswith("imgclf featurize: error: --precision int8 runs on OpenVINO only") and err.count("\n") == 1
     assert not (tmp_path / "c.sqlite").exists()
+
+
+def test_featurize_json_is_the_summary_and_agrees_with_the_report(tmp_path, legacy_graph_path, capsys):
+    images = write_demo_images(tmp_path / "images", per_class=2)
+    (images / "stripes" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    command = ["featurize", str(images), "--graph", str(legacy_graph_path), "--cache", str(tmp_path / "c.sqlite"),
+               "--precision", "fp32", "--report", str(tmp_path / "r.json"), "--json"]
+    assert main(command) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)  # the whole of stdout is one JSON object: no progress, no table
+    report = json.loads((tmp_path / "r.json").read_text())
+    timing = {"seconds", "images_per_second", "model_busy", "decode_wait_seconds"}
+    assert {k: v for k, v in summary.items() if k not in timing | {"output", "output_dataset"}} == \
+        {k: v for k, v in report.items() if k not in timing}
+    assert (summary["images"], summary["featurized"], summary["computed"]) == (9, 8, 8)
+    assert [s["path"] for s in summary["skipped"]] == ["stripes/broken.jpg"]
+    assert summary["label_names"] == sorted(p.name for p in images.iterdir())
+    assert (summary["output"], summary["output_dataset"]) == (None, None) and err == ""

@@ -142,6 +142,6 @@ def test_from_file_checks_and_installs_a_local_copy(npz_bytes, tmp_path):
 def test_cli_reports_a_failed_fetch(server, tmp_path, capsys):
     from imgclf.service.cli.main import main
 
-    assert main(["models", "fetch-mnist", "--dest", str(tmp_path / "m.npz"), "--url", server.url("/nothing"),
+    assert main(["models", "fetch-mnist", "--output", str(tmp_path / "m.npz"), "--url", server.url("/nothing"),
                  "--quiet"]) == 1
     assert "HTTP 404" in capsys.readouterr().err

@@ -312,11 +312,13 @@ def test_sigkilled_run_resumes_from_its_checkpoint(quadratic_run, tmp_path):
 
 
 def test_cli_is_registered_and_reports_errors(tmp_path, monkeypatch, capsys):
+    from imgclf.core.paths import model_repository
     from imgclf.service.cli.main import build_parser, main
 
     monkeypatch.setenv("IMGCLF_MODEL_REPOSITORY", str(tmp_path / "env_repo"))
     args = build_parser().parse_args(["models", "train", "lenet5", "--strategy", "mirrored", "--cpu-devices", "2"])
-    assert args.model_dir == tmp_path / "env_repo" and args.model == "lenet5" and args.cpu_devices == 2
+    assert model_repository(args.model_dir) == tmp_path / "env_repo" and args.model == "lenet5"
+    assert args.cpu_devices == 2
     assert build_parser().parse_args(["models", "fetch-mnist"]).func.__name__ == "cmd_fetch_mnist"
 
     monkeypatch.setenv("IMGCLF_HOME", str(tmp_path / "home"))
@@ -331,9 +333,8 @@ def test_cli_is_registered_and_reports_errors(tmp_path, monkeypatch, capsys):
     assert main(["models", "train", "quadratic", "--name", "../x"]) == 2
     assert "model name must be" in capsys.readouterr().err
     monkeypatch.delenv("IMGCLF_MODEL_REPOSITORY")
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["models", "train", "quadratic"])  # --model-dir is required then
-    assert "--model-dir" in capsys.readouterr().err
+    args = build_parser().parse_args(["models", "train", "quadratic"])
+    assert model_repository(args.model_dir) == Path("models")  # the one rule: flag, variable, ./models
 
 
 def test_a_secondary_export_removes_work_dirs_left_by_killed_exports(tmp_path):

@@ -1,6 +1,7 @@
 """The keys file (parse, errors naming the line) and `imgclf api-key` (through the real dispatcher)."""
 
 import hashlib
+import json
 import stat
 
 import pytest
@@ -76,6 +77,33 @@ def test_cli_checks_a_file_as_the_service_reads_it(tmp_path, capsys):
     assert main(["api-key", "--check", str(path)]) == 2
     assert "line 1: expected name:sha256:<64 hex digits>" in capsys.readouterr().err
     assert main(["api-key"]) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--check={!r} cannot be read: No such file or directory"),
+    ("# nothing yet\n", "--check {!r} holds no key"),
+    ("a:sha256:1234\n", "--check {!r}, line 1: expected name:sha256:"),
+])
+def test_check_blames_the_file_from_check_not_the_variable(tmp_path, monkeypatch, capsys, content, message):
+    monkeypatch.setenv("IMGCLF_API_KEYS_FILE", str(tmp_path / "served.txt"))  # set, but not what --check names
+    path = tmp_path / "F"
+    if content is not None:
+        path.write_text(content)
+    assert main(["api-key", "--check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgclf api-key: error: {message.format(str(path))}")
+    assert err.count("\n") == 1 and "IMGCLF_API_KEYS_FILE" not in err
+
+
+def test_check_json_lists_the_names_the_service_would_read(tmp_path, capsys):
+    path = tmp_path / "keys.txt"
+    path.write_text(api_keys.key_line("ci", "k1") + "\n# a comment\n" + api_keys.key_line("prom", "k2") + "\n")
+    assert main(["api-key", "--check", str(path), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found == {"file": str(path), "keys": list(Settings.from_env({"IMGCLF_API_KEYS_FILE": str(path)})
+                                                     .access.keys)}
+    assert found["keys"] == ["ci", "prom"] and "k1" not in json.dumps(found)
+    assert main(["api-key", "ci", "--json"]) == 2  # --json is --check's
 
 
 def test_serve_refuses_a_bad_keys_file_in_one_line_before_starting(model_repo, tmp_path, monkeypatch, capsys):

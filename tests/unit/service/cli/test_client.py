@@ -174,3 +174,13 @@ def test_the_api_key_comes_from_the_environment(model_repo, files, tmp_path, cap
         server.shutdown()
         thread.join(10)
         app.extensions["imgclf.models"].close()
+
+
+def test_a_model_name_is_looked_up_in_the_repository_by_the_one_rule(model_repo, files, monkeypatch, capsys):
+    by_path = _run(capsys, "--model", str(model_repo / "shapes"), "--json", *files[:2])
+    assert _run(capsys, "--model", "shapes", "--model-dir", str(model_repo), "--json", *files[:2]) == by_path
+    monkeypatch.setenv("IMGCLF_MODEL_REPOSITORY", str(model_repo))
+    monkeypatch.chdir(model_repo.parent.parent)  # no ./shapes here
+    assert _run(capsys, "--model", "shapes", "--json", *files[:2]) == by_path
+    code, out, err = _run(capsys, "--model", "flowers", *files[:2])
+    assert (code, out) == (1, "") and f"no model 'flowers' in '{model_repo}'" in err and "shapes (versions 1)" in err
