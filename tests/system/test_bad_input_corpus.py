@@ -473,7 +473,7 @@ def test_predict_cli_prints_each_good_result_and_each_bad_files_error(corpus_dir
         expect = case.expected(PREDICT_CLI) if case is not None else None
         line = by_path[str(path)]
         if expect is None or expect.ok:
-            assert set(line) == {"path", "predictions"}, line
+            assert set(line) == {"path", "predictions", "unfamiliar", "unfamiliar_score", "unfamiliar_threshold"}, line
             got = {p["label"]: p["score"] for p in line["predictions"]}
             np.testing.assert_allclose([got[label] for label in reference.labels], reference(path.read_bytes()),
                                        rtol=0, atol=1e-5, err_msg=path.name)

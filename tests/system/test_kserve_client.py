@@ -90,7 +90,8 @@ def calls(images: list[bytes]) -> dict[str, dict]:
             {"name": "images", "datatype": "FP32", "shape": list(DIGITS.shape), "data": DIGITS.ravel().tolist()}]},
         "v2_quadratic": {"op": "infer_v2", "model": "quadratic", "binary_input": True, "inputs": [
             {"name": "x", "datatype": "FP32", "shape": list(X.shape), "data": X.ravel().tolist()}]},
-        "v2_bottlenecks": {"op": "infer_v2", "model": "shapes", "binary_input": True, "outputs": outputs,
+        "v2_bottlenecks": {"op": "infer_v2", "model": "shapes", "binary_input": True,
+                           "outputs": [*outputs, "unfamiliar", "unfamiliar_score"],  # BOOL and FP32, binary too
                            "binary_output": True, "inputs": [{"name": "bottleneck", "datatype": "FP32", "shape": [
                                *BOTTLENECKS.shape], "data": BOTTLENECKS.ravel().tolist()}]},
         "v2_nope": {"op": "infer_v2", "model": "nope", "inputs": [

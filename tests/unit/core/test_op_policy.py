@@ -292,11 +292,13 @@ def test_featurize_refuses_an_unsafe_graph_and_runs_it_with_the_opt_in(unsafe_gr
     assert main(argv + ["--allow-unsafe-ops"]) == 0  # the ReadFile node is no ancestor of the bottleneck
 
 
-def test_train_takes_the_opt_in():
+def test_train_takes_the_opt_in(tmp_path):
     from imgclf.featurizer.cli import featurizer_config_from_args
     from imgclf.service.cli.main import build_parser
 
-    argv = ["train", "photos", "--graph", "g.pb", "--cache", "c.sqlite", "--model-dir", "m", "--name", "n"]
+    graph = tmp_path / "g.pb"
+    graph.write_bytes(b"")  # the option is read from the arguments; the graph is checked to exist, not loaded
+    argv = ["train", "photos", "--graph", str(graph), "--cache", "c.sqlite", "--model-dir", "m", "--name", "n"]
     assert not featurizer_config_from_args(build_parser().parse_args(argv)).allow_unsafe_ops
     assert featurizer_config_from_args(build_parser().parse_args(argv + ["--allow-unsafe-ops"])).allow_unsafe_ops
 

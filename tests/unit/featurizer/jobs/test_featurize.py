@@ -112,7 +112,7 @@ def test_bad_arguments_get_a_clear_message(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_thread_options_default_to_the_thread_config_defaults():
+def test_thread_options_default_to_the_thread_config_defaults(tmp_path):
     import argparse
 
     from imgclf.featurizer.cli import add_featurizer_options, featurizer_config_from_args
@@ -120,7 +120,9 @@ def test_thread_options_default_to_the_thread_config_defaults():
 
     parser = argparse.ArgumentParser()
     add_featurizer_options(parser)
-    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb"])).threads == ThreadConfig()
+    graph = tmp_path / "g.pb"
+    graph.write_bytes(b"")  # checked to exist, not loaded
+    assert featurizer_config_from_args(parser.parse_args(["--graph", str(graph)])).threads == ThreadConfig()
 
 
 def _cache_rows(path):

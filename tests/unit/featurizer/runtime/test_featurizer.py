@@ -260,15 +260,17 @@ def test_decode_mode_keys_the_fingerprint_and_reaches_preprocessing(legacy_graph
     fast.close()
 
 
-def test_the_decode_option_reaches_the_featurizer_config():
+def test_the_decode_option_reaches_the_featurizer_config(tmp_path):
     import argparse
 
     from imgclf.featurizer.cli import add_featurizer_options, featurizer_config_from_args
 
     parser = argparse.ArgumentParser()
     add_featurizer_options(parser)
-    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb"])).contract.decode == "exact"
-    assert featurizer_config_from_args(parser.parse_args(["--graph", "g.pb", "--decode", "fast"])
+    graph = tmp_path / "g.pb"
+    graph.write_bytes(b"")  # checked to exist, not loaded
+    assert featurizer_config_from_args(parser.parse_args(["--graph", str(graph)])).contract.decode == "exact"
+    assert featurizer_config_from_args(parser.parse_args(["--graph", str(graph), "--decode", "fast"])
                                        ).contract.decode == "fast"
     with pytest.raises(SystemExit):
         parser.parse_args(["--graph", "g.pb", "--decode", "quick"])

@@ -590,7 +590,7 @@ def test_a_bytes_tensor_over_the_instance_limit_is_refused_before_any_element_is
     opened = []
     monkeypatch.setattr(budget, "header_pixels", lambda data: opened.append(1) or 0)
     monkeypatch.setattr(v2_model, "_picture", lambda value, index: opened.append(1) or b"")
-    monkeypatch.setattr(tensors, "_from_binary", lambda *args: opened.append(1) or [])  # not even split
+    monkeypatch.setattr(tensors, "from_binary", lambda *args: opened.append(1) or [])  # not even split
     monkeypatch.setattr(tensors, "_flatten", lambda *args: opened.append(1) or [])
     count = 200_000  # one-byte elements: each would be opened by Pillow (about 30 us) if it were read
     if form == "json":
