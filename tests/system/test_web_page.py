@@ -256,11 +256,18 @@ def test_labels_from_the_model_are_shown_as_text_never_as_markup(page, base_url,
     assert "random-weight" in notice.text_content()
 
 
-def test_an_unfamiliar_photo_gets_a_notice_and_the_model_shows_its_calibration(page, base_url, app, model_repo):
+def test_an_unfamiliar_photo_gets_a_notice_and_the_model_shows_its_calibration(page, base_url, app, model_repo,
+                                                                              tmp_path):
+    from imgclf.featurizer.images.unfamiliar import unfamiliar_pictures
+
     client = app.test_client()
+    noise = []  # pictures of none of the classes, beside the model's own photos
+    for index, data in enumerate(unfamiliar_pictures("noise", 3) + unfamiliar_pictures("textures", 3)):
+        noise.append(tmp_path / f"unfamiliar-{index}.jpg")
+        noise[-1].write_bytes(data)
     answers = {path: client.post("/predict?model=shapes", data=path.read_bytes(),
                                  content_type="application/octet-stream").get_json()
-               for path in sorted((model_repo.parent / "images").glob("*/*.jpg"))}
+               for path in [*sorted((model_repo.parent / "images").glob("*/*.jpg")), *noise]}
     flagged = [path for path, answer in answers.items() if answer["unfamiliar"]]
     familiar = [path for path, answer in answers.items() if not answer["unfamiliar"]]
     if not flagged or not familiar:
