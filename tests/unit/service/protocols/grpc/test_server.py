@@ -202,3 +202,37 @@ def test_a_connection_holds_at_most_grpc_max_streams_calls_at_once(secondary_rep
         channel.close()
     server.stop(0)
     app.extensions["imgclf.models"].close()
+
+
+def test_a_client_that_pings_too_often_is_sent_away_and_a_quiet_one_is_not(secondary_repo, tmp_path):
+    """Keepalive enforcement per connection: pings without calls, faster than allowed, end in GOAWAY."""
+    shutil.copytree(secondary_repo / "quadratic", tmp_path / "models" / "quadratic")
+    app = create_app({"model_repository": tmp_path / "models", "load_in_background": False, "poll_seconds": 0,
+                      "grpc_bind": "127.0.0.1:0"})
+    server = app.extensions["imgclf.grpc"]
+    assert server.started.wait(30)
+
+    def connect(options: list) -> tuple:
+        seen: list = []
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                                        options=[("grpc.use_local_subchannel_pool", 1), *options])
+        channel.subscribe(seen.append, try_to_connect=True)
+        return channel, seen
+
+    try:
+        # Both at once: one that never pings, one that pings without calls as often as gRPC lets it (1 s).
+        # Without calls, the server allows no ping at all: the 3rd strike (MAX_PING_STRIKES = 2) is a GOAWAY.
+        pushy_options = [("grpc.keepalive_time_ms", 100), ("grpc.keepalive_permit_without_calls", 1),
+                         ("grpc.http2.max_pings_without_data", 0)]
+        connections = [connect([]), connect(pushy_options)]
+        for channel, _ in connections:
+            grpc.channel_ready_future(channel).result(timeout=20)
+        time.sleep(5)
+        for channel, _ in connections:
+            channel.close()
+    finally:
+        server.stop(0)
+        app.extensions["imgclf.models"].close()
+    quiet, pushy = (seen[seen.index(grpc.ChannelConnectivity.READY):] for _, seen in connections)
+    assert quiet == [grpc.ChannelConnectivity.READY]  # a client that does not ping keeps its connection
+    assert len(pushy) > 1 and pushy[1] in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
