@@ -54,6 +54,8 @@ SERVER = b"imgclf"
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
               b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length"}
 FORWARDED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}  # set by the front only
+NOT_FORWARDED = HOP_BY_HOP | FORWARDED
+NOT_ANSWERED = HOP_BY_HOP | {b"server"}  # of gunicorn's answer's fields
 
 
 class Refused(Exception):
@@ -72,6 +74,26 @@ def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = 
             f"Content-Length: {len(body)}", "Connection: close", "Server: imgclf",
             "X-Content-Type-Options: nosniff", "Cache-Control: no-store", *(f"{k}: {v}" for k, v in extra)]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def answer_bytes(method: bytes, answer: Answer, closing: bool) -> bytes:
+    """Return the whole HTTP/1.1 answer to a ``method`` request: gunicorn's fields, less the hop-by-hop ones.
+
+    The fields were checked by :class:`~imgclf.service.front.upstream.AnswerParser`; the framing is the
+    front's own (Content-Length; none for HEAD, 204 and 304), and ``closing`` adds ``Connection: close``.
+    """
+    lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason)]
+    lines += [b"%s: %s\r\n" % field for field in answer.headers if field[0].lower() not in NOT_ANSWERED]
+    lines.append(b"Server: " + SERVER + b"\r\n")
+    with_body = method != b"HEAD" and answer.status not in (204, 304)
+    if with_body:
+        lines.append(b"Content-Length: %d\r\n" % len(answer.body))
+    if closing:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if with_body and answer.body:
+        lines.append(answer.body)
+    return b"".join(lines)
 
 
 def head_size(request: h11.Request) -> int:
@@ -161,6 +183,11 @@ class Front:
         return not status
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        """Serve the requests of one connection: each one's head and body are h11's to parse, its answer ours.
+
+        h11 never sees the answers (checking each field again cost as much as parsing the request): the
+        next request of a keep-alive connection gets a fresh parser, given what came after this one.
+        """
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         first = True
         while not self.closing:
@@ -174,24 +201,33 @@ class Front:
             try:
                 body = await self._read_body(http, reader, writer, request, reserved)
                 answer = await self._forward(request, body, client)
-                closing = self.closing or http.their_state is h11.MUST_CLOSE
-                writer.write(self._answer_bytes(http, request, answer, closing))
-                await asyncio.wait_for(writer.drain(), self.limits.body_timeout)
+                # the client asked to close (Connection: close, HTTP/1.0), or the front is stopping
+                closing = self.closing or http.their_state is not h11.DONE
+                writer.write(answer_bytes(request.method, answer, closing))
+                if writer.transport.get_write_buffer_size():  # the client has not taken it all yet
+                    async with asyncio.timeout(self.limits.body_timeout):
+                        await writer.drain()
             finally:
                 self.busy -= 1
                 self.buffered -= reserved[0]
             if self.access:
                 self._log_access(client, request, answer, started)
-            if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+            if closing:
                 return
-            http.start_next_cycle()
+            following, closed = http.trailing_data  # a pipelined request, or the client's half-close
+            http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+            if following:
+                http.receive_data(following)
+            if closed:
+                http.receive_data(b"")
 
     async def _receive(self, http: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> bool:
         """Read once, within ``timeout`` seconds, into ``http``; return False on timeout."""
         if timeout <= 0:
             return False
         try:
-            data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: that costs a task per read
+                data = await reader.read(READ_CHUNK)
         except TimeoutError:
             return False
         http.receive_data(data)  # b"" = the client closed its side
@@ -293,14 +329,15 @@ class Front:
                 raise Refused(408, f"request body not received within {limits.body_timeout:g} s")
 
     async def _forward(self, request: h11.Request, body: bytearray, client: str) -> Answer:
-        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | FORWARDED]
-        headers += [(b"Host", b"imgclf")] if not any(k.lower() == b"host" for k, _ in headers) else []
-        headers += [(b"Content-Length", str(len(body)).encode()), (b"X-Forwarded-For", client.encode()),
-                    (b"X-Real-IP", client.encode()), (b"X-Forwarded-Proto", b"http")]
-        upstream_request = h11.Request(method=request.method, target=request.target, headers=headers)
+        address = client.encode()
+        headers = [field for field in request.headers if field[0] not in NOT_FORWARDED]  # h11: names in lower case
+        if not any(name == b"host" for name, _ in headers):
+            headers.append((b"host", b"imgclf"))
+        headers += [(b"content-length", b"%d" % len(body)), (b"x-forwarded-for", address),
+                    (b"x-real-ip", address), (b"x-forwarded-proto", b"http")]
         self.stats["forwarded"] += 1
         try:
-            return await self.upstream.forward(upstream_request, body)
+            return await self.upstream.forward(request.method, request.target, headers, body)
         except UpstreamError as e:
             starting = isinstance(e.__cause__, (FileNotFoundError, ConnectionRefusedError))  # not listening yet
             log.log(logging.DEBUG if starting else logging.WARNING, "gunicorn did not answer %s %s: %s",
@@ -308,18 +345,6 @@ class Front:
             message = b'{"error": "the service is not answering; retry later"}'
             return Answer(503, b"Service Unavailable", [(b"Content-Type", b"application/json"),
                                                         (b"Retry-After", b"1")], message)
-
-    def _answer_bytes(self, http: h11.Connection, request: h11.Request, answer: Answer, closing: bool) -> bytes:
-        headers = [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP | {b"server"}]
-        headers.append((b"Server", SERVER))
-        if request.method != b"HEAD" and answer.status not in (204, 304):
-            headers.append((b"Content-Length", str(len(answer.body)).encode()))
-        if closing:
-            headers.append((b"Connection", b"close"))
-        data = http.send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason))
-        if request.method != b"HEAD" and answer.body:
-            data += http.send(h11.Data(data=answer.body))
-        return data + http.send(h11.EndOfMessage())
 
     def _log_access(self, client: str, request: h11.Request, answer: Answer, started: float) -> None:
         headers = dict(request.headers)

@@ -40,6 +40,8 @@ class FrontSettings(Section):
                                     minimum=1024, maximum=1 << 20)
     max_buffered_bytes: int = setting(256 * 1024 * 1024, "request bodies the front holds at once, in all "
                                                          "(503 beyond)", minimum=1)
+    event_loop: str = setting("auto", "the front's event loop: auto (uvloop where installed, else asyncio's), "
+                                      "uvloop, asyncio", choices=("auto", "uvloop", "asyncio"))
     body_rate_grace: float = BODY_RATE_GRACE_S  # not a setting (tests shorten it)
 
     @property

@@ -29,6 +29,7 @@ BAD_STRINGS = {
     "IMGCLF_FONT": "/no/such/font.ttf",
     "IMGCLF_PRECISION": "fp8",
     "IMGCLF_BACKEND": "onnx",
+    "IMGCLF_EVENT_LOOP": "epoll",
     "IMGCLF_ALLOWED_HOSTS": "https://api.example.com/",
     "IMGCLF_VERSION_POLICY": "sometimes",
     "IMGCLF_MODEL_CONFIG_FILE": "/no/such/serving.conf",

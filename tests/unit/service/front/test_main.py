@@ -208,3 +208,11 @@ def test_the_front_hands_freed_memory_back_from_a_thread_of_its_own():
         pytest.skip("malloc_trim is glibc's")
     thread = front_main.trim_memory_forever(3600)
     assert thread.daemon and thread.is_alive() and thread.name == "malloc-trim"
+
+
+def test_the_event_loop_setting(monkeypatch):
+    assert front_main.event_loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: import fails
+    assert front_main.event_loop_factory("auto") is None
+    with pytest.raises(UsageError, match="IMGCLF_EVENT_LOOP=uvloop, but uvloop is not installed"):
+        front_main.event_loop_factory("uvloop")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-import h11
 import pytest
 
 from imgclf.service.front.upstream import Upstream, UpstreamError
 from tests.support.fake_upstream import Echo
 
 
-def _request(target: str) -> h11.Request:
-    return h11.Request(method="POST", target=target, headers=[("Host", "a"), ("Content-Length", "2")])
+def _request(target: str) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    return b"POST", target.encode(), [(b"host", b"a"), (b"content-length", b"2")]
 
 
 class Counting(Echo):
@@ -40,8 +39,8 @@ def test_at_most_max_connections_exchanges_at_once_and_connections_are_reused(tm
         path = str(tmp_path / "up.sock")
         await asyncio.start_unix_server(echo.handle, path)
         upstream = Upstream(path, 2, timeout=5)
-        answers = await asyncio.gather(*(upstream.forward(_request(f"/{i}"), b"hi") for i in range(6)))
-        again = await upstream.forward(_request("/again"), b"hi")
+        answers = await asyncio.gather(*(upstream.forward(*_request(f"/{i}"), b"hi") for i in range(6)))
+        again = await upstream.forward(*_request("/again"), b"hi")
         upstream.close()
         return echo, answers, again
 
@@ -58,7 +57,7 @@ def eval_target(body: bytes) -> str:
 def test_no_gunicorn_is_an_upstream_error(tmp_path):
     upstream = Upstream(str(tmp_path / "nobody.sock"), 2, timeout=1)
     with pytest.raises(UpstreamError, match="FileNotFoundError"):
-        asyncio.run(upstream.forward(_request("/"), b"hi"))
+        asyncio.run(upstream.forward(*_request("/"), b"hi"))
 
 
 def test_a_silent_gunicorn_times_out(tmp_path):
@@ -68,7 +67,7 @@ def test_a_silent_gunicorn_times_out(tmp_path):
 
         path = str(tmp_path / "up.sock")
         await asyncio.start_unix_server(silent, path)
-        await Upstream(path, 2, timeout=0.3).forward(_request("/"), b"hi")
+        await Upstream(path, 2, timeout=0.3).forward(*_request("/"), b"hi")
 
     with pytest.raises(UpstreamError, match="TimeoutError"):
         asyncio.run(asyncio.wait_for(go(), 10))
@@ -78,7 +77,7 @@ def test_waiting_for_a_free_thread_is_bounded(tmp_path):
     async def go():
         upstream = Upstream(str(tmp_path / "up.sock"), 1, timeout=0.3)
         await upstream._slots.acquire()  # the only gunicorn thread is taken (by a request that hangs)
-        await upstream.forward(_request("/"), b"hi")
+        await upstream.forward(*_request("/"), b"hi")
 
     with pytest.raises(UpstreamError, match="no gunicorn thread free within 0.3 s"):
         asyncio.run(asyncio.wait_for(go(), 10))
