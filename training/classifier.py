@@ -21,6 +21,7 @@ from imgclf.core.model_kind import ModelKind
 from imgclf.core.saved_model import load_version
 from imgclf.featurizer.images.decode import (
     DEFAULT_MAX_PIXELS,
+    decode_input,
     decode_rgb,
     decode_to_input,
     normalize,
@@ -133,6 +134,16 @@ class LoadedModel:
         c = self._contract
         return decode_to_input(bytes(data), int(c["input_size"]), float(c["input_mean"]), float(c["input_std"]),
                                self.max_pixels, c.get("jpeg_dct_method"), self.decode_mode)
+
+    def preprocess_input(self, data: bytes) -> np.ndarray:
+        """Return the network input of one encoded image, as :meth:`preprocess` without the RGB copy.
+
+        Raises:
+            InvalidImage: empty, corrupt, too large or of an unsupported type.
+        """
+        c = self._contract
+        return decode_input(bytes(data), int(c["input_size"]), float(c["input_mean"]), float(c["input_std"]),
+                            self.max_pixels, c.get("jpeg_dct_method"), self.decode_mode)
 
     def to_input(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalise a decoded image to the network input [S, S, 3] (float32)."""

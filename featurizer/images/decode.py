@@ -329,8 +329,11 @@ def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
                     max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None,
-                    decode: str = DEFAULT_DECODE) -> tuple[np.ndarray, np.ndarray]:
+                    decode: str = DEFAULT_DECODE, with_rgb: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Return (upright uint8 RGB [H, W, 3], network input [size, size, 3]) for image bytes.
+
+    ``with_rgb`` False: (None, network input), and a JPEG's fused call hands over no RGB copy (a 12-megapixel
+    photo's is 36 MB): what only the network input is wanted for (:func:`decode_input`).
 
     The same numbers as :func:`decode_rgb` then :func:`resize_bilinear` and
     :func:`normalize` (tested bit for bit), faster for the commonest case: an
@@ -357,16 +360,27 @@ def decode_to_input(data: bytes, size: int = 299, mean: float = 128.0, std: floa
         orientation = tf.constant(_upright_orientation(image), tf.int32)
         decoded = _decode_jpeg_turbo(data, jpeg_dct_method, scale, image.size) if scale > 1 else None
         if decoded is not None:  # the same pixels, decoded faster: upright, resize and normalise in TensorFlow
-            rgb, x = _upright_resize_function(size, float(mean), float(std))(decoded, orientation)
-            return rgb.numpy(), x.numpy()
+            out = _upright_resize_function(size, float(mean), float(std), with_rgb)(decoded, orientation)
+            return (out[0].numpy() if with_rgb else None), out[-1].numpy()
         try:
-            rgb, x = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method, scale)(
+            out = _fused_jpeg_function(size, float(mean), float(std), jpeg_dct_method, scale, with_rgb)(
                 tf.constant(data), orientation)
-            return rgb.numpy(), x.numpy()
+            return (out[0].numpy() if with_rgb else None), out[-1].numpy()
         except tf.errors.OpError:
             jpeg_dct_method = None  # TensorFlow refused it: Pillow tries (not TensorFlow again), says what is wrong
     rgb = decode_rgb(data, max_pixels, jpeg_dct_method, decode, size)
-    return rgb, normalize(resize_bilinear(rgb, size), mean, std)
+    return (rgb if with_rgb else None), normalize(resize_bilinear(rgb, size), mean, std)
+
+
+def decode_input(data: bytes, size: int = 299, mean: float = 128.0, std: float = 128.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_dct_method: str | None = None,
+                 decode: str = DEFAULT_DECODE) -> np.ndarray:
+    """Return the network input [size, size, 3] of image bytes: :func:`decode_to_input` without the RGB copy.
+
+    Raises:
+        InvalidImage, UnsupportedImageType, ImageTooLarge: as :func:`decode_rgb`.
+    """
+    return decode_to_input(data, size, mean, std, max_pixels, jpeg_dct_method, decode, with_rgb=False)[1]
 
 
 def _orientation(header: Image.Image):
@@ -396,10 +410,11 @@ _FUSED_LOCK = threading.Lock()
 _FUSED: dict = {}
 
 
-def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, scale: int = 1):
+def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, scale: int = 1,
+                         with_rgb: bool = True):
     """Return the traced TensorFlow function (JPEG bytes, EXIF orientation 1-8) → (upright RGB,
-    normalised input) for these settings."""
-    key = (size, mean, std, dct_method, scale)
+    normalised input) for these settings (``with_rgb`` False: (normalised input,))."""
+    key = (size, mean, std, dct_method, scale, with_rgb)
     with _FUSED_LOCK:
         function = _FUSED.get(key)
         if function is None:
@@ -416,17 +431,20 @@ def _fused_jpeg_function(size: int, mean: float, std: float, dct_method: str, sc
                 rgb = _tf_upright(rgb, orientation)
                 resized = tf.raw_ops.ResizeBilinear(images=rgb[None], size=[size, size], align_corners=False,
                                                     half_pixel_centers=False)[0]
-                return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)  # the graph's Sub, then Mul
+                x = (resized - np.float32(mean)) * np.float32(1.0 / std)  # the graph's Sub, then Mul
+                return (rgb, x) if with_rgb else (x,)
 
-            decode_resize_normalize.get_concrete_function()  # traced here, under the lock (see _FUSED_LOCK)
-            function = _FUSED[key] = decode_resize_normalize
+            # Traced here, under the lock (see _FUSED_LOCK); requests call the concrete function itself, which
+            # skips tf.function's per-call argument binding and cache lookup.
+            function = _FUSED[key] = decode_resize_normalize.get_concrete_function()
     return function
 
 
-def _upright_resize_function(size: int, mean: float, std: float):
+def _upright_resize_function(size: int, mean: float, std: float, with_rgb: bool = True):
     """Return the traced TensorFlow function (decoded uint8 RGB [H, W, 3], EXIF orientation 1-8) → (upright
-    RGB, normalised input): the fused function's steps after decoding, for a JPEG decoded by libjpeg-turbo."""
-    key = ("decoded", size, mean, std)
+    RGB, normalised input): the fused function's steps after decoding, for a JPEG decoded by libjpeg-turbo
+    (``with_rgb`` False: (normalised input,))."""
+    key = ("decoded", size, mean, std, with_rgb)
     with _FUSED_LOCK:
         function = _FUSED.get(key)
         if function is None:
@@ -438,10 +456,10 @@ def _upright_resize_function(size: int, mean: float, std: float):
                 rgb = _tf_upright(rgb, orientation)
                 resized = tf.raw_ops.ResizeBilinear(images=rgb[None], size=[size, size], align_corners=False,
                                                     half_pixel_centers=False)[0]
-                return rgb, (resized - np.float32(mean)) * np.float32(1.0 / std)
+                x = (resized - np.float32(mean)) * np.float32(1.0 / std)
+                return (rgb, x) if with_rgb else (x,)
 
-            upright_resize_normalize.get_concrete_function()  # traced here, under the lock
-            function = _FUSED[key] = upright_resize_normalize
+            function = _FUSED[key] = upright_resize_normalize.get_concrete_function()  # traced under the lock
     return function
 
 

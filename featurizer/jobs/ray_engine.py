@@ -8,7 +8,7 @@ The pipeline, for the images of SOURCE (a folder or an ``s3://``/``gs://`` prefi
    (on a cluster each node takes the store's credentials from its own
    environment: instance or pod roles, AWS_* variables), a few reads in flight
    per task, then hash it and decode and preprocess it with the local engine's
-   code (:func:`imgclf.featurizer.images.decode.decode_to_input`, the graph's contract);
+   code (:func:`imgclf.featurizer.images.decode.decode_input`, the graph's contract);
    an image whose sha256 DEST already holds for this featurizer is not decoded.
    A file that cannot be read (deleted after the listing, a broken link, an I/O
    error) is skipped and reported with the local engine's reason, as an
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgclf.core.errors import GraphError, ImgclfError, UsageError
-from imgclf.featurizer.images.decode import decode_to_input
+from imgclf.featurizer.images.decode import decode_input
 from imgclf.featurizer.images.sources import ImageSource
 from imgclf.featurizer.jobs.featurize import FeaturizeJob, FeaturizeSummary, dataset_summary, finish, open_source
 from imgclf.featurizer.jobs.pipeline import ExtractResult, _run_batch, read_failure
@@ -185,8 +185,8 @@ def _preprocess(batch: dict, *, location: Location, contract, max_pixels: int, k
                 inputs.append(b"")
                 continue
             try:
-                array = decode_to_input(data, contract.input_size, contract.input_mean, contract.input_std, max_pixels,
-                                        contract.jpeg_dct_method, contract.decode)[1]
+                array = decode_input(data, contract.input_size, contract.input_mean, contract.input_std, max_pixels,
+                                     contract.jpeg_dct_method, contract.decode)
             except ImgclfError as exc:
                 statuses.append(str(exc))
                 inputs.append(b"")

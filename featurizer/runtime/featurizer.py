@@ -25,8 +25,8 @@ from imgclf.featurizer.graph.load import BottleneckGraph, ThreadConfig, contract
 from imgclf.featurizer.images.decode import (
     DEFAULT_MAX_PIXELS,
     check_decode,
+    decode_input,
     decode_rgb,
-    decode_to_input,
     normalize,
     resize_bilinear,
 )
@@ -180,8 +180,8 @@ class Featurizer:
     def preprocess(self, data: bytes) -> np.ndarray:
         """Decode and normalise one encoded image to the network input [S, S, 3] (as to_input(decode(data)))."""
         c = self.contract
-        return decode_to_input(data, c.input_size, c.input_mean, c.input_std, self.config.max_pixels,
-                               c.jpeg_dct_method, c.decode)[1]
+        return decode_input(data, c.input_size, c.input_mean, c.input_std, self.config.max_pixels,
+                            c.jpeg_dct_method, c.decode)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return bottlenecks [N, D] for preprocessed images [N, S, S, 3]."""

@@ -153,10 +153,14 @@ class Servable(ABC):
             InvalidImage and its kinds: a picture that cannot be served.
         """
 
+    def decode_input(self, data: bytes) -> np.ndarray:
+        """Decode and validate one encoded picture; return its model input only (no RGB copy where it can)."""
+        return self.decode_picture(data)[1]
+
     def picture_input(self, data: bytes, index: int) -> np.ndarray:
         """Return the model input of the picture of instance ``index``; errors keep their class and name it."""
         try:
-            return self.decode_picture(data)[1]
+            return self.decode_input(data)
         except (BadRequest, InvalidImage) as exc:  # same error class (same status), naming the instance
             raise type(exc)(f"instance {index}: {exc}") from exc
 

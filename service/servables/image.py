@@ -61,7 +61,9 @@ class ImageClassifierServable(Servable):
         pictures = [_blank_picture("JPEG", (48, 32)), _blank_picture("PNG", (48, 32))]
         if self.model.decode_mode == "fast":
             pictures.append(_blank_picture("JPEG", (4 * size, 4 * size)))
-        inputs = [self.decode_picture(picture)[1] for picture in pictures]
+        inputs = [self.decode_input(picture) for picture in pictures]  # what requests do (the RGB too: annotation)
+        for picture in pictures:
+            self.decode_picture(picture)
         self.batcher.submit(inputs[0][None])
 
     def make_signatures(self) -> dict[str, Signature]:
@@ -79,6 +81,10 @@ class ImageClassifierServable(Servable):
     def decode_picture(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """Decode and validate one encoded image; return (uint8 RGB, network input [S, S, 3])."""
         return self.model.preprocess(data)
+
+    def decode_input(self, data: bytes) -> np.ndarray:
+        """Decode and validate one encoded image; return its network input [S, S, 3] (no RGB copy)."""
+        return self.model.preprocess_input(data)
 
     def decode_instance(self, value, index: int, signature: Signature) -> np.ndarray:
         """Return the network input of one encoded image (serving), or check one bottleneck row (bottleneck)."""

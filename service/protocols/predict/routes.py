@@ -51,7 +51,8 @@ def predict():
         as_jpeg = _wants_jpeg()
         annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
         threshold = request_param(request, THRESHOLD_PARAMETER)
-        answer = plane.infer(served, InferenceRequest([data], keep_pictures=True, unfamiliar_threshold=threshold))
+        # The decoded picture is kept only to draw on: without annotation no RGB copy is made.
+        answer = plane.infer(served, InferenceRequest([data], keep_pictures=annotate, unfamiliar_threshold=threshold))
         return _answer(served, answer, k, annotate, as_jpeg, started)
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from imgclf.core.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 from imgclf.featurizer.images.decode import (
+    decode_input,
     decode_rgb,
     decode_to_input,
     jpeg_scale,
@@ -311,9 +312,9 @@ def test_one_traced_function_serves_all_eight_orientations(jpeg_decoder):
             for orientation in range(1, 9)] + [images.jpeg(42, (500, 450))]
     for jpeg in data + data:
         decode_to_input(jpeg, size, 128.0, 128.0, jpeg_dct_method="", decode="fast")
-    function = image_io._upright_resize_function(size, 128.0, 128.0) if jpeg_decoder == "turbo" else \
-        image_io._fused_jpeg_function(size, 128.0, 128.0, "", 2)
-    assert function.experimental_get_tracing_count() == 1
+    prefix = ("decoded", size) if jpeg_decoder == "turbo" else (size,)
+    traced = [key for key in image_io._FUSED if key[:len(prefix)] == prefix]
+    assert traced == [(*prefix, 128.0, 128.0, *(() if jpeg_decoder == "turbo" else ("", 2)), True)]
 
 
 def _jpeg_corpus() -> dict[str, bytes]:
@@ -537,3 +538,15 @@ def test_libjpeg_turbo_is_not_used_where_it_decodes_differently_from_tensorflow(
         image_io._turbo_agrees_with_tensorflow.cache_clear()
     monkeypatch.setattr(image_io, "_simplejpeg", real)
     assert image_io._turbo_agrees_with_tensorflow() is True
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_decode_input_is_the_network_input_of_decode_to_input_without_the_rgb(decode, jpeg_decoder):
+    photos = [_rotated_photo(6), images.jpeg(44, (500, 375)), images.encode(images.photo_like(45, (64, 48)), "PNG")]
+    for data in photos:  # the fused JPEG path (turned, DCT-scaled in fast mode) and the general path
+        rgb, x = decode_to_input(data, 299, 128.0, 128.0, jpeg_dct_method="", decode=decode)
+        assert rgb is not None
+        x_only = decode_input(data, 299, 128.0, 128.0, jpeg_dct_method="", decode=decode)
+        assert x_only.dtype == np.float32 and x_only.shape == (299, 299, 3)
+        np.testing.assert_array_equal(x_only, x)
+    assert decode_to_input(photos[1], 299, jpeg_dct_method="", with_rgb=False)[0] is None

@@ -66,7 +66,8 @@ def test_warm_up_traces_every_decode_function_a_first_request_would(repo, monkey
         assert traced, "warm-up traced no decode function"
         photos = [jpeg(41), jpeg(42, (2500, 2400)), encode(photo_like(43, (64, 48)), "PNG")]
         for photo in photos:  # a small photo, a phone-size one (DCT-scaled in fast mode), a PNG
-            served.decode_picture(photo)
+            served.decode_picture(photo)  # annotated requests keep the RGB
+            served.decode_input(photo)  # the others do not
         assert image_io._FUSED == traced, f"requests traced {sorted(set(image_io._FUSED) - set(traced))}"
     finally:
         served.close()

@@ -105,6 +105,18 @@ def test_annotate_false_adds_nothing(client, images, query, fields):
     assert "annotated_image" not in body and body["predictions"]
 
 
+def test_only_an_annotated_answer_keeps_the_decoded_picture(client, images, monkeypatch):
+    from imgclf.training.classifier import LoadedModel
+
+    kept = []
+    real = LoadedModel.preprocess
+    monkeypatch.setattr(LoadedModel, "preprocess", lambda self, data: kept.append(1) or real(self, data))
+    plain = _post(client, "multipart", images["stripes"]).get_json()
+    assert not kept and plain["predictions"]  # no RGB copy: the network input alone (preprocess_input)
+    annotated = _post(client, "multipart", images["stripes"], "annotate=1").get_json()
+    assert kept and annotated["predictions"] == plain["predictions"] and annotated["annotated_image"]
+
+
 def test_accept_image_jpeg_answers_the_annotated_image(client, images):
     response = client.post("/predict", data=images["bubbles"], content_type="image/jpeg",
                            headers={"Accept": "image/jpeg"})
