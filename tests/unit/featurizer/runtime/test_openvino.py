@@ -82,7 +82,12 @@ def test_features_match_tensorflow_fp32_per_image_on_the_legacy_graph(legacy_gra
 
 
 def test_features_match_tensorflow_fp32_per_image_on_full_inception(full_graph_path, demo_dir, tmp_path):
-    print("lowest cosine per precision:", _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions()))
+    found = _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions())
+    print("lowest cosine per precision:", found)
+    # Issue 25's wider margin where it was measured: 0.9971 on these images with no-vnni-fullrange on a 2-core
+    # AVX2 EPYC (0.9902 with round 2's no-vnni). The vnni recipes (VNNI/AMX CPUs) keep the issue's 0.99 until
+    # someone measures them there.
+    assert found["int8"] >= (0.995 if int8_recipe() == "no-vnni-fullrange" else MIN_COSINE["int8"]), found
 
 
 def test_batches_are_split_over_the_infer_requests_in_order(legacy_graph_path, demo_dir, ov_cache):
