@@ -324,6 +324,8 @@ def test_int8_recipes_key_the_cache_and_follow_the_cpu(monkeypatch):
         assert openvino_backend.int8_recipe() == f"{expected}-fullrange"
         assert openvino_backend.int8_recipe(legacy=True) == expected
     assert set(openvino_backend.INT8_RECIPES) == set(recipes)
+    with pytest.raises(ValueError, match="int8 recipe must be one of vnni, no-vnni, .*; received 'fast'"):
+        OpenVINOGraph.from_graph_def(None, "g" * 64, precision="fp32", recipe="fast")
 
 
 def _input_range(model):
