@@ -134,6 +134,9 @@ class Featurizer:
         parts = {"backend": self.backend}
         if self.calibration is not None:
             parts["calibration_sha256"] = self.calibration.sha256
+        recipe = getattr(self.graph, "info", {}).get("int8_recipe")
+        if recipe not in (None, "vnni"):  # features of another int8 recipe differ; round 2's vnni keys stay valid
+            parts["int8_recipe"] = recipe
         return parts
 
     def _identity(self) -> FeaturizerIdentity:

@@ -111,17 +111,34 @@ def resolve_openvino_precision(requested: str) -> str:
 # full-size graph, 64 calibration images, worst image's cosine to TensorFlow fp32: on a 2-core AVX2 machine
 # 0.9886 with NNCF's defaults, 0.9899 with the overflow fix, 0.9902 with both (and 0.9832 with full bias
 # correction); NNCF's defaults gave 0.9903 on the AMX machine.
+#
+# The "-fullrange" recipes (the defaults since issue 25) quantize each activation over the whole range the
+# calibration images reach (the global min and max) instead of NNCF's default, the mean over images of each
+# image's min and max, which clips every picture of more contrast than the average one in every layer: the
+# drawn checkerboards of the demo set lost 0.01 of cosine that way (0.9883 at worst). Found on a 2-core AMD
+# EPYC Zen 3 (AVX2, no VNNI/AMX; the no-vnni recipe), full-size graph, cosine to TensorFlow fp32 per image
+# (python -m bench.int8_fidelity): keeping one convolution out of int8 (all 94 tried, FakeQuantize nodes
+# bypassed, 16 worst of 64 images) raised the worst image by 0.004 at most, and all 94 together only to
+# 0.797 on the worst picture: the loss is spread over every layer, so no layer is kept float. The wider
+# range is kernel-independent (it changes the scales, not the arithmetic), so it is the same on every CPU.
+# Its cost: one near-uniform picture (two close colours) loses resolution (see docs/benchmarks.md).
 INT8_RECIPES = {
     "vnni": {},
     "no-vnni": {"overflow_fix": "enable", "preset": "mixed"},
+    "vnni-fullrange": {"activation_ranges": "minmax"},
+    "no-vnni-fullrange": {"overflow_fix": "enable", "preset": "mixed", "activation_ranges": "minmax"},
 }
 
 
-def int8_recipe() -> str:
-    """Return the int8 recipe for this CPU: ``vnni`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8."""
+def int8_recipe(*, legacy: bool = False) -> str:
+    """Return the int8 recipe for this CPU: ``vnni-fullrange`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8.
+
+    ``legacy`` gives round 2's recipe (``vnni`` / ``no-vnni``), kept for comparison (``bench.int8_fidelity``).
+    """
     from imgclf.core.precision import cpu_flags
 
-    return "vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
+    kind = "vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
+    return kind if legacy else f"{kind}-fullrange"
 
 
 def ir_key(graph_sha256: str, contract: GraphContract, precision: str, calibration_sha256: str | None,
@@ -172,7 +189,8 @@ class OpenVINOGraph:
     @classmethod
     def from_graph_def(cls, graph_def, graph_sha256: str, contract: GraphContract = DEFAULT_CONTRACT,
                        precision: str = "fp32", *, threads: int = 0, cache_dir: Path | None = None,
-                       calibration=None, preprocess: Callable[[bytes], np.ndarray] | None = None) -> OpenVINOGraph:
+                       calibration=None, preprocess: Callable[[bytes], np.ndarray] | None = None,
+                       recipe: str | None = None) -> OpenVINOGraph:
         """Convert (or take from the cache) and compile a frozen featurizer GraphDef as it was loaded.
 
         Args:
@@ -183,6 +201,7 @@ class OpenVINOGraph:
             calibration: a :class:`~imgclf.featurizer.runtime.calibration.Calibration`; required for int8.
             preprocess: encoded image → network input [S, S, 3], for the calibration images; required for
                 int8 (used only when the quantized model is not in the cache).
+            recipe: an int8 recipe of :data:`INT8_RECIPES` (default: :func:`int8_recipe`, this CPU's).
         """
         from imgclf.featurizer.graph.load import inference_graph_def
 
@@ -190,8 +209,10 @@ class OpenVINOGraph:
         if precision == "int8" and (calibration is None or preprocess is None):
             raise UsageError("int8 precision needs calibration images (the featurized folder; "
                              "--calibration-images N)")
+        if recipe is not None and recipe not in INT8_RECIPES:
+            raise UsageError(f"int8 recipe must be one of {', '.join(INT8_RECIPES)}; received {recipe!r}")
         version = ov.get_version()
-        recipe = int8_recipe() if precision == "int8" else None
+        recipe = (recipe or int8_recipe()) if precision == "int8" else None
         key, parts = ir_key(graph_sha256, contract, precision, calibration.sha256 if calibration else None, version,
                             recipe)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -203,6 +224,7 @@ class OpenVINOGraph:
         else:
             log.info("OpenVINO model from the cache: %s", ir_dir)
         info = {"openvino_version": version, "ir_key": key, "int8_recipe": recipe,
+                "int8_settings": dict(INT8_RECIPES[recipe]) if recipe else None,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
         compiled = _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=SLICE_IMAGES)
         return cls(compiled, contract, precision, ir_dir=ir_dir, rewrite_report=report, info=info,
@@ -395,10 +417,16 @@ def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[obj
     if "overflow_fix" in settings:
         options["advanced_parameters"] = AdvancedQuantizationParameters(
             overflow_fix=OverflowFix(settings["overflow_fix"]))
+    if settings.get("activation_ranges") == "minmax":  # the global min and max over the calibration images
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        options.setdefault("advanced_parameters", AdvancedQuantizationParameters())
+        options["advanced_parameters"].activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     if settings.get("preset") == "mixed":
         options["preset"] = nncf.QuantizationPreset.MIXED
     quantized = nncf.quantize(model, dataset, subset_size=len(inputs), **options)
     seconds = time.perf_counter() - started
     log.info("int8: quantized in %.1f s", seconds)
     return quantized, {**calibration.describe(), "decoded": len(inputs), "skipped": calibration.skipped,
-                       "nncf": nncf.__version__, "recipe": recipe, "seconds": round(seconds, 1)}
+                       "nncf": nncf.__version__, "recipe": recipe, "settings": dict(settings),
+                       "seconds": round(seconds, 1)}

@@ -14,7 +14,7 @@ from imgclf.core.errors import GraphError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.demo import write_demo_images
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
-from imgclf.featurizer.runtime.openvino import OpenVINOGraph, native_bf16
+from imgclf.featurizer.runtime.openvino import OpenVINOGraph, int8_recipe, native_bf16
 from tests.support import images
 
 NATIVE_BF16 = native_bf16()
@@ -82,7 +82,12 @@ def test_features_match_tensorflow_fp32_per_image_on_the_legacy_graph(legacy_gra
 
 
 def test_features_match_tensorflow_fp32_per_image_on_full_inception(full_graph_path, demo_dir, tmp_path):
-    print("lowest cosine per precision:", _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions()))
+    found = _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions())
+    print("lowest cosine per precision:", found)
+    # Issue 25's wider margin where it was measured: 0.9971 on these images with no-vnni-fullrange on a 2-core
+    # AVX2 EPYC (0.9902 with round 2's no-vnni). The vnni recipes (VNNI/AMX CPUs) keep the issue's 0.99 until
+    # someone measures them there.
+    assert found["int8"] >= (0.995 if int8_recipe() == "no-vnni-fullrange" else MIN_COSINE["int8"]), found
 
 
 def test_batches_are_split_over_the_infer_requests_in_order(legacy_graph_path, demo_dir, ov_cache):
@@ -217,6 +222,9 @@ def test_int8_calibration_is_reproducible_cached_and_keyed(legacy_graph_path, de
         assert calibration["images"] == 12 and calibration["requested"] == 12
         assert described["calibration_sha256"] == calibration["sha256"] == a.calibration.sha256
         assert (described["backend"], described["precision"]) == ("openvino", "int8")
+        # the card says how it was quantized, and features of another recipe never share a fingerprint
+        assert described["openvino"]["int8_recipe"] == a._key_parts()["int8_recipe"] == int8_recipe()
+        assert described["openvino"]["int8_settings"]["activation_ranges"] == "minmax"
     finally:
         for featurizer in (a, b, c):
             featurizer.close()
@@ -307,10 +315,47 @@ def test_int8_recipes_key_the_cache_and_follow_the_cpu(monkeypatch):
         return openvino_backend.ir_key("g" * 64, DEFAULT_CONTRACT, precision, "c" * 64, "2026.4", recipe)[0]
 
     assert key("vnni") == key(None)  # caches made before recipes existed keep their keys
-    assert key("no-vnni") != key("vnni")
-    assert key("no-vnni", "fp32") == key("vnni", "fp32")  # float IRs have no recipe
+    recipes = ["vnni", "no-vnni", "vnni-fullrange", "no-vnni-fullrange"]
+    assert len({key(recipe) for recipe in recipes}) == 4  # an IR quantized by an older recipe is never reused
+    assert key("no-vnni", "fp32") == key("vnni-fullrange", "fp32")  # float IRs have no recipe
     for flags, expected in [({"avx2", "fma"}, "no-vnni"), ({"avx2", "avx_vnni"}, "vnni"),
                             ({"avx512f", "avx512_vnni"}, "vnni"), ({"amx_int8", "amx_bf16"}, "vnni")]:
         monkeypatch.setattr(precision_module, "cpu_flags", lambda flags=flags: frozenset(flags))
-        assert openvino_backend.int8_recipe() == expected
-    assert set(openvino_backend.INT8_RECIPES) == {"vnni", "no-vnni"}
+        assert openvino_backend.int8_recipe() == f"{expected}-fullrange"
+        assert openvino_backend.int8_recipe(legacy=True) == expected
+    assert set(openvino_backend.INT8_RECIPES) == set(recipes)
+    with pytest.raises(ValueError, match="int8 recipe must be one of vnni, no-vnni, .*; received 'fast'"):
+        OpenVINOGraph.from_graph_def(None, "g" * 64, precision="fp32", recipe="fast")
+
+
+def _input_range(model):
+    """Return (low, high) of the FakeQuantize NNCF put on the network's input."""
+    (fq,) = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+             and op.input(0).get_source_output().get_node().get_type_name() == "Parameter"]
+    low, high = (float(np.min(fq.input(i).get_source_output().get_node().get_data())) for i in (1, 2))
+    return low, high
+
+
+def test_the_fullrange_recipes_quantize_activations_over_the_whole_calibration_range(legacy_graph_path, tmp_path):
+    """The old recipe's range is the mean of each image's min and max; the new one spans every image's values."""
+    import openvino as ov
+
+    from imgclf.featurizer.graph.load import inference_graph_def, load_graph
+    from imgclf.featurizer.runtime.openvino import _quantize
+
+    root = write_demo_images(tmp_path / "images", per_class=4, seed=5)
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=16)
+    calibration = calibration_for(config, root)
+    with Featurizer(FeaturizerConfig(legacy_graph_path, precision="fp32")) as reference:
+        preprocess = reference.preprocess
+        flat = np.stack(calibration.inputs(preprocess)).reshape(16, -1)
+    model = ov.convert_model(inference_graph_def(load_graph(legacy_graph_path)[0])[0])
+    ranges = {recipe: _input_range(_quantize(model.clone(), calibration, preprocess, recipe)[0])
+              for recipe in ("no-vnni", "no-vnni-fullrange", "vnni-fullrange")}
+    whole, mean_max = (flat.min(), flat.max()), flat.max(1).mean()
+    assert mean_max < whole[1] - 0.05  # some images are darker than others: the two ranges differ
+    step = (whole[1] - whole[0]) / 255  # one quantization step: NNCF aligns the range's ends to its grid
+    assert abs(ranges["no-vnni"][1] - mean_max) < 2 * step, (ranges, mean_max)
+    for recipe in ("no-vnni-fullrange", "vnni-fullrange"):
+        low, high = ranges[recipe]
+        assert low <= whole[0] + step and high >= whole[1] - 2 * step, (recipe, ranges[recipe], whole)

@@ -1,0 +1,139 @@
+"""Benchmark: how faithful OpenVINO int8 is to TensorFlow fp32, per image, and what each recipe costs in speed.
+
+On the full-size Inception-v3 graph (seeded random weights, bench/out/) and two
+sets of 64 generated JPEGs, each calibrated on its own folder as `imgclf
+featurize` would:
+
+- ``photos``: photo-like JPEGs of about 500×375 (``bench.featurize``'s);
+- ``drawn``: the demo set's drawn pictures (bubbles, checkers, stripes, sunsets;
+  sharp edges, flat colours), the kind on which int8 loses most.
+
+For each set it prints the per-image cosine to TensorFlow fp32 (worst, second
+worst, mean) of OpenVINO fp32, bf16 (where the CPU has it), and int8 with round
+2's recipe and the current one, each calibrated on the default number of images
+(300: the whole folder) and on 32; then the speed of the featurizer alone
+(normalised images in, img/s over batches of 32, the median of five passes,
+the variants interleaved) of each, with ratios to the old int8 recipe and to OpenVINO fp32, all in the same
+run. Prints the CPU and its int8/bf16 flags. Not a test: no assertions; about
+10 minutes on 2 cores.
+
+    python -m bench.int8_fidelity [--images 64] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.featurize import OUT, cosines, make_images
+from imgclf.core.precision import cpu_flags
+from imgclf.featurizer.graph.load import load_graph
+from imgclf.featurizer.images.demo import DEMO_CLASSES, write_demo_images
+from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
+from imgclf.featurizer.runtime.openvino import OpenVINOGraph, int8_recipe, native_bf16
+
+
+def image_sets(root: Path, count: int) -> dict[str, Path]:
+    """Write the two image folders (deterministic) and return them by name."""
+    make_images(root / "photos" / "photo", count)
+    write_demo_images(root / "drawn", per_class=count // len(DEMO_CLASSES), seed=3)
+    return {"photos": root / "photos", "drawn": root / "drawn"}
+
+
+def rates(graphs: dict, inputs: np.ndarray, rounds: int, batch: int = 32) -> dict[str, float]:
+    """Return each graph's median img/s over ``rounds`` passes of ``inputs`` in batches, the graphs interleaved.
+
+    Interleaving spreads the machine's own changes in load over every variant alike.
+    """
+    for graph in graphs.values():
+        graph.run(inputs[:batch])  # warm-up
+    found: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            start = time.perf_counter()
+            for i in range(0, len(inputs), batch):
+                graph.run(inputs[i:i + batch])
+            found[name].append(len(inputs) / (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in found.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=64, help="images per set")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes per variant, interleaved (median)")
+    parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
+    args = parser.parse_args()
+
+    graph_path = args.graph or OUT / "inception_v3_random_seed0.pb"
+    if not graph_path.exists():
+        from imgclf.featurizer.graph.export import export_inception
+
+        print(f"building {graph_path} (once) ...", flush=True)
+        export_inception(graph_path, weights="random", seed=0)
+    flags = cpu_flags()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None
+    print(f"CPU: {model or platform.processor() or platform.machine()}, {os.cpu_count()} cores; int8/bf16 flags: "
+          f"{', '.join(sorted(f for f in flags if 'vnni' in f or f.startswith('amx') or 'bf16' in f)) or 'none'}"
+          f"; avx2 {'yes' if 'avx2' in flags else 'no'}, avx512f {'yes' if 'avx512f' in flags else 'no'}")
+    old, new = int8_recipe(legacy=True), int8_recipe()
+    print(f"graph {graph_path.name}; int8 recipes: old {old}, new {new}", flush=True)
+    graph_def, sha = load_graph(graph_path)
+    reference = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
+    variants = [("OpenVINO fp32", "fp32", None, None)] + ([("OpenVINO bf16", "bf16", None, None)]
+                                                          if native_bf16() else [])
+    for calibration in (DEFAULT_CALIBRATION_IMAGES, 32):
+        for label, recipe in (("old", old), ("new", new)):
+            variants.append((f"int8 {label} ({recipe}), calib {calibration}", "int8", recipe, calibration))
+    rows: dict[str, dict] = {name: {} for name, *_ in variants}
+    with tempfile.TemporaryDirectory(prefix="int8-fidelity-") as tmp:
+        sets = image_sets(Path(tmp) / "images", args.images)
+        for set_name, folder in sets.items():
+            files = sorted(folder.rglob("*.jpg"))
+            inputs = np.stack([reference.preprocess(f.read_bytes()) for f in files])
+            expected = np.concatenate([reference.run(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+            graphs = {}
+            for name, precision, recipe, n in variants:
+                started = time.perf_counter()
+                calibration = calibration_for(FeaturizerConfig(graph_path, precision="int8", backend="openvino",
+                                                               calibration_images=n), folder) if n else None
+                graph = OpenVINOGraph.from_graph_def(graph_def, sha, precision=precision,
+                                                     cache_dir=Path(tmp) / "openvino", calibration=calibration,
+                                                     preprocess=reference.preprocess, recipe=recipe)
+                setup = time.perf_counter() - started
+                found = cosines(graph.run(inputs), expected)
+                if set_name == "photos":  # timed below, all variants interleaved
+                    graphs[name] = graph
+                else:
+                    graph.close()
+                cos, worst = np.sort(found), files[int(np.argmin(found))].relative_to(folder)
+                rows[name][set_name] = cos
+                print(f"  {set_name:<7} {name:<40} worst {cos[0]:.5f} ({worst}), 2nd {cos[1]:.5f}, "
+                      f"mean {cos.mean():.5f}  (setup {setup:.0f} s)", flush=True)
+            if graphs:
+                speeds = rates(graphs, inputs, args.rounds)
+                for graph in graphs.values():
+                    graph.close()
+    reference.close()
+
+    print(f"\nper-image cosine to TensorFlow fp32, {args.images} images per set; speed: the featurizer alone on "
+          f"the photos, batches of 32, median of {args.rounds} interleaved passes")
+    print(f"{'variant':<40} {'photos worst/mean':>17} {'drawn worst/2nd/mean':>25} {'img/s':>6} "
+          f"{'x old':>6} {'x fp32':>6}")
+    for name, _, _, n in variants:
+        photos, drawn = rows[name]["photos"], rows[name]["drawn"]
+        old_name = f"int8 old ({old}), calib {n}" if n else None
+        ratio = f"{speeds[name] / speeds[old_name]:6.2f}" if old_name else f"{'':>6}"
+        print(f"{name:<40} {photos[0]:.5f}/{photos.mean():.5f} {drawn[0]:.5f}/{drawn[1]:.5f}/{drawn.mean():.5f} "
+              f"{speeds[name]:6.1f} {ratio} {speeds[name] / speeds['OpenVINO fp32']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
