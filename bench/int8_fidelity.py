@@ -83,7 +83,7 @@ def main() -> None:
     print(f"CPU: {model or platform.processor() or platform.machine()}, {os.cpu_count()} cores; int8/bf16 flags: "
           f"{', '.join(sorted(f for f in flags if 'vnni' in f or f.startswith('amx') or 'bf16' in f)) or 'none'}"
           f"; avx2 {'yes' if 'avx2' in flags else 'no'}, avx512f {'yes' if 'avx512f' in flags else 'no'}")
-    old, new = int8_recipe(legacy=True), int8_recipe()
+    old, new = int8_recipe(), int8_recipe(full_range=True)
     print(f"graph {graph_path.name}; int8 recipes: old {old}, new {new}", flush=True)
     graph_def, sha = load_graph(graph_path)
     reference = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))

@@ -112,16 +112,18 @@ def resolve_openvino_precision(requested: str) -> str:
 # 0.9886 with NNCF's defaults, 0.9899 with the overflow fix, 0.9902 with both (and 0.9832 with full bias
 # correction); NNCF's defaults gave 0.9903 on the AMX machine.
 #
-# The "-fullrange" recipes (the defaults since issue 25) quantize each activation over the whole range the
-# calibration images reach (the global min and max) instead of NNCF's default, the mean over images of each
-# image's min and max, which clips every picture of more contrast than the average one in every layer: the
-# drawn checkerboards of the demo set lost 0.01 of cosine that way (0.9883 at worst). Found on a 2-core AMD
-# EPYC Zen 3 (AVX2, no VNNI/AMX; the no-vnni recipe), full-size graph, cosine to TensorFlow fp32 per image
-# (python -m bench.int8_fidelity): keeping one convolution out of int8 (all 94 tried, FakeQuantize nodes
-# bypassed, 16 worst of 64 images) raised the worst image by 0.004 at most, and all 94 together only to
-# 0.797 on the worst picture: the loss is spread over every layer, so no layer is kept float. The wider
-# range is kernel-independent (it changes the scales, not the arithmetic), so it is the same on every CPU.
-# Its cost: one near-uniform picture (two close colours) loses resolution (see docs/benchmarks.md).
+# The "-fullrange" recipes quantize each activation over the whole range the calibration images reach (the
+# global min and max) instead of NNCF's default, the mean over images of each image's min and max, which
+# clips every picture of more contrast than the average one in every layer. Measured in issue 25 on a 2-core
+# AMD EPYC Zen 3 (AVX2, no VNNI/AMX; the no-vnni recipes), full-size graph, cosine to TensorFlow fp32 per
+# image (python -m bench.int8_fidelity, docs/benchmarks.md): 64 photo-like JPEGs 0.99885 at worst with
+# no-vnni, 0.99883 with no-vnni-fullrange (both above the 0.995 margin asked of CPUs without AMX); 64 drawn
+# pictures: every one but one gains (checkerboards 0.988 -> 0.994), but the worst, a near-uniform picture of
+# two close colours, falls from 0.926 to 0.700 (its activations are tiny against the wider ranges). By the
+# worst image, the measure asked for, full range loses: the default stays vnni / no-vnni, and the
+# full-range recipes are there to measure against. Keeping one convolution out of int8 (all 94 tried,
+# FakeQuantize nodes bypassed, 16 worst of 64 images) raised the worst image by 0.004 at most: the loss is
+# spread over every layer, so no layer is kept float either.
 INT8_RECIPES = {
     "vnni": {},
     "no-vnni": {"overflow_fix": "enable", "preset": "mixed"},
@@ -130,15 +132,13 @@ INT8_RECIPES = {
 }
 
 
-def int8_recipe(*, legacy: bool = False) -> str:
-    """Return the int8 recipe for this CPU: ``vnni-fullrange`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8.
-
-    ``legacy`` gives round 2's recipe (``vnni`` / ``no-vnni``), kept for comparison (``bench.int8_fidelity``).
-    """
+def int8_recipe(*, full_range: bool = False) -> str:
+    """Return the int8 recipe for this CPU: ``vnni`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8, else
+    ``no-vnni``; ``full_range``: its ``-fullrange`` variant (measured against it by ``bench.int8_fidelity``)."""
     from imgclf.core.precision import cpu_flags
 
     kind = "vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
-    return kind if legacy else f"{kind}-fullrange"
+    return f"{kind}-fullrange" if full_range else kind
 
 
 def ir_key(graph_sha256: str, contract: GraphContract, precision: str, calibration_sha256: str | None,
