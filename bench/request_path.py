@@ -128,7 +128,8 @@ def featurizer_figures(graph: Path, backend: str, precision: str, jpeg: bytes, s
     caches), so TensorFlow's start-up and the model's loading cancel out.
     """
     cache = OUT / "request-featurize.sqlite"
-    featurize_run(graph, backend, precision, photo_folder(jpeg, small), cache)  # converts/quantizes once
+    for count in (small, large):  # converts (and for int8 quantizes: the calibration sample depends on the folder)
+        featurize_run(graph, backend, precision, photo_folder(jpeg, count), cache)
     cpu_small, wall_small = featurize_run(graph, backend, precision, photo_folder(jpeg, small), cache)
     cpu_large, wall_large = featurize_run(graph, backend, precision, photo_folder(jpeg, large), cache)
     return {"cpu_ms": 1000 * (cpu_large - cpu_small) / (large - small),
@@ -143,19 +144,20 @@ def served_model_figures(version_dir: Path, jpeg: bytes, batches: list[int], sec
 
     model = load_model(version_dir)
     figures: dict = {"backend": model.backend, "cpu_ms": {}}
-    x = model.preprocess_input(jpeg)
+    decode = getattr(model, "preprocess_input", lambda data: model.preprocess(data)[1])  # older trees: no RGB-less call
+    x = decode(jpeg)
     model.infer_inputs(x[None])
     latencies = []
     for _ in range(max(20, int(seconds * 20))):
         t0 = time.perf_counter()
-        model.infer_inputs(model.preprocess_input(jpeg)[None])
+        model.infer_inputs(decode(jpeg)[None])
         latencies.append(time.perf_counter() - t0)
     figures["single_ms"] = 1000 * float(np.median(latencies))
     for batch in sorted(set(batches)):
         model.infer_inputs(np.stack([x] * batch))
         images, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
         while images < 32 or time.perf_counter() - wall0 < seconds:
-            model.infer_inputs(np.stack([model.preprocess_input(jpeg) for _ in range(batch)]))
+            model.infer_inputs(np.stack([decode(jpeg) for _ in range(batch)]))
             images += batch
         figures["cpu_ms"][batch] = 1000 * (time.process_time() - cpu0) / images
     close = getattr(model.featurizer_graph, "close", None)
