@@ -69,6 +69,8 @@ class InferenceRequest:
     outputs: list[str] | None = None  # the outputs to answer, in this order (None: every output)
     where: str = "the request"  # how the protocol names the instances in messages ('"instances"', "input 'x'")
     keep_pictures: bool = False  # every instance is a picture; answer the decoded RGB images too (annotation)
+    # One picture, whose errors are its own (/predict): messages name no instance number.
+    one_picture: bool = False
     # This request's threshold of unfamiliar_score, as received (a number, or its text from a query string or
     # a form); None: the model's. Checked by the data plane, before any decoding.
     unfamiliar_threshold: object = None
@@ -133,6 +135,8 @@ class DataPlane:
                 decoded = [served.decode_picture(value) for value in request.instances]
                 rgb = [d[0] for d in decoded]
                 batch = decoded[0][1][None] if len(decoded) == 1 else np.stack([d[1] for d in decoded])  # no copy
+            elif request.one_picture and len(request.instances) == 1 and pictures:
+                rgb, batch = None, served.decode_input(pictures[0])[None]
             else:
                 rgb, batch = None, served.decode_batch(request.instances, signature)
         decoded_at = time.perf_counter()

@@ -52,7 +52,8 @@ def predict():
         annotate = parse_bool(request_param(request, "annotate"), "annotate") or as_jpeg
         threshold = request_param(request, THRESHOLD_PARAMETER)
         # The decoded picture is kept only to draw on: without annotation no RGB copy is made.
-        answer = plane.infer(served, InferenceRequest([data], keep_pictures=annotate, unfamiliar_threshold=threshold))
+        answer = plane.infer(served, InferenceRequest([data], keep_pictures=annotate, one_picture=True,
+                                                      unfamiliar_threshold=threshold))
         return _answer(served, answer, k, annotate, as_jpeg, started)
 
 

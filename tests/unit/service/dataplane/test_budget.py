@@ -42,8 +42,9 @@ def decodes(app, monkeypatch):
     """Count the images the served model decodes."""
     served = app.extensions["imgclf.models"].get("shapes")
     calls = []
-    original = served.decode_picture
-    monkeypatch.setattr(served, "decode_picture", lambda data: calls.append(len(data)) or original(data))
+    for name in ("decode_picture", "decode_input"):  # with the RGB (annotation), or the network input alone
+        original = getattr(served, name)
+        monkeypatch.setattr(served, name, lambda data, original=original: calls.append(len(data)) or original(data))
     return calls
 
 
