@@ -23,6 +23,7 @@ from imgclf.service import app_settings, metrics
 from imgclf.service.access import auth, cross_site, hosts, redact, security_headers
 from imgclf.service.dataplane import extension as dataplane
 from imgclf.service.protocols import health as routes_health
+from imgclf.service.protocols.predict import lean as lean_predict
 from imgclf.service.protocols.predict import routes as routes_predict
 from imgclf.service.protocols.rest import read_streamed_body, register_error_handlers
 from imgclf.service.protocols.tfserving import routes as routes_tfserving
@@ -72,5 +73,9 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
         from imgclf.service.protocols.grpc import extension as grpc_extension
 
         grpc_extension.init_app(app, settings)
+    # The common POST /predict (a JPEG, JSON back, no browser Origin) is answered before Flask; every other
+    # request, and any error, goes through the app as before (protocols/predict/lean.py).
+    if settings.server.lean_predict:
+        lean_predict.init_app(app, settings, plane, metrics.current_metrics(app))
     plane.models.start()
     return app

@@ -11,18 +11,15 @@ names too). With ``Accept: image/jpeg`` the answer is the annotated JPEG itself.
 from __future__ import annotations
 
 import base64
-import math
 import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from imgclf.core import export_names as names
-from imgclf.core.errors import BadRequest
 from imgclf.service.app_settings import current_config
 from imgclf.service.dataplane.annotate import annotate_to_jpeg
 from imgclf.service.dataplane.extension import current_plane
 from imgclf.service.dataplane.plane import THRESHOLD_PARAMETER, InferenceRequest
-from imgclf.service.dataplane.postprocess import top_k
+from imgclf.service.protocols.predict.answer import answer_body, best_labels, image_classifier, unfamiliar_fields
 from imgclf.service.protocols.predict.request import (
     image_from_request,
     parse_bool,
@@ -43,9 +40,7 @@ def predict():
     # The whole request runs inside the lease: the version stays loaded and the request counts in flight (a
     # batch gathering now waits for it) until its answer is made.
     with plane.model(requested_model(request)) as served:
-        if not served.takes_pictures:
-            raise BadRequest(f"model {served.name!r} is a regression model (x in, y out), not an image classifier; "
-                             f'send {{"instances": [[x], ...]}} to /v1/models/{served.name}:predict')
+        image_classifier(served)
         data = image_from_request(request)
         k = parse_top_k(request_param(request, "top_k"), len(served.labels), config.top_k)
         as_jpeg = _wants_jpeg()
@@ -59,18 +54,16 @@ def predict():
 
 def _answer(served, answer, k: int, annotate: bool, as_jpeg: bool, started: float) -> Response:
     """Return the top-k labels (JSON, with the annotated image if asked) or the annotated JPEG itself."""
-    best = top_k(answer.outputs[names.PROBABILITIES_KEY][0], served.labels, k)
-    unfamiliar = _unfamiliar(answer)
+    best = best_labels(served, answer, k)
     jpeg = None
     if annotate:
+        unfamiliar = unfamiliar_fields(answer).get("unfamiliar")
         jpeg = annotate_to_jpeg(answer.pictures[0], best[0]["label"], best[0]["score"], current_config().font or None,
-                                unfamiliar_of=len(served.labels) if unfamiliar.get("unfamiliar") else None)
+                                unfamiliar_of=len(served.labels) if unfamiliar else None)
     if as_jpeg:
         response = Response(jpeg, mimetype="image/jpeg")
     else:
-        body = {"model": served.name, "version": served.version, "predictions": best, **unfamiliar,
-                "timing_ms": {"decode": _ms(answer.seconds["decode"]), "predict": _ms(answer.seconds["predict"]),
-                              "total": _ms(time.perf_counter() - started)}}
+        body = answer_body(served, answer, best, started)
         if jpeg is not None:
             body["annotated_image"] = base64.b64encode(jpeg).decode("ascii")
         response = jsonify(body)
@@ -78,21 +71,6 @@ def _answer(served, answer, k: int, annotate: bool, as_jpeg: bool, started: floa
     return response
 
 
-def _unfamiliar(answer) -> dict:
-    """Return the image's unfamiliar flag, its score and the threshold used (null when nothing is flagged), or {}
-    for a model without them."""
-    if names.UNFAMILIAR_SCORE_KEY not in answer.outputs:
-        return {}
-    threshold = answer.unfamiliar_threshold
-    return {"unfamiliar": bool(answer.outputs[names.UNFAMILIAR_KEY][0]),
-            "unfamiliar_score": float(answer.outputs[names.UNFAMILIAR_SCORE_KEY][0]),
-            "unfamiliar_threshold": float(threshold) if threshold is not None and math.isfinite(threshold) else None}
-
-
 def _wants_jpeg() -> bool:
     """Return whether the client prefers image/jpeg to JSON (``*/*`` and no Accept mean JSON)."""
     return request.accept_mimetypes.best_match(["application/json", "image/jpeg"]) == "image/jpeg"
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
