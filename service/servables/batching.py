@@ -6,7 +6,9 @@ until ``max_size`` images are gathered), runs the model once on the stacked
 batch and hands every request its rows. Under concurrency the model sees
 batches, which is where the featurizer's throughput comes from. The wait ends
 early once every prediction request in flight in the worker has joined a batch
-(the app counts them), so a lone request does not wait at all. With batching
+(the app counts them), so a lone request does not wait at all: it runs the
+model on its own thread, without the hand-off to a batching thread and back
+(while it runs, the requests that arrive are batched as usual). With batching
 off, each request calls the model itself.
 
 A caller may make its wait cancellable (:func:`cancellable`: gRPC does, for
@@ -104,6 +106,7 @@ class Batcher:
         self._taken = 0  # requests in batches that lanes are running or gathering now
         self._taken_lock = threading.Lock()
         self._gather_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(lanes)  # model calls that may run at once
         self._closed = False
         self._closing_lock = threading.Lock()  # a submit puts its request in before close() starts, or fails
         self._threads: list[threading.Thread] = []
@@ -125,6 +128,13 @@ class Batcher:
             raise CancelledError("the request was cancelled before its prediction")
         if not self.enabled:
             return self._call(inputs)
+        if self._alone(len(inputs)):
+            try:
+                return self._call(inputs)  # nobody to wait for: no hand-off to a lane and back
+            finally:
+                with self._taken_lock:
+                    self._taken -= len(inputs)
+                self._slots.release()
         future: Future = Future()
         with self._closing_lock:
             if self._closed:
@@ -133,6 +143,17 @@ class Batcher:
         if cancellation is not None:
             cancellation.on_cancel(future.cancel)  # succeeds only while no batch has taken it
         return future.result()
+
+    def _alone(self, rows: int) -> bool:
+        """Return whether the caller is the only request in flight and no batch is queued, running or gathering;
+        if so, count its rows as taken (the caller runs them itself and gives them back)."""
+        if self.expected is None or not self._queue.empty():
+            return False
+        with self._taken_lock:
+            if self._taken or self.expected() > 1 or not self._slots.acquire(blocking=False):
+                return False
+            self._taken += rows
+            return True
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
@@ -146,10 +167,11 @@ class Batcher:
             # One lane gathers at a time: requests arriving together go into one batch, not one each, and
             # the lanes that are running batches hold only the requests they took (`_taken`).
             with self._gather_lock:
-                pending = self._gather()
+                pending = self._gather()  # holds one of the slots unless None
                 if pending is None:
                     return
                 if not pending:  # gathering failed; its requests have their error
+                    self._slots.release()
                     continue
                 with self._taken_lock:
                     self._taken += len(pending)
@@ -158,16 +180,21 @@ class Batcher:
             finally:
                 with self._taken_lock:
                     self._taken -= len(pending)
+                self._slots.release()
 
     def _gather(self) -> list | None:
-        """Return the next batch of (inputs, future) from the queue; None once stopped."""
+        """Return the next batch of (inputs, future) from the queue, holding a slot; None once stopped."""
         while True:
             item = self._queue.get()
             if item is _STOP:
                 self._queue.put(_STOP)  # for the other lanes
                 return None
+            # At most `lanes` model calls at once, a lone request's own call included; until the model has
+            # room, the request is not running yet: its caller can still cancel it.
+            self._slots.acquire()
             if item[1].set_running_or_notify_cancel():  # False: cancelled while queued; it takes no place
                 break
+            self._slots.release()
         pending = [item]
         size = len(item[0])
         try:

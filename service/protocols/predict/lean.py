@@ -153,8 +153,8 @@ class LeanPredict:
         vary = "Accept, Origin" if access.origins else "Accept"  # as the view and the cross-site hook set it
         self.headers = [("Vary", vary), *ALWAYS.items(), ("Cache-Control", "no-store"),
                         ("Content-Security-Policy", API_CSP)]
-        self.counted = metrics.requests.labels(ROUTE, "POST", "200")
-        self.timed = metrics.request_seconds.labels(ROUTE)
+        self.metrics = metrics
+        self.counted = self.timed = None  # the series, made at the first answer (none shows before, as in Flask)
         self.answered = 0  # requests answered here (the tests check which path took a request)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -210,6 +210,9 @@ class LeanPredict:
                                                                unfamiliar_threshold=param(THRESHOLD_PARAMETER)))
             body = answer_body(served, answer, best_labels(served, answer, k), started)
         payload = (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")
+        if self.counted is None:
+            self.counted = self.metrics.requests.labels(ROUTE, "POST", "200")
+            self.timed = self.metrics.request_seconds.labels(ROUTE)
         self.counted.inc()
         self.timed.observe(time.perf_counter() - started)
         self.answered += 1

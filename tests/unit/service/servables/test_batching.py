@@ -222,3 +222,52 @@ def test_a_request_cancelled_while_queued_leaves_the_queue_and_takes_no_place_in
     assert answers["kept"].tolist() == [[6.0]] and answers["first"].tolist() == [[2.0]]
     with cancellable(cancelled), pytest.raises(CancelledError):  # already cancelled: never queued
         batcher.submit(np.zeros((1, 1), np.float32))
+
+
+def test_a_lone_request_runs_on_its_own_thread_and_later_ones_still_batch():
+    """Alone in flight, a request calls the model itself, in one of the lanes' places; requests arriving while it
+    runs are batched together in the other lane."""
+    release, first_running, calls = threading.Event(), threading.Event(), []
+
+    def run(batch):
+        calls.append((threading.current_thread().name, len(batch)))
+        if batch[0, 0] == 0:
+            first_running.set()
+            assert release.wait(30)
+        return batch * 3
+
+    in_flight = [1]
+    batcher = Batcher(run, max_size=8, max_wait=30.0, expected=lambda: in_flight[0], lanes=2)
+    results = {}
+    first = threading.Thread(target=lambda: results.__setitem__(0, batcher.submit(np.zeros((1, 1)))), name="first")
+    first.start()
+    assert first_running.wait(10)
+    in_flight[0] = 3  # two more arrive while the first runs: they wait for each other, not for it
+    others = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.submit(np.full((1, 1), i))))
+              for i in (1, 2)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in others), "the batch waited for the request running alone"
+    release.set()
+    first.join(10)
+    batcher.close()
+    assert calls[0] == ("first", 1) and calls[1][0].startswith("batcher-") and calls[1][1] == 2
+    assert {i: float(r[0, 0]) for i, r in results.items()} == {0: 0.0, 1: 3.0, 2: 6.0}
+    assert batcher._taken == 0
+
+
+def test_a_lone_request_takes_the_only_lanes_place():
+    """One lane: while a lone request runs the model on its own thread, the next waits in the queue (cancellable
+    there), never in a second model call beside it."""
+    run, peak = _concurrency_probe(0.3)
+    in_flight = [1]
+    batcher = Batcher(run, max_size=8, max_wait=0.0, expected=lambda: in_flight[0])
+    first = threading.Thread(target=batcher.submit, args=(np.zeros((1, 1)),))
+    first.start()
+    in_flight[0] = 2
+    second = batcher.submit(np.ones((1, 1)))
+    first.join(10)
+    batcher.close()
+    assert float(second[0, 0]) == 2.0 and peak[0] == 1 and batcher._taken == 0
