@@ -164,6 +164,8 @@ class LeanPredict:
         if body is None:
             return self.flask(environ, start_response)
         try:
+            if len(body) != int(environ["CONTENT_LENGTH"]):  # the client sent less than it said, then closed
+                raise Fallback
             status, headers, payload = self._answer(environ, body)
         except Exception:  # Fallback, an ImgclfError or a bug: the app answers it, as it would have
             environ["wsgi.input"] = io.BytesIO(body)  # what was read, for Flask to read again
@@ -172,7 +174,8 @@ class LeanPredict:
         return [payload]
 
     def _body(self, environ: dict) -> bytes | None:
-        """Return the body of a request the lean path may take (read whole), or None to leave it unread."""
+        """Return the body of a request the lean path may take (read whole: shorter than its Content-Length only
+        when the client stopped sending), or None to leave it unread."""
         if (environ.get("HTTP_TRANSFER_ENCODING") or environ.get("HTTP_ORIGIN") or environ.get("HTTP_SEC_FETCH_SITE")
                 or environ.get("HTTP_ACCEPT", "").strip() not in JSON_ACCEPTS or self.app.debug):
             return None
@@ -182,8 +185,7 @@ class LeanPredict:
         limit = self.app.config.get("MAX_CONTENT_LENGTH")
         if not length.isdigit() or not int(length) or (limit is not None and int(length) > limit):
             return None
-        body = environ["wsgi.input"].read(int(length))
-        return body if len(body) == int(length) else None  # a short body: Flask's reader says what happened
+        return environ["wsgi.input"].read(int(length))
 
     def _answer(self, environ: dict, body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         started = time.perf_counter()

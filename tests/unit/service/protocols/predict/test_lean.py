@@ -281,3 +281,23 @@ def test_query_values_are_werkzeugs_for_plain_queries():
     for query in ("model=%74win", "a+b=1", "a=b c", "a=é"):
         with pytest.raises(Fallback):
             query_values(query)
+
+
+def _wsgi(app, environ: dict) -> tuple[str, bytes]:
+    """Call ``app``'s WSGI callable on a copy of ``environ``; return the status line and the body."""
+    answer = {}
+    body = b"".join(app.wsgi_app(dict(environ, **{"wsgi.input": io.BytesIO(environ["wsgi.input"].getvalue())}),
+                                 lambda status, headers, exc_info=None: answer.setdefault("status", status)))
+    return answer["status"], body
+
+
+def test_a_body_shorter_than_its_content_length_gets_flasks_answer(apps, image):
+    """A client that sends less than it declared and stops: the server hands on what came (as gunicorn does)."""
+    environ = EnvironBuilder(path="/predict", method="POST", data=image[:1000], content_type="image/jpeg",
+                             headers={"Host": "localhost"}).get_environ()
+    environ.update({"CONTENT_LENGTH": "50000", "wsgi.input_terminated": True})
+    lean, flask = apps
+    before = lean.extensions[EXTENSION].answered
+    got, expected = _wsgi(lean, environ), _wsgi(flask, environ)
+    assert got == expected and got[0].startswith("400") and b"truncated" in got[1]
+    assert lean.extensions[EXTENSION].answered == before
