@@ -23,10 +23,12 @@ the app, the reference, unchanged:
   than Content-Disposition and Content-Type or not printable ASCII, a
   quoted-string with escapes, more than :data:`MAX_PARTS` parts, a text field
   over :data:`MAX_TEXT_BYTES` or not UTF-8, anything but CRLF delimiters);
-* and any error: the request then runs again through Flask with the body it
-  sent (read once, kept here), so every error keeps the app's status and
-  message. Errors are deterministic and rare; the model is not run twice for a
-  request that succeeds.
+* and any error. One met before the model is leased sends the request to
+  Flask whole (with the body it sent, read once and kept here). One met after
+  (404 or 503 from the lease, a bad ``top_k``, a picture that cannot be
+  served, a busy decoder) is the one the view would raise at that point, on
+  the same values: Flask renders it (a before_request hook raises it), so its
+  status, message, headers and metrics are the app's, and nothing runs twice.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from flask import Flask
+from flask import Flask, request
 
 from imgclf.service.access.hosts import host_allowed
 from imgclf.service.access.security_headers import ALWAYS, API_CSP
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # a type only
     from imgclf.service.settings import Settings
 
 EXTENSION = "imgclf.lean_predict"
+ERROR_KEY = "imgclf.lean_predict.error"  # the WSGI environ key of an error for Flask to render
 PATH = "/predict"
 ROUTE = "/predict"  # the URL rule, as the request metrics label it
 MAX_PARTS = 8  # more parts than a browser form sends: werkzeug's parser (and its part limit) takes them
@@ -66,6 +69,23 @@ _PART_HEADERS = frozenset({b"content-disposition", b"content-type"})
 
 class Fallback(Exception):
     """The request is not one the lean path takes whole: Flask answers it."""
+
+
+class Failed(Exception):
+    """The request failed once its model was leased (``error``): Flask renders that error, without running the
+    request again."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def raise_lean_error() -> None:
+    """Raise the error the lean path met for this request, if any (a before_request hook): Flask's error
+    handlers and hooks then answer it exactly as they answer the view's own errors."""
+    error = request.environ.pop(ERROR_KEY, None)
+    if error is not None:
+        raise error
 
 
 def query_values(query: str) -> dict[str, str]:
@@ -167,7 +187,11 @@ class LeanPredict:
             if len(body) != int(environ["CONTENT_LENGTH"]):  # the client sent less than it said, then closed
                 raise Fallback
             status, headers, payload = self._answer(environ, body)
-        except Exception:  # Fallback, an ImgclfError or a bug: the app answers it, as it would have
+        except Failed as failed:  # the view would have raised it at the same point: Flask renders it
+            environ[ERROR_KEY] = failed.error
+            environ["wsgi.input"] = io.BytesIO(body)
+            return self.flask(environ, start_response)
+        except Exception:  # Fallback, or a request this path did not get as far as the model with
             environ["wsgi.input"] = io.BytesIO(body)  # what was read, for Flask to read again
             return self.flask(environ, start_response)
         start_response(status, headers)
@@ -205,12 +229,17 @@ class LeanPredict:
 
         if not data or parse_bool(param("annotate"), "annotate"):
             raise Fallback
-        with self.plane.model(param(MODEL_FIELD)) as served:
-            image_classifier(served)
-            k = parse_top_k(param("top_k"), len(served.labels), self.top_k_default)
-            answer = self.plane.infer(served, InferenceRequest([data], one_picture=True,
-                                                               unfamiliar_threshold=param(THRESHOLD_PARAMETER)))
-            body = answer_body(served, answer, best_labels(served, answer, k), started)
+        # From here on the checks come in the view's order, on the same values: an error is the one the view
+        # would raise (the picture, top_k and annotate were already found good, as the view finds them).
+        try:
+            with self.plane.model(param(MODEL_FIELD)) as served:
+                image_classifier(served)
+                k = parse_top_k(param("top_k"), len(served.labels), self.top_k_default)
+                answer = self.plane.infer(served, InferenceRequest(
+                    [data], one_picture=True, unfamiliar_threshold=param(THRESHOLD_PARAMETER)))
+                body = answer_body(served, answer, best_labels(served, answer, k), started)
+        except Exception as exc:
+            raise Failed(exc) from None
         payload = (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")
         if self.counted is None:
             self.counted = self.metrics.requests.labels(ROUTE, "POST", "200")
@@ -230,6 +259,7 @@ def init_app(app: Flask, settings: Settings, plane: DataPlane, metrics: Metrics)
     if settings.access.keys_required:
         return None
     lean = LeanPredict(app, settings, plane, metrics)
+    app.before_request(raise_lean_error)
     app.wsgi_app = lean
     app.extensions[EXTENSION] = lean
     return lean

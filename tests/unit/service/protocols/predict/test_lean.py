@@ -301,3 +301,22 @@ def test_a_body_shorter_than_its_content_length_gets_flasks_answer(apps, image):
     got, expected = _wsgi(lean, environ), _wsgi(flask, environ)
     assert got == expected and got[0].startswith("400") and b"truncated" in got[1]
     assert lean.extensions[EXTENSION].answered == before
+
+
+def test_an_error_met_after_the_lease_is_flasks_answer_without_running_the_request_again(apps, image, monkeypatch):
+    """A picture that fails to decode: Flask renders the lean path's error; the picture is decoded once."""
+    from imgclf.service.dataplane.extension import current_plane
+
+    lean_app = apps[0]
+    plane = current_plane(lean_app)
+    calls, infer = [], plane.infer
+
+    def counted(served, request):
+        calls.append(request)
+        return infer(served, request)
+
+    monkeypatch.setattr(plane, "infer", counted)
+    status, _, answer, lean = _both(apps, *_multipart([("image", "a.jpg", image[:2000])]), "top_k=2")
+    assert (status, lean, len(calls)) == (400, False, 1) and "corrupt" in answer["error"]
+    status, _, answer, _ = _both(apps, *_multipart([("image", "a.jpg", image)]), "top_k=9")
+    assert status == 400 and len(calls) == 1  # refused before the model: no inference at all
