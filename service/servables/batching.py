@@ -147,7 +147,7 @@ class Batcher:
     def _alone(self, rows: int) -> bool:
         """Return whether the caller is the only request in flight and no batch is queued, running or gathering;
         if so, count its rows as taken (the caller runs them itself and gives them back)."""
-        if self.expected is None or not self._queue.empty():
+        if self.expected is None or self._closed or not self._queue.empty():  # closed: submit says so
             return False
         with self._taken_lock:
             if self._taken or self.expected() > 1 or not self._slots.acquire(blocking=False):

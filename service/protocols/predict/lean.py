@@ -53,8 +53,7 @@ if TYPE_CHECKING:  # a type only
 
 EXTENSION = "imgclf.lean_predict"
 ERROR_KEY = "imgclf.lean_predict.error"  # the WSGI environ key of an error for Flask to render
-PATH = "/predict"
-ROUTE = "/predict"  # the URL rule, as the request metrics label it
+PATH = "/predict"  # the path taken, and the URL rule the request metrics label its answers with
 MAX_PARTS = 8  # more parts than a browser form sends: werkzeug's parser (and its part limit) takes them
 MAX_TEXT_BYTES = 1024  # a text field longer than any parameter's value goes to werkzeug's parser
 JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})
@@ -242,8 +241,8 @@ class LeanPredict:
             raise Failed(exc) from None
         payload = (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode("utf-8")
         if self.counted is None:
-            self.counted = self.metrics.requests.labels(ROUTE, "POST", "200")
-            self.timed = self.metrics.request_seconds.labels(ROUTE)
+            self.counted = self.metrics.requests.labels(PATH, "POST", "200")
+            self.timed = self.metrics.request_seconds.labels(PATH)
         self.counted.inc()
         self.timed.observe(time.perf_counter() - started)
         self.answered += 1

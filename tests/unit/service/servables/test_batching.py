@@ -271,3 +271,10 @@ def test_a_lone_request_takes_the_only_lanes_place():
     first.join(10)
     batcher.close()
     assert float(second[0, 0]) == 2.0 and peak[0] == 1 and batcher._taken == 0
+
+
+def test_a_lone_submit_after_close_is_an_error():
+    batcher = Batcher(lambda b: b, expected=lambda: 1)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(np.zeros((1, 1)))
