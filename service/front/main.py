@@ -38,6 +38,7 @@ from imgclf.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from imgclf.service.front.proxy import READ_CHUNK, Front
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.front.upstream import Upstream
+from imgclf.service.server.frames import BEHIND_FRONT_ENV
 from imgclf.service.server.launch import gunicorn_argv
 from imgclf.service.server.settings import ServerSettings
 
@@ -57,9 +58,10 @@ def parse_bind(bind: str) -> tuple[str, int] | str:
 
 
 def gunicorn_env(socket_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return gunicorn's environment behind the front: bound to ``socket_path``, its access log off."""
+    """Return gunicorn's environment behind the front: bound to ``socket_path``, its access log off, its workers
+    serving the front's channel (:mod:`imgclf.service.server.channel`)."""
     env = dict(os.environ if base is None else base)
-    env.update(IMGCLF_BIND=f"unix:{socket_path}", IMGCLF_ACCESS_LOG="0")
+    env.update(IMGCLF_BIND=f"unix:{socket_path}", IMGCLF_ACCESS_LOG="0", **{BEHIND_FRONT_ENV: "1"})
     return env
 
 
@@ -123,7 +125,7 @@ async def serve(server: ServerSettings, limits: FrontSettings, argv: list[str] |
     """Run the front and gunicorn until a signal or until gunicorn exits; return the exit status."""
     folder = socket_folder()
     socket_path = os.path.join(folder, SOCKET_NAME)
-    upstream = Upstream(socket_path, server.workers * server.threads, timeout=max(server.timeout, 30))
+    upstream = Upstream(socket_path, timeout=max(server.timeout, 30))
     front = Front(limits, upstream, server)
     address = parse_bind(server.bind)
     try:
@@ -138,6 +140,7 @@ async def serve(server: ServerSettings, limits: FrontSettings, argv: list[str] |
         return EXIT_FAILED
     child = subprocess.Popen(argv or gunicorn_argv(), env=gunicorn_env(socket_path), preexec_fn=_die_with_parent,
                              start_new_session=True)
+    upstream.start()
     log.info("front listening on %s, gunicorn (pid %d) on %s", server.bind, child.pid, socket_path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

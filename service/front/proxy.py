@@ -49,13 +49,12 @@ access_log = logging.getLogger("imgclf.front.access")
 READ_CHUNK = 64 * 1024
 MAX_HEADER_FIELDS = 100
 LINGER_S = 0.5  # after an error answer, what the client still sends is read (and dropped) this long at most
-SERVER = b"imgclf"
 # Hop-by-hop headers (RFC 9110 7.6.1) and the framing the front sets itself; never forwarded either way.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
               b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length"}
 FORWARDED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}  # set by the front only
 NOT_FORWARDED = HOP_BY_HOP | FORWARDED
-NOT_ANSWERED = HOP_BY_HOP | {b"server"}  # of gunicorn's answer's fields
+CLOSE = b"Connection: close\r\n"
 
 
 class Refused(Exception):
@@ -76,24 +75,9 @@ def error_bytes(status: int, message: str, extra: tuple[tuple[str, str], ...] = 
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def answer_bytes(method: bytes, answer: Answer, closing: bool) -> bytes:
-    """Return the whole HTTP/1.1 answer to a ``method`` request: gunicorn's fields, less the hop-by-hop ones.
-
-    The fields were checked by :class:`~imgclf.service.front.upstream.AnswerParser`; the framing is the
-    front's own (Content-Length; none for HEAD, 204 and 304), and ``closing`` adds ``Connection: close``.
-    """
-    lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason)]
-    lines += [b"%s: %s\r\n" % field for field in answer.headers if field[0].lower() not in NOT_ANSWERED]
-    lines.append(b"Server: " + SERVER + b"\r\n")
-    with_body = method != b"HEAD" and answer.status not in (204, 304)
-    if with_body:
-        lines.append(b"Content-Length: %d\r\n" % len(answer.body))
-    if closing:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    if with_body and answer.body:
-        lines.append(answer.body)
-    return b"".join(lines)
+def answer_bytes(answer: Answer, closing: bool) -> bytes:
+    """Return the whole HTTP/1.1 answer: the worker's head (framed already), ``Connection: close`` if ``closing``."""
+    return b"".join((answer.head, CLOSE if closing else b"", b"\r\n", answer.body))
 
 
 def head_size(request: h11.Request) -> int:
@@ -203,7 +187,7 @@ class Front:
                 answer = await self._forward(request, body, client)
                 # the client asked to close (Connection: close, HTTP/1.0), or the front is stopping
                 closing = self.closing or http.their_state is not h11.DONE
-                writer.write(answer_bytes(request.method, answer, closing))
+                writer.write(answer_bytes(answer, closing))
                 if writer.transport.get_write_buffer_size():  # the client has not taken it all yet
                     async with asyncio.timeout(self.limits.body_timeout):
                         await writer.drain()
@@ -343,8 +327,9 @@ class Front:
             log.log(logging.DEBUG if starting else logging.WARNING, "gunicorn did not answer %s %s: %s",
                     request.method.decode(), request.target.decode(), e)
             message = b'{"error": "the service is not answering; retry later"}'
-            return Answer(503, b"Service Unavailable", [(b"Content-Type", b"application/json"),
-                                                        (b"Retry-After", b"1")], message)
+            return Answer.of(503, b"Service Unavailable", [(b"Content-Type", b"application/json"),
+                                                           (b"Retry-After", b"1")], message,
+                             head_only=request.method == b"HEAD")
 
     def _log_access(self, client: str, request: h11.Request, answer: Answer, started: float) -> None:
         headers = dict(request.headers)

@@ -1,408 +1,266 @@
-"""The front's side towards gunicorn: HTTP/1.1 connections over a private unix socket, kept alive if it lets them.
+"""The front's side towards gunicorn: one framed channel per worker, requests to the worker with the most free threads.
 
 A request reaches this module only once the front has read all of it, so gunicorn's threads never wait
-for a client: each exchange writes the whole request and reads the whole answer at the same time (gunicorn
-answers over a local socket, fast, and sometimes before it has read the body: that answer is the one
-the client gets). At most ``max_connections`` exchanges run at a time (``IMGCLF_WORKERS`` ×
-``IMGCLF_THREADS``: one per gunicorn thread); the others wait here, in the front, where waiting costs a
-coroutine and not a thread.
+for a client. Each gunicorn worker behind the front (:mod:`imgclf.service.server.channel`) takes one
+connection from the front on the private unix socket and keeps it; requests and answers travel on it as
+frames (:mod:`imgclf.service.server.frames`), so no request costs a connection, an accept or a second
+HTTP parse. A worker says how many threads it has (its hello); :class:`Upstream` sends it at most that many
+requests at a time, each to the worker with the fewest in hand, and the others wait here in arrival order,
+where waiting costs a future and not a thread: a free thread takes the next request.
 
-gunicorn behind the front answers one request per connection and accepts a connection only while a
-worker has a free thread (:mod:`imgclf.service.server.gunicorn_conf`), so requests go to whichever worker is
-free first; a pooled keep-alive connection would stay with the worker that accepted it. The pool serves
-an upstream that keeps connections alive. A pooled connection that the upstream closed while it was
-idle (its keep-alive ran out, a worker restarted) fails before any answer arrives: the exchange is then
-retried once on a fresh connection. A failure after the answer began, or on a fresh connection, is an
-:class:`UpstreamError`.
+Workers come and go (a crash, a reload, ``max_requests``): the front always keeps one more connection
+open, waiting in the socket's backlog, for the next worker to take (a worker with a connection takes no
+other). A worker that stops says ``bye`` and gets no more requests; its connection is closed once its
+answers are in. A worker that dies fails the requests it had (503 to their clients); the waiting ones go
+to the other workers.
 
-The request head is written as bytes (its fields come from the client's request, already parsed and
-checked by h11 in :mod:`imgclf.service.front.proxy`) and the answer is read by :class:`AnswerParser`, a
-small strict parser: gunicorn is our own process, so this side needs no general HTTP library, and each
-exchange runs from the event loop's reader and writer callbacks (no task, no timer per read), which is
-where the front used to spend a third of its CPU per request.
+A request that waits longer than ``timeout`` for a free thread, or whose answer takes longer, fails with
+:class:`UpstreamError`; its thread counts as busy until its late answer arrives (and is dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
-import time
+import logging
+from collections import deque
 from dataclasses import dataclass
 
-READ_CHUNK = 256 * 1024
-POOL_IDLE_S = 20.0  # a pooled connection idle longer is closed (gunicorn's own keep-alive on the socket is longer)
-MAX_ANSWER_HEAD_BYTES = 64 * 1024  # gunicorn's heads are a few hundred bytes: a larger one is a fault
-MAX_CHUNK_LINE_BYTES = 1024  # a chunk-size line (hex size and extensions)
-# RFC 9112: "HTTP/1.x" SP 3DIGIT SP reason (visible characters, spaces, tabs; possibly empty)
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
-CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
+from imgclf.service.server.frames import (
+    BYE,
+    CONTROL,
+    FrameError,
+    FrameReader,
+    parse_hello,
+    request_frame,
+)
+
+log = logging.getLogger("imgclf.front")
+
+RETRY_S = (0.02, 0.5)  # reconnect to a socket nobody listens on yet: first after 20 ms, at most every 0.5 s
+MAX_ID = 2 ** 32 - 1
 
 
 class UpstreamError(Exception):
-    """gunicorn could not be reached, or failed mid-answer."""
-
-
-class AnswerError(ValueError):
-    """gunicorn's answer is not HTTP/1.1 as this parser accepts it."""
+    """gunicorn could not be reached, or failed before its answer was complete."""
 
 
 @dataclass
 class Answer:
-    """gunicorn's whole answer to one request."""
+    """A worker's whole answer: the status, the head (status line and fields, each line ending CRLF), the body."""
 
     status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]  # names as gunicorn spelled them
+    head: bytes
     body: bytes
 
-
-def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Return the bytes of an HTTP/1.1 request head (the fields must be valid already: h11 parsed them)."""
-    return b"".join([method, b" ", target, b" HTTP/1.1\r\n",
-                     *[b"%s: %s\r\n" % field for field in headers], b"\r\n"])
-
-
-class AnswerParser:
-    """Read one answer from the bytes fed to it: a status line, fields, then a Content-Length or chunked body.
-
-    Strict, for an upstream of our own: no obs-fold, one Content-Length (digits), ``chunked`` the only
-    transfer coding and never beside a Content-Length; an answer with neither (a body until the close)
-    is refused, as are heads and chunk-size lines over their bounds. Interim (1xx) answers are skipped.
-    ``head_only``: the request was HEAD (the answer has no body, whatever it declares).
-    """
-
-    def __init__(self, head_only: bool = False) -> None:
-        self.head_only = head_only
-        self.buffer = bytearray()
-        self.answer: Answer | None = None  # set once the answer is whole
-        self.keep_alive = False  # the connection can carry another request after this answer
-        self.extra = False  # bytes came after the answer
-        self._head: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
-        self._length = -1  # the body's Content-Length, or -1: chunked
-        self._body = bytearray()
-        self._position = 0  # in ``buffer``: what is parsed already
-        self._trailers = False
-
-    def feed(self, data: bytes) -> bool:
-        """Add ``data`` (what the socket gave); return True once the answer is whole.
-
-        Raises:
-            AnswerError: the bytes are not an answer this parser accepts.
-        """
-        if self.answer is not None:
-            self.extra = self.extra or bool(data)
-            return True
-        self.buffer += data
-        while self._head is None:
-            if not self._parse_head():
-                return False
-        if self._length >= 0:
-            if len(self.buffer) < self._length:
-                return False
-            self._finish(bytes(self.buffer[:self._length]), len(self.buffer) > self._length)
-            return True
-        return self._parse_chunks()
-
-    def _parse_head(self) -> bool:
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_ANSWER_HEAD_BYTES:
-                raise AnswerError(f"answer head over {MAX_ANSWER_HEAD_BYTES} bytes")
-            return False
-        if end > MAX_ANSWER_HEAD_BYTES:
-            raise AnswerError(f"answer head over {MAX_ANSWER_HEAD_BYTES} bytes")
-        lines = bytes(self.buffer[:end]).split(b"\r\n")
-        del self.buffer[:end + 4]
-        status_line = STATUS_LINE.fullmatch(lines[0])
-        if status_line is None:
-            raise AnswerError(f"bad status line {lines[0][:100]!r}")
-        status, reason = int(status_line[1]), status_line[2] or b""
-        headers, length, chunked, close = [], None, False, lines[0].startswith(b"HTTP/1.0")
-        for line in lines[1:]:
-            field = FIELD.fullmatch(line)
-            if field is None:
-                raise AnswerError(f"bad header field {line[:100]!r}")
-            name, value = field[1], field[2]
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
-                    raise AnswerError(f"bad Content-Length {value[:30]!r}")
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                if value.lower() != b"chunked" or chunked:
-                    raise AnswerError(f"unsupported Transfer-Encoding {value[:30]!r}")
-                chunked = True
-            elif lower == b"connection":
-                close = close or b"close" in value.lower()
-            headers.append((name, value))
-        if 100 <= status < 200:
-            if status == 101:
-                raise AnswerError("101 Switching Protocols was not asked for")
-            return True  # an interim answer: the real one follows
-        if chunked and length is not None:
-            raise AnswerError("both Content-Length and Transfer-Encoding")
-        self._head = (status, reason, headers)
-        self.keep_alive = not close
-        if self.head_only or status in (204, 304):
-            self._length = 0
-        elif length is not None:
-            self._length = length
-        elif not chunked:
-            raise AnswerError("answer without Content-Length or chunked framing")
-        return True
-
-    def _parse_chunks(self) -> bool:
-        buffer = self.buffer
-        while True:
-            position = self._position
-            end = buffer.find(b"\r\n", position)
-            if end < 0:
-                if len(buffer) - position > MAX_CHUNK_LINE_BYTES:
-                    raise AnswerError("chunk-size line too long")
-                return False
-            if self._trailers:  # fields after the last chunk: dropped; an empty line ends the answer
-                self._position = end + 2
-                if end == position:
-                    self._finish(bytes(self._body), end + 2 < len(buffer))
-                    return True
-                continue
-            if end - position > MAX_CHUNK_LINE_BYTES:
-                raise AnswerError("chunk-size line too long")
-            size_line = CHUNK_SIZE.fullmatch(buffer, position, end)
-            if size_line is None:
-                raise AnswerError(f"bad chunk-size line {bytes(buffer[position:end])[:30]!r}")
-            size = int(size_line[1], 16)
-            if size == 0:
-                self._trailers = True
-                self._position = end + 2
-                continue
-            if len(buffer) < end + 2 + size + 2:
-                return False
-            if buffer[end + 2 + size:end + 4 + size] != b"\r\n":
-                raise AnswerError("chunk not followed by CRLF")
-            self._body += buffer[end + 2:end + 2 + size]
-            del buffer[:end + 4 + size]  # parsed chunks are dropped: the buffer holds one chunk at most
-            self._position = 0
-
-    def _finish(self, body: bytes, extra: bool) -> None:
-        status, reason, headers = self._head
-        self.answer = Answer(status, reason, headers, body)
-        self.extra = extra
-        self.buffer, self._body = bytearray(), bytearray()
+    @classmethod
+    def of(cls, status: int, reason: bytes, fields: list[tuple[bytes, bytes]], body: bytes,
+           head_only: bool = False) -> Answer:
+        """Return the front's own answer, framed by Content-Length (no body and no length to a HEAD request)."""
+        framing = b"" if head_only else b"Content-Length: %d\r\n" % len(body)
+        head = b"".join([b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % f for f in fields],
+                         b"Server: imgclf\r\n", framing])
+        return cls(status, head, b"" if head_only else body)
 
 
-class _Exchange:
-    """Write a request and read its answer on a non-blocking socket, from the event loop's callbacks.
+class _Channel(asyncio.Protocol):
+    """One connection to a gunicorn worker: request frames out, answer frames in."""
 
-    Not a task: stopping it cancels nothing and keeps no exception (a cancelled or failed task keeps its
-    traceback, whose frames hold the body, in a reference cycle that only the garbage collector breaks).
-    The request's bytes are sent as they are, without a copy; what the socket takes at once (usually all
-    of it: a unix socket's buffer holds a whole image) is written before any callback is registered.
-    The answer must progress at least every ``timeout`` seconds (one timer per exchange, moved on as bytes
-    arrive), else it fails with TimeoutError.
-    """
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.pid, self.capacity = 0, 0  # from the worker's hello; capacity 0: not taken by a worker yet
+        self.busy = 0  # requests sent and not answered (abandoned ones included: their thread still works)
+        self.pending: dict[int, asyncio.Future | None] = {}  # None: abandoned, its answer is dropped
+        self.draining = False  # the worker said bye
+        self.lost = False
 
-    def __init__(self, sock: socket.socket, pieces: list, parser: AnswerParser, timeout: float) -> None:
-        self.sock, self.parser, self.timeout = sock, parser, timeout
-        self.views = [memoryview(piece) for piece in pieces if len(piece)]
-        self.failed = False  # not every byte of the request was written
-        self._loop = asyncio.get_running_loop()
-        self._fd = sock.fileno()
-        self.done: asyncio.Future = self._loop.create_future()
-        self._writing = False
-        self._write()
-        if self.views and not self.failed:
-            self._loop.add_writer(self._fd, self._write)
-            self._writing = True
-        self._reading = True
-        self._loop.add_reader(self._fd, self._read)
-        self._last = self._loop.time()
-        self._timer = self._loop.call_at(self._last + timeout, self._check_time)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
 
-    @property
-    def sent(self) -> bool:
-        """Return whether every byte was written."""
-        return not self.failed and not self.views
-
-    def _write(self) -> None:
+    def data_received(self, data: bytes) -> None:
         try:
-            while self.views:
-                n = self.sock.send(self.views[0])
-                if n < len(self.views[0]):
-                    self.views[0] = self.views[0][n:]
-                    return  # the socket is full: called again once it takes more
-                self.views.pop(0)
-        except BlockingIOError:
-            return
-        except OSError:  # gunicorn closed its side: its answer (an early one) may still be there to read
-            self.views, self.failed = [], True
-        self._stop_writing()
+            frames = self.reader.feed(data)
+            for frame_id, head, body in frames:
+                if frame_id == CONTROL:
+                    self._control(head)
+                    continue
+                if frame_id not in self.pending:
+                    raise FrameError(f"an answer to request {frame_id}, which this channel did not send")
+                waiter = self.pending.pop(frame_id)
+                self.busy -= 1
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(Answer(int(head[9:12]), head, body))
+                self.upstream._freed(self)
+        except (FrameError, ValueError) as e:
+            log.error("gunicorn worker %s: broken channel (%s); closing it", self.pid, e)
+            self.transport.abort()
 
-    def _read(self) -> None:
-        try:
-            data = self.sock.recv(READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._fail(type(e)(e.errno, e.strerror))  # a fresh one: no traceback holding this frame
-            return
-        self._last = self._loop.time()
-        try:
-            whole = self.parser.feed(data)
-        except AnswerError as e:
-            self._fail(AnswerError(str(e)))
-            return
-        if whole:
-            if not self.done.done():
-                self.done.set_result(self.parser.answer)
-            self.stop()
-        elif not data:
-            started = self.parser._head is not None or bool(self.parser.buffer)
-            self._fail(ConnectionResetError("gunicorn closed the connection " +
-                                            ("mid-answer" if started else "before answering")))
-
-    def _check_time(self) -> None:
-        due = self._last + self.timeout
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check_time)
+    def _control(self, head: bytes) -> None:
+        if head == BYE:
+            self.draining = True
+            self.upstream._freed(self)
+        elif not self.capacity:
+            self.pid, self.capacity = parse_hello(head)
+            self.upstream._opened(self)
         else:
-            self._fail(TimeoutError(f"gunicorn silent for {self.timeout:g} s"))
+            raise FrameError(f"unexpected control frame {head[:40]!r}")
 
-    def _fail(self, error: BaseException) -> None:
-        if not self.done.done():
-            self.done.set_exception(error)
-        self.stop()
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        for waiter in self.pending.values():
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(UpstreamError(f"gunicorn worker {self.pid} closed its channel mid-request"))
+        self.pending.clear()
+        self.busy = 0
+        self.upstream._lost(self)
 
-    def _stop_writing(self) -> None:
-        if self._writing:
-            self._loop.remove_writer(self._fd)
-            self._writing = False
-
-    def stop(self) -> None:
-        """Stop writing and reading (done, failed, or given up); drop what is left unwritten."""
-        self._stop_writing()
-        if self._reading:
-            self._loop.remove_reader(self._fd)
-            self._reading = False
-            self._timer.cancel()
-        if self.views:  # what is left is dropped: not all was sent
-            self.views, self.failed = [], True
-
-
-class _Connection:
-    """One connection to gunicorn, on a non-blocking socket (not a stream: a failed write must not end the reads)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.idle_since = time.monotonic()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def closed_by_peer(self) -> bool:
-        """Return whether gunicorn has closed its side (or sent something unasked) while this one was idle."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; a byte: an answer nobody asked for
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
-    async def exchange(self, head: bytes, body: bytes | bytearray, head_only: bool,
-                       timeout: float) -> tuple[Answer, bool]:
-        """Send one request and read its answer; return it and whether the connection can be reused.
-
-        The body is written while the answer is read: gunicorn may answer before it has read the body (an
-        unknown model, 401, 405, 415, ...) and close the socket, and that answer is what the client gets,
-        not the broken pipe of the write. Once the answer is whole, whatever is left unwritten is dropped
-        (and the connection with it).
-        """
-        exchange = _Exchange(self.sock, [head, body], AnswerParser(head_only), timeout)
-        try:
-            answer = await exchange.done
-        finally:
-            exchange.stop()
-        parser = exchange.parser
-        reusable = exchange.sent and parser.keep_alive and not parser.extra
-        if reusable:
-            self.idle_since = time.monotonic()
-        return answer, reusable
+    def send(self, request_id: int, head: bytes, body: bytes | bytearray) -> asyncio.Future:
+        waiter = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = waiter
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+        return waiter
 
 
 class Upstream:
-    """Forward complete requests to gunicorn on the unix socket ``path``, at most ``max_connections`` at a time."""
+    """Forward complete requests to gunicorn's workers through the unix socket ``path``."""
 
-    def __init__(self, path: str, max_connections: int, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float) -> None:
         self.path = path
-        self.timeout = timeout  # gunicorn silent this long (not answering, or mid-answer) is a failure
-        self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Connection] = []
+        self.timeout = timeout  # how long a request may wait for a free thread, and then for its answer
+        self.channels: list[_Channel] = []  # taken by a worker, not lost
+        self._waiting: deque[asyncio.Future] = deque()  # requests waiting for a free thread, in arrival order
+        self._spare: _Channel | None = None  # connected, not taken by a worker yet
+        self._spare_gone: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._last_id = 0
+        self.closed = False
+        self.connect_error: OSError | None = None  # why the last connection attempt failed (None: it did not)
 
-    async def _connect(self) -> _Connection:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
+    def start(self) -> None:
+        """Begin connecting (a task of the running loop: it retries until gunicorn listens)."""
+        if self._task is None and not self.closed:
+            self._spare_gone, self._connecting = asyncio.Event(), asyncio.Lock()
+            self._task = asyncio.get_running_loop().create_task(self._keep_a_spare())
+
+    async def _connect(self) -> bool:
+        """Open the spare connection unless one is open; return False if the socket cannot be reached."""
+        async with self._connecting:
+            if self._spare is not None:
+                return True
             try:
-                sock.connect(self.path)  # a unix socket connects at once while gunicorn's backlog has room
-            except BlockingIOError:
-                await asyncio.get_running_loop().sock_connect(sock, self.path)
-        except BaseException:
-            sock.close()
-            raise
-        return _Connection(sock)
+                _, self._spare = await asyncio.get_running_loop().create_unix_connection(lambda: _Channel(self),
+                                                                                         self.path)
+            except OSError as e:
+                self.connect_error = e
+                return False
+            self.connect_error = None
+            return True
 
-    def _take_idle(self) -> _Connection | None:
-        now = time.monotonic()
-        while self._idle:
-            connection = self._idle.pop()
-            if now - connection.idle_since < POOL_IDLE_S and not connection.closed_by_peer():
-                return connection
-            connection.close()
-        return None
+    async def _keep_a_spare(self) -> None:
+        delay = RETRY_S[0]
+        while not self.closed:
+            if not await self._connect():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_S[1])
+                continue
+            self._spare_gone.clear()
+            await self._spare_gone.wait()
+            delay = RETRY_S[0]
+
+    def _opened(self, channel: _Channel) -> None:
+        if channel is self._spare:
+            self._spare = None
+            self._spare_gone.set()
+        self.channels.append(channel)
+        log.debug("gunicorn worker %d took a channel (%d threads)", channel.pid, channel.capacity)
+        self._freed(channel)
+
+    def _lost(self, channel: _Channel) -> None:
+        if channel is self._spare:  # closed before a worker took it (gunicorn stopping, or a worker died)
+            self._spare = None
+            if self._spare_gone is not None:
+                asyncio.get_running_loop().call_later(RETRY_S[0], self._spare_gone.set)
+        elif channel in self.channels:
+            self.channels.remove(channel)
+
+    def _freed(self, channel: _Channel) -> None:
+        """A thread of ``channel``'s worker is free (or the worker stops): hand waiting requests on."""
+        if channel.draining and not channel.busy and not channel.lost:
+            channel.transport.close()
+        waiting = self._waiting
+        while waiting:
+            free = self._free_channel()
+            if free is None:
+                return
+            waiter = waiting.popleft()
+            if not waiter.done():
+                free.busy += 1
+                waiter.set_result(free)
+
+    def _free_channel(self) -> _Channel | None:
+        best = None
+        for channel in self.channels:
+            if channel.busy < channel.capacity and not channel.draining and (best is None or channel.busy < best.busy):
+                best = channel
+        return best
+
+    async def _take_thread(self) -> _Channel:
+        channel = None if self._waiting else self._free_channel()
+        if channel is not None:
+            channel.busy += 1
+            return channel
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # handed a thread just as it gave up: give it back
+                channel = waiter.result()
+                channel.busy -= 1
+                self._freed(channel)
+            else:
+                waiter.cancel()
+            raise
 
     async def forward(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: bytes | bytearray) -> Answer:
-        """Return gunicorn's answer to the request (its ``headers`` frame ``body`` by Content-Length).
+        """Return gunicorn's answer to the request (``headers`` as the worker gets them; the body whole).
 
         Raises:
-            UpstreamError: gunicorn is not listening, or failed before its answer was complete.
+            UpstreamError: no worker had a free thread within the timeout, or the answer did not come.
         """
-        if self._slots.locked():  # a request waits for a free gunicorn thread at most as long as for an answer
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise UpstreamError(f"no gunicorn thread free within {self.timeout:g} s") from None
-        else:
-            await self._slots.acquire()  # free: taken at once, without suspending
-        head = request_head(method, target, headers)
+        self.start()
+        if not self.channels and self._spare is None and not await self._connect():  # nobody listens: at once
+            raise UpstreamError(f"gunicorn is not listening: {self.connect_error}") from self.connect_error
         try:
-            for attempt in (0, 1):
-                connection = self._take_idle() if attempt == 0 else None
-                reused = connection is not None
-                try:
-                    if connection is None:
-                        connection = await self._connect()
-                    answer, reusable = await connection.exchange(head, body, method == b"HEAD", self.timeout)
-                except (TimeoutError, OSError, EOFError, AnswerError) as e:
-                    if connection is not None:
-                        connection.close()
-                    if reused and isinstance(e, ConnectionError):
-                        continue  # the pooled connection had gone stale: once more on a new one
-                    raise UpstreamError(f"{type(e).__name__}: {e}") from e
-                if reusable:
-                    self._idle.append(connection)
-                else:
-                    connection.close()
-                return answer
-        finally:
-            self._slots.release()
-        raise AssertionError("not reached")
+            channel = await self._take_thread()
+        except TimeoutError:
+            reason = "no gunicorn thread free" if self.channels else "no gunicorn worker answering"
+            raise UpstreamError(f"{reason} within {self.timeout:g} s") from None
+        self._last_id = self._last_id % MAX_ID + 1
+        request_id = self._last_id
+        answer = channel.send(request_id, request_frame(request_id, method, target, headers, len(body)), body)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await answer
+        except BaseException as e:
+            if request_id in channel.pending:
+                channel.pending[request_id] = None  # abandoned: its thread is busy until the answer comes
+            if isinstance(e, TimeoutError):
+                raise UpstreamError(f"gunicorn worker {channel.pid} silent for {self.timeout:g} s") from None
+            raise
 
     def close(self) -> None:
-        """Close the idle pooled connections."""
-        while self._idle:
-            self._idle.pop().close()
+        """Stop connecting; close every channel."""
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for channel in [*self.channels, *([self._spare] if self._spare else [])]:
+            if channel.transport is not None:
+                channel.transport.close()

@@ -30,10 +30,10 @@ heartbeat, touched every second: a worker stopped (SIGSTOP) or hung makes
 ``/readyz`` 503 after 10 s, until gunicorn's timeout replaces it. A worker that replaces one that
 died (killed, out of memory), and every new worker of a reload (SIGHUP), starts
 accepting connections only once its models are loaded: the other workers take
-every request meanwhile (during a reload, connections wait in the listen
-backlog until the first new worker is ready), so clients lose only the requests
-that were in flight on a dead one. The workers of the first start accept at
-once, so that ``/healthz`` answers while they load; ``/readyz`` says 503 until
+every request meanwhile (during a reload, requests wait in the front, or with
+``IMGCLF_FRONT=0`` in the listen backlog, until the first new worker is ready),
+so clients lose only the requests that were in flight on a dead one. The
+workers of the first start accept at once, so that ``/healthz`` answers while they load; ``/readyz`` says 503 until
 all of them are ready, and a model request that reaches one of them meanwhile
 waits for its models (at most ``REQUEST_WAIT_S`` seconds, and at most
 ``IMGCLF_THREADS - 1`` such requests at a time, so a thread stays free for the
@@ -81,6 +81,7 @@ def keep_working_folder_off_sys_path() -> None:
 keep_working_folder_off_sys_path()
 
 from imgclf.service.server import error_pages, grpc_port, worker_states  # noqa: E402 - after the working folder left sys.path
+from imgclf.service.server.frames import BEHIND_FRONT_ENV  # noqa: E402
 from imgclf.service.server.settings import ServerSettings  # noqa: E402
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -89,14 +90,17 @@ REQUEST_WAIT_S = 30.0  # how long a model request waits for a first-start worker
 _server = ServerSettings.from_env()
 wsgi_app = "imgclf.service:create_app()"
 bind = [_server.bind]
-worker_class = "gthread"
+# Behind the front, each worker serves the front's framed channel (imgclf.service.server.channel); otherwise
+# gunicorn's own threaded HTTP worker.
+_behind_front = os.environ.get(BEHIND_FRONT_ENV) == "1"
+worker_class = "imgclf.service.server.channel.ChannelWorker" if _behind_front else "gthread"
 workers = _server.workers
 threads = _server.threads
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout
 _trim_seconds = _server.malloc_trim_seconds
-# Behind the front (imgclf.service.front.main binds gunicorn to its private unix socket), or any proxy on
-# the same host: one request per connection, and a worker accepts one only while it has a free thread.
+# gthread behind a proxy of the user's own on the same host (IMGCLF_FRONT=0, IMGCLF_BIND=unix:PATH):
+# one request per connection, and a worker accepts one only while it has a free thread.
 # Requests then wait in the socket's backlog for whichever worker frees a thread first, where pooled
 # keep-alive connections stayed with the worker that had accepted them (14 of 16 on one worker, measured).
 # Straight on a TCP port, gunicorn's defaults stay (keep-alive 2 s, 1000 connections a worker).

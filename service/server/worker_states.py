@@ -1,6 +1,7 @@
 """What every worker of one gunicorn server can answer: a small state file per worker in one folder.
 
-gunicorn hands each new connection to whichever worker accepts it first, so a
+gunicorn hands each new connection to whichever worker accepts it first (behind the
+front, the front hands each request to the worker with the most free threads), so a
 ``/readyz`` that reports only the worker that answered it says little: at the
 first start one worker may have loaded its models while another, still
 loading, takes the next request and answers 503. Instead, the master makes a

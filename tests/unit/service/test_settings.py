@@ -22,6 +22,7 @@ NAME = re.compile(r"IMGCLF_[A-Z0-9_]*[A-Z0-9]")
 # Variables the code reads that are no setting of a user's: why each is left out of the tree.
 INTERNAL = {
     "IMGCLF_WORKER_STATE_DIR": "set by the gunicorn master for its own workers (service.server.worker_states)",
+    "IMGCLF_FRONT_CHANNEL": "set by the front for the gunicorn it starts: its workers serve the front's channel",
 }
 # A value of each variable its section refuses (beyond the ones its type refuses), or None: any string is valid.
 BAD_STRINGS = {

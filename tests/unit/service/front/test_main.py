@@ -49,10 +49,11 @@ def test_a_bad_bind_is_a_usage_error(bind):
         front_main.parse_bind(bind)
 
 
-def test_gunicorn_behind_the_front_listens_on_the_socket_without_an_access_log():
+def test_gunicorn_behind_the_front_listens_on_the_socket_without_an_access_log_and_serves_the_channel():
     env = front_main.gunicorn_env("/tmp/f/gunicorn.sock", {"IMGCLF_BIND": "0.0.0.0:80", "IMGCLF_ACCESS_LOG": "1",
                                                            "IMGCLF_WORKERS": "3"})
-    assert env == {"IMGCLF_BIND": "unix:/tmp/f/gunicorn.sock", "IMGCLF_ACCESS_LOG": "0", "IMGCLF_WORKERS": "3"}
+    assert env == {"IMGCLF_BIND": "unix:/tmp/f/gunicorn.sock", "IMGCLF_ACCESS_LOG": "0", "IMGCLF_WORKERS": "3",
+                   "IMGCLF_FRONT_CHANNEL": "1"}
 
 
 def test_serve_runs_the_front_unless_it_is_turned_off():

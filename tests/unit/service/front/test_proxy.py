@@ -1,4 +1,4 @@
-"""The front against a fake gunicorn (an h11 echo server on a unix socket), over real sockets, with short limits."""
+"""The front against a fake gunicorn (echo workers on the front's channel), over real sockets, with short limits."""
 
 from __future__ import annotations
 
@@ -25,13 +25,25 @@ LIMITS = FrontSettings(header_timeout=0.5, body_timeout=2.0, min_body_rate=100, 
 SERVER = ServerSettings(max_upload_bytes=1000)  # the upload limit the front enforces is the service's own
 
 
-async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True, server=SERVER):
+STARTED: list[Echo] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_fake_workers():
+    yield
+    while STARTED:
+        STARTED.pop().stop()
+
+
+async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True, server=SERVER, workers=1, threads=4,
+                timeout=5.0):
     """Start the fake gunicorn (unless not ``upstream_up``) and the front on 127.0.0.1; return (front, port, echo)."""
     echo = echo or Echo()
     path = str(tmp_path / "up.sock")
     if upstream_up:
-        await asyncio.start_unix_server(echo.handle, path)
-    front = Front(limits, Upstream(path, 4, timeout=5), server)
+        echo.serve(path, workers, threads)
+        STARTED.append(echo)
+    front = Front(limits, Upstream(path, timeout=timeout), server)
     listener = await asyncio.start_server(front.handle, "127.0.0.1", 0)
     return front, listener.sockets[0].getsockname()[1], echo
 
@@ -261,16 +273,74 @@ def test_gunicorn_down_is_a_503_not_a_hang(tmp_path):
     assert status_of(out) == 503 and b"Retry-After: 1" in out and took < 1
 
 
-def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(tmp_path):
-    async def go():
-        front, port, echo = await start(tmp_path, echo=Echo(close_after_each=True))
-        first, _ = await exchange(port, b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        await asyncio.sleep(0.1)  # gunicorn's side of the pooled connection is closed now
-        second, _ = await exchange(port, b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        return first, second, echo
+def get(path: str) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % path.encode()
 
-    first, second, echo = run(go())
-    assert status_of(first) == status_of(second) == 200 and [r["target"] for r in echo.requests] == ["/1", "/2"]
+
+def test_requests_go_to_the_worker_with_the_most_free_threads_never_beyond_its_threads(tmp_path):
+    async def go():
+        front, port, echo = await start(tmp_path, echo=Echo(delay_s=0.05), workers=2, threads=3)
+        answers = await asyncio.gather(*(exchange(port, get(f"/{i}")) for i in range(18)))  # 20 connections at most
+        return [a for a, _ in answers], echo, front
+
+    answers, echo, front = run(go())
+    assert [status_of(a) for a in answers] == [200] * 18
+    per_worker = {w: sum(r["worker"] == w for r in echo.requests) for w in ("w0", "w1")}
+    assert echo.most_in_hand == {"w0": 3, "w1": 3}, echo.most_in_hand  # both busy, never more than 3 threads
+    assert min(per_worker.values()) >= 6, per_worker
+    assert sorted(body_of(a)["target"] for a in answers) == sorted(f"/{i}" for i in range(18))
+
+
+def test_a_worker_that_dies_fails_its_requests_with_503_and_the_others_go_on(tmp_path):
+    async def go():
+        front, port, echo = await start(tmp_path, echo=Echo(delay_s=0.3), workers=2, threads=1)
+        first = [asyncio.ensure_future(exchange(port, get(f"/{i}"))) for i in range(2)]
+        await asyncio.sleep(0.1)  # one request in each worker's only thread
+        echo.workers[0].die()
+        lost = [a for a, _ in await asyncio.gather(*first)]
+        later = [a for a, _ in await asyncio.gather(*(exchange(port, get(f"/later{i}")) for i in range(3)))]
+        return lost, later, echo
+
+    lost, later, echo = run(go())
+    assert sorted(status_of(a) for a in lost) == [200, 503]
+    assert [status_of(a) for a in later] == [200] * 3
+    assert {r["worker"] for r in echo.requests if r["target"].startswith("/later")} == {"w1"}
+
+
+def test_a_new_worker_takes_the_waiting_connection_and_a_stopping_one_finishes_its_requests(tmp_path):
+    async def go():
+        front, port, echo = await start(tmp_path, echo=Echo(delay_s=0.3), workers=1, threads=2)
+        in_flight = [asyncio.ensure_future(exchange(port, get(f"/old{i}"))) for i in range(2)]
+        await asyncio.sleep(0.1)
+        echo.workers[0].stop()  # as SIGTERM in a reload: bye, and it answers what it has
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(exchange(port, get(f"/new{i}"))) for i in range(2)]
+        await asyncio.sleep(0.4)  # they wait in the front: no worker takes requests now
+        nothing_yet = [t.done() for t in waiting]
+        echo.add_worker(echo.listener, threads=2)  # the replacement, on the same listening socket
+        done = [a for a, _ in await asyncio.gather(*in_flight, *waiting)]
+        return done, nothing_yet, echo
+
+    done, nothing_yet, echo = run(go())
+    assert [status_of(a) for a in done] == [200] * 4 and nothing_yet == [False, False]
+    workers = {r["target"]: r["worker"] for r in echo.requests}
+    assert workers == {"/old0": "w0", "/old1": "w0", "/new0": "w1", "/new1": "w1"}, workers
+
+
+def test_an_answer_slower_than_the_timeout_is_a_503_and_its_thread_stays_busy(tmp_path):
+    async def go():
+        front, port, echo = await start(tmp_path, echo=Echo(delay_s=1.0), threads=1, timeout=0.3)
+        slow, took = await exchange(port, get("/slow"))
+        channel = front.upstream.channels[0]
+        busy_after = channel.busy
+        queued, queued_took = await exchange(port, get("/queued"))  # waits for the thread, gives up after 0.3 s
+        await asyncio.sleep(1.0)
+        return slow, took, busy_after, queued, queued_took, channel.busy, echo
+
+    slow, took, busy_after, queued, queued_took, busy_later, echo = run(go())
+    assert status_of(slow) == 503 and 0.3 <= took < 0.9 and busy_after == 1
+    assert status_of(queued) == 503 and queued_took < 0.9 and busy_later == 0
+    assert [r["target"] for r in echo.requests] == ["/slow"]  # the one that gave up waiting never reached it
 
 
 def test_error_answers_are_whole_http_answers():
@@ -303,7 +373,7 @@ def test_bad_settings_are_named(env, message):
 
 
 def test_the_body_limit_is_the_services_own(tmp_path):
-    upstream = Upstream(str(tmp_path / "up.sock"), 4, timeout=5)
+    upstream = Upstream(str(tmp_path / "up.sock"), timeout=5)
     assert Front(LIMITS, upstream).max_body_bytes == ServerSettings().max_upload_bytes == 20 * 1024 * 1024
     assert Front(LIMITS, upstream, ServerSettings.from_env({"IMGCLF_MAX_UPLOAD_BYTES": "77"})).max_body_bytes == 77
 
@@ -313,8 +383,9 @@ def test_the_access_log_names_the_real_client(tmp_path, caplog):
     async def go():
         echo = Echo()
         path = str(tmp_path / "up.sock")
-        await asyncio.start_unix_server(echo.handle, path)
-        front = Front(LIMITS, Upstream(path, 4, timeout=5), replace(SERVER, access_log=True))
+        echo.serve(path)
+        STARTED.append(echo)
+        front = Front(LIMITS, Upstream(path, timeout=5), replace(SERVER, access_log=True))
         server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
         return await exchange(server.sockets[0].getsockname()[1],
                               b"GET /v1/models/x?y=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: probe/1\r\n"
@@ -376,33 +447,14 @@ def test_an_idle_keep_alive_connection_makes_room_for_a_new_one(tmp_path):
     assert sorted(closed) == [False, True]  # one idle connection was closed for it, the other lives
 
 
-class EarlyAnswer:
-    """A gunicorn that answers ``status`` as soon as it has the request head and closes, the body unread.
-
-    With ``read_body`` it reads the whole body first (by its Content-Length), as it normally would.
-    """
-
-    def __init__(self, status: int, read_body: bool = False) -> None:
-        self.status, self.read_body = status, read_body
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if self.read_body:
-            await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
-        body = json.dumps({"error": f"early {self.status}"}).encode()
-        writer.write(b"HTTP/1.1 %d Early\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n%s" % (self.status, len(body), body))
-        await writer.drain()
-        writer.close()
-
-
 @pytest.mark.parametrize("status", [404, 401, 415])
-def test_an_answer_sent_before_the_body_was_read_reaches_the_client(tmp_path, status):
-    size = 5_000_000  # far over the socket's buffers: gunicorn closes while the front is still writing
+def test_an_error_answer_to_a_large_body_reaches_the_client_and_the_connection_lives_on(tmp_path, status):
+    size = 5_000_000  # far over the socket's buffers
 
     async def go():
         front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10),
-                                     EarlyAnswer(status), server=replace(SERVER, max_upload_bytes=size))
+                                     Echo(f"{status} Nope", echo_body=False),
+                                     server=replace(SERVER, max_upload_bytes=size))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /v1/models/nobody:predict HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
         writer.write(b"x" * size)
@@ -415,7 +467,7 @@ def test_an_answer_sent_before_the_body_was_read_reaches_the_client(tmp_path, st
         return head, body, again, front
 
     head, body, again, front = run(go())
-    assert status_of(head) == status and json.loads(body) == {"error": f"early {status}"}
+    assert status_of(head) == status and json.loads(body)["body"] == size
     assert b"retry-after" not in head.lower() and status_of(again) == status and front.buffered == 0
 
 
@@ -490,14 +542,15 @@ def test_the_per_address_limit(total, per_client, limit):
     assert FrontSettings().client_limit == 250
 
 
-@pytest.mark.parametrize("upstream", [EarlyAnswer(404), EarlyAnswer(200, read_body=True)])
-def test_no_body_outlives_its_answer(tmp_path, upstream):
+@pytest.mark.parametrize("status", [404, 200])
+def test_no_body_outlives_its_answer(tmp_path, status):
     # With the garbage collector off, a body held by a reference cycle (an exception's traceback, say)
     # would stay: every one must be freed by the time its answer is sent, early answers included.
     size = 1_000_000
 
     async def go():
-        front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10), upstream,
+        front, port, _ = await start(tmp_path, replace(LIMITS, min_body_rate=0, body_timeout=10),
+                                     Echo(f"{status} X", echo_body=False),
                                      server=replace(SERVER, max_upload_bytes=size))
 
         async def one() -> int:
@@ -519,5 +572,5 @@ def test_no_body_outlives_its_answer(tmp_path, upstream):
         statuses, grown = run(go())
     finally:
         gc.enable()
-    assert set(statuses) == {upstream.status}
+    assert set(statuses) == {status}
     assert grown < size // 2, grown  # eight bodies of 1 MB came and went
