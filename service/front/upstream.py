@@ -38,6 +38,9 @@ log = logging.getLogger("imgclf.front")
 
 RETRY_S = (0.02, 0.5)  # reconnect to a socket nobody listens on yet: first after 20 ms, at most every 0.5 s
 MAX_ID = 2 ** 32 - 1
+# A body larger than this is written a slice at a time as the worker reads it: asyncio's transports copy
+# what the socket does not take at once, which held every large body twice.
+WRITE_SLICE = 256 * 1024
 
 
 class UpstreamError(Exception):
@@ -74,6 +77,8 @@ class _Channel(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future | None] = {}  # None: abandoned, its answer is dropped
         self.draining = False  # the worker said bye
         self.lost = False
+        self._out: deque = deque()  # what waits to be written, in order (a large body in slices)
+        self._paused = False  # the transport's buffer is full
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -108,6 +113,7 @@ class _Channel(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
+        self._out.clear()
         for waiter in self.pending.values():
             if waiter is not None and not waiter.done():
                 waiter.set_exception(UpstreamError(f"gunicorn worker {self.pid} closed its channel mid-request"))
@@ -116,13 +122,36 @@ class _Channel(asyncio.Protocol):
         self.upstream._lost(self)
 
     def send(self, request_id: int, head: bytes, body: bytes | bytearray) -> asyncio.Future:
+        """Write a request frame (its head, then its body) after those before it; return its answer's future."""
         waiter = asyncio.get_running_loop().create_future()
         self.pending[request_id] = waiter
-        if body:
-            self.transport.writelines((head, body))
+        if not self._out and not self._paused and len(body) <= WRITE_SLICE:
+            self.transport.write(head + body if body else head)  # the common case: one write, nothing queued
         else:
-            self.transport.write(head)
+            self._out.append(head)
+            if body:
+                self._out.append(memoryview(body))
+            self._write_out()
         return waiter
+
+    def _write_out(self) -> None:
+        """Write what is queued, a slice at a time, while the transport takes it (no copy of a whole body)."""
+        out = self._out
+        while out and not self._paused and not self.lost:
+            piece = out[0]
+            if len(piece) <= WRITE_SLICE:
+                out.popleft()
+                self.transport.write(piece)
+            else:
+                out[0] = piece[WRITE_SLICE:]
+                self.transport.write(piece[:WRITE_SLICE])
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._write_out()
 
 
 class Upstream:
@@ -236,7 +265,8 @@ class Upstream:
             UpstreamError: no worker had a free thread within the timeout, or the answer did not come.
         """
         self.start()
-        if not self.channels and self._spare is None and not await self._connect():  # nobody listens: at once
+        if not self.channels and self._spare is None and not await self._connect() and not self.channels:
+            # nobody listens (and no worker took a channel meanwhile): at once, not after the timeout
             raise UpstreamError(f"gunicorn is not listening: {self.connect_error}") from self.connect_error
         try:
             channel = await self._take_thread()

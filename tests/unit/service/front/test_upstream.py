@@ -141,3 +141,24 @@ def test_the_fronts_own_answer_to_head_has_no_body():
         Answer(503, b"HTTP/1.1 503 Service Unavailable\r\nServer: imgclf\r\n", b"")
     assert Answer.of(503, b"Service Unavailable", [(b"Retry-After", b"1")], b"{}").head.endswith(
         b"Retry-After: 1\r\nServer: imgclf\r\nContent-Length: 2\r\n")
+
+
+def test_large_bodies_sent_at_once_arrive_whole_and_in_their_own_frames(tmp_path):
+    import hashlib
+
+    def answer(request_id, head, body):
+        return frame(request_id, b"HTTP/1.1 200 OK\r\n", hashlib.sha256(body).hexdigest().encode())
+
+    bodies = [bytes([i]) * (1_000_000 + i) for i in range(4)] + [b"small"]
+
+    async def go():
+        path = str(tmp_path / "w.sock")
+        worker = FrameWorker(answer, threads=8)
+        await worker.listen(path)
+        upstream = Upstream(path, timeout=10)
+        answers = await asyncio.gather(*(upstream.forward(b"POST", b"/%d" % i, [], body)
+                                         for i, body in enumerate(bodies)))
+        upstream.close()
+        return [a.body.decode() for a in answers]
+
+    assert run(go()) == [hashlib.sha256(body).hexdigest() for body in bodies]
