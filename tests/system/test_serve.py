@@ -196,7 +196,18 @@ def test_serve_passes_allow_unsafe_ops_to_the_workers(model_repo, monkeypatch):
     assert calls[0]["IMGCLF_ALLOW_UNSAFE_OPS"] == "1"
 
 
-def test_gunicorn_behind_the_front_takes_one_request_per_connection_and_thread(monkeypatch):
+def test_gunicorn_behind_the_front_serves_the_fronts_channel(monkeypatch):
+    import imgclf.service.server.gunicorn_conf as conf
+
+    monkeypatch.setenv("IMGCLF_BIND", "unix:/tmp/x/gunicorn.sock")
+    monkeypatch.setenv("IMGCLF_FRONT_CHANNEL", "1")  # what the front sets for the gunicorn it starts
+    conf = importlib.reload(conf)
+    assert conf.worker_class == "imgclf.service.server.channel.ChannelWorker"
+    monkeypatch.delenv("IMGCLF_FRONT_CHANNEL")
+    importlib.reload(conf)
+
+
+def test_gthread_behind_a_proxy_of_ones_own_takes_one_request_per_connection_and_thread(monkeypatch):
     import imgclf.service.server.gunicorn_conf as conf
 
     monkeypatch.setenv("IMGCLF_BIND", "unix:/tmp/x/gunicorn.sock")
