@@ -153,9 +153,14 @@ def loaded_worker_pids(url: str) -> set[int]:
 
 
 class Server:
-    """gunicorn on a model repository, started and stopped by its caller; every wait is bounded."""
+    """gunicorn on a model repository, started and stopped by its caller; every wait is bounded.
 
-    def __init__(self, model_dir: Path, workers: int, threads: int, tmp: Path, extra_env: dict | None = None):
+    ``front``: run `imgclf serve`'s front, which starts gunicorn behind it (its workers on the front's
+    channel), instead of gunicorn alone on the port; signals go to the front, which passes SIGHUP on.
+    """
+
+    def __init__(self, model_dir: Path, workers: int, threads: int, tmp: Path, extra_env: dict | None = None,
+                 front: bool = False):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.workers = workers
@@ -166,8 +171,9 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the conf makes a fresh one, under TMPDIR
         env.update(TMPDIR=str(self.tmp), IMGCLF_PRECISION="fp32", **(extra_env or {}))
         with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(launch.gunicorn_argv(), env=env, cwd=self.tmp, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            argv = serve_cli.front_argv() if front else launch.gunicorn_argv()
+            self.process = subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT)
+        self.front = front
 
     def log_tail(self, chars: int = 4000) -> str:
         """Return the end of the server's log."""
@@ -175,6 +181,8 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """Return the pids of the master's worker processes."""
+        if self.front:  # the front's one child is gunicorn's master
+            return [pid for master in children_of(self.process.pid) for pid in children_of(master)]
         return children_of(self.process.pid)
 
     def metrics_dir(self) -> Path:

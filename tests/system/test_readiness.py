@@ -1,6 +1,7 @@
 """Readiness that holds: after ``/readyz`` said 200, no worker answers a model request with 503.
 
-The real gunicorn runs 2 and 4 workers on the test repository. A client polls
+The real gunicorn runs 2 and 4 workers on the test repository, alone on the port, and 2 workers behind
+the front (`imgclf serve`: the workers on the front's channel). A client polls
 ``/readyz`` until 200 and then at once sends a burst of 200 concurrent requests
 (``GET /v1/models/shapes`` and ``POST /predict`` with a small JPEG), each on a
 new connection so that any worker may take it; every answer must be a 200.
@@ -27,7 +28,7 @@ BURST = 200
 CONCURRENCY = 50
 THREADS = 2  # per worker: 4 workers x 2 threads on a small machine
 READY_WITHIN_S = 90
-REQUEST_TIMEOUT_S = 90  # a request during a reload may wait in the listen backlog while new workers load
+REQUEST_TIMEOUT_S = 90  # a request during a reload may wait (in the backlog, or the front) while new workers load
 MODEL = "shapes"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
@@ -81,11 +82,11 @@ def wait_for_workers(server: soak.Server, workers: int, gone: set[int], timeout:
                 f"{server.log_tail()}")
 
 
-@pytest.mark.parametrize("workers", [2, 4])
-def test_no_503_after_readyz_at_start_after_a_kill_and_during_a_reload(model_repo, tmp_path, workers):
+@pytest.mark.parametrize("workers, front", [(2, False), (4, False), (2, True)])
+def test_no_503_after_readyz_at_start_after_a_kill_and_during_a_reload(model_repo, tmp_path, workers, front):
     image = jpeg(3, size=(64, 48))
     server = soak.Server(model_repo, workers=workers, threads=THREADS, tmp=tmp_path / "server",
-                         extra_env={"IMGCLF_BATCH_MAX_WAIT_MS": "2", "IMGCLF_GRACEFUL_TIMEOUT": "10"})
+                         extra_env={"IMGCLF_BATCH_MAX_WAIT_MS": "2", "IMGCLF_GRACEFUL_TIMEOUT": "10"}, front=front)
     counts, took = {}, {}
     try:
         took["ready"] = poll_ready(server)
@@ -115,7 +116,7 @@ def test_no_503_after_readyz_at_start_after_a_kill_and_during_a_reload(model_rep
     finally:
         server.stop()
 
-    summary = f"{workers} workers: " + "; ".join(
+    summary = f"{workers} workers{', behind the front' if front else ''}: " + "; ".join(
         f"{phase}: {counts[phase]['503']} x 503 of {sum(counts[phase].values())} ({dict(counts[phase])})"
         for phase in counts) + "; seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in took.items())
     print(summary)
