@@ -18,7 +18,7 @@ One gunicorn worker by default: TensorFlow already spreads one model call over
 every core, so a second worker on a small machine competes for the same cores
 (and halves what each batch can gather) instead of adding throughput. The load
 generator runs on the same machine and takes some CPU from the server too
-(kept small: http.client, no per-request encoding).
+(kept small: bench.loadgen's one-thread raw-socket clients, one body built once).
 Not a test: no assertions. Every step is bounded in time.
 
     python -m bench.serve [--requests 300] [--concurrency 1 4 16] [--workers 1] [--threads 16]
@@ -27,7 +27,6 @@ Not a test: no assertions. Every step is bounded in time.
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import os
 import platform
@@ -43,6 +42,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from bench.loadgen import post_request, run_load
 from imgclf.service.cli import serve as serve_cli
 from imgclf.service.server import launch
 from tests.support.processes import children_of, free_port
@@ -178,6 +178,7 @@ class LoadResult:
     errors: int = 0
     seconds: float = 0.0
     first_error: str = ""
+    generator_cpu_seconds: float = 0.0  # the load generator's own CPU over the run
 
     def row(self, mean_batch: float, cpu_seconds: float) -> str:
         """Return one table row: sent, errors, req/s, p50/p95/p99 ms, images per model call, worker CPU per request."""
@@ -199,62 +200,15 @@ def multipart_image(jpeg: bytes, field_name: str = "image", filename: str = "ben
 def drive(url: str, jpeg: bytes, concurrency: int, total: int, max_seconds: float) -> LoadResult:
     """Send ``total`` POST /predict requests from ``concurrency`` closed-loop clients; stop at ``max_seconds``.
 
-    Each client keeps one HTTP/1.1 connection (http.client) and sends a body
-    built once: on a 2-core machine the load generator's CPU is taken from the
-    server it measures, and this costs a fraction of a requests.Session's per
-    request (multipart encoding, header merging, adapters).
+    The clients are :mod:`bench.loadgen`'s: one thread drives every keep-alive connection and sends one
+    body built once, so on a 2-core machine the load generator takes little of the CPU of the server it
+    measures (its own CPU per request is in ``generator_cpu_seconds``).
     """
-    result = LoadResult(concurrency)
-    lock = threading.Lock()
-    remaining = [total]
-    deadline = time.monotonic() + max_seconds
     target = urlsplit(url)
     body, content_type = multipart_image(jpeg)
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-
-    def client() -> None:
-        connection = None
-        try:
-            while time.monotonic() < deadline:
-                with lock:
-                    if remaining[0] == 0:
-                        return
-                    remaining[0] -= 1
-                started = time.perf_counter()
-                try:
-                    if connection is None:
-                        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                    connection.request("POST", "/predict?top_k=1", body=body, headers=headers)
-                    response = connection.getresponse()
-                    text = response.read()
-                    ok, why = response.status == 200, f"HTTP {response.status}: {text[:200]!r}"
-                    if response.will_close:
-                        connection.close()
-                        connection = None
-                except (OSError, http.client.HTTPException) as exc:
-                    ok, why = False, f"{type(exc).__name__}: {exc}"
-                    if connection is not None:
-                        connection.close()
-                        connection = None
-                took = time.perf_counter() - started
-                with lock:
-                    if ok:
-                        result.latencies.append(took)
-                    else:
-                        result.errors += 1
-                        result.first_error = result.first_error or why
-        finally:
-            if connection is not None:
-                connection.close()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max_seconds + 120)
-    result.seconds = time.perf_counter() - started
-    return result
+    request = post_request(target.hostname, "/predict?top_k=1", body, content_type)
+    ran = run_load(target.hostname, target.port, request, concurrency, max_seconds, max_requests=total)
+    return LoadResult(concurrency, ran.latencies, ran.errors, ran.seconds, ran.first_error, ran.cpu_seconds)
 
 
 def workers_cpu_seconds(master: int) -> float:
@@ -378,6 +332,10 @@ def main() -> None:
                 calls1, images1 = batch_totals(server.url)
                 mean_batch = (images1 - images0) / (calls1 - calls0) if calls1 > calls0 else float("nan")
                 print(result.row(mean_batch, cpu1 - cpu0), flush=True)
+                if result.latencies:
+                    print(f"      the load generator's own CPU: "
+                          f"{1000 * result.generator_cpu_seconds / len(result.latencies):.2f} ms per request",
+                          flush=True)
                 if result.first_error:
                     print(f"      first error: {result.first_error}", flush=True)
                 if result.seconds:
