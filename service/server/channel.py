@@ -23,7 +23,10 @@ takes. Stopping (SIGTERM, a reload, ``max_requests``), a worker says ``bye``: th
 more and closes the connection once the answers it waits for are in; the worker answers what it has
 until then, within ``IMGCLF_GRACEFUL_TIMEOUT``.
 
-Without the front (``IMGCLF_FRONT=0``) gunicorn's own ``gthread`` worker serves HTTP as usual.
+Of gunicorn's settings, the worker honours ``threads``, ``timeout`` (its heartbeat), ``graceful_timeout``,
+``max_requests`` and the request limits above; ``keepalive`` and ``worker_connections`` have nothing to
+govern here, and the ``pre_request`` / ``post_request`` hooks are not called (imgclf's configuration defines
+none). Without the front (``IMGCLF_FRONT=0``) gunicorn's own ``gthread`` worker serves HTTP as usual.
 """
 
 from __future__ import annotations
