@@ -17,7 +17,8 @@ the variants interleaved) of each, with ratios to the old int8 recipe and to Ope
 run. Beside each int8 variant's cosines it prints those of its quantized model run
 as exact int8 arithmetic, whatever the CPU's int8 kernels (:func:`exact_int8`):
 the recipe's own loss, which a CPU without VNNI or AMX can measure for the
-recipe those CPUs run. Prints the CPU and its int8/bf16 flags. Not a test: no
+recipe those CPUs run, and the cosine of this CPU's int8 output to the exact
+one: what its kernels lose on their own. Prints the CPU and its int8/bf16 flags. Not a test: no
 assertions; about 12 minutes on 2 cores.
 
     python -m bench.int8_fidelity [--images 64] [--rounds 5]
@@ -129,8 +130,13 @@ def main() -> None:
                                                      cache_dir=Path(tmp) / "openvino", calibration=calibration,
                                                      preprocess=reference.preprocess, recipe=recipe)
                 setup = time.perf_counter() - started
-                found = cosines(graph.run(inputs), expected)
-                exact = cosines(exact_int8(graph, inputs), expected) if precision == "int8" else None
+                output = graph.run(inputs)
+                found = cosines(output, expected)
+                exact = kernels = None
+                if precision == "int8":
+                    exact_output = exact_int8(graph, inputs)
+                    exact = cosines(exact_output, expected)
+                    kernels = cosines(output, exact_output)  # what this CPU's int8 kernels lose on their own
                 if set_name == "photos":  # timed below, all variants interleaved
                     graphs[name] = graph
                 else:
@@ -138,8 +144,8 @@ def main() -> None:
                 cos, worst = np.sort(found), files[int(np.argmin(found))].relative_to(folder)
                 rows[name][set_name] = cos
                 rows[name][set_name + " exact"] = np.sort(exact) if exact is not None else None
-                simulated = f"; exact int8 worst {np.min(exact):.5f}, mean {np.mean(exact):.5f}" \
-                    if exact is not None else ""
+                simulated = f"; exact int8 worst {np.min(exact):.5f}, mean {np.mean(exact):.5f}; kernels " \
+                    f"against exact worst {np.min(kernels):.5f}" if exact is not None else ""
                 print(f"  {set_name:<7} {name:<40} worst {cos[0]:.5f} ({worst}), 2nd {cos[1]:.5f}, "
                       f"mean {cos.mean():.5f}{simulated}  (setup {setup:.0f} s)", flush=True)
             if graphs:
