@@ -10,6 +10,7 @@ appends a line to ``$FAKE_HUP_FILE``, SIGTERM stops it (the worker says bye and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,10 +81,10 @@ class Echo:
         self.workers.append(worker)
         return worker
 
-    def stop(self) -> None:
-        """Stop every worker (each says bye, then finishes); wait for them."""
+    def stop(self, graceful: bool = True) -> None:
+        """Stop every worker (each says bye, then finishes; not ``graceful``: its connection broken); wait for them."""
         for worker in self.workers:
-            worker.stop()
+            worker.stop() if graceful else worker.die()
         for worker in self.workers:
             worker.thread.join(10)
 
@@ -118,7 +119,8 @@ class Worker:
         self.stop()
         channel = self.server.channel
         if channel is not None:
-            channel.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # closed already: the worker had stopped
+                channel.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _main() -> int:

@@ -31,8 +31,8 @@ STARTED: list[Echo] = []
 @pytest.fixture(autouse=True)
 def _stop_fake_workers():
     yield
-    while STARTED:
-        STARTED.pop().stop()
+    while STARTED:  # the test's event loop is gone: nobody would close a stopping worker's channel
+        STARTED.pop().stop(graceful=False)
 
 
 async def start(tmp_path, limits=LIMITS, echo=None, upstream_up=True, server=SERVER, workers=1, threads=4,
