@@ -62,6 +62,8 @@ META_FILE = "meta.json"
 # OpenVINO's names for imgclf's precisions (INFERENCE_PRECISION_HINT). int8 runs the quantized convolutions
 # in int8 and keeps the rest (pooling, concatenation) in f32.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+INT8_FIDELITY_IMAGES = 8  # calibration images a new int8 IR is checked on against its float model
+INT8_FIDELITY_FLOOR = 0.99  # a worst per-image cosine to fp32 below this is logged as a warning (issue 25's floor)
 SLICE_IMAGES = 1  # images per infer request: the static shape every request runs (see the module notes)
 # Infer requests per stream (static slices): one running and one queued behind it, so a stream starts its next
 # image the moment it finishes one instead of idling until the calling thread, which may be waiting for the
@@ -226,6 +228,8 @@ class OpenVINOGraph:
         info = {"openvino_version": version, "ir_key": key, "int8_recipe": recipe,
                 "int8_settings": dict(INT8_RECIPES[recipe]) if recipe else None,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
+        if precision == "int8":  # measured when the IR was built (None: an IR cached before it was)
+            info["int8_fidelity"] = _meta(ir_dir).get("calibration", {}).get("fidelity")
         compiled = _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=SLICE_IMAGES)
         return cls(compiled, contract, precision, ir_dir=ir_dir, rewrite_report=report, info=info,
                    source_graph_def=graph_def, slice_images=SLICE_IMAGES)
@@ -343,6 +347,14 @@ class OpenVINOGraph:
                 break
 
 
+def _meta(ir_dir: Path) -> dict:
+    """Return the meta of the IR in ``ir_dir`` ({} if it cannot be read)."""
+    try:
+        return json.loads((ir_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _complete(ir_dir: Path) -> bool:
     return (ir_dir / META_FILE).is_file() and (ir_dir / IR_FILE).is_file() and \
         (ir_dir / IR_FILE).with_suffix(".bin").is_file()
@@ -403,6 +415,33 @@ def _build_ir(ov, graph_def, precision: str, calibration, preprocess, ir_dir: Pa
             shutil.rmtree(work, ignore_errors=True)
 
 
+def int8_fidelity(float_model, quantized, inputs: list[np.ndarray]) -> dict:
+    """Return how faithful ``quantized`` is to ``float_model`` on this CPU: the cosine of each of ``inputs``' vectors.
+
+    Both run as the featurizer runs them (this CPU's kernels; what is not int8 in f32), one image at a time.
+    The worst and mean cosine go into the IR's meta and the featurizer's description (the card); a worst
+    below :data:`INT8_FIDELITY_FLOOR` is logged as a warning. Measured once, when the IR is built, on the
+    first :data:`INT8_FIDELITY_IMAGES` calibration images: the user's own pictures, on the CPU that runs them.
+    """
+    ov = require_openvino()
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    reference, candidate = core.compile_model(float_model, "CPU", config), core.compile_model(quantized, "CPU", config)
+    cosines = []
+    for array in inputs:
+        expected = np.asarray(reference(array[None])[0], dtype=np.float64).ravel()
+        found = np.asarray(candidate(array[None])[0], dtype=np.float64).ravel()
+        norms = np.linalg.norm(expected) * np.linalg.norm(found)
+        cosines.append(float(expected @ found / norms) if norms else 1.0)
+    worst, mean = min(cosines), float(np.mean(cosines))
+    if worst < INT8_FIDELITY_FLOOR:
+        log.warning("int8: on %d calibration image(s) this CPU's int8 featurizer is as close as cosine %.4f to fp32 "
+                    "(worst; mean %.4f), under %.2f; --precision bf16 (CPUs with AMX or AVX512_BF16) or fp32 keeps "
+                    "it faithful", len(cosines), worst, mean, INT8_FIDELITY_FLOOR)
+    return {"images": len(cosines), "worst_cosine": round(worst, 5), "mean_cosine": round(mean, 5),
+            "reference": "OpenVINO fp32, this CPU"}
+
+
 def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[object, dict]:
     """Return ``model`` quantized to int8 by NNCF on the calibration images (``recipe``: :data:`INT8_RECIPES`)."""
     import nncf
@@ -427,6 +466,7 @@ def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[obj
     quantized = nncf.quantize(model, dataset, subset_size=len(inputs), **options)
     seconds = time.perf_counter() - started
     log.info("int8: quantized in %.1f s", seconds)
+    fidelity = int8_fidelity(model, quantized, inputs[:INT8_FIDELITY_IMAGES])
     return quantized, {**calibration.describe(), "decoded": len(inputs), "skipped": calibration.skipped,
                        "nncf": nncf.__version__, "recipe": recipe, "settings": dict(settings),
-                       "seconds": round(seconds, 1)}
+                       "seconds": round(seconds, 1), "fidelity": fidelity}

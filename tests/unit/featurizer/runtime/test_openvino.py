@@ -13,6 +13,7 @@ pytest.importorskip("nncf", reason="the imgclf[openvino] extra (NNCF) is not ins
 from imgclf.core.errors import GraphError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.demo import write_demo_images
+from imgclf.featurizer.runtime import openvino as openvino_backend
 from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.runtime.openvino import INT8_RECIPES, OpenVINOGraph, int8_recipe, native_bf16
 from tests.support import images
@@ -222,9 +223,37 @@ def test_int8_calibration_is_reproducible_cached_and_keyed(legacy_graph_path, de
         # (round 2's vnni keys stay valid: that recipe is not named in the fingerprint)
         assert described["openvino"]["int8_recipe"] == a._key_parts().get("int8_recipe", "vnni") == int8_recipe()
         assert described["openvino"]["int8_settings"] == INT8_RECIPES[int8_recipe()]
+        # how faithful the new IR is on this CPU, measured once when it was built, read back from the cache
+        fidelity = described["openvino"]["int8_fidelity"]
+        assert fidelity["images"] == openvino_backend.INT8_FIDELITY_IMAGES
+        assert 0.99 <= fidelity["worst_cosine"] <= fidelity["mean_cosine"] <= 1.0
+        assert b.describe()["openvino"]["int8_fidelity"] == fidelity
     finally:
         for featurizer in (a, b, c):
             featurizer.close()
+
+
+def test_int8_fidelity_is_each_images_cosine_to_the_float_model_and_warns_under_the_floor(monkeypatch, caplog):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    def scaled(factors):  # [N, 2, 2, 3] -> the input times a factor per channel, flattened
+        image = ops.parameter([-1, 2, 2, 3], np.float32)
+        product = ops.multiply(image, ops.constant(np.asarray(factors, np.float32)))
+        return ov.Model([ops.reshape(product, ops.constant(np.asarray([-1, 12], np.int64)), False)], [image])
+
+    rng = np.random.default_rng(4)
+    inputs = [rng.random((2, 2, 3), dtype=np.float32) + 0.1 for _ in range(5)]
+    factors = [1.0, 0.5, 2.0]
+    expected = [float(x.ravel() @ (x * factors).ravel() / np.linalg.norm(x) / np.linalg.norm(x * factors))
+                for x in inputs]
+    found = openvino_backend.int8_fidelity(scaled([1.0, 1.0, 1.0]), scaled(factors), inputs)
+    assert found["images"] == 5 and found["worst_cosine"] == round(min(expected), 5)
+    assert found["mean_cosine"] == round(float(np.mean(expected)), 5) and min(expected) < 0.99
+    assert "under 0.99" in caplog.text and "--precision bf16" in caplog.text
+    caplog.clear()
+    same = openvino_backend.int8_fidelity(scaled(factors), scaled(factors), inputs)
+    assert same["worst_cosine"] == 1.0 and caplog.text == ""
 
 
 def test_the_featurizer_quantizes_on_the_calibration_it_is_handed_and_never_reads_the_folder(
@@ -306,7 +335,6 @@ def test_a_head_on_int8_features_is_within_one_point_of_fp32(legacy_graph_path, 
 def test_int8_recipes_key_the_cache_and_follow_the_cpu(monkeypatch):
     from imgclf.core import precision as precision_module
     from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
-    from imgclf.featurizer.runtime import openvino as openvino_backend
 
     def key(recipe, precision="int8"):
         return openvino_backend.ir_key("g" * 64, DEFAULT_CONTRACT, precision, "c" * 64, "2026.4", recipe)[0]
