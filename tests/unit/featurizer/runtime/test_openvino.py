@@ -1,5 +1,6 @@
 """The OpenVINO backend against TensorFlow fp32: fidelity per precision, the IR cache, fingerprints, int8 heads."""
 
+import logging
 import shutil
 import threading
 from types import SimpleNamespace
@@ -242,6 +243,9 @@ def test_int8_fidelity_is_each_images_cosine_to_the_float_model_and_warns_under_
         product = ops.multiply(image, ops.constant(np.asarray(factors, np.float32)))
         return ov.Model([ops.reshape(product, ops.constant(np.asarray([-1, 12], np.int64)), False)], [image])
 
+    # a logger of this test's own: another test's logging set-up (the CLI's) may stop imgclf's from propagating
+    monkeypatch.setattr(openvino_backend, "log", logging.getLogger("tests.int8_fidelity"))
+    caplog.set_level(logging.WARNING, logger="tests.int8_fidelity")
     rng = np.random.default_rng(4)
     inputs = [rng.random((2, 2, 3), dtype=np.float32) + 0.1 for _ in range(5)]
     factors = [1.0, 0.5, 2.0]
