@@ -41,6 +41,7 @@ import h11
 from imgclf.service.front.settings import FrontSettings
 from imgclf.service.front.slots import Slots
 from imgclf.service.front.upstream import Answer, Upstream, UpstreamError
+from imgclf.service.server import frames
 from imgclf.service.server.settings import ServerSettings
 
 log = logging.getLogger("imgclf.front")
@@ -49,9 +50,7 @@ access_log = logging.getLogger("imgclf.front.access")
 READ_CHUNK = 64 * 1024
 MAX_HEADER_FIELDS = 100
 LINGER_S = 0.5  # after an error answer, what the client still sends is read (and dropped) this long at most
-# Hop-by-hop headers (RFC 9110 7.6.1) and the framing the front sets itself; never forwarded either way.
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
-              b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length"}
+HOP_BY_HOP = {name.encode() for name in frames.HOP_BY_HOP}  # h11 gives field names in lower case
 FORWARDED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}  # set by the front only
 NOT_FORWARDED = HOP_BY_HOP | FORWARDED
 CLOSE = b"Connection: close\r\n"

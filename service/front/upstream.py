@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from imgclf.service.server.frames import (
     BYE,
     CONTROL,
+    SERVER,
     FrameError,
     FrameReader,
     parse_hello,
@@ -61,7 +62,7 @@ class Answer:
         """Return the front's own answer, framed by Content-Length (no body and no length to a HEAD request)."""
         framing = b"" if head_only else b"Content-Length: %d\r\n" % len(body)
         head = b"".join([b"HTTP/1.1 %d %s\r\n" % (status, reason), *[b"%s: %s\r\n" % f for f in fields],
-                         b"Server: imgclf\r\n", framing])
+                         b"Server: " + SERVER + b"\r\n", framing])
         return cls(status, head, b"" if head_only else body)
 
 

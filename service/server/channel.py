@@ -50,18 +50,24 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from gunicorn.http.wsgi import WSGIErrorsWrapper
 from gunicorn.workers.base import Worker
 
-from imgclf.service.server.frames import BYE, CONTROL, FrameError, FrameReader, frame, hello
+from imgclf.service.server.frames import (
+    BYE,
+    CONTROL,
+    HOP_BY_HOP,
+    SERVER,
+    FrameError,
+    FrameReader,
+    frame,
+    hello,
+)
 
 log = logging.getLogger("imgclf.channel")
 
 READ_CHUNK = 256 * 1024
 TICK_S = 0.5  # gunicorn's heartbeat (``tick``) at most this often, at least every second
-SERVER = b"imgclf"
-# Of the app's answer fields, those the channel's answer leaves out: the hop-by-hop ones (RFC 9110 7.6.1) and
-# the framing, which the front sets, and Server and Date, which are this module's.
-NOT_ANSWERED = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-                          "te", "trailer", "transfer-encoding", "upgrade", "expect", "content-length", "server",
-                          "date"})
+# Of the app's answer fields, those the channel's answer leaves out: the hop-by-hop ones and the framing, which
+# the front sets, and Server and Date, which are this module's.
+NOT_ANSWERED = HOP_BY_HOP | {"server", "date"}
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # no CR, LF or other control characters
 

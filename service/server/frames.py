@@ -29,7 +29,12 @@ CONTROL = 0  # the id of the worker's hello and bye
 BYE = b"bye"
 MAX_HEAD_BYTES = 1 << 20  # the front's heads are at most 64 KiB (IMGCLF_MAX_HEADER_BYTES); answers' a few hundred
 MAX_BODY_BYTES = 1 << 31
+SERVER = b"imgclf"  # every answer's Server field, the front's own and the workers'
 BEHIND_FRONT_ENV = "IMGCLF_FRONT_CHANNEL"  # set by the front for gunicorn: its workers serve this channel
+# Hop-by-hop fields (RFC 9110 7.6.1) and the framing: the front never forwards them in a request, and a worker
+# never puts the app's in an answer (each side frames the message itself). In lower case.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade", "expect", "content-length"})
 
 
 class FrameError(ValueError):
