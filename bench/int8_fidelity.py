@@ -18,10 +18,19 @@ run. Beside each int8 variant's cosines it prints those of its quantized model r
 as exact int8 arithmetic, whatever the CPU's int8 kernels (:func:`exact_int8`):
 the recipe's own loss, which a CPU without VNNI or AMX can measure for the
 recipe those CPUs run, and the cosine of this CPU's int8 output to the exact
-one: what its kernels lose on their own. Prints the CPU and its int8/bf16 flags. Not a test: no
-assertions; about 12 minutes on 2 cores.
+one: what its kernels lose on their own. Prints the CPU and its int8/bf16 flags.
 
-    python -m bench.int8_fidelity [--images 64] [--rounds 5]
+The fidelity floor (``--int8-floor``): the int8 rows are built as ``featurize``
+builds them, at the default floor, so on a CPU whose kernels miss it they are
+the kept-float models. One more row holds this CPU's recipe to a floor just
+above what its fully int8 model reaches on the checked images (``--floor-gap``,
+default 0.0001: the size of the gap measured on the AMX machine, 0.9899 against
+0.99), so a CPU that meets the default floor still shows what keeping layers
+float costs: build time, layers kept, cosines and speed. Not a test: no
+assertions; about 20 minutes on 2 cores (``--quick``: fp32, this CPU's int8 and
+the floor row only).
+
+    python -m bench.int8_fidelity [--images 64] [--rounds 5] [--floor-gap 0.0001] [--quick]
 """
 
 from __future__ import annotations
@@ -89,6 +98,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images per set")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per variant, interleaved (median)")
     parser.add_argument("--graph", type=Path, help="use this graph instead of the random-weight export")
+    parser.add_argument("--floor-gap", type=float, default=0.0001,
+                        help="the floor row's floor: this CPU's fully int8 worst on the checked images plus this "
+                             "(0: no floor row)")
+    parser.add_argument("--quick", action="store_true", help="fp32, this CPU's int8 and the floor row only")
     args = parser.parse_args()
 
     graph_path = args.graph or OUT / "inception_v3_random_seed0.pb"
@@ -108,11 +121,15 @@ def main() -> None:
     graph_def, sha = load_graph(graph_path)
     reference = Featurizer(FeaturizerConfig(graph_path, precision="fp32"))
     variants = [("OpenVINO fp32", "fp32", None, None)] + ([("OpenVINO bf16", "bf16", None, None)]
-                                                          if native_bf16() else [])
-    for calibration in (DEFAULT_CALIBRATION_IMAGES, 32):
-        for label, recipe in (("old", old), ("new", new)):
+                                                          if native_bf16() and not args.quick else [])
+    for calibration in (DEFAULT_CALIBRATION_IMAGES,) if args.quick else (DEFAULT_CALIBRATION_IMAGES, 32):
+        for label, recipe in (("old", old),) if args.quick else (("old", old), ("new", new)):
             variants.append((f"int8 {label} ({recipe}), calib {calibration}", "int8", recipe, calibration))
-    if old != "vnni":  # the recipe of CPUs with VNNI or AMX: its exact int8 figures hold there (kernels aside)
+    plain = f"int8 old ({old}), calib {DEFAULT_CALIBRATION_IMAGES}"
+    floor_row = f"int8 {old}, floor +{args.floor_gap:g}" if args.floor_gap > 0 else None
+    if floor_row:  # held to a floor just above its own fully int8 worst: what keeping layers float costs here
+        variants.append((floor_row, "int8", old, DEFAULT_CALIBRATION_IMAGES))
+    if old != "vnni" and not args.quick:  # the recipe of VNNI and AMX CPUs: its exact int8 figures hold there
         variants.append((f"int8 vnni, calib {DEFAULT_CALIBRATION_IMAGES}", "int8", "vnni", DEFAULT_CALIBRATION_IMAGES))
     rows: dict[str, dict] = {name: {} for name, *_ in variants}
     with tempfile.TemporaryDirectory(prefix="int8-fidelity-") as tmp:
@@ -122,14 +139,27 @@ def main() -> None:
             inputs = np.stack([reference.preprocess(f.read_bytes()) for f in files])
             expected = np.concatenate([reference.run(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
             graphs = {}
+            plain_worst = None
             for name, precision, recipe, n in variants:
                 started = time.perf_counter()
                 calibration = calibration_for(FeaturizerConfig(graph_path, precision="int8", backend="openvino",
                                                                calibration_images=n), folder) if n else None
+                floor = {"int8_floor": min(round(plain_worst + args.floor_gap, 6), 0.999999)} \
+                    if name == floor_row else {}
                 graph = OpenVINOGraph.from_graph_def(graph_def, sha, precision=precision,
                                                      cache_dir=Path(tmp) / "openvino", calibration=calibration,
-                                                     preprocess=reference.preprocess, recipe=recipe)
+                                                     preprocess=reference.preprocess, recipe=recipe, **floor)
                 setup = time.perf_counter() - started
+                checked = graph.info.get("int8_fidelity") or {}
+                if name == plain:
+                    plain_worst = checked["worst_cosine"]
+                if precision == "int8":
+                    print(f"  {set_name:<7} {name:<40} on the {checked.get('images')} checked images: worst "
+                          f"{checked.get('worst_cosine')} (floor {checked.get('floor')}), "
+                          f"{len(checked.get('kept_float') or [])} op(s) take float inputs"
+                          + (f", {checked['kept_float_seconds']} s to choose them (worst before "
+                             f"{checked['before_kept_float']['worst_cosine']})" if checked.get("kept_float_seconds")
+                             is not None else ""), flush=True)
                 output = graph.run(inputs)
                 found = cosines(output, expected)
                 exact = kernels = None
@@ -160,7 +190,7 @@ def main() -> None:
           f"{'x old':>6} {'x fp32':>6}  exact int8 worst: photos / drawn")
     for name, _, _, n in variants:
         photos, drawn = rows[name]["photos"], rows[name]["drawn"]
-        old_name = f"int8 old ({old}), calib {n}" if n else None  # the vnni row too: against this CPU's recipe
+        old_name = f"int8 old ({old}), calib {n}" if n else None  # vnni and floor rows too: against this CPU's
         ratio = f"{speeds[name] / speeds[old_name]:6.2f}" if old_name else f"{'':>6}"
         exact = rows[name]["photos exact"], rows[name]["drawn exact"]
         simulated = f"  {exact[0][0]:.5f} / {exact[1][0]:.5f}" if exact[0] is not None else ""

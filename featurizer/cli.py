@@ -23,6 +23,7 @@ from imgclf.featurizer.runtime.backend import (
     requested_backend,
 )
 from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES
+from imgclf.featurizer.runtime.openvino import INT8_FIDELITY_FLOOR, INT8_FIDELITY_IMAGES, check_int8_floor
 
 
 def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,10 @@ def add_featurizer_options(parser: argparse.ArgumentParser) -> None:
                             "backend the dataset holds)")
     group.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                        help="int8: calibrate on this many images of the folder (default: %(default)s)")
+    group.add_argument("--int8-floor", type=float, default=INT8_FIDELITY_FLOOR,
+                       help=f"int8: the worst cosine to fp32 the int8 featurizer keeps on the first "
+                            f"{INT8_FIDELITY_IMAGES} calibration images, on this CPU; the layers that lose the most "
+                            "stay float until it holds (0: only measure it; default: %(default)s)")
     group.add_argument("--openvino-cache", type=Path,
                        help="where converted OpenVINO models are cached (default: $IMGCLF_HOME/openvino)")
     group.add_argument("--image-tensor", default=DEFAULT_CONTRACT.image_input,
@@ -89,6 +94,7 @@ def featurizer_config_from_args(args: argparse.Namespace, precision: str | None 
                             threads=ThreadConfig(args.intra_op_threads, args.inter_op_threads),
                             max_pixels=args.max_pixels, allow_unsafe_ops=args.allow_unsafe_ops,
                             backend=backend, calibration_images=args.calibration_images,
+                            int8_floor=args.int8_floor,
                             openvino_cache=args.openvino_cache)
 
 
@@ -104,6 +110,11 @@ def check_featurizer_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-pixels must be positive; received {args.max_pixels}")
     if args.calibration_images < 1:
         raise UsageError(f"--calibration-images must be at least 1; received {args.calibration_images}")
+    try:
+        check_int8_floor(args.int8_floor)
+    except UsageError:
+        raise UsageError(f"--int8-floor is a cosine from 0 (no floor) up to, not including, 1; received "
+                         f"{args.int8_floor}") from None
     requested_backend(args.precision or "auto", args.backend)  # int8 with --backend tensorflow
     check_file(args.graph, "--graph")
 

@@ -32,6 +32,7 @@ from imgclf.featurizer.images.decode import (
 )
 from imgclf.featurizer.runtime.backend import DEFAULT_BACKEND, check_backend_precision, resolve_backend
 from imgclf.featurizer.runtime.calibration import DEFAULT_CALIBRATION_IMAGES, Calibration, choose_calibration
+from imgclf.featurizer.runtime.openvino import INT8_FIDELITY_FLOOR
 from imgclf.featurizer.store.identity import FeaturizerIdentity, fingerprint_of
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class FeaturizerConfig:
     backend: str = DEFAULT_BACKEND  # tensorflow | openvino | auto (imgclf.featurizer.runtime.backend)
     # int8 (OpenVINO): calibrate on this many images of the folder being featurized (calibration_for).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    # int8 (OpenVINO): the worst cosine to fp32 the int8 graph keeps on the calibration images it is checked on;
+    # layers stay float until it holds (0: measured only). Part of the IR's cache key.
+    int8_floor: float = INT8_FIDELITY_FLOOR
     openvino_cache: Path | None = None  # converted/compiled OpenVINO models (None = $IMGCLF_HOME/openvino)
 
     @property
@@ -117,7 +121,8 @@ class Featurizer:
             self.calibration = calibration
         return OpenVINOGraph.from_graph_def(graph_def, self.graph_sha256, self.contract, precision,
                                             threads=config.threads.intra_op, cache_dir=config.openvino_cache,
-                                            calibration=self.calibration, preprocess=self.preprocess)
+                                            calibration=self.calibration, preprocess=self.preprocess,
+                                            int8_floor=config.int8_floor)
 
     def _key_parts(self) -> dict:
         return {**self._backend_key_parts(),
@@ -137,6 +142,9 @@ class Featurizer:
         recipe = getattr(self.graph, "info", {}).get("int8_recipe")
         if recipe not in (None, "vnni"):  # features of another int8 recipe differ; round 2's vnni keys stay valid
             parts["int8_recipe"] = recipe
+        kept = getattr(self.graph, "info", {}).get("int8_kept_float")
+        if kept:  # layers the fidelity floor kept float: other vectors than the same recipe fully int8
+            parts["int8_kept_float"] = list(kept)
         return parts
 
     def _identity(self) -> FeaturizerIdentity:

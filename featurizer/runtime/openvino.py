@@ -10,7 +10,7 @@ adds ``nncf.quantize`` (post-training, calibrated on
 Caching: the converted (and for int8, quantized) model is saved as OpenVINO IR
 under ``<cache>/<key>/`` where the key is the sha256 of the graph file's
 sha256, the contract's tensor names, the OpenVINO version, the IR kind
-(``float``; ``int8`` + the calibration identity) and this module's
+(``float``; ``int8`` + the calibration identity, recipe and fidelity floor) and this module's
 :data:`CONVERSION` version; it is written into a temporary folder and renamed,
 so a killed run leaves nothing half-written that a later one would load.
 Compiled blobs go to ``<key>/compiled`` (OpenVINO's own model cache, which
@@ -62,8 +62,10 @@ META_FILE = "meta.json"
 # OpenVINO's names for imgclf's precisions (INFERENCE_PRECISION_HINT). int8 runs the quantized convolutions
 # in int8 and keeps the rest (pooling, concatenation) in f32.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-INT8_FIDELITY_IMAGES = 8  # calibration images a new int8 IR is checked on against its float model
-INT8_FIDELITY_FLOOR = 0.99  # a worst per-image cosine to fp32 below this is logged as a warning (issue 25's floor)
+INT8_FIDELITY_IMAGES = 32  # calibration images a new int8 IR is checked on against its float model (its floor)
+# The default worst per-image cosine to fp32 an int8 IR keeps on the images it is checked on (issue 25's floor);
+# layers are kept in float until it holds (see _quantize). featurize --int8-floor sets another; 0: only measured.
+INT8_FIDELITY_FLOOR = 0.99
 SLICE_IMAGES = 1  # images per infer request: the static shape every request runs (see the module notes)
 # Infer requests per stream (static slices): one running and one queued behind it, so a stream starts its next
 # image the moment it finishes one instead of idling until the calling thread, which may be waiting for the
@@ -143,15 +145,33 @@ def int8_recipe(*, full_range: bool = False) -> str:
     return f"{kind}-fullrange" if full_range else kind
 
 
+def check_int8_floor(floor: float) -> float:
+    """Return ``floor`` as a float; raise UsageError unless 0 <= floor < 1 (a cosine an int8 IR can reach)."""
+    try:
+        value = float(floor)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value < 1.0:  # NaN too
+        raise UsageError(f"the int8 floor is a cosine from 0 (no floor) up to, not including, 1; received {floor!r}")
+    return value
+
+
 def ir_key(graph_sha256: str, contract: GraphContract, precision: str, calibration_sha256: str | None,
-           openvino_version: str, recipe: str | None = None) -> tuple[str, dict]:
-    """Return (key, key parts) of a converted model in the cache (see the module docstring)."""
+           openvino_version: str, recipe: str | None = None,
+           floor: float = INT8_FIDELITY_FLOOR) -> tuple[str, dict]:
+    """Return (key, key parts) of a converted model in the cache (see the module docstring).
+
+    An int8 IR's key holds its fidelity floor: the floor decides which layers stay float. IRs quantized
+    before the floor existed were never held to it, so their keys no longer match and they are rebuilt once.
+    """
     parts = {"graph_sha256": graph_sha256, "image_input": contract.image_input, "bottleneck": contract.bottleneck,
              "openvino": openvino_version, "conversion": CONVERSION,
              "ir": "int8" if precision == "int8" else "float",
              "calibration_sha256": calibration_sha256 if precision == "int8" else None}
     if precision == "int8" and recipe not in (None, "vnni"):  # keys made before recipes existed stay valid
         parts["int8_recipe"] = recipe
+    if precision == "int8":
+        parts["int8_floor"] = float(floor)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
 
 
@@ -192,7 +212,7 @@ class OpenVINOGraph:
     def from_graph_def(cls, graph_def, graph_sha256: str, contract: GraphContract = DEFAULT_CONTRACT,
                        precision: str = "fp32", *, threads: int = 0, cache_dir: Path | None = None,
                        calibration=None, preprocess: Callable[[bytes], np.ndarray] | None = None,
-                       recipe: str | None = None) -> OpenVINOGraph:
+                       recipe: str | None = None, int8_floor: float = INT8_FIDELITY_FLOOR) -> OpenVINOGraph:
         """Convert (or take from the cache) and compile a frozen featurizer GraphDef as it was loaded.
 
         Args:
@@ -204,6 +224,8 @@ class OpenVINOGraph:
             preprocess: encoded image → network input [S, S, 3], for the calibration images; required for
                 int8 (used only when the quantized model is not in the cache).
             recipe: an int8 recipe of :data:`INT8_RECIPES` (default: :func:`int8_recipe`, this CPU's).
+            int8_floor: the worst cosine to fp32 the int8 IR keeps on the images it is checked on (this CPU's
+                kernels); layers stay float until it holds (0: measured only). See :func:`_quantize`.
         """
         from imgclf.featurizer.graph.load import inference_graph_def
 
@@ -213,10 +235,11 @@ class OpenVINOGraph:
                              "--calibration-images N)")
         if recipe is not None and recipe not in INT8_RECIPES:
             raise UsageError(f"int8 recipe must be one of {', '.join(INT8_RECIPES)}; received {recipe!r}")
+        int8_floor = check_int8_floor(int8_floor)
         version = ov.get_version()
         recipe = (recipe or int8_recipe()) if precision == "int8" else None
         key, parts = ir_key(graph_sha256, contract, precision, calibration.sha256 if calibration else None, version,
-                            recipe)
+                            recipe, int8_floor)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         ir_dir = root / key
         report = None
@@ -228,8 +251,10 @@ class OpenVINOGraph:
         info = {"openvino_version": version, "ir_key": key, "int8_recipe": recipe,
                 "int8_settings": dict(INT8_RECIPES[recipe]) if recipe else None,
                 "calibration": calibration.describe() if calibration is not None and precision == "int8" else None}
-        if precision == "int8":  # measured when the IR was built (None: an IR cached before it was)
-            info["int8_fidelity"] = _meta(ir_dir).get("calibration", {}).get("fidelity")
+        if precision == "int8":  # measured when the IR was built
+            fidelity = _meta(ir_dir).get("calibration", {}).get("fidelity") or {}
+            info["int8_fidelity"] = fidelity or None
+            info["int8_kept_float"] = list(fidelity.get("kept_float") or [])
         compiled = _compile(ov, ir_dir / IR_FILE, precision, threads, ir_dir / "compiled", batch=SLICE_IMAGES)
         return cls(compiled, contract, precision, ir_dir=ir_dir, rewrite_report=report, info=info,
                    source_graph_def=graph_def, slice_images=SLICE_IMAGES)
@@ -396,7 +421,8 @@ def _build_ir(ov, graph_def, precision: str, calibration, preprocess, ir_dir: Pa
     log.info("OpenVINO converted the graph in %.1f s", time.perf_counter() - started)
     meta = {"key": parts, "created": time.time()}
     if precision == "int8":
-        model, meta["calibration"] = _quantize(model, calibration, preprocess, parts.get("int8_recipe", "vnni"))
+        model, meta["calibration"] = _quantize(model, calibration, preprocess, parts.get("int8_recipe", "vnni"),
+                                               parts.get("int8_floor", INT8_FIDELITY_FLOOR))
     ir_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{ir_dir.name[:16]}-", dir=ir_dir.parent))
     try:
@@ -415,35 +441,122 @@ def _build_ir(ov, graph_def, precision: str, calibration, preprocess, ir_dir: Pa
             shutil.rmtree(work, ignore_errors=True)
 
 
-def int8_fidelity(float_model, quantized, inputs: list[np.ndarray]) -> dict:
-    """Return how faithful ``quantized`` is to ``float_model`` on this CPU: the cosine of each of ``inputs``' vectors.
+def _compiled_f32(model):
+    """Return ``model`` compiled as the featurizer runs it on this CPU: int8 where quantized, the rest in f32."""
+    return require_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
-    Both run as the featurizer runs them (this CPU's kernels; what is not int8 in f32), one image at a time.
-    The worst and mean cosine go into the IR's meta and the featurizer's description (the card); a worst
-    below :data:`INT8_FIDELITY_FLOOR` is logged as a warning. Measured once, when the IR is built, on the
-    first :data:`INT8_FIDELITY_IMAGES` calibration images: the user's own pictures, on the CPU that runs them.
-    """
-    ov = require_openvino()
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
-    reference, candidate = core.compile_model(float_model, "CPU", config), core.compile_model(quantized, "CPU", config)
+
+def _references(float_model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Return ``float_model``'s vector of each of ``inputs``, in fp32 on this CPU, one image at a time."""
+    compiled = _compiled_f32(float_model)
+    return [np.asarray(compiled(array[None])[0], dtype=np.float64).ravel() for array in inputs]
+
+
+def _cosines(compiled, inputs: list[np.ndarray], references: list[np.ndarray]) -> list[float]:
+    """Return the cosine of ``compiled``'s vector of each of ``inputs`` to its reference vector."""
     cosines = []
-    for array in inputs:
-        expected = np.asarray(reference(array[None])[0], dtype=np.float64).ravel()
-        found = np.asarray(candidate(array[None])[0], dtype=np.float64).ravel()
+    for array, expected in zip(inputs, references):
+        found = np.asarray(compiled(array[None])[0], dtype=np.float64).ravel()
         norms = np.linalg.norm(expected) * np.linalg.norm(found)
         cosines.append(float(expected @ found / norms) if norms else 1.0)
-    worst, mean = min(cosines), float(np.mean(cosines))
-    if worst < INT8_FIDELITY_FLOOR:
-        log.warning("int8: on %d calibration image(s) this CPU's int8 featurizer is as close as cosine %.4f to fp32 "
-                    "(worst; mean %.4f), under %.2f; --precision bf16 (CPUs with AMX or AVX512_BF16) or fp32 keeps "
-                    "it faithful", len(cosines), worst, mean, INT8_FIDELITY_FLOOR)
-    return {"images": len(cosines), "worst_cosine": round(worst, 5), "mean_cosine": round(mean, 5),
-            "reference": "OpenVINO fp32, this CPU"}
+    return cosines
 
 
-def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[object, dict]:
-    """Return ``model`` quantized to int8 by NNCF on the calibration images (``recipe``: :data:`INT8_RECIPES`)."""
+def _summary(cosines: list[float]) -> dict:
+    return {"images": len(cosines), "worst_cosine": round(min(cosines), 6),
+            "mean_cosine": round(float(np.mean(cosines)), 6), "reference": "OpenVINO fp32, this CPU"}
+
+
+def int8_fidelity(float_model, quantized, inputs: list[np.ndarray], references: list[np.ndarray] | None = None) \
+        -> dict:
+    """Return how faithful ``quantized`` is to ``float_model`` on this CPU: the cosine of each of ``inputs``' vectors.
+
+    Both run as the featurizer runs them (this CPU's kernels; what is not int8 in f32), one image at a time;
+    ``references``: ``float_model``'s vectors when they are already known. Measured when the IR is built,
+    on the first :data:`INT8_FIDELITY_IMAGES` calibration images (the user's own pictures, on the CPU that
+    runs them); its worst and mean go into the IR's meta and the featurizer's description (the card).
+    """
+    if references is None:
+        references = _references(float_model, inputs)
+    return _summary(_cosines(_compiled_f32(quantized), inputs, references))
+
+
+def _op_ids(model) -> dict[str, str]:
+    """Return each op of ``model`` by name with a name that holds across conversions: its type and its place.
+
+    OpenVINO numbers the ops it converts with a counter of the process ("Convolution_15" one time,
+    "Convolution_236626" the next); "Convolution 3", the third convolution in topological order, is the
+    same op whichever process converted the graph.
+    """
+    counts: dict[str, int] = {}
+    ids = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        counts[kind] = counts.get(kind, 0) + 1
+        ids[op.get_friendly_name()] = f"{kind} {counts[kind]}"
+    return ids
+
+
+# What NNCF puts before an op it quantizes: FakeQuantize on activations; int8 weights as a Constant followed
+# by a dequantization (Convert, Subtract, Multiply; a Reshape or Transpose may sit between).
+_DEQUANTIZE = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose"}
+_PLUMBING = _DEQUANTIZE | {"FakeQuantize", "Constant"}
+
+
+def _takes_int8(model) -> set[str]:
+    """Return the names of the ops of ``model`` that take an input NNCF quantized: activations through a
+    FakeQuantize op, or weights stored in int8 (the quantization's own ops left out)."""
+
+    def quantized(node, hops: int = 4) -> bool:
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Constant":
+            return node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+        return hops > 0 and kind in _DEQUANTIZE and any(quantized(value.get_node(), hops - 1)
+                                                        for value in node.input_values())
+
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() not in _PLUMBING
+            and any(quantized(value.get_node()) for value in op.input_values())}
+
+
+def _keep_faithful(model, dataset, inputs: list[np.ndarray], references: list[np.ndarray], floor: float,
+                   options: dict, quantized) -> tuple[object, list[str]]:
+    """Return ``model`` quantized with the fewest layers kept float that hold ``inputs`` at ``floor``, and the ops
+    that take float inputs where the fully quantized model took int8 ones (by :func:`_op_ids`).
+
+    NNCF's accuracy control: it ranks the quantized layers by what reverting each to float wins back on the
+    images that lose the most, and reverts them one by one until the worst cosine to ``references`` is at
+    ``floor`` (or nothing is left to revert). It measures with this CPU's kernels, what the IR runs with.
+    """
+    import nncf
+
+    def worst_cosine(compiled, items) -> tuple[float, list[float]]:
+        items = list(items)
+        cosines = _cosines(compiled, [array for array, _ in items], [expected for _, expected in items])
+        return min(cosines), cosines
+
+    advanced = options.get("advanced_parameters")
+    restored = nncf.quantize_with_accuracy_control(
+        model, dataset, nncf.Dataset(list(zip(inputs, references))), worst_cosine,
+        max_drop=max(0.0, 1.0 - floor - 1e-6), drop_type=nncf.DropType.ABSOLUTE, subset_size=options["subset_size"],
+        preset=options.get("preset"), advanced_quantization_parameters=advanced)
+    ids = _op_ids(quantized)
+    kept = _takes_int8(quantized) - _takes_int8(restored)  # ops that take float inputs now
+    return restored, sorted((ids[name] for name in kept), key=lambda id_: (id_.split()[0], int(id_.split()[1])))
+
+
+def _quantize(model, calibration, preprocess, recipe: str = "vnni",
+              floor: float = INT8_FIDELITY_FLOOR) -> tuple[object, dict]:
+    """Return ``model`` quantized to int8 by NNCF on the calibration images (``recipe``: :data:`INT8_RECIPES`).
+
+    The quantized model is then checked against ``model`` on this CPU (:func:`int8_fidelity`, the first
+    :data:`INT8_FIDELITY_IMAGES` calibration images). Where its worst cosine is under ``floor`` (a CPU
+    whose int8 kernels lose more than the recipe's grid), it is quantized again under NNCF's accuracy
+    control, which keeps the layers that lose the most in float until the floor holds: their names go
+    into the meta (``kept_float``) and the featurizer's fingerprint. If even that cannot reach the floor,
+    a warning says so and names bf16 and fp32.
+    """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -466,7 +579,27 @@ def _quantize(model, calibration, preprocess, recipe: str = "vnni") -> tuple[obj
     quantized = nncf.quantize(model, dataset, subset_size=len(inputs), **options)
     seconds = time.perf_counter() - started
     log.info("int8: quantized in %.1f s", seconds)
-    fidelity = int8_fidelity(model, quantized, inputs[:INT8_FIDELITY_IMAGES])
+    checked = inputs[:INT8_FIDELITY_IMAGES]
+    references = _references(model, checked)
+    cosines = _cosines(_compiled_f32(quantized), checked, references)
+    fidelity = {**_summary(cosines), "floor": floor, "kept_float": []}
+    if min(cosines) < floor:
+        started = time.perf_counter()
+        log.info("int8: worst cosine to fp32 %.5f on %d calibration image(s), under the floor %g: keeping the "
+                 "layers that lose the most in float", fidelity["worst_cosine"], len(checked), floor)
+        first = {key: fidelity[key] for key in ("worst_cosine", "mean_cosine")}
+        quantized, kept = _keep_faithful(model, dataset, checked, references, floor,
+                                         {**options, "subset_size": len(inputs)}, quantized)
+        cosines = _cosines(_compiled_f32(quantized), checked, references)
+        fidelity = {**_summary(cosines), "floor": floor, "kept_float": kept, "before_kept_float": first,
+                    "kept_float_seconds": round(time.perf_counter() - started, 1)}
+        log.info("int8: %d layer(s) kept in float in %.1f s: worst cosine %.5f", len(kept),
+                 fidelity["kept_float_seconds"], fidelity["worst_cosine"])
+    if min(cosines) < floor:
+        log.warning("int8: on %d calibration image(s) this CPU's int8 featurizer is as close as cosine %.4f to fp32 "
+                    "(worst; mean %.4f), under the floor %g; --precision bf16 (CPUs with AMX or AVX512_BF16) or "
+                    "fp32 keeps it faithful", fidelity["images"], fidelity["worst_cosine"], fidelity["mean_cosine"],
+                    floor)
     return quantized, {**calibration.describe(), "decoded": len(inputs), "skipped": calibration.skipped,
                        "nncf": nncf.__version__, "recipe": recipe, "settings": dict(settings),
                        "seconds": round(seconds, 1), "fidelity": fidelity}

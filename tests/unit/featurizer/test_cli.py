@@ -47,6 +47,19 @@ def test_graph_is_required_by_featurize_and_train(capsys):
         assert info.value.code == 2 and "--graph" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("floor", ["1", "1.5", "-0.01", "nan"])
+def test_an_int8_floor_out_of_range_is_a_usage_error_for_featurize_and_train(tmp_path, legacy_graph_path, floor,
+                                                                             capsys):
+    images = write_demo_images(tmp_path / "images", per_class=2)
+    for command in (["featurize", str(images), "--cache", str(tmp_path / "c.sqlite")],
+                    ["train", str(images), "--cache", str(tmp_path / "c.sqlite"), "--model-dir", str(tmp_path / "m"),
+                     "--name", "x"]):
+        assert main([*command, "--graph", str(legacy_graph_path), "--precision", "int8", f"--int8-floor={floor}",
+                     "--openvino-cache", str(tmp_path / "ov")]) == 2
+        assert "--int8-floor is a cosine from 0 (no floor) up to, not including, 1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing made: no cache, IR or model
+
+
 def test_featurize_on_openvino_int8_reports_backend_and_calibration_and_resumes(tmp_path, legacy_graph_path, capsys):
     pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not installed")
     images = write_demo_images(tmp_path / "images", per_class=3)
