@@ -47,6 +47,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model() -> str:
+    """Return this machine's CPU model name (/proc/cpuinfo's; the platform's processor where that is absent)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def native_bf16_flags() -> list[str]:
     """Return the flags of this CPU that give native bf16 (empty list when none)."""
     flags = cpu_flags()

@@ -463,8 +463,11 @@ def _cosines(compiled, inputs: list[np.ndarray], references: list[np.ndarray]) -
 
 
 def _summary(cosines: list[float]) -> dict:
+    from imgclf.core.precision import cpu_flags, cpu_model
+
     return {"images": len(cosines), "worst_cosine": round(min(cosines), 6),
-            "mean_cosine": round(float(np.mean(cosines)), 6), "reference": "OpenVINO fp32, this CPU"}
+            "mean_cosine": round(float(np.mean(cosines)), 6), "reference": "OpenVINO fp32, this CPU",
+            "cpu": cpu_model(), "cpu_int8": sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})}
 
 
 def int8_fidelity(float_model, quantized, inputs: list[np.ndarray], references: list[np.ndarray] | None = None) \

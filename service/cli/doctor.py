@@ -74,22 +74,11 @@ def cpu() -> dict:
     """Return the CPU's model, usable CPUs, and its flags of :data:`CPU_FEATURES` (each a list, empty if none)."""
     flags = core_precision.cpu_flags()
     return {
-        "model": _cpu_model(),
+        "model": core_precision.cpu_model(),
         "machine": platform.machine(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "features": {feature: [flag for flag in names if flag in flags] for feature, names in CPU_FEATURES.items()},
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def nvidia_smi() -> list[str] | None:

@@ -12,6 +12,7 @@ pytest.importorskip("openvino", reason="the imgclf[openvino] extra is not instal
 pytest.importorskip("nncf", reason="the imgclf[openvino] extra (NNCF) is not installed")
 
 from imgclf.core.errors import GraphError
+from imgclf.core.precision import cpu_flags, cpu_model
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.demo import write_demo_images
 from imgclf.featurizer.runtime import openvino as openvino_backend
@@ -228,6 +229,7 @@ def test_int8_calibration_is_reproducible_cached_and_keyed(legacy_graph_path, de
         fidelity = described["openvino"]["int8_fidelity"]
         assert fidelity["images"] == min(12, openvino_backend.INT8_FIDELITY_IMAGES)
         assert 0.99 <= fidelity["worst_cosine"] <= fidelity["mean_cosine"] <= 1.0
+        assert fidelity["cpu"] == cpu_model() and set(fidelity["cpu_int8"]) <= cpu_flags()  # the CPU it holds on
         assert b.describe()["openvino"]["int8_fidelity"] == fidelity
     finally:
         for featurizer in (a, b, c):

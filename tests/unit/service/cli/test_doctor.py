@@ -29,6 +29,9 @@ def test_doctor_json_reports_this_machine(tmp_path, monkeypatch, capsys):
     assert versions["numpy"] == metadata.version("numpy")
     assert found["backends"]["openvino"] == (importlib.util.find_spec("openvino") is not None)
     flags = _cpuinfo_flags()
+    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="ascii", errors="replace")
+             if line.startswith("model name")] if flags else []
+    assert found["cpu"]["model"] == (names[0] if names else platform.processor() or "unknown")
     features = found["cpu"]["features"]
     assert set(features["bf16"]) == flags & {"amx_bf16", "avx512_bf16"}
     assert set(features["vnni"]) == flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
