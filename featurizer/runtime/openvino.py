@@ -66,6 +66,7 @@ INT8_FIDELITY_IMAGES = 32  # calibration images a new int8 IR is checked on agai
 # The default worst per-image cosine to fp32 an int8 IR keeps on the images it is checked on (issue 25's floor);
 # layers are kept in float until it holds (see _quantize). featurize --int8-floor sets another; 0: only measured.
 INT8_FIDELITY_FLOOR = 0.99
+MOSTLY_FLOAT = 0.25  # more than this share of the int8 ops kept float to reach the floor is a warning
 SLICE_IMAGES = 1  # images per infer request: the static shape every request runs (see the module notes)
 # Infer requests per stream (static slices): one running and one queued behind it, so a stream starts its next
 # image the moment it finishes one instead of idling until the calling thread, which may be waiting for the
@@ -524,9 +525,10 @@ def _takes_int8(model) -> set[str]:
 
 
 def _keep_faithful(model, dataset, inputs: list[np.ndarray], references: list[np.ndarray], floor: float,
-                   options: dict, quantized) -> tuple[object, list[str]]:
-    """Return ``model`` quantized with the fewest layers kept float that hold ``inputs`` at ``floor``, and the ops
-    that take float inputs where the fully quantized model took int8 ones (by :func:`_op_ids`).
+                   options: dict, quantized) -> tuple[object, list[str], int]:
+    """Return ``model`` quantized with the fewest layers kept float that hold ``inputs`` at ``floor``, the ops
+    that take float inputs where the fully quantized model took int8 ones (by :func:`_op_ids`), and how many
+    ops took int8 inputs there.
 
     NNCF's accuracy control: it ranks the quantized layers by what reverting each to float wins back on the
     images that lose the most, and reverts them one by one until the worst cosine to ``references`` is at
@@ -544,9 +546,10 @@ def _keep_faithful(model, dataset, inputs: list[np.ndarray], references: list[np
         model, dataset, nncf.Dataset(list(zip(inputs, references))), worst_cosine,
         max_drop=max(0.0, 1.0 - floor - 1e-6), drop_type=nncf.DropType.ABSOLUTE, subset_size=options["subset_size"],
         preset=options.get("preset"), advanced_quantization_parameters=advanced)
-    ids = _op_ids(quantized)
-    kept = _takes_int8(quantized) - _takes_int8(restored)  # ops that take float inputs now
-    return restored, sorted((ids[name] for name in kept), key=lambda id_: (id_.split()[0], int(id_.split()[1])))
+    ids, int8 = _op_ids(quantized), _takes_int8(quantized)
+    kept = int8 - _takes_int8(restored)  # ops that take float inputs now
+    return restored, sorted((ids[name] for name in kept), key=lambda id_: (id_.split()[0], int(id_.split()[1]))), \
+        len(int8)
 
 
 def _quantize(model, calibration, preprocess, recipe: str = "vnni",
@@ -591,13 +594,17 @@ def _quantize(model, calibration, preprocess, recipe: str = "vnni",
         log.info("int8: worst cosine to fp32 %.5f on %d calibration image(s), under the floor %g: keeping the "
                  "layers that lose the most in float", fidelity["worst_cosine"], len(checked), floor)
         first = {key: fidelity[key] for key in ("worst_cosine", "mean_cosine")}
-        quantized, kept = _keep_faithful(model, dataset, checked, references, floor,
-                                         {**options, "subset_size": len(inputs)}, quantized)
+        quantized, kept, int8_ops = _keep_faithful(model, dataset, checked, references, floor,
+                                                   {**options, "subset_size": len(inputs)}, quantized)
         cosines = _cosines(_compiled_f32(quantized), checked, references)
         fidelity = {**_summary(cosines), "floor": floor, "kept_float": kept, "before_kept_float": first,
                     "kept_float_seconds": round(time.perf_counter() - started, 1)}
-        log.info("int8: %d layer(s) kept in float in %.1f s: worst cosine %.5f", len(kept),
-                 fidelity["kept_float_seconds"], fidelity["worst_cosine"])
+        log.info("int8: %d of %d op(s) take float inputs now, chosen in %.1f s: worst cosine %.5f", len(kept),
+                 int8_ops, fidelity["kept_float_seconds"], fidelity["worst_cosine"])
+        if len(kept) > int8_ops * MOSTLY_FLOAT:
+            log.warning("int8: to reach the floor %g, %d of the %d ops that took int8 inputs take float ones: int8 "
+                        "gains little here; --precision bf16 (CPUs with AMX or AVX512_BF16), fp32 or a lower "
+                        "--int8-floor", floor, len(kept), int8_ops)
     if min(cosines) < floor:
         log.warning("int8: on %d calibration image(s) this CPU's int8 featurizer is as close as cosine %.4f to fp32 "
                     "(worst; mean %.4f), under the floor %g; --precision bf16 (CPUs with AMX or AVX512_BF16) or "

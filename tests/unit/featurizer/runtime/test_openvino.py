@@ -320,7 +320,7 @@ def test_an_int8_ir_that_cannot_reach_its_floor_is_kept_with_a_warning(legacy_gr
 
     def keeps_nothing(model, dataset, inputs, references, floor, options, quantized):
         calls.append(floor)
-        return quantized, []
+        return quantized, [], 9
 
     monkeypatch.setattr(openvino_backend, "_keep_faithful", keeps_nothing)
     # a logger of this test's own: another test's logging set-up (the CLI's) may stop imgclf's from propagating
@@ -331,6 +331,20 @@ def test_an_int8_ir_that_cannot_reach_its_floor_is_kept_with_a_warning(legacy_gr
         fidelity = featurizer.describe()["openvino"]["int8_fidelity"]
     assert calls == [0.999999] and fidelity["worst_cosine"] < 0.999999 and fidelity["kept_float"] == []
     assert "under the floor 0.999999" in caplog.text and "--precision bf16" in caplog.text
+
+
+def test_a_floor_that_keeps_most_of_the_model_float_says_int8_gains_little(legacy_graph_path, demo_dir, tmp_path,
+                                                                           monkeypatch, caplog):
+    monkeypatch.setattr(openvino_backend, "log", logging.getLogger("tests.int8_mostly_float"))
+    caplog.set_level(logging.INFO, logger="tests.int8_mostly_float")
+    with _openvino(legacy_graph_path, "int8", tmp_path, demo_dir, calibration_images=8,
+                   int8_floor=0.99999999) as featurizer:  # as close as fp32 itself: nearly everything goes float
+        fidelity = featurizer.describe()["openvino"]["int8_fidelity"]
+        ir = featurizer.graph.ir_dir / openvino_backend.IR_FILE
+    kept = fidelity["kept_float"]
+    int8_ops = next(int(record.args[1]) for record in caplog.records if "take float inputs now" in record.msg)
+    assert len(kept) > int8_ops * openvino_backend.MOSTLY_FLOAT and len(_int8_fed(ir)) <= int8_ops - len(kept)
+    assert "int8 gains little here" in caplog.text and "lower --int8-floor" in caplog.text
 
 
 @pytest.mark.parametrize("floor", [1.0, -0.1, float("nan"), "high"])
