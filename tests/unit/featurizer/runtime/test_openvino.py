@@ -54,7 +54,7 @@ def _inputs(featurizer, demo_dir):
     return np.stack([featurizer.preprocess(data) for data in PHOTOS + [f.read_bytes() for f in files]])
 
 
-def _check_fidelity(graph, demo_dir, cache, precisions):
+def _check_fidelity(graph, demo_dir, cache, precisions, **options):
     reference = Featurizer(FeaturizerConfig(graph, precision="fp32"))
     try:
         inputs = _inputs(reference, demo_dir)
@@ -63,7 +63,7 @@ def _check_fidelity(graph, demo_dir, cache, precisions):
         reference.close()
     found = {}
     for precision in precisions:
-        featurizer = _openvino(graph, precision, cache, demo_dir)
+        featurizer = _openvino(graph, precision, cache, demo_dir, **options)
         try:
             assert (featurizer.backend, featurizer.precision) == ("openvino", precision)
             got = featurizer.run(inputs)
@@ -85,7 +85,10 @@ def test_features_match_tensorflow_fp32_per_image_on_the_legacy_graph(legacy_gra
 
 
 def test_features_match_tensorflow_fp32_per_image_on_full_inception(full_graph_path, demo_dir, tmp_path):
-    found = _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions())
+    # The fully quantized model, measured: on this drawn set one checked picture is at 0.9896 on an AVX2 CPU, and
+    # the floor's layer ranking would take minutes on this graph (it is tested on the legacy graph, and measured
+    # on this one by bench.int8_fidelity).
+    found = _check_fidelity(full_graph_path, demo_dir, tmp_path, _precisions(), int8_floor=0.0)
     print("lowest cosine per precision:", found)
 
 
