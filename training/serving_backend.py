@@ -99,4 +99,27 @@ def load_openvino_featurizer(version_dir: Path, card: dict, threads: int = 0):
                             f"head takes {dim}")
     log.info("%s: featurizer on OpenVINO %s (%s), head on TensorFlow", version_dir, precision,
              graph.inference_precision)
+    if precision == "int8":
+        check_int8_cpu(version_dir, ((card.get("featurizer") or {}).get("openvino") or {}).get("int8_fidelity"))
     return graph
+
+
+def check_int8_cpu(version_dir: Path, fidelity: dict | None) -> bool:
+    """Return whether this CPU runs int8 as the CPU the export's int8 fidelity was measured on; log it if not.
+
+    The floor (``--int8-floor``) held on the CPU that built the int8 featurizer, with its int8 kernels
+    (AVX2, VNNI, AMX compute int8 differently, and not equally faithfully); on a CPU with other int8
+    instructions the model is served as built, with a warning naming the way to re-check it.
+    """
+    from imgclf.core.precision import cpu_flags
+
+    if not fidelity or "cpu_int8" not in fidelity:  # built before the CPU was recorded
+        return True
+    here = sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    if here == sorted(fidelity["cpu_int8"]):
+        return True
+    log.warning("%s: its int8 featurizer was held to cosine %s of fp32 (worst %s) on %s, int8 instructions %s; "
+                "this CPU has %s, whose int8 kernels may lose more or less: featurize or train with --precision "
+                "int8 on this CPU to check it here", version_dir, fidelity.get("floor"), fidelity.get("worst_cosine"),
+                fidelity.get("cpu"), ", ".join(fidelity["cpu_int8"]) or "AVX2 only", ", ".join(here) or "AVX2 only")
+    return False

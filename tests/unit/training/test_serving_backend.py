@@ -107,3 +107,25 @@ def test_imgclf_backend_is_checked(monkeypatch):
     assert ServingSettings.from_env({"IMGCLF_BACKEND": "openvino"}).backend == "openvino"
     with pytest.raises(UsageError, match="IMGCLF_BACKEND must be one of card, tensorflow, openvino, auto"):
         ServingSettings.from_env({"IMGCLF_BACKEND": "onnx"})
+
+
+def test_an_int8_export_served_on_a_cpu_with_other_int8_instructions_says_so(int8_repo, monkeypatch, caplog):
+    import json
+    import logging
+
+    from imgclf.core import precision
+
+    version_dir, _, _ = int8_repo
+    fidelity = json.loads((version_dir / names.MODEL_CARD_FILE).read_text())["featurizer"]["openvino"]["int8_fidelity"]
+    here = sorted(precision.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    assert fidelity["cpu_int8"] == here and fidelity["floor"] == 0.99  # the card says where the floor held
+    monkeypatch.setattr(serving_backend, "log", logging.getLogger("tests.int8_cpu"))
+    caplog.set_level(logging.WARNING, logger="tests.int8_cpu")
+    assert serving_backend.check_int8_cpu(version_dir, fidelity) and caplog.text == ""
+    assert serving_backend.check_int8_cpu(version_dir, {"worst_cosine": 0.999}) and caplog.text == ""  # no CPU kept
+    other = ["amx_int8", "avx512_vnni"] if not here else []
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(other) | {"avx2"})
+    model = load_model(version_dir)  # served as built, with the warning
+    assert model.backend == "openvino" and model.featurizer_graph.precision == "int8"
+    expected = ", ".join(other) or "AVX2 only"
+    assert f"this CPU has {expected}" in caplog.text and "--precision int8 on this CPU" in caplog.text
