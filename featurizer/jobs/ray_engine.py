@@ -203,9 +203,12 @@ class GraphActor:
     def __init__(self, config: FeaturizerConfig, fingerprint: str, calibration: Calibration | None = None):
         self.featurizer = Featurizer(config, calibration)
         if self.featurizer.fingerprint != fingerprint:  # a node that resolves precision (or anything) otherwise
+            way_out = "give --precision explicitly on a mixed cluster"
+            if self.featurizer.identity.precision == "int8":  # the recipe and the floor's float layers are the CPU's
+                way_out = ("int8 is quantized for each CPU's int8 instructions (the recipe, and the layers "
+                           "--int8-floor keeps float): run it on nodes of one CPU kind")
             raise GraphError(f"this node's featurizer is {self.featurizer.identity.precision} "
-                             f"{self.featurizer.fingerprint[:12]}, the job's is {fingerprint[:12]}: "
-                             f"give --precision explicitly on a mixed cluster")
+                             f"{self.featurizer.fingerprint[:12]}, the job's is {fingerprint[:12]}: {way_out}")
         self.size = self.featurizer.contract.input_size
 
     def __call__(self, batch: dict) -> dict:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgclf.core.errors import GraphError
 from imgclf.featurizer.graph.contract import DEFAULT_CONTRACT
 from imgclf.featurizer.images.sources import open_image_source
 from imgclf.featurizer.jobs.ray_engine import KNOWN, OK, GraphActor, RayOptions, _preprocess, check_address
-from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig
+from imgclf.featurizer.runtime.featurizer import Featurizer, FeaturizerConfig, calibration_for
 from imgclf.featurizer.store.identity import sha256_bytes
 from imgclf.featurizer.store.object_store import open_location
 from imgclf.service.cli.main import main
@@ -133,9 +134,17 @@ def test_unreadable_files_are_skipped_with_the_local_engines_reason(featurizer, 
     assert local == {"dogs/link.jpg": status["dogs/link.jpg"]}
 
 
-def test_an_actor_whose_featurizer_differs_refuses_to_start(legacy_graph_path):
+def test_an_actor_whose_featurizer_differs_refuses_to_start(legacy_graph_path, tmp_path):
     with pytest.raises(Exception, match="give --precision explicitly"):
         GraphActor(FeaturizerConfig(legacy_graph_path, precision="fp32"), "0" * 64)
+    pytest.importorskip("openvino", reason="int8 needs the imgclf[openvino] extra")
+    from imgclf.featurizer.images.demo import write_demo_images
+
+    config = FeaturizerConfig(legacy_graph_path, precision="int8", backend="openvino", calibration_images=4,
+                              openvino_cache=tmp_path / "ov")
+    calibration = calibration_for(config, write_demo_images(tmp_path / "images", per_class=1))
+    with pytest.raises(GraphError, match="int8 is quantized for each CPU's int8 instructions .* one CPU kind"):
+        GraphActor(config, "0" * 64, calibration)
 
 
 @pytest.mark.parametrize("options, pool", [(RayOptions(), 1), (RayOptions(actors=3), 3),
