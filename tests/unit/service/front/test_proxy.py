@@ -251,7 +251,10 @@ def test_connections_over_the_limits_are_refused(tmp_path):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         for _, writer in held:  # each has a request in hand (its head half sent): none can be evicted
             writer.write(b"GET / HTTP/1.1\r\n")
-        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 10  # until the front has read each half head (a loaded machine is slow)
+        while (front.slots.open < 3 or front.slots.idle_connections()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert front.slots.open == 3 and not front.slots.idle_connections()
         out, _ = await exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         for _, writer in held:
             writer.close()
