@@ -47,6 +47,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products beyond AVX2's (OpenVINO's int8 kernels)
+
+
+def int8_dot_flags() -> list[str]:
+    """Return this CPU's flags of :data:`INT8_DOT_FLAGS`, sorted (empty: AVX2's int8 only, or none)."""
+    return sorted(cpu_flags() & set(INT8_DOT_FLAGS))
+
+
 def cpu_model() -> str:
     """Return this machine's CPU model name (/proc/cpuinfo's; the platform's processor where that is absent)."""
     try:

@@ -111,11 +111,11 @@ def check_int8_cpu(version_dir: Path, fidelity: dict | None) -> bool:
     (AVX2, VNNI, AMX compute int8 differently, and not equally faithfully); on a CPU with other int8
     instructions the model is served as built, with a warning naming the way to re-check it.
     """
-    from imgclf.core.precision import cpu_flags
+    from imgclf.core.precision import int8_dot_flags
 
     if not fidelity or "cpu_int8" not in fidelity:  # built before the CPU was recorded
         return True
-    here = sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    here = int8_dot_flags()
     if here == sorted(fidelity["cpu_int8"]):
         return True
     log.warning("%s: its int8 featurizer was held to cosine %s of fp32 (worst %s) on %s, int8 instructions %s; "

@@ -140,9 +140,9 @@ INT8_RECIPES = {
 def int8_recipe(*, full_range: bool = False) -> str:
     """Return the int8 recipe for this CPU: ``vnni`` where it has AVX512_VNNI, AVX_VNNI or AMX_INT8, else
     ``no-vnni``; ``full_range``: its ``-fullrange`` variant (measured against it by ``bench.int8_fidelity``)."""
-    from imgclf.core.precision import cpu_flags
+    from imgclf.core.precision import int8_dot_flags
 
-    kind = "vnni" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
+    kind = "vnni" if int8_dot_flags() else "no-vnni"
     return f"{kind}-fullrange" if full_range else kind
 
 
@@ -464,11 +464,11 @@ def _cosines(compiled, inputs: list[np.ndarray], references: list[np.ndarray]) -
 
 
 def _summary(cosines: list[float]) -> dict:
-    from imgclf.core.precision import cpu_flags, cpu_model
+    from imgclf.core.precision import cpu_model, int8_dot_flags
 
     return {"images": len(cosines), "worst_cosine": round(min(cosines), 6),
             "mean_cosine": round(float(np.mean(cosines)), 6), "reference": "OpenVINO fp32, this CPU",
-            "cpu": cpu_model(), "cpu_int8": sorted(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})}
+            "cpu": cpu_model(), "cpu_int8": int8_dot_flags()}
 
 
 def int8_fidelity(float_model, quantized, inputs: list[np.ndarray], references: list[np.ndarray] | None = None) \

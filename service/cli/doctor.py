@@ -37,7 +37,7 @@ DISTRIBUTIONS = {
 CPU_FEATURES = {
     "bf16": core_precision.NATIVE_BF16_FLAGS,  # native bf16 matrix math: precision auto picks bf16
     "amx": ("amx_tile", "amx_bf16", "amx_int8"),
-    "vnni": ("avx512_vnni", "avx_vnni", "amx_int8"),  # int8 dot products: OpenVINO's int8 recipe
+    "vnni": core_precision.INT8_DOT_FLAGS,  # int8 dot products: OpenVINO's int8 recipe
     "avx512": ("avx512f",),
     "avx2": ("avx2",),
 }
