@@ -1,6 +1,7 @@
 """The OpenVINO backend against TensorFlow fp32: fidelity per precision, the IR cache, fingerprints, int8 heads."""
 
 import logging
+import math
 import shutil
 import threading
 from types import SimpleNamespace
@@ -291,7 +292,9 @@ def test_an_int8_ir_under_its_floor_keeps_the_layers_that_lose_the_most_float(le
     try:
         first = plain.describe()["openvino"]["int8_fidelity"]
         assert first["floor"] == 0.0 and first["kept_float"] == [] and plain.graph.info["int8_kept_float"] == []
-        floor = round(first["worst_cosine"] + (1.0 - first["worst_cosine"]) / 2, 6)  # halfway to fp32: missed
+        # missed, by less than the retry's reach: halfway to fp32 or to the reach, whichever is closer
+        floor = round(first["worst_cosine"] + min(1.0 - first["worst_cosine"], openvino_backend.INT8_FLOOR_REACH) / 2,
+                      6)
         guarded = _openvino(legacy_graph_path, "int8", cache, demo_dir, int8_floor=floor)
         fidelity = guarded.describe()["openvino"]["int8_fidelity"]
         kept = fidelity["kept_float"]
@@ -326,6 +329,7 @@ def test_an_int8_ir_that_cannot_reach_its_floor_is_kept_with_a_warning(legacy_gr
         return quantized, [], 9
 
     monkeypatch.setattr(openvino_backend, "_keep_faithful", keeps_nothing)
+    monkeypatch.setattr(openvino_backend, "INT8_FLOOR_REACH", 1.0)  # any shortfall is tried
     # a logger of this test's own: another test's logging set-up (the CLI's) may stop imgclf's from propagating
     monkeypatch.setattr(openvino_backend, "log", logging.getLogger("tests.int8_floor"))
     caplog.set_level(logging.WARNING, logger="tests.int8_floor")
@@ -336,18 +340,53 @@ def test_an_int8_ir_that_cannot_reach_its_floor_is_kept_with_a_warning(legacy_gr
     assert "under the floor 0.999999" in caplog.text and "--precision bf16" in caplog.text
 
 
-def test_a_floor_that_keeps_most_of_the_model_float_says_int8_gains_little(legacy_graph_path, demo_dir, tmp_path,
-                                                                           monkeypatch, caplog):
+def test_a_floor_out_of_reach_of_a_quarter_of_the_ops_float_stops_there_and_warns(legacy_graph_path, demo_dir,
+                                                                                   tmp_path, monkeypatch, caplog):
+    import nncf
+
+    steps = []
+    accuracy_control = nncf.quantize_with_accuracy_control
+
+    def counted(*args, **kwargs):
+        steps.append(kwargs["advanced_accuracy_restorer_parameters"].max_num_iterations)
+        return accuracy_control(*args, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", counted)
+    monkeypatch.setattr(openvino_backend, "INT8_FLOOR_REACH", 1.0)  # tried, however far under the floor
     monkeypatch.setattr(openvino_backend, "log", logging.getLogger("tests.int8_mostly_float"))
     caplog.set_level(logging.INFO, logger="tests.int8_mostly_float")
     with _openvino(legacy_graph_path, "int8", tmp_path, demo_dir, calibration_images=8,
-                   int8_floor=0.99999999) as featurizer:  # as close as fp32 itself: nearly everything goes float
+                   int8_floor=0.99999999) as featurizer:  # as close as fp32 itself: out of int8's reach
         fidelity = featurizer.describe()["openvino"]["int8_fidelity"]
         ir = featurizer.graph.ir_dir / openvino_backend.IR_FILE
     kept = fidelity["kept_float"]
     int8_ops = next(int(record.args[1]) for record in caplog.records if "take float inputs now" in record.msg)
-    assert len(kept) > int8_ops * openvino_backend.MOSTLY_FLOAT and len(_int8_fed(ir)) <= int8_ops - len(kept)
-    assert "int8 gains little here" in caplog.text and "lower --int8-floor" in caplog.text
+    # NNCF reverted at most a quarter of the int8 ops' groups (a group is one op or a few), and the IR on disk
+    # takes int8 inputs in the others
+    assert steps == [math.ceil(int8_ops * openvino_backend.MOSTLY_FLOAT)]
+    assert 0 < len(kept) and len(_int8_fed(ir)) <= int8_ops - len(kept)
+    assert fidelity["worst_cosine"] < 0.99999999 and fidelity["before_kept_float"]["worst_cosine"] < 0.99999999
+    assert f"with {len(kept)} of its {int8_ops} int8 op(s) kept float" in caplog.text
+    assert "under the floor 0.99999999" in caplog.text and "--precision bf16" in caplog.text
+    if len(kept) > int8_ops * openvino_backend.MOSTLY_FLOAT:  # the steps' groups held several ops
+        assert "int8 gains little here" in caplog.text and "lower --int8-floor" in caplog.text
+
+
+def test_a_shortfall_beyond_the_floors_reach_warns_at_once_and_keeps_nothing_float(legacy_graph_path, demo_dir,
+                                                                                   tmp_path, monkeypatch, caplog):
+    calls = []
+    monkeypatch.setattr(openvino_backend, "_keep_faithful", lambda *args: calls.append(args))
+    monkeypatch.setattr(openvino_backend, "INT8_FLOOR_REACH", 1e-7)  # any shortfall of int8 is beyond it
+    monkeypatch.setattr(openvino_backend, "log", logging.getLogger("tests.int8_reach"))
+    caplog.set_level(logging.WARNING, logger="tests.int8_reach")
+    with _openvino(legacy_graph_path, "int8", tmp_path, demo_dir, calibration_images=8,
+                   int8_floor=0.999999) as featurizer:
+        fidelity = featurizer.describe()["openvino"]["int8_fidelity"]
+        assert featurizer.graph.info["int8_kept_float"] == []
+    assert calls == [] and fidelity["kept_float"] == [] and "before_kept_float" not in fidelity
+    assert fidelity["floor_reach"] == 1e-7 and 0.999999 - fidelity["worst_cosine"] > 1e-7
+    assert "under the floor 0.999999, more than 1e-07 under it: int8 loses more on these images" in caplog.text
+    assert "--precision bf16" in caplog.text
 
 
 @pytest.mark.parametrize("floor", [1.0, -0.1, float("nan"), "high"])
