@@ -574,8 +574,8 @@ def _quantize(model, calibration, preprocess, recipe: str = "vnni",
     whose int8 kernels lose more than the recipe's grid), it is quantized again under NNCF's accuracy
     control, which keeps the layers that lose the most in float until the floor holds: their names go
     into the meta (``kept_float``) and the featurizer's fingerprint. A shortfall of more than
-    :data:`INT8_FLOOR_REACH` is not tried (int8 itself loses there, not one CPU's kernels). If the floor is not reached,
-    a warning says so and names bf16 and fp32.
+    :data:`INT8_FLOOR_REACH` is not tried (int8 itself loses there, not one CPU's kernels). If the floor
+    is not reached, a warning says so and names bf16 and fp32.
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
